@@ -1,0 +1,681 @@
+//! Deltas: the operations of Relay's text type (PROTOCOL.md "Versions and
+//! deltas").
+//!
+//! A [`Delta`] is a list of components applied left to right over the whole
+//! document: `Retain` keeps characters (optionally changing their
+//! formatting), `Insert` adds text, `Delete` removes characters. Lengths and
+//! positions count Unicode scalar values (Rust `char`s) everywhere, so no
+//! operation can split a character.
+//!
+//! The builder methods normalise as they go - zero lengths are dropped,
+//! neighbours of the same kind and formatting merge, and an insert is always
+//! placed before an adjacent delete - so two deltas that do the same thing
+//! to every document are `==`.
+//!
+//! Inside Relay a delta spans its whole base document, trailing retain
+//! included: [`Delta::base_len`] is a fact of the value. On the wire the
+//! trailing plain retain is omitted; [`Delta::from_json`] gives the shortest
+//! delta and [`Delta::fit`] extends it to the document it is applied to.
+
+use crate::attributes::Attributes;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+/// One step of a delta.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Component {
+    /// Keep `len` characters, applying `attributes` to them (`null` removes).
+    Retain { len: usize, attributes: Attributes },
+    /// Insert `text` formatted with `attributes`.
+    Insert {
+        text: String,
+        attributes: Attributes,
+    },
+    /// Remove `len` characters.
+    Delete { len: usize },
+}
+
+impl Component {
+    /// Length in characters (for an insert, of its text).
+    pub fn len(&self) -> usize {
+        match self {
+            Component::Retain { len, .. } | Component::Delete { len } => *len,
+            Component::Insert { text, .. } => text.chars().count(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Component::Retain { len, .. } | Component::Delete { len } => *len == 0,
+            Component::Insert { text, .. } => text.is_empty(),
+        }
+    }
+}
+
+/// Why a delta was refused. Each variant carries what a client author needs
+/// to find the mistake.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    #[error("the delta spans {actual} characters but the document has {expected}")]
+    BaseLengthMismatch { expected: usize, actual: usize },
+    #[error(
+        "cannot compose: the first delta produces {first_target} characters, the second spans {second_base}"
+    )]
+    ComposeLengthMismatch {
+        first_target: usize,
+        second_base: usize,
+    },
+    #[error("cannot transform deltas made on documents of {left} and {right} characters")]
+    TransformLengthMismatch { left: usize, right: usize },
+    #[error("component {index}: {reason}")]
+    MalformedComponent { index: usize, reason: &'static str },
+    #[error("a delta must be a JSON array of components")]
+    NotAnArray,
+}
+
+/// A normalised sequence of components with the lengths it goes between.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    ops: Vec<Component>,
+    base_len: usize,
+    target_len: usize,
+}
+
+impl Delta {
+    /// The empty delta (the identity on the empty document).
+    pub const fn new() -> Self {
+        Delta {
+            ops: Vec::new(),
+            base_len: 0,
+            target_len: 0,
+        }
+    }
+
+    pub fn with_capacity(n: usize) -> Self {
+        Delta {
+            ops: Vec::with_capacity(n),
+            base_len: 0,
+            target_len: 0,
+        }
+    }
+
+    /// The identity on a document of `len` characters.
+    pub fn identity(len: usize) -> Self {
+        let mut d = Delta::new();
+        d.retain(len);
+        d
+    }
+
+    /// Length of the document this delta applies to.
+    pub fn base_len(&self) -> usize {
+        self.base_len
+    }
+
+    /// Length of the document it produces.
+    pub fn target_len(&self) -> usize {
+        self.target_len
+    }
+
+    pub fn components(&self) -> &[Component] {
+        &self.ops
+    }
+
+    /// Whether it changes nothing: only plain retains (or nothing at all).
+    pub fn is_noop(&self) -> bool {
+        self.ops
+            .iter()
+            .all(|c| matches!(c, Component::Retain { attributes, .. } if attributes.is_empty()))
+    }
+
+    /// Whether any component carries attributes.
+    pub fn has_attributes(&self) -> bool {
+        self.ops.iter().any(|c| match c {
+            Component::Retain { attributes, .. } | Component::Insert { attributes, .. } => {
+                !attributes.is_empty()
+            }
+            Component::Delete { .. } => false,
+        })
+    }
+
+    /// Characters inserted by this delta.
+    pub fn inserted_chars(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|c| match c {
+                Component::Insert { text, .. } => text.chars().count(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Keep `n` characters unchanged.
+    pub fn retain(&mut self, n: usize) -> &mut Self {
+        self.retain_with(n, Attributes::new())
+    }
+
+    /// Keep `n` characters, applying `attributes` to them.
+    pub fn retain_with(&mut self, n: usize, attributes: Attributes) -> &mut Self {
+        if n == 0 {
+            return self;
+        }
+        self.base_len += n;
+        self.target_len += n;
+        if let Some(Component::Retain {
+            len,
+            attributes: last,
+        }) = self.ops.last_mut()
+            && *last == attributes
+        {
+            *len += n;
+            return self;
+        }
+        self.ops.push(Component::Retain { len: n, attributes });
+        self
+    }
+
+    /// Insert plain text.
+    pub fn insert(&mut self, text: &str) -> &mut Self {
+        self.insert_with(text, Attributes::new())
+    }
+
+    /// Insert text with formatting. `null` values mean nothing on an insert
+    /// and are dropped.
+    pub fn insert_with(&mut self, text: &str, attributes: Attributes) -> &mut Self {
+        if text.is_empty() {
+            return self;
+        }
+        let attributes = attributes.without_nulls();
+        self.target_len += text.chars().count();
+        // Insert before delete: [.., Insert?, Delete] + Insert puts the new
+        // text before the delete, merging with the insert there if it can.
+        let at = match self.ops.last() {
+            Some(Component::Delete { .. }) => self.ops.len() - 1,
+            _ => self.ops.len(),
+        };
+        if at > 0
+            && let Component::Insert {
+                text: prev,
+                attributes: prev_attrs,
+            } = &mut self.ops[at - 1]
+            && *prev_attrs == attributes
+        {
+            prev.push_str(text);
+            return self;
+        }
+        self.ops.insert(
+            at,
+            Component::Insert {
+                text: text.to_owned(),
+                attributes,
+            },
+        );
+        self
+    }
+
+    /// Remove `n` characters.
+    pub fn delete(&mut self, n: usize) -> &mut Self {
+        if n == 0 {
+            return self;
+        }
+        self.base_len += n;
+        if let Some(Component::Delete { len }) = self.ops.last_mut() {
+            *len += n;
+            return self;
+        }
+        self.ops.push(Component::Delete { len: n });
+        self
+    }
+
+    /// Append any component through the normalising builder.
+    pub fn push(&mut self, component: Component) -> &mut Self {
+        match component {
+            Component::Retain { len, attributes } => self.retain_with(len, attributes),
+            Component::Insert { text, attributes } => self.insert_with(&text, attributes),
+            Component::Delete { len } => self.delete(len),
+        }
+    }
+
+    /// Extends a delta as received (trailing retain possibly omitted) to a
+    /// document of `doc_len` characters. A delta that spans more than the
+    /// document is refused.
+    pub fn fit(mut self, doc_len: usize) -> Result<Delta, DeltaError> {
+        match self.base_len.cmp(&doc_len) {
+            std::cmp::Ordering::Equal => Ok(self),
+            std::cmp::Ordering::Less => {
+                self.retain(doc_len - self.base_len);
+                Ok(self)
+            }
+            std::cmp::Ordering::Greater => Err(DeltaError::BaseLengthMismatch {
+                expected: doc_len,
+                actual: self.base_len,
+            }),
+        }
+    }
+
+    /// Checks that this delta applies to a document of `doc_len` characters.
+    pub fn check_base(&self, doc_len: usize) -> Result<(), DeltaError> {
+        if self.base_len == doc_len {
+            Ok(())
+        } else {
+            Err(DeltaError::BaseLengthMismatch {
+                expected: doc_len,
+                actual: self.base_len,
+            })
+        }
+    }
+
+    /// The components without a trailing plain retain (the wire form).
+    pub fn trimmed_components(&self) -> &[Component] {
+        match self.ops.last() {
+            Some(Component::Retain { attributes, .. }) if attributes.is_empty() => {
+                &self.ops[..self.ops.len() - 1]
+            }
+            _ => &self.ops,
+        }
+    }
+
+    /// Applies the delta to plain text (attributes are ignored). A reference
+    /// for tests and tools; documents use [`crate::Document::apply`].
+    pub fn apply_to_str(&self, text: &str) -> Result<String, DeltaError> {
+        let len = text.chars().count();
+        self.check_base(len)?;
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        for c in &self.ops {
+            match c {
+                Component::Retain { len, .. } => {
+                    let at = byte_offset(rest, *len);
+                    out.push_str(&rest[..at]);
+                    rest = &rest[at..];
+                }
+                Component::Insert { text, .. } => out.push_str(text),
+                Component::Delete { len } => rest = &rest[byte_offset(rest, *len)..],
+            }
+        }
+        Ok(out)
+    }
+
+    /// Parses the wire form (PROTOCOL.md). The result spans exactly what its
+    /// components span; use [`Delta::fit`] to extend it to a document.
+    pub fn from_json(value: &Value) -> Result<Delta, DeltaError> {
+        let items = value.as_array().ok_or(DeltaError::NotAnArray)?;
+        let mut delta = Delta::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let bad = |reason| DeltaError::MalformedComponent { index, reason };
+            let obj = item
+                .as_object()
+                .ok_or(bad("a component must be an object"))?;
+            let attributes = match obj.get("attributes") {
+                None => Attributes::new(),
+                Some(v) => Attributes::from_json(v).map_err(bad)?,
+            };
+            let allowed = |n: usize| obj.len() == n + usize::from(obj.contains_key("attributes"));
+            if let Some(v) = obj.get("retain") {
+                if !allowed(1) {
+                    return Err(bad("a retain has only `retain` and `attributes`"));
+                }
+                delta.retain_with(positive(v).map_err(bad)?, attributes);
+            } else if let Some(v) = obj.get("insert") {
+                if !allowed(1) {
+                    return Err(bad("an insert has only `insert` and `attributes`"));
+                }
+                let text = v.as_str().ok_or(bad("`insert` must be a string"))?;
+                if text.is_empty() {
+                    return Err(bad("zero-length insert"));
+                }
+                delta.insert_with(text, attributes);
+            } else if let Some(v) = obj.get("delete") {
+                if obj.len() != 1 {
+                    return Err(bad("a delete has only `delete`"));
+                }
+                delta.delete(positive(v).map_err(bad)?);
+            } else {
+                return Err(bad("unknown component: expected retain, insert or delete"));
+            }
+        }
+        Ok(delta)
+    }
+
+    /// Parses the wire form from text.
+    pub fn from_json_str(text: &str) -> Result<Delta, DeltaError> {
+        let value: Value = serde_json::from_str(text).map_err(|_| DeltaError::NotAnArray)?;
+        Delta::from_json(&value)
+    }
+}
+
+fn positive(v: &Value) -> Result<usize, &'static str> {
+    match v.as_u64() {
+        Some(0) => Err("zero length"),
+        Some(n) => usize::try_from(n).map_err(|_| "length out of range"),
+        None => Err("length must be a positive integer"),
+    }
+}
+
+/// Byte offset of the `chars`-th character of `s` (or `s.len()`).
+pub(crate) fn byte_offset(s: &str, chars: usize) -> usize {
+    if chars == 0 {
+        return 0;
+    }
+    s.char_indices().nth(chars).map_or(s.len(), |(i, _)| i)
+}
+
+impl Serialize for Component {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (attributes, n) = match self {
+            Component::Retain { attributes, .. } | Component::Insert { attributes, .. } => {
+                (Some(attributes).filter(|a| !a.is_empty()), 1)
+            }
+            Component::Delete { .. } => (None, 1),
+        };
+        let mut map = s.serialize_map(Some(n + usize::from(attributes.is_some())))?;
+        match self {
+            Component::Retain { len, .. } => map.serialize_entry("retain", len)?,
+            Component::Insert { text, .. } => map.serialize_entry("insert", text)?,
+            Component::Delete { len } => map.serialize_entry("delete", len)?,
+        }
+        if let Some(a) = attributes {
+            map.serialize_entry("attributes", a)?;
+        }
+        map.end()
+    }
+}
+
+/// Serialises the wire form: the trailing plain retain is omitted.
+impl Serialize for Delta {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let comps = self.trimmed_components();
+        let mut seq = s.serialize_seq(Some(comps.len()))?;
+        for c in comps {
+            seq.serialize_element(c)?;
+        }
+        seq.end()
+    }
+}
+
+/// Deserialises the wire form with [`Delta::from_json`]'s checks.
+impl<'de> Deserialize<'de> for Delta {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        Delta::from_json(&value).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A borrowed slice of one component, as produced by [`Pieces`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Piece<'a> {
+    Retain(usize, &'a Attributes),
+    Insert(&'a str, &'a Attributes),
+    Delete(usize),
+}
+
+impl Piece<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Piece::Retain(n, _) | Piece::Delete(n) => *n,
+            Piece::Insert(s, _) => s.chars().count(),
+        }
+    }
+}
+
+/// Walks a delta's components, handing out pieces of at most a requested
+/// length, so two deltas can be traversed in step (compose, transform).
+#[derive(Debug)]
+pub(crate) struct Pieces<'a> {
+    ops: &'a [Component],
+    index: usize,
+    /// Characters of `ops[index]` already handed out.
+    used: usize,
+    /// Bytes of an insert's text already handed out.
+    used_bytes: usize,
+    /// Length of `ops[index]` in characters (cached: inserts count chars).
+    current_len: usize,
+}
+
+impl<'a> Pieces<'a> {
+    pub(crate) fn new(delta: &'a Delta) -> Self {
+        let mut p = Pieces {
+            ops: &delta.ops,
+            index: 0,
+            used: 0,
+            used_bytes: 0,
+            current_len: 0,
+        };
+        p.load();
+        p
+    }
+
+    fn load(&mut self) {
+        self.used = 0;
+        self.used_bytes = 0;
+        self.current_len = self.ops.get(self.index).map_or(0, Component::len);
+    }
+
+    /// Kind of the next piece, if any: `Some(true)` for an insert.
+    pub(crate) fn peek_is_insert(&self) -> Option<bool> {
+        self.ops
+            .get(self.index)
+            .map(|c| matches!(c, Component::Insert { .. }))
+    }
+
+    pub(crate) fn peek_is_delete(&self) -> bool {
+        matches!(self.ops.get(self.index), Some(Component::Delete { .. }))
+    }
+
+    /// Remaining length of the current component (0 when exhausted).
+    pub(crate) fn peek_len(&self) -> usize {
+        self.current_len - self.used
+    }
+
+    pub(crate) fn has_next(&self) -> bool {
+        self.index < self.ops.len()
+    }
+
+    /// The next piece, at most `max` characters long.
+    pub(crate) fn next(&mut self, max: usize) -> Option<Piece<'a>> {
+        let c = self.ops.get(self.index)?;
+        let rest = self.current_len - self.used;
+        let n = rest.min(max);
+        let piece = match c {
+            Component::Retain { attributes, .. } => Piece::Retain(n, attributes),
+            Component::Delete { .. } => Piece::Delete(n),
+            Component::Insert { text, attributes } => {
+                let tail = &text[self.used_bytes..];
+                let end = if n == rest {
+                    tail.len()
+                } else {
+                    byte_offset(tail, n)
+                };
+                self.used_bytes += end;
+                Piece::Insert(&tail[..end], attributes)
+            }
+        };
+        self.used += n;
+        if self.used == self.current_len {
+            self.index += 1;
+            self.load();
+        }
+        Some(piece)
+    }
+
+    /// The whole rest of the current component.
+    pub(crate) fn next_whole(&mut self) -> Option<Piece<'a>> {
+        self.next(usize::MAX)
+    }
+}
+
+impl Delta {
+    /// Appends a borrowed piece through the normalising builder.
+    pub(crate) fn push_piece(&mut self, piece: Piece<'_>) {
+        match piece {
+            Piece::Retain(n, a) => {
+                self.retain_with(n, a.clone());
+            }
+            Piece::Insert(s, a) => {
+                self.insert_with(s, a.clone());
+            }
+            Piece::Delete(n) => {
+                self.delete(n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn builder_drops_zero_lengths_and_merges_neighbours() {
+        let mut d = Delta::new();
+        d.retain(0)
+            .retain(2)
+            .retain(3)
+            .insert("")
+            .insert("ab")
+            .insert("c");
+        d.delete(0).delete(1).delete(2);
+        assert_eq!(
+            d.components(),
+            &[
+                Component::Retain {
+                    len: 5,
+                    attributes: Attributes::new()
+                },
+                Component::Insert {
+                    text: "abc".into(),
+                    attributes: Attributes::new()
+                },
+                Component::Delete { len: 3 },
+            ]
+        );
+        assert_eq!((d.base_len(), d.target_len()), (8, 8));
+    }
+
+    #[test]
+    fn insert_goes_before_an_adjacent_delete() {
+        let mut a = Delta::new();
+        a.retain(1).delete(2).insert("x");
+        let mut b = Delta::new();
+        b.retain(1).insert("x").delete(2);
+        assert_eq!(a, b);
+        let mut c = Delta::new();
+        c.insert("a").delete(1).insert("b").delete(1);
+        let mut d = Delta::new();
+        d.insert("ab").delete(2);
+        assert_eq!(c, d);
+    }
+
+    #[test]
+    fn differently_formatted_neighbours_stay_apart() {
+        let bold = Attributes::new().with("bold", true);
+        let mut d = Delta::new();
+        d.retain(2).retain_with(2, bold.clone()).insert("a");
+        d.insert_with("b", bold);
+        assert_eq!(d.components().len(), 4);
+    }
+
+    #[test]
+    fn wire_form_round_trips_and_omits_the_trailing_retain() {
+        let wire = json!([
+            {"retain": 2},
+            {"insert": "hé🙂", "attributes": {"bold": true}},
+            {"delete": 1},
+            {"retain": 3, "attributes": {"italic": null}}
+        ]);
+        let d = Delta::from_json(&wire).unwrap();
+        assert_eq!(d.base_len(), 6);
+        assert_eq!(d.target_len(), 8);
+        assert_eq!(serde_json::to_value(&d).unwrap(), wire);
+        let fitted = d.fit(10).unwrap();
+        assert_eq!(fitted.base_len(), 10);
+        assert_eq!(serde_json::to_value(&fitted).unwrap(), wire);
+        let back: Delta = serde_json::from_value(serde_json::to_value(&fitted).unwrap()).unwrap();
+        assert_eq!(back.fit(10).unwrap(), fitted);
+    }
+
+    #[test]
+    fn fit_refuses_a_delta_longer_than_the_document() {
+        let d = Delta::from_json(&json!([{"retain": 5}, {"delete": 2}])).unwrap();
+        assert_eq!(
+            d.fit(6),
+            Err(DeltaError::BaseLengthMismatch {
+                expected: 6,
+                actual: 7
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_components_are_named_by_index() {
+        let cases = [
+            (json!([{"retain": 0}]), 0, "zero length"),
+            (
+                json!([{"retain": 1}, {"insert": ""}]),
+                1,
+                "zero-length insert",
+            ),
+            (
+                json!([{"retain": -1}]),
+                0,
+                "length must be a positive integer",
+            ),
+            (
+                json!([{"retain": 1.5}]),
+                0,
+                "length must be a positive integer",
+            ),
+            (json!([{"insert": 3}]), 0, "`insert` must be a string"),
+            (
+                json!([{"bogus": 3}]),
+                0,
+                "unknown component: expected retain, insert or delete",
+            ),
+            (
+                json!([{"delete": 1, "attributes": {}}]),
+                0,
+                "a delete has only `delete`",
+            ),
+            (
+                json!([{"retain": 1, "insert": "x"}]),
+                0,
+                "a retain has only `retain` and `attributes`",
+            ),
+            (
+                json!([{"insert": "x", "attributes": 1}]),
+                0,
+                "attributes must be an object",
+            ),
+            (json!(["x"]), 0, "a component must be an object"),
+        ];
+        for (wire, index, reason) in cases {
+            assert_eq!(
+                Delta::from_json(&wire),
+                Err(DeltaError::MalformedComponent { index, reason }),
+                "{wire}"
+            );
+        }
+        assert_eq!(Delta::from_json(&json!({})), Err(DeltaError::NotAnArray));
+    }
+
+    #[test]
+    fn apply_to_str_counts_characters_not_bytes() {
+        let mut d = Delta::new();
+        d.retain(1).delete(1).insert("é").retain(1);
+        assert_eq!(d.apply_to_str("a🙂b").unwrap(), "aéb");
+        assert!(d.apply_to_str("ab").is_err());
+    }
+
+    #[test]
+    fn pieces_split_inserts_on_character_boundaries() {
+        let mut d = Delta::new();
+        d.insert("a🙂é").retain(2);
+        let mut p = Pieces::new(&d);
+        assert!(matches!(p.next(2), Some(Piece::Insert("a🙂", _))));
+        assert!(matches!(p.next(5), Some(Piece::Insert("é", _))));
+        assert!(matches!(p.next(1), Some(Piece::Retain(1, _))));
+        assert!(matches!(p.next_whole(), Some(Piece::Retain(1, _))));
+        assert!(p.next(1).is_none());
+    }
+}

@@ -1,0 +1,45 @@
+//! Relay's domain: the pure core of the collaboration service.
+//!
+//! Nothing here does I/O, awaits, or reads a clock; time is a parameter
+//! ([`Timestamp`]). Everything that talks to the outside world sits behind
+//! the ports crate.
+//!
+//! # Layout
+//!
+//! - [`attributes`]: formatting attribute maps and how they compose,
+//!   transform and invert.
+//! - [`delta`]: the operation type ([`Delta`] of [`Component`]s), its
+//!   normalising builder and its JSON wire form.
+//! - [`ot`]: compose, transform (with an explicit [`Side`]) and position
+//!   transformation ([`Bias`]); the laws are stated there.
+//! - [`document`]: a [`Document`] - rope text, formatting runs, version -
+//!   and `Delta::invert` against it.
+//! - [`sequencer`]: the per-document [`Sequencer`]: dedup, rebase, propose,
+//!   commit, and the compare-and-set loop with other instances.
+//! - [`client`]: the client-side OT state machine ([`Client`]).
+//! - [`presence`]: the [`Roster`] of clients and their selections.
+//! - [`throttle`]: [`CursorThrottle`], [`TypingDebounce`], [`RateLimiter`].
+//! - [`ids`]: validated identifiers ([`ClientId`], [`UserId`], ...) and
+//!   counters ([`Version`], [`Seq`]).
+
+pub mod attributes;
+pub mod client;
+pub mod delta;
+pub mod document;
+pub mod ids;
+pub mod ot;
+pub mod presence;
+pub mod sequencer;
+pub mod throttle;
+
+pub use attributes::Attributes;
+pub use client::{Client, ClientError, Outgoing, Selection};
+pub use delta::{Component, Delta, DeltaError};
+pub use document::Document;
+pub use ids::{ClientId, DocumentId, InvalidClientId, Seq, Timestamp, UserId, Version};
+pub use ot::{Bias, Side};
+pub use presence::{PresenceEntry, Roster};
+pub use sequencer::{
+    CommittedOp, Proposed, Rejection, RemoteError, Sequencer, SequencerConfig, Submission,
+};
+pub use throttle::{CursorThrottle, RateLimiter, TypingDebounce};

@@ -1,0 +1,708 @@
+//! The sequencer: one per open document, it turns submits into the next
+//! versions.
+//!
+//! A submit is a delta made at `base`. The sequencer dedups it by
+//! `(user, client_id, seq)`, rebases it over every op committed after `base`
+//! (op by op, as `Side::Right`, never against a composed history) and
+//! proposes it for the next version. A proposal is not a commit: the caller
+//! appends it to the operation store and only then calls
+//! [`Sequencer::commit`]. When the store answers that another instance won
+//! the version, the caller calls [`Sequencer::abort_pending`], applies what
+//! it missed with [`Sequencer::apply_remote`] and proposes again. Proposals
+//! made while earlier ones are still pending build on them, which is what
+//! group commit needs.
+//!
+//! History is kept for a bounded number of ops and a bounded age; a base
+//! older than that is `stale_base` (the client rejoins).
+
+use crate::delta::{Delta, DeltaError};
+use crate::document::Document;
+use crate::ids::{ClientId, Seq, Timestamp, UserId, Version};
+use crate::ot::{Bias, Side};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+
+/// An operation with its place in the document's history: the wire shape of
+/// an entry of `ops` (PROTOCOL.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOp {
+    pub version: Version,
+    pub user: UserId,
+    pub client_id: ClientId,
+    pub seq: Seq,
+    pub delta: Delta,
+}
+
+/// A client's `submit`, with the user it was authenticated as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    pub user: UserId,
+    pub client_id: ClientId,
+    pub seq: Seq,
+    pub base: Version,
+    /// As received: a trailing retain may be missing.
+    pub delta: Delta,
+}
+
+/// What became of a submit that was not rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proposed {
+    /// A new op for the next free version, now pending: append it to the
+    /// store, then [`Sequencer::commit`] it.
+    New(CommittedOp),
+    /// Already committed at this version: acknowledge, commit nothing.
+    Duplicate(Version),
+    /// Already proposed at this version and waiting for the store: answer
+    /// when that commit completes.
+    Pending(Version),
+}
+
+/// Why a submit was refused. Each maps to a wire error code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("base {base} is ahead of the document's version {version}")]
+    FutureBase { base: Version, version: Version },
+    #[error("ops after base {base} are no longer kept (oldest available base is {oldest}): rejoin")]
+    StaleBase { base: Version, oldest: Version },
+    #[error("seq {seq} is not greater than {last}, the last committed for this client")]
+    OutOfOrder { seq: Seq, last: Seq },
+    #[error("invalid delta: {0}")]
+    InvalidDelta(#[from] DeltaError),
+    #[error("{what} would be {actual}, over the limit of {limit}")]
+    TooLarge {
+        what: &'static str,
+        limit: usize,
+        actual: usize,
+    },
+}
+
+impl Rejection {
+    /// The PROTOCOL.md error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::FutureBase { .. } => "future_base",
+            Rejection::StaleBase { .. } => "stale_base",
+            Rejection::OutOfOrder { .. } => "out_of_order",
+            Rejection::InvalidDelta(_) => "invalid_delta",
+            Rejection::TooLarge { .. } => "too_large",
+        }
+    }
+}
+
+/// Why an op committed elsewhere could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteError {
+    #[error("expected version {expected}, got {got}: fill the gap from the store first")]
+    Gap { expected: Version, got: Version },
+    #[error("proposals are pending: abort them before applying remote ops")]
+    PendingProposals,
+    #[error("remote op {version} does not apply: {source}")]
+    Invalid {
+        version: Version,
+        #[source]
+        source: DeltaError,
+    },
+}
+
+/// Limits of one sequencer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SequencerConfig {
+    /// Most ops kept for rebasing and catch-up.
+    pub max_history: usize,
+    /// Ops older than this (ms) may be dropped from history.
+    pub max_history_age_ms: u64,
+    /// Largest document, in characters.
+    pub max_document_chars: usize,
+    /// Most components in one delta.
+    pub max_delta_components: usize,
+    /// Most clients whose last seq is remembered in memory (the store's
+    /// idempotency key covers the rest).
+    pub max_clients: usize,
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        SequencerConfig {
+            max_history: 10_000,
+            max_history_age_ms: 600_000,
+            max_document_chars: 10_000_000,
+            max_delta_components: 10_000,
+            max_clients: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ClientRecord {
+    last_seq: Seq,
+    version: Version,
+    seen: Timestamp,
+}
+
+type ClientKey = (UserId, ClientId);
+
+#[derive(Debug)]
+struct Entry {
+    op: CommittedOp,
+    at: Timestamp,
+}
+
+#[derive(Debug)]
+struct PendingOp {
+    op: CommittedOp,
+    submission: Submission,
+}
+
+/// The sequencer of one document. See the module documentation.
+#[derive(Debug)]
+pub struct Sequencer {
+    doc: Document,
+    history: VecDeque<Entry>,
+    pending: Vec<PendingOp>,
+    /// Document length once every pending op applies.
+    pending_len: usize,
+    clients: HashMap<ClientKey, ClientRecord>,
+    config: SequencerConfig,
+}
+
+impl Sequencer {
+    /// A sequencer for `doc` (as loaded: snapshot plus tail), with no
+    /// history before its version.
+    pub fn new(doc: Document, config: SequencerConfig) -> Self {
+        let pending_len = doc.len();
+        Sequencer {
+            doc,
+            history: VecDeque::new(),
+            pending: Vec::new(),
+            pending_len,
+            clients: HashMap::new(),
+            config,
+        }
+    }
+
+    /// The committed document.
+    pub fn document(&self) -> &Document {
+        &self.doc
+    }
+
+    /// The last committed version.
+    pub fn version(&self) -> Version {
+        self.doc.version()
+    }
+
+    pub fn config(&self) -> &SequencerConfig {
+        &self.config
+    }
+
+    /// Proposals waiting for the store, in version order.
+    pub fn pending(&self) -> impl ExactSizeIterator<Item = &CommittedOp> {
+        self.pending.iter().map(|p| &p.op)
+    }
+
+    /// The oldest base a submit may still use.
+    pub fn oldest_base(&self) -> Version {
+        self.history
+            .front()
+            .map_or(self.version(), |e| Version(e.op.version.0 - 1))
+    }
+
+    /// Ops committed after `since`, if all are still kept.
+    pub fn ops_since(&self, since: Version) -> Option<impl ExactSizeIterator<Item = &CommittedOp>> {
+        if since > self.version() || since < self.oldest_base() {
+            return None;
+        }
+        let skip = usize::try_from(since.0 - self.oldest_base().0).ok()?;
+        Some(self.history.range(skip..).map(|e| &e.op))
+    }
+
+    /// Dedups, checks and rebases a submit; a new op becomes pending.
+    pub fn propose(&mut self, sub: Submission, now: Timestamp) -> Result<Proposed, Rejection> {
+        if let Some(p) = self.pending.iter().find(|p| {
+            p.op.seq == sub.seq && p.op.user == sub.user && p.op.client_id == sub.client_id
+        }) {
+            return Ok(Proposed::Pending(p.op.version));
+        }
+        let key = (sub.user, sub.client_id.clone());
+        match self.clients.get(&key) {
+            Some(r) if r.last_seq == sub.seq => return Ok(Proposed::Duplicate(r.version)),
+            Some(r) if sub.seq < r.last_seq => {
+                return match self.find_committed(&key, sub.seq) {
+                    Some(v) => Ok(Proposed::Duplicate(v)),
+                    None => Err(Rejection::OutOfOrder {
+                        seq: sub.seq,
+                        last: r.last_seq,
+                    }),
+                };
+            }
+            Some(_) => {}
+            // Not remembered (new, or forgotten): history may still know it.
+            None => {
+                if let Some(v) = self.find_committed(&key, sub.seq) {
+                    return Ok(Proposed::Duplicate(v));
+                }
+            }
+        }
+        if let Some(p) = self
+            .pending
+            .iter()
+            .rev()
+            .find(|p| p.op.user == sub.user && p.op.client_id == sub.client_id)
+            && sub.seq < p.op.seq
+        {
+            return Err(Rejection::OutOfOrder {
+                seq: sub.seq,
+                last: p.op.seq,
+            });
+        }
+        let version = self.version();
+        if sub.base > version {
+            return Err(Rejection::FutureBase {
+                base: sub.base,
+                version,
+            });
+        }
+        let oldest = self.oldest_base();
+        if sub.base < oldest {
+            return Err(Rejection::StaleBase {
+                base: sub.base,
+                oldest,
+            });
+        }
+        if sub.delta.components().len() > self.config.max_delta_components {
+            return Err(Rejection::TooLarge {
+                what: "delta components",
+                limit: self.config.max_delta_components,
+                actual: sub.delta.components().len(),
+            });
+        }
+        let skip = usize::try_from(sub.base.0 - oldest.0).expect("bounded by history length");
+        let len_at_base = self
+            .history
+            .get(skip)
+            .map_or(self.doc.len(), |e| e.op.delta.base_len());
+        let mut delta = sub.delta.clone().fit(len_at_base)?;
+        for e in self.history.range(skip..) {
+            delta = delta.transform(&e.op.delta, Side::Right)?;
+        }
+        for p in &self.pending {
+            delta = delta.transform(&p.op.delta, Side::Right)?;
+        }
+        if delta.target_len() > self.config.max_document_chars
+            && delta.target_len() > delta.base_len()
+        {
+            return Err(Rejection::TooLarge {
+                what: "document length",
+                limit: self.config.max_document_chars,
+                actual: delta.target_len(),
+            });
+        }
+        let op = CommittedOp {
+            version: Version(version.0 + self.pending.len() as u64 + 1),
+            user: sub.user,
+            client_id: sub.client_id.clone(),
+            seq: sub.seq,
+            delta,
+        };
+        self.pending_len = op.delta.target_len();
+        self.pending.push(PendingOp {
+            op: op.clone(),
+            submission: sub,
+        });
+        self.prune(now);
+        Ok(Proposed::New(op))
+    }
+
+    /// The store made every pending op up to `through` durable: they become
+    /// history and apply to the document. Returns how many were committed.
+    pub fn commit(&mut self, through: Version, now: Timestamp) -> usize {
+        let n = self
+            .pending
+            .iter()
+            .take_while(|p| p.op.version <= through)
+            .count();
+        for p in self.pending.drain(..n) {
+            self.doc
+                .apply(&p.op.delta)
+                .expect("a pending op was rebased onto the document it now applies to");
+            Self::remember(&mut self.clients, &p.op, now);
+            self.history.push_back(Entry { op: p.op, at: now });
+        }
+        self.prune(now);
+        n
+    }
+
+    /// Drops every pending proposal (the store refused the batch) and
+    /// returns their submissions, in order, to be proposed again once the
+    /// missed ops are applied.
+    pub fn abort_pending(&mut self) -> Vec<Submission> {
+        self.pending_len = self.doc.len();
+        self.pending.drain(..).map(|p| p.submission).collect()
+    }
+
+    /// Applies an op committed by another instance. Ops at or below the
+    /// current version are ignored (already applied); a gap is an error.
+    pub fn apply_remote(&mut self, op: CommittedOp, now: Timestamp) -> Result<bool, RemoteError> {
+        let expected = self.version().next();
+        if op.version < expected {
+            return Ok(false);
+        }
+        if op.version > expected {
+            return Err(RemoteError::Gap {
+                expected,
+                got: op.version,
+            });
+        }
+        if !self.pending.is_empty() {
+            return Err(RemoteError::PendingProposals);
+        }
+        self.doc
+            .apply(&op.delta)
+            .map_err(|source| RemoteError::Invalid {
+                version: op.version,
+                source,
+            })?;
+        self.pending_len = self.doc.len();
+        Self::remember(&mut self.clients, &op, now);
+        self.history.push_back(Entry { op, at: now });
+        self.prune(now);
+        Ok(true)
+    }
+
+    /// Moves a position taken at `version` to the current version. `None`
+    /// if `version` is in the future or no longer covered by history.
+    pub fn rebase_position(&self, pos: usize, version: Version, bias: Bias) -> Option<usize> {
+        let ops = self.ops_since(version)?;
+        let mut pos = pos;
+        let mut first = true;
+        for op in ops {
+            if first {
+                pos = pos.min(op.delta.base_len());
+                first = false;
+            }
+            pos = op.delta.transform_position(pos, bias);
+        }
+        Some(pos.min(self.doc.len()))
+    }
+
+    fn find_committed(&self, key: &ClientKey, seq: Seq) -> Option<Version> {
+        self.history
+            .iter()
+            .rev()
+            .find(|e| e.op.seq == seq && e.op.user == key.0 && e.op.client_id == key.1)
+            .map(|e| e.op.version)
+    }
+
+    fn remember(clients: &mut HashMap<ClientKey, ClientRecord>, op: &CommittedOp, now: Timestamp) {
+        let rec = ClientRecord {
+            last_seq: op.seq,
+            version: op.version,
+            seen: now,
+        };
+        match clients.get_mut(&(op.user, op.client_id.clone())) {
+            Some(r) if r.last_seq > op.seq => r.seen = now,
+            Some(r) => *r = rec,
+            None => {
+                clients.insert((op.user, op.client_id.clone()), rec);
+            }
+        }
+    }
+
+    fn prune(&mut self, now: Timestamp) {
+        while let Some(front) = self.history.front() {
+            let too_many = self.history.len() > self.config.max_history;
+            let too_old = now.since(front.at) > self.config.max_history_age_ms;
+            if !(too_many || too_old) {
+                break;
+            }
+            self.history.pop_front();
+        }
+        if self.clients.len() > self.config.max_clients {
+            // Forget the least recently seen tenth at once, so the sort is
+            // paid rarely.
+            let mut seen: Vec<Timestamp> = self.clients.values().map(|r| r.seen).collect();
+            let cut = self.clients.len() - self.config.max_clients * 9 / 10;
+            seen.select_nth_unstable(cut.saturating_sub(1));
+            let threshold = seen[cut.saturating_sub(1)];
+            let mut dropped = 0;
+            self.clients.retain(|_, r| {
+                if dropped < cut && r.seen <= threshold {
+                    dropped += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+
+    /// Length the next proposal must produce from (after pending ops).
+    pub fn pending_len(&self) -> usize {
+        self.pending_len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn user(n: u128) -> UserId {
+        UserId(Uuid::from_u128(n))
+    }
+
+    fn sub(u: u128, client: &str, seq: u64, base: u64, delta: Delta) -> Submission {
+        Submission {
+            user: user(u),
+            client_id: ClientId::new(client).unwrap(),
+            seq: Seq(seq),
+            base: Version(base),
+            delta,
+        }
+    }
+
+    fn ins(pos: usize, text: &str) -> Delta {
+        let mut d = Delta::new();
+        d.retain(pos).insert(text);
+        d
+    }
+
+    fn commit_one(s: &mut Sequencer, submission: Submission) -> CommittedOp {
+        match s.propose(submission, Timestamp(0)).unwrap() {
+            Proposed::New(op) => {
+                s.commit(op.version, Timestamp(0));
+                op
+            }
+            other => panic!("expected a new op, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_late_submit_is_rebased_over_what_was_committed_after_its_base() {
+        let mut s = Sequencer::new(
+            Document::from_text("ac", Version(0)),
+            SequencerConfig::default(),
+        );
+        commit_one(&mut s, sub(1, "a", 1, 0, ins(1, "b")));
+        let op = commit_one(&mut s, sub(2, "b", 1, 0, ins(2, "d")));
+        assert_eq!(op.version, Version(2));
+        assert_eq!(s.document().text(), "abcd");
+    }
+
+    #[test]
+    fn concurrent_inserts_at_one_place_keep_commit_order() {
+        let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
+        commit_one(&mut s, sub(1, "a", 1, 0, ins(0, "first")));
+        commit_one(&mut s, sub(2, "b", 1, 0, ins(0, "second")));
+        assert_eq!(s.document().text(), "firstsecond");
+    }
+
+    #[test]
+    fn a_resent_submit_is_a_duplicate_whatever_it_carries() {
+        let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
+        commit_one(&mut s, sub(1, "a", 7, 0, ins(0, "x")));
+        commit_one(&mut s, sub(2, "b", 1, 1, ins(1, "y")));
+        let again = s.propose(sub(1, "a", 7, 2, ins(0, "zzz")), Timestamp(0));
+        assert_eq!(again, Ok(Proposed::Duplicate(Version(1))));
+        assert_eq!(s.version(), Version(2));
+        assert_eq!(s.pending().len(), 0);
+    }
+
+    #[test]
+    fn seq_not_above_the_last_is_out_of_order() {
+        let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
+        commit_one(&mut s, sub(1, "a", 5, 0, ins(0, "x")));
+        assert_eq!(
+            s.propose(sub(1, "a", 4, 1, ins(0, "y")), Timestamp(0)),
+            Err(Rejection::OutOfOrder {
+                seq: Seq(4),
+                last: Seq(5)
+            })
+        );
+        // The same seq from another client or user is unrelated.
+        assert!(matches!(
+            s.propose(sub(1, "other-tab", 4, 1, ins(0, "y")), Timestamp(0)),
+            Ok(Proposed::New(_))
+        ));
+    }
+
+    #[test]
+    fn future_stale_invalid_and_too_large_are_typed() {
+        let config = SequencerConfig {
+            max_history: 2,
+            max_document_chars: 5,
+            ..SequencerConfig::default()
+        };
+        let mut s = Sequencer::new(Document::new(), config);
+        for i in 1..=3 {
+            commit_one(&mut s, sub(1, "a", i, i - 1, ins(0, "x")));
+        }
+        let before = s.document().clone();
+        let r =
+            |s: &mut Sequencer, seq, base, d| s.propose(sub(2, "b", seq, base, d), Timestamp(0));
+        assert_eq!(
+            r(&mut s, 1, 4, ins(0, "y")),
+            Err(Rejection::FutureBase {
+                base: Version(4),
+                version: Version(3)
+            })
+        );
+        assert_eq!(
+            r(&mut s, 1, 0, ins(0, "y")),
+            Err(Rejection::StaleBase {
+                base: Version(0),
+                oldest: Version(1)
+            })
+        );
+        assert_eq!(
+            r(&mut s, 1, 3, Delta::identity(4)),
+            Err(Rejection::InvalidDelta(DeltaError::BaseLengthMismatch {
+                expected: 3,
+                actual: 4
+            }))
+        );
+        assert!(matches!(
+            r(&mut s, 1, 3, ins(0, "yyy")),
+            Err(Rejection::TooLarge {
+                limit: 5,
+                actual: 6,
+                ..
+            })
+        ));
+        assert_eq!(s.document(), &before);
+        assert_eq!(s.pending().len(), 0);
+        // Base 1 is still inside the window: the delta spans the document
+        // as it was at version 1.
+        assert!(matches!(r(&mut s, 1, 1, ins(1, "y")), Ok(Proposed::New(_))));
+    }
+
+    #[test]
+    fn history_is_bounded_by_age() {
+        let config = SequencerConfig {
+            max_history_age_ms: 1_000,
+            ..SequencerConfig::default()
+        };
+        let mut s = Sequencer::new(Document::new(), config);
+        let p = s
+            .propose(sub(1, "a", 1, 0, ins(0, "x")), Timestamp(0))
+            .unwrap();
+        let Proposed::New(op) = p else { panic!() };
+        s.commit(op.version, Timestamp(0));
+        assert!(s.ops_since(Version(0)).is_some());
+        let p = s
+            .propose(sub(1, "a", 2, 1, ins(0, "y")), Timestamp(5_000))
+            .unwrap();
+        let Proposed::New(op) = p else { panic!() };
+        s.commit(op.version, Timestamp(5_000));
+        assert!(s.ops_since(Version(0)).is_none());
+        assert_eq!(s.ops_since(Version(1)).map(|o| o.len()), Some(1));
+    }
+
+    #[test]
+    fn proposals_build_on_pending_ones_and_commit_together() {
+        let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
+        let Proposed::New(a) = s
+            .propose(sub(1, "a", 1, 0, ins(0, "a")), Timestamp(0))
+            .unwrap()
+        else {
+            panic!()
+        };
+        let Proposed::New(b) = s
+            .propose(sub(2, "b", 1, 0, ins(0, "b")), Timestamp(0))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((a.version, b.version), (Version(1), Version(2)));
+        assert_eq!(
+            s.propose(sub(1, "a", 1, 0, ins(0, "a")), Timestamp(0)),
+            Ok(Proposed::Pending(Version(1)))
+        );
+        assert_eq!(s.version(), Version(0));
+        assert_eq!(s.commit(Version(2), Timestamp(0)), 2);
+        assert_eq!(s.document().text(), "ab");
+    }
+
+    #[test]
+    fn losing_the_race_applies_the_remote_op_then_proposes_again() {
+        let mut s = Sequencer::new(
+            Document::from_text("xy", Version(0)),
+            SequencerConfig::default(),
+        );
+        let Proposed::New(mine) = s
+            .propose(sub(1, "a", 1, 0, ins(1, "A")), Timestamp(0))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(mine.version, Version(1));
+        // Another instance committed version 1 first.
+        let theirs = CommittedOp {
+            version: Version(1),
+            user: user(9),
+            client_id: ClientId::new("remote").unwrap(),
+            seq: Seq(1),
+            delta: ins(1, "B").fit(2).unwrap(),
+        };
+        assert_eq!(
+            s.apply_remote(theirs.clone(), Timestamp(0)),
+            Err(RemoteError::PendingProposals)
+        );
+        let again = s.abort_pending();
+        assert!(s.apply_remote(theirs, Timestamp(0)).unwrap());
+        let mut versions = vec![];
+        for sub in again {
+            let Proposed::New(op) = s.propose(sub, Timestamp(0)).unwrap() else {
+                panic!()
+            };
+            versions.push(op.version);
+        }
+        s.commit(Version(2), Timestamp(0));
+        assert_eq!(versions, vec![Version(2)]);
+        assert_eq!(s.document().text(), "xBAy");
+    }
+
+    #[test]
+    fn a_gap_in_remote_ops_is_refused() {
+        let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
+        let op = CommittedOp {
+            version: Version(2),
+            user: user(1),
+            client_id: ClientId::new("r").unwrap(),
+            seq: Seq(1),
+            delta: ins(0, "x"),
+        };
+        assert_eq!(
+            s.apply_remote(op, Timestamp(0)),
+            Err(RemoteError::Gap {
+                expected: Version(1),
+                got: Version(2)
+            })
+        );
+    }
+
+    #[test]
+    fn positions_are_rebased_through_history() {
+        let mut s = Sequencer::new(
+            Document::from_text("hello", Version(0)),
+            SequencerConfig::default(),
+        );
+        commit_one(&mut s, sub(1, "a", 1, 0, ins(0, ">> ")));
+        assert_eq!(s.rebase_position(5, Version(0), Bias::Before), Some(8));
+        assert_eq!(s.rebase_position(5, Version(1), Bias::Before), Some(5));
+        assert_eq!(s.rebase_position(5, Version(2), Bias::Before), None);
+    }
+
+    #[test]
+    fn forgotten_clients_are_bounded() {
+        let config = SequencerConfig {
+            max_clients: 10,
+            max_history: 5,
+            ..SequencerConfig::default()
+        };
+        let mut s = Sequencer::new(Document::new(), config);
+        for i in 0..50u64 {
+            commit_one(&mut s, sub(1, &format!("tab-{i}"), 1, i, ins(0, "x")));
+        }
+        assert!(s.clients.len() <= 10);
+    }
+}
