@@ -49,6 +49,24 @@ enum State {
     Unconfirmed {
         inflight: Outgoing,
     },
+    /// The server refused the in-flight op while the local document showed
+    /// it: the local document holds edits that will never commit. Server ops
+    /// are ignored and edits refused until [`Client::reset`].
+    Diverged,
+}
+
+/// What a refused submit means for the local document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Nothing was in flight.
+    Nothing,
+    /// The op was not in the local document (see `State::Unconfirmed`):
+    /// nothing else to do.
+    Dropped(Outgoing),
+    /// The local document showed it (and any edits after it): rejoin with
+    /// `since: null` and [`Client::reset`] to the server's content. The
+    /// refused op and the unsent buffer are returned: they are lost.
+    MustResync(Outgoing, Option<Delta>),
 }
 
 /// Something the server said that does not fit the client's state: the
@@ -59,8 +77,8 @@ pub enum ClientError {
     VersionGap { expected: Version, got: Version },
     #[error("ack for seq {got:?} while {expected:?} is in flight")]
     UnexpectedAck { expected: Option<Seq>, got: Seq },
-    #[error("seq {0} must be acknowledged or refused before new edits")]
-    Resyncing(Seq),
+    #[error("waiting for a resync (in flight: {0:?}) before new edits")]
+    Resyncing(Option<Seq>),
     #[error("delta does not apply: {0}")]
     Delta(#[from] DeltaError),
 }
@@ -114,7 +132,7 @@ impl Client {
     /// The submit waiting for its ack, if any.
     pub fn inflight(&self) -> Option<&Outgoing> {
         match &self.state {
-            State::Synchronized => None,
+            State::Synchronized | State::Diverged => None,
             State::AwaitingAck { inflight }
             | State::AwaitingWithBuffer { inflight, .. }
             | State::Unconfirmed { inflight } => Some(inflight),
@@ -140,8 +158,12 @@ impl Client {
     /// Applies a local edit (a delta over the local document). Returns the
     /// submit to send now, if nothing else was in flight.
     pub fn edit(&mut self, delta: Delta) -> Result<Option<Outgoing>, ClientError> {
-        if let State::Unconfirmed { inflight } = &self.state {
-            return Err(ClientError::Resyncing(inflight.seq));
+        match &self.state {
+            State::Unconfirmed { inflight } => {
+                return Err(ClientError::Resyncing(Some(inflight.seq)));
+            }
+            State::Diverged => return Err(ClientError::Resyncing(None)),
+            _ => {}
         }
         let delta = delta.fit(self.doc.len())?;
         // The local document's version counts local edits too; only
@@ -180,7 +202,7 @@ impl Client {
                 },
                 None,
             ),
-            State::Unconfirmed { .. } => unreachable!("refused above"),
+            State::Unconfirmed { .. } | State::Diverged => unreachable!("refused above"),
         };
         self.state = state;
         Ok(out)
@@ -191,7 +213,7 @@ impl Client {
     /// Returns a submit to send if the op acknowledged the in-flight one and
     /// a buffer was waiting.
     pub fn receive(&mut self, op: &CommittedOp) -> Result<Option<Outgoing>, ClientError> {
-        if op.version <= self.version {
+        if op.version <= self.version || self.state == State::Diverged {
             return Ok(None);
         }
         let expected = self.version.next();
@@ -227,11 +249,10 @@ impl Client {
                     local,
                 )
             }
-            State::Unconfirmed { inflight } => {
-                // Not in the local document: only keep it current.
-                let (inflight, _) = rebase(inflight, &server, op.version)?;
-                (State::Unconfirmed { inflight }, server)
-            }
+            // Not in the local document and made on a version the client no
+            // longer has: it is re-sent exactly as it was first sent.
+            State::Unconfirmed { inflight } => (State::Unconfirmed { inflight }, server),
+            State::Diverged => unreachable!("ignored above"),
         };
         self.doc.apply(&local)?;
         self.selection = self
@@ -244,8 +265,15 @@ impl Client {
 
     /// The ack of the in-flight submit. Returns the buffered submit to send
     /// next, if any.
+    ///
+    /// An ack for an earlier seq is ignored: after a rejoin the client may
+    /// have recognised its op in the catch-up and re-sent it anyway, and the
+    /// server answers that duplicate with a second ack.
     pub fn ack(&mut self, seq: Seq, version: Version) -> Result<Option<Outgoing>, ClientError> {
         let expected = self.inflight().map(|i| i.seq);
+        if expected.is_none_or(|e| seq < e) && seq < self.next_seq && version <= self.version {
+            return Ok(None);
+        }
         if expected != Some(seq) {
             return Err(ClientError::UnexpectedAck { expected, got: seq });
         }
@@ -287,16 +315,30 @@ impl Client {
     }
 
     /// The server refused the in-flight submit (`stale_base`, `forbidden`,
-    /// `invalid_delta`...): it will never commit. The local document keeps
-    /// showing it until the caller rejoins with [`Client::reset`]; this only
-    /// frees the client to send its buffer. Returns the dropped submit.
-    pub fn reject_inflight(&mut self) -> Option<Outgoing> {
+    /// `invalid_delta`...): it will never commit.
+    pub fn refuse_inflight(&mut self) -> Refused {
         let state = std::mem::replace(&mut self.state, State::Synchronized);
         match state {
-            State::Synchronized => None,
-            State::AwaitingAck { inflight } | State::Unconfirmed { inflight } => Some(inflight),
-            State::AwaitingWithBuffer { inflight, .. } => Some(inflight),
+            State::Synchronized => Refused::Nothing,
+            State::Diverged => {
+                self.state = State::Diverged;
+                Refused::Nothing
+            }
+            State::Unconfirmed { inflight } => Refused::Dropped(inflight),
+            State::AwaitingAck { inflight } => {
+                self.state = State::Diverged;
+                Refused::MustResync(inflight, None)
+            }
+            State::AwaitingWithBuffer { inflight, buffer } => {
+                self.state = State::Diverged;
+                Refused::MustResync(inflight, Some(buffer))
+            }
         }
+    }
+
+    /// Whether the client must rejoin with `since: null` and reset.
+    pub fn must_resync(&self) -> bool {
+        self.state == State::Diverged
     }
 
     /// What to re-send after reconnecting and applying the catch-up ops:
@@ -312,7 +354,7 @@ impl Client {
     pub fn reset(&mut self, content: Document) -> Option<Delta> {
         let state = std::mem::replace(&mut self.state, State::Synchronized);
         let (state, lost) = match state {
-            State::Synchronized => (State::Synchronized, None),
+            State::Synchronized | State::Diverged => (State::Synchronized, None),
             State::AwaitingAck { inflight } | State::Unconfirmed { inflight } => {
                 (State::Unconfirmed { inflight }, None)
             }
@@ -331,7 +373,7 @@ impl Client {
     /// it: the local length before the in-flight op and buffer.
     fn server_len(&self) -> usize {
         match &self.state {
-            State::Synchronized | State::Unconfirmed { .. } => self.doc.len(),
+            State::Synchronized | State::Unconfirmed { .. } | State::Diverged => self.doc.len(),
             State::AwaitingAck { inflight } => inflight.delta.base_len(),
             State::AwaitingWithBuffer { inflight, .. } => inflight.delta.base_len(),
         }
@@ -362,5 +404,135 @@ pub fn transform_selection(op: &Delta, s: Selection, bias: Bias) -> Selection {
     Selection {
         anchor: op.transform_position(s.anchor, bias),
         head: op.transform_position(s.head, bias),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn client(text: &str) -> Client {
+        Client::new(
+            UserId(Uuid::from_u128(1)),
+            ClientId::new("me").unwrap(),
+            Document::from_text(text, Version(3)),
+        )
+    }
+
+    fn ins(pos: usize, s: &str, len: usize) -> Delta {
+        let mut d = Delta::new();
+        d.retain(pos).insert(s);
+        d.fit(len).unwrap()
+    }
+
+    fn server_op(version: u64, delta: Delta) -> CommittedOp {
+        CommittedOp {
+            version: Version(version),
+            user: UserId(Uuid::from_u128(2)),
+            client_id: ClientId::new("other").unwrap(),
+            seq: Seq(1),
+            delta,
+        }
+    }
+
+    #[test]
+    fn edits_go_out_one_at_a_time_and_the_rest_is_buffered() {
+        let mut c = client("ab");
+        let first = c.edit(ins(0, "x", 2)).unwrap().unwrap();
+        assert_eq!((first.seq, first.base), (Seq(1), Version(3)));
+        assert_eq!(c.edit(ins(1, "y", 3)).unwrap(), None);
+        assert_eq!(c.edit(ins(2, "z", 4)).unwrap(), None);
+        let next = c.ack(Seq(1), Version(4)).unwrap().unwrap();
+        assert_eq!((next.seq, next.base), (Seq(2), Version(4)));
+        assert_eq!(next.delta, ins(1, "yz", 3));
+        assert_eq!(c.ack(Seq(2), Version(5)).unwrap(), None);
+        assert!(c.is_synchronized());
+        assert_eq!(c.document().text(), "xyzab");
+    }
+
+    #[test]
+    fn server_ops_are_transformed_over_inflight_and_buffer() {
+        let mut c = client("ab");
+        c.edit(ins(1, "x", 2)).unwrap();
+        c.edit(ins(3, "y", 3)).unwrap();
+        c.receive(&server_op(4, ins(0, "S", 2))).unwrap();
+        assert_eq!(c.document().text(), "Saxby");
+        assert_eq!(c.version(), Version(4));
+        // The in-flight op is rebased as the server will rebase it.
+        assert_eq!(c.resend().unwrap().delta, ins(2, "x", 3));
+        assert_eq!(c.resend().unwrap().base, Version(4));
+    }
+
+    #[test]
+    fn own_op_in_the_catch_up_counts_as_the_ack_and_a_later_duplicate_ack_is_ignored() {
+        let mut c = client("ab");
+        let out = c.edit(ins(0, "x", 2)).unwrap().unwrap();
+        let own = CommittedOp {
+            version: Version(4),
+            user: c.user(),
+            client_id: c.client_id().clone(),
+            seq: out.seq,
+            delta: out.delta.clone(),
+        };
+        assert_eq!(c.receive(&own).unwrap(), None);
+        assert!(c.is_synchronized());
+        assert_eq!(c.ack(out.seq, Version(4)).unwrap(), None);
+        assert_eq!(c.document().text(), "xab");
+        assert!(matches!(
+            c.ack(Seq(9), Version(5)),
+            Err(ClientError::UnexpectedAck { .. })
+        ));
+    }
+
+    #[test]
+    fn a_gap_in_server_versions_is_an_error() {
+        let mut c = client("ab");
+        assert_eq!(
+            c.receive(&server_op(5, ins(0, "S", 2))),
+            Err(ClientError::VersionGap {
+                expected: Version(4),
+                got: Version(5)
+            })
+        );
+    }
+
+    #[test]
+    fn a_refused_inflight_op_forces_a_full_resync() {
+        let mut c = client("ab");
+        c.edit(ins(0, "x", 2)).unwrap();
+        c.edit(ins(0, "y", 3)).unwrap();
+        let refused = c.refuse_inflight();
+        assert!(matches!(refused, Refused::MustResync(_, Some(_))));
+        assert!(c.must_resync());
+        assert!(c.edit(ins(0, "z", 4)).is_err());
+        c.reset(Document::from_text("server", Version(9)));
+        assert!(c.is_synchronized());
+        assert_eq!(c.document().text(), "server");
+        assert_eq!(c.version(), Version(9));
+    }
+
+    #[test]
+    fn after_a_content_rejoin_the_inflight_op_is_resent_unchanged() {
+        let mut c = client("ab");
+        let out = c.edit(ins(0, "x", 2)).unwrap().unwrap();
+        c.edit(ins(0, "y", 3)).unwrap();
+        let lost = c.reset(Document::from_text("xab!", Version(7)));
+        assert!(lost.is_some());
+        assert_eq!(c.resend(), Some(out.clone()));
+        assert!(c.edit(ins(0, "z", 4)).is_err());
+        // It had been committed at version 4, inside the content.
+        assert_eq!(c.ack(out.seq, Version(4)).unwrap(), None);
+        assert!(c.is_synchronized());
+    }
+
+    #[test]
+    fn selections_follow_edits() {
+        let mut c = client("abcd");
+        c.set_selection(Some(Selection { anchor: 1, head: 3 }));
+        c.receive(&server_op(4, ins(0, "SS", 4))).unwrap();
+        assert_eq!(c.selection(), Some(Selection { anchor: 3, head: 5 }));
+        c.edit(ins(5, "x", 6)).unwrap();
+        assert_eq!(c.selection(), Some(Selection { anchor: 3, head: 6 }));
     }
 }

@@ -33,7 +33,7 @@ pub mod sequencer;
 pub mod throttle;
 
 pub use attributes::Attributes;
-pub use client::{Client, ClientError, Outgoing, Selection};
+pub use client::{Client, ClientError, Outgoing, Refused, Selection};
 pub use delta::{Component, Delta, DeltaError};
 pub use document::Document;
 pub use ids::{ClientId, DocumentId, InvalidClientId, Seq, Timestamp, UserId, Version};
