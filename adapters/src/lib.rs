@@ -1,3 +1,15 @@
-//! Relay's adapters: one module per technology, each implementing ports
-//! (warp WebSockets, diesel-async PostgreSQL, Redis, JWKS, OpenTelemetry,
-//! in-memory). They arrive with the issues that need them.
+//! Relay's adapters: one module per technology, each implementing ports.
+//! A technology's types never cross a port.
+//!
+//! # Layout
+//!
+//! - [`memory`]: in-memory adapters for every outbound port (each says how
+//!   far it can be trusted).
+//! - [`jwt`]: token verification with jsonwebtoken against a JWK set, and
+//!   the development signing key that `relay` creates when no JWKS URL is
+//!   configured.
+//! - [`ws`]: the warp WebSocket transport driving the collaboration service.
+
+pub mod jwt;
+pub mod memory;
+pub mod ws;

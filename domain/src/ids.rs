@@ -104,6 +104,13 @@ impl From<ClientId> for String {
     }
 }
 
+/// Lets maps keyed by `ClientId` be searched with a `&str`.
+impl std::borrow::Borrow<str> for ClientId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

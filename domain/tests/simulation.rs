@@ -229,7 +229,7 @@ impl Sim {
                     base: o.base,
                     delta: o.delta,
                 };
-                match self.server.propose(sub, Timestamp(self.now)) {
+                match self.server.propose(&sub) {
                     Ok(Proposed::New(_)) | Ok(Proposed::Pending(_)) => {
                         self.links[c].awaiting = Some(o.seq);
                         if self.server.pending().len() >= self.batch {
@@ -257,7 +257,7 @@ impl Sim {
     /// The store made every pending op durable: acknowledge the submitters
     /// still connected and send the ops to everyone else.
     fn commit(&mut self) {
-        let ops: Vec<CommittedOp> = self.server.pending().cloned().collect();
+        let ops: Vec<CommittedOp> = self.server.pending().to_vec();
         let Some(last) = ops.last() else { return };
         self.server.commit(last.version, Timestamp(self.now));
         for op in ops {

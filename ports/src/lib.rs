@@ -1,7 +1,43 @@
-//! Relay's ports: the async traits between the application and the outside
-//! world (inbound: the collaboration service the WebSocket adapter drives;
-//! outbound: operation store, fan-out bus, presence registry, permission
-//! source, token verifier, metrics, clock).
+//! Relay's ports: the contract between the application and the outside.
 //!
-//! The traits arrive with the "Serve the protocol" issue; until then this
-//! crate only fixes the workspace layout.
+//! # Layout
+//!
+//! - [`protocol`]: the wire protocol (PROTOCOL.md) - client and server
+//!   messages, error and close codes, JSON encoding and decoding.
+//! - [`inbound`]: what drives Relay - the [`CollaborationService`] and its
+//!   per-connection [`Session`], driven by the WebSocket adapter.
+//! - Outbound, what Relay drives (each trait documents which outcome an
+//!   adapter must return in which case; expected outcomes are values):
+//!   - [`store`]: [`OperationStore`], the durable log and snapshots;
+//!   - [`bus`]: [`FanOut`], ops and presence between instances;
+//!   - [`presence`]: [`PresenceRegistry`], who is here across instances;
+//!   - [`auth`]: [`TokenVerifier`] and [`PermissionSource`];
+//!   - [`metrics`]: [`Metrics`], with the deployment document's names;
+//!   - [`clock`]: [`Clock`].
+//! - `contract` (feature `contract`): one test suite per outbound port,
+//!   written once and run against every adapter.
+//!
+//! With the `mocks` feature every outbound trait has a mockall mock
+//! (`MockOperationStore`, ...).
+
+pub mod auth;
+pub mod bus;
+pub mod clock;
+#[cfg(feature = "contract")]
+pub mod contract;
+pub mod inbound;
+pub mod metrics;
+pub mod presence;
+pub mod protocol;
+pub mod store;
+
+pub use auth::{AuthError, Claims, PermissionError, PermissionSource, TokenVerifier};
+pub use bus::{BusError, BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subscription};
+pub use clock::Clock;
+pub use inbound::{
+    CollaborationService, ConnectionSlot, JoinFailure, Outbound, Refusal, Session, Started,
+};
+pub use metrics::{Metrics, OpStatus};
+pub use presence::{PresenceError, PresenceRegistry};
+pub use protocol::{ClientMessage, DecodeError, ErrorCode, Join, Role, ServerMessage};
+pub use store::{Append, Loaded, OperationStore, Snapshot, StoreError};

@@ -1,0 +1,111 @@
+//! The inbound port: the collaboration service that a transport (the
+//! WebSocket adapter) drives, one [`Session`] per connection.
+//!
+//! The transport owns the socket: framing, size limits, heartbeats, the
+//! join timeout and close frames. The service owns everything the protocol
+//! means: authentication, rooms, sequencing, presence. Everything the
+//! service says to a client arrives on the session's bounded outbound queue
+//! in order; the transport writes it out and closes when told to.
+
+use crate::protocol::{ClientMessage, DecodeError, Join};
+use async_trait::async_trait;
+use relay_domain::DocumentId;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Something to write to the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outbound {
+    /// One text frame (a JSON message).
+    Text(Arc<str>),
+    /// Close the connection with this code after what came before.
+    Close { code: u16, reason: String },
+}
+
+/// A reserved connection slot; dropping it frees the slot.
+pub struct ConnectionSlot(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl ConnectionSlot {
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        ConnectionSlot(Box::new(guard))
+    }
+}
+
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionSlot")
+    }
+}
+
+/// Why a connection is refused before the upgrade.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("at MAX_CONNECTIONS")]
+    AtCapacity { retry_after_secs: u64 },
+    #[error("draining for shutdown")]
+    Draining { retry_after_secs: u64 },
+}
+
+/// Why a join failed: the transport sends `frame` (an `error` message) if
+/// any, then closes with `close_code`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinFailure {
+    pub close_code: u16,
+    pub frame: Option<Arc<str>>,
+    /// For the log (never a token).
+    pub reason: String,
+}
+
+/// A joined connection.
+pub struct Started {
+    pub session: Box<dyn Session>,
+    /// What to send, starting with `joined`. Closed by the service when it
+    /// has nothing more to say (after a `Close`).
+    pub outbound: mpsc::Receiver<Outbound>,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Started")
+    }
+}
+
+/// The collaboration service.
+#[async_trait]
+pub trait CollaborationService: Send + Sync + 'static {
+    /// Reserves a slot for a new connection, or refuses (`503`).
+    fn admit(&self) -> Result<ConnectionSlot, Refusal>;
+
+    /// Handles the first message. `bearer` is the token from the upgrade's
+    /// `Authorization` header, if any; `join.token` is used otherwise.
+    async fn join(
+        &self,
+        slot: ConnectionSlot,
+        document: DocumentId,
+        bearer: Option<String>,
+        join: Join,
+    ) -> Result<Started, JoinFailure>;
+
+    /// Counts for `/health`: (active connections, active documents).
+    fn counts(&self) -> (usize, usize);
+}
+
+/// One joined connection, driven by its transport.
+#[async_trait]
+pub trait Session: Send {
+    /// A decoded client message after `join`. Replies go to the outbound
+    /// queue.
+    async fn handle(&mut self, message: ClientMessage);
+
+    /// A frame that did not decode: answered with an `error` message, the
+    /// connection stays open.
+    fn reject(&mut self, error: DecodeError);
+
+    /// Time left before the token expires (then the transport closes 4401).
+    fn until_expiry(&self) -> Option<Duration>;
+
+    /// The connection is gone (or being closed by the transport): leave the
+    /// room. `reason` is for the log.
+    async fn close(self: Box<Self>, reason: &str);
+}

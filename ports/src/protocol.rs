@@ -1,0 +1,499 @@
+//! The wire protocol, version 1 (PROTOCOL.md): client and server messages,
+//! error codes and close codes, and their JSON text.
+//!
+//! Decoding never fails silently: anything that is not a well-formed client
+//! message becomes a [`DecodeError`] with the code (`bad_message` or
+//! `invalid_delta`) and a message a client author can act on.
+
+use relay_domain::{ClientId, CommittedOp, Delta, PresenceEntry, Seq, UserId, Version};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The WebSocket subprotocol.
+pub const SUBPROTOCOL: &str = "relay.v1";
+
+/// WebSocket close codes used by Relay.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const BAD_FIRST_MESSAGE: u16 = 4400;
+    pub const UNAUTHENTICATED: u16 = 4401;
+    pub const FORBIDDEN: u16 = 4403;
+    pub const JOIN_TIMEOUT: u16 = 4408;
+}
+
+/// Error codes of `error` messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadMessage,
+    InvalidDelta,
+    FutureBase,
+    StaleBase,
+    InFlight,
+    OutOfOrder,
+    Forbidden,
+    TooLarge,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::InvalidDelta => "invalid_delta",
+            ErrorCode::FutureBase => "future_base",
+            ErrorCode::StaleBase => "stale_base",
+            ErrorCode::InFlight => "in_flight",
+            ErrorCode::OutOfOrder => "out_of_order",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The code of a sequencer rejection.
+    pub fn of(rejection: &relay_domain::Rejection) -> ErrorCode {
+        use relay_domain::Rejection as R;
+        match rejection {
+            R::FutureBase { .. } => ErrorCode::FutureBase,
+            R::StaleBase { .. } => ErrorCode::StaleBase,
+            R::OutOfOrder { .. } => ErrorCode::OutOfOrder,
+            R::InvalidDelta(_) => ErrorCode::InvalidDelta,
+            R::TooLarge { .. } => ErrorCode::TooLarge,
+        }
+    }
+}
+
+/// A role on a document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Editor,
+    Owner,
+}
+
+impl Role {
+    /// Whether the role may submit operations.
+    pub fn can_edit(self) -> bool {
+        matches!(self, Role::Editor | Role::Owner)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "editor" => Ok(Role::Editor),
+            "owner" => Ok(Role::Owner),
+            other => Err(format!(
+                "unknown role {other:?}: expected owner, editor or viewer"
+            )),
+        }
+    }
+}
+
+/// `join`: the first message of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Join {
+    pub client_id: ClientId,
+    pub token: Option<String>,
+    pub since: Option<Version>,
+}
+
+/// A message from a client, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientMessage {
+    Join(Join),
+    Submit {
+        seq: Seq,
+        base: Version,
+        /// As received: a trailing retain may be missing.
+        delta: Delta,
+    },
+    Cursor {
+        version: Version,
+        /// `None` hides the caret.
+        selection: Option<(usize, usize)>,
+    },
+    Typing,
+    Leave,
+}
+
+/// Why a client message was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The submit's `seq`, when it could be read.
+    pub seq: Option<Seq>,
+}
+
+impl DecodeError {
+    fn bad(message: impl Into<String>, seq: Option<Seq>) -> DecodeError {
+        DecodeError {
+            code: ErrorCode::BadMessage,
+            message: message.into(),
+            seq,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct JoinFields {
+    client_id: ClientId,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    since: Option<Version>,
+}
+
+#[derive(Deserialize)]
+struct SubmitFields {
+    seq: Seq,
+    base: Version,
+    delta: Value,
+}
+
+#[derive(Deserialize)]
+struct CursorFields {
+    version: Version,
+    anchor: Option<usize>,
+    #[serde(default)]
+    head: Option<usize>,
+}
+
+impl ClientMessage {
+    /// Decodes one text frame.
+    pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| DecodeError::bad(format!("not JSON: {e}"), None))?;
+        let Value::Object(obj) = &value else {
+            return Err(DecodeError::bad("a message must be a JSON object", None));
+        };
+        let seq = obj.get("seq").and_then(Value::as_u64).map(Seq);
+        let kind = match obj.get("type") {
+            Some(Value::String(t)) => t.as_str(),
+            Some(_) => return Err(DecodeError::bad("`type` must be a string", seq)),
+            None => return Err(DecodeError::bad("missing `type`", seq)),
+        };
+        let fields = |e: serde_json::Error| DecodeError::bad(format!("{kind}: {e}"), seq);
+        match kind {
+            "join" => {
+                let f: JoinFields = serde_json::from_value(value.clone()).map_err(fields)?;
+                Ok(ClientMessage::Join(Join {
+                    client_id: f.client_id,
+                    token: f.token,
+                    since: f.since,
+                }))
+            }
+            "submit" => {
+                let f: SubmitFields = serde_json::from_value(value.clone()).map_err(fields)?;
+                let delta = Delta::from_json(&f.delta).map_err(|e| DecodeError {
+                    code: ErrorCode::InvalidDelta,
+                    message: e.to_string(),
+                    seq: Some(f.seq),
+                })?;
+                Ok(ClientMessage::Submit {
+                    seq: f.seq,
+                    base: f.base,
+                    delta,
+                })
+            }
+            "cursor" => {
+                let f: CursorFields = serde_json::from_value(value.clone()).map_err(fields)?;
+                let selection = match (f.anchor, f.head) {
+                    (None, _) => None,
+                    (Some(a), Some(h)) => Some((a, h)),
+                    (Some(_), None) => {
+                        return Err(DecodeError::bad(
+                            "cursor: `head` is required with `anchor`",
+                            None,
+                        ));
+                    }
+                };
+                Ok(ClientMessage::Cursor {
+                    version: f.version,
+                    selection,
+                })
+            }
+            "typing" => Ok(ClientMessage::Typing),
+            "leave" => Ok(ClientMessage::Leave),
+            other => Err(DecodeError::bad(
+                format!("unknown message type {other:?}"),
+                seq,
+            )),
+        }
+    }
+
+    /// Encodes the message as a client would send it (for clients and
+    /// tests).
+    pub fn encode(&self) -> String {
+        let v = match self {
+            ClientMessage::Join(j) => serde_json::json!({
+                "type": "join", "client_id": j.client_id, "token": j.token, "since": j.since
+            }),
+            ClientMessage::Submit { seq, base, delta } => serde_json::json!({
+                "type": "submit", "seq": seq, "base": base, "delta": delta
+            }),
+            ClientMessage::Cursor { version, selection } => serde_json::json!({
+                "type": "cursor", "version": version,
+                "anchor": selection.map(|s| s.0), "head": selection.map(|s| s.1)
+            }),
+            ClientMessage::Typing => serde_json::json!({"type": "typing"}),
+            ClientMessage::Leave => serde_json::json!({"type": "leave"}),
+        };
+        v.to_string()
+    }
+}
+
+/// `joined.user`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub id: UserId,
+    pub name: Option<String>,
+}
+
+/// `joined.limits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub operation_batch_size: usize,
+    pub cursor_throttle_ms: u64,
+    pub typing_debounce_ms: u64,
+    pub heartbeat_interval_secs: u64,
+}
+
+/// `presence.left` entries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departed {
+    pub user: UserId,
+    pub client_id: ClientId,
+}
+
+/// A message from the server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Joined {
+        session: String,
+        user: UserInfo,
+        role: Role,
+        version: Version,
+        content: Option<Delta>,
+        ops: Option<Vec<CommittedOp>>,
+        presence: Vec<PresenceEntry>,
+        limits: Limits,
+    },
+    Ack {
+        seq: Seq,
+        version: Version,
+    },
+    Ops {
+        ops: Vec<CommittedOp>,
+    },
+    Cursor {
+        user: UserId,
+        client_id: ClientId,
+        version: Version,
+        anchor: Option<usize>,
+        head: Option<usize>,
+    },
+    Presence {
+        joined: Vec<PresenceEntry>,
+        left: Vec<Departed>,
+    },
+    Typing {
+        user: UserId,
+        client_id: ClientId,
+        active: bool,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        seq: Option<Seq>,
+        fatal: bool,
+    },
+    Shutdown {
+        reconnect_in_ms: u64,
+    },
+}
+
+impl ServerMessage {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialise")
+    }
+
+    /// Decodes a server message (for clients and tests). Deltas come back
+    /// as sent: fit them to the document before applying.
+    pub fn decode(text: &str) -> Result<ServerMessage, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    pub fn error(
+        code: ErrorCode,
+        message: impl Into<String>,
+        seq: Option<Seq>,
+        fatal: bool,
+    ) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            seq,
+            fatal,
+        }
+    }
+}
+
+/// Encodes an `ops` frame from ops already encoded one by one, so a batch
+/// fanned out to many clients is serialised once.
+pub fn encode_ops_frame<'a>(ops: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::from(r#"{"type":"ops","ops":["#);
+    for (i, op) in ops.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(op);
+    }
+    out.push_str("]}");
+    out
+}
+
+/// Encodes one op for [`encode_ops_frame`].
+pub fn encode_op(op: &CommittedOp) -> String {
+    serde_json::to_string(op).expect("ops always serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn decodes_every_client_message() {
+        let j = ClientMessage::decode(
+            r#"{"type":"join","client_id":"tab-1","token":"t","since":null}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            j,
+            ClientMessage::Join(Join {
+                since: None,
+                token: Some(_),
+                ..
+            })
+        ));
+        let s = ClientMessage::decode(
+            r#"{"type":"submit","seq":1,"base":2,"delta":[{"retain":2},{"insert":"!"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            s,
+            ClientMessage::Submit {
+                seq: Seq(1),
+                base: Version(2),
+                ..
+            }
+        ));
+        let c = ClientMessage::decode(r#"{"type":"cursor","version":3,"anchor":null}"#).unwrap();
+        assert_eq!(
+            c,
+            ClientMessage::Cursor {
+                version: Version(3),
+                selection: None
+            }
+        );
+        assert_eq!(
+            ClientMessage::decode(r#"{"type":"typing"}"#).unwrap(),
+            ClientMessage::Typing
+        );
+        assert_eq!(
+            ClientMessage::decode(r#"{"type":"leave"}"#).unwrap(),
+            ClientMessage::Leave
+        );
+    }
+
+    #[test]
+    fn bad_messages_say_what_is_wrong() {
+        let e = ClientMessage::decode("{nope").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadMessage);
+        assert!(e.message.starts_with("not JSON"));
+        let e = ClientMessage::decode(r#"{"type":"submit","seq":4,"base":"x","delta":[]}"#)
+            .unwrap_err();
+        assert_eq!((e.code, e.seq), (ErrorCode::BadMessage, Some(Seq(4))));
+        assert!(e.message.contains("invalid type"), "{}", e.message);
+        let e = ClientMessage::decode(r#"{"type":"dance"}"#).unwrap_err();
+        assert!(e.message.contains("unknown message type"));
+        let e = ClientMessage::decode(r#"[1]"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadMessage);
+        let e = ClientMessage::decode(r#"{"type":"join","client_id":""}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn an_invalid_delta_is_its_own_code() {
+        let e =
+            ClientMessage::decode(r#"{"type":"submit","seq":4,"base":0,"delta":[{"retain":0}]}"#)
+                .unwrap_err();
+        assert_eq!((e.code, e.seq), (ErrorCode::InvalidDelta, Some(Seq(4))));
+    }
+
+    #[test]
+    fn server_messages_have_the_protocol_shape() {
+        let m = ServerMessage::Ack {
+            seq: Seq(1),
+            version: Version(3),
+        };
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            json!({"type":"ack","seq":1,"version":3})
+        );
+        let e = ServerMessage::error(ErrorCode::InFlight, "one at a time", Some(Seq(2)), false);
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({"type":"error","code":"in_flight","message":"one at a time","seq":2,"fatal":false})
+        );
+        assert_eq!(
+            ServerMessage::Shutdown { reconnect_in_ms: 5 }.encode(),
+            r#"{"type":"shutdown","reconnect_in_ms":5}"#
+        );
+    }
+
+    #[test]
+    fn an_ops_frame_from_encoded_ops_decodes_as_ops() {
+        let mut d = Delta::new();
+        d.insert("Oh, ");
+        let op = CommittedOp {
+            version: Version(4),
+            user: UserId(uuid::Uuid::nil()),
+            client_id: ClientId::new("tab-9").unwrap(),
+            seq: Seq(12),
+            delta: d,
+        };
+        let frame = encode_ops_frame([encode_op(&op).as_str()]);
+        assert_eq!(
+            ServerMessage::decode(&frame).unwrap(),
+            ServerMessage::Ops { ops: vec![op] }
+        );
+    }
+}

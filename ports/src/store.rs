@@ -1,0 +1,115 @@
+//! The operation store: the durable, ordered log of each document's
+//! operations, with snapshots. It is the source of truth: nothing is
+//! acknowledged to a client before [`OperationStore::append`] answered
+//! [`Append::Committed`].
+
+use async_trait::async_trait;
+use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
+
+/// A document's content at a version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub version: Version,
+    /// A delta of inserts only.
+    pub content: Delta,
+}
+
+/// What opening a document finds: the latest snapshot (if any) and every op
+/// after it, in version order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    pub snapshot: Option<Snapshot>,
+    pub tail: Vec<CommittedOp>,
+}
+
+/// The answer to an append. Losing a race is a value, not an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Append {
+    /// Every op of the batch is durable.
+    Committed,
+    /// The first op's version is taken (another instance won it) or not the
+    /// next one: nothing was written. `current` is the head version.
+    Conflict { current: Version },
+    /// An op of the batch has an idempotency key `(user, client_id, seq)`
+    /// that is already committed, at `version`: nothing was written.
+    Duplicate {
+        user: UserId,
+        client_id: ClientId,
+        seq: Seq,
+        version: Version,
+    },
+}
+
+/// A failure of the store itself. Expected outcomes are [`Append`] values.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or timed out: retry later. Nothing was
+    /// written (or the write's outcome is unknown and the retry will tell,
+    /// thanks to the idempotency key).
+    #[error("operation store unavailable: {0}")]
+    Unavailable(String),
+    /// The store returned something that cannot be right.
+    #[error("operation store corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The durable log of operations.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait OperationStore: Send + Sync + 'static {
+    /// Appends `ops` (consecutive versions, the first one `head + 1`) in one
+    /// transaction. Adapters must answer:
+    /// - `Committed` when every op was written;
+    /// - `Conflict` when `ops[0].version` is not `head + 1` (including when
+    ///   another writer took that version first), writing nothing;
+    /// - `Duplicate` when an op's `(user, client_id, seq)` already exists
+    ///   for the document, writing nothing;
+    /// - `Err(Unavailable)` when the store could not be reached.
+    ///
+    /// An empty `ops` is `Committed`.
+    async fn append(&self, document: DocumentId, ops: &[CommittedOp])
+    -> Result<Append, StoreError>;
+
+    /// The latest snapshot and every op after it (all ops if there is no
+    /// snapshot). An unknown document is `Loaded::default()`.
+    async fn load(&self, document: DocumentId) -> Result<Loaded, StoreError>;
+
+    /// Ops with versions `after + 1 ..`, in order, at most `limit` of them.
+    async fn read(
+        &self,
+        document: DocumentId,
+        after: Version,
+        limit: usize,
+    ) -> Result<Vec<CommittedOp>, StoreError>;
+
+    /// The head version (0 for an unknown document).
+    async fn head(&self, document: DocumentId) -> Result<Version, StoreError>;
+
+    /// The version at which `(user, client_id, seq)` was committed, if it was.
+    async fn find(
+        &self,
+        document: DocumentId,
+        user: UserId,
+        client_id: &ClientId,
+        seq: Seq,
+    ) -> Result<Option<Version>, StoreError>;
+
+    /// The highest seq committed for `(user, client_id)` and its version.
+    async fn last_seq(
+        &self,
+        document: DocumentId,
+        user: UserId,
+        client_id: &ClientId,
+    ) -> Result<Option<(Seq, Version)>, StoreError>;
+
+    /// Stores a snapshot. Saving one at or below the latest saved version
+    /// changes nothing. A snapshot past the head is refused as `Corrupt`.
+    async fn save_snapshot(
+        &self,
+        document: DocumentId,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError>;
+
+    /// Whether the store answers (for `/ready`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
