@@ -1,3 +1,27 @@
-//! Relay's application layer (sessions, per-document rooms, the submit loop)
-//! and the `relay` binary's composition root. They arrive with the "Serve
-//! the protocol" issue.
+//! Relay's application layer: the collaboration service (the inbound port's
+//! implementation) and the composition root of the `relay` binary.
+//!
+//! # Layout
+//!
+//! - [`config`]: every variable of the deployment document, validated.
+//! - `service`: [`Relay`] - admission, authentication, routing sessions to
+//!   rooms, readiness, graceful shutdown.
+//! - `session`: one connection's session (permission checks, forwarding).
+//! - `room`: one task per open document owning its sequencer - the write
+//!   path with group commit and the compare-and-set loop, fan-out, presence,
+//!   cursor throttle and typing debounce.
+//! - `rooms`: the registry of open rooms.
+//! - `sink`: a session's bounded outbound queue and close order.
+//! - [`wiring`]: builds the adapters a configuration asks for.
+
+pub mod config;
+mod deps;
+mod room;
+mod rooms;
+mod service;
+mod session;
+mod sink;
+pub mod wiring;
+
+pub use deps::Adapters;
+pub use service::{Check, Relay};

@@ -385,7 +385,7 @@ impl Sim {
                     moved = true;
                 }
             }
-            if self.server.pending().len() > 0 {
+            if !self.server.pending().is_empty() {
                 self.commit();
                 moved = true;
             }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use relay_domain::DocumentId;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Something to write to the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,12 +57,22 @@ pub struct JoinFailure {
     pub reason: String,
 }
 
+/// An order to close a connection now, skipping whatever is still queued
+/// (the client cannot keep up, or the server is going away).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseOrder {
+    pub code: u16,
+    pub reason: String,
+}
+
 /// A joined connection.
 pub struct Started {
     pub session: Box<dyn Session>,
-    /// What to send, starting with `joined`. Closed by the service when it
-    /// has nothing more to say (after a `Close`).
+    /// What to send, starting with `joined`, in order. The queue is bounded:
+    /// a client that cannot keep up gets a [`CloseOrder`] instead.
     pub outbound: mpsc::Receiver<Outbound>,
+    /// Set when the connection must close at once.
+    pub close: watch::Receiver<Option<CloseOrder>>,
 }
 
 impl std::fmt::Debug for Started {
@@ -87,8 +97,34 @@ pub trait CollaborationService: Send + Sync + 'static {
         join: Join,
     ) -> Result<Started, JoinFailure>;
 
-    /// Counts for `/health`: (active connections, active documents).
-    fn counts(&self) -> (usize, usize);
+    /// What `/health` reports.
+    fn health(&self) -> Health;
+
+    /// What `/ready` reports: each dependency's check, and whether the
+    /// service is draining.
+    async fn readiness(&self) -> Readiness;
+}
+
+/// `/health` figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub version: &'static str,
+    pub uptime_seconds: u64,
+    pub active_connections: usize,
+    pub active_documents: usize,
+}
+
+/// `/ready` checks, by name (`database`, `redis`, `jwt_keys`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub checks: Vec<(&'static str, bool)>,
+    pub draining: bool,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        !self.draining && self.checks.iter().all(|(_, ok)| *ok)
+    }
 }
 
 /// One joined connection, driven by its transport.

@@ -13,7 +13,7 @@
 //!   - [`presence`]: [`PresenceRegistry`], who is here across instances;
 //!   - [`auth`]: [`TokenVerifier`] and [`PermissionSource`];
 //!   - [`metrics`]: [`Metrics`], with the deployment document's names;
-//!   - [`clock`]: [`Clock`].
+//!   - [`clock`]: the [`Clock`].
 //! - `contract` (feature `contract`): one test suite per outbound port,
 //!   written once and run against every adapter.
 //!
@@ -35,7 +35,8 @@ pub use auth::{AuthError, Claims, PermissionError, PermissionSource, TokenVerifi
 pub use bus::{BusError, BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subscription};
 pub use clock::Clock;
 pub use inbound::{
-    CollaborationService, ConnectionSlot, JoinFailure, Outbound, Refusal, Session, Started,
+    CloseOrder, CollaborationService, ConnectionSlot, Health, JoinFailure, Outbound, Readiness,
+    Refusal, Session, Started,
 };
 pub use metrics::{Metrics, OpStatus};
 pub use presence::{PresenceError, PresenceRegistry};

@@ -1,1 +1,16 @@
 //! JWT.
+//!
+//! - [`keys`] - [`KeySet`], the usable keys of a JWKS document by `kid`, the
+//!   algorithm of each decided by the key;
+//! - [`verifier`] - [`JwtVerifier`], the `TokenVerifier` port over a
+//!   replaceable key set;
+//! - [`dev`] - [`DevKeys`], the Ed25519 development signing key, its JWKS and
+//!   token minting.
+
+pub mod dev;
+pub mod keys;
+pub mod verifier;
+
+pub use dev::{DevKeyError, DevKeys, TokenRequest};
+pub use keys::{KeySet, KeySetError, SkippedKey, VerificationKey};
+pub use verifier::{JwtConfig, JwtVerifier};

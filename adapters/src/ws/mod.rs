@@ -1,1 +1,111 @@
-//! ws
+//! The WebSocket transport on warp: `GET /collab/{document_id}` upgrades to
+//! a WebSocket speaking PROTOCOL.md, plus `/health`, `/ready` and (in
+//! development) `/.well-known/jwks.json`.
+//!
+//! The upgrade is answered by our own filter rather than `warp::ws()`:
+//! warp's builder cannot shrink tungstenite's 128 KiB read buffer, which is
+//! allocated eagerly and would cost about 137 KB per idle connection. We
+//! complete the handshake ourselves and build the stream with
+//! `WebSocketStream::from_raw_socket` and small buffers (see
+//! [`WsConfig::read_buffer_bytes`]).
+//!
+//! # Layout
+//!
+//! - `upgrade`: the handshake: path, subprotocol, origin, admission,
+//!   bearer token, `101 Switching Protocols`.
+//! - `connection`: one connection's loop: join timeout, frames to and from
+//!   the session, heartbeat, token expiry, close codes.
+//! - `http`: `/health`, `/ready`, JWKS.
+
+mod connection;
+mod http;
+mod upgrade;
+
+use relay_ports::CollaborationService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use warp::Filter;
+
+/// Transport settings (from the environment, see the app's config).
+#[derive(Clone, Debug)]
+pub struct WsConfig {
+    /// MAX_MESSAGE_BYTES: larger frames close the connection with 1009.
+    pub max_message_bytes: usize,
+    /// AUTH_TIMEOUT_SECS: no `join` by then closes with 4408.
+    pub auth_timeout: Duration,
+    /// HEARTBEAT_INTERVAL_SECS: how often the server pings.
+    pub heartbeat_interval: Duration,
+    /// HEARTBEAT_TIMEOUT_SECS: silence this long closes the connection.
+    pub heartbeat_timeout: Duration,
+    /// ALLOWED_ORIGINS: when set, other origins get 403.
+    pub allowed_origins: Option<Vec<String>>,
+    /// tungstenite's read buffer per connection.
+    pub read_buffer_bytes: usize,
+    /// tungstenite's write buffer per connection.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_message_bytes: 1 << 20,
+            auth_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(60),
+            allowed_origins: None,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 4096,
+        }
+    }
+}
+
+/// Every route of the public port.
+pub fn routes(
+    service: Arc<dyn CollaborationService>,
+    config: WsConfig,
+    jwks: Option<Arc<str>>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
++ Clone
++ Send
++ Sync
++ 'static {
+    let config = Arc::new(config);
+    upgrade::collab(service.clone(), config)
+        .or(http::health(service.clone()))
+        .unify()
+        .or(http::ready(service))
+        .unify()
+        .or(http::jwks(jwks))
+        .unify()
+        .recover(http::rejection)
+        .unify()
+}
+
+/// Serves `routes` on `listener` until `shutdown` completes; connections
+/// already upgraded keep running (the service closes them).
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    routes: F,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    F: Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+/// Binds `addr` (port 0 picks a free port) and returns the listener and
+/// the address it got.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

@@ -1,0 +1,305 @@
+//! [`JwtVerifier`]: the [`TokenVerifier`] port over jsonwebtoken and a
+//! replaceable [`KeySet`].
+
+use super::keys::{KeySet, VerificationKey};
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
+use relay_domain::UserId;
+use relay_ports::protocol::Role;
+use relay_ports::{AuthError, Claims, TokenVerifier};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::{Arc, PoisonError, RwLock};
+use uuid::Uuid;
+
+/// How tokens are checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// Required `iss` (`JWT_ISSUER`), if set.
+    pub issuer: Option<String>,
+    /// Required `aud` (`JWT_AUDIENCE`), if set. Unset, `aud` is not checked.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Longer tokens are refused before anything is decoded.
+    pub max_token_bytes: usize,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+            max_token_bytes: 8192,
+        }
+    }
+}
+
+/// Verifies JWTs against the current key set. The set is replaced whole
+/// with [`JwtVerifier::set_keys`] (by a refresher, from any thread); a
+/// verification in progress keeps the set it started with.
+#[derive(Debug)]
+pub struct JwtVerifier {
+    config: JwtConfig,
+    keys: RwLock<Arc<KeySet>>,
+}
+
+fn invalid(reason: &str) -> AuthError {
+    AuthError::Invalid(reason.to_owned())
+}
+
+impl JwtVerifier {
+    /// A verifier without keys: everything is `Unavailable` until
+    /// [`set_keys`](Self::set_keys) is called with a usable set.
+    pub fn new(config: JwtConfig) -> Self {
+        Self::with_keys(config, KeySet::empty(None))
+    }
+
+    pub fn with_keys(config: JwtConfig, keys: KeySet) -> Self {
+        let verifier = JwtVerifier {
+            config,
+            keys: RwLock::new(Arc::new(KeySet::empty(None))),
+        };
+        verifier.set_keys(keys);
+        verifier
+    }
+
+    pub fn config(&self) -> &JwtConfig {
+        &self.config
+    }
+
+    /// Replaces the key set and logs the keys that were skipped. An empty
+    /// set is installed as given (fail closed): a refresher that prefers to
+    /// keep the previous keys checks [`KeySet::is_empty`] first.
+    pub fn set_keys(&self, keys: KeySet) {
+        for skipped in keys.skipped() {
+            tracing::warn!(issuer = keys.issuer(), "JWKS {skipped}");
+        }
+        if keys.is_empty() {
+            tracing::warn!(issuer = keys.issuer(), "no usable token verification key");
+        } else {
+            tracing::info!(
+                issuer = keys.issuer(),
+                keys = keys.len(),
+                kids = ?keys.keys().iter().map(VerificationKey::kid).collect::<Vec<_>>(),
+                "token verification keys loaded"
+            );
+        }
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    /// The current key set.
+    pub fn keys(&self) -> Arc<KeySet> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Whether a usable key is loaded.
+    pub fn has_keys(&self) -> bool {
+        !self.keys().is_empty()
+    }
+
+    /// Verifies a token (synchronously; this is what
+    /// [`TokenVerifier::verify`] does).
+    pub fn verify_token(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.len() > self.config.max_token_bytes {
+            return Err(invalid("token too large"));
+        }
+        let (alg, kid) = read_header(token)?;
+        let keys = self.keys();
+        if keys.is_empty() {
+            return Err(AuthError::Unavailable);
+        }
+        let key = match &kid {
+            Some(kid) => keys.get(kid).ok_or_else(|| invalid("unknown kid"))?,
+            None => keys
+                .only_key()
+                .ok_or_else(|| invalid("token without kid, and more than one key"))?,
+        };
+        if !key.allows(alg) {
+            return Err(invalid("algorithm not allowed for this key"));
+        }
+
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.config.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = ["exp".to_owned()].into();
+        if let Some(issuer) = &self.config.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        match &self.config.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
+            None => validation.validate_aud = false,
+        }
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, key.decoding_key(), &validation)
+                .map_err(|e| map_error(e.kind()))?;
+        let claims = data.claims;
+
+        if let Some(issuer) = keys.issuer()
+            && !issuer_matches(claims.get("iss"), issuer)
+        {
+            return Err(invalid("issuer does not match the key set"));
+        }
+        read_claims(&claims)
+    }
+}
+
+#[async_trait]
+impl TokenVerifier for JwtVerifier {
+    async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        self.verify_token(token)
+    }
+
+    fn has_keys(&self) -> bool {
+        JwtVerifier::has_keys(self)
+    }
+}
+
+/// The header's `alg` and `kid`, refusing what must never be verified
+/// before any key is looked at.
+fn read_header(token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        alg: String,
+        kid: Option<String>,
+        crit: Option<Value>,
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid("malformed token"));
+    };
+    let header: Header = URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| invalid("malformed token header"))?;
+    if header.alg.eq_ignore_ascii_case("none") {
+        return Err(invalid("unsigned token (alg none)"));
+    }
+    let alg = Algorithm::from_str(&header.alg).map_err(|_| invalid("unsupported algorithm"))?;
+    if alg.family() == AlgorithmFamily::Hmac {
+        return Err(invalid("HMAC-signed token"));
+    }
+    if header.crit.is_some() {
+        return Err(invalid("critical header extensions are not supported"));
+    }
+    Ok((alg, header.kid))
+}
+
+/// Reasons are fixed strings: jsonwebtoken's own messages may quote the
+/// token's contents.
+fn map_error(kind: &ErrorKind) -> AuthError {
+    let reason = match kind {
+        ErrorKind::ExpiredSignature => return AuthError::Expired,
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::ImmatureSignature => "token not yet valid (nbf)",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            // Also what jsonwebtoken reports for a claim of the wrong type.
+            "exp" => "missing or malformed exp claim",
+            "iss" => "missing or malformed iss claim",
+            "aud" => "missing or malformed aud claim",
+            _ => "missing or malformed claim",
+        },
+        ErrorKind::InvalidClaimFormat(claim) => match claim.as_str() {
+            "exp" => "malformed exp claim",
+            "nbf" => "malformed nbf claim",
+            _ => "malformed claim",
+        },
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+            "algorithm not allowed for this key"
+        }
+        ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat => {
+            tracing::warn!("a loaded verification key was refused by the verifier");
+            "verification key unusable"
+        }
+        _ => "malformed token",
+    };
+    invalid(reason)
+}
+
+fn issuer_matches(iss: Option<&Value>, expected: &str) -> bool {
+    match iss {
+        Some(Value::String(iss)) => iss == expected,
+        Some(Value::Array(list)) => list.iter().any(|v| v.as_str() == Some(expected)),
+        _ => false,
+    }
+}
+
+/// Relay's claims, from a payload whose signature and registered claims
+/// jsonwebtoken has checked.
+fn read_claims(claims: &Map<String, Value>) -> Result<Claims, AuthError> {
+    let expires_at = match claims.get("exp") {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f.round() as u64)
+            })
+            .ok_or_else(|| invalid("malformed exp claim"))?,
+        _ => return Err(invalid("malformed exp claim")),
+    };
+    let user = match claims.get("sub") {
+        None | Some(Value::Null) => return Err(invalid("missing sub claim")),
+        Some(Value::String(sub)) => {
+            Uuid::try_parse(sub).map_err(|_| invalid("sub is not a UUID"))?
+        }
+        Some(_) => return Err(invalid("sub is not a UUID")),
+    };
+    let name = match claims.get("name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => Some(name.clone()),
+        Some(_) => return Err(invalid("name is not a string")),
+    };
+    let docs = match claims.get("docs") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(entries)) => Some(read_docs(entries)?),
+        Some(_) => return Err(invalid("docs is not an object")),
+    };
+    Ok(Claims {
+        user: UserId(user),
+        name,
+        expires_at,
+        docs,
+    })
+}
+
+/// `docs`: document UUID (stored in the canonical hyphenated lowercase
+/// form, as `Claims::role_from_docs` looks it up) or `*`, to a role.
+fn read_docs(entries: &Map<String, Value>) -> Result<BTreeMap<String, Role>, AuthError> {
+    let mut docs = BTreeMap::new();
+    for (key, value) in entries {
+        let key = if key == "*" {
+            key.clone()
+        } else {
+            Uuid::try_parse(key)
+                .map_err(|_| invalid("docs key is not a document UUID or \"*\""))?
+                .to_string()
+        };
+        let role = value
+            .as_str()
+            .and_then(|role| Role::from_str(role).ok())
+            .ok_or_else(|| invalid("docs has an unknown role"))?;
+        if docs.insert(key, role).is_some() {
+            return Err(invalid("docs names a document twice"));
+        }
+    }
+    Ok(docs)
+}

@@ -1,0 +1,343 @@
+//! The operation store in process memory.
+
+use async_trait::async_trait;
+use relay_domain::{ClientId, CommittedOp, DocumentId, Seq, UserId, Version};
+use relay_ports::{Append, Loaded, OperationStore, Snapshot, StoreError};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// An [`OperationStore`] in process memory, for development and tests.
+///
+/// It keeps nothing across restarts: every document is gone when the
+/// process stops, so it must never back a deployment that acknowledges
+/// users' work. Within a process it holds to the same rules as the
+/// database: one op per `(document, version)`, one per
+/// `(document, user, client_id, seq)`, and a batch is written whole or not
+/// at all, so the application behaves against it as against PostgreSQL.
+///
+/// State sits behind a `std` mutex rather than an async one: it is never
+/// held across an `.await` and every critical section is short, so
+/// blocking briefly is cheaper than an async lock (mini-redis does the
+/// same).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    documents: Mutex<HashMap<DocumentId, Log>>,
+}
+
+/// One document's log: `ops[i]` is at version `i + 1`.
+#[derive(Debug, Default)]
+struct Log {
+    ops: Vec<CommittedOp>,
+    /// The idempotency keys, as the database's unique index.
+    keys: HashMap<(UserId, ClientId, Seq), Version>,
+    /// The highest seq of each client and its version.
+    last_seqs: HashMap<(UserId, ClientId), (Seq, Version)>,
+    snapshot: Option<Snapshot>,
+}
+
+impl Log {
+    fn head(&self) -> Version {
+        Version(self.ops.len() as u64)
+    }
+
+    /// Decides a batch without changing anything.
+    fn check(&self, ops: &[CommittedOp]) -> Option<Append> {
+        let head = self.head();
+        if ops[0].version != head.next() {
+            return Some(Append::Conflict { current: head });
+        }
+        ops.iter().find_map(|op| {
+            let version = self.keys.get(&key(op))?;
+            Some(Append::Duplicate {
+                user: op.user,
+                client_id: op.client_id.clone(),
+                seq: op.seq,
+                version: *version,
+            })
+        })
+    }
+
+    fn commit(&mut self, ops: &[CommittedOp]) {
+        for op in ops {
+            self.keys.insert(key(op), op.version);
+            let last = self
+                .last_seqs
+                .entry((op.user, op.client_id.clone()))
+                .or_insert((op.seq, op.version));
+            if op.seq >= last.0 {
+                *last = (op.seq, op.version);
+            }
+        }
+        self.ops.extend_from_slice(ops);
+    }
+}
+
+fn key(op: &CommittedOp) -> (UserId, ClientId, Seq) {
+    (op.user, op.client_id.clone(), op.seq)
+}
+
+/// A batch the caller should never have built: versions that do not
+/// follow each other, or one key twice. The trait has no outcome for it;
+/// writing it would break the log, so it is refused.
+fn malformed(ops: &[CommittedOp]) -> Option<String> {
+    let first = ops[0].version.0;
+    if let Some((i, op)) = ops
+        .iter()
+        .enumerate()
+        .find(|(i, op)| op.version.0 != first + *i as u64)
+    {
+        return Some(format!(
+            "refused a batch whose op {i} is at version {} instead of {}",
+            op.version,
+            first + i as u64
+        ));
+    }
+    for (i, op) in ops.iter().enumerate() {
+        if ops[..i].iter().any(|earlier| key(earlier) == key(op)) {
+            return Some(format!(
+                "refused a batch that repeats seq {} of client {}",
+                op.seq, op.client_id
+            ));
+        }
+    }
+    None
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    /// Every mutation happens after all checks, so a panic while the lock
+    /// is held cannot leave half a batch behind: a poisoned lock is safe to
+    /// keep using.
+    fn documents(&self) -> MutexGuard<'_, HashMap<DocumentId, Log>> {
+        self.documents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with_log<T>(&self, document: DocumentId, f: impl FnOnce(&Log) -> T) -> T {
+        let documents = self.documents();
+        match documents.get(&document) {
+            Some(log) => f(log),
+            None => f(&Log::default()),
+        }
+    }
+}
+
+#[async_trait]
+impl OperationStore for MemoryStore {
+    async fn append(
+        &self,
+        document: DocumentId,
+        ops: &[CommittedOp],
+    ) -> Result<Append, StoreError> {
+        if ops.is_empty() {
+            return Ok(Append::Committed);
+        }
+        if let Some(reason) = malformed(ops) {
+            return Err(StoreError::Corrupt(reason));
+        }
+        let mut documents = self.documents();
+        // An unknown document gets a log only when something is written.
+        match documents.entry(document) {
+            Entry::Occupied(mut log) => {
+                if let Some(refusal) = log.get().check(ops) {
+                    return Ok(refusal);
+                }
+                log.get_mut().commit(ops);
+            }
+            Entry::Vacant(vacant) => {
+                let mut log = Log::default();
+                if let Some(refusal) = log.check(ops) {
+                    return Ok(refusal);
+                }
+                log.commit(ops);
+                vacant.insert(log);
+            }
+        }
+        Ok(Append::Committed)
+    }
+
+    async fn load(&self, document: DocumentId) -> Result<Loaded, StoreError> {
+        Ok(self.with_log(document, |log| {
+            let after = log.snapshot.as_ref().map_or(0, |s| s.version.0 as usize);
+            Loaded {
+                snapshot: log.snapshot.clone(),
+                tail: log.ops[after..].to_vec(),
+            }
+        }))
+    }
+
+    async fn read(
+        &self,
+        document: DocumentId,
+        after: Version,
+        limit: usize,
+    ) -> Result<Vec<CommittedOp>, StoreError> {
+        Ok(self.with_log(document, |log| {
+            let start = usize::try_from(after.0)
+                .unwrap_or(usize::MAX)
+                .min(log.ops.len());
+            let end = start.saturating_add(limit).min(log.ops.len());
+            log.ops[start..end].to_vec()
+        }))
+    }
+
+    async fn head(&self, document: DocumentId) -> Result<Version, StoreError> {
+        Ok(self.with_log(document, Log::head))
+    }
+
+    async fn find(
+        &self,
+        document: DocumentId,
+        user: UserId,
+        client_id: &ClientId,
+        seq: Seq,
+    ) -> Result<Option<Version>, StoreError> {
+        let key = (user, client_id.clone(), seq);
+        Ok(self.with_log(document, |log| log.keys.get(&key).copied()))
+    }
+
+    async fn last_seq(
+        &self,
+        document: DocumentId,
+        user: UserId,
+        client_id: &ClientId,
+    ) -> Result<Option<(Seq, Version)>, StoreError> {
+        let key = (user, client_id.clone());
+        Ok(self.with_log(document, |log| log.last_seqs.get(&key).copied()))
+    }
+
+    async fn save_snapshot(
+        &self,
+        document: DocumentId,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        let mut documents = self.documents();
+        let head = documents.get(&document).map_or(Version::ZERO, Log::head);
+        if snapshot.version > head {
+            return Err(StoreError::Corrupt(format!(
+                "refused a snapshot at version {} past the head {head} of document {document}",
+                snapshot.version
+            )));
+        }
+        // The head is past zero here unless the snapshot is at version 0,
+        // which is the empty document and not worth keeping.
+        let Some(log) = documents.get_mut(&document) else {
+            return Ok(());
+        };
+        let latest = log.snapshot.as_ref().map_or(Version::ZERO, |s| s.version);
+        if snapshot.version > latest {
+            log.snapshot = Some(snapshot);
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_domain::Delta;
+    use uuid::Uuid;
+
+    fn op(version: u64, client_id: &str, seq: u64) -> CommittedOp {
+        let mut delta = Delta::new();
+        delta.retain(version as usize - 1).insert("x");
+        CommittedOp {
+            version: Version(version),
+            user: UserId(Uuid::nil()),
+            client_id: ClientId::new(client_id).unwrap(),
+            seq: Seq(seq),
+            delta,
+        }
+    }
+
+    fn document() -> DocumentId {
+        DocumentId(Uuid::new_v4())
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_versions_that_skip_is_refused_and_writes_nothing() {
+        let store = MemoryStore::new();
+        let document = document();
+        let result = store
+            .append(document, &[op(1, "a", 1), op(3, "a", 2)])
+            .await;
+        assert!(matches!(result, Err(StoreError::Corrupt(_))), "{result:?}");
+        assert_eq!(store.head(document).await, Ok(Version::ZERO));
+    }
+
+    #[tokio::test]
+    async fn a_batch_repeating_a_key_is_refused_and_writes_nothing() {
+        let store = MemoryStore::new();
+        let document = document();
+        let result = store
+            .append(document, &[op(1, "a", 1), op(2, "a", 1)])
+            .await;
+        assert!(matches!(result, Err(StoreError::Corrupt(_))), "{result:?}");
+        assert_eq!(
+            store
+                .find(
+                    document,
+                    UserId(Uuid::nil()),
+                    &ClientId::new("a").unwrap(),
+                    Seq(1)
+                )
+                .await,
+            Ok(None)
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_appends_do_not_create_documents() {
+        let store = MemoryStore::new();
+        let document = document();
+        let answer = store.append(document, &[op(2, "a", 1)]).await;
+        assert_eq!(
+            answer,
+            Ok(Append::Conflict {
+                current: Version::ZERO
+            })
+        );
+        assert!(store.documents().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_at_version_zero_is_not_kept() {
+        let store = MemoryStore::new();
+        let document = document();
+        let empty = Snapshot {
+            version: Version::ZERO,
+            content: Delta::new(),
+        };
+        assert_eq!(store.save_snapshot(document, empty.clone()).await, Ok(()));
+        assert_eq!(store.load(document).await, Ok(Loaded::default()));
+
+        store.append(document, &[op(1, "a", 1)]).await.unwrap();
+        assert_eq!(store.save_snapshot(document, empty).await, Ok(()));
+        assert_eq!(store.load(document).await.unwrap().snapshot, None);
+    }
+
+    #[tokio::test]
+    async fn last_seq_keeps_the_highest_seq_even_if_a_lower_one_comes_later() {
+        let store = MemoryStore::new();
+        let document = document();
+        store
+            .append(document, &[op(1, "a", 5), op(2, "a", 3)])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .last_seq(document, UserId(Uuid::nil()), &ClientId::new("a").unwrap())
+                .await,
+            Ok(Some((Seq(5), Version(1))))
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The WebSocket handshake for `GET /collab/{document_id}`.
+
+use super::WsConfig;
+use super::connection;
+use relay_domain::DocumentId;
+use relay_ports::protocol::SUBPROTOCOL;
+use relay_ports::{CollaborationService, Refusal};
+use std::sync::Arc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use warp::Filter;
+use warp::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use warp::hyper::upgrade::OnUpgrade;
+use warp::reply::Response as WarpResponse;
+
+pub(super) fn collab(
+    service: Arc<dyn CollaborationService>,
+    config: Arc<WsConfig>,
+) -> impl Filter<Extract = (WarpResponse,), Error = warp::Rejection> + Clone + Send + Sync + 'static
+{
+    warp::path("collab")
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .map(
+            move |id: String, headers: HeaderMap, query: String, on_upgrade: Option<OnUpgrade>| {
+                handshake(&service, &config, &id, &headers, &query, on_upgrade)
+            },
+        )
+}
+
+fn plain(status: StatusCode, body: &str) -> WarpResponse {
+    let mut r = Response::new(format!("{body}\n").into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+fn handshake(
+    service: &Arc<dyn CollaborationService>,
+    config: &Arc<WsConfig>,
+    id: &str,
+    headers: &HeaderMap,
+    query: &str,
+    on_upgrade: Option<OnUpgrade>,
+) -> WarpResponse {
+    let Ok(uuid) = uuid::Uuid::parse_str(id) else {
+        return plain(StatusCode::BAD_REQUEST, "document_id must be a UUID");
+    };
+    let document = DocumentId(uuid);
+    if query
+        .split('&')
+        .any(|kv| matches!(kv.split('=').next(), Some("token" | "access_token" | "jwt")))
+    {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "tokens in the URL are not accepted: use the Authorization header or join.token",
+        );
+    }
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return plain(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket (relay.v1)",
+        );
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(',').map(|p| p.trim().to_owned()))
+        .filter(|p| !p.is_empty())
+        .collect();
+    let select_protocol = if offered.is_empty() {
+        false
+    } else if offered.iter().any(|p| p == SUBPROTOCOL) {
+        true
+    } else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "unsupported subprotocol: offer relay.v1",
+        );
+    };
+    if let (Some(allowed), Some(origin)) = (&config.allowed_origins, headers.get(header::ORIGIN)) {
+        let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+        if !allowed.iter().any(|a| a == origin) {
+            return plain(StatusCode::FORBIDDEN, "origin not allowed");
+        }
+    }
+    let bearer = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| s.strip_prefix("Bearer ")) {
+            Some(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+            _ => {
+                return plain(
+                    StatusCode::UNAUTHORIZED,
+                    "Authorization must be `Bearer <jwt>`",
+                );
+            }
+        },
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        return plain(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
+    };
+    let slot = match service.admit() {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let (secs, why) = match refusal {
+                Refusal::AtCapacity { retry_after_secs } => {
+                    (retry_after_secs, "server at capacity")
+                }
+                Refusal::Draining { retry_after_secs } => {
+                    (retry_after_secs, "server shutting down")
+                }
+            };
+            let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, why);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return r;
+        }
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let service = service.clone();
+    let config = config.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(config.read_buffer_bytes)
+            .write_buffer_size(config.write_buffer_bytes)
+            .max_write_buffer_size(
+                config
+                    .max_message_bytes
+                    .saturating_mul(4)
+                    .max(config.write_buffer_bytes + 1),
+            )
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes));
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+        connection::run(stream, service, &config, document, bearer, slot).await;
+    });
+    let mut r = Response::new(warp::hyper::body::Bytes::new().into());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    if select_protocol {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    r
+}

@@ -1,0 +1,303 @@
+//! Configuration from the environment: every variable of the deployment
+//! document, with its default, validated at start with a message naming the
+//! variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Where permissions come from (PERMISSION_SOURCE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PermissionSourceKind {
+    /// The token's `docs` claim.
+    Claims,
+    /// The database's `document_permissions` and document owners.
+    Database,
+}
+
+/// Relay's configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub bind_address: SocketAddr,
+    pub metrics_port: u16,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub jwt_public_key_url: Option<String>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway_secs: u64,
+    pub jwks_refresh_secs: u64,
+    pub allowed_origins: Option<Vec<String>>,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub auth_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub cursor_throttle_ms: u64,
+    pub typing_debounce_ms: u64,
+    pub operation_batch_size: usize,
+    pub operation_history_ttl: Duration,
+    pub operation_history_max: usize,
+    pub permission_source: PermissionSourceKind,
+    pub permission_cache_ttl: Duration,
+    pub redis_pool_size: usize,
+    pub db_pool_size: usize,
+    pub db_max_lifetime: Duration,
+    pub db_idle_timeout: Duration,
+    pub snapshot_every: u64,
+    pub run_migrations: bool,
+    pub max_document_chars: usize,
+    pub outbound_queue: usize,
+    pub room_idle: Duration,
+    pub shutdown_grace: Duration,
+    pub submit_rate_per_sec: u32,
+    pub submit_burst: u32,
+    pub worker_threads: Option<usize>,
+}
+
+/// A configuration error, naming the variable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads variables through `get` (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let r = Reader { get: &get };
+        let config = Config {
+            bind_address: r.parse("BIND_ADDRESS", "0.0.0.0:8081")?,
+            metrics_port: r.parse("METRICS_PORT", "9090")?,
+            database_url: get("DATABASE_URL"),
+            redis_url: get("REDIS_URL"),
+            jwt_public_key_url: get("JWT_PUBLIC_KEY_URL"),
+            jwt_issuer: get("JWT_ISSUER"),
+            jwt_audience: get("JWT_AUDIENCE"),
+            jwt_leeway_secs: r.parse("JWT_LEEWAY_SECS", "30")?,
+            jwks_refresh_secs: r.positive("JWKS_REFRESH_SECS", "300")?,
+            allowed_origins: get("ALLOWED_ORIGINS").map(|v| {
+                v.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            }),
+            max_connections: r.positive("MAX_CONNECTIONS", "10000")?,
+            max_message_bytes: r.positive("MAX_MESSAGE_BYTES", "1048576")?,
+            auth_timeout: Duration::from_secs(r.positive("AUTH_TIMEOUT_SECS", "10")?),
+            heartbeat_interval: Duration::from_secs(r.positive("HEARTBEAT_INTERVAL_SECS", "30")?),
+            heartbeat_timeout: Duration::from_secs(r.positive("HEARTBEAT_TIMEOUT_SECS", "60")?),
+            cursor_throttle_ms: r.parse("CURSOR_THROTTLE_MS", "50")?,
+            typing_debounce_ms: r.positive("TYPING_DEBOUNCE_MS", "500")?,
+            operation_batch_size: r.positive("OPERATION_BATCH_SIZE", "100")?,
+            operation_history_ttl: Duration::from_secs(r.positive("OPERATION_HISTORY_TTL", "600")?),
+            operation_history_max: r.positive("OPERATION_HISTORY_MAX", "10000")?,
+            permission_source: match get("PERMISSION_SOURCE").as_deref() {
+                None => {
+                    if get("DATABASE_URL").is_some() {
+                        PermissionSourceKind::Database
+                    } else {
+                        PermissionSourceKind::Claims
+                    }
+                }
+                Some("claims") => PermissionSourceKind::Claims,
+                Some("database") => PermissionSourceKind::Database,
+                Some(other) => {
+                    return Err(ConfigError {
+                        variable: "PERMISSION_SOURCE",
+                        problem: format!("expected `claims` or `database`, got {other:?}"),
+                    });
+                }
+            },
+            permission_cache_ttl: Duration::from_secs(r.parse("PERMISSION_CACHE_TTL", "300")?),
+            redis_pool_size: r.positive("REDIS_POOL_SIZE", "50")?,
+            db_pool_size: r.positive("DB_POOL_SIZE", "20")?,
+            db_max_lifetime: Duration::from_secs(r.positive("DB_MAX_LIFETIME_SECS", "1800")?),
+            db_idle_timeout: Duration::from_secs(r.positive("DB_IDLE_TIMEOUT_SECS", "600")?),
+            snapshot_every: r.positive("SNAPSHOT_EVERY", "500")?,
+            run_migrations: r.parse("RUN_MIGRATIONS", "false")?,
+            max_document_chars: r.positive("MAX_DOCUMENT_CHARS", "10000000")?,
+            outbound_queue: r.positive("OUTBOUND_QUEUE", "256")?,
+            room_idle: Duration::from_secs(r.parse("ROOM_IDLE_SECS", "30")?),
+            shutdown_grace: Duration::from_secs(r.parse("SHUTDOWN_GRACE_SECS", "30")?),
+            submit_rate_per_sec: r.positive("SUBMIT_RATE_PER_SEC", "200")?,
+            submit_burst: r.positive("SUBMIT_BURST", "400")?,
+            worker_threads: match get("TOKIO_WORKER_THREADS") {
+                None => None,
+                Some(_) => Some(r.positive("TOKIO_WORKER_THREADS", "1")?),
+            },
+        };
+        if config.heartbeat_timeout <= config.heartbeat_interval {
+            return Err(ConfigError {
+                variable: "HEARTBEAT_TIMEOUT_SECS",
+                problem: format!(
+                    "must be greater than HEARTBEAT_INTERVAL_SECS ({}s)",
+                    config.heartbeat_interval.as_secs()
+                ),
+            });
+        }
+        if config.max_message_bytes < 1024 {
+            return Err(ConfigError {
+                variable: "MAX_MESSAGE_BYTES",
+                problem: "must be at least 1024".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Whether Relay runs on in-memory adapters with a development key.
+    pub fn is_development(&self) -> bool {
+        self.database_url.is_none() && self.redis_url.is_none() && self.jwt_public_key_url.is_none()
+    }
+
+    /// The sequencer's limits from this configuration.
+    pub fn sequencer(&self) -> relay_domain::SequencerConfig {
+        relay_domain::SequencerConfig {
+            max_history: self.operation_history_max,
+            max_history_age_ms: self.operation_history_ttl.as_millis() as u64,
+            max_document_chars: self.max_document_chars,
+            max_delta_components: 10_000,
+            max_clients: 10_000,
+        }
+    }
+
+    /// The limits announced in `joined`.
+    pub fn limits(&self) -> relay_ports::protocol::Limits {
+        relay_ports::protocol::Limits {
+            max_message_bytes: self.max_message_bytes,
+            operation_batch_size: self.operation_batch_size,
+            cursor_throttle_ms: self.cursor_throttle_ms,
+            typing_debounce_ms: self.typing_debounce_ms,
+            heartbeat_interval_secs: self.heartbeat_interval.as_secs(),
+        }
+    }
+}
+
+impl Default for Config {
+    /// The defaults, as with an empty environment.
+    fn default() -> Self {
+        Config::from_lookup(|_| None).expect("defaults are valid")
+    }
+}
+
+struct Reader<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Reader<'_> {
+    fn parse<T: std::str::FromStr>(
+        &self,
+        variable: &'static str,
+        default: &str,
+    ) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let raw = (self.get)(variable).unwrap_or_else(|| default.to_owned());
+        raw.trim().parse().map_err(|e| ConfigError {
+            variable,
+            problem: format!("cannot parse {raw:?}: {e}"),
+        })
+    }
+
+    fn positive<T: std::str::FromStr + Default + PartialEq>(
+        &self,
+        variable: &'static str,
+        default: &str,
+    ) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let v: T = self.parse(variable, default)?;
+        if v == T::default() {
+            return Err(ConfigError {
+                variable,
+                problem: "must be greater than 0".into(),
+            });
+        }
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_deployment_documents() {
+        let c = Config::default();
+        assert_eq!(c.bind_address, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(c.metrics_port, 9090);
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.redis_pool_size, 50);
+        assert_eq!(c.permission_cache_ttl, Duration::from_secs(300));
+        assert_eq!(c.operation_history_ttl, Duration::from_secs(600));
+        assert_eq!(c.cursor_throttle_ms, 50);
+        assert_eq!(c.typing_debounce_ms, 500);
+        assert_eq!(c.operation_batch_size, 100);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_message_bytes, 1 << 20);
+        assert_eq!(c.auth_timeout, Duration::from_secs(10));
+        assert_eq!(c.permission_source, PermissionSourceKind::Claims);
+        assert!(c.is_development());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        assert_eq!(
+            with(&[("MAX_CONNECTIONS", "lots")]).unwrap_err().variable,
+            "MAX_CONNECTIONS"
+        );
+        assert_eq!(
+            with(&[("OPERATION_BATCH_SIZE", "0")]).unwrap_err().variable,
+            "OPERATION_BATCH_SIZE"
+        );
+        assert_eq!(
+            with(&[("BIND_ADDRESS", "nowhere")]).unwrap_err().variable,
+            "BIND_ADDRESS"
+        );
+        assert_eq!(
+            with(&[("PERMISSION_SOURCE", "vibes")])
+                .unwrap_err()
+                .variable,
+            "PERMISSION_SOURCE"
+        );
+        assert_eq!(
+            with(&[
+                ("HEARTBEAT_INTERVAL_SECS", "60"),
+                ("HEARTBEAT_TIMEOUT_SECS", "30")
+            ])
+            .unwrap_err()
+            .variable,
+            "HEARTBEAT_TIMEOUT_SECS"
+        );
+    }
+
+    #[test]
+    fn origins_are_a_comma_separated_list() {
+        let c = with(&[("ALLOWED_ORIGINS", "https://a.example, https://b.example/")]).unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            Some(vec![
+                "https://a.example".to_owned(),
+                "https://b.example".to_owned()
+            ])
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! `relay`: the collaboration server. Wiring only; see the library crate.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use relay_adapters::jwt::{DevKeys, TokenRequest};
+use relay_adapters::ws::{self, WsConfig};
+use relay_app::config::Config;
+use relay_app::wiring;
+use relay_ports::CollaborationService;
+use relay_ports::protocol::Role;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(name = "relay", version, about = "Real-time collaboration server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve (the default). Configuration comes from the environment.
+    Serve(ServeArgs),
+    /// Mint a development token, signed with the development key of a
+    /// `relay` running without JWT_PUBLIC_KEY_URL.
+    Token(TokenArgs),
+    /// Check a running server's /health (for container health checks).
+    Healthcheck {
+        /// Base URL of the server.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        url: String,
+    },
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct ServeArgs {
+    /// Where the development signing key is kept (created if missing).
+    #[arg(long, env = "RELAY_DEV_KEY_FILE")]
+    dev_key_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// The user id (a UUID); a random one if omitted.
+    #[arg(long)]
+    sub: Option<Uuid>,
+    /// A document UUID, or `*` for every document.
+    #[arg(long, default_value = "*")]
+    doc: String,
+    /// owner, editor or viewer.
+    #[arg(long, default_value = "editor")]
+    role: Role,
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: u64,
+    /// The development key file of the running server.
+    #[arg(long, env = "RELAY_DEV_KEY_FILE")]
+    key_file: Option<PathBuf>,
+}
+
+fn default_key_file() -> PathBuf {
+    std::env::temp_dir().join("relay-dev-key.pem")
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => {
+            let path = args.key_file.clone().unwrap_or_else(default_key_file);
+            let keys = load_key(&path)?.with_context(|| {
+                format!(
+                    "no development key at {}: start `relay` first (it creates one)",
+                    path.display()
+                )
+            })?;
+            println!("{}", mint(&keys, &args)?);
+            Ok(())
+        }
+        Command::Healthcheck { url } => healthcheck(&url),
+    }
+}
+
+fn mint(keys: &DevKeys, args: &TokenArgs) -> anyhow::Result<String> {
+    if args.doc != "*" {
+        Uuid::parse_str(&args.doc).context("--doc must be a UUID or *")?;
+    }
+    let mut docs = BTreeMap::new();
+    docs.insert(args.doc.clone(), args.role);
+    keys.mint(&TokenRequest {
+        sub: args.sub.unwrap_or_else(Uuid::new_v4),
+        name: args.name.clone(),
+        docs,
+        ttl_secs: args.ttl_secs,
+    })
+    .context("minting the token")
+}
+
+fn load_key(path: &Path) -> anyhow::Result<Option<DevKeys>> {
+    match std::fs::read_to_string(path) {
+        Ok(pem) => Ok(Some(DevKeys::from_pem(&pem).with_context(|| {
+            format!("{} is not a development key", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn dev_key(path: &Path) -> anyhow::Result<DevKeys> {
+    if let Some(keys) = load_key(path)? {
+        return Ok(keys);
+    }
+    let keys = DevKeys::generate();
+    write_private(path, &keys.to_pem()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(keys)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = Config::from_env().context("invalid configuration")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("relay-worker");
+    if let Some(n) = config.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.build().context("starting the runtime")?;
+    runtime.block_on(run(config, args))
+}
+
+async fn run(config: Config, args: ServeArgs) -> anyhow::Result<()> {
+    let dev = if config.is_development() {
+        let path = args.dev_key_file.unwrap_or_else(default_key_file);
+        Some((dev_key(&path)?, path))
+    } else {
+        None
+    };
+    let ws_config = WsConfig {
+        max_message_bytes: config.max_message_bytes,
+        auth_timeout: config.auth_timeout,
+        heartbeat_interval: config.heartbeat_interval,
+        heartbeat_timeout: config.heartbeat_timeout,
+        allowed_origins: config.allowed_origins.clone(),
+        ..WsConfig::default()
+    };
+    let bind = config.bind_address;
+    let wired = wiring::build(config, dev.as_ref().map(|d| &d.0))?;
+    let relay = wired.relay.clone();
+    let service: Arc<dyn CollaborationService> = Arc::new(wired.relay);
+    let routes = ws::routes(service, ws_config, wired.jwks);
+    let (listener, addr) = ws::bind(bind)
+        .await
+        .with_context(|| format!("BIND_ADDRESS: cannot bind {bind}"))?;
+    info!(%addr, "relay listening");
+    if let Some((keys, path)) = &dev {
+        announce_development(keys, path, addr)?;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ws::serve(listener, routes, async move {
+        let _ = stop_rx.await;
+    }));
+    shutdown_signal().await;
+    relay.shutdown().await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    Ok(())
+}
+
+fn announce_development(
+    keys: &DevKeys,
+    path: &Path,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let token = mint(
+        keys,
+        &TokenArgs {
+            sub: None,
+            doc: "*".into(),
+            role: Role::Editor,
+            name: Some("Developer".into()),
+            ttl_secs: 24 * 3600,
+            key_file: None,
+        },
+    )?;
+    warn!("DEVELOPMENT MODE: in-memory store, bus and presence - nothing persists across restarts");
+    eprintln!(
+        "\nRelay is running in development mode on {addr}.\n\
+         Nothing is persisted: set DATABASE_URL, REDIS_URL and JWT_PUBLIC_KEY_URL for production.\n\
+         Development key: {} (JWKS at http://{addr}/.well-known/jwks.json)\n\n\
+         An editor token for every document (valid 24 h):\n\n{token}\n\n\
+         More tokens: relay token --sub <uuid> --doc <uuid|*> --role <owner|editor|viewer>\n\
+         Connect:     ws://{addr}/collab/<document-uuid>  (subprotocol relay.v1), then send\n\
+         {{\"type\":\"join\",\"client_id\":\"tab-1\",\"token\":\"<token>\",\"since\":null}}\n",
+        path.display()
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    info!("shutdown signal received");
+}
+
+fn healthcheck(url: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .context("--url must start with http://")?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    let mut stream =
+        std::net::TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    if response.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "unhealthy: {}",
+            response.lines().next().unwrap_or("no answer")
+        )
+    }
+}

@@ -1,0 +1,1076 @@
+//! A room: the one task that owns an open document on this instance.
+//!
+//! It holds the [`Sequencer`], the presence roster and the local sessions'
+//! outbound queues, and runs the write path: dedup, rebase, append at the
+//! next version (group commit: submits that arrive while an append is in
+//! flight go into the next batch), on conflict load what was missed and try
+//! again (bounded), and only after the append: `ack` to the submitter, `ops`
+//! to the other local sessions, a publish on the bus for other instances.
+//! Ops from other instances arrive on the bus; a version gap is filled from
+//! the store. A room with no session closes after `ROOM_IDLE_SECS`.
+
+use crate::deps::Deps;
+use crate::sink::Sink;
+use relay_domain::{
+    ClientId, CommittedOp, CursorThrottle, Document, DocumentId, PresenceEntry, Proposed,
+    RateLimiter, Rejection, Roster, Seq, Sequencer, Submission, Timestamp, TypingDebounce, UserId,
+    Version,
+};
+use relay_ports::bus::{BusEvent, BusMessage, Envelope};
+use relay_ports::protocol::{
+    Departed, ErrorCode, Role, ServerMessage, UserInfo, encode_op, encode_ops_frame,
+};
+use relay_ports::{Append, OpStatus, StoreError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// How many times a batch is retried after losing the race for a version.
+const MAX_APPEND_ATTEMPTS: usize = 8;
+/// Catch-up ops beyond the in-memory history are read from the store up to
+/// this many; past it `joined` carries the content instead.
+const MAX_CATCH_UP_FROM_STORE: usize = 10_000;
+/// How many commands are taken from the mailbox per turn (the group-commit
+/// window is whatever arrived during the previous append).
+const MAILBOX_TURN: usize = 512;
+
+/// Who a session is, as the room needs it.
+#[derive(Clone, Debug)]
+pub(crate) struct Member {
+    pub id: u64,
+    pub user: UserId,
+    pub client_id: ClientId,
+    pub name: Option<String>,
+    pub role: Role,
+}
+
+/// A failed join.
+#[derive(Debug)]
+pub(crate) enum JoinError {
+    Unavailable(String),
+}
+
+pub(crate) enum Command {
+    Join {
+        member: Member,
+        since: Option<Version>,
+        sink: Sink,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
+    Submit {
+        session: u64,
+        submission: Submission,
+        received: Instant,
+    },
+    Cursor {
+        session: u64,
+        version: Version,
+        selection: Option<(usize, usize)>,
+    },
+    Typing {
+        session: u64,
+    },
+    Leave {
+        session: u64,
+        reason: String,
+    },
+    /// Tell every session the server is draining.
+    Shutdown {
+        reconnect_in_ms: u64,
+    },
+    /// Close every session now (1001).
+    CloseAll,
+}
+
+struct Local {
+    member: Member,
+    sink: Sink,
+    /// The submit waiting for its ack (one per connection).
+    awaiting: Option<(Seq, Instant)>,
+    limiter: RateLimiter,
+    cursor: CursorThrottle<()>,
+    typing: TypingDebounce,
+}
+
+struct Pending {
+    session: u64,
+    submission: Submission,
+}
+
+pub(crate) struct Room {
+    document: DocumentId,
+    deps: Arc<Deps>,
+    seq: Sequencer,
+    roster: Roster,
+    sessions: HashMap<u64, Local>,
+    last_snapshot: Version,
+    idle_since: Option<Instant>,
+    next_presence_refresh: Instant,
+}
+
+/// Runs a room until it has been idle long enough, then asks the registry
+/// to forget it.
+pub(crate) async fn run(
+    document: DocumentId,
+    deps: Arc<Deps>,
+    mut mailbox: mpsc::Receiver<Command>,
+    generation: u64,
+) {
+    let mut room = match Room::open(document, deps.clone()).await {
+        Ok(room) => room,
+        Err(e) => {
+            warn!(%document, error = %e, "cannot open document");
+            deps.rooms.forget(document, generation);
+            // Answer whoever is waiting, then stop.
+            mailbox.close();
+            while let Some(cmd) = mailbox.recv().await {
+                if let Command::Join { reply, .. } = cmd {
+                    let _ = reply.send(Err(JoinError::Unavailable(e.to_string())));
+                }
+            }
+            return;
+        }
+    };
+    let mut bus = match deps.bus.subscribe(document).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(%document, error = %e, "bus subscription failed; this room will not see other instances");
+            None
+        }
+    };
+    loop {
+        let deadline = room.next_deadline();
+        let mut batch = Vec::new();
+        tokio::select! {
+            cmd = mailbox.recv() => {
+                let Some(cmd) = cmd else { break };
+                room.handle(cmd, &mut batch).await;
+                // Everything that queued up while we were busy joins this turn.
+                for _ in 0..MAILBOX_TURN {
+                    match mailbox.try_recv() {
+                        Ok(cmd) => room.handle(cmd, &mut batch).await,
+                        Err(_) => break,
+                    }
+                }
+            }
+            event = recv_bus(&mut bus) => {
+                match event {
+                    Some(BusEvent::Message(env)) => room.remote(env).await,
+                    Some(BusEvent::Lagged) => room.catch_up_logged().await,
+                    None => {
+                        warn!(%document, "bus subscription ended");
+                        bus = None;
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => {}
+        }
+        room.commit_batches(batch).await;
+        room.fire_timers().await;
+        if room.idle_expired() {
+            // Close only if nothing arrived meanwhile, under the registry's
+            // lock so a concurrent join finds a closed mailbox and starts a
+            // new room instead.
+            if deps.rooms.forget_if_idle(document, generation, &mailbox) {
+                room.close().await;
+                return;
+            }
+        }
+    }
+    room.close().await;
+    deps.rooms.forget(document, generation);
+}
+
+async fn recv_bus(bus: &mut Option<relay_ports::Subscription>) -> Option<BusEvent> {
+    match bus {
+        Some(s) => s.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Room {
+    async fn open(document: DocumentId, deps: Arc<Deps>) -> Result<Room, StoreError> {
+        let loaded = deps.store.load(document).await?;
+        let (doc, last_snapshot) = match &loaded.snapshot {
+            Some(s) => (
+                Document::from_content(&s.content, s.version)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                s.version,
+            ),
+            None => (Document::new(), Version::ZERO),
+        };
+        let mut seq = Sequencer::new(doc, deps.config.sequencer());
+        let now = deps.clock.now();
+        for op in loaded.tail {
+            let v = op.version;
+            seq.apply_remote(op, now)
+                .map_err(|e| StoreError::Corrupt(format!("op {v}: {e}")))?;
+        }
+        let mut roster = Roster::new();
+        if let Ok(entries) = deps.presence.list(document).await {
+            for e in entries {
+                roster.join(e);
+            }
+        }
+        debug!(%document, version = %seq.version(), "room opened");
+        Ok(Room {
+            document,
+            next_presence_refresh: Instant::now() + deps.presence_refresh(),
+            deps,
+            seq,
+            roster,
+            sessions: HashMap::new(),
+            last_snapshot,
+            idle_since: Some(Instant::now()),
+        })
+    }
+
+    fn now(&self) -> Timestamp {
+        self.deps.clock.now()
+    }
+
+    async fn handle(&mut self, cmd: Command, batch: &mut Vec<Pending>) {
+        match cmd {
+            Command::Join {
+                member,
+                since,
+                sink,
+                reply,
+            } => {
+                let r = self.join(member, since, sink).await;
+                let _ = reply.send(r);
+            }
+            Command::Submit {
+                session,
+                submission,
+                received,
+            } => self.submit(session, submission, received, batch),
+            Command::Cursor {
+                session,
+                version,
+                selection,
+            } => self.cursor(session, version, selection).await,
+            Command::Typing { session } => self.typing(session).await,
+            Command::Leave { session, reason } => self.leave(session, &reason).await,
+            Command::Shutdown { reconnect_in_ms } => {
+                let frame: Arc<str> = ServerMessage::Shutdown { reconnect_in_ms }.encode().into();
+                for s in self.sessions.values() {
+                    s.sink.send(frame.clone());
+                }
+            }
+            Command::CloseAll => {
+                let ids: Vec<u64> = self.sessions.keys().copied().collect();
+                for id in ids {
+                    if let Some(s) = self.sessions.get(&id) {
+                        s.sink.order_close(
+                            relay_ports::protocol::close::GOING_AWAY,
+                            "server shutting down",
+                        );
+                    }
+                    self.leave(id, "server shutting down").await;
+                }
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        member: Member,
+        since: Option<Version>,
+        sink: Sink,
+    ) -> Result<(), JoinError> {
+        let version = self.seq.version();
+        let catch_up = match since {
+            Some(v) if v <= version => self.catch_up_ops(v).await?,
+            _ => None,
+        };
+        let (content, ops) = match catch_up {
+            Some(ops) => (None, Some(ops)),
+            None => (Some(self.seq.document().to_delta()), None),
+        };
+        let entry = PresenceEntry {
+            user: member.user,
+            client_id: member.client_id.clone(),
+            name: member.name.clone(),
+            anchor: None,
+            head: None,
+            version,
+        };
+        let presence = self
+            .roster
+            .entries()
+            .filter(|e| !(e.user == member.user && e.client_id == member.client_id))
+            .cloned()
+            .collect();
+        let joined = ServerMessage::Joined {
+            session: format!("{:016x}", member.id),
+            user: UserInfo {
+                id: member.user,
+                name: member.name.clone(),
+            },
+            role: member.role,
+            version,
+            content,
+            ops,
+            presence,
+            limits: self.deps.config.limits(),
+        };
+        if !sink.send(joined.encode().into()) {
+            return Ok(());
+        }
+        info!(document = %self.document, user = %member.user, client_id = %member.client_id, role = member.role.as_str(), "joined");
+        let config = &self.deps.config;
+        let local = Local {
+            sink,
+            awaiting: None,
+            limiter: RateLimiter::new(config.submit_burst, config.submit_rate_per_sec),
+            cursor: CursorThrottle::new(config.cursor_throttle_ms),
+            typing: TypingDebounce::new(config.typing_debounce_ms),
+            member,
+        };
+        self.sessions.insert(local.member.id, local);
+        self.idle_since = None;
+        self.roster.join(entry.clone());
+        self.broadcast_local(
+            &ServerMessage::Presence {
+                joined: vec![entry.clone()],
+                left: vec![],
+            },
+            Some(entry_key(&entry)),
+        );
+        if let Err(e) = self
+            .deps
+            .presence
+            .upsert(self.document, entry.clone(), self.deps.presence_ttl())
+            .await
+        {
+            warn!(document = %self.document, error = %e, "presence registry");
+        }
+        self.publish(BusMessage::Joined { entry }).await;
+        Ok(())
+    }
+
+    /// The ops after `since`, from memory or the store; `None` if too many
+    /// or no longer available (then `joined` carries the content).
+    async fn catch_up_ops(
+        &mut self,
+        since: Version,
+    ) -> Result<Option<Vec<CommittedOp>>, JoinError> {
+        if let Some(ops) = self.seq.ops_since(since) {
+            return Ok(Some(ops.cloned().collect()));
+        }
+        let missing = (self.seq.version().0 - since.0) as usize;
+        if missing > MAX_CATCH_UP_FROM_STORE {
+            return Ok(None);
+        }
+        let ops = self
+            .deps
+            .store
+            .read(self.document, since, missing)
+            .await
+            .map_err(|e| JoinError::Unavailable(e.to_string()))?;
+        let complete = ops.len() == missing
+            && ops
+                .iter()
+                .enumerate()
+                .all(|(i, op)| op.version.0 == since.0 + 1 + i as u64);
+        Ok(complete.then_some(ops))
+    }
+
+    fn submit(
+        &mut self,
+        session: u64,
+        submission: Submission,
+        received: Instant,
+        batch: &mut Vec<Pending>,
+    ) {
+        let now = self.now();
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if let Some((seq, _)) = s.awaiting {
+            let msg = format!("seq {seq} is not acknowledged yet: one submit at a time");
+            s.sink
+                .error(ErrorCode::InFlight, &msg, Some(submission.seq));
+            return;
+        }
+        if !s.limiter.try_acquire(now) {
+            s.sink.error(
+                ErrorCode::RateLimited,
+                "too many submits: slow down",
+                Some(submission.seq),
+            );
+            self.deps.metrics.operation("rejected", OpStatus::Rejected);
+            return;
+        }
+        s.awaiting = Some((submission.seq, received));
+        batch.push(Pending {
+            session,
+            submission,
+        });
+    }
+
+    /// Commits the batch in chunks of at most OPERATION_BATCH_SIZE.
+    async fn commit_batches(&mut self, mut batch: Vec<Pending>) {
+        let size = self.deps.config.operation_batch_size;
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(size));
+            self.commit_batch(batch).await;
+            batch = rest;
+        }
+    }
+
+    async fn commit_batch(&mut self, mut batch: Vec<Pending>) {
+        for attempt in 1..=MAX_APPEND_ATTEMPTS {
+            let mut proposed = Vec::with_capacity(batch.len());
+            for p in batch {
+                if self.propose(&p).await {
+                    proposed.push(p);
+                }
+            }
+            if self.seq.pending().is_empty() {
+                return;
+            }
+            let outcome = self
+                .deps
+                .store
+                .append(self.document, self.seq.pending())
+                .await;
+            match outcome {
+                Ok(Append::Committed) => {
+                    let ops = self.seq.pending().to_vec();
+                    let through = ops.last().map_or(self.seq.version(), |o| o.version);
+                    self.seq.commit(through, self.now());
+                    self.committed(&ops, true).await;
+                    return;
+                }
+                Ok(Append::Conflict { .. }) | Ok(Append::Duplicate { .. }) => {
+                    self.seq.abort_pending();
+                    debug!(document = %self.document, attempt, "lost the race for a version; catching up");
+                    if let Err(e) = self.catch_up().await {
+                        self.fail(&proposed, ErrorCode::Unavailable, &format!("storage: {e}"));
+                        return;
+                    }
+                    batch = proposed;
+                }
+                Err(e) => {
+                    self.seq.abort_pending();
+                    warn!(document = %self.document, error = %e, "append failed; nothing committed");
+                    self.fail(
+                        &proposed,
+                        ErrorCode::Unavailable,
+                        "storage unavailable: nothing was committed; retry the same submit",
+                    );
+                    return;
+                }
+            }
+        }
+        self.seq.abort_pending();
+        warn!(document = %self.document, "gave up after {MAX_APPEND_ATTEMPTS} conflicting appends");
+        self.fail(
+            &batch,
+            ErrorCode::Unavailable,
+            "the document is too busy: nothing was committed; retry the same submit",
+        );
+    }
+
+    /// Proposes one submit. Returns whether it is now pending (answered
+    /// later); otherwise it has been answered.
+    async fn propose(&mut self, p: &Pending) -> bool {
+        let sub = &p.submission;
+        if !self.seq.knows_client(sub.user, &sub.client_id) {
+            match self
+                .deps
+                .store
+                .last_seq(self.document, sub.user, &sub.client_id)
+                .await
+            {
+                Ok(Some((seq, version))) => {
+                    self.seq
+                        .remember_client(sub.user, &sub.client_id, seq, version, self.now())
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.fail(
+                        std::slice::from_ref(p),
+                        ErrorCode::Unavailable,
+                        &format!("storage: {e}"),
+                    );
+                    return false;
+                }
+            }
+        }
+        let kind = relay_ports::metrics::operation_type(&sub.delta);
+        match self.seq.propose(sub) {
+            Ok(Proposed::New(_)) | Ok(Proposed::Pending(_)) => true,
+            Ok(Proposed::Duplicate(version)) => {
+                self.deps.metrics.operation(kind, OpStatus::Duplicate);
+                self.ack(p.session, sub.seq, version);
+                false
+            }
+            Err(Rejection::OutOfOrder { seq, last }) => {
+                // An older op that left the in-memory history: the store
+                // still knows whether it was committed.
+                match self
+                    .deps
+                    .store
+                    .find(self.document, sub.user, &sub.client_id, seq)
+                    .await
+                {
+                    Ok(Some(version)) => {
+                        self.deps.metrics.operation(kind, OpStatus::Duplicate);
+                        self.ack(p.session, seq, version);
+                    }
+                    Ok(None) => {
+                        self.deps.metrics.operation(kind, OpStatus::Rejected);
+                        let r = Rejection::OutOfOrder { seq, last };
+                        self.fail(
+                            std::slice::from_ref(p),
+                            ErrorCode::OutOfOrder,
+                            &r.to_string(),
+                        );
+                    }
+                    Err(e) => self.fail(
+                        std::slice::from_ref(p),
+                        ErrorCode::Unavailable,
+                        &format!("storage: {e}"),
+                    ),
+                }
+                false
+            }
+            Err(r) => {
+                self.deps.metrics.operation(kind, OpStatus::Rejected);
+                self.fail(std::slice::from_ref(p), ErrorCode::of(&r), &r.to_string());
+                false
+            }
+        }
+    }
+
+    fn ack(&mut self, session: u64, seq: Seq, version: Version) {
+        if let Some(s) = self.sessions.get_mut(&session)
+            && s.awaiting.map(|a| a.0) == Some(seq)
+        {
+            s.awaiting = None;
+            s.sink
+                .send(ServerMessage::Ack { seq, version }.encode().into());
+        }
+    }
+
+    /// Answers submits with an error (non-fatal) and frees their sessions.
+    fn fail(&mut self, pending: &[Pending], code: ErrorCode, message: &str) {
+        for p in pending {
+            if code == ErrorCode::Unavailable {
+                self.deps.metrics.operation(
+                    relay_ports::metrics::operation_type(&p.submission.delta),
+                    OpStatus::Error,
+                );
+            }
+            if let Some(s) = self.sessions.get_mut(&p.session)
+                && s.awaiting.map(|a| a.0) == Some(p.submission.seq)
+            {
+                s.awaiting = None;
+                s.sink.error(code, message, Some(p.submission.seq));
+            }
+        }
+    }
+
+    /// After ops became durable (here, or on another instance): acks to
+    /// their submitters, `ops` frames to everyone else, in version order.
+    async fn committed(&mut self, ops: &[CommittedOp], ours: bool) {
+        if ops.is_empty() {
+            return;
+        }
+        for op in ops {
+            self.roster.apply(op);
+        }
+        let encoded: Vec<String> = ops.iter().map(encode_op).collect();
+        let batch = self.deps.config.operation_batch_size;
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            let mut run: Vec<&str> = Vec::new();
+            let mut alive = true;
+            for (op, json) in ops.iter().zip(&encoded) {
+                let own = op.user == s.member.user
+                    && op.client_id == s.member.client_id
+                    && s.awaiting.map(|a| a.0) == Some(op.seq);
+                if own {
+                    alive &= flush(&s.sink, &mut run);
+                    let (_, received) = s.awaiting.take().expect("checked");
+                    self.deps
+                        .metrics
+                        .operation_latency(now.duration_since(received).as_secs_f64());
+                    alive &= s.sink.send(
+                        ServerMessage::Ack {
+                            seq: op.seq,
+                            version: op.version,
+                        }
+                        .encode()
+                        .into(),
+                    );
+                } else {
+                    run.push(json);
+                    if run.len() == batch {
+                        alive &= flush(&s.sink, &mut run);
+                    }
+                }
+            }
+            alive &= flush(&s.sink, &mut run);
+            if !alive {
+                dead.push(*id);
+            }
+        }
+        if ours {
+            for op in ops {
+                self.deps.metrics.operation(
+                    relay_ports::metrics::operation_type(&op.delta),
+                    OpStatus::Ok,
+                );
+            }
+            self.publish(BusMessage::Ops { ops: ops.to_vec() }).await;
+            self.maybe_snapshot(false).await;
+        }
+        for id in dead {
+            self.leave(id, "slow consumer").await;
+        }
+    }
+
+    async fn maybe_snapshot(&mut self, closing: bool) {
+        let version = self.seq.version();
+        let due = version.0 - self.last_snapshot.0 >= self.deps.config.snapshot_every;
+        if !(due || (closing && version > self.last_snapshot)) {
+            return;
+        }
+        let snapshot = relay_ports::Snapshot {
+            version,
+            content: self.seq.document().to_delta(),
+        };
+        match self.deps.store.save_snapshot(self.document, snapshot).await {
+            Ok(()) => self.last_snapshot = version,
+            Err(e) => warn!(document = %self.document, error = %e, "snapshot not saved"),
+        }
+    }
+
+    /// Reads and applies every op the store has after our version.
+    async fn catch_up(&mut self) -> Result<(), StoreError> {
+        loop {
+            let ops = self
+                .deps
+                .store
+                .read(self.document, self.seq.version(), 1000)
+                .await?;
+            if ops.is_empty() {
+                return Ok(());
+            }
+            let mut applied = Vec::with_capacity(ops.len());
+            for op in ops {
+                match self.seq.apply_remote(op.clone(), self.deps.clock.now()) {
+                    Ok(true) => applied.push(op),
+                    Ok(false) => {}
+                    Err(e) => return Err(StoreError::Corrupt(e.to_string())),
+                }
+            }
+            self.committed(&applied, false).await;
+        }
+    }
+
+    async fn catch_up_logged(&mut self) {
+        if let Err(e) = self.catch_up().await {
+            warn!(document = %self.document, error = %e, "catch-up from the store failed");
+        }
+    }
+
+    async fn remote(&mut self, env: Envelope) {
+        if env.origin == self.deps.instance || env.document != self.document {
+            return;
+        }
+        match env.message {
+            BusMessage::Ops { ops } => {
+                let mut applied = Vec::new();
+                for op in ops {
+                    if op.version <= self.seq.version() {
+                        continue;
+                    }
+                    if op.version != self.seq.version().next() {
+                        // A gap: the store has what we missed (and this op).
+                        self.committed(&applied, false).await;
+                        self.catch_up_logged().await;
+                        return;
+                    }
+                    match self.seq.apply_remote(op.clone(), self.now()) {
+                        Ok(_) => applied.push(op),
+                        Err(e) => {
+                            warn!(document = %self.document, error = %e, "remote op refused");
+                            break;
+                        }
+                    }
+                }
+                self.committed(&applied, false).await;
+            }
+            BusMessage::Joined { entry } => {
+                if self.roster.join(entry.clone()) {
+                    self.broadcast_local(
+                        &ServerMessage::Presence {
+                            joined: vec![entry],
+                            left: vec![],
+                        },
+                        None,
+                    );
+                }
+            }
+            BusMessage::Left { departed } => {
+                if self
+                    .roster
+                    .leave(departed.user, &departed.client_id)
+                    .is_some()
+                {
+                    self.broadcast_local(
+                        &ServerMessage::Presence {
+                            joined: vec![],
+                            left: vec![departed],
+                        },
+                        None,
+                    );
+                }
+            }
+            BusMessage::Cursor { mut entry } => {
+                self.rebase_entry(&mut entry);
+                self.roster.join(entry.clone());
+                self.broadcast_local(&cursor_message(&entry), None);
+            }
+            BusMessage::Typing {
+                user,
+                client_id,
+                active,
+            } => {
+                self.broadcast_local(
+                    &ServerMessage::Typing {
+                        user,
+                        client_id,
+                        active,
+                    },
+                    None,
+                );
+            }
+        }
+    }
+
+    fn rebase_entry(&self, entry: &mut PresenceEntry) {
+        let current = self.seq.version();
+        if entry.version >= current {
+            return;
+        }
+        let moved = |p: Option<usize>| {
+            p.and_then(|p| {
+                self.seq
+                    .rebase_position(p, entry.version, relay_domain::Bias::Before)
+            })
+        };
+        match (moved(entry.anchor), moved(entry.head)) {
+            (Some(a), Some(h)) => {
+                entry.anchor = Some(a);
+                entry.head = Some(h);
+            }
+            _ => {
+                entry.anchor = None;
+                entry.head = None;
+            }
+        }
+        entry.version = current;
+    }
+
+    async fn cursor(&mut self, session: u64, version: Version, selection: Option<(usize, usize)>) {
+        let current = self.seq.version();
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        if version > current {
+            s.sink.error(
+                ErrorCode::BadMessage,
+                &format!("cursor version {version} is ahead of the document ({current})"),
+                None,
+            );
+            return;
+        }
+        let len = self.seq.document().len();
+        let selection = match selection {
+            None => None,
+            Some((a, h)) => {
+                let bias = relay_domain::Bias::Before;
+                match (
+                    self.seq.rebase_position(a, version, bias),
+                    self.seq.rebase_position(h, version, bias),
+                ) {
+                    (Some(a), Some(h)) => Some((a.min(len), h.min(len))),
+                    // Taken at a version no longer in history: drop it; the
+                    // client will send a fresher one.
+                    _ => return,
+                }
+            }
+        };
+        let (user, client_id) = (s.member.user, s.member.client_id.clone());
+        self.roster
+            .set_selection(user, &client_id, selection, current);
+        let now = self.now();
+        let s = self.sessions.get_mut(&session).expect("checked above");
+        if s.cursor.offer((), now).is_some() {
+            self.send_cursor(session).await;
+        }
+    }
+
+    /// Broadcasts a session's current selection (from the roster, so it is
+    /// up to date with every op applied since it was offered).
+    async fn send_cursor(&mut self, session: u64) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let Some(entry) = self.roster.get(s.member.user, &s.member.client_id).cloned() else {
+            return;
+        };
+        self.broadcast_local(&cursor_message(&entry), Some(entry_key(&entry)));
+        self.deps.metrics.presence_broadcast();
+        self.publish(BusMessage::Cursor { entry }).await;
+    }
+
+    async fn typing(&mut self, session: u64) {
+        let now = self.now();
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if s.typing.signal(now) == Some(true) {
+            self.send_typing(session, true).await;
+        }
+    }
+
+    async fn send_typing(&mut self, session: u64, active: bool) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let (user, client_id) = (s.member.user, s.member.client_id.clone());
+        self.broadcast_local(
+            &ServerMessage::Typing {
+                user,
+                client_id: client_id.clone(),
+                active,
+            },
+            Some((user, client_id.clone())),
+        );
+        self.deps.metrics.presence_broadcast();
+        self.publish(BusMessage::Typing {
+            user,
+            client_id,
+            active,
+        })
+        .await;
+    }
+
+    async fn leave(&mut self, session: u64, reason: &str) {
+        let Some(mut s) = self.sessions.remove(&session) else {
+            return;
+        };
+        info!(document = %self.document, user = %s.member.user, client_id = %s.member.client_id, reason, "left");
+        if s.typing.stop().is_some() {
+            // Tell the others typing stopped (the session is gone already).
+            self.broadcast_local(
+                &ServerMessage::Typing {
+                    user: s.member.user,
+                    client_id: s.member.client_id.clone(),
+                    active: false,
+                },
+                None,
+            );
+        }
+        // Another connection of the same tab may still be here (a reconnect
+        // racing the old connection's close): then it has not left.
+        let still_here = self
+            .sessions
+            .values()
+            .any(|o| o.member.user == s.member.user && o.member.client_id == s.member.client_id);
+        if !still_here {
+            self.roster.leave(s.member.user, &s.member.client_id);
+            let departed = Departed {
+                user: s.member.user,
+                client_id: s.member.client_id.clone(),
+            };
+            self.broadcast_local(
+                &ServerMessage::Presence {
+                    joined: vec![],
+                    left: vec![departed.clone()],
+                },
+                None,
+            );
+            if let Err(e) = self
+                .deps
+                .presence
+                .remove(self.document, s.member.user, &s.member.client_id)
+                .await
+            {
+                warn!(document = %self.document, error = %e, "presence registry");
+            }
+            self.publish(BusMessage::Left { departed }).await;
+        }
+        if self.sessions.is_empty() {
+            self.idle_since = Some(Instant::now());
+        }
+    }
+
+    /// Sends a message to every local session except `except` (by user and
+    /// client id). Sessions whose queue overflowed are closed by their sink.
+    fn broadcast_local(&self, message: &ServerMessage, except: Option<(UserId, ClientId)>) {
+        let mut frame: Option<Arc<str>> = None;
+        for s in self.sessions.values() {
+            if let Some((u, c)) = &except
+                && s.member.user == *u
+                && s.member.client_id == *c
+            {
+                continue;
+            }
+            let f = frame.get_or_insert_with(|| message.encode().into()).clone();
+            s.sink.send(f);
+        }
+    }
+
+    async fn publish(&mut self, message: BusMessage) {
+        let env = Envelope {
+            origin: self.deps.instance,
+            document: self.document,
+            message,
+        };
+        if let Err(e) = self.deps.bus.publish(env).await {
+            debug!(document = %self.document, error = %e, "bus publish failed; other instances will catch up from the store");
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let now_ts = self.now();
+        let now = Instant::now();
+        let to_instant = |t: Timestamp| now + Duration::from_millis(t.0.saturating_sub(now_ts.0));
+        let mut next = Some(self.next_presence_refresh);
+        let mut consider = |d: Instant| {
+            next = Some(next.map_or(d, |n| n.min(d)));
+        };
+        for s in self.sessions.values() {
+            if let Some(d) = s.cursor.deadline() {
+                consider(to_instant(d));
+            }
+            if let Some(d) = s.typing.deadline() {
+                consider(to_instant(d));
+            }
+        }
+        if let Some(idle) = self.idle_since {
+            consider(idle + self.deps.config.room_idle);
+        }
+        next
+    }
+
+    async fn fire_timers(&mut self) {
+        let now = self.now();
+        let mut cursors = Vec::new();
+        let mut typing_done = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            if s.cursor.poll(now).is_some() {
+                cursors.push(*id);
+            }
+            if s.typing.poll(now) == Some(false) {
+                typing_done.push(*id);
+            }
+        }
+        for id in cursors {
+            self.send_cursor(id).await;
+        }
+        for id in typing_done {
+            self.send_typing(id, false).await;
+        }
+        if Instant::now() >= self.next_presence_refresh {
+            self.next_presence_refresh = Instant::now() + self.deps.presence_refresh();
+            self.refresh_presence().await;
+        }
+    }
+
+    /// Keeps this instance's registry entries alive and forgets remote
+    /// entries whose instance stopped refreshing them.
+    async fn refresh_presence(&mut self) {
+        let ttl = self.deps.presence_ttl();
+        let mut local = Vec::new();
+        for s in self.sessions.values() {
+            if let Some(e) = self.roster.get(s.member.user, &s.member.client_id) {
+                local.push(e.clone());
+            }
+        }
+        for e in local {
+            if let Err(e) = self.deps.presence.upsert(self.document, e, ttl).await {
+                warn!(document = %self.document, error = %e, "presence refresh");
+                return;
+            }
+        }
+        if let Ok(listed) = self.deps.presence.list(self.document).await {
+            let gone: Vec<PresenceEntry> = self
+                .roster
+                .entries()
+                .filter(|e| {
+                    !listed
+                        .iter()
+                        .any(|l| l.user == e.user && l.client_id == e.client_id)
+                })
+                .cloned()
+                .collect();
+            for e in gone {
+                self.roster.leave(e.user, &e.client_id);
+                self.broadcast_local(
+                    &ServerMessage::Presence {
+                        joined: vec![],
+                        left: vec![Departed {
+                            user: e.user,
+                            client_id: e.client_id,
+                        }],
+                    },
+                    None,
+                );
+            }
+        }
+    }
+
+    fn idle_expired(&self) -> bool {
+        self.idle_since.is_some_and(|t| {
+            self.sessions.is_empty() && Instant::now() >= t + self.deps.config.room_idle
+        })
+    }
+
+    async fn close(&mut self) {
+        self.maybe_snapshot(true).await;
+        debug!(document = %self.document, version = %self.seq.version(), "room closed");
+    }
+}
+
+fn flush(sink: &Sink, run: &mut Vec<&str>) -> bool {
+    if run.is_empty() {
+        return true;
+    }
+    let frame = encode_ops_frame(run.iter().copied());
+    run.clear();
+    sink.send(frame.into())
+}
+
+fn entry_key(e: &PresenceEntry) -> (UserId, ClientId) {
+    (e.user, e.client_id.clone())
+}
+
+fn cursor_message(e: &PresenceEntry) -> ServerMessage {
+    ServerMessage::Cursor {
+        user: e.user,
+        client_id: e.client_id.clone(),
+        version: e.version,
+        anchor: e.anchor,
+        head: e.head,
+    }
+}

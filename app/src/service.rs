@@ -1,0 +1,273 @@
+//! The collaboration service: admits connections, authenticates joins,
+//! routes each session to its document's room, and drains on shutdown.
+
+use crate::config::Config;
+use crate::deps::{Adapters, Deps};
+use crate::room::{self, Command, JoinError, Member};
+use crate::rooms::Rooms;
+use crate::session::RelaySession;
+use crate::sink::Sink;
+use async_trait::async_trait;
+use relay_domain::DocumentId;
+use relay_ports::protocol::{ErrorCode, ServerMessage, close};
+use relay_ports::{
+    AuthError, CollaborationService, ConnectionSlot, Health, InstanceId, Join, JoinFailure,
+    PermissionSource, Readiness, Refusal, Started, TokenVerifier,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::Instant;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+pub(crate) struct Inner {
+    pub(crate) deps: Arc<Deps>,
+    pub(crate) permissions: Arc<dyn PermissionSource>,
+    pub(crate) verifier: Arc<dyn TokenVerifier>,
+    connections: Arc<Semaphore>,
+    draining: AtomicBool,
+    next_session: AtomicU64,
+    started: Instant,
+    /// Extra readiness checks (e.g. `database`, `redis`) beyond `jwt_keys`.
+    checks: Vec<(&'static str, Check)>,
+}
+
+/// A readiness check of a dependency.
+pub type Check = Arc<dyn Fn() -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
+
+/// Relay's collaboration service (the inbound port's implementation).
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// A service on these adapters. `checks` are the readiness checks of
+    /// the outside dependencies, by the names `/ready` reports.
+    pub fn new(config: Config, adapters: Adapters, checks: Vec<(&'static str, Check)>) -> Relay {
+        let config = Arc::new(config);
+        let deps = Arc::new(Deps {
+            store: adapters.store,
+            bus: adapters.bus,
+            presence: adapters.presence,
+            metrics: adapters.metrics,
+            clock: adapters.clock,
+            instance: InstanceId(Uuid::new_v4()),
+            rooms: Rooms::default(),
+            config: config.clone(),
+        });
+        Relay {
+            inner: Arc::new(Inner {
+                deps,
+                permissions: adapters.permissions,
+                verifier: adapters.verifier,
+                connections: Arc::new(Semaphore::new(config.max_connections)),
+                draining: AtomicBool::new(false),
+                next_session: AtomicU64::new(1),
+                started: Instant::now(),
+                checks,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.deps.config
+    }
+
+    /// Graceful shutdown as the deployment document describes it: refuse
+    /// new connections (and report not ready), tell every client to
+    /// reconnect elsewhere, wait up to `SHUTDOWN_GRACE_SECS` for them to go,
+    /// then close the rest with 1001.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.draining.store(true, Ordering::SeqCst);
+        info!("draining: refusing new connections and asking clients to reconnect");
+        for (i, room) in inner.deps.rooms.all().into_iter().enumerate() {
+            // Spread reconnects over a second so the other instances are not
+            // hit at once.
+            let reconnect_in_ms = 500 + (i as u64 * 37) % 1000;
+            let _ = room.send(Command::Shutdown { reconnect_in_ms }).await;
+        }
+        let deadline = Instant::now() + inner.deps.config.shutdown_grace;
+        while Instant::now() < deadline && self.active_connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for room in inner.deps.rooms.all() {
+            let _ = room.send(Command::CloseAll).await;
+        }
+        info!(remaining = self.active_connections(), "shutdown complete");
+    }
+
+    fn active_connections(&self) -> usize {
+        self.inner.deps.config.max_connections - self.inner.connections.available_permits()
+    }
+}
+
+fn failure(close_code: u16, code: Option<ErrorCode>, reason: impl Into<String>) -> JoinFailure {
+    let reason = reason.into();
+    JoinFailure {
+        close_code,
+        frame: code.map(|c| {
+            ServerMessage::error(c, reason.clone(), None, true)
+                .encode()
+                .into()
+        }),
+        reason,
+    }
+}
+
+#[async_trait]
+impl CollaborationService for Relay {
+    fn admit(&self) -> Result<ConnectionSlot, Refusal> {
+        if self.inner.draining.load(Ordering::SeqCst) {
+            return Err(Refusal::Draining {
+                retry_after_secs: 1,
+            });
+        }
+        match self.inner.connections.clone().try_acquire_owned() {
+            Ok(permit) => Ok(ConnectionSlot::new(permit)),
+            Err(_) => Err(Refusal::AtCapacity {
+                retry_after_secs: 5,
+            }),
+        }
+    }
+
+    async fn join(
+        &self,
+        slot: ConnectionSlot,
+        document: DocumentId,
+        bearer: Option<String>,
+        join: Join,
+    ) -> Result<Started, JoinFailure> {
+        let inner = &self.inner;
+        let Some(token) = bearer.or(join.token) else {
+            return Err(failure(
+                close::UNAUTHENTICATED,
+                None,
+                "no token: send `Authorization: Bearer` or `join.token`",
+            ));
+        };
+        let claims = match inner.verifier.verify(&token).await {
+            Ok(c) => c,
+            Err(AuthError::Unavailable) => {
+                return Err(failure(
+                    close::TRY_AGAIN_LATER,
+                    None,
+                    "token keys unavailable; try again later",
+                ));
+            }
+            Err(e) => return Err(failure(close::UNAUTHENTICATED, None, e.to_string())),
+        };
+        let role = match inner.permissions.role(&claims, document).await {
+            Ok(Some(role)) => role,
+            Ok(None) => {
+                return Err(failure(
+                    close::FORBIDDEN,
+                    None,
+                    "no access to this document",
+                ));
+            }
+            Err(e) => {
+                warn!(%document, error = %e, "permission source");
+                return Err(failure(
+                    close::TRY_AGAIN_LATER,
+                    None,
+                    "permissions unavailable; try again later",
+                ));
+            }
+        };
+        let id = inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let member = Member {
+            id,
+            user: claims.user,
+            client_id: join.client_id.clone(),
+            name: claims.name.clone(),
+            role,
+        };
+        // A room that closes between our lookup and our join drops the
+        // message; start a fresh one and try again (bounded).
+        for _ in 0..3 {
+            let (sink, outbound, close_rx) = Sink::new(inner.deps.config.outbound_queue);
+            let (room_tx, start) = inner.deps.rooms.get_or_create(document);
+            if let Some((mailbox, generation)) = start {
+                tokio::spawn(room::run(document, inner.deps.clone(), mailbox, generation));
+            }
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let cmd = Command::Join {
+                member: member.clone(),
+                since: join.since,
+                sink: sink.clone(),
+                reply: reply_tx,
+            };
+            if room_tx.send(cmd).await.is_err() {
+                continue;
+            }
+            match reply_rx.await {
+                Ok(Ok(())) => {
+                    inner.deps.metrics.connection_opened(document);
+                    let session = RelaySession {
+                        id,
+                        document,
+                        claims,
+                        client_id: join.client_id,
+                        role,
+                        role_checked: Instant::now(),
+                        room: room_tx,
+                        sink,
+                        inner: inner.clone(),
+                        left: false,
+                        _slot: slot,
+                    };
+                    return Ok(Started {
+                        session: Box::new(session),
+                        outbound,
+                        close: close_rx,
+                    });
+                }
+                Ok(Err(JoinError::Unavailable(e))) => {
+                    warn!(%document, error = %e, "join failed");
+                    return Err(failure(
+                        close::TRY_AGAIN_LATER,
+                        Some(ErrorCode::Unavailable),
+                        "the document cannot be opened right now; try again later",
+                    ));
+                }
+                Err(_) => continue,
+            }
+        }
+        Err(failure(
+            close::TRY_AGAIN_LATER,
+            Some(ErrorCode::Internal),
+            "could not open the document; try again",
+        ))
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.inner.started.elapsed().as_secs(),
+            active_connections: self.active_connections(),
+            active_documents: self.inner.deps.rooms.len(),
+        }
+    }
+
+    async fn readiness(&self) -> Readiness {
+        let mut checks = Vec::with_capacity(self.inner.checks.len() + 1);
+        for (name, check) in &self.inner.checks {
+            checks.push((*name, check().await));
+        }
+        checks.push(("jwt_keys", self.inner.verifier.has_keys()));
+        Readiness {
+            checks,
+            draining: self.inner.draining.load(Ordering::SeqCst),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! One connection's session: checks what the client may do and forwards it
+//! to the document's room.
+
+use crate::room::Command;
+use crate::service::Inner;
+use crate::sink::Sink;
+use async_trait::async_trait;
+use relay_domain::{ClientId, DocumentId, Submission};
+use relay_ports::protocol::{ErrorCode, Role, close};
+use relay_ports::{Claims, ClientMessage, ConnectionSlot, DecodeError, Session};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+pub(crate) struct RelaySession {
+    pub(crate) id: u64,
+    pub(crate) document: DocumentId,
+    pub(crate) claims: Claims,
+    pub(crate) client_id: ClientId,
+    pub(crate) role: Role,
+    pub(crate) role_checked: Instant,
+    pub(crate) room: mpsc::Sender<Command>,
+    pub(crate) sink: Sink,
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) left: bool,
+    pub(crate) _slot: ConnectionSlot,
+}
+
+impl RelaySession {
+    /// The role, re-read from the permission source once the cached answer
+    /// is older than PERMISSION_CACHE_TTL, so a revoked permission applies
+    /// to open sessions too.
+    async fn current_role(&mut self) -> Result<Option<Role>, ()> {
+        if self.role_checked.elapsed() < self.inner.deps.config.permission_cache_ttl {
+            return Ok(Some(self.role));
+        }
+        match self
+            .inner
+            .permissions
+            .role(&self.claims, self.document)
+            .await
+        {
+            Ok(Some(role)) => {
+                self.role = role;
+                self.role_checked = Instant::now();
+                Ok(Some(role))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                warn!(document = %self.document, error = %e, "permission source");
+                Err(())
+            }
+        }
+    }
+
+    async fn forward(&mut self, cmd: Command) {
+        if self.room.send(cmd).await.is_err() {
+            // The room is gone (it failed): the client reconnects.
+            self.sink
+                .order_close(close::TRY_AGAIN_LATER, "document closed; reconnect");
+        }
+    }
+}
+
+#[async_trait]
+impl Session for RelaySession {
+    async fn handle(&mut self, message: ClientMessage) {
+        match message {
+            ClientMessage::Submit { seq, base, delta } => {
+                match self.current_role().await {
+                    Ok(Some(role)) if role.can_edit() => {}
+                    Ok(Some(_)) => {
+                        self.sink.error(
+                            ErrorCode::Forbidden,
+                            "viewers cannot submit operations",
+                            Some(seq),
+                        );
+                        return;
+                    }
+                    Ok(None) => {
+                        self.sink.error(
+                            ErrorCode::Forbidden,
+                            "no access to this document",
+                            Some(seq),
+                        );
+                        self.sink.close_after(close::FORBIDDEN, "access revoked");
+                        return;
+                    }
+                    Err(()) => {
+                        self.sink.error(
+                            ErrorCode::Unavailable,
+                            "permissions cannot be checked right now; retry the same submit",
+                            Some(seq),
+                        );
+                        return;
+                    }
+                }
+                let submission = Submission {
+                    user: self.claims.user,
+                    client_id: self.client_id.clone(),
+                    seq,
+                    base,
+                    delta,
+                };
+                self.forward(Command::Submit {
+                    session: self.id,
+                    submission,
+                    received: Instant::now(),
+                })
+                .await;
+            }
+            ClientMessage::Cursor { version, selection } => {
+                self.forward(Command::Cursor {
+                    session: self.id,
+                    version,
+                    selection,
+                })
+                .await;
+            }
+            ClientMessage::Typing => self.forward(Command::Typing { session: self.id }).await,
+            ClientMessage::Leave => {
+                if !self.left {
+                    self.left = true;
+                    self.forward(Command::Leave {
+                        session: self.id,
+                        reason: "leave".into(),
+                    })
+                    .await;
+                }
+                self.sink.close_after(close::NORMAL, "goodbye");
+            }
+            ClientMessage::Join(_) => {
+                self.sink
+                    .error(ErrorCode::BadMessage, "already joined", None);
+            }
+        }
+    }
+
+    fn reject(&mut self, error: DecodeError) {
+        self.sink.error(error.code, &error.message, error.seq);
+    }
+
+    fn until_expiry(&self) -> Option<Duration> {
+        let now_ms = self.inner.deps.clock.now().0;
+        let exp_ms = self.claims.expires_at.saturating_mul(1000);
+        Some(Duration::from_millis(exp_ms.saturating_sub(now_ms)))
+    }
+
+    async fn close(mut self: Box<Self>, reason: &str) {
+        if !self.left {
+            self.left = true;
+            let cmd = Command::Leave {
+                session: self.id,
+                reason: reason.to_owned(),
+            };
+            let _ = self.room.send(cmd).await;
+        }
+        self.inner.deps.metrics.connection_closed(self.document);
+        info!(document = %self.document, user = %self.claims.user, client_id = %self.client_id, reason, "connection closed");
+    }
+}

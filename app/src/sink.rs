@@ -1,0 +1,104 @@
+//! A session's outbound side as the room and the session see it: a bounded
+//! queue of frames and a close order. A client that cannot keep up (its
+//! queue is full) is ordered closed with 1013 and resumes later; it never
+//! stalls the room or grows memory.
+
+use relay_domain::Seq;
+use relay_ports::protocol::{ErrorCode, ServerMessage, close};
+use relay_ports::{CloseOrder, Outbound};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+#[derive(Clone, Debug)]
+pub(crate) struct Sink {
+    tx: mpsc::Sender<Outbound>,
+    close: Arc<watch::Sender<Option<CloseOrder>>>,
+}
+
+impl Sink {
+    /// A sink with room for `capacity` frames, and the transport's ends.
+    pub(crate) fn new(
+        capacity: usize,
+    ) -> (
+        Sink,
+        mpsc::Receiver<Outbound>,
+        watch::Receiver<Option<CloseOrder>>,
+    ) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let (close, close_rx) = watch::channel(None);
+        (
+            Sink {
+                tx,
+                close: Arc::new(close),
+            },
+            rx,
+            close_rx,
+        )
+    }
+
+    /// Queues a frame. `false` if the connection is gone or was just
+    /// ordered closed for falling behind: the caller drops the session.
+    pub(crate) fn send(&self, frame: Arc<str>) -> bool {
+        if self.close.borrow().is_some() {
+            return false;
+        }
+        match self.tx.try_send(Outbound::Text(frame)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.order_close(
+                    close::TRY_AGAIN_LATER,
+                    "slow consumer: reconnect and resume",
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a non-fatal `error`.
+    pub(crate) fn error(&self, code: ErrorCode, message: &str, seq: Option<Seq>) -> bool {
+        self.send(
+            ServerMessage::error(code, message, seq, false)
+                .encode()
+                .into(),
+        )
+    }
+
+    /// Queues a close after what is already queued.
+    pub(crate) fn close_after(&self, code: u16, reason: &str) {
+        let _ = self.tx.try_send(Outbound::Close {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Closes at once, skipping what is queued.
+    pub(crate) fn order_close(&self, code: u16, reason: &str) {
+        self.close.send_if_modified(|c| {
+            if c.is_some() {
+                return false;
+            }
+            *c = Some(CloseOrder {
+                code,
+                reason: reason.to_owned(),
+            });
+            true
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_orders_a_1013_close_and_refuses_more() {
+        let (sink, mut rx, close_rx) = Sink::new(2);
+        assert!(sink.send("a".into()));
+        assert!(sink.send("b".into()));
+        assert!(!sink.send("c".into()));
+        assert_eq!(close_rx.borrow().as_ref().map(|c| c.code), Some(1013));
+        assert!(!sink.send("d".into()));
+        assert_eq!(rx.try_recv().unwrap(), Outbound::Text("a".into()));
+    }
+}

@@ -1,0 +1,641 @@
+//! The [`OperationStore`] contract.
+//!
+//! Each case takes a factory for a store (async, so a PostgreSQL adapter
+//! can connect) and works on fresh documents. [`run_all`] runs every case
+//! that needs nothing else; [`exactly_one_concurrent_append_wins`] also
+//! needs a [`Spawn`] and should run on a multi-threaded runtime.
+
+use super::{PATIENCE, Spawn, client, fresh_document, fresh_user, within};
+use crate::store::{Append, Loaded, OperationStore, Snapshot, StoreError};
+use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{Barrier, mpsc};
+
+/// Runs every case but [`exactly_one_concurrent_append_wins`].
+pub async fn run_all<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    appending_at_the_next_version_commits(&make).await;
+    an_empty_append_commits_nothing(&make).await;
+    appending_at_a_taken_version_conflicts(&make).await;
+    appending_past_the_next_version_conflicts(&make).await;
+    a_committed_idempotency_key_is_a_duplicate_and_writes_nothing(&make).await;
+    a_batch_is_written_whole_or_not_at_all(&make).await;
+    a_retried_op_whose_version_is_taken_writes_nothing(&make).await;
+    reads_return_ranges_in_order_up_to_the_limit(&make).await;
+    an_unknown_document_is_empty(&make).await;
+    find_answers_the_version_of_an_idempotency_key(&make).await;
+    last_seq_is_the_highest_seq_of_a_client(&make).await;
+    load_without_a_snapshot_returns_every_op(&make).await;
+    load_with_a_snapshot_returns_it_and_only_the_tail_after_it(&make).await;
+    saving_a_snapshot_at_or_below_the_latest_changes_nothing(&make).await;
+    a_snapshot_past_the_head_is_corrupt(&make).await;
+    ping_answers(&make).await;
+}
+
+/// An op at `version` inserting `text` at the end of a document that grew
+/// by one character per version.
+fn op_with(version: u64, user: UserId, client_id: &ClientId, seq: u64, text: &str) -> CommittedOp {
+    let mut delta = Delta::new();
+    delta
+        .retain(version.saturating_sub(1) as usize)
+        .insert(text);
+    CommittedOp {
+        version: Version(version),
+        user,
+        client_id: client_id.clone(),
+        seq: Seq(seq),
+        delta,
+    }
+}
+
+fn op(version: u64, user: UserId, client_id: &ClientId, seq: u64) -> CommittedOp {
+    op_with(version, user, client_id, seq, "x")
+}
+
+fn snapshot(version: u64, text: &str) -> Snapshot {
+    let mut content = Delta::new();
+    content.insert(text);
+    Snapshot {
+        version: Version(version),
+        content,
+    }
+}
+
+async fn append<S: OperationStore>(store: &S, document: DocumentId, ops: &[CommittedOp]) -> Append {
+    store
+        .append(document, ops)
+        .await
+        .expect("append must not fail on a reachable store")
+}
+
+async fn all<S: OperationStore>(store: &S, document: DocumentId) -> Vec<CommittedOp> {
+    store
+        .read(document, Version::ZERO, usize::MAX)
+        .await
+        .expect("read must not fail on a reachable store")
+}
+
+async fn head<S: OperationStore>(store: &S, document: DocumentId) -> Version {
+    store
+        .head(document)
+        .await
+        .expect("head must not fail on a reachable store")
+}
+
+/// A document with `n` ops by one client, seqs 1..=n at versions 1..=n.
+async fn document_with<S: OperationStore>(
+    store: &S,
+    n: u64,
+) -> (DocumentId, UserId, ClientId, Vec<CommittedOp>) {
+    let (document, user, client_id) = (fresh_document(), fresh_user(), client("writer"));
+    let ops: Vec<CommittedOp> = (1..=n).map(|v| op(v, user, &client_id, v)).collect();
+    for op in &ops {
+        assert_eq!(
+            append(store, document, std::slice::from_ref(op)).await,
+            Append::Committed,
+            "appending version {} at head + 1 must commit",
+            op.version
+        );
+    }
+    (document, user, client_id, ops)
+}
+
+pub async fn appending_at_the_next_version_commits<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (document, user, client_id, mut ops) = document_with(&store, 2).await;
+    assert_eq!(head(&store, document).await, Version(2));
+    assert_eq!(all(&store, document).await, ops);
+
+    let batch = vec![op(3, user, &client_id, 3), op(4, user, &client_id, 4)];
+    assert_eq!(
+        append(&store, document, &batch).await,
+        Append::Committed,
+        "a batch starting at head + 1 must commit"
+    );
+    ops.extend(batch);
+    assert_eq!(head(&store, document).await, Version(4));
+    assert_eq!(
+        all(&store, document).await,
+        ops,
+        "the store must give back exactly the ops it committed"
+    );
+}
+
+pub async fn an_empty_append_commits_nothing<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let unknown = fresh_document();
+    assert_eq!(append(&store, unknown, &[]).await, Append::Committed);
+    assert_eq!(head(&store, unknown).await, Version::ZERO);
+
+    let (document, _, _, ops) = document_with(&store, 2).await;
+    assert_eq!(append(&store, document, &[]).await, Append::Committed);
+    assert_eq!(all(&store, document).await, ops);
+}
+
+pub async fn appending_at_a_taken_version_conflicts<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (document, _, _, ops) = document_with(&store, 2).await;
+    let rival = (fresh_user(), client("rival"));
+    for taken in [2, 1] {
+        let loser = op_with(taken, rival.0, &rival.1, 1, "y");
+        assert_eq!(
+            append(&store, document, &[loser]).await,
+            Append::Conflict {
+                current: Version(2)
+            },
+            "appending at taken version {taken} must conflict with the head"
+        );
+    }
+    assert_eq!(
+        all(&store, document).await,
+        ops,
+        "a conflict must write nothing"
+    );
+    assert_eq!(
+        store.find(document, rival.0, &rival.1, Seq(1)).await,
+        Ok(None)
+    );
+}
+
+pub async fn appending_past_the_next_version_conflicts<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (user, client_id) = (fresh_user(), client("gap"));
+
+    let unknown = fresh_document();
+    assert_eq!(
+        append(&store, unknown, &[op(2, user, &client_id, 1)]).await,
+        Append::Conflict {
+            current: Version::ZERO
+        },
+        "version 2 on an empty document leaves a gap"
+    );
+    assert_eq!(head(&store, unknown).await, Version::ZERO);
+
+    let (document, _, _, ops) = document_with(&store, 1).await;
+    let gap = vec![op(3, user, &client_id, 1), op(4, user, &client_id, 2)];
+    assert_eq!(
+        append(&store, document, &gap).await,
+        Append::Conflict {
+            current: Version(1)
+        },
+        "a batch starting past head + 1 must conflict"
+    );
+    assert_eq!(all(&store, document).await, ops, "a gap must write nothing");
+    assert_eq!(store.last_seq(document, user, &client_id).await, Ok(None));
+}
+
+pub async fn a_committed_idempotency_key_is_a_duplicate_and_writes_nothing<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (document, user, client_id, mut ops) = document_with(&store, 2).await;
+
+    let again = op_with(3, user, &client_id, 1, "again");
+    assert_eq!(
+        append(&store, document, &[again]).await,
+        Append::Duplicate {
+            user,
+            client_id: client_id.clone(),
+            seq: Seq(1),
+            version: Version(1),
+        },
+        "a committed (user, client_id, seq) must be a duplicate naming its first version"
+    );
+    assert_eq!(
+        all(&store, document).await,
+        ops,
+        "a duplicate must write nothing"
+    );
+
+    // The key is the whole triple, per document.
+    let other_client = op(3, user, &client("other-tab"), 1);
+    let other_user = op(4, fresh_user(), &client_id, 1);
+    for fresh in [other_client, other_user] {
+        assert_eq!(
+            append(&store, document, std::slice::from_ref(&fresh)).await,
+            Append::Committed,
+            "the same seq from another client or user is not a duplicate"
+        );
+        ops.push(fresh);
+    }
+    let elsewhere = fresh_document();
+    assert_eq!(
+        append(&store, elsewhere, &[op(1, user, &client_id, 1)]).await,
+        Append::Committed,
+        "the same key on another document is not a duplicate"
+    );
+    assert_eq!(all(&store, document).await, ops);
+}
+
+pub async fn a_batch_is_written_whole_or_not_at_all<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (document, user, client_id, mut ops) = document_with(&store, 1).await;
+    let newcomer = (fresh_user(), client("newcomer"));
+
+    let batch = vec![
+        op(2, newcomer.0, &newcomer.1, 1),
+        op_with(3, user, &client_id, 1, "again"),
+    ];
+    assert_eq!(
+        append(&store, document, &batch).await,
+        Append::Duplicate {
+            user,
+            client_id: client_id.clone(),
+            seq: Seq(1),
+            version: Version(1),
+        },
+        "a batch whose second op is a duplicate must be reported as a duplicate"
+    );
+    assert_eq!(
+        all(&store, document).await,
+        ops,
+        "a batch with a duplicate must write none of its ops"
+    );
+    assert_eq!(
+        store.find(document, newcomer.0, &newcomer.1, Seq(1)).await,
+        Ok(None),
+        "the batch's first op must not have been written"
+    );
+
+    let batch = vec![
+        op(2, newcomer.0, &newcomer.1, 1),
+        op(3, user, &client_id, 2),
+        op(4, newcomer.0, &newcomer.1, 2),
+    ];
+    assert_eq!(append(&store, document, &batch).await, Append::Committed);
+    ops.extend(batch);
+    assert_eq!(all(&store, document).await, ops);
+}
+
+/// The outcome of a retry is unknown to the caller, so it may resend an op
+/// that is in fact committed, at the version it had. Both conditions hold;
+/// the trait does not rank them, so either answer is accepted, but it must
+/// be accurate and write nothing.
+pub async fn a_retried_op_whose_version_is_taken_writes_nothing<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (document, user, client_id, ops) = document_with(&store, 2).await;
+    let answer = append(&store, document, &ops[1..]).await;
+    let accurate = match &answer {
+        Append::Conflict { current } => *current == Version(2),
+        Append::Duplicate {
+            user: u,
+            client_id: c,
+            seq,
+            version,
+        } => *u == user && *c == client_id && *seq == Seq(2) && *version == Version(2),
+        Append::Committed => false,
+    };
+    assert!(
+        accurate,
+        "resending the op committed at version 2 answered {answer:?}"
+    );
+    assert_eq!(all(&store, document).await, ops);
+}
+
+pub async fn reads_return_ranges_in_order_up_to_the_limit<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (document, _, _, ops) = document_with(&store, 5).await;
+    let cases: [(u64, usize, std::ops::Range<usize>); 8] = [
+        (0, 10, 0..5),
+        (0, 5, 0..5),
+        (0, 2, 0..2),
+        (2, 2, 2..4),
+        (4, 10, 4..5),
+        (5, 10, 5..5),
+        (9, 10, 5..5),
+        (1, 0, 1..1),
+    ];
+    for (after, limit, expected) in cases {
+        assert_eq!(
+            store.read(document, Version(after), limit).await,
+            Ok(ops[expected].to_vec()),
+            "read(after {after}, limit {limit})"
+        );
+    }
+    assert_eq!(
+        store.read(fresh_document(), Version::ZERO, 10).await,
+        Ok(vec![])
+    );
+}
+
+pub async fn an_unknown_document_is_empty<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let document = fresh_document();
+    let (user, client_id) = (fresh_user(), client("nobody"));
+    assert_eq!(store.load(document).await, Ok(Loaded::default()));
+    assert_eq!(store.head(document).await, Ok(Version::ZERO));
+    assert_eq!(store.read(document, Version::ZERO, 10).await, Ok(vec![]));
+    assert_eq!(
+        store.find(document, user, &client_id, Seq(1)).await,
+        Ok(None)
+    );
+    assert_eq!(store.last_seq(document, user, &client_id).await, Ok(None));
+}
+
+pub async fn find_answers_the_version_of_an_idempotency_key<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (document, user, client_id, _) = document_with(&store, 3).await;
+    for v in 1..=3 {
+        assert_eq!(
+            store.find(document, user, &client_id, Seq(v)).await,
+            Ok(Some(Version(v)))
+        );
+    }
+    assert_eq!(
+        store.find(document, user, &client_id, Seq(4)).await,
+        Ok(None)
+    );
+    assert_eq!(
+        store.find(document, user, &client("other"), Seq(1)).await,
+        Ok(None)
+    );
+    assert_eq!(
+        store.find(document, fresh_user(), &client_id, Seq(1)).await,
+        Ok(None)
+    );
+    assert_eq!(
+        store.find(fresh_document(), user, &client_id, Seq(1)).await,
+        Ok(None)
+    );
+}
+
+pub async fn last_seq_is_the_highest_seq_of_a_client<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let document = fresh_document();
+    let (user, tab, other_tab) = (fresh_user(), client("tab"), client("other-tab"));
+    let other_user = fresh_user();
+    let ops = vec![
+        op(1, user, &tab, 1),
+        op(2, user, &tab, 2),
+        op(3, user, &other_tab, 7),
+        op(4, user, &tab, 5),
+        op(5, other_user, &tab, 9),
+    ];
+    assert_eq!(append(&store, document, &ops).await, Append::Committed);
+    assert_eq!(
+        store.last_seq(document, user, &tab).await,
+        Ok(Some((Seq(5), Version(4))))
+    );
+    assert_eq!(
+        store.last_seq(document, user, &other_tab).await,
+        Ok(Some((Seq(7), Version(3))))
+    );
+    assert_eq!(
+        store.last_seq(document, other_user, &tab).await,
+        Ok(Some((Seq(9), Version(5))))
+    );
+    assert_eq!(
+        store.last_seq(document, other_user, &other_tab).await,
+        Ok(None)
+    );
+}
+
+pub async fn load_without_a_snapshot_returns_every_op<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (document, _, _, ops) = document_with(&store, 3).await;
+    assert_eq!(
+        store.load(document).await,
+        Ok(Loaded {
+            snapshot: None,
+            tail: ops
+        })
+    );
+}
+
+pub async fn load_with_a_snapshot_returns_it_and_only_the_tail_after_it<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (document, _, _, ops) = document_with(&store, 5).await;
+    store
+        .save_snapshot(document, snapshot(3, "xxx"))
+        .await
+        .expect("a snapshot below the head must be saved");
+    assert_eq!(
+        store.load(document).await,
+        Ok(Loaded {
+            snapshot: Some(snapshot(3, "xxx")),
+            tail: ops[3..].to_vec(),
+        })
+    );
+    assert_eq!(
+        all(&store, document).await,
+        ops,
+        "a snapshot must not remove ops from the log"
+    );
+
+    store
+        .save_snapshot(document, snapshot(5, "xxxxx"))
+        .await
+        .expect("a snapshot at the head must be saved");
+    assert_eq!(
+        store.load(document).await,
+        Ok(Loaded {
+            snapshot: Some(snapshot(5, "xxxxx")),
+            tail: vec![],
+        })
+    );
+}
+
+pub async fn saving_a_snapshot_at_or_below_the_latest_changes_nothing<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (document, _, _, ops) = document_with(&store, 4).await;
+    store
+        .save_snapshot(document, snapshot(3, "xxx"))
+        .await
+        .expect("save");
+    for older in [snapshot(3, "yyy"), snapshot(2, "zz")] {
+        assert_eq!(
+            store.save_snapshot(document, older.clone()).await,
+            Ok(()),
+            "saving {older:?} at or below the latest is not an error"
+        );
+    }
+    assert_eq!(
+        store.load(document).await,
+        Ok(Loaded {
+            snapshot: Some(snapshot(3, "xxx")),
+            tail: ops[3..].to_vec(),
+        }),
+        "saving at or below the latest snapshot must change nothing"
+    );
+}
+
+pub async fn a_snapshot_past_the_head_is_corrupt<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = make().await;
+    let (document, _, _, ops) = document_with(&store, 2).await;
+    assert!(
+        matches!(
+            store.save_snapshot(document, snapshot(3, "xxx")).await,
+            Err(StoreError::Corrupt(_))
+        ),
+        "a snapshot past the head must be refused as Corrupt"
+    );
+    assert!(matches!(
+        store
+            .save_snapshot(fresh_document(), snapshot(1, "x"))
+            .await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(
+        store.load(document).await,
+        Ok(Loaded {
+            snapshot: None,
+            tail: ops
+        })
+    );
+}
+
+pub async fn ping_answers<S, F, Fut>(make: F)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    assert_eq!(make().await.ping().await, Ok(()));
+}
+
+/// How many tasks race for each version.
+pub const RACERS: usize = 8;
+/// How many versions they race for.
+pub const ROUNDS: u64 = 5;
+
+/// [`RACERS`] tasks append different ops at the same version at once:
+/// exactly one commits, every other one gets `Conflict` with the winner's
+/// version as the head, and the store holds the winner's op. Repeated for
+/// [`ROUNDS`] consecutive versions. Run it on a multi-threaded runtime so
+/// the racers really run in parallel.
+pub async fn exactly_one_concurrent_append_wins<S, F, Fut>(make: F, spawn: &Spawn)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = Arc::new(make().await);
+    let document = fresh_document();
+    let racers: Vec<(UserId, ClientId)> = (0..RACERS)
+        .map(|i| (fresh_user(), client(&format!("racer-{i}"))))
+        .collect();
+
+    for round in 1..=ROUNDS {
+        let version = Version(round);
+        let start = Arc::new(Barrier::new(RACERS));
+        let (results, mut answers) = mpsc::channel(RACERS);
+        for (i, (user, client_id)) in racers.iter().enumerate() {
+            let text = char::from(b'a' + i as u8).to_string();
+            let op = op_with(round, *user, client_id, round, &text);
+            let (store, start, results) = (store.clone(), start.clone(), results.clone());
+            spawn(Box::pin(async move {
+                start.wait().await;
+                let answer = store.append(document, std::slice::from_ref(&op)).await;
+                let _ = results.send((op, answer)).await;
+            }));
+        }
+        drop(results);
+
+        let mut winners = Vec::new();
+        let mut answered = 0;
+        while let Some((op, answer)) = within("a racing append", answers.recv()).await {
+            answered += 1;
+            match answer {
+                Ok(Append::Committed) => winners.push(op),
+                Ok(Append::Conflict { current }) => assert_eq!(
+                    current, version,
+                    "a loser of version {version} must see the winner's version as the head"
+                ),
+                other => panic!("a racer for version {version} got {other:?}"),
+            }
+        }
+        assert_eq!(
+            answered, RACERS,
+            "every racer must answer (did one panic? patience {PATIENCE:?})"
+        );
+        assert_eq!(
+            winners.len(),
+            1,
+            "exactly one of {RACERS} concurrent appends at version {version} must commit"
+        );
+        assert_eq!(
+            store.read(document, Version(round - 1), 10).await,
+            Ok(winners),
+            "the store must hold the winner's op at version {version}, and only it"
+        );
+    }
+    assert_eq!(store.head(document).await, Ok(Version(ROUNDS)));
+}
