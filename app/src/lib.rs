@@ -16,12 +16,16 @@
 
 pub mod config;
 mod deps;
+#[cfg(test)]
+mod presence_tests;
 mod room;
 mod rooms;
 mod service;
 mod session;
 mod sink;
 pub mod wiring;
+#[cfg(test)]
+mod write_path_tests;
 
 pub use deps::Adapters;
 pub use service::{Check, Relay};

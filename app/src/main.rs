@@ -161,7 +161,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn run(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     let dev = if config.is_development() {
-        let path = args.dev_key_file.unwrap_or_else(default_key_file);
+        // `relay` with no subcommand gets default arguments: read the
+        // variable here too.
+        let path = args
+            .dev_key_file
+            .or_else(|| std::env::var_os("RELAY_DEV_KEY_FILE").map(PathBuf::from))
+            .unwrap_or_else(default_key_file);
         Some((dev_key(&path)?, path))
     } else {
         None

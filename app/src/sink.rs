@@ -66,10 +66,10 @@ impl Sink {
 
     /// Queues a close after what is already queued.
     pub(crate) fn close_after(&self, code: u16, reason: &str) {
-        let _ = self.tx.try_send(Outbound::Close {
+        let _ = self.tx.try_send(Outbound::Close(Box::new(CloseOrder {
             code,
             reason: reason.to_owned(),
-        });
+        })));
     }
 
     /// Closes at once, skipping what is queued.

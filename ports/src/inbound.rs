@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Something to write to the client.
+/// Something to write to the client. Kept to two words: every connection's
+/// queue holds blocks of these.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outbound {
     /// One text frame (a JSON message).
     Text(Arc<str>),
     /// Close the connection with this code after what came before.
-    Close { code: u16, reason: String },
+    Close(Box<CloseOrder>),
 }
 
 /// A reserved connection slot; dropping it frees the slot.

@@ -57,7 +57,10 @@ impl JwtVerifier {
     /// A verifier without keys: everything is `Unavailable` until
     /// [`set_keys`](Self::set_keys) is called with a usable set.
     pub fn new(config: JwtConfig) -> Self {
-        Self::with_keys(config, KeySet::empty(None))
+        JwtVerifier {
+            config,
+            keys: RwLock::new(Arc::new(KeySet::empty(None))),
+        }
     }
 
     pub fn with_keys(config: JwtConfig, keys: KeySet) -> Self {

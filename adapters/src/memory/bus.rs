@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::AbortHandle;
 
 /// Envelopes a document's channel holds for its slowest subscriber.
-pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 128;
 /// Events a subscription holds before its forwarding stops pulling from
 /// the channel.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 256;

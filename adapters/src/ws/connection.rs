@@ -89,43 +89,19 @@ pub(super) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let first = match tokio::time::timeout(config.auth_timeout, first_frame(&mut stream)).await {
-        Err(_) => First::Fail(close::JOIN_TIMEOUT, "no join in time"),
-        Ok(f) => f,
-    };
-    let text = match first {
-        First::Text(t) => t,
-        First::Closed(why) => {
-            debug!(%document, why, "connection ended before join");
-            return;
-        }
-        First::Fail(code, why) => {
-            debug!(%document, code, why, "connection refused before join");
-            send_close(&mut stream, code, why).await;
-            return;
-        }
-    };
-    let join = match ClientMessage::decode(&text) {
-        Ok(ClientMessage::Join(j)) => j,
-        Ok(_) => {
-            bad_first(&mut stream, "the first message must be `join`").await;
-            return;
-        }
-        Err(e) => {
-            bad_first(&mut stream, &e.message).await;
-            return;
-        }
-    };
-    let started = match service.join(slot, document, bearer, join).await {
-        Ok(s) => s,
-        Err(f) => {
-            debug!(%document, code = f.close_code, reason = %f.reason, "join refused");
-            if let Some(frame) = f.frame {
-                let _ = stream.send(Message::text(frame.as_ref())).await;
-            }
-            send_close(&mut stream, f.close_code, &f.reason).await;
-            return;
-        }
+    // The join phase is boxed: its state (timeouts, close handshakes) is
+    // freed once joined instead of sizing every idle connection's task.
+    let Some(started) = Box::pin(join_phase(
+        &mut stream,
+        &*service,
+        config,
+        document,
+        bearer,
+        slot,
+    ))
+    .await
+    else {
+        return;
     };
     let Started {
         mut session,
@@ -141,6 +117,58 @@ pub(super) async fn run<S>(
     )
     .await;
     session.close(&reason).await;
+}
+
+/// Waits for the `join` (within AUTH_TIMEOUT) and hands it to the service.
+async fn join_phase<S>(
+    stream: &mut WebSocketStream<S>,
+    service: &dyn CollaborationService,
+    config: &WsConfig,
+    document: DocumentId,
+    bearer: Option<String>,
+    slot: ConnectionSlot,
+) -> Option<Started>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let first = match tokio::time::timeout(config.auth_timeout, first_frame(stream)).await {
+        Err(_) => First::Fail(close::JOIN_TIMEOUT, "no join in time"),
+        Ok(f) => f,
+    };
+    let text = match first {
+        First::Text(t) => t,
+        First::Closed(why) => {
+            debug!(%document, why, "connection ended before join");
+            return None;
+        }
+        First::Fail(code, why) => {
+            debug!(%document, code, why, "connection refused before join");
+            send_close(stream, code, why).await;
+            return None;
+        }
+    };
+    let join = match ClientMessage::decode(&text) {
+        Ok(ClientMessage::Join(j)) => j,
+        Ok(_) => {
+            bad_first(stream, "the first message must be `join`").await;
+            return None;
+        }
+        Err(e) => {
+            bad_first(stream, &e.message).await;
+            return None;
+        }
+    };
+    match service.join(slot, document, bearer, join).await {
+        Ok(s) => Some(s),
+        Err(f) => {
+            debug!(%document, code = f.close_code, reason = %f.reason, "join refused");
+            if let Some(frame) = f.frame {
+                let _ = stream.send(Message::text(frame.as_ref())).await;
+            }
+            send_close(stream, f.close_code, &f.reason).await;
+            None
+        }
+    }
 }
 
 async fn bad_first<S>(stream: &mut WebSocketStream<S>, message: &str)
@@ -187,13 +215,13 @@ where
             changed = close_rx.changed() => {
                 let order = if changed.is_ok() { close_rx.borrow().clone() } else { None };
                 if let Some(order) = order {
-                    send_close(stream, order.code, &order.reason).await;
+                    Box::pin(send_close(stream, order.code, &order.reason)).await;
                     return order.reason;
                 }
             }
             out = outbound.recv() => {
                 let Some(out) = out else {
-                    send_close(stream, close::GOING_AWAY, "session ended").await;
+                    Box::pin(send_close(stream, close::GOING_AWAY, "session ended")).await;
                     return "session ended".into();
                 };
                 if let Some(reason) = write_batch(stream, outbound, out).await {
@@ -209,7 +237,7 @@ where
                         Err(e) => session.reject(e),
                     },
                     Some(Ok(Message::Binary(_))) => {
-                        send_close(stream, close::UNSUPPORTED_DATA, "binary frames are not accepted").await;
+                        Box::pin(send_close(stream, close::UNSUPPORTED_DATA, "binary frames are not accepted")).await;
                         return "binary frame".into();
                     }
                     Some(Ok(Message::Close(_))) => return "client closed".into(),
@@ -218,7 +246,7 @@ where
                     Some(Err(e)) => {
                         return match read_error(&e) {
                             First::Fail(code, why) => {
-                                send_close(stream, code, why).await;
+                                Box::pin(send_close(stream, code, why)).await;
                                 why.into()
                             }
                             _ => "connection error".into(),
@@ -228,7 +256,7 @@ where
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= config.heartbeat_timeout {
-                    send_close(stream, close::POLICY, "heartbeat timeout").await;
+                    Box::pin(send_close(stream, close::POLICY, "heartbeat timeout")).await;
                     return "heartbeat timeout".into();
                 }
                 if stream.send(Message::Ping(Default::default())).await.is_err() {
@@ -236,7 +264,7 @@ where
                 }
             }
             _ = &mut expires => {
-                send_close(stream, close::UNAUTHENTICATED, "token expired").await;
+                Box::pin(send_close(stream, close::UNAUTHENTICATED, "token expired")).await;
                 return "token expired".into();
             }
         }
@@ -262,10 +290,10 @@ where
                     return Some("connection error".into());
                 }
             }
-            Outbound::Close { code, reason } => {
+            Outbound::Close(order) => {
                 let _ = stream.flush().await;
-                send_close(stream, code, &reason).await;
-                return Some(reason);
+                Box::pin(send_close(stream, order.code, &order.reason)).await;
+                return Some(order.reason);
             }
         }
         written += 1;

@@ -54,8 +54,11 @@ impl Default for WsConfig {
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(60),
             allowed_origins: None,
-            read_buffer_bytes: 4096,
-            write_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
+            // Frames are written as they come (the room already batches ops
+            // into frames); a threshold would keep a grown buffer per
+            // connection.
+            write_buffer_bytes: 0,
         }
     }
 }

@@ -1,0 +1,212 @@
+//! Cursor throttle and typing debounce as another client observes them,
+//! on tokio's paused clock (the service in process, no sockets), so the
+//! timeline is exact.
+
+use crate::config::Config;
+use crate::wiring;
+use relay_adapters::jwt::{DevKeys, TokenRequest};
+use relay_domain::{ClientId, DocumentId, Version};
+use relay_ports::protocol::{Join, Role, ServerMessage};
+use relay_ports::{ClientMessage, CollaborationService, Outbound, Session, Started};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::mpsc::Receiver;
+use uuid::Uuid;
+
+async fn join(
+    relay: &crate::Relay,
+    keys: &DevKeys,
+    doc: DocumentId,
+    client: &str,
+) -> (Box<dyn Session>, Receiver<Outbound>) {
+    let mut docs = BTreeMap::new();
+    docs.insert("*".to_owned(), Role::Editor);
+    let token = keys
+        .mint(&TokenRequest {
+            sub: Uuid::new_v4(),
+            name: None,
+            docs,
+            ttl_secs: 3600,
+        })
+        .unwrap();
+    let join = Join {
+        client_id: ClientId::new(client).unwrap(),
+        token: Some(token),
+        since: None,
+    };
+    let Started {
+        session, outbound, ..
+    } = relay
+        .join(relay.admit().unwrap(), doc, None, join)
+        .await
+        .unwrap();
+    (session, outbound)
+}
+
+/// Lets the room run without moving the clock.
+async fn idle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Every message queued for a session right now.
+fn drain(rx: &mut Receiver<Outbound>) -> Vec<ServerMessage> {
+    let mut out = Vec::new();
+    while let Ok(Outbound::Text(t)) = rx.try_recv() {
+        out.push(ServerMessage::decode(&t).unwrap());
+    }
+    out
+}
+
+fn cursors(msgs: &[ServerMessage]) -> Vec<(Option<usize>, Option<usize>)> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            ServerMessage::Cursor { anchor, head, .. } => Some((*anchor, *head)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn typing(msgs: &[ServerMessage]) -> Vec<bool> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            ServerMessage::Typing { active, .. } => Some(*active),
+            _ => None,
+        })
+        .collect()
+}
+
+fn setup() -> (crate::Relay, DevKeys) {
+    let keys = DevKeys::from_seed([3; 32]);
+    let config = Config {
+        cursor_throttle_ms: 50,
+        typing_debounce_ms: 500,
+        ..Config::default()
+    };
+    (wiring::in_memory(config, &keys).relay, keys)
+}
+
+#[tokio::test(start_paused = true)]
+async fn cursor_updates_reach_others_at_most_once_per_interval_and_the_latest_always_arrives() {
+    let (relay, keys) = setup();
+    let doc = DocumentId(Uuid::new_v4());
+    let (mut a, mut a_rx) = join(&relay, &keys, doc, "a").await;
+    let (_b, mut b_rx) = join(&relay, &keys, doc, "b").await;
+    let mut text = relay_domain::Delta::new();
+    text.insert("hello world");
+    a.handle(ClientMessage::Submit {
+        seq: relay_domain::Seq(1),
+        base: Version(0),
+        delta: text,
+    })
+    .await;
+    idle().await;
+    assert!(
+        drain(&mut a_rx)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Ack { .. }))
+    );
+    drain(&mut b_rx);
+    for i in 0..5 {
+        let selection = Some((i, i));
+        a.handle(ClientMessage::Cursor {
+            version: Version(1),
+            selection,
+        })
+        .await;
+    }
+    idle().await;
+    // The first goes out at once; the rest wait for the interval.
+    assert_eq!(cursors(&drain(&mut b_rx)), vec![(Some(0), Some(0))]);
+    tokio::time::advance(Duration::from_millis(49)).await;
+    idle().await;
+    assert_eq!(cursors(&drain(&mut b_rx)), vec![]);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    idle().await;
+    // Latest wins: 1, 2 and 3 were replaced by 4.
+    assert_eq!(cursors(&drain(&mut b_rx)), vec![(Some(4), Some(4))]);
+    tokio::time::advance(Duration::from_millis(500)).await;
+    idle().await;
+    assert_eq!(cursors(&drain(&mut b_rx)), vec![]);
+    // Hiding the caret is a cursor update like any other.
+    a.handle(ClientMessage::Cursor {
+        version: Version(1),
+        selection: None,
+    })
+    .await;
+    idle().await;
+    assert_eq!(cursors(&drain(&mut b_rx)), vec![(None, None)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn typing_is_active_at_once_and_inactive_after_the_quiet_period() {
+    let (relay, keys) = setup();
+    let doc = DocumentId(Uuid::new_v4());
+    let (mut a, mut a_rx) = join(&relay, &keys, doc, "a").await;
+    let (_b, mut b_rx) = join(&relay, &keys, doc, "b").await;
+    idle().await;
+    drain(&mut b_rx);
+    a.handle(ClientMessage::Typing).await;
+    idle().await;
+    assert_eq!(typing(&drain(&mut b_rx)), vec![true]);
+    tokio::time::advance(Duration::from_millis(300)).await;
+    a.handle(ClientMessage::Typing).await;
+    idle().await;
+    assert!(typing(&drain(&mut b_rx)).is_empty());
+    // 500 ms after the last signal, not the first.
+    tokio::time::advance(Duration::from_millis(499)).await;
+    idle().await;
+    assert!(typing(&drain(&mut b_rx)).is_empty());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    idle().await;
+    assert_eq!(typing(&drain(&mut b_rx)), vec![false]);
+    // The typist is not told about itself.
+    assert!(typing(&drain(&mut a_rx)).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cursor_taken_before_a_concurrent_edit_is_moved_through_it() {
+    let (relay, keys) = setup();
+    let doc = DocumentId(Uuid::new_v4());
+    let (mut a, mut a_rx) = join(&relay, &keys, doc, "a").await;
+    let (mut b, mut b_rx) = join(&relay, &keys, doc, "b").await;
+    let submit = |seq, base, pos: usize, text: &str| {
+        let mut d = relay_domain::Delta::new();
+        d.retain(pos).insert(text);
+        ClientMessage::Submit {
+            seq: relay_domain::Seq(seq),
+            base: Version(base),
+            delta: d,
+        }
+    };
+    a.handle(submit(1, 0, 0, "hello world")).await;
+    idle().await;
+    // B prefixes the line (version 2) while A's caret, taken at version 1,
+    // sits before "world".
+    b.handle(submit(1, 1, 0, ">> ")).await;
+    idle().await;
+    drain(&mut a_rx);
+    drain(&mut b_rx);
+    a.handle(ClientMessage::Cursor {
+        version: Version(1),
+        selection: Some((6, 6)),
+    })
+    .await;
+    idle().await;
+    let got: Vec<ServerMessage> = drain(&mut b_rx);
+    assert_eq!(
+        got.iter()
+            .filter_map(|m| match m {
+                ServerMessage::Cursor {
+                    version,
+                    anchor,
+                    head,
+                    ..
+                } => Some((*version, *anchor, *head)),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        vec![(Version(2), Some(9), Some(9))]
+    );
+}

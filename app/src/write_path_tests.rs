@@ -1,0 +1,198 @@
+//! Unit tests of the write path against a mocked operation store: what a
+//! client is told when the store is down or another instance wins a
+//! version. (End-to-end behaviour is tested in `tests/`.)
+
+use crate::config::Config;
+use crate::deps::Adapters;
+use crate::service::Relay;
+use mockall::predicate::always;
+use relay_adapters::jwt::{DevKeys, JwtConfig, JwtVerifier, TokenRequest};
+use relay_adapters::memory::{
+    ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, TokioClock,
+};
+use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
+use relay_ports::protocol::{ErrorCode, Join, Role, ServerMessage};
+use relay_ports::store::MockOperationStore;
+use relay_ports::{Append, ClientMessage, CollaborationService, Loaded, Outbound, StoreError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+fn relay_with(store: MockOperationStore, keys: &DevKeys) -> Relay {
+    let clock = Arc::new(TokioClock::new());
+    let verifier = JwtVerifier::new(JwtConfig::default());
+    verifier.set_keys(keys.key_set());
+    let adapters = Adapters {
+        store: Arc::new(store),
+        bus: Arc::new(MemoryBus::new()),
+        presence: Arc::new(MemoryPresence::new(clock.clone())),
+        permissions: Arc::new(ClaimsPermissions),
+        verifier: Arc::new(verifier),
+        metrics: Arc::new(MemoryMetrics::default()),
+        clock,
+    };
+    Relay::new(Config::default(), adapters, Vec::new())
+}
+
+fn token(keys: &DevKeys, user: Uuid) -> String {
+    let mut docs = BTreeMap::new();
+    docs.insert("*".to_owned(), Role::Editor);
+    keys.mint(&TokenRequest {
+        sub: user,
+        name: None,
+        docs,
+        ttl_secs: 600,
+    })
+    .unwrap()
+}
+
+async fn next(outbound: &mut tokio::sync::mpsc::Receiver<Outbound>) -> ServerMessage {
+    match tokio::time::timeout(Duration::from_secs(5), outbound.recv()).await {
+        Ok(Some(Outbound::Text(t))) => ServerMessage::decode(&t).unwrap(),
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}
+
+fn insert(text: &str) -> Delta {
+    let mut d = Delta::new();
+    d.insert(text);
+    d
+}
+
+fn empty_document(store: &mut MockOperationStore) {
+    store.expect_load().returning(|_| Ok(Loaded::default()));
+    store.expect_last_seq().returning(|_, _, _| Ok(None));
+    store.expect_save_snapshot().returning(|_, _| Ok(()));
+}
+
+#[tokio::test]
+async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
+    let keys = DevKeys::from_seed([1; 32]);
+    let mut store = MockOperationStore::new();
+    empty_document(&mut store);
+    let mut calls = 0;
+    store
+        .expect_append()
+        .with(always(), always())
+        .returning(move |_, ops| {
+            calls += 1;
+            if calls == 1 {
+                Err(StoreError::Unavailable("connection refused".into()))
+            } else {
+                assert_eq!(ops.len(), 1);
+                assert_eq!(ops[0].version, Version(1));
+                Ok(Append::Committed)
+            }
+        });
+    let relay = relay_with(store, &keys);
+    let user = Uuid::new_v4();
+    let join = Join {
+        client_id: ClientId::new("tab").unwrap(),
+        token: Some(token(&keys, user)),
+        since: None,
+    };
+    let slot = relay.admit().unwrap();
+    let mut started = relay
+        .join(slot, DocumentId(Uuid::new_v4()), None, join)
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut started.outbound).await,
+        ServerMessage::Joined { .. }
+    ));
+    let submit = ClientMessage::Submit {
+        seq: Seq(1),
+        base: Version(0),
+        delta: insert("hi"),
+    };
+    started.session.handle(submit.clone()).await;
+    match next(&mut started.outbound).await {
+        ServerMessage::Error {
+            code, seq, fatal, ..
+        } => {
+            assert_eq!(
+                (code, seq, fatal),
+                (ErrorCode::Unavailable, Some(Seq(1)), false)
+            );
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    // The same submit again, once the store is back: committed once.
+    started.session.handle(submit).await;
+    assert_eq!(
+        next(&mut started.outbound).await,
+        ServerMessage::Ack {
+            seq: Seq(1),
+            version: Version(1)
+        }
+    );
+}
+
+#[tokio::test]
+async fn losing_a_version_to_another_instance_catches_up_and_commits_at_the_next() {
+    let keys = DevKeys::from_seed([2; 32]);
+    let theirs = CommittedOp {
+        version: Version(1),
+        user: UserId(Uuid::new_v4()),
+        client_id: ClientId::new("elsewhere").unwrap(),
+        seq: Seq(1),
+        delta: insert("B"),
+    };
+    let mut store = MockOperationStore::new();
+    empty_document(&mut store);
+    let mut calls = 0;
+    store.expect_append().returning(move |_, ops| {
+        calls += 1;
+        match calls {
+            1 => Ok(Append::Conflict {
+                current: Version(1),
+            }),
+            _ => {
+                assert_eq!(ops[0].version, Version(2));
+                Ok(Append::Committed)
+            }
+        }
+    });
+    let remote = theirs.clone();
+    store.expect_read().returning(move |_, after, _| {
+        Ok(if after == Version(0) {
+            vec![remote.clone()]
+        } else {
+            vec![]
+        })
+    });
+    let relay = relay_with(store, &keys);
+    let user = Uuid::new_v4();
+    let join = Join {
+        client_id: ClientId::new("tab").unwrap(),
+        token: Some(token(&keys, user)),
+        since: None,
+    };
+    let slot = relay.admit().unwrap();
+    let mut started = relay
+        .join(slot, DocumentId(Uuid::new_v4()), None, join)
+        .await
+        .unwrap();
+    next(&mut started.outbound).await;
+    started
+        .session
+        .handle(ClientMessage::Submit {
+            seq: Seq(1),
+            base: Version(0),
+            delta: insert("A"),
+        })
+        .await;
+    // The op it missed first, then the ack at the next version.
+    assert_eq!(
+        next(&mut started.outbound).await,
+        ServerMessage::Ops { ops: vec![theirs] }
+    );
+    assert_eq!(
+        next(&mut started.outbound).await,
+        ServerMessage::Ack {
+            seq: Seq(1),
+            version: Version(2)
+        }
+    );
+}
