@@ -26,6 +26,7 @@ pub struct Config {
     pub jwt_audience: Option<String>,
     pub jwt_leeway_secs: u64,
     pub jwks_refresh_secs: u64,
+    pub jwks_cooldown_secs: u64,
     pub allowed_origins: Option<Vec<String>>,
     pub max_connections: usize,
     pub max_message_bytes: usize,
@@ -82,6 +83,7 @@ impl Config {
             jwt_audience: get("JWT_AUDIENCE"),
             jwt_leeway_secs: r.parse("JWT_LEEWAY_SECS", "30")?,
             jwks_refresh_secs: r.positive("JWKS_REFRESH_SECS", "300")?,
+            jwks_cooldown_secs: r.parse("JWKS_COOLDOWN_SECS", "30")?,
             allowed_origins: get("ALLOWED_ORIGINS").map(|v| {
                 v.split(',')
                     .map(|o| o.trim().trim_end_matches('/').to_owned())

@@ -182,14 +182,18 @@ async fn run(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     let bind = config.bind_address;
     let wired = wiring::build(config, dev.as_ref().map(|d| &d.0))?;
     let relay = wired.relay.clone();
-    let service: Arc<dyn CollaborationService> = Arc::new(wired.relay);
-    let routes = ws::routes(service, ws_config, wired.jwks);
+    let service: Arc<dyn CollaborationService> = Arc::new(wired.relay.clone());
+    let routes = ws::routes(service, ws_config, wired.jwks.clone());
     let (listener, addr) = ws::bind(bind)
         .await
         .with_context(|| format!("BIND_ADDRESS: cannot bind {bind}"))?;
     info!(%addr, "relay listening");
     if let Some((keys, path)) = &dev {
         announce_development(keys, path, addr)?;
+    } else if relay.config().database_url.is_none() {
+        warn!(
+            "no DATABASE_URL: operations are kept in memory and nothing persists across restarts"
+        );
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(ws::serve(listener, routes, async move {
@@ -199,6 +203,7 @@ async fn run(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     relay.shutdown().await;
     let _ = stop_tx.send(());
     let _ = server.await;
+    drop(wired);
     Ok(())
 }
 

@@ -5,7 +5,9 @@
 //!
 //! The tests themselves are in `tests/tests/`.
 
-use futures::{SinkExt, StreamExt};
+pub mod auth;
+
+use futures::{FutureExt, SinkExt, StreamExt};
 use relay_adapters::jwt::{DevKeys, TokenRequest};
 use relay_adapters::memory::MemoryMetrics;
 use relay_adapters::ws::{self, WsConfig};
@@ -232,20 +234,33 @@ impl Conn {
     pub async fn recv_within(&mut self, wait: Duration) -> Option<Received> {
         loop {
             let next = tokio::time::timeout(wait, self.ws.next()).await.ok()?;
-            return Some(match next {
-                None => Received::Closed(None),
-                Some(Ok(Message::Text(t))) => Received::Message(
-                    ServerMessage::decode(t.as_str())
-                        .unwrap_or_else(|e| panic!("undecodable server message {t}: {e}")),
-                ),
-                Some(Ok(Message::Close(frame))) => {
-                    Received::Closed(frame.map(|f| u16::from(f.code)))
-                }
-                Some(Ok(Message::Binary(_))) => panic!("server sent a binary frame"),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) => Received::Closed(None),
-            });
+            if let Some(r) = received(next) {
+                return Some(r);
+            }
         }
+    }
+
+    /// A message or close that has already arrived, without waiting; `None`
+    /// if nothing is there yet.
+    pub fn try_recv(&mut self) -> Option<Received> {
+        loop {
+            let next = self.ws.next().now_or_never()?;
+            if let Some(r) = received(next) {
+                return Some(r);
+            }
+        }
+    }
+
+    /// Sends several text frames in one write (they reach the server
+    /// together, back to back).
+    pub async fn send_all(&mut self, texts: &[String]) {
+        for t in texts {
+            self.ws
+                .feed(Message::text(t.clone()))
+                .await
+                .expect("send");
+        }
+        self.ws.flush().await.expect("flush");
     }
 
     /// The next message; panics on a close.
@@ -285,6 +300,23 @@ impl Conn {
     }
 }
 
+/// What one frame read from the socket means (`None`: a ping or pong).
+fn received(
+    next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Option<Received> {
+    Some(match next {
+        None => Received::Closed(None),
+        Some(Ok(Message::Text(t))) => Received::Message(
+            ServerMessage::decode(t.as_str())
+                .unwrap_or_else(|e| panic!("undecodable server message {t}: {e}")),
+        ),
+        Some(Ok(Message::Close(frame))) => Received::Closed(frame.map(|f| u16::from(f.code))),
+        Some(Ok(Message::Binary(_))) => panic!("server sent a binary frame"),
+        Some(Ok(_)) => return None,
+        Some(Err(_)) => Received::Closed(None),
+    })
+}
+
 /// A Rust editing client: a connection plus the domain's OT client.
 pub struct Editor {
     pub conn: Conn,
@@ -295,6 +327,11 @@ pub struct Editor {
     pub acks: Vec<(u64, Version)>,
     /// Errors received: (code, seq).
     pub errors: Vec<(String, Option<u64>)>,
+    /// The operation log as this client learned it: every op received
+    /// (in `ops` or a catch-up) and its own ops when acknowledged (with the
+    /// delta as the server committed it: the in-flight delta rebased over
+    /// everything received before the ack).
+    pub log: BTreeMap<Version, CommittedOp>,
 }
 
 impl std::fmt::Debug for Editor {
@@ -338,19 +375,28 @@ impl Editor {
             document,
             acks: Vec::new(),
             errors: Vec::new(),
+            log: BTreeMap::new(),
         }
     }
 
-    /// Reconnects (after the old connection was dropped) with `since` = the
-    /// client's version, applies the catch-up and re-sends the in-flight
-    /// submit with its original seq.
+    /// Drops the connection abruptly (no close handshake, whatever was not
+    /// read yet is lost), reconnects with `since` = the client's version,
+    /// applies the catch-up and re-sends the in-flight submit with its
+    /// original seq.
     pub async fn rejoin(&mut self, app: &TestApp, token: &str) {
-        let mut conn = Conn::connect(&app.url(self.document)).await;
+        let conn = Conn::connect(&app.url(self.document)).await;
+        self.rejoin_on(conn, token).await;
+    }
+
+    /// [`Editor::rejoin`] on `conn`, a connection opened (not joined)
+    /// beforehand, so the join follows the drop at once.
+    pub async fn rejoin_on(&mut self, conn: Conn, token: &str) {
+        std::mem::replace(&mut self.conn, conn).drop_abruptly();
         let since = self.client.version();
-        conn.join(self.client.client_id().as_str(), Some(token), Some(since))
+        self.conn
+            .join(self.client.client_id().as_str(), Some(token), Some(since))
             .await;
-        let joined = conn.message().await;
-        self.conn = conn;
+        let joined = self.conn.message().await;
         match &joined {
             ServerMessage::Joined { ops: Some(ops), .. } => {
                 for op in ops.clone() {
@@ -396,7 +442,23 @@ impl Editor {
         self.edit(d).await;
     }
 
+    /// Adds an op to [`Editor::log`]; the same version twice must be the
+    /// same op.
+    fn record(&mut self, op: CommittedOp) {
+        if let Some(known) = self.log.get(&op.version) {
+            assert_eq!(
+                (known.user, &known.client_id, known.seq),
+                (op.user, &op.client_id, op.seq),
+                "two different ops at version {}",
+                op.version
+            );
+            return;
+        }
+        self.log.insert(op.version, op);
+    }
+
     async fn apply_op(&mut self, op: CommittedOp) {
+        self.record(op.clone());
         let out = self
             .client
             .receive(&op)
@@ -409,15 +471,40 @@ impl Editor {
     /// Handles one message from the server; returns it.
     pub async fn step(&mut self) -> Received {
         let r = self.conn.recv().await;
-        if let Received::Message(m) = &r {
+        self.handle(&r).await;
+        r
+    }
+
+    /// Handles a message that has already arrived, if any, without waiting.
+    pub async fn try_step(&mut self) -> Option<Received> {
+        let r = self.conn.try_recv()?;
+        self.handle(&r).await;
+        Some(r)
+    }
+
+    async fn handle(&mut self, r: &Received) {
+        if let Received::Message(m) = r {
             match m.clone() {
                 ServerMessage::Ack { seq, version } => {
                     self.acks.push((seq.0, version));
-                    if let Some(out) = self
+                    let inflight = self.client.inflight().cloned();
+                    let before = self.client.version();
+                    let out = self
                         .client
                         .ack(seq, version)
-                        .unwrap_or_else(|e| panic!("ack: {e}"))
+                        .unwrap_or_else(|e| panic!("ack: {e}"));
+                    if let Some(i) = inflight
+                        && self.client.version() > before
                     {
+                        self.record(CommittedOp {
+                            version,
+                            user: self.client.user(),
+                            client_id: self.client.client_id().clone(),
+                            seq: i.seq,
+                            delta: i.delta,
+                        });
+                    }
+                    if let Some(out) = out {
                         self.submit(out).await;
                     }
                 }
@@ -433,7 +520,6 @@ impl Editor {
                 _ => {}
             }
         }
-        r
     }
 
     /// Processes messages until nothing is in flight.
@@ -462,4 +548,242 @@ impl Editor {
 /// A fresh random document id.
 pub fn new_document() -> DocumentId {
     DocumentId(Uuid::new_v4())
+}
+
+// --- Transport support (used by tests/tests/transport.rs) -----------------
+
+/// How an upgrade went, with the response's headers either way.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Handshake {
+    /// `101 Switching Protocols`, with its headers.
+    Accepted(Conn, http::HeaderMap),
+    /// The upgrade was refused with this status and headers.
+    Refused(u16, http::HeaderMap),
+}
+
+impl Handshake {
+    /// The connection; panics if the upgrade was refused.
+    pub fn accepted(self) -> (Conn, http::HeaderMap) {
+        match self {
+            Handshake::Accepted(c, h) => (c, h),
+            Handshake::Refused(s, h) => panic!("upgrade refused with {s} ({h:?})"),
+        }
+    }
+
+    /// The refusal's status and headers; panics if the upgrade succeeded.
+    pub fn refused(self) -> (u16, http::HeaderMap) {
+        match self {
+            Handshake::Refused(s, h) => (s, h),
+            Handshake::Accepted(_, h) => panic!("upgrade accepted ({h:?}), a refusal was expected"),
+        }
+    }
+}
+
+impl Conn {
+    /// Like [`Conn::open`], also returning the handshake response's headers.
+    pub async fn handshake(url: &str, options: &ConnectOptions) -> Handshake {
+        Conn::handshake_with(url, options, None).await
+    }
+
+    /// Like [`Conn::handshake`], on a socket whose kernel receive buffer is
+    /// set to `recv_buffer` bytes (before connecting, so the advertised
+    /// window stays small): a client that stops reading backs up the
+    /// server's writes quickly.
+    pub async fn handshake_with(
+        url: &str,
+        options: &ConnectOptions,
+        recv_buffer: Option<u32>,
+    ) -> Handshake {
+        let mut request = url.into_client_request().expect("request");
+        let h = request.headers_mut();
+        match options.protocols.as_deref() {
+            None => {
+                h.insert(
+                    "Sec-WebSocket-Protocol",
+                    HeaderValue::from_static("relay.v1"),
+                );
+            }
+            Some("") => {}
+            Some(p) => {
+                h.insert(
+                    "Sec-WebSocket-Protocol",
+                    HeaderValue::from_str(p).expect("header"),
+                );
+            }
+        }
+        if let Some(b) = &options.bearer {
+            h.insert(
+                "Authorization",
+                HeaderValue::from_str(&format!("Bearer {b}")).expect("header"),
+            );
+        }
+        if let Some(o) = &options.origin {
+            h.insert("Origin", HeaderValue::from_str(o).expect("header"));
+        }
+        let authority = request.uri().authority().expect("authority").to_string();
+        let addr: SocketAddr = tokio::net::lookup_host(&authority)
+            .await
+            .expect("resolve")
+            .next()
+            .expect("an address");
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("socket");
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        }
+        let stream = socket.connect(addr).await.expect("connect");
+        let config = WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
+        match tokio_tungstenite::client_async_with_config(
+            request,
+            MaybeTlsStream::Plain(stream),
+            Some(config),
+        )
+        .await
+        {
+            Ok((ws, response)) => Handshake::Accepted(Conn { ws }, response.headers().clone()),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                Handshake::Refused(resp.status().as_u16(), resp.headers().clone())
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+
+    /// Reads (answering pings, skipping messages) until `n` pings have
+    /// arrived. `Err` with the close code if the connection closed first;
+    /// panics if they did not arrive within `wait`.
+    pub async fn await_pings(&mut self, n: usize, wait: Duration) -> Result<(), Option<u16>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut seen = 0;
+        while seen < n {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("{seen} of {n} pings arrived in {wait:?}"));
+            match next {
+                Some(Ok(Message::Ping(_))) => seen += 1,
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                None | Some(Err(_)) => return Err(None),
+                Some(Ok(_)) => {}
+            }
+        }
+        // Let the pong go out.
+        let _ = self.ws.flush().await;
+        Ok(())
+    }
+}
+
+/// A plain HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body as JSON; panics if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// `GET path` over a fresh TCP connection (`Connection: close`).
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = std::str::from_utf8(&raw[..split]).expect("ASCII headers");
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        let (k, v) = line.split_once(':').expect("header line");
+        headers.append(
+            http::HeaderName::from_bytes(k.trim().as_bytes()).expect("header name"),
+            http::HeaderValue::from_str(v.trim()).expect("header value"),
+        );
+    }
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .get(http::header::TRANSFER_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    if chunked {
+        let mut decoded = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size line");
+            let size_line = std::str::from_utf8(&rest[..eol]).expect("chunk size");
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                .expect("hex chunk size");
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                break;
+            }
+            decoded.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        body = decoded;
+    }
+    HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("UTF-8 body"),
+    }
+}
+
+impl TestApp {
+    /// `GET path` on the app.
+    pub async fn get(&self, path: &str) -> HttpResponse {
+        http_get(self.addr, path).await
+    }
+
+    /// `/health` as JSON.
+    pub async fn health(&self) -> serde_json::Value {
+        let r = self.get("/health").await;
+        assert_eq!(r.status, 200, "/health: {}", r.body);
+        r.json()
+    }
+
+    /// Polls `/health` (every 50 ms, at most `WAIT` long) until `field`
+    /// equals `value`; panics with the last value otherwise.
+    pub async fn await_health(&self, field: &str, value: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let h = self.health().await;
+            if h[field].as_u64() == Some(value) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("/health {field} stayed {} (waited for {value})", h[field]);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -8,9 +8,11 @@
 //!   token minting.
 
 pub mod dev;
+pub mod jwks;
 pub mod keys;
 pub mod verifier;
 
 pub use dev::{DevKeyError, DevKeys, TokenRequest};
+pub use jwks::{JwksConfig, JwksError, JwksVerifier};
 pub use keys::{KeySet, KeySetError, SkippedKey, VerificationKey};
 pub use verifier::{JwtConfig, JwtVerifier};

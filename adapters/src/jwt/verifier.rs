@@ -49,6 +49,10 @@ pub struct JwtVerifier {
     keys: RwLock<Arc<KeySet>>,
 }
 
+/// The reason given for a token whose `kid` is not in the key set (a
+/// JWKS-backed verifier refreshes its keys once per cooldown on it).
+pub const UNKNOWN_KID: &str = "unknown kid";
+
 fn invalid(reason: &str) -> AuthError {
     AuthError::Invalid(reason.to_owned())
 }
@@ -118,7 +122,7 @@ impl JwtVerifier {
             return Err(AuthError::Unavailable);
         }
         let key = match &kid {
-            Some(kid) => keys.get(kid).ok_or_else(|| invalid("unknown kid"))?,
+            Some(kid) => keys.get(kid).ok_or_else(|| invalid(UNKNOWN_KID))?,
             None => keys
                 .only_key()
                 .ok_or_else(|| invalid("token without kid, and more than one key"))?,
