@@ -8,8 +8,11 @@
 //! - [`jwt`]: token verification with jsonwebtoken against a JWK set, and
 //!   the development signing key that `relay` creates when no JWKS URL is
 //!   configured.
+//! - [`postgres`]: the operation store and permission source on
+//!   diesel-async, the pool, and the embedded migrations.
 //! - [`ws`]: the warp WebSocket transport driving the collaboration service.
 
 pub mod jwt;
 pub mod memory;
+pub mod postgres;
 pub mod ws;

@@ -1,0 +1,126 @@
+//! The permission source on PostgreSQL: the document's owner, then
+//! `document_permissions`. Anything else has no access.
+
+use super::PgPool;
+use super::schema::{document_permissions, documents};
+use async_trait::async_trait;
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
+use relay_domain::{DocumentId, UserId};
+use relay_ports::protocol::Role;
+use relay_ports::{Claims, PermissionError, PermissionSource};
+
+#[derive(Debug, Clone)]
+pub struct PgPermissions {
+    pool: PgPool,
+}
+
+impl PgPermissions {
+    pub fn new(pool: PgPool) -> PgPermissions {
+        PgPermissions { pool }
+    }
+
+    /// Grants `role` (for tests and tools; the platform writes these rows).
+    /// Creates the document row if needed.
+    pub async fn grant(
+        &self,
+        user: UserId,
+        document: DocumentId,
+        role: Role,
+    ) -> Result<(), PermissionError> {
+        use diesel_async::RunQueryDsl;
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(PermissionError::Unavailable)?;
+        let err = |e: diesel::result::Error| PermissionError::Unavailable(e.to_string());
+        diesel::insert_into(documents::table)
+            .values(documents::id.eq(document.0))
+            .on_conflict_do_nothing()
+            .execute(&mut *conn)
+            .await
+            .map_err(err)?;
+        if role == Role::Owner {
+            diesel::update(documents::table.find(document.0))
+                .set(documents::owner_id.eq(user.0))
+                .execute(&mut *conn)
+                .await
+                .map_err(err)?;
+        }
+        diesel::insert_into(document_permissions::table)
+            .values((
+                document_permissions::document_id.eq(document.0),
+                document_permissions::user_id.eq(user.0),
+                document_permissions::role.eq(role.as_str()),
+            ))
+            .on_conflict((
+                document_permissions::document_id,
+                document_permissions::user_id,
+            ))
+            .do_update()
+            .set(document_permissions::role.eq(role.as_str()))
+            .execute(&mut *conn)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Removes a grant (ownership stays with the document).
+    pub async fn revoke(&self, user: UserId, document: DocumentId) -> Result<(), PermissionError> {
+        use diesel_async::RunQueryDsl;
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(PermissionError::Unavailable)?;
+        diesel::delete(document_permissions::table.find((document.0, user.0)))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| PermissionError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PermissionSource for PgPermissions {
+    async fn role(
+        &self,
+        claims: &Claims,
+        document: DocumentId,
+    ) -> Result<Option<Role>, PermissionError> {
+        use diesel_async::RunQueryDsl;
+        let user = claims.user.0;
+        let work = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(PermissionError::Unavailable)?;
+            let err = |e: diesel::result::Error| PermissionError::Unavailable(e.to_string());
+            let owner: Option<Option<uuid::Uuid>> = documents::table
+                .find(document.0)
+                .select(documents::owner_id)
+                .first(&mut *conn)
+                .await
+                .optional()
+                .map_err(err)?;
+            if owner.flatten() == Some(user) {
+                return Ok(Some(Role::Owner));
+            }
+            let role: Option<String> = document_permissions::table
+                .find((document.0, user))
+                .select(document_permissions::role)
+                .first(&mut *conn)
+                .await
+                .optional()
+                .map_err(err)?;
+            Ok(role.and_then(|r| r.parse().ok()))
+        };
+        match tokio::time::timeout(self.pool.call_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(PermissionError::Unavailable(
+                "database call timed out".into(),
+            )),
+        }
+    }
+}

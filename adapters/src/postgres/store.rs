@@ -1,0 +1,468 @@
+//! The operation store on PostgreSQL.
+//!
+//! An append is one statement: it inserts the whole batch only if the
+//! document's head is the version before the batch, so it is atomic without
+//! an explicit transaction. A unique violation - another writer took the
+//! version, or an op's `(actor, client, seq)` is already committed - becomes
+//! the `Conflict` or `Duplicate` value, never an error.
+
+use super::PgPool;
+use super::schema::{documents, operations, snapshots};
+use async_trait::async_trait;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text, Uuid as SqlUuid};
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, Queryable};
+use relay_domain::{ClientId, CommittedOp, Component, Delta, DocumentId, Seq, UserId, Version};
+use relay_ports::{Append, Loaded, OperationStore, Snapshot, StoreError};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use uuid::Uuid;
+
+/// The operation store on PostgreSQL. Durable: this is the source of truth
+/// in production.
+#[derive(Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    /// Documents known to have their `documents` row (the operations'
+    /// foreign key), so it is inserted once per document per process.
+    known: Mutex<HashSet<Uuid>>,
+}
+
+impl PgStore {
+    pub fn new(pool: PgPool) -> PgStore {
+        PgStore {
+            pool,
+            known: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs `f` with a connection, bounded by the call timeout; every
+    /// failure to reach the database is `Unavailable`.
+    async fn with_conn<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut diesel_async::AsyncPgConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let work = async {
+            let mut conn = self.pool.get().await.map_err(StoreError::Unavailable)?;
+            f(&mut conn).await
+        };
+        match tokio::time::timeout(self.pool.call_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable("database call timed out".into())),
+        }
+    }
+}
+
+fn unavailable(e: DieselError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// Where the first change of a delta is.
+fn position(delta: &Delta) -> i32 {
+    match delta.components().first() {
+        Some(Component::Retain { len, attributes }) if attributes.is_empty() => *len as i32,
+        _ => 0,
+    }
+}
+
+/// The text a delta inserts.
+fn content(delta: &Delta) -> Option<String> {
+    let text: String = delta
+        .components()
+        .iter()
+        .filter_map(|c| match c {
+            Component::Insert { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    (!text.is_empty()).then_some(text)
+}
+
+/// The formatting a delta applies (the first non-empty attribute map).
+fn attributes(delta: &Delta) -> Option<Value> {
+    delta.components().iter().find_map(|c| match c {
+        Component::Retain { attributes, .. } | Component::Insert { attributes, .. }
+            if !attributes.is_empty() =>
+        {
+            serde_json::to_value(attributes).ok()
+        }
+        _ => None,
+    })
+}
+
+#[derive(Queryable)]
+struct OpRow {
+    version: i64,
+    actor_id: Uuid,
+    client_id: String,
+    seq: i64,
+    delta: Value,
+}
+
+impl OpRow {
+    fn into_op(self) -> Result<CommittedOp, StoreError> {
+        Ok(CommittedOp {
+            version: Version(self.version as u64),
+            user: UserId(self.actor_id),
+            client_id: ClientId::new(self.client_id).map_err(corrupt)?,
+            seq: Seq(self.seq as u64),
+            delta: Delta::from_json(&self.delta).map_err(corrupt)?,
+        })
+    }
+}
+
+const OP_COLUMNS: (
+    operations::version,
+    operations::actor_id,
+    operations::client_id,
+    operations::seq,
+    operations::delta,
+) = (
+    operations::version,
+    operations::actor_id,
+    operations::client_id,
+    operations::seq,
+    operations::delta,
+);
+
+/// Inserts the batch if and only if the head is `first - 1`.
+const APPEND: &str = "
+INSERT INTO operations (id, document_id, version, actor_id, client_id, seq, operation_type,
+                        position, content, attributes, vector_clock, delta)
+SELECT b.id, $1, b.version, b.actor_id, b.client_id, b.seq, b.operation_type,
+       b.position, b.content, b.attributes, b.vector_clock, b.delta
+FROM unnest($2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::int8[], $7::text[],
+            $8::int4[], $9::text[], $10::jsonb[], $11::jsonb[], $12::jsonb[])
+     AS b(id, version, actor_id, client_id, seq, operation_type, position, content,
+          attributes, vector_clock, delta)
+WHERE (SELECT COALESCE(MAX(version), 0) FROM operations WHERE document_id = $1) = $13
+";
+
+fn check_batch(ops: &[CommittedOp]) -> Result<(), StoreError> {
+    let mut keys = HashSet::new();
+    for (i, op) in ops.iter().enumerate() {
+        if op.version.0 != ops[0].version.0 + i as u64 {
+            return Err(corrupt("append: versions in a batch must be consecutive"));
+        }
+        if !keys.insert((op.user, op.client_id.clone(), op.seq)) {
+            return Err(corrupt(
+                "append: an idempotency key repeats within the batch",
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn head(
+    conn: &mut diesel_async::AsyncPgConnection,
+    document: Uuid,
+) -> Result<Version, StoreError> {
+    use diesel::dsl::max;
+    use diesel_async::RunQueryDsl;
+    let v: Option<i64> = operations::table
+        .filter(operations::document_id.eq(document))
+        .select(max(operations::version))
+        .first(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(Version(v.unwrap_or(0) as u64))
+}
+
+/// After a refused append: which of the batch's keys is already committed
+/// (`Duplicate`), else the head (`Conflict`).
+async fn explain_refusal(
+    conn: &mut diesel_async::AsyncPgConnection,
+    document: Uuid,
+    ops: &[CommittedOp],
+) -> Result<Append, StoreError> {
+    use diesel_async::RunQueryDsl;
+    for op in ops {
+        let found: Option<i64> = operations::table
+            .filter(operations::document_id.eq(document))
+            .filter(operations::actor_id.eq(op.user.0))
+            .filter(operations::client_id.eq(op.client_id.as_str()))
+            .filter(operations::seq.eq(op.seq.0 as i64))
+            .select(operations::version)
+            .first(conn)
+            .await
+            .optional()
+            .map_err(unavailable)?;
+        if let Some(v) = found {
+            return Ok(Append::Duplicate {
+                user: op.user,
+                client_id: op.client_id.clone(),
+                seq: op.seq,
+                version: Version(v as u64),
+            });
+        }
+    }
+    Ok(Append::Conflict {
+        current: head(conn, document).await?,
+    })
+}
+
+#[async_trait]
+impl OperationStore for PgStore {
+    async fn append(
+        &self,
+        document: DocumentId,
+        ops: &[CommittedOp],
+    ) -> Result<Append, StoreError> {
+        use diesel_async::RunQueryDsl;
+        if ops.is_empty() {
+            return Ok(Append::Committed);
+        }
+        check_batch(ops)?;
+        let doc = document.0;
+        let known = self.known.lock().expect("lock").contains(&doc);
+        let n = ops.len();
+        let mut cols = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for op in ops {
+            cols.0.push(Uuid::new_v4());
+            cols.1.push(op.version.0 as i64);
+            cols.2.push(op.user.0);
+            cols.3.push(op.client_id.as_str().to_owned());
+            cols.4.push(op.seq.0 as i64);
+            cols.5
+                .push(relay_ports::metrics::operation_type(&op.delta).to_owned());
+            cols.6.push(position(&op.delta));
+            cols.7.push(content(&op.delta));
+            cols.8.push(attributes(&op.delta));
+            cols.9
+                .push(json!({"server": op.version.0 - 1, "client": op.seq.0}));
+            cols.10
+                .push(serde_json::to_value(&op.delta).map_err(corrupt)?);
+        }
+        let expected_head = ops[0].version.0 as i64 - 1;
+        let outcome = self
+            .with_conn(async |conn| {
+                if !known {
+                    diesel::insert_into(documents::table)
+                        .values(documents::id.eq(doc))
+                        .on_conflict_do_nothing()
+                        .execute(conn)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                let inserted = diesel::sql_query(APPEND)
+                    .bind::<SqlUuid, _>(doc)
+                    .bind::<Array<SqlUuid>, _>(&cols.0)
+                    .bind::<Array<BigInt>, _>(&cols.1)
+                    .bind::<Array<SqlUuid>, _>(&cols.2)
+                    .bind::<Array<Text>, _>(&cols.3)
+                    .bind::<Array<BigInt>, _>(&cols.4)
+                    .bind::<Array<Text>, _>(&cols.5)
+                    .bind::<Array<Integer>, _>(&cols.6)
+                    .bind::<Array<Nullable<Text>>, _>(&cols.7)
+                    .bind::<Array<Nullable<Jsonb>>, _>(&cols.8)
+                    .bind::<Array<Jsonb>, _>(&cols.9)
+                    .bind::<Array<Jsonb>, _>(&cols.10)
+                    .bind::<BigInt, _>(expected_head)
+                    .execute(conn)
+                    .await;
+                match inserted {
+                    Ok(k) if k == n => Ok(Append::Committed),
+                    // The head was not the version before the batch.
+                    Ok(0) => explain_refusal(conn, doc, ops).await,
+                    Ok(k) => Err(corrupt(format!("append wrote {k} of {n} rows"))),
+                    Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                        explain_refusal(conn, doc, ops).await
+                    }
+                    Err(e) => Err(unavailable(e)),
+                }
+            })
+            .await?;
+        self.known.lock().expect("lock").insert(doc);
+        Ok(outcome)
+    }
+
+    async fn load(&self, document: DocumentId) -> Result<Loaded, StoreError> {
+        use diesel_async::RunQueryDsl;
+        let doc = document.0;
+        self.with_conn(async |conn| {
+            let snap: Option<(i64, Value)> = snapshots::table
+                .filter(snapshots::document_id.eq(doc))
+                .order(snapshots::version.desc())
+                .select((snapshots::version, snapshots::content))
+                .first(conn)
+                .await
+                .optional()
+                .map_err(unavailable)?;
+            let after = snap.as_ref().map_or(0, |s| s.0);
+            let rows: Vec<OpRow> = operations::table
+                .filter(operations::document_id.eq(doc))
+                .filter(operations::version.gt(after))
+                .order(operations::version.asc())
+                .select(OP_COLUMNS)
+                .load(conn)
+                .await
+                .map_err(unavailable)?;
+            let snapshot = match snap {
+                Some((v, content)) => Some(Snapshot {
+                    version: Version(v as u64),
+                    content: Delta::from_json(&content).map_err(corrupt)?,
+                }),
+                None => None,
+            };
+            let tail = rows
+                .into_iter()
+                .map(OpRow::into_op)
+                .collect::<Result<_, _>>()?;
+            Ok(Loaded { snapshot, tail })
+        })
+        .await
+    }
+
+    async fn read(
+        &self,
+        document: DocumentId,
+        after: Version,
+        limit: usize,
+    ) -> Result<Vec<CommittedOp>, StoreError> {
+        use diesel_async::RunQueryDsl;
+        let doc = document.0;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let after = after.0.min(i64::MAX as u64) as i64;
+        self.with_conn(async |conn| {
+            let rows: Vec<OpRow> = operations::table
+                .filter(operations::document_id.eq(doc))
+                .filter(operations::version.gt(after))
+                .order(operations::version.asc())
+                .limit(limit)
+                .select(OP_COLUMNS)
+                .load(conn)
+                .await
+                .map_err(unavailable)?;
+            rows.into_iter().map(OpRow::into_op).collect()
+        })
+        .await
+    }
+
+    async fn head(&self, document: DocumentId) -> Result<Version, StoreError> {
+        self.with_conn(async |conn| head(conn, document.0).await)
+            .await
+    }
+
+    async fn find(
+        &self,
+        document: DocumentId,
+        user: UserId,
+        client_id: &ClientId,
+        seq: Seq,
+    ) -> Result<Option<Version>, StoreError> {
+        use diesel_async::RunQueryDsl;
+        let (doc, client) = (document.0, client_id.as_str().to_owned());
+        self.with_conn(async |conn| {
+            let v: Option<i64> = operations::table
+                .filter(operations::document_id.eq(doc))
+                .filter(operations::actor_id.eq(user.0))
+                .filter(operations::client_id.eq(&client))
+                .filter(operations::seq.eq(seq.0 as i64))
+                .select(operations::version)
+                .first(conn)
+                .await
+                .optional()
+                .map_err(unavailable)?;
+            Ok(v.map(|v| Version(v as u64)))
+        })
+        .await
+    }
+
+    async fn last_seq(
+        &self,
+        document: DocumentId,
+        user: UserId,
+        client_id: &ClientId,
+    ) -> Result<Option<(Seq, Version)>, StoreError> {
+        use diesel_async::RunQueryDsl;
+        let (doc, client) = (document.0, client_id.as_str().to_owned());
+        self.with_conn(async |conn| {
+            let row: Option<(i64, i64)> = operations::table
+                .filter(operations::document_id.eq(doc))
+                .filter(operations::actor_id.eq(user.0))
+                .filter(operations::client_id.eq(&client))
+                .order(operations::seq.desc())
+                .select((operations::seq, operations::version))
+                .first(conn)
+                .await
+                .optional()
+                .map_err(unavailable)?;
+            Ok(row.map(|(s, v)| (Seq(s as u64), Version(v as u64))))
+        })
+        .await
+    }
+
+    async fn save_snapshot(
+        &self,
+        document: DocumentId,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        use diesel_async::RunQueryDsl;
+        let doc = document.0;
+        let content = serde_json::to_value(&snapshot.content).map_err(corrupt)?;
+        let version = snapshot.version.0 as i64;
+        self.with_conn(async |conn| {
+            if Version(version as u64) > head(conn, doc).await? {
+                return Err(corrupt("a snapshot past the head"));
+            }
+            let latest: Option<i64> = snapshots::table
+                .filter(snapshots::document_id.eq(doc))
+                .select(diesel::dsl::max(snapshots::version))
+                .first(conn)
+                .await
+                .map_err(unavailable)?;
+            if latest.is_some_and(|l| l >= version) {
+                return Ok(());
+            }
+            if version == 0 {
+                diesel::insert_into(documents::table)
+                    .values(documents::id.eq(doc))
+                    .on_conflict_do_nothing()
+                    .execute(conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            diesel::insert_into(snapshots::table)
+                .values((
+                    snapshots::document_id.eq(doc),
+                    snapshots::version.eq(version),
+                    snapshots::content.eq(&content),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.pool.ping().await {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("database does not answer".into()))
+        }
+    }
+}
