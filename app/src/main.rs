@@ -28,6 +28,8 @@ enum Command {
     /// Mint a development token, signed with the development key of a
     /// `relay` running without JWT_PUBLIC_KEY_URL.
     Token(TokenArgs),
+    /// Apply pending database migrations (DATABASE_URL) and exit.
+    Migrate,
     /// Check a running server's /health (for container health checks).
     Healthcheck {
         /// Base URL of the server.
@@ -85,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(&url),
+        Command::Migrate => migrate(),
     }
 }
 
@@ -180,7 +183,7 @@ async fn run(config: Config, args: ServeArgs) -> anyhow::Result<()> {
         ..WsConfig::default()
     };
     let bind = config.bind_address;
-    let wired = wiring::build(config, dev.as_ref().map(|d| &d.0))?;
+    let wired = wiring::build(config, dev.as_ref().map(|d| &d.0)).await?;
     let relay = wired.relay.clone();
     let service: Arc<dyn CollaborationService> = Arc::new(wired.relay.clone());
     let routes = ws::routes(service, ws_config, wired.jwks.clone());
@@ -257,6 +260,27 @@ async fn shutdown_signal() {
         _ = term => {}
     }
     info!("shutdown signal received");
+}
+
+fn migrate() -> anyhow::Result<()> {
+    init_logging();
+    let config = Config::from_env().context("invalid configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let pool =
+            wiring::pg_pool(&config)?.context("DATABASE_URL: required by `relay migrate`")?;
+        let applied = pool.run_migrations().await.context("running migrations")?;
+        if applied.is_empty() {
+            println!("the schema is up to date");
+        } else {
+            for name in applied {
+                println!("applied {name}");
+            }
+        }
+        Ok(())
+    })
 }
 
 fn healthcheck(url: &str) -> anyhow::Result<()> {

@@ -83,6 +83,8 @@ pub(crate) enum Command {
     },
     /// Close every session now (1001).
     CloseAll,
+    /// Snapshot and stop (the server is shutting down).
+    Stop,
 }
 
 struct Local {
@@ -90,6 +92,8 @@ struct Local {
     sink: Sink,
     /// The submit waiting for its ack (one per connection).
     awaiting: Option<(Seq, Instant)>,
+    /// The last submit answered `ack` as a duplicate (already committed).
+    duplicate_acked: Option<Seq>,
     limiter: RateLimiter,
     cursor: CursorThrottle<()>,
     typing: TypingDebounce,
@@ -98,6 +102,11 @@ struct Local {
 struct Pending {
     session: u64,
     submission: Submission,
+    received: Instant,
+    /// Arrived while the session's submit with this seq was still in the
+    /// batch: admitted only if that one turns out to be a duplicate (see
+    /// [`Room::admit_deferred`]).
+    after: Option<Seq>,
 }
 
 pub(crate) struct Room {
@@ -108,6 +117,7 @@ pub(crate) struct Room {
     sessions: HashMap<u64, Local>,
     last_snapshot: Version,
     idle_since: Option<Instant>,
+    stopping: bool,
     next_presence_refresh: Instant,
 }
 
@@ -170,6 +180,9 @@ pub(crate) async fn run(
         }
         room.commit_batches(batch).await;
         room.fire_timers().await;
+        if room.stopping {
+            break;
+        }
         if room.idle_expired() {
             // Close only if nothing arrived meanwhile, under the registry's
             // lock so a concurrent join finds a closed mailbox and starts a
@@ -232,6 +245,7 @@ impl Room {
             sessions: HashMap::new(),
             last_snapshot,
             idle_since: Some(Instant::now()),
+            stopping: false,
         })
     }
 
@@ -268,6 +282,7 @@ impl Room {
                     s.sink.send(frame.clone());
                 }
             }
+            Command::Stop => self.stopping = true,
             Command::CloseAll => {
                 let ids: Vec<u64> = self.sessions.keys().copied().collect();
                 for id in ids {
@@ -333,6 +348,7 @@ impl Room {
         let local = Local {
             sink,
             awaiting: None,
+            duplicate_acked: None,
             limiter: RateLimiter::new(config.submit_burst, config.submit_rate_per_sec),
             cursor: CursorThrottle::new(config.cursor_throttle_ms),
             typing: TypingDebounce::new(config.typing_debounce_ms),
@@ -399,9 +415,18 @@ impl Room {
             return;
         };
         if let Some((seq, _)) = s.awaiting {
-            let msg = format!("seq {seq} is not acknowledged yet: one submit at a time");
-            s.sink
-                .error(ErrorCode::InFlight, &msg, Some(submission.seq));
+            // The previous submit is still in this turn's batch. It may be
+            // the re-sent copy of an op that another connection of this
+            // client committed and that this client has since seen in `ops`
+            // (so it rightly sent its next submit): that copy is answered
+            // `ack` when proposed. Whether this one is early (`in_flight`)
+            // is decided then, in order.
+            batch.push(Pending {
+                session,
+                submission,
+                received,
+                after: Some(seq),
+            });
             return;
         }
         if !s.limiter.try_acquire(now) {
@@ -417,7 +442,41 @@ impl Room {
         batch.push(Pending {
             session,
             submission,
+            received,
+            after: None,
         });
+    }
+
+    /// A submit that arrived while the session's previous one (`after`) was
+    /// unanswered: if that one has just been acked as a duplicate, this one
+    /// becomes the session's submit (`true`); otherwise it is answered
+    /// `in_flight` (or `rate_limited`).
+    fn admit_deferred(&mut self, p: &mut Pending) -> bool {
+        let Some(after) = p.after else {
+            return true;
+        };
+        let now = self.now();
+        let Some(s) = self.sessions.get_mut(&p.session) else {
+            return false;
+        };
+        let seq = p.submission.seq;
+        if s.awaiting.is_some() || s.duplicate_acked != Some(after) {
+            let msg = format!("seq {after} is not acknowledged yet: one submit at a time");
+            s.sink.error(ErrorCode::InFlight, &msg, Some(seq));
+            return false;
+        }
+        if !s.limiter.try_acquire(now) {
+            s.sink.error(
+                ErrorCode::RateLimited,
+                "too many submits: slow down",
+                Some(seq),
+            );
+            self.deps.metrics.operation("rejected", OpStatus::Rejected);
+            return false;
+        }
+        s.awaiting = Some((seq, p.received));
+        p.after = None;
+        true
     }
 
     /// Commits the batch in chunks of at most OPERATION_BATCH_SIZE.
@@ -433,8 +492,8 @@ impl Room {
     async fn commit_batch(&mut self, mut batch: Vec<Pending>) {
         for attempt in 1..=MAX_APPEND_ATTEMPTS {
             let mut proposed = Vec::with_capacity(batch.len());
-            for p in batch {
-                if self.propose(&p).await {
+            for mut p in batch {
+                if self.admit_deferred(&mut p) && self.propose(&p).await {
                     proposed.push(p);
                 }
             }
@@ -556,11 +615,13 @@ impl Room {
         }
     }
 
+    /// Answers a re-sent submit whose op is already committed.
     fn ack(&mut self, session: u64, seq: Seq, version: Version) {
         if let Some(s) = self.sessions.get_mut(&session)
             && s.awaiting.map(|a| a.0) == Some(seq)
         {
             s.awaiting = None;
+            s.duplicate_acked = Some(seq);
             s.sink
                 .send(ServerMessage::Ack { seq, version }.encode().into());
         }
@@ -674,8 +735,9 @@ impl Room {
             }
             let mut applied = Vec::with_capacity(ops.len());
             for op in ops {
-                match self.seq.apply_remote(op.clone(), self.deps.clock.now()) {
-                    Ok(true) => applied.push(op),
+                match self.seq.apply_remote(op, self.deps.clock.now()) {
+                    // As applied: the delta fitted to the document.
+                    Ok(true) => applied.extend(self.seq.last_committed().cloned()),
                     Ok(false) => {}
                     Err(e) => return Err(StoreError::Corrupt(e.to_string())),
                 }
@@ -707,8 +769,8 @@ impl Room {
                         self.catch_up_logged().await;
                         return;
                     }
-                    match self.seq.apply_remote(op.clone(), self.now()) {
-                        Ok(_) => applied.push(op),
+                    match self.seq.apply_remote(op, self.now()) {
+                        Ok(_) => applied.extend(self.seq.last_committed().cloned()),
                         Err(e) => {
                             warn!(document = %self.document, error = %e, "remote op refused");
                             break;

@@ -102,6 +102,12 @@ impl Relay {
         }
         for room in inner.deps.rooms.all() {
             let _ = room.send(Command::CloseAll).await;
+            let _ = room.send(Command::Stop).await;
+        }
+        // Rooms snapshot as they stop; give them a bounded moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && inner.deps.rooms.len() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         info!(remaining = self.active_connections(), "shutdown complete");
     }

@@ -3,11 +3,12 @@
 
 use crate::config::{Config, PermissionSourceKind};
 use crate::deps::Adapters;
-use crate::service::Relay;
+use crate::service::{Check, Relay};
 use relay_adapters::jwt::{DevKeys, JwksConfig, JwksVerifier, JwtConfig, JwtVerifier};
 use relay_adapters::memory::{
     ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, MemoryStore, TokioClock,
 };
+use relay_adapters::postgres::{PgPermissions, PgPool, PgStore, PoolSettings};
 use relay_ports::TokenVerifier;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,58 +78,125 @@ pub fn in_memory(config: Config, dev: &DevKeys) -> Wired {
     }
 }
 
+/// The database pool a configuration asks for (DATABASE_URL and the pool
+/// variables).
+pub fn pg_pool(config: &Config) -> anyhow::Result<Option<PgPool>> {
+    let Some(url) = &config.database_url else {
+        return Ok(None);
+    };
+    let settings = PoolSettings {
+        size: config.db_pool_size,
+        max_lifetime: config.db_max_lifetime,
+        idle_timeout: config.db_idle_timeout,
+        ..PoolSettings::default()
+    };
+    Ok(Some(
+        PgPool::new(url, &settings).map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?,
+    ))
+}
+
+/// Checks the schema is current; applies pending migrations only when
+/// RUN_MIGRATIONS=true.
+pub async fn ensure_schema(pool: &PgPool, run_migrations: bool) -> anyhow::Result<()> {
+    let pending = pool
+        .pending_migrations()
+        .await
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL: cannot read the schema version: {e}"))?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    if !run_migrations {
+        anyhow::bail!(
+            "the database schema is out of date ({} pending: {}): run `relay migrate`, or set RUN_MIGRATIONS=true",
+            pending.len(),
+            pending.join(", ")
+        );
+    }
+    let applied = pool
+        .run_migrations()
+        .await
+        .map_err(|e| anyhow::anyhow!("RUN_MIGRATIONS: {e}"))?;
+    tracing::info!(?applied, "migrations applied");
+    Ok(())
+}
+
 /// The adapters the configuration asks for. Must be called inside the
 /// runtime (it starts the JWKS refresher).
 ///
+/// - DATABASE_URL set: operations in PostgreSQL (the schema must be current,
+///   see [`ensure_schema`]); PERMISSION_SOURCE=database reads roles there.
 /// - JWT_PUBLIC_KEY_URL set: tokens are verified against that JWKS;
 ///   otherwise against `dev` (development mode).
-/// - DATABASE_URL / REDIS_URL / PERMISSION_SOURCE=database: refused with the
-///   variable named until their adapters exist, rather than half-served.
-pub fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wired> {
-    for (variable, set) in [
-        ("DATABASE_URL", config.database_url.is_some()),
-        ("REDIS_URL", config.redis_url.is_some()),
-    ] {
-        if set {
-            anyhow::bail!(
-                "{variable}: this build of relay does not have that adapter yet; unset it to run in memory"
-            );
-        }
-    }
-    if config.permission_source == PermissionSourceKind::Database {
+/// - REDIS_URL: refused with the variable named until its adapter exists,
+///   rather than half-served.
+pub async fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wired> {
+    if config.redis_url.is_some() {
         anyhow::bail!(
-            "PERMISSION_SOURCE=database needs the PostgreSQL adapter, which this build does not have yet"
+            "REDIS_URL: this build of relay does not have the Redis adapter yet; unset it to run on one instance"
         );
     }
-    let Some(url) = config.jwt_public_key_url.clone() else {
-        let dev = dev.ok_or_else(|| anyhow::anyhow!("development mode needs a development key"))?;
-        return Ok(in_memory(config, dev));
-    };
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        anyhow::bail!("JWT_PUBLIC_KEY_URL: expected an http(s) URL, got {url:?}");
+    let pool = pg_pool(&config)?;
+    if config.permission_source == PermissionSourceKind::Database && pool.is_none() {
+        anyhow::bail!("PERMISSION_SOURCE=database needs DATABASE_URL");
     }
-    let jwks = JwksVerifier::new(
-        JwksConfig {
-            url,
-            issuer: config.jwt_issuer.clone(),
-            refresh: Duration::from_secs(config.jwks_refresh_secs),
-            cooldown: Duration::from_secs(config.jwks_cooldown_secs),
-            ..JwksConfig::new("")
-        },
-        JwtConfig {
-            issuer: config.jwt_issuer.clone(),
-            audience: config.jwt_audience.clone(),
-            leeway_secs: config.jwt_leeway_secs,
-            ..JwtConfig::default()
-        },
-    );
-    let refresher = AbortOnDrop(jwks.spawn_refresher());
-    let (adapters, metrics) = memory_adapters(jwks.clone());
+    if let Some(pool) = &pool {
+        ensure_schema(pool, config.run_migrations).await?;
+    }
+    let mut tasks = Vec::new();
+    let mut jwks_verifier = None;
+    let mut jwks = None;
+    let verifier: Arc<dyn TokenVerifier> = match config.jwt_public_key_url.clone() {
+        None => {
+            let dev = dev.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "JWT_PUBLIC_KEY_URL is required when DATABASE_URL or REDIS_URL is set"
+                )
+            })?;
+            jwks = Some(dev.jwks_json().into());
+            dev_verifier(&config, dev)
+        }
+        Some(url) => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                anyhow::bail!("JWT_PUBLIC_KEY_URL: expected an http(s) URL, got {url:?}");
+            }
+            let v = JwksVerifier::new(
+                JwksConfig {
+                    url,
+                    issuer: config.jwt_issuer.clone(),
+                    refresh: Duration::from_secs(config.jwks_refresh_secs),
+                    cooldown: Duration::from_secs(config.jwks_cooldown_secs),
+                    ..JwksConfig::new("")
+                },
+                JwtConfig {
+                    issuer: config.jwt_issuer.clone(),
+                    audience: config.jwt_audience.clone(),
+                    leeway_secs: config.jwt_leeway_secs,
+                    ..JwtConfig::default()
+                },
+            );
+            tasks.push(AbortOnDrop(v.spawn_refresher()));
+            jwks_verifier = Some(v.clone());
+            v
+        }
+    };
+    let (mut adapters, metrics) = memory_adapters(verifier);
+    let mut checks: Vec<(&'static str, Check)> = Vec::new();
+    if let Some(pool) = pool {
+        adapters.store = Arc::new(PgStore::new(pool.clone()));
+        if config.permission_source == PermissionSourceKind::Database {
+            adapters.permissions = Arc::new(PgPermissions::new(pool.clone()));
+        }
+        let check: Check = Arc::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move { pool.ping().await })
+        });
+        checks.push(("database", check));
+    }
     Ok(Wired {
-        relay: Relay::new(config, adapters, Vec::new()),
-        jwks: None,
+        relay: Relay::new(config, adapters, checks),
+        jwks,
         metrics,
-        jwks_verifier: Some(jwks),
-        tasks: vec![refresher],
+        jwks_verifier,
+        tasks,
     })
 }

@@ -195,6 +195,11 @@ impl Sequencer {
         &self.pending
     }
 
+    /// The last committed op, as applied (its delta spanning the document).
+    pub fn last_committed(&self) -> Option<&CommittedOp> {
+        self.history.back().map(|e| &e.op)
+    }
+
     /// The oldest base a submit may still use.
     pub fn oldest_base(&self) -> Version {
         self.history
@@ -381,6 +386,15 @@ impl Sequencer {
         if !self.pending.is_empty() {
             return Err(RemoteError::PendingProposals);
         }
+        // Ops read back from the wire or a store may omit the trailing retain.
+        let mut op = op;
+        op.delta = op
+            .delta
+            .fit(self.doc.len())
+            .map_err(|source| RemoteError::Invalid {
+                version: op.version,
+                source,
+            })?;
         self.doc
             .apply(&op.delta)
             .map_err(|source| RemoteError::Invalid {

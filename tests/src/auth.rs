@@ -206,7 +206,7 @@ pub async fn spawn_jwks_app(config: Config) -> JwksApp {
         allowed_origins: config.allowed_origins.clone(),
         ..WsConfig::default()
     };
-    let wired = wiring::build(config, None).expect("wiring");
+    let wired = wiring::build(config, None).await.expect("wiring");
     let service: Arc<dyn CollaborationService> = Arc::new(wired.relay.clone());
     let routes = ws::routes(service, ws_config, None);
     let (listener, addr) = ws::bind("127.0.0.1:0".parse().expect("address"))

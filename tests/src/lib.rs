@@ -6,6 +6,7 @@
 //! The tests themselves are in `tests/tests/`.
 
 pub mod auth;
+pub mod pg;
 
 use futures::{FutureExt, SinkExt, StreamExt};
 use relay_adapters::jwt::{DevKeys, TokenRequest};
@@ -232,8 +233,13 @@ impl Conn {
 
     /// The next message or close within `wait`, `None` if nothing came.
     pub async fn recv_within(&mut self, wait: Duration) -> Option<Received> {
+        // One deadline for the whole call: pings (skipped here) arriving
+        // more often than `wait` must not extend it.
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let next = tokio::time::timeout(wait, self.ws.next()).await.ok()?;
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             if let Some(r) = received(next) {
                 return Some(r);
             }
@@ -655,26 +661,35 @@ impl Conn {
         }
     }
 
-    /// Reads (answering pings, skipping messages) until `n` pings have
-    /// arrived. `Err` with the close code if the connection closed first;
-    /// panics if they did not arrive within `wait`.
-    pub async fn await_pings(&mut self, n: usize, wait: Duration) -> Result<(), Option<u16>> {
+    /// Reads (answering pings) until `n` pings have arrived; returns the
+    /// messages that arrived meanwhile. `Err` with the close code if the
+    /// connection closed first; panics if they did not arrive within `wait`.
+    pub async fn await_pings(
+        &mut self,
+        n: usize,
+        wait: Duration,
+    ) -> Result<Vec<ServerMessage>, Option<u16>> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut seen = 0;
+        let mut messages = Vec::new();
         while seen < n {
             let next = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .unwrap_or_else(|_| panic!("{seen} of {n} pings arrived in {wait:?}"));
             match next {
                 Some(Ok(Message::Ping(_))) => seen += 1,
+                Some(Ok(Message::Text(t))) => messages.push(
+                    ServerMessage::decode(t.as_str())
+                        .unwrap_or_else(|e| panic!("undecodable server message {t}: {e}")),
+                ),
                 Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
                 None | Some(Err(_)) => return Err(None),
                 Some(Ok(_)) => {}
             }
         }
-        // Let the pong go out.
+        // Let the last pong go out.
         let _ = self.ws.flush().await;
-        Ok(())
+        Ok(messages)
     }
 }
 

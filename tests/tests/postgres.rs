@@ -1,0 +1,173 @@
+//! End-to-end on PostgreSQL: real WebSocket clients, the real app, a fresh
+//! database per test process.
+
+use relay_adapters::postgres::{PgPool, PgStore, PoolSettings};
+use relay_app::config::Config;
+use relay_domain::{DocumentId, Version};
+use relay_ports::OperationStore;
+use relay_ports::protocol::{ErrorCode, ServerMessage};
+use relay_tests::pg::{Proxy, database_url, spawn_pg_app};
+use relay_tests::*;
+use std::time::Duration;
+use uuid::Uuid;
+
+fn store() -> PgStore {
+    PgStore::new(PgPool::new(&database_url(), &PoolSettings::default()).expect("pool"))
+}
+
+async fn fresh_text(app: &TestApp, doc: DocumentId) -> (String, Version) {
+    let user = Uuid::new_v4();
+    let e = Editor::join(
+        app,
+        doc,
+        user,
+        &format!("reader-{}", Uuid::new_v4().simple()),
+        &app.editor_token(user),
+    )
+    .await;
+    (e.text(), e.client.version())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_editors_converge_and_every_acked_op_survives_a_restart() {
+    let doc = new_document();
+    let config = Config {
+        shutdown_grace: Duration::ZERO,
+        ..Config::default()
+    };
+    let app = spawn_pg_app(config.clone()).await;
+    let (ua, ub) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut a = Editor::join(&app, doc, ua, "tab-a", &app.editor_token(ua)).await;
+    let mut b = Editor::join(&app, doc, ub, "tab-b", &app.editor_token(ub)).await;
+    for i in 0..20 {
+        a.insert(0, &format!("a{i} ")).await;
+        let end = b.client.document().len();
+        b.insert(end, &format!("b{i}🙂")).await;
+        if i % 5 == 4 {
+            a.settle().await;
+            b.settle().await;
+        }
+    }
+    a.settle().await;
+    b.settle().await;
+    let version = Version(a.client.version().0.max(b.client.version().0));
+    a.catch_up_to(version).await;
+    b.catch_up_to(version).await;
+    assert_eq!(a.text(), b.text());
+    let expected = a.text();
+    let acked = a.acks.len() + b.acks.len();
+    assert_eq!(
+        version,
+        Version(acked as u64),
+        "every op was acked exactly once"
+    );
+
+    app.relay.shutdown().await;
+    drop((a, b, app));
+    let again = spawn_pg_app(config).await;
+    assert_eq!(fresh_text(&again, doc).await, (expected, version));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_reopen_from_the_latest_snapshot_plus_the_tail() {
+    let doc = new_document();
+    let config = Config {
+        snapshot_every: 5,
+        ..Config::default()
+    };
+    let app = spawn_pg_app(config.clone()).await;
+    let user = Uuid::new_v4();
+    let mut e = Editor::join(&app, doc, user, "tab", &app.editor_token(user)).await;
+    for i in 0..12 {
+        e.insert(0, &i.to_string()).await;
+        e.settle().await;
+    }
+    let expected = e.text();
+    // As if this instance crashed now: nothing more is written.
+    let loaded = store().load(doc).await.expect("load");
+    let snapshot = loaded.snapshot.expect("a snapshot was written");
+    assert_eq!(snapshot.version, Version(10));
+    assert_eq!(
+        loaded.tail.iter().map(|o| o.version).collect::<Vec<_>>(),
+        vec![Version(11), Version(12)]
+    );
+    // Another instance opens the document from snapshot + tail.
+    let other = spawn_pg_app(config).await;
+    assert_eq!(fresh_text(&other, doc).await, (expected, Version(12)));
+    drop(e);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_unreachable_nothing_is_acknowledged_and_service_resumes_when_it_returns()
+{
+    let real = database_url();
+    let host = real
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("host:port");
+    let target = tokio::net::lookup_host(host)
+        .await
+        .expect("resolve")
+        .next()
+        .expect("an address");
+    let proxy = Proxy::start(target).await;
+    let config = Config {
+        database_url: Some(proxy.url(&real)),
+        ..Config::default()
+    };
+    let app = spawn_pg_app(config).await;
+    let doc = new_document();
+    let user = Uuid::new_v4();
+    let token = app.editor_token(user);
+    let mut e = Editor::join(&app, doc, user, "tab", &token).await;
+    e.insert(0, "durable ").await;
+    e.settle().await;
+
+    proxy.cut();
+    e.insert(8, "lost?").await;
+    let seq = e.client.inflight().expect("in flight").seq;
+    // The only answer is an error: no ack for an op that is not durable.
+    let answer = e.conn.message().await;
+    match answer {
+        ServerMessage::Error {
+            code,
+            seq: s,
+            fatal,
+            ..
+        } => {
+            assert_eq!((code, s, fatal), (ErrorCode::Unavailable, Some(seq), false));
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert_eq!(e.acks.len(), 1);
+    let ready = http_get(app.addr, "/ready").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains(r#""database":"error""#), "{ready}");
+
+    proxy.restore();
+    // The same submit again: committed exactly once.
+    let out = e.client.resend().expect("still in flight");
+    e.submit(out).await;
+    e.settle().await;
+    assert_eq!(e.text(), "durable lost?");
+    let ops = store().read(doc, Version(0), 100).await.expect("read");
+    assert_eq!(ops.len(), 2);
+    assert_eq!(ops[1].seq, seq);
+    let ready = http_get(app.addr, "/ready").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    out
+}
