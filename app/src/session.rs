@@ -144,7 +144,14 @@ impl Session for RelaySession {
 
     fn until_expiry(&self) -> Option<Duration> {
         let now_ms = self.inner.deps.clock.now().0;
-        let exp_ms = self.claims.expires_at.saturating_mul(1000);
+        // Closed when the verifier would refuse the token: past exp plus the
+        // leeway (otherwise a client could loop: accepted, closed, accepted).
+        let leeway = self.inner.deps.config.jwt_leeway_secs;
+        let exp_ms = self
+            .claims
+            .expires_at
+            .saturating_add(leeway)
+            .saturating_mul(1000);
         Some(Duration::from_millis(exp_ms.saturating_sub(now_ms)))
     }
 

@@ -261,10 +261,7 @@ impl Conn {
     /// together, back to back).
     pub async fn send_all(&mut self, texts: &[String]) {
         for t in texts {
-            self.ws
-                .feed(Message::text(t.clone()))
-                .await
-                .expect("send");
+            self.ws.feed(Message::text(t.clone())).await.expect("send");
         }
         self.ws.flush().await.expect("flush");
     }

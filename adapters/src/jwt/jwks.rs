@@ -19,6 +19,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+/// The least time the refresher waits between two fetches.
+const MIN_RETRY: Duration = Duration::from_secs(1);
+
 /// Where and how often to fetch.
 #[derive(Clone, Debug)]
 pub struct JwksConfig {
@@ -207,19 +210,22 @@ impl JwksVerifier {
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let mut backoff = Duration::from_secs(1);
+            let mut backoff = MIN_RETRY;
             loop {
                 let ok = this.refresh().await.is_ok();
                 let wait = if ok || this.verifier.has_keys() {
-                    backoff = Duration::from_secs(1);
-                    if ok {
+                    backoff = MIN_RETRY;
+                    let wait = if ok {
                         this.config.refresh
                     } else {
                         this.config.cooldown.min(this.config.refresh)
-                    }
+                    };
+                    // With JWKS_COOLDOWN_SECS=0 a failing endpoint would
+                    // otherwise be retried in a tight loop.
+                    wait.max(MIN_RETRY)
                 } else {
                     let w = backoff;
-                    backoff = (backoff * 2).min(this.config.cooldown.max(Duration::from_secs(1)));
+                    backoff = (backoff * 2).min(this.config.cooldown.max(MIN_RETRY));
                     w
                 };
                 tokio::time::sleep(wait).await;

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 /// How tokens are checked.
@@ -157,8 +158,24 @@ impl JwtVerifier {
         {
             return Err(invalid("issuer does not match the key set"));
         }
-        read_claims(&claims)
+        let claims = read_claims(&claims)?;
+        if expired(claims.expires_at, self.config.leeway_secs) {
+            return Err(AuthError::Expired);
+        }
+        Ok(claims)
     }
+}
+
+/// Whether a token with this `exp` must no longer be accepted. RFC 7519:
+/// not "on or after" `exp` (plus the leeway). jsonwebtoken compares whole
+/// seconds and still accepts `exp == now`, up to a second past `exp`; a
+/// session is closed at `exp` to the millisecond, and the token that was
+/// just found expired there must not open a new one.
+fn expired(expires_at: u64, leeway_secs: u64) -> bool {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    now_ms >= u128::from(expires_at.saturating_add(leeway_secs)) * 1000
 }
 
 #[async_trait]

@@ -51,6 +51,7 @@ impl Default for PoolSettings {
 pub struct PgPool {
     pool: Pool<AsyncPgConnection>,
     pub(crate) call_timeout: Duration,
+    pub(crate) size: usize,
 }
 
 impl std::fmt::Debug for PgPool {
@@ -98,6 +99,7 @@ impl PgPool {
         Ok(PgPool {
             pool,
             call_timeout: settings.call_timeout,
+            size: settings.size,
         })
     }
 

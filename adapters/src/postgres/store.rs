@@ -9,32 +9,48 @@
 use super::PgPool;
 use super::schema::{documents, operations, snapshots};
 use async_trait::async_trait;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::result::Error as DieselError;
 use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text, Uuid as SqlUuid};
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, Queryable};
 use relay_domain::{ClientId, CommittedOp, Component, Delta, DocumentId, Seq, UserId, Version};
 use relay_ports::{Append, Loaded, OperationStore, Snapshot, StoreError};
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// The operation store on PostgreSQL. Durable: this is the source of truth
 /// in production.
+///
+/// Appends go through a commit pipeline: a few committer tasks each take
+/// whatever appends are waiting - from any documents - and write them in one
+/// transaction, so one WAL flush commits many documents' batches. Each
+/// document's insert first takes a transaction-scoped advisory lock on the
+/// document (in document order, so two committers cannot deadlock): with it
+/// held, the head and idempotency checks in the insert cannot race another
+/// writer, so an insert never fails on a unique violation - it inserts the
+/// whole batch or nothing.
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
-    /// Documents known to have their `documents` row (the operations'
-    /// foreign key), so it is inserted once per document per process.
-    known: Mutex<HashSet<Uuid>>,
+    queue: mpsc::Sender<AppendRequest>,
 }
 
+/// Most appends one committer transaction takes.
+const PIPELINE_BATCH: usize = 256;
+
 impl PgStore {
+    /// Starts the committer tasks; call inside the runtime.
     pub fn new(pool: PgPool) -> PgStore {
-        PgStore {
-            pool,
-            known: Mutex::new(HashSet::new()),
+        let (queue, rx) = mpsc::channel(4096);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let committers = (pool.size / 2).clamp(1, 8);
+        let known = Arc::new(Mutex::new(HashSet::new()));
+        for _ in 0..committers {
+            tokio::spawn(committer(pool.clone(), rx.clone(), known.clone()));
         }
+        PgStore { pool, queue }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -145,6 +161,11 @@ FROM unnest($2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::int8[], $7::text
      AS b(id, version, actor_id, client_id, seq, operation_type, position, content,
           attributes, vector_clock, delta)
 WHERE (SELECT COALESCE(MAX(version), 0) FROM operations WHERE document_id = $1) = $13
+  AND NOT EXISTS (
+      SELECT 1 FROM operations o
+      JOIN unnest($4::uuid[], $5::text[], $6::int8[]) AS k(actor_id, client_id, seq)
+        ON o.actor_id = k.actor_id AND o.client_id = k.client_id AND o.seq = k.seq
+      WHERE o.document_id = $1)
 ";
 
 fn check_batch(ops: &[CommittedOp]) -> Result<(), StoreError> {
@@ -210,6 +231,178 @@ async fn explain_refusal(
     })
 }
 
+/// One document's batch, columns ready for the insert.
+struct Rows {
+    ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    actors: Vec<Uuid>,
+    clients: Vec<String>,
+    seqs: Vec<i64>,
+    types: Vec<String>,
+    positions: Vec<i32>,
+    contents: Vec<Option<String>>,
+    attributes: Vec<Option<Value>>,
+    clocks: Vec<Value>,
+    deltas: Vec<Value>,
+}
+
+impl Rows {
+    fn of(ops: &[CommittedOp]) -> Result<Rows, StoreError> {
+        let n = ops.len();
+        let mut r = Rows {
+            ids: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            actors: Vec::with_capacity(n),
+            clients: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            positions: Vec::with_capacity(n),
+            contents: Vec::with_capacity(n),
+            attributes: Vec::with_capacity(n),
+            clocks: Vec::with_capacity(n),
+            deltas: Vec::with_capacity(n),
+        };
+        for op in ops {
+            r.ids.push(Uuid::new_v4());
+            r.versions.push(op.version.0 as i64);
+            r.actors.push(op.user.0);
+            r.clients.push(op.client_id.as_str().to_owned());
+            r.seqs.push(op.seq.0 as i64);
+            r.types
+                .push(relay_ports::metrics::operation_type(&op.delta).to_owned());
+            r.positions.push(position(&op.delta));
+            r.contents.push(content(&op.delta));
+            r.attributes.push(attributes(&op.delta));
+            r.clocks
+                .push(json!({"server": op.version.0 - 1, "client": op.seq.0}));
+            r.deltas
+                .push(serde_json::to_value(&op.delta).map_err(corrupt)?);
+        }
+        Ok(r)
+    }
+}
+
+struct AppendRequest {
+    document: Uuid,
+    rows: Rows,
+    ops: Vec<CommittedOp>,
+    reply: oneshot::Sender<Result<Append, StoreError>>,
+}
+
+impl std::fmt::Debug for AppendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRequest")
+            .field("document", &self.document)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serialises the document's writers for the rest of the transaction.
+const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))";
+
+async fn committer(
+    pool: PgPool,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<AppendRequest>>>,
+    known: Arc<Mutex<HashSet<Uuid>>>,
+) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = queue.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            batch.push(first);
+            while batch.len() < PIPELINE_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+        }
+        // Document order: committers take advisory locks in one order.
+        batch.sort_by_key(|r| r.document);
+        let results = commit_batch(&pool, &batch, &known).await;
+        for (request, result) in batch.into_iter().zip(results) {
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+/// Writes every request's batch in one transaction; returns each outcome.
+async fn commit_batch(
+    pool: &PgPool,
+    batch: &[AppendRequest],
+    known: &Mutex<HashSet<Uuid>>,
+) -> Vec<Result<Append, StoreError>> {
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    let fail = |e: String| -> Vec<Result<Append, StoreError>> {
+        batch
+            .iter()
+            .map(|_| Err(StoreError::Unavailable(e.clone())))
+            .collect()
+    };
+    let mut conn = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let unknown: Vec<bool> = {
+        let known = known.lock().expect("lock");
+        batch.iter().map(|r| !known.contains(&r.document)).collect()
+    };
+    let written = conn
+        .transaction(async |conn| {
+            let mut counts = Vec::with_capacity(batch.len());
+            for (r, unknown) in batch.iter().zip(&unknown) {
+                diesel::sql_query(LOCK)
+                    .bind::<SqlUuid, _>(r.document)
+                    .execute(conn)
+                    .await?;
+                if *unknown {
+                    diesel::insert_into(documents::table)
+                        .values(documents::id.eq(r.document))
+                        .on_conflict_do_nothing()
+                        .execute(conn)
+                        .await?;
+                }
+                let n = diesel::sql_query(APPEND)
+                    .bind::<SqlUuid, _>(r.document)
+                    .bind::<Array<SqlUuid>, _>(&r.rows.ids)
+                    .bind::<Array<BigInt>, _>(&r.rows.versions)
+                    .bind::<Array<SqlUuid>, _>(&r.rows.actors)
+                    .bind::<Array<Text>, _>(&r.rows.clients)
+                    .bind::<Array<BigInt>, _>(&r.rows.seqs)
+                    .bind::<Array<Text>, _>(&r.rows.types)
+                    .bind::<Array<Integer>, _>(&r.rows.positions)
+                    .bind::<Array<Nullable<Text>>, _>(&r.rows.contents)
+                    .bind::<Array<Nullable<Jsonb>>, _>(&r.rows.attributes)
+                    .bind::<Array<Jsonb>, _>(&r.rows.clocks)
+                    .bind::<Array<Jsonb>, _>(&r.rows.deltas)
+                    .bind::<BigInt, _>(r.rows.versions[0] - 1)
+                    .execute(conn)
+                    .await?;
+                counts.push(n);
+            }
+            Ok::<_, DieselError>(counts)
+        })
+        .await;
+    let counts = match written {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    known
+        .lock()
+        .expect("lock")
+        .extend(batch.iter().map(|r| r.document));
+    let mut results = Vec::with_capacity(batch.len());
+    for (r, n) in batch.iter().zip(counts) {
+        results.push(match n {
+            n if n == r.ops.len() => Ok(Append::Committed),
+            0 => explain_refusal(&mut conn, r.document, &r.ops).await,
+            n => Err(corrupt(format!("append wrote {n} of {} rows", r.ops.len()))),
+        });
+    }
+    results
+}
+
 #[async_trait]
 impl OperationStore for PgStore {
     async fn append(
@@ -217,84 +410,32 @@ impl OperationStore for PgStore {
         document: DocumentId,
         ops: &[CommittedOp],
     ) -> Result<Append, StoreError> {
-        use diesel_async::RunQueryDsl;
         if ops.is_empty() {
             return Ok(Append::Committed);
         }
         check_batch(ops)?;
-        let doc = document.0;
-        let known = self.known.lock().expect("lock").contains(&doc);
-        let n = ops.len();
-        let mut cols = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for op in ops {
-            cols.0.push(Uuid::new_v4());
-            cols.1.push(op.version.0 as i64);
-            cols.2.push(op.user.0);
-            cols.3.push(op.client_id.as_str().to_owned());
-            cols.4.push(op.seq.0 as i64);
-            cols.5
-                .push(relay_ports::metrics::operation_type(&op.delta).to_owned());
-            cols.6.push(position(&op.delta));
-            cols.7.push(content(&op.delta));
-            cols.8.push(attributes(&op.delta));
-            cols.9
-                .push(json!({"server": op.version.0 - 1, "client": op.seq.0}));
-            cols.10
-                .push(serde_json::to_value(&op.delta).map_err(corrupt)?);
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            document: document.0,
+            rows: Rows::of(ops)?,
+            ops: ops.to_vec(),
+            reply,
+        };
+        let wait = async {
+            self.queue
+                .send(request)
+                .await
+                .map_err(|_| StoreError::Unavailable("commit pipeline stopped".into()))?;
+            answer
+                .await
+                .map_err(|_| StoreError::Unavailable("commit pipeline stopped".into()))?
+        };
+        // On a timeout the append may still commit: the client's retry is
+        // then answered as a duplicate, so nothing is applied twice.
+        match tokio::time::timeout(self.pool.call_timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable("database call timed out".into())),
         }
-        let expected_head = ops[0].version.0 as i64 - 1;
-        let outcome = self
-            .with_conn(async |conn| {
-                if !known {
-                    diesel::insert_into(documents::table)
-                        .values(documents::id.eq(doc))
-                        .on_conflict_do_nothing()
-                        .execute(conn)
-                        .await
-                        .map_err(unavailable)?;
-                }
-                let inserted = diesel::sql_query(APPEND)
-                    .bind::<SqlUuid, _>(doc)
-                    .bind::<Array<SqlUuid>, _>(&cols.0)
-                    .bind::<Array<BigInt>, _>(&cols.1)
-                    .bind::<Array<SqlUuid>, _>(&cols.2)
-                    .bind::<Array<Text>, _>(&cols.3)
-                    .bind::<Array<BigInt>, _>(&cols.4)
-                    .bind::<Array<Text>, _>(&cols.5)
-                    .bind::<Array<Integer>, _>(&cols.6)
-                    .bind::<Array<Nullable<Text>>, _>(&cols.7)
-                    .bind::<Array<Nullable<Jsonb>>, _>(&cols.8)
-                    .bind::<Array<Jsonb>, _>(&cols.9)
-                    .bind::<Array<Jsonb>, _>(&cols.10)
-                    .bind::<BigInt, _>(expected_head)
-                    .execute(conn)
-                    .await;
-                match inserted {
-                    Ok(k) if k == n => Ok(Append::Committed),
-                    // The head was not the version before the batch.
-                    Ok(0) => explain_refusal(conn, doc, ops).await,
-                    Ok(k) => Err(corrupt(format!("append wrote {k} of {n} rows"))),
-                    Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
-                        explain_refusal(conn, doc, ops).await
-                    }
-                    Err(e) => Err(unavailable(e)),
-                }
-            })
-            .await?;
-        self.known.lock().expect("lock").insert(doc);
-        Ok(outcome)
     }
 
     async fn load(&self, document: DocumentId) -> Result<Loaded, StoreError> {
