@@ -57,7 +57,10 @@ fn read_error(e: &WsError) -> First {
     }
 }
 
-async fn send_close<S>(stream: &mut WebSocketStream<S>, code: u16, reason: &str)
+/// Sends a close frame and waits briefly for the peer's. A peer that does
+/// not take the frame within `stall` (it stopped reading: the socket is
+/// full) is dropped without it.
+async fn send_close<S>(stream: &mut WebSocketStream<S>, code: u16, reason: &str, stall: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -70,7 +73,10 @@ where
         code: CloseCode::from(code),
         reason: reason.into(),
     };
-    let _ = stream.send(Message::Close(Some(frame))).await;
+    match tokio::time::timeout(stall, stream.send(Message::Close(Some(frame)))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) | Err(_) => return,
+    }
     // Wait briefly for the peer's close so the close frame is not lost to a
     // reset; a peer that does not answer is dropped.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -143,18 +149,18 @@ where
         }
         First::Fail(code, why) => {
             debug!(%document, code, why, "connection refused before join");
-            send_close(stream, code, why).await;
+            send_close(stream, code, why, config.heartbeat_timeout).await;
             return None;
         }
     };
     let join = match ClientMessage::decode(&text) {
         Ok(ClientMessage::Join(j)) => j,
         Ok(_) => {
-            bad_first(stream, "the first message must be `join`").await;
+            bad_first(stream, "the first message must be `join`", config).await;
             return None;
         }
         Err(e) => {
-            bad_first(stream, &e.message).await;
+            bad_first(stream, &e.message, config).await;
             return None;
         }
     };
@@ -163,15 +169,16 @@ where
         Err(f) => {
             debug!(%document, code = f.close_code, reason = %f.reason, "join refused");
             if let Some(frame) = f.frame {
-                let _ = stream.send(Message::text(frame.as_ref())).await;
+                let send = stream.send(Message::text(frame.as_ref()));
+                let _ = tokio::time::timeout(config.heartbeat_timeout, send).await;
             }
-            send_close(stream, f.close_code, &f.reason).await;
+            send_close(stream, f.close_code, &f.reason, config.heartbeat_timeout).await;
             None
         }
     }
 }
 
-async fn bad_first<S>(stream: &mut WebSocketStream<S>, message: &str)
+async fn bad_first<S>(stream: &mut WebSocketStream<S>, message: &str, config: &WsConfig)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -181,6 +188,7 @@ where
         stream,
         close::BAD_FIRST_MESSAGE,
         "the first message must be a valid join",
+        config.heartbeat_timeout,
     )
     .await;
 }
@@ -196,6 +204,9 @@ async fn pump<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    // A write that makes no progress for this long means the client stopped
+    // reading (it is not answering pings either): drop it.
+    let stall = config.heartbeat_timeout;
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(
         Instant::now() + config.heartbeat_interval,
@@ -215,16 +226,17 @@ where
             changed = close_rx.changed() => {
                 let order = if changed.is_ok() { close_rx.borrow().clone() } else { None };
                 if let Some(order) = order {
-                    Box::pin(send_close(stream, order.code, &order.reason)).await;
+                    Box::pin(send_close(stream, order.code, &order.reason, stall)).await;
                     return order.reason;
                 }
             }
             out = outbound.recv() => {
                 let Some(out) = out else {
-                    Box::pin(send_close(stream, close::GOING_AWAY, "session ended")).await;
+                    Box::pin(send_close(stream, close::GOING_AWAY, "session ended", stall)).await;
                     return "session ended".into();
                 };
-                if let Some(reason) = write_batch(stream, outbound, out).await {
+                let written = Box::pin(write_guarded(stream, outbound, out, close_rx, stall)).await;
+                if let Some(reason) = written {
                     return reason;
                 }
             }
@@ -237,7 +249,7 @@ where
                         Err(e) => session.reject(e),
                     },
                     Some(Ok(Message::Binary(_))) => {
-                        Box::pin(send_close(stream, close::UNSUPPORTED_DATA, "binary frames are not accepted")).await;
+                        Box::pin(send_close(stream, close::UNSUPPORTED_DATA, "binary frames are not accepted", stall)).await;
                         return "binary frame".into();
                     }
                     Some(Ok(Message::Close(_))) => return "client closed".into(),
@@ -246,7 +258,7 @@ where
                     Some(Err(e)) => {
                         return match read_error(&e) {
                             First::Fail(code, why) => {
-                                Box::pin(send_close(stream, code, why)).await;
+                                Box::pin(send_close(stream, code, why, stall)).await;
                                 why.into()
                             }
                             _ => "connection error".into(),
@@ -256,43 +268,100 @@ where
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= config.heartbeat_timeout {
-                    Box::pin(send_close(stream, close::POLICY, "heartbeat timeout")).await;
+                    Box::pin(send_close(stream, close::POLICY, "heartbeat timeout", stall)).await;
                     return "heartbeat timeout".into();
                 }
-                if stream.send(Message::Ping(Default::default())).await.is_err() {
-                    return "connection error".into();
+                // Boxed like the other rare paths, so an idle connection's
+                // task stays small.
+                let send_ping = tokio::time::timeout(stall, stream.send(Message::Ping(Default::default())));
+                match Box::pin(send_ping).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return "connection error".into(),
+                    Err(_) => return STALLED.into(),
                 }
             }
             _ = &mut expires => {
-                Box::pin(send_close(stream, close::UNAUTHENTICATED, "token expired")).await;
+                Box::pin(send_close(stream, close::UNAUTHENTICATED, "token expired", stall)).await;
                 return "token expired".into();
             }
         }
     }
 }
 
-/// Writes one outbound item and whatever else is already queued, then
-/// flushes. Returns a reason if the connection ended.
-async fn write_batch<S>(
+/// Why a connection whose writes stopped making progress was dropped.
+const STALLED: &str = "write stalled: the client is not reading";
+
+/// [`write_batch`], unless a close order comes while the client is not
+/// taking frames (the room gave up on it, e.g. 1013 for a slow consumer):
+/// then the stuck write is abandoned and the close is sent instead.
+/// Returns a reason if the connection ended.
+async fn write_guarded<S>(
     stream: &mut WebSocketStream<S>,
     outbound: &mut tokio::sync::mpsc::Receiver<Outbound>,
     first: Outbound,
+    close_rx: &mut tokio::sync::watch::Receiver<Option<relay_ports::CloseOrder>>,
+    stall: Duration,
 ) -> Option<String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let order = tokio::select! {
+        biased;
+        ended = write_batch(stream, outbound, first, stall) => return ended,
+        order = close_ordered(close_rx) => order,
+    };
+    // Abandoning the write is safe: tungstenite keeps whole frames in its
+    // buffer, so the close frame follows what was already taken.
+    send_close(stream, order.code, &order.reason, stall).await;
+    Some(order.reason)
+}
+
+/// Resolves with the close order once there is one.
+async fn close_ordered(
+    close_rx: &mut tokio::sync::watch::Receiver<Option<relay_ports::CloseOrder>>,
+) -> relay_ports::CloseOrder {
+    loop {
+        if let Some(order) = close_rx.borrow_and_update().clone() {
+            return order;
+        }
+        if close_rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Writes one outbound item and whatever else is already queued, then
+/// flushes. A write that makes no progress for `stall` means the client
+/// stopped reading (it is not answering pings either, and the heartbeat
+/// cannot fire while a write is pending): the connection is dropped rather
+/// than holding its task, slot and socket buffers forever. Returns a reason
+/// if the connection ended.
+async fn write_batch<S>(
+    stream: &mut WebSocketStream<S>,
+    outbound: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    first: Outbound,
+    stall: Duration,
+) -> Option<String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::time::timeout;
     let mut next = Some(first);
     let mut written = 0;
     while let Some(out) = next.take() {
         match out {
             Outbound::Text(frame) => {
-                if stream.feed(Message::text(frame.as_ref())).await.is_err() {
-                    return Some("connection error".into());
+                match timeout(stall, stream.feed(Message::text(frame.as_ref()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Some("connection error".into()),
+                    Err(_) => return Some(STALLED.into()),
                 }
             }
             Outbound::Close(order) => {
-                let _ = stream.flush().await;
-                Box::pin(send_close(stream, order.code, &order.reason)).await;
+                if let Err(_) | Ok(Err(_)) = timeout(stall, stream.flush()).await {
+                    return Some(order.reason);
+                }
+                Box::pin(send_close(stream, order.code, &order.reason, stall)).await;
                 return Some(order.reason);
             }
         }
@@ -301,8 +370,9 @@ where
             next = outbound.try_recv().ok();
         }
     }
-    if stream.flush().await.is_err() {
-        return Some("connection error".into());
+    match timeout(stall, stream.flush()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) => Some("connection error".into()),
+        Err(_) => Some(STALLED.into()),
     }
-    None
 }

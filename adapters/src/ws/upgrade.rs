@@ -115,7 +115,14 @@ fn handshake(
     }
     let bearer = match headers.get(header::AUTHORIZATION) {
         None => None,
-        Some(v) => match v.to_str().ok().and_then(|s| s.strip_prefix("Bearer ")) {
+        // The scheme name is case-insensitive (RFC 7235).
+        Some(v) => match v
+            .to_str()
+            .ok()
+            .and_then(|s| s.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
+        {
             Some(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
             _ => {
                 return plain(
