@@ -24,13 +24,14 @@ use uuid::Uuid;
 /// in production.
 ///
 /// Appends go through a commit pipeline: a few committer tasks each take
-/// whatever appends are waiting - from any documents - and write them in one
-/// transaction, so one WAL flush commits many documents' batches. Each
-/// document's insert first takes a transaction-scoped advisory lock on the
-/// document (in document order, so two committers cannot deadlock): with it
-/// held, the head and idempotency checks in the insert cannot race another
-/// writer, so an insert never fails on a unique violation - it inserts the
-/// whole batch or nothing.
+/// whatever appends are waiting - from any documents - and write them with
+/// one statement, so one WAL flush commits many documents' batches. The
+/// statement inserts a document's batch only if the document's head is the
+/// version before it and none of its idempotency keys is committed: all or
+/// nothing per batch. If a concurrent writer (another instance) takes a
+/// version meanwhile, the statement fails on the unique (document, version)
+/// and each batch is retried on its own, where that failure becomes the
+/// `Conflict` or `Duplicate` value.
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
@@ -232,6 +233,7 @@ async fn explain_refusal(
 }
 
 /// One document's batch, columns ready for the insert.
+#[derive(Default)]
 struct Rows {
     ids: Vec<Uuid>,
     versions: Vec<i64>,
@@ -247,6 +249,20 @@ struct Rows {
 }
 
 impl Rows {
+    fn extend(&mut self, o: &Rows) {
+        self.ids.extend_from_slice(&o.ids);
+        self.versions.extend_from_slice(&o.versions);
+        self.actors.extend_from_slice(&o.actors);
+        self.clients.extend_from_slice(&o.clients);
+        self.seqs.extend_from_slice(&o.seqs);
+        self.types.extend_from_slice(&o.types);
+        self.positions.extend_from_slice(&o.positions);
+        self.contents.extend_from_slice(&o.contents);
+        self.attributes.extend_from_slice(&o.attributes);
+        self.clocks.extend_from_slice(&o.clocks);
+        self.deltas.extend_from_slice(&o.deltas);
+    }
+
     fn of(ops: &[CommittedOp]) -> Result<Rows, StoreError> {
         let n = ops.len();
         let mut r = Rows {
@@ -297,9 +313,6 @@ impl std::fmt::Debug for AppendRequest {
     }
 }
 
-/// Serialises the document's writers for the rest of the transaction.
-const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))";
-
 async fn committer(
     pool: PgPool,
     queue: Arc<tokio::sync::Mutex<mpsc::Receiver<AppendRequest>>>,
@@ -318,8 +331,6 @@ async fn committer(
                 }
             }
         }
-        // Document order: committers take advisory locks in one order.
-        batch.sort_by_key(|r| r.document);
         let results = commit_batch(&pool, &batch, &known).await;
         for (request, result) in batch.into_iter().zip(results) {
             let _ = request.reply.send(result);
@@ -327,13 +338,59 @@ async fn committer(
     }
 }
 
-/// Writes every request's batch in one transaction; returns each outcome.
+/// Inserts every request's batch in one statement: a request's rows go in
+/// only if its document's head is the version before them and none of its
+/// idempotency keys is committed (all or nothing per request). The checks
+/// read the statement's snapshot; a concurrent writer of the same version
+/// makes the statement fail on a unique violation instead (then each
+/// request is retried on its own).
+const APPEND_MANY: &str = "
+WITH b AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::int8[],
+                         $7::text[], $8::int4[], $9::text[], $10::jsonb[], $11::jsonb[],
+                         $12::jsonb[], $13::int8[])
+        AS b(id, document_id, version, actor_id, client_id, seq, operation_type, position,
+             content, attributes, vector_clock, delta, expected_head)
+),
+heads AS (
+    SELECT d.document_id,
+           (SELECT COALESCE(MAX(o.version), 0) FROM operations o
+             WHERE o.document_id = d.document_id) AS head
+    FROM (SELECT DISTINCT document_id FROM b) d
+),
+duplicated AS (
+    SELECT DISTINCT b.document_id, b.expected_head
+    FROM b JOIN operations o
+      ON o.document_id = b.document_id AND o.actor_id = b.actor_id
+     AND o.client_id = b.client_id AND o.seq = b.seq
+)
+INSERT INTO operations (id, document_id, version, actor_id, client_id, seq, operation_type,
+                        position, content, attributes, vector_clock, delta)
+SELECT b.id, b.document_id, b.version, b.actor_id, b.client_id, b.seq, b.operation_type,
+       b.position, b.content, b.attributes, b.vector_clock, b.delta
+FROM b JOIN heads h ON h.document_id = b.document_id
+WHERE h.head = b.expected_head
+  AND NOT EXISTS (SELECT 1 FROM duplicated x
+                   WHERE x.document_id = b.document_id AND x.expected_head = b.expected_head)
+RETURNING document_id, version
+";
+
+#[derive(diesel::QueryableByName)]
+struct Written {
+    #[diesel(sql_type = SqlUuid)]
+    document_id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+/// Writes every request's batch in one transaction (one WAL flush); returns
+/// each outcome.
 async fn commit_batch(
     pool: &PgPool,
     batch: &[AppendRequest],
     known: &Mutex<HashSet<Uuid>>,
 ) -> Vec<Result<Append, StoreError>> {
-    use diesel_async::{AsyncConnection, RunQueryDsl};
+    use diesel_async::RunQueryDsl;
     let fail = |e: String| -> Vec<Result<Append, StoreError>> {
         batch
             .iter()
@@ -344,48 +401,63 @@ async fn commit_batch(
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let unknown: Vec<bool> = {
+    let unknown: Vec<Uuid> = {
         let known = known.lock().expect("lock");
-        batch.iter().map(|r| !known.contains(&r.document)).collect()
+        batch
+            .iter()
+            .map(|r| r.document)
+            .filter(|d| !known.contains(d))
+            .collect()
     };
-    let written = conn
-        .transaction(async |conn| {
-            let mut counts = Vec::with_capacity(batch.len());
-            for (r, unknown) in batch.iter().zip(&unknown) {
-                diesel::sql_query(LOCK)
-                    .bind::<SqlUuid, _>(r.document)
-                    .execute(conn)
-                    .await?;
-                if *unknown {
-                    diesel::insert_into(documents::table)
-                        .values(documents::id.eq(r.document))
-                        .on_conflict_do_nothing()
-                        .execute(conn)
-                        .await?;
-                }
-                let n = diesel::sql_query(APPEND)
-                    .bind::<SqlUuid, _>(r.document)
-                    .bind::<Array<SqlUuid>, _>(&r.rows.ids)
-                    .bind::<Array<BigInt>, _>(&r.rows.versions)
-                    .bind::<Array<SqlUuid>, _>(&r.rows.actors)
-                    .bind::<Array<Text>, _>(&r.rows.clients)
-                    .bind::<Array<BigInt>, _>(&r.rows.seqs)
-                    .bind::<Array<Text>, _>(&r.rows.types)
-                    .bind::<Array<Integer>, _>(&r.rows.positions)
-                    .bind::<Array<Nullable<Text>>, _>(&r.rows.contents)
-                    .bind::<Array<Nullable<Jsonb>>, _>(&r.rows.attributes)
-                    .bind::<Array<Jsonb>, _>(&r.rows.clocks)
-                    .bind::<Array<Jsonb>, _>(&r.rows.deltas)
-                    .bind::<BigInt, _>(r.rows.versions[0] - 1)
-                    .execute(conn)
-                    .await?;
-                counts.push(n);
-            }
-            Ok::<_, DieselError>(counts)
-        })
+    let mut all = Rows::default();
+    let mut docs = Vec::new();
+    let mut expected = Vec::new();
+    for r in batch {
+        all.extend(&r.rows);
+        docs.extend(std::iter::repeat_n(r.document, r.ops.len()));
+        expected.extend(std::iter::repeat_n(r.rows.versions[0] - 1, r.ops.len()));
+    }
+    // Two autocommit statements: the documents rows (idempotent), then the
+    // single atomic insert of every batch.
+    if !unknown.is_empty() {
+        let r = diesel::sql_query(
+            "INSERT INTO documents (id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
+        )
+        .bind::<Array<SqlUuid>, _>(&unknown)
+        .execute(&mut *conn)
         .await;
-    let counts = match written {
-        Ok(c) => c,
+        if let Err(e) = r {
+            return fail(e.to_string());
+        }
+    }
+    let written = diesel::sql_query(APPEND_MANY)
+        .bind::<Array<SqlUuid>, _>(&all.ids)
+        .bind::<Array<SqlUuid>, _>(&docs)
+        .bind::<Array<BigInt>, _>(&all.versions)
+        .bind::<Array<SqlUuid>, _>(&all.actors)
+        .bind::<Array<Text>, _>(&all.clients)
+        .bind::<Array<BigInt>, _>(&all.seqs)
+        .bind::<Array<Text>, _>(&all.types)
+        .bind::<Array<Integer>, _>(&all.positions)
+        .bind::<Array<Nullable<Text>>, _>(&all.contents)
+        .bind::<Array<Nullable<Jsonb>>, _>(&all.attributes)
+        .bind::<Array<Jsonb>, _>(&all.clocks)
+        .bind::<Array<Jsonb>, _>(&all.deltas)
+        .bind::<Array<BigInt>, _>(&expected)
+        .load::<Written>(&mut *conn)
+        .await;
+    let written = match written {
+        Ok(w) => w,
+        Err(DieselError::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
+            // Another writer raced us on a version: one by one, each under
+            // its document's lock.
+            drop(conn);
+            let mut results = Vec::with_capacity(batch.len());
+            for r in batch {
+                results.push(commit_one(pool, r, known).await);
+            }
+            return results;
+        }
         Err(e) => return fail(e.to_string()),
     };
     known
@@ -393,7 +465,13 @@ async fn commit_batch(
         .expect("lock")
         .extend(batch.iter().map(|r| r.document));
     let mut results = Vec::with_capacity(batch.len());
-    for (r, n) in batch.iter().zip(counts) {
+    for r in batch {
+        let first = r.rows.versions[0];
+        let last = first + r.ops.len() as i64 - 1;
+        let n = written
+            .iter()
+            .filter(|w| w.document_id == r.document && (first..=last).contains(&w.version))
+            .count();
         results.push(match n {
             n if n == r.ops.len() => Ok(Append::Committed),
             0 => explain_refusal(&mut conn, r.document, &r.ops).await,
@@ -401,6 +479,48 @@ async fn commit_batch(
         });
     }
     results
+}
+
+/// One request on its own (after the batch statement lost a race).
+async fn commit_one(
+    pool: &PgPool,
+    r: &AppendRequest,
+    known: &Mutex<HashSet<Uuid>>,
+) -> Result<Append, StoreError> {
+    use diesel_async::RunQueryDsl;
+    let mut conn = pool.get().await.map_err(StoreError::Unavailable)?;
+    diesel::insert_into(documents::table)
+        .values(documents::id.eq(r.document))
+        .on_conflict_do_nothing()
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    known.lock().expect("lock").insert(r.document);
+    let n = diesel::sql_query(APPEND)
+        .bind::<SqlUuid, _>(r.document)
+        .bind::<Array<SqlUuid>, _>(&r.rows.ids)
+        .bind::<Array<BigInt>, _>(&r.rows.versions)
+        .bind::<Array<SqlUuid>, _>(&r.rows.actors)
+        .bind::<Array<Text>, _>(&r.rows.clients)
+        .bind::<Array<BigInt>, _>(&r.rows.seqs)
+        .bind::<Array<Text>, _>(&r.rows.types)
+        .bind::<Array<Integer>, _>(&r.rows.positions)
+        .bind::<Array<Nullable<Text>>, _>(&r.rows.contents)
+        .bind::<Array<Nullable<Jsonb>>, _>(&r.rows.attributes)
+        .bind::<Array<Jsonb>, _>(&r.rows.clocks)
+        .bind::<Array<Jsonb>, _>(&r.rows.deltas)
+        .bind::<BigInt, _>(r.rows.versions[0] - 1)
+        .execute(&mut *conn)
+        .await;
+    match n {
+        Ok(n) if n == r.ops.len() => Ok(Append::Committed),
+        Ok(0)
+        | Err(DieselError::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
+            explain_refusal(&mut conn, r.document, &r.ops).await
+        }
+        Ok(n) => Err(corrupt(format!("append wrote {n} of {} rows", r.ops.len()))),
+        Err(e) => Err(unavailable(e)),
+    }
 }
 
 #[async_trait]
