@@ -86,3 +86,54 @@ async fn memory_permissions_keep_the_granted_contract() {
     )
     .await;
 }
+
+#[test]
+fn the_clocks_keep_the_clock_contract() {
+    use relay_adapters::memory::{ManualClock, SystemClock, TokioClock};
+    relay_ports::contract::clock::wall_clock(&SystemClock::new());
+    relay_ports::contract::clock::monotonic(&ManualClock::new(relay_domain::Timestamp(5)));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async { relay_ports::contract::clock::wall_clock(&TokioClock::new()) });
+}
+
+#[test]
+fn the_memory_metrics_keep_the_metrics_contract() {
+    let m = relay_adapters::memory::MemoryMetrics::default();
+    relay_ports::contract::metrics::accepts_every_call(&m);
+    assert_eq!(
+        m.snapshot().operations("insert", relay_ports::OpStatus::Ok),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_jwt_verifier_keeps_the_verifier_contract() {
+    use relay_adapters::jwt::{DevKeys, JwtConfig, JwtVerifier, TokenRequest};
+    let keys = DevKeys::from_seed([11; 32]);
+    let verifier = JwtVerifier::new(JwtConfig::default());
+    verifier.set_keys(keys.key_set());
+    let user = uuid::Uuid::new_v4();
+    let mint = |k: &DevKeys, ttl| {
+        k.mint(&TokenRequest {
+            sub: user,
+            name: None,
+            docs: Default::default(),
+            ttl_secs: ttl,
+        })
+        .unwrap()
+    };
+    let good = mint(&keys, 600);
+    let foreign = mint(&DevKeys::from_seed([12; 32]), 600);
+    let mut tampered = good.clone();
+    tampered.pop();
+    relay_ports::contract::verifier::verifies_and_refuses(
+        &verifier,
+        &good,
+        user,
+        &[foreign, tampered],
+    )
+    .await;
+}

@@ -17,9 +17,12 @@
 //! token's `docs` claim and one holding grants.
 
 pub mod bus;
+pub mod clock;
+pub mod metrics;
 pub mod permissions;
 pub mod presence;
 pub mod store;
+pub mod verifier;
 
 use futures::future::BoxFuture;
 use relay_domain::{ClientId, DocumentId, UserId};
