@@ -169,6 +169,18 @@ impl Config {
         }
     }
 
+    /// The WebSocket transport's settings.
+    pub fn ws(&self) -> relay_adapters::ws::WsConfig {
+        relay_adapters::ws::WsConfig {
+            max_message_bytes: self.max_message_bytes,
+            auth_timeout: self.auth_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_timeout: self.heartbeat_timeout,
+            allowed_origins: self.allowed_origins.clone(),
+            ..relay_adapters::ws::WsConfig::default()
+        }
+    }
+
     /// The limits announced in `joined`.
     pub fn limits(&self) -> relay_ports::protocol::Limits {
         relay_ports::protocol::Limits {

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use relay_adapters::jwt::{DevKeys, TokenRequest};
-use relay_adapters::ws::{self, WsConfig};
+use relay_adapters::ws;
 use relay_app::config::Config;
 use relay_app::wiring;
 use relay_ports::CollaborationService;
@@ -174,14 +174,7 @@ async fn run(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let ws_config = WsConfig {
-        max_message_bytes: config.max_message_bytes,
-        auth_timeout: config.auth_timeout,
-        heartbeat_interval: config.heartbeat_interval,
-        heartbeat_timeout: config.heartbeat_timeout,
-        allowed_origins: config.allowed_origins.clone(),
-        ..WsConfig::default()
-    };
+    let ws_config = config.ws();
     let bind = config.bind_address;
     let wired = wiring::build(config, dev.as_ref().map(|d| &d.0)).await?;
     let relay = wired.relay.clone();

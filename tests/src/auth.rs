@@ -5,10 +5,9 @@
 use crate::TestApp;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use relay_adapters::jwt::{DevKeys, JwksVerifier};
-use relay_adapters::ws::{self, WsConfig};
+use relay_adapters::ws;
 use relay_app::config::Config;
 use relay_app::wiring::{self, AbortOnDrop};
-use relay_ports::CollaborationService;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -198,31 +197,15 @@ pub async fn spawn_jwks_app(config: Config) -> JwksApp {
         config.jwt_public_key_url.is_some(),
         "set jwt_public_key_url"
     );
-    let ws_config = WsConfig {
-        max_message_bytes: config.max_message_bytes,
-        auth_timeout: config.auth_timeout,
-        heartbeat_interval: config.heartbeat_interval,
-        heartbeat_timeout: config.heartbeat_timeout,
-        allowed_origins: config.allowed_origins.clone(),
-        ..WsConfig::default()
-    };
-    let wired = wiring::build(config, None).await.expect("wiring");
-    let service: Arc<dyn CollaborationService> = Arc::new(wired.relay.clone());
-    let routes = ws::routes(service, ws_config, None);
-    let (listener, addr) = ws::bind("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("bind");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(ws::serve(listener, routes, async move {
-        let _ = stopped.await;
-    }));
-    let app = TestApp {
-        addr,
-        relay: wired.relay,
-        keys: DevKeys::from_seed([0; 32]),
-        metrics: wired.metrics,
-        stop: Some(stop),
-    };
+    let wired = wiring::build(config.clone(), None).await.expect("wiring");
+    let app = TestApp::serve(
+        &config,
+        wired.relay,
+        None,
+        DevKeys::from_seed([0; 32]),
+        wired.metrics,
+    )
+    .await;
     JwksApp {
         app,
         verifier: wired.jwks_verifier.expect("a JWKS verifier"),

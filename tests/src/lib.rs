@@ -11,7 +11,7 @@ pub mod pg;
 use futures::{FutureExt, SinkExt, StreamExt};
 use relay_adapters::jwt::{DevKeys, TokenRequest};
 use relay_adapters::memory::MemoryMetrics;
-use relay_adapters::ws::{self, WsConfig};
+use relay_adapters::ws;
 use relay_app::Relay;
 use relay_app::config::Config;
 use relay_domain::{
@@ -52,17 +52,20 @@ impl TestApp {
     /// With `config` (its bind address is replaced by 127.0.0.1:0).
     pub async fn spawn_with(config: Config) -> TestApp {
         let keys = DevKeys::from_seed([7; 32]);
-        let ws_config = WsConfig {
-            max_message_bytes: config.max_message_bytes,
-            auth_timeout: config.auth_timeout,
-            heartbeat_interval: config.heartbeat_interval,
-            heartbeat_timeout: config.heartbeat_timeout,
-            allowed_origins: config.allowed_origins.clone(),
-            ..WsConfig::default()
-        };
-        let wired = relay_app::wiring::in_memory(config, &keys);
-        let service: Arc<dyn CollaborationService> = Arc::new(wired.relay.clone());
-        let routes = ws::routes(service, ws_config, wired.jwks);
+        let wired = relay_app::wiring::in_memory(config.clone(), &keys);
+        TestApp::serve(&config, wired.relay, wired.jwks, keys, wired.metrics).await
+    }
+
+    /// Serves `relay` on 127.0.0.1:0 with `config`'s transport settings.
+    pub async fn serve(
+        config: &Config,
+        relay: Relay,
+        jwks: Option<Arc<str>>,
+        keys: DevKeys,
+        metrics: Arc<MemoryMetrics>,
+    ) -> TestApp {
+        let service: Arc<dyn CollaborationService> = Arc::new(relay.clone());
+        let routes = ws::routes(service, config.ws(), jwks);
         let (listener, addr) = ws::bind("127.0.0.1:0".parse().expect("address"))
             .await
             .expect("bind");
@@ -72,9 +75,9 @@ impl TestApp {
         }));
         TestApp {
             addr,
-            relay: wired.relay,
+            relay,
             keys,
-            metrics: wired.metrics,
+            metrics,
             stop: Some(stop),
         }
     }

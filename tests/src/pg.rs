@@ -4,10 +4,8 @@
 use crate::TestApp;
 use relay_adapters::jwt::DevKeys;
 use relay_adapters::postgres::testdb;
-use relay_adapters::ws::{self, WsConfig};
 use relay_app::config::Config;
 use relay_app::wiring;
-use relay_ports::CollaborationService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,31 +25,10 @@ pub async fn spawn_pg_app(mut config: Config) -> TestApp {
         config.database_url = Some(database_url());
     }
     let keys = DevKeys::from_seed([7; 32]);
-    let ws_config = WsConfig {
-        max_message_bytes: config.max_message_bytes,
-        auth_timeout: config.auth_timeout,
-        heartbeat_interval: config.heartbeat_interval,
-        heartbeat_timeout: config.heartbeat_timeout,
-        allowed_origins: config.allowed_origins.clone(),
-        ..WsConfig::default()
-    };
-    let wired = wiring::build(config, Some(&keys)).await.expect("wiring");
-    let service: Arc<dyn CollaborationService> = Arc::new(wired.relay.clone());
-    let routes = ws::routes(service, ws_config, wired.jwks.clone());
-    let (listener, addr) = ws::bind("127.0.0.1:0".parse().expect("address"))
+    let wired = wiring::build(config.clone(), Some(&keys))
         .await
-        .expect("bind");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(ws::serve(listener, routes, async move {
-        let _ = stopped.await;
-    }));
-    TestApp {
-        addr,
-        relay: wired.relay,
-        keys,
-        metrics: wired.metrics,
-        stop: Some(stop),
-    }
+        .expect("wiring");
+    TestApp::serve(&config, wired.relay, wired.jwks, keys, wired.metrics).await
 }
 
 /// A TCP proxy to `target`. `cut()` drops every connection and refuses new
