@@ -278,14 +278,18 @@ impl Client {
             return Err(ClientError::UnexpectedAck { expected, got: seq });
         }
         if let State::Unconfirmed { .. } = self.state {
-            // It was committed before the content we rejoined with, so it is
-            // already in the local document.
             if version > self.version {
+                // Committed only now (its base was still in the server's
+                // history): the local document lacks it. Forget it here; the
+                // caller rejoins with `since` and receives it as an op.
+                self.state = State::Synchronized;
                 return Err(ClientError::VersionGap {
                     expected: self.version,
                     got: version,
                 });
             }
+            // It was committed before the content we rejoined with, so it is
+            // already in the local document.
             self.state = State::Synchronized;
             return Ok(None);
         }
@@ -523,6 +527,28 @@ mod tests {
         assert!(c.edit(ins(0, "z", 4)).is_err());
         // It had been committed at version 4, inside the content.
         assert_eq!(c.ack(out.seq, Version(4)).unwrap(), None);
+        assert!(c.is_synchronized());
+    }
+
+    #[test]
+    fn an_unconfirmed_op_committed_only_after_the_rejoin_is_caught_up_as_an_op() {
+        let mut c = client("ab");
+        let out = c.edit(ins(0, "x", 2)).unwrap().unwrap();
+        c.reset(Document::from_text("ab", Version(7)));
+        assert!(matches!(
+            c.ack(out.seq, Version(8)),
+            Err(ClientError::VersionGap { .. })
+        ));
+        // Rejoining with since = 7 brings it back as an ordinary op.
+        let own = CommittedOp {
+            version: Version(8),
+            user: c.user(),
+            client_id: c.client_id().clone(),
+            seq: out.seq,
+            delta: out.delta,
+        };
+        assert_eq!(c.receive(&own).unwrap(), None);
+        assert_eq!(c.document().text(), "xab");
         assert!(c.is_synchronized());
     }
 
