@@ -50,7 +50,14 @@ impl TestApp {
     }
 
     /// With `config` (its bind address is replaced by 127.0.0.1:0).
+    ///
+    /// With `RELAY_E2E_STORE=postgres` the app runs on the PostgreSQL store
+    /// (this process's test database), so the same end-to-end suites check
+    /// both stores (`.ci/test` runs the protocol suite both ways).
     pub async fn spawn_with(config: Config) -> TestApp {
+        if std::env::var("RELAY_E2E_STORE").is_ok_and(|v| v == "postgres") {
+            return pg::spawn_pg_app(config).await;
+        }
         let keys = DevKeys::from_seed([7; 32]);
         let wired = relay_app::wiring::in_memory(config.clone(), &keys);
         TestApp::serve(&config, wired.relay, wired.jwks, keys, wired.metrics).await
