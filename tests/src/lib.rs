@@ -162,34 +162,43 @@ pub enum Received {
     Closed(Option<u16>),
 }
 
-impl Conn {
-    pub async fn open(url: &str, options: ConnectOptions) -> Connect {
-        let mut request = url.into_client_request().expect("request");
-        let h = request.headers_mut();
-        match options.protocols.as_deref() {
-            None => {
-                h.insert(
-                    "Sec-WebSocket-Protocol",
-                    HeaderValue::from_static("relay.v1"),
-                );
-            }
-            Some("") => {}
-            Some(p) => {
-                h.insert(
-                    "Sec-WebSocket-Protocol",
-                    HeaderValue::from_str(p).expect("header"),
-                );
-            }
-        }
-        if let Some(b) = &options.bearer {
+/// The upgrade request for `url` with `options`' headers.
+fn upgrade_request(
+    url: &str,
+    options: &ConnectOptions,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = url.into_client_request().expect("request");
+    let h = request.headers_mut();
+    match options.protocols.as_deref() {
+        None => {
             h.insert(
-                "Authorization",
-                HeaderValue::from_str(&format!("Bearer {b}")).expect("header"),
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static("relay.v1"),
             );
         }
-        if let Some(o) = &options.origin {
-            h.insert("Origin", HeaderValue::from_str(o).expect("header"));
+        Some("") => {}
+        Some(p) => {
+            h.insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_str(p).expect("header"),
+            );
         }
+    }
+    if let Some(b) = &options.bearer {
+        h.insert(
+            "Authorization",
+            HeaderValue::from_str(&format!("Bearer {b}")).expect("header"),
+        );
+    }
+    if let Some(o) = &options.origin {
+        h.insert("Origin", HeaderValue::from_str(o).expect("header"));
+    }
+    request
+}
+
+impl Conn {
+    pub async fn open(url: &str, options: ConnectOptions) -> Connect {
+        let request = upgrade_request(url, &options);
         let config = WebSocketConfig::default()
             .max_message_size(None)
             .max_frame_size(None);
@@ -608,32 +617,7 @@ impl Conn {
         options: &ConnectOptions,
         recv_buffer: Option<u32>,
     ) -> Handshake {
-        let mut request = url.into_client_request().expect("request");
-        let h = request.headers_mut();
-        match options.protocols.as_deref() {
-            None => {
-                h.insert(
-                    "Sec-WebSocket-Protocol",
-                    HeaderValue::from_static("relay.v1"),
-                );
-            }
-            Some("") => {}
-            Some(p) => {
-                h.insert(
-                    "Sec-WebSocket-Protocol",
-                    HeaderValue::from_str(p).expect("header"),
-                );
-            }
-        }
-        if let Some(b) = &options.bearer {
-            h.insert(
-                "Authorization",
-                HeaderValue::from_str(&format!("Bearer {b}")).expect("header"),
-            );
-        }
-        if let Some(o) = &options.origin {
-            h.insert("Origin", HeaderValue::from_str(o).expect("header"));
-        }
+        let request = upgrade_request(url, options);
         let authority = request.uri().authority().expect("authority").to_string();
         let addr: SocketAddr = tokio::net::lookup_host(&authority)
             .await
