@@ -53,6 +53,32 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Checks that a batch can be appended as one: consecutive versions and no
+/// idempotency key twice. Adapters refuse other batches as `Corrupt` (the
+/// application never builds them).
+pub fn check_batch(ops: &[CommittedOp]) -> Result<(), StoreError> {
+    let Some(first) = ops.first().map(|op| op.version.0) else {
+        return Ok(());
+    };
+    let mut keys = std::collections::HashSet::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        if op.version.0 != first + i as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "refused a batch whose op {i} is at version {} instead of {}",
+                op.version,
+                first + i as u64
+            )));
+        }
+        if !keys.insert((op.user, &op.client_id, op.seq)) {
+            return Err(StoreError::Corrupt(format!(
+                "refused a batch that repeats seq {} of client {}",
+                op.seq, op.client_id
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The durable log of operations.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]

@@ -77,33 +77,6 @@ fn key(op: &CommittedOp) -> (UserId, ClientId, Seq) {
     (op.user, op.client_id.clone(), op.seq)
 }
 
-/// A batch the caller should never have built: versions that do not
-/// follow each other, or one key twice. The trait has no outcome for it;
-/// writing it would break the log, so it is refused.
-fn malformed(ops: &[CommittedOp]) -> Option<String> {
-    let first = ops[0].version.0;
-    if let Some((i, op)) = ops
-        .iter()
-        .enumerate()
-        .find(|(i, op)| op.version.0 != first + *i as u64)
-    {
-        return Some(format!(
-            "refused a batch whose op {i} is at version {} instead of {}",
-            op.version,
-            first + i as u64
-        ));
-    }
-    for (i, op) in ops.iter().enumerate() {
-        if ops[..i].iter().any(|earlier| key(earlier) == key(op)) {
-            return Some(format!(
-                "refused a batch that repeats seq {} of client {}",
-                op.seq, op.client_id
-            ));
-        }
-    }
-    None
-}
-
 impl MemoryStore {
     pub fn new() -> Self {
         MemoryStore::default()
@@ -137,9 +110,7 @@ impl OperationStore for MemoryStore {
         if ops.is_empty() {
             return Ok(Append::Committed);
         }
-        if let Some(reason) = malformed(ops) {
-            return Err(StoreError::Corrupt(reason));
-        }
+        relay_ports::store::check_batch(ops)?;
         let mut documents = self.documents();
         // An unknown document gets a log only when something is written.
         match documents.entry(document) {

@@ -151,39 +151,6 @@ const OP_COLUMNS: (
     operations::delta,
 );
 
-/// Inserts the batch if and only if the head is `first - 1`.
-const APPEND: &str = "
-INSERT INTO operations (id, document_id, version, actor_id, client_id, seq, operation_type,
-                        position, content, attributes, vector_clock, delta)
-SELECT b.id, $1, b.version, b.actor_id, b.client_id, b.seq, b.operation_type,
-       b.position, b.content, b.attributes, b.vector_clock, b.delta
-FROM unnest($2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::int8[], $7::text[],
-            $8::int4[], $9::text[], $10::jsonb[], $11::jsonb[], $12::jsonb[])
-     AS b(id, version, actor_id, client_id, seq, operation_type, position, content,
-          attributes, vector_clock, delta)
-WHERE (SELECT COALESCE(MAX(version), 0) FROM operations WHERE document_id = $1) = $13
-  AND NOT EXISTS (
-      SELECT 1 FROM operations o
-      JOIN unnest($4::uuid[], $5::text[], $6::int8[]) AS k(actor_id, client_id, seq)
-        ON o.actor_id = k.actor_id AND o.client_id = k.client_id AND o.seq = k.seq
-      WHERE o.document_id = $1)
-";
-
-fn check_batch(ops: &[CommittedOp]) -> Result<(), StoreError> {
-    let mut keys = HashSet::new();
-    for (i, op) in ops.iter().enumerate() {
-        if op.version.0 != ops[0].version.0 + i as u64 {
-            return Err(corrupt("append: versions in a batch must be consecutive"));
-        }
-        if !keys.insert((op.user, op.client_id.clone(), op.seq)) {
-            return Err(corrupt(
-                "append: an idempotency key repeats within the batch",
-            ));
-        }
-    }
-    Ok(())
-}
-
 async fn head(
     conn: &mut diesel_async::AsyncPgConnection,
     document: Uuid,
@@ -383,7 +350,39 @@ struct Written {
     version: i64,
 }
 
-/// Writes every request's batch in one transaction (one WAL flush); returns
+/// Runs [`APPEND_MANY`] for `requests`; returns the rows written.
+async fn insert(
+    conn: &mut diesel_async::AsyncPgConnection,
+    requests: &[&AppendRequest],
+) -> Result<Vec<Written>, DieselError> {
+    use diesel_async::RunQueryDsl;
+    let mut all = Rows::default();
+    let mut docs = Vec::new();
+    let mut expected = Vec::new();
+    for r in requests {
+        all.extend(&r.rows);
+        docs.extend(std::iter::repeat_n(r.document, r.ops.len()));
+        expected.extend(std::iter::repeat_n(r.rows.versions[0] - 1, r.ops.len()));
+    }
+    diesel::sql_query(APPEND_MANY)
+        .bind::<Array<SqlUuid>, _>(&all.ids)
+        .bind::<Array<SqlUuid>, _>(&docs)
+        .bind::<Array<BigInt>, _>(&all.versions)
+        .bind::<Array<SqlUuid>, _>(&all.actors)
+        .bind::<Array<Text>, _>(&all.clients)
+        .bind::<Array<BigInt>, _>(&all.seqs)
+        .bind::<Array<Text>, _>(&all.types)
+        .bind::<Array<Integer>, _>(&all.positions)
+        .bind::<Array<Nullable<Text>>, _>(&all.contents)
+        .bind::<Array<Nullable<Jsonb>>, _>(&all.attributes)
+        .bind::<Array<Jsonb>, _>(&all.clocks)
+        .bind::<Array<Jsonb>, _>(&all.deltas)
+        .bind::<Array<BigInt>, _>(&expected)
+        .load::<Written>(conn)
+        .await
+}
+
+/// Writes every request's batch with one statement (one WAL flush); returns
 /// each outcome.
 async fn commit_batch(
     pool: &PgPool,
@@ -409,14 +408,6 @@ async fn commit_batch(
             .filter(|d| !known.contains(d))
             .collect()
     };
-    let mut all = Rows::default();
-    let mut docs = Vec::new();
-    let mut expected = Vec::new();
-    for r in batch {
-        all.extend(&r.rows);
-        docs.extend(std::iter::repeat_n(r.document, r.ops.len()));
-        expected.extend(std::iter::repeat_n(r.rows.versions[0] - 1, r.ops.len()));
-    }
     // Two autocommit statements: the documents rows (idempotent), then the
     // single atomic insert of every batch.
     if !unknown.is_empty() {
@@ -430,27 +421,12 @@ async fn commit_batch(
             return fail(e.to_string());
         }
     }
-    let written = diesel::sql_query(APPEND_MANY)
-        .bind::<Array<SqlUuid>, _>(&all.ids)
-        .bind::<Array<SqlUuid>, _>(&docs)
-        .bind::<Array<BigInt>, _>(&all.versions)
-        .bind::<Array<SqlUuid>, _>(&all.actors)
-        .bind::<Array<Text>, _>(&all.clients)
-        .bind::<Array<BigInt>, _>(&all.seqs)
-        .bind::<Array<Text>, _>(&all.types)
-        .bind::<Array<Integer>, _>(&all.positions)
-        .bind::<Array<Nullable<Text>>, _>(&all.contents)
-        .bind::<Array<Nullable<Jsonb>>, _>(&all.attributes)
-        .bind::<Array<Jsonb>, _>(&all.clocks)
-        .bind::<Array<Jsonb>, _>(&all.deltas)
-        .bind::<Array<BigInt>, _>(&expected)
-        .load::<Written>(&mut *conn)
-        .await;
+    let requests: Vec<&AppendRequest> = batch.iter().collect();
+    let written = insert(&mut conn, &requests).await;
     let written = match written {
         Ok(w) => w,
         Err(DieselError::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
-            // Another writer raced us on a version: one by one, each under
-            // its document's lock.
+            // Another writer raced us on a version: one by one.
             drop(conn);
             let mut results = Vec::with_capacity(batch.len());
             for r in batch {
@@ -496,22 +472,7 @@ async fn commit_one(
         .await
         .map_err(unavailable)?;
     known.lock().expect("lock").insert(r.document);
-    let n = diesel::sql_query(APPEND)
-        .bind::<SqlUuid, _>(r.document)
-        .bind::<Array<SqlUuid>, _>(&r.rows.ids)
-        .bind::<Array<BigInt>, _>(&r.rows.versions)
-        .bind::<Array<SqlUuid>, _>(&r.rows.actors)
-        .bind::<Array<Text>, _>(&r.rows.clients)
-        .bind::<Array<BigInt>, _>(&r.rows.seqs)
-        .bind::<Array<Text>, _>(&r.rows.types)
-        .bind::<Array<Integer>, _>(&r.rows.positions)
-        .bind::<Array<Nullable<Text>>, _>(&r.rows.contents)
-        .bind::<Array<Nullable<Jsonb>>, _>(&r.rows.attributes)
-        .bind::<Array<Jsonb>, _>(&r.rows.clocks)
-        .bind::<Array<Jsonb>, _>(&r.rows.deltas)
-        .bind::<BigInt, _>(r.rows.versions[0] - 1)
-        .execute(&mut *conn)
-        .await;
+    let n = insert(&mut conn, &[r]).await.map(|w| w.len());
     match n {
         Ok(n) if n == r.ops.len() => Ok(Append::Committed),
         Ok(0)
@@ -533,7 +494,7 @@ impl OperationStore for PgStore {
         if ops.is_empty() {
             return Ok(Append::Committed);
         }
-        check_batch(ops)?;
+        relay_ports::store::check_batch(ops)?;
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             document: document.0,
