@@ -31,6 +31,14 @@ async fn exactly_one_concurrent_append_to_the_memory_store_wins() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_to_many_memory_documents_each_get_their_own_answer() {
+    store::concurrent_appends_to_many_documents_each_get_their_own_answer(memory_store, &|task| {
+        tokio::spawn(task);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_memory_bus_keeps_the_bus_contract() {
     let overflow_after = small_bus().await.overflow_after();

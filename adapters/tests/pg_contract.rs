@@ -24,6 +24,17 @@ async fn exactly_one_of_concurrent_appends_at_a_version_wins_on_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_to_many_postgres_documents_each_get_their_own_answer() {
+    contract::store::concurrent_appends_to_many_documents_each_get_their_own_answer(
+        || async { PgStore::new(pool()) },
+        &|t| {
+            tokio::spawn(t);
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_permission_source_keeps_the_granted_source_contract() {
     contract::permissions::granted_source(
         || async { PgPermissions::new(pool()) },
@@ -52,4 +63,72 @@ async fn migrations_are_all_applied_and_rerunning_them_changes_nothing() {
         Vec::<String>::new()
     );
     assert!(pool.ping().await);
+}
+
+/// The migration that moved each document's head onto its row: a database
+/// that held operations under the first schema gets every head from its
+/// log, and appends then continue from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_migration_takes_each_head_from_the_log() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use relay_domain::{ClientId, CommittedOp, Delta, Seq, Version};
+    use relay_ports::{Append, OperationStore};
+
+    let url = testdb::create_empty_database(&testdb::admin_url(), &testdb::fresh_name())
+        .await
+        .expect("database");
+    let pool = PgPool::new(&url, &PoolSettings::default()).expect("pool");
+    let first = pool.run_next_migration().await.expect("first migration");
+    assert_eq!(first.as_deref(), Some("20261127000001"));
+    let (busy, empty) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let user = uuid::Uuid::new_v4();
+    let mut conn = AsyncPgConnection::establish(&url).await.expect("connect");
+    diesel::sql_query(format!(
+        "INSERT INTO documents (id) VALUES ('{busy}'), ('{empty}')"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("documents under the first schema");
+    diesel::sql_query(format!(
+        "INSERT INTO operations (id, document_id, version, actor_id, client_id, seq,
+                                 operation_type, position, vector_clock, delta)
+         SELECT gen_random_uuid(), '{busy}', v, '{user}', 'c', v, 'insert', 0, '{{}}',
+                '[{{\"insert\":\"x\"}}]'
+         FROM generate_series(1, 3) v"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("operations under the first schema");
+
+    let rest = pool.run_migrations().await.expect("later migrations");
+    assert_eq!(rest, vec!["20261127000002".to_owned()]);
+    let store = PgStore::new(pool);
+    assert_eq!(store.head(DocumentId(busy)).await, Ok(Version(3)));
+    assert_eq!(store.head(DocumentId(empty)).await, Ok(Version(0)));
+
+    let next = |version: u64| {
+        let mut delta = Delta::new();
+        delta.retain(version as usize - 1).insert("y");
+        CommittedOp {
+            version: Version(version),
+            user: UserId(user),
+            client_id: ClientId::new("c").expect("id"),
+            seq: Seq(100 + version),
+            delta,
+        }
+    };
+    assert_eq!(
+        store.append(DocumentId(busy), &[next(3)]).await,
+        Ok(Append::Conflict {
+            current: Version(3)
+        })
+    );
+    assert_eq!(
+        store.append(DocumentId(busy), &[next(4)]).await,
+        Ok(Append::Committed)
+    );
+    assert_eq!(
+        store.append(DocumentId(empty), &[next(1)]).await,
+        Ok(Append::Committed)
+    );
 }

@@ -51,7 +51,6 @@ impl Default for PoolSettings {
 pub struct PgPool {
     pool: Pool<AsyncPgConnection>,
     pub(crate) call_timeout: Duration,
-    pub(crate) size: usize,
 }
 
 impl std::fmt::Debug for PgPool {
@@ -99,7 +98,6 @@ impl PgPool {
         Ok(PgPool {
             pool,
             call_timeout: settings.call_timeout,
-            size: settings.size,
         })
     }
 
@@ -134,6 +132,22 @@ impl PgPool {
         self.with_harness(|h| {
             h.run_pending_migrations(MIGRATIONS)
                 .map(|v| v.iter().map(|m| m.to_string()).collect())
+        })
+        .await
+    }
+
+    /// Applies the oldest pending migration only; returns its name, or
+    /// `None` when none is pending (for stepping through the schema's
+    /// history, e.g. to test a migration against data the previous schema
+    /// held).
+    pub async fn run_next_migration(&self) -> Result<Option<String>, PgError> {
+        self.with_harness(|h| {
+            if h.has_pending_migration(MIGRATIONS)? {
+                h.run_next_migration(MIGRATIONS)
+                    .map(|m| Some(m.to_string()))
+            } else {
+                Ok(None)
+            }
         })
         .await
     }

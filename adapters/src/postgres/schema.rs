@@ -5,6 +5,7 @@ diesel::table! {
         id -> Uuid,
         owner_id -> Nullable<Uuid>,
         created_at -> Timestamptz,
+        head -> Int8,
     }
 }
 

@@ -15,28 +15,32 @@ use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, Queryable};
 use relay_domain::{ClientId, CommittedOp, Component, Delta, DocumentId, Seq, UserId, Version};
 use relay_ports::{Append, Loaded, OperationStore, Snapshot, StoreError};
 use serde_json::{Value, json};
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// The operation store on PostgreSQL. Durable: this is the source of truth
 /// in production.
 ///
-/// Appends go through a commit pipeline: a few committer tasks each take
-/// whatever appends are waiting - from any documents - and write them with
-/// one statement, so one WAL flush commits many documents' batches. The
-/// statement inserts a document's batch only if the document's head is the
-/// version before it and none of its idempotency keys is committed: all or
-/// nothing per batch. If a concurrent writer (another instance) takes a
-/// version meanwhile, the statement fails on the unique (document, version)
-/// and each batch is retried on its own, where that failure becomes the
-/// `Conflict` or `Duplicate` value.
+/// Appends go through a commit pipeline: committer tasks each take whatever
+/// appends are waiting - from any documents - and write them with one
+/// statement, so one WAL flush commits many documents' batches. A
+/// document's batch goes in only if the document's head (kept on its
+/// `documents` row) is the version before it: a compare-and-set on that
+/// row, so a concurrent writer on another instance waits for the row lock
+/// and then loses with `Conflict`. An idempotency key already committed
+/// fails the statement on its unique index; the batches are then retried
+/// one by one and that one is answered `Duplicate`.
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
     queue: mpsc::Sender<AppendRequest>,
 }
+
+/// Committer tasks: two, so one statement can execute while the other
+/// waits for its WAL flush. More only add CPU contention (measured with
+/// `relay-commit-bench`; see the README).
+const COMMITTERS: usize = 2;
 
 /// Most appends one committer transaction takes.
 const PIPELINE_BATCH: usize = 256;
@@ -46,10 +50,8 @@ impl PgStore {
     pub fn new(pool: PgPool) -> PgStore {
         let (queue, rx) = mpsc::channel(4096);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let committers = (pool.size / 2).clamp(1, 8);
-        let known = Arc::new(Mutex::new(HashSet::new()));
-        for _ in 0..committers {
-            tokio::spawn(committer(pool.clone(), rx.clone(), known.clone()));
+        for _ in 0..COMMITTERS {
+            tokio::spawn(committer(pool.clone(), rx.clone()));
         }
         PgStore { pool, queue }
     }
@@ -155,13 +157,13 @@ async fn head(
     conn: &mut diesel_async::AsyncPgConnection,
     document: Uuid,
 ) -> Result<Version, StoreError> {
-    use diesel::dsl::max;
     use diesel_async::RunQueryDsl;
-    let v: Option<i64> = operations::table
-        .filter(operations::document_id.eq(document))
-        .select(max(operations::version))
+    let v: Option<i64> = documents::table
+        .filter(documents::id.eq(document))
+        .select(documents::head)
         .first(conn)
         .await
+        .optional()
         .map_err(unavailable)?;
     Ok(Version(v.unwrap_or(0) as u64))
 }
@@ -280,11 +282,7 @@ impl std::fmt::Debug for AppendRequest {
     }
 }
 
-async fn committer(
-    pool: PgPool,
-    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<AppendRequest>>>,
-    known: Arc<Mutex<HashSet<Uuid>>>,
-) {
+async fn committer(pool: PgPool, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<AppendRequest>>>) {
     loop {
         let mut batch = Vec::new();
         {
@@ -298,98 +296,186 @@ async fn committer(
                 }
             }
         }
-        let results = commit_batch(&pool, &batch, &known).await;
+        let mut results: Vec<Option<Result<Append, StoreError>>> =
+            batch.iter().map(|_| None).collect();
+        for round in rounds(batch.iter().map(|r| r.document)) {
+            let requests: Vec<&AppendRequest> = round.iter().map(|&i| &batch[i]).collect();
+            let answers = commit_batch(&pool, &requests).await;
+            for (i, result) in round.into_iter().zip(answers) {
+                results[i] = Some(result);
+            }
+        }
         for (request, result) in batch.into_iter().zip(results) {
+            let result = result.expect("every request is in a round");
             let _ = request.reply.send(result);
         }
     }
 }
 
-/// Inserts every request's batch in one statement: a request's rows go in
-/// only if its document's head is the version before them and none of its
-/// idempotency keys is committed (all or nothing per request). The checks
-/// read the statement's snapshot; a concurrent writer of the same version
-/// makes the statement fail on a unique violation instead (then each
-/// request is retried on its own).
-const APPEND_MANY: &str = "
-WITH b AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::int8[],
-                         $7::text[], $8::int4[], $9::text[], $10::jsonb[], $11::jsonb[],
-                         $12::jsonb[], $13::int8[])
-        AS b(id, document_id, version, actor_id, client_id, seq, operation_type, position,
+/// Splits a batch (given by each request's document) into statements in
+/// which each document appears at most once, keeping each document's
+/// requests in their order; returns the requests' indexes per statement.
+fn rounds(documents: impl Iterator<Item = Uuid>) -> Vec<Vec<usize>> {
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut next_round: std::collections::HashMap<Uuid, usize> = Default::default();
+    for (i, document) in documents.enumerate() {
+        let round = next_round.entry(document).or_insert(0);
+        if *round == rounds.len() {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(i);
+        *round += 1;
+    }
+    rounds
+}
+
+/// Inserts every request's batch in one statement. A request's rows go in
+/// only if its document's head is the version before them: the statement
+/// advances `documents.head` with a compare-and-set (creating the row for a
+/// document's first append), and inserts the rows of the documents it
+/// advanced - all or nothing per request. A concurrent writer of the same
+/// document waits on the row lock and then finds the head moved. An
+/// idempotency key that is already committed fails the whole statement on
+/// the unique index; then each request is retried on its own.
+///
+/// The statement has a static query id, so each connection prepares it
+/// once and PostgreSQL can reuse its plan. Its only lookups are on the
+/// documents' primary key, so no plan can turn into a scan of the log.
+/// A document appears at most once per statement (see [`rounds`]).
+struct AppendMany<'a> {
+    rows: &'a Rows,
+    documents: &'a [Uuid],
+    expected: &'a [i64],
+}
+
+const APPEND_MANY_SQL: [&str; 14] = [
+    "WITH b AS (SELECT * FROM unnest(",
+    ", ",
+    ", ",
+    ", ",
+    ", ",
+    ", ",
+    ", ",
+    ", ",
+    ", ",
+    ", ",
+    ", ",
+    ", ",
+    ", ",
+    ") AS b(id, document_id, version, actor_id, client_id, seq, operation_type, position,
              content, attributes, vector_clock, delta, expected_head)
 ),
-heads AS (
-    SELECT d.document_id,
-           (SELECT COALESCE(MAX(o.version), 0) FROM operations o
-             WHERE o.document_id = d.document_id) AS head
-    FROM (SELECT DISTINCT document_id FROM b) d
+r AS (
+    SELECT document_id, expected_head, MAX(version) AS last
+    FROM b GROUP BY document_id, expected_head
 ),
-duplicated AS (
-    SELECT DISTINCT b.document_id, b.expected_head
-    FROM b JOIN operations o
-      ON o.document_id = b.document_id AND o.actor_id = b.actor_id
-     AND o.client_id = b.client_id AND o.seq = b.seq
-)
+created AS (
+    INSERT INTO documents AS d (id, head)
+    SELECT document_id, last FROM r WHERE expected_head = 0
+    ON CONFLICT (id) DO UPDATE SET head = EXCLUDED.head WHERE d.head = 0
+    RETURNING d.id
+),
+advanced AS (
+    UPDATE documents d SET head = r.last
+    FROM r
+    WHERE r.expected_head > 0 AND d.id = r.document_id AND d.head = r.expected_head
+    RETURNING d.id
+),
+won AS (SELECT id FROM created UNION ALL SELECT id FROM advanced)
 INSERT INTO operations (id, document_id, version, actor_id, client_id, seq, operation_type,
                         position, content, attributes, vector_clock, delta)
 SELECT b.id, b.document_id, b.version, b.actor_id, b.client_id, b.seq, b.operation_type,
        b.position, b.content, b.attributes, b.vector_clock, b.delta
-FROM b JOIN heads h ON h.document_id = b.document_id
-WHERE h.head = b.expected_head
-  AND NOT EXISTS (SELECT 1 FROM duplicated x
-                   WHERE x.document_id = b.document_id AND x.expected_head = b.expected_head)
-RETURNING document_id, version
-";
+FROM b JOIN won ON won.id = b.document_id
+RETURNING document_id, version",
+];
 
-#[derive(diesel::QueryableByName)]
+impl diesel::query_builder::QueryId for AppendMany<'_> {
+    type QueryId = AppendMany<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl diesel::query_builder::Query for AppendMany<'_> {
+    type SqlType = (SqlUuid, BigInt);
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for AppendMany<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        let r = self.rows;
+        let sql = APPEND_MANY_SQL;
+        out.push_sql(sql[0]);
+        out.push_bind_param::<Array<SqlUuid>, _>(&r.ids)?;
+        out.push_sql(sql[1]);
+        out.push_bind_param::<Array<SqlUuid>, _>(self.documents)?;
+        out.push_sql(sql[2]);
+        out.push_bind_param::<Array<BigInt>, _>(&r.versions)?;
+        out.push_sql(sql[3]);
+        out.push_bind_param::<Array<SqlUuid>, _>(&r.actors)?;
+        out.push_sql(sql[4]);
+        out.push_bind_param::<Array<Text>, _>(&r.clients)?;
+        out.push_sql(sql[5]);
+        out.push_bind_param::<Array<BigInt>, _>(&r.seqs)?;
+        out.push_sql(sql[6]);
+        out.push_bind_param::<Array<Text>, _>(&r.types)?;
+        out.push_sql(sql[7]);
+        out.push_bind_param::<Array<Integer>, _>(&r.positions)?;
+        out.push_sql(sql[8]);
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&r.contents)?;
+        out.push_sql(sql[9]);
+        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&r.attributes)?;
+        out.push_sql(sql[10]);
+        out.push_bind_param::<Array<Jsonb>, _>(&r.clocks)?;
+        out.push_sql(sql[11]);
+        out.push_bind_param::<Array<Jsonb>, _>(&r.deltas)?;
+        out.push_sql(sql[12]);
+        out.push_bind_param::<Array<BigInt>, _>(self.expected)?;
+        out.push_sql(sql[13]);
+        Ok(())
+    }
+}
+
+/// A row [`AppendMany`] wrote.
 struct Written {
-    #[diesel(sql_type = SqlUuid)]
     document_id: Uuid,
-    #[diesel(sql_type = BigInt)]
     version: i64,
 }
 
-/// Runs [`APPEND_MANY`] for `requests`; returns the rows written.
+/// Runs [`AppendMany`] for `requests`; returns the rows written.
 async fn insert(
     conn: &mut diesel_async::AsyncPgConnection,
     requests: &[&AppendRequest],
 ) -> Result<Vec<Written>, DieselError> {
     use diesel_async::RunQueryDsl;
-    let mut all = Rows::default();
-    let mut docs = Vec::new();
+    let mut rows = Rows::default();
+    let mut documents = Vec::new();
     let mut expected = Vec::new();
     for r in requests {
-        all.extend(&r.rows);
-        docs.extend(std::iter::repeat_n(r.document, r.ops.len()));
+        rows.extend(&r.rows);
+        documents.extend(std::iter::repeat_n(r.document, r.ops.len()));
         expected.extend(std::iter::repeat_n(r.rows.versions[0] - 1, r.ops.len()));
     }
-    diesel::sql_query(APPEND_MANY)
-        .bind::<Array<SqlUuid>, _>(&all.ids)
-        .bind::<Array<SqlUuid>, _>(&docs)
-        .bind::<Array<BigInt>, _>(&all.versions)
-        .bind::<Array<SqlUuid>, _>(&all.actors)
-        .bind::<Array<Text>, _>(&all.clients)
-        .bind::<Array<BigInt>, _>(&all.seqs)
-        .bind::<Array<Text>, _>(&all.types)
-        .bind::<Array<Integer>, _>(&all.positions)
-        .bind::<Array<Nullable<Text>>, _>(&all.contents)
-        .bind::<Array<Nullable<Jsonb>>, _>(&all.attributes)
-        .bind::<Array<Jsonb>, _>(&all.clocks)
-        .bind::<Array<Jsonb>, _>(&all.deltas)
-        .bind::<Array<BigInt>, _>(&expected)
-        .load::<Written>(conn)
-        .await
+    let written: Vec<(Uuid, i64)> = AppendMany {
+        rows: &rows,
+        documents: &documents,
+        expected: &expected,
+    }
+    .load(conn)
+    .await?;
+    Ok(written
+        .into_iter()
+        .map(|(document_id, version)| Written {
+            document_id,
+            version,
+        })
+        .collect())
 }
 
 /// Writes every request's batch with one statement (one WAL flush); returns
 /// each outcome.
-async fn commit_batch(
-    pool: &PgPool,
-    batch: &[AppendRequest],
-    known: &Mutex<HashSet<Uuid>>,
-) -> Vec<Result<Append, StoreError>> {
-    use diesel_async::RunQueryDsl;
+async fn commit_batch(pool: &PgPool, batch: &[&AppendRequest]) -> Vec<Result<Append, StoreError>> {
     let fail = |e: String| -> Vec<Result<Append, StoreError>> {
         batch
             .iter()
@@ -400,46 +486,20 @@ async fn commit_batch(
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let unknown: Vec<Uuid> = {
-        let known = known.lock().expect("lock");
-        batch
-            .iter()
-            .map(|r| r.document)
-            .filter(|d| !known.contains(d))
-            .collect()
-    };
-    // Two autocommit statements: the documents rows (idempotent), then the
-    // single atomic insert of every batch.
-    if !unknown.is_empty() {
-        let r = diesel::sql_query(
-            "INSERT INTO documents (id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
-        )
-        .bind::<Array<SqlUuid>, _>(&unknown)
-        .execute(&mut *conn)
-        .await;
-        if let Err(e) = r {
-            return fail(e.to_string());
-        }
-    }
-    let requests: Vec<&AppendRequest> = batch.iter().collect();
-    let written = insert(&mut conn, &requests).await;
-    let written = match written {
+    let written = match insert(&mut conn, batch).await {
         Ok(w) => w,
         Err(DieselError::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
-            // Another writer raced us on a version: one by one.
+            // An idempotency key is already committed: one by one, so only
+            // that request is answered `Duplicate`.
             drop(conn);
             let mut results = Vec::with_capacity(batch.len());
             for r in batch {
-                results.push(commit_one(pool, r, known).await);
+                results.push(commit_one(pool, r).await);
             }
             return results;
         }
         Err(e) => return fail(e.to_string()),
     };
-    known
-        .lock()
-        .expect("lock")
-        .extend(batch.iter().map(|r| r.document));
     let mut results = Vec::with_capacity(batch.len());
     for r in batch {
         let first = r.rows.versions[0];
@@ -457,27 +517,23 @@ async fn commit_batch(
     results
 }
 
-/// One request on its own (after the batch statement lost a race).
-async fn commit_one(
-    pool: &PgPool,
-    r: &AppendRequest,
-    known: &Mutex<HashSet<Uuid>>,
-) -> Result<Append, StoreError> {
-    use diesel_async::RunQueryDsl;
+/// One request on its own (after its batch's statement hit a committed
+/// idempotency key).
+async fn commit_one(pool: &PgPool, r: &AppendRequest) -> Result<Append, StoreError> {
     let mut conn = pool.get().await.map_err(StoreError::Unavailable)?;
-    diesel::insert_into(documents::table)
-        .values(documents::id.eq(r.document))
-        .on_conflict_do_nothing()
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    known.lock().expect("lock").insert(r.document);
-    let n = insert(&mut conn, &[r]).await.map(|w| w.len());
-    match n {
+    match insert(&mut conn, &[r]).await.map(|w| w.len()) {
         Ok(n) if n == r.ops.len() => Ok(Append::Committed),
-        Ok(0)
-        | Err(DieselError::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
-            explain_refusal(&mut conn, r.document, &r.ops).await
+        Ok(0) => explain_refusal(&mut conn, r.document, &r.ops).await,
+        Err(DieselError::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, e)) => {
+            match explain_refusal(&mut conn, r.document, &r.ops).await? {
+                duplicate @ Append::Duplicate { .. } => Ok(duplicate),
+                // The head matched but a version is taken: the log and the
+                // document's head disagree.
+                _ => Err(corrupt(format!(
+                    "operations past the document's head: {}",
+                    e.message()
+                ))),
+            }
         }
         Ok(n) => Err(corrupt(format!("append wrote {n} of {} rows", r.ops.len()))),
         Err(e) => Err(unavailable(e)),
@@ -686,5 +742,22 @@ impl OperationStore for PgStore {
         } else {
             Err(StoreError::Unavailable("database does not answer".into()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rounds;
+    use uuid::Uuid;
+
+    #[test]
+    fn rounds_keep_each_document_once_per_statement_and_in_order() {
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(rounds([a, b, c].into_iter()), vec![vec![0, 1, 2]]);
+        assert_eq!(
+            rounds([a, b, a, a, c, b].into_iter()),
+            vec![vec![0, 1, 4], vec![2, 5], vec![3]]
+        );
+        assert_eq!(rounds(std::iter::empty()), Vec::<Vec<usize>>::new());
     }
 }

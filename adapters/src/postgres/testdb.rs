@@ -28,8 +28,25 @@ struct Name {
     datname: String,
 }
 
+/// A database name no other test run uses, which a later run may drop once
+/// it is an hour old.
+pub fn fresh_name() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("relay_test_{now}_{}", uuid::Uuid::new_v4().simple())
+}
+
 /// Creates and migrates a database named `name`; returns its URL.
 pub async fn create_database(admin: &str, name: &str) -> Result<String, PgError> {
+    let url = create_empty_database(admin, name).await?;
+    let pool = PgPool::new(&url, &PoolSettings::default())?;
+    pool.run_migrations().await?;
+    Ok(url)
+}
+
+/// Creates a database named `name` without any schema; returns its URL.
+pub async fn create_empty_database(admin: &str, name: &str) -> Result<String, PgError> {
     let mut conn = AsyncPgConnection::establish(admin)
         .await
         .map_err(|e| PgError::Pool(format!("{admin}: {e}")))?;
@@ -60,10 +77,7 @@ pub async fn create_database(admin: &str, name: &str) -> Result<String, PgError>
         .execute(&mut conn)
         .await
         .map_err(|e| PgError::Pool(format!("CREATE DATABASE {name}: {e}")))?;
-    let url = with_database(admin, name);
-    let pool = PgPool::new(&url, &PoolSettings::default())?;
-    pool.run_migrations().await?;
-    Ok(url)
+    Ok(with_database(admin, name))
 }
 
 /// This process's test database, created on first use.
@@ -79,11 +93,7 @@ pub fn test_database() -> String {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let name = format!("relay_test_{now}_{}", uuid::Uuid::new_v4().simple());
-            rt.block_on(create_database(&admin_url(), &name))
+            rt.block_on(create_database(&admin_url(), &fresh_name()))
                 .unwrap_or_else(|e| {
                     panic!(
                         "cannot create the test database (is PostgreSQL running? see .ci/test): {e}"

@@ -639,3 +639,83 @@ where
     }
     assert_eq!(store.head(document).await, Ok(Version(ROUNDS)));
 }
+
+/// How many documents [`concurrent_appends_to_many_documents_each_get_their_own_answer`] uses.
+pub const DOCUMENTS: usize = 24;
+
+/// [`DOCUMENTS`] documents, each holding two ops, get one append each at
+/// the same moment: a third of them at the next version (`Committed`), a
+/// third at a taken version (`Conflict`), a third re-sending a committed
+/// idempotency key at the next version (`Duplicate`). A store that batches
+/// appends of many documents together must still answer each one on its
+/// own and write exactly the committed ones.
+pub async fn concurrent_appends_to_many_documents_each_get_their_own_answer<S, F, Fut>(
+    make: F,
+    spawn: &Spawn,
+) where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = Arc::new(make().await);
+    let mut documents = Vec::new();
+    for _ in 0..DOCUMENTS {
+        documents.push(document_with(&*store, 2).await);
+    }
+    let start = Arc::new(Barrier::new(DOCUMENTS));
+    let (results, mut answers) = mpsc::channel(DOCUMENTS);
+    for (i, (document, user, client_id, _)) in documents.iter().enumerate() {
+        let batch = match i % 3 {
+            0 => vec![op(3, *user, client_id, 3), op(4, *user, client_id, 4)],
+            1 => vec![op(2, *user, client_id, 3)],
+            _ => vec![op_with(3, *user, client_id, 1, "again")],
+        };
+        let (store, start, results, document) =
+            (store.clone(), start.clone(), results.clone(), *document);
+        spawn(Box::pin(async move {
+            start.wait().await;
+            let answer = store.append(document, &batch).await;
+            let _ = results.send((i, batch, answer)).await;
+        }));
+    }
+    drop(results);
+
+    let mut answered = 0;
+    while let Some((i, batch, answer)) = within("an append", answers.recv()).await {
+        answered += 1;
+        let (document, user, client_id, ops) = &documents[i];
+        let expected = match i % 3 {
+            0 => Append::Committed,
+            1 => Append::Conflict {
+                current: Version(2),
+            },
+            _ => Append::Duplicate {
+                user: *user,
+                client_id: client_id.clone(),
+                seq: Seq(1),
+                version: Version(1),
+            },
+        };
+        assert_eq!(
+            answer,
+            Ok(expected),
+            "document {i} of {DOCUMENTS} appended {} op(s) at version {}",
+            batch.len(),
+            batch[0].version
+        );
+        let mut held = ops.clone();
+        if i % 3 == 0 {
+            held.extend(batch);
+        }
+        assert_eq!(
+            all(&*store, *document).await,
+            held,
+            "document {i} must hold its own ops and exactly the committed append"
+        );
+        assert_eq!(head(&*store, *document).await, Version(held.len() as u64));
+    }
+    assert_eq!(
+        answered, DOCUMENTS,
+        "every append must answer (did one panic? patience {PATIENCE:?})"
+    );
+}
