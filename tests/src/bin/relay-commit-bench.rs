@@ -2,14 +2,21 @@
 //!
 //! Runs the real application layer in process (rooms, sequencer, group
 //! commit) on the PostgreSQL store, with writers that behave like clients:
-//! one submit in flight each, the next sent when the ack arrives, based on
-//! the last version they know (so the server rebases). Latency is submit to
-//! ack, which includes the durable append. Scenarios: one hot document with
-//! 50 writers, and 100 documents with 5 writers each.
+//! one submit in flight each, based on the last version they know (so the
+//! server rebases). Latency is submit to ack, which includes the durable
+//! append. Scenarios:
+//!
+//! 1. one hot document, 50 writers, closed loop (the next submit on the ack);
+//! 2. 100 documents with 5 writers each, closed loop;
+//! 3. the hot document offered 5,000 ops/s (open loop, 100 ops/s per writer);
+//! 4. the 100 documents offered 20,000 ops/s (40 ops/s per writer).
+//!
+//! Every writer joins and commits one unmeasured submit before the clock
+//! starts.
 //!
 //! ```text
 //! cargo build --release -p relay-tests --bin relay-commit-bench
-//! target/release/relay-commit-bench            # RELAY_TEST_DATABASE_URL or local PostgreSQL
+//! target/release/relay-commit-bench [SCENARIO...]   # RELAY_TEST_DATABASE_URL or local PostgreSQL
 //! ```
 
 use async_trait::async_trait;
@@ -92,7 +99,27 @@ struct Outcome {
     latencies: Vec<Duration>,
 }
 
-async fn writer(relay: Relay, keys: Arc<DevKeys>, doc: DocumentId, ops: usize) -> Outcome {
+/// How a writer submits.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// The next submit as soon as the previous one is acked: the load the
+    /// server can sustain (closed loop).
+    Closed,
+    /// One submit every `1/rate` seconds (open loop); a submit whose time
+    /// comes while the previous one is still unacked goes out on the ack,
+    /// and its latency counts from when it was due, so a slow server
+    /// cannot hide its queueing.
+    Rate(f64),
+}
+
+async fn writer(
+    relay: Relay,
+    keys: Arc<DevKeys>,
+    doc: DocumentId,
+    ops: usize,
+    pace: Pace,
+    start: Arc<tokio::sync::Barrier>,
+) -> Outcome {
     let user = Uuid::new_v4();
     let mut docs = BTreeMap::new();
     docs.insert("*".to_owned(), Role::Editor);
@@ -116,39 +143,63 @@ async fn writer(relay: Relay, keys: Arc<DevKeys>, doc: DocumentId, ops: usize) -
     let joined = next(&mut started.outbound).await;
     assert_eq!(joined.kind, "joined", "expected joined, got {joined:?}");
     let mut base = Version(joined.version.expect("joined has a version"));
+    // One unmeasured submit first: a client's first submit also makes the
+    // room look up what the store knows of it.
+    base = submit(&mut started, Seq(1), base).await;
+    start.wait().await;
+    let began = tokio::time::Instant::now();
+    let phase = Duration::from_secs_f64(rand_unit(user) * period(pace).as_secs_f64());
     let mut latencies = Vec::with_capacity(ops);
-    for i in 1..=ops {
-        let mut delta = Delta::new();
-        delta.insert("x");
-        let sent = Instant::now();
-        started
-            .session
-            .handle(ClientMessage::Submit {
-                seq: Seq(i as u64),
-                base,
-                delta,
-            })
-            .await;
-        loop {
-            let frame = next(&mut started.outbound).await;
-            match frame.kind.as_str() {
-                "ack" => {
-                    latencies.push(sent.elapsed());
-                    base = Version(frame.version.expect("an ack has a version"));
-                    break;
-                }
-                "ops" => {
-                    if let Some(last) = frame.ops.as_deref().and_then(<[FrameOp]>::last) {
-                        base = base.max(Version(last.version));
-                    }
-                }
-                "error" => panic!("submit refused: {frame:?}"),
-                _ => {}
+    for i in 0..ops {
+        let due = match pace {
+            Pace::Closed => tokio::time::Instant::now(),
+            Pace::Rate(_) => {
+                let due = began + phase + period(pace) * i as u32;
+                tokio::time::sleep_until(due).await;
+                due
             }
-        }
+        };
+        base = submit(&mut started, Seq(i as u64 + 2), base).await;
+        latencies.push(due.elapsed());
     }
     started.session.close("done").await;
     Outcome { latencies }
+}
+
+fn period(pace: Pace) -> Duration {
+    match pace {
+        Pace::Closed => Duration::ZERO,
+        Pace::Rate(r) => Duration::from_secs_f64(1.0 / r),
+    }
+}
+
+/// A number in [0, 1) from a writer's id, to spread writers' phases.
+fn rand_unit(id: Uuid) -> f64 {
+    (id.as_u128() % 1_000_000) as f64 / 1_000_000.0
+}
+
+/// Submits one insert and waits for its ack; returns the newest version
+/// seen.
+async fn submit(started: &mut relay_ports::Started, seq: Seq, mut base: Version) -> Version {
+    let mut delta = Delta::new();
+    delta.insert("x");
+    started
+        .session
+        .handle(ClientMessage::Submit { seq, base, delta })
+        .await;
+    loop {
+        let frame = next(&mut started.outbound).await;
+        match frame.kind.as_str() {
+            "ack" => return Version(frame.version.expect("an ack has a version")),
+            "ops" => {
+                if let Some(last) = frame.ops.as_deref().and_then(<[FrameOp]>::last) {
+                    base = base.max(Version(last.version));
+                }
+            }
+            "error" => panic!("submit refused: {frame:?}"),
+            _ => {}
+        }
+    }
 }
 
 /// What a writer reads of a frame: the bench decodes only the fields it
@@ -184,6 +235,7 @@ async fn scenario(
     documents: usize,
     writers_per_doc: usize,
     ops_per_writer: usize,
+    pace: Pace,
     url: &str,
 ) {
     let keys = Arc::new(DevKeys::from_seed([5; 32]));
@@ -203,7 +255,9 @@ async fn scenario(
     adapters.store = store.clone();
     let relay = Relay::new(config, adapters, Vec::new());
     let docs: Vec<DocumentId> = (0..documents).map(|_| DocumentId(Uuid::new_v4())).collect();
-    let started = Instant::now();
+    let writers = documents * writers_per_doc;
+    // Everyone joins and warms up; the clock starts when the last is ready.
+    let start = Arc::new(tokio::sync::Barrier::new(writers + 1));
     let mut tasks = Vec::new();
     for doc in &docs {
         for _ in 0..writers_per_doc {
@@ -212,9 +266,18 @@ async fn scenario(
                 keys.clone(),
                 *doc,
                 ops_per_writer,
+                pace,
+                start.clone(),
             )));
         }
     }
+    start.wait().await;
+    let (appends0, ops0) = (
+        store.appends.load(Ordering::Relaxed),
+        store.ops.load(Ordering::Relaxed),
+    );
+    store.largest.store(0, Ordering::Relaxed);
+    let started = Instant::now();
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await.expect("writer").latencies);
@@ -222,9 +285,13 @@ async fn scenario(
     let elapsed = started.elapsed();
     latencies.sort();
     let total = latencies.len();
-    let appends = store.appends.load(Ordering::Relaxed).max(1);
+    let appends = (store.appends.load(Ordering::Relaxed) - appends0).max(1);
+    let offered = match pace {
+        Pace::Closed => "closed loop".to_owned(),
+        Pace::Rate(r) => format!("offered {:.0} ops/s", r * writers as f64),
+    };
     println!(
-        "{name}: {total} ops committed in {:.2} s = {:.0} ops/s; commit latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+        "{name} ({offered}): {total} ops committed in {:.2} s = {:.0} ops/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
          group commit: {} appends, {:.1} ops per append on average, largest {}",
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64(),
@@ -232,7 +299,7 @@ async fn scenario(
         pct(&latencies, 0.99),
         latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         appends,
-        store.ops.load(Ordering::Relaxed) as f64 / appends as f64,
+        (store.ops.load(Ordering::Relaxed) - ops0) as f64 / appends as f64,
         store.largest.load(Ordering::Relaxed),
     );
 }
@@ -247,8 +314,27 @@ fn main() {
         "database: a fresh database on {}",
         testdb::admin_url().rsplit('@').next().unwrap_or("")
     );
+    // Scenario numbers to run (all by default).
+    let only: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("scenario numbers: 1 to 4"))
+        .collect();
+    let run = |n: usize| only.is_empty() || only.contains(&n);
     runtime.block_on(async {
-        scenario("one hot document, 50 writers", 1, 50, 400, &url).await;
-        scenario("100 documents, 5 writers each", 100, 5, 60, &url).await;
+        let hot = "one hot document, 50 writers";
+        let many = "100 documents, 5 writers each";
+        if run(1) {
+            scenario(hot, 1, 50, 400, Pace::Closed, &url).await;
+        }
+        if run(2) {
+            scenario(many, 100, 5, 100, Pace::Closed, &url).await;
+        }
+        // The targets' rates: 5,000 ops/s on one document, 20,000 in total.
+        if run(3) {
+            scenario(hot, 1, 50, 400, Pace::Rate(100.0), &url).await;
+        }
+        if run(4) {
+            scenario(many, 100, 5, 200, Pace::Rate(40.0), &url).await;
+        }
     });
 }
