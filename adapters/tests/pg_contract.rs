@@ -132,3 +132,99 @@ async fn the_head_migration_takes_each_head_from_the_log() {
         Ok(Append::Committed)
     );
 }
+
+#[derive(diesel::QueryableByName, Debug, PartialEq)]
+struct SeedColumns {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    operation_type: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    position: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    content: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    bold: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    clock: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    delta_type: String,
+}
+
+/// The seed's columns hold real JSON derived from each delta, not JSON
+/// text in a string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_row_holds_the_seed_columns_derived_from_its_delta() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use relay_domain::{Attributes, ClientId, CommittedOp, Delta, Seq, Version};
+    use relay_ports::{Append, OperationStore};
+
+    let store = PgStore::new(pool());
+    let document = DocumentId(uuid::Uuid::new_v4());
+    let user = UserId(uuid::Uuid::new_v4());
+    let client_id = ClientId::new("tab").expect("id");
+    let op = |version: u64, seq: u64, delta: Delta| CommittedOp {
+        version: Version(version),
+        user,
+        client_id: client_id.clone(),
+        seq: Seq(seq),
+        delta,
+    };
+    let mut first = Delta::new();
+    first.insert("hello");
+    let mut second = Delta::new();
+    second
+        .retain(2)
+        .insert_with("yy", Attributes::default().with("bold", true));
+    let mut third = Delta::new();
+    third.retain(1).delete(3);
+    assert_eq!(
+        store
+            .append(
+                document,
+                &[op(1, 7, first), op(2, 8, second), op(3, 9, third)]
+            )
+            .await,
+        Ok(Append::Committed)
+    );
+
+    let mut conn = AsyncPgConnection::establish(&testdb::test_database())
+        .await
+        .expect("connect");
+    let rows: Vec<SeedColumns> = diesel::sql_query(
+        "SELECT operation_type, position, content, attributes->>'bold' AS bold,
+                vector_clock::text AS clock, jsonb_typeof(delta) AS delta_type
+         FROM operations WHERE document_id = $1 ORDER BY version",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(document.0)
+    .load(&mut conn)
+    .await
+    .expect("rows");
+    let row =
+        |t: &str, position, content: Option<&str>, bold: Option<&str>, clock: &str| SeedColumns {
+            operation_type: t.into(),
+            position,
+            content: content.map(Into::into),
+            bold: bold.map(Into::into),
+            clock: clock.into(),
+            delta_type: "array".into(),
+        };
+    assert_eq!(
+        rows,
+        vec![
+            row(
+                "insert",
+                0,
+                Some("hello"),
+                None,
+                r#"{"client": 7, "server": 0}"#
+            ),
+            row(
+                "insert",
+                2,
+                Some("yy"),
+                Some("true"),
+                r#"{"client": 8, "server": 1}"#
+            ),
+            row("delete", 1, None, None, r#"{"client": 9, "server": 2}"#),
+        ]
+    );
+}

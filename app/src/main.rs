@@ -14,6 +14,13 @@ use std::sync::Arc;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+// jemalloc: the write path allocates and frees many small buffers across
+// threads; with glibc's malloc, malloc and free were about a third of the
+// server's CPU time in `relay-commit-bench` (see the README's Performance
+// section for the figures with each).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "relay", version, about = "Real-time collaboration server")]
 struct Cli {

@@ -10,11 +10,11 @@ use super::PgPool;
 use super::schema::{documents, operations, snapshots};
 use async_trait::async_trait;
 use diesel::result::Error as DieselError;
-use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Uuid as SqlUuid};
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, Queryable};
 use relay_domain::{ClientId, CommittedOp, Component, Delta, DocumentId, Seq, UserId, Version};
 use relay_ports::{Append, Loaded, OperationStore, Snapshot, StoreError};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -107,12 +107,12 @@ fn content(delta: &Delta) -> Option<String> {
 }
 
 /// The formatting a delta applies (the first non-empty attribute map).
-fn attributes(delta: &Delta) -> Option<Value> {
+fn attributes(delta: &Delta) -> Option<String> {
     delta.components().iter().find_map(|c| match c {
         Component::Retain { attributes, .. } | Component::Insert { attributes, .. }
             if !attributes.is_empty() =>
         {
-            serde_json::to_value(attributes).ok()
+            serde_json::to_string(attributes).ok()
         }
         _ => None,
     })
@@ -212,9 +212,11 @@ struct Rows {
     types: Vec<String>,
     positions: Vec<i32>,
     contents: Vec<Option<String>>,
-    attributes: Vec<Option<Value>>,
-    clocks: Vec<Value>,
-    deltas: Vec<Value>,
+    /// JSON text (PostgreSQL parses it into `jsonb` anyway; building
+    /// `serde_json::Value` trees first only costs allocations).
+    attributes: Vec<Option<String>>,
+    clocks: Vec<String>,
+    deltas: Vec<String>,
 }
 
 impl Rows {
@@ -258,10 +260,13 @@ impl Rows {
             r.positions.push(position(&op.delta));
             r.contents.push(content(&op.delta));
             r.attributes.push(attributes(&op.delta));
-            r.clocks
-                .push(json!({"server": op.version.0 - 1, "client": op.seq.0}));
+            r.clocks.push(format!(
+                r#"{{"server":{},"client":{}}}"#,
+                op.version.0 - 1,
+                op.seq.0
+            ));
             r.deltas
-                .push(serde_json::to_value(&op.delta).map_err(corrupt)?);
+                .push(serde_json::to_string(&op.delta).map_err(corrupt)?);
         }
         Ok(r)
     }
@@ -385,7 +390,7 @@ won AS (SELECT id FROM created UNION ALL SELECT id FROM advanced)
 INSERT INTO operations (id, document_id, version, actor_id, client_id, seq, operation_type,
                         position, content, attributes, vector_clock, delta)
 SELECT b.id, b.document_id, b.version, b.actor_id, b.client_id, b.seq, b.operation_type,
-       b.position, b.content, b.attributes, b.vector_clock, b.delta
+       b.position, b.content, b.attributes::jsonb, b.vector_clock::jsonb, b.delta::jsonb
 FROM b JOIN won ON won.id = b.document_id
 RETURNING document_id, version",
 ];
@@ -425,11 +430,11 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for AppendMany<'_> {
         out.push_sql(sql[8]);
         out.push_bind_param::<Array<Nullable<Text>>, _>(&r.contents)?;
         out.push_sql(sql[9]);
-        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&r.attributes)?;
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&r.attributes)?;
         out.push_sql(sql[10]);
-        out.push_bind_param::<Array<Jsonb>, _>(&r.clocks)?;
+        out.push_bind_param::<Array<Text>, _>(&r.clocks)?;
         out.push_sql(sql[11]);
-        out.push_bind_param::<Array<Jsonb>, _>(&r.deltas)?;
+        out.push_bind_param::<Array<Text>, _>(&r.deltas)?;
         out.push_sql(sql[12]);
         out.push_bind_param::<Array<BigInt>, _>(self.expected)?;
         out.push_sql(sql[13]);

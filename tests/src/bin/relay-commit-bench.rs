@@ -37,6 +37,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+// The allocator the `relay` binary uses, so the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The PostgreSQL store, counting appends and appended ops.
 struct Counting {
     inner: PgStore,
