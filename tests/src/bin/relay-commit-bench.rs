@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! cargo build --release -p relay-tests --bin relay-commit-bench
-//! target/release/relay-commit-bench [SCENARIO...]   # RELAY_TEST_DATABASE_URL or local PostgreSQL
+//! target/release/relay-commit-bench [SCENARIO...] [timeline]   # RELAY_TEST_DATABASE_URL or local PostgreSQL
 //! ```
 
 use async_trait::async_trait;
@@ -100,7 +100,8 @@ impl OperationStore for Counting {
 }
 
 struct Outcome {
-    latencies: Vec<Duration>,
+    /// When each submit was due (since the clock started) and its latency.
+    latencies: Vec<(Duration, Duration)>,
 }
 
 /// How a writer submits.
@@ -164,7 +165,7 @@ async fn writer(
             }
         };
         base = submit(&mut started, Seq(i as u64 + 2), base).await;
-        latencies.push(due.elapsed());
+        latencies.push((due - began, due.elapsed()));
     }
     started.session.close("done").await;
     Outcome { latencies }
@@ -241,6 +242,7 @@ async fn scenario(
     ops_per_writer: usize,
     pace: Pace,
     url: &str,
+    timeline: bool,
 ) {
     let keys = Arc::new(DevKeys::from_seed([5; 32]));
     let config = Config {
@@ -282,11 +284,12 @@ async fn scenario(
     );
     store.largest.store(0, Ordering::Relaxed);
     let started = Instant::now();
-    let mut latencies = Vec::new();
+    let mut samples = Vec::new();
     for t in tasks {
-        latencies.extend(t.await.expect("writer").latencies);
+        samples.extend(t.await.expect("writer").latencies);
     }
     let elapsed = started.elapsed();
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.1).collect();
     latencies.sort();
     let total = latencies.len();
     let appends = (store.appends.load(Ordering::Relaxed) - appends0).max(1);
@@ -306,6 +309,25 @@ async fn scenario(
         (store.ops.load(Ordering::Relaxed) - ops0) as f64 / appends as f64,
         store.largest.load(Ordering::Relaxed),
     );
+    if timeline {
+        // Latency by when the submit was due, per 100 ms: a stall of the
+        // whole system shows as a spike in every writer at once.
+        let mut slots: BTreeMap<u128, Vec<Duration>> = BTreeMap::new();
+        for (due, latency) in samples {
+            slots
+                .entry(due.as_millis() / 100)
+                .or_default()
+                .push(latency);
+        }
+        let line: Vec<String> = slots
+            .into_iter()
+            .map(|(slot, mut l)| {
+                l.sort();
+                format!("{:.1}s:{:.0}", slot as f64 / 10.0, pct(&l, 0.5))
+            })
+            .collect();
+        println!("  p50 ms by due time: {}", line.join(" "));
+    }
 }
 
 fn main() {
@@ -318,27 +340,34 @@ fn main() {
         "database: a fresh database on {}",
         testdb::admin_url().rsplit('@').next().unwrap_or("")
     );
-    // Scenario numbers to run (all by default).
-    let only: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("scenario numbers: 1 to 4"))
+    // Scenario numbers to run (all by default); `timeline` adds latency by
+    // time.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let timeline = args.iter().any(|a| a == "timeline");
+    let only: Vec<usize> = args
+        .iter()
+        .filter(|a| *a != "timeline")
+        .map(|a| {
+            a.parse()
+                .expect("arguments: scenario numbers 1 to 4, or `timeline`")
+        })
         .collect();
     let run = |n: usize| only.is_empty() || only.contains(&n);
     runtime.block_on(async {
         let hot = "one hot document, 50 writers";
         let many = "100 documents, 5 writers each";
         if run(1) {
-            scenario(hot, 1, 50, 400, Pace::Closed, &url).await;
+            scenario(hot, 1, 50, 400, Pace::Closed, &url, timeline).await;
         }
         if run(2) {
-            scenario(many, 100, 5, 100, Pace::Closed, &url).await;
+            scenario(many, 100, 5, 100, Pace::Closed, &url, timeline).await;
         }
         // The targets' rates: 5,000 ops/s on one document, 20,000 in total.
         if run(3) {
-            scenario(hot, 1, 50, 400, Pace::Rate(100.0), &url).await;
+            scenario(hot, 1, 50, 400, Pace::Rate(100.0), &url, timeline).await;
         }
         if run(4) {
-            scenario(many, 100, 5, 200, Pace::Rate(40.0), &url).await;
+            scenario(many, 100, 5, 200, Pace::Rate(40.0), &url, timeline).await;
         }
     });
 }
