@@ -102,6 +102,9 @@ impl OperationStore for Counting {
 struct Outcome {
     /// When each submit was due (since the clock started) and its latency.
     latencies: Vec<(Duration, Duration)>,
+    /// The unmeasured first submit's latency (all writers at once, while
+    /// the others join).
+    first: Duration,
 }
 
 /// How a writer submits.
@@ -150,7 +153,9 @@ async fn writer(
     let mut base = Version(joined.version.expect("joined has a version"));
     // One unmeasured submit first: a client's first submit also makes the
     // room look up what the store knows of it.
+    let sent = tokio::time::Instant::now();
     base = submit(&mut started, Seq(1), base).await;
+    let first = sent.elapsed();
     start.wait().await;
     let began = tokio::time::Instant::now();
     let phase = Duration::from_secs_f64(rand_unit(user) * period(pace).as_secs_f64());
@@ -168,7 +173,7 @@ async fn writer(
         latencies.push((due - began, due.elapsed()));
     }
     started.session.close("done").await;
-    Outcome { latencies }
+    Outcome { latencies, first }
 }
 
 fn period(pace: Pace) -> Duration {
@@ -285,9 +290,13 @@ async fn scenario(
     store.largest.store(0, Ordering::Relaxed);
     let started = Instant::now();
     let mut samples = Vec::new();
+    let mut firsts = Vec::new();
     for t in tasks {
-        samples.extend(t.await.expect("writer").latencies);
+        let outcome = t.await.expect("writer");
+        samples.extend(outcome.latencies);
+        firsts.push(outcome.first);
     }
+    firsts.sort();
     let elapsed = started.elapsed();
     let mut latencies: Vec<Duration> = samples.iter().map(|s| s.1).collect();
     latencies.sort();
@@ -308,6 +317,11 @@ async fn scenario(
         appends,
         (store.ops.load(Ordering::Relaxed) - ops0) as f64 / appends as f64,
         store.largest.load(Ordering::Relaxed),
+    );
+    println!(
+        "  warm-up (not counted above): each writer's first submit after joining, all at once: p50 {:.2} ms, max {:.2} ms",
+        pct(&firsts, 0.5),
+        firsts.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     );
     if timeline {
         // Latency by when the submit was due, per 100 ms: a stall of the
