@@ -33,6 +33,9 @@ const MAX_APPEND_ATTEMPTS: usize = 8;
 /// Catch-up ops beyond the in-memory history are read from the store up to
 /// this many; past it `joined` carries the content instead.
 const MAX_CATCH_UP_FROM_STORE: usize = 10_000;
+/// How many store lookups of new clients a room has in flight at once
+/// (a few: more only open pool connections).
+const LOOKUPS_AT_ONCE: usize = 4;
 /// How many commands are taken from the mailbox per turn (the group-commit
 /// window is whatever arrived during the previous append).
 const MAILBOX_TURN: usize = 512;
@@ -490,6 +493,7 @@ impl Room {
     }
 
     async fn commit_batch(&mut self, mut batch: Vec<Pending>) {
+        self.learn_clients(&batch).await;
         for attempt in 1..=MAX_APPEND_ATTEMPTS {
             let mut proposed = Vec::with_capacity(batch.len());
             for mut p in batch {
@@ -543,6 +547,46 @@ impl Room {
         );
     }
 
+    /// Asks the store what it knows of the batch's clients the sequencer
+    /// has not seen (their last committed seq), [`LOOKUPS_AT_ONCE`] at a
+    /// time rather than one after another while the room waits, so a burst
+    /// of new clients costs a quarter of the round trips to a remote
+    /// database. A client the store knows nothing of is remembered as such,
+    /// so it is not looked up again. A failed lookup is left to
+    /// [`Room::propose`], which answers that submit.
+    async fn learn_clients(&mut self, batch: &[Pending]) {
+        let mut unknown: Vec<(UserId, ClientId)> = Vec::new();
+        for p in batch {
+            let (user, client) = (p.submission.user, &p.submission.client_id);
+            if !self.seq.knows_client(user, client)
+                && !unknown.iter().any(|(u, c)| *u == user && c == client)
+            {
+                unknown.push((user, client.clone()));
+            }
+        }
+        if unknown.is_empty() {
+            return;
+        }
+        let (store, document) = (&self.deps.store, self.document);
+        let mut answers = Vec::with_capacity(unknown.len());
+        for chunk in unknown.chunks(LOOKUPS_AT_ONCE) {
+            answers.extend(
+                futures::future::join_all(
+                    chunk
+                        .iter()
+                        .map(|(user, client)| store.last_seq(document, *user, client)),
+                )
+                .await,
+            );
+        }
+        let now = self.now();
+        for ((user, client), answer) in unknown.iter().zip(answers) {
+            if let Ok(last) = answer {
+                self.seq.remember_client(*user, client, last, now);
+            }
+        }
+    }
+
     /// Proposes one submit. Returns whether it is now pending (answered
     /// later); otherwise it has been answered.
     async fn propose(&mut self, p: &Pending) -> bool {
@@ -554,11 +598,9 @@ impl Room {
                 .last_seq(self.document, sub.user, &sub.client_id)
                 .await
             {
-                Ok(Some((seq, version))) => {
-                    self.seq
-                        .remember_client(sub.user, &sub.client_id, seq, version, self.now())
-                }
-                Ok(None) => {}
+                Ok(last) => self
+                    .seq
+                    .remember_client(sub.user, &sub.client_id, last, self.now()),
                 Err(e) => {
                     self.fail(
                         std::slice::from_ref(p),

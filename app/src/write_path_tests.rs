@@ -13,18 +13,25 @@ use relay_adapters::memory::{
 use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
 use relay_ports::protocol::{ErrorCode, Join, Role, ServerMessage};
 use relay_ports::store::MockOperationStore;
-use relay_ports::{Append, ClientMessage, CollaborationService, Loaded, Outbound, StoreError};
+use relay_ports::{
+    Append, ClientMessage, CollaborationService, Loaded, OperationStore, Outbound, Snapshot,
+    StoreError,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
 fn relay_with(store: MockOperationStore, keys: &DevKeys) -> Relay {
+    relay_on(Arc::new(store), keys)
+}
+
+fn relay_on(store: Arc<dyn OperationStore>, keys: &DevKeys) -> Relay {
     let clock = Arc::new(TokioClock::new());
     let verifier = JwtVerifier::new(JwtConfig::default());
     verifier.set_keys(keys.key_set());
     let adapters = Adapters {
-        store: Arc::new(store),
+        store,
         bus: Arc::new(MemoryBus::new()),
         presence: Arc::new(MemoryPresence::new(clock.clone())),
         permissions: Arc::new(ClaimsPermissions),
@@ -195,4 +202,113 @@ async fn losing_a_version_to_another_instance_catches_up_and_commits_at_the_next
             version: Version(2)
         }
     );
+}
+
+/// The in-memory store, whose `last_seq` answers only once `N` lookups are
+/// in flight together: a room that looked its clients up one after another
+/// would wait forever.
+struct LookupsTogether {
+    inner: relay_adapters::memory::MemoryStore,
+    gate: tokio::sync::Barrier,
+}
+
+#[async_trait::async_trait]
+impl OperationStore for LookupsTogether {
+    async fn append(&self, d: DocumentId, ops: &[CommittedOp]) -> Result<Append, StoreError> {
+        self.inner.append(d, ops).await
+    }
+    async fn load(&self, d: DocumentId) -> Result<Loaded, StoreError> {
+        self.inner.load(d).await
+    }
+    async fn read(
+        &self,
+        d: DocumentId,
+        after: Version,
+        limit: usize,
+    ) -> Result<Vec<CommittedOp>, StoreError> {
+        self.inner.read(d, after, limit).await
+    }
+    async fn head(&self, d: DocumentId) -> Result<Version, StoreError> {
+        self.inner.head(d).await
+    }
+    async fn find(
+        &self,
+        d: DocumentId,
+        u: UserId,
+        c: &ClientId,
+        s: Seq,
+    ) -> Result<Option<Version>, StoreError> {
+        self.inner.find(d, u, c, s).await
+    }
+    async fn last_seq(
+        &self,
+        d: DocumentId,
+        u: UserId,
+        c: &ClientId,
+    ) -> Result<Option<(Seq, Version)>, StoreError> {
+        self.gate.wait().await;
+        self.inner.last_seq(d, u, c).await
+    }
+    async fn save_snapshot(&self, d: DocumentId, s: Snapshot) -> Result<(), StoreError> {
+        self.inner.save_snapshot(d, s).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn new_clients_first_submits_in_one_turn_are_looked_up_together_and_each_committed_once() {
+    const CLIENTS: usize = 3;
+    let keys = DevKeys::from_seed([3; 32]);
+    let store = Arc::new(LookupsTogether {
+        inner: relay_adapters::memory::MemoryStore::new(),
+        gate: tokio::sync::Barrier::new(CLIENTS),
+    });
+    let relay = relay_on(store.clone(), &keys);
+    let document = DocumentId(Uuid::new_v4());
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let join = Join {
+            client_id: ClientId::new(format!("tab-{i}")).unwrap(),
+            token: Some(token(&keys, Uuid::new_v4())),
+            since: None,
+        };
+        let mut started = relay
+            .join(relay.admit().unwrap(), document, None, join)
+            .await
+            .unwrap();
+        assert!(matches!(
+            next(&mut started.outbound).await,
+            ServerMessage::Joined { .. }
+        ));
+        clients.push(started);
+    }
+    // Every first submit is in the room's mailbox before the room runs.
+    for c in &mut clients {
+        c.session
+            .handle(ClientMessage::Submit {
+                seq: Seq(1),
+                base: Version(0),
+                delta: insert("x"),
+            })
+            .await;
+    }
+    let mut versions = Vec::new();
+    for c in &mut clients {
+        loop {
+            match next(&mut c.outbound).await {
+                ServerMessage::Ack { seq, version } => {
+                    assert_eq!(seq, Seq(1));
+                    versions.push(version);
+                    break;
+                }
+                ServerMessage::Ops { .. } | ServerMessage::Presence { .. } => {}
+                other => panic!("expected an ack, got {other:?}"),
+            }
+        }
+    }
+    versions.sort();
+    assert_eq!(versions, vec![Version(1), Version(2), Version(3)]);
+    assert_eq!(store.head(document).await, Ok(Version(3)));
 }

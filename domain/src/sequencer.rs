@@ -134,8 +134,9 @@ impl Default for SequencerConfig {
 
 #[derive(Clone, Debug)]
 struct ClientRecord {
-    last_seq: Seq,
-    version: Version,
+    /// The client's last committed seq and its version; `None` once the
+    /// store said it has committed nothing.
+    last: Option<(Seq, Version)>,
     seen: Timestamp,
 }
 
@@ -228,18 +229,20 @@ impl Sequencer {
         {
             return Ok(Proposed::Pending(p.version));
         }
-        match self.record(sub.user, &sub.client_id) {
-            Some(r) if r.last_seq == sub.seq => return Ok(Proposed::Duplicate(r.version)),
-            Some(r) if sub.seq < r.last_seq => {
-                let last = r.last_seq;
+        match self.record(sub.user, &sub.client_id).map(|r| r.last) {
+            Some(Some((last, version))) if last == sub.seq => {
+                return Ok(Proposed::Duplicate(version));
+            }
+            Some(Some((last, _))) if sub.seq < last => {
                 return match self.find_committed(sub.user, &sub.client_id, sub.seq) {
                     Some(v) => Ok(Proposed::Duplicate(v)),
                     None => Err(Rejection::OutOfOrder { seq: sub.seq, last }),
                 };
             }
-            Some(_) => {}
-            // Not remembered (new, or forgotten): history may still know it.
-            None => {
+            Some(Some(_)) => {}
+            // Not remembered (new, or forgotten), or nothing committed as
+            // far as the store knew: history may still know it.
+            Some(None) | None => {
                 if let Some(v) = self.find_committed(sub.user, &sub.client_id, sub.seq) {
                     return Ok(Proposed::Duplicate(v));
                 }
@@ -316,18 +319,19 @@ impl Sequencer {
         Ok(Proposed::New(at))
     }
 
-    /// Seeds what the store knows of a client the sequencer has not seen
-    /// (its last committed seq and that op's version), so duplicates and
-    /// out-of-order seqs from before this sequencer's history are caught.
+    /// Seeds what the store knows of a client the sequencer has not seen:
+    /// its last committed seq and that op's version, or `None` if it has
+    /// committed nothing. Duplicates and out-of-order seqs from before this
+    /// sequencer's history are then caught, and the client counts as known
+    /// (see [`Sequencer::knows_client`]). Never moves a record back.
     pub fn remember_client(
         &mut self,
         user: UserId,
         client_id: &ClientId,
-        last_seq: Seq,
-        version: Version,
+        last: Option<(Seq, Version)>,
         now: Timestamp,
     ) {
-        Self::remember(&mut self.clients, user, client_id, last_seq, version, now);
+        Self::remember(&mut self.clients, user, client_id, last, now);
     }
 
     /// Whether the sequencer knows the client's last committed seq.
@@ -351,8 +355,7 @@ impl Sequencer {
                 &mut self.clients,
                 op.user,
                 &op.client_id,
-                op.seq,
-                op.version,
+                Some((op.seq, op.version)),
                 now,
             );
             self.history.push_back(Entry { op, at: now });
@@ -406,8 +409,7 @@ impl Sequencer {
             &mut self.clients,
             op.user,
             &op.client_id,
-            op.seq,
-            op.version,
+            Some((op.seq, op.version)),
             now,
         );
         self.history.push_back(Entry { op, at: now });
@@ -448,21 +450,16 @@ impl Sequencer {
         clients: &mut HashMap<ClientId, ClientRecords>,
         user: UserId,
         client_id: &ClientId,
-        seq: Seq,
-        version: Version,
+        last: Option<(Seq, Version)>,
         now: Timestamp,
     ) {
-        let rec = ClientRecord {
-            last_seq: seq,
-            version,
-            seen: now,
-        };
+        let rec = ClientRecord { last, seen: now };
         let records = match clients.get_mut(client_id.as_str()) {
             Some(r) => r,
             None => clients.entry(client_id.clone()).or_default(),
         };
         match records.iter_mut().find(|(u, _)| *u == user) {
-            Some((_, r)) if r.last_seq > seq => r.seen = now,
+            Some((_, r)) if r.last.map(|l| l.0) > last.map(|l| l.0) => r.seen = now,
             Some((_, r)) => *r = rec,
             None => records.push((user, rec)),
         }
@@ -573,6 +570,40 @@ mod tests {
         assert_eq!(again, Ok(Proposed::Duplicate(Version(1))));
         assert_eq!(s.version(), Version(2));
         assert_eq!(s.pending().len(), 0);
+    }
+
+    #[test]
+    fn a_client_the_store_knows_nothing_of_is_known_and_its_commits_win() {
+        let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
+        let (user, client) = (UserId(Uuid::from_u128(1)), ClientId::new("a").unwrap());
+        assert!(!s.knows_client(user, &client));
+        s.remember_client(user, &client, None, Timestamp(0));
+        assert!(
+            s.knows_client(user, &client),
+            "no committed op is knowledge too"
+        );
+        // Any seq is new; once committed, it is remembered over `None`.
+        commit_one(&mut s, sub(1, "a", 3, 0, ins(0, "x")));
+        s.remember_client(user, &client, None, Timestamp(1));
+        assert_eq!(
+            s.propose(&sub(1, "a", 3, 1, ins(0, "again"))),
+            Ok(Proposed::Duplicate(Version(1))),
+            "a stale `None` must not move the record back"
+        );
+        assert_eq!(
+            s.propose(&sub(1, "a", 2, 1, ins(0, "old"))),
+            Err(Rejection::OutOfOrder {
+                seq: Seq(2),
+                last: Seq(3)
+            })
+        );
+        // The store's answer for a client seeds duplicates before history.
+        let other = ClientId::new("b").unwrap();
+        s.remember_client(user, &other, Some((Seq(9), Version(1))), Timestamp(2));
+        assert_eq!(
+            s.propose(&sub(1, "b", 9, 1, ins(0, "y"))),
+            Ok(Proposed::Duplicate(Version(1)))
+        );
     }
 
     #[test]
