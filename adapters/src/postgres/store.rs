@@ -1,10 +1,11 @@
 //! The operation store on PostgreSQL.
 //!
-//! An append is one statement: it inserts the whole batch only if the
-//! document's head is the version before the batch, so it is atomic without
-//! an explicit transaction. A unique violation - another writer took the
-//! version, or an op's `(actor, client, seq)` is already committed - becomes
-//! the `Conflict` or `Duplicate` value, never an error.
+//! An append is one statement: it advances the document's head (on its
+//! `documents` row) with a compare-and-set and inserts the whole batch only
+//! where that succeeded, so it is atomic without an explicit transaction.
+//! Losing the compare-and-set to another writer becomes the `Conflict`
+//! value, and an op whose `(actor, client, seq)` is already committed the
+//! `Duplicate` value - never an error.
 
 use super::PgPool;
 use super::schema::{documents, operations, snapshots};
