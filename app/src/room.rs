@@ -548,12 +548,9 @@ impl Room {
     }
 
     /// Asks the store what it knows of the batch's clients the sequencer
-    /// has not seen (their last committed seq), [`LOOKUPS_AT_ONCE`] at a
-    /// time rather than one after another while the room waits, so a burst
-    /// of new clients costs a quarter of the round trips to a remote
-    /// database. A client the store knows nothing of is remembered as such,
-    /// so it is not looked up again. A failed lookup is left to
-    /// [`Room::propose`], which answers that submit.
+    /// has not seen, before proposing: see [`Room::learn`]. A failed lookup
+    /// is left to [`Room::propose`], which asks again and answers that
+    /// submit.
     async fn learn_clients(&mut self, batch: &[Pending]) {
         let mut unknown: Vec<(UserId, ClientId)> = Vec::new();
         for p in batch {
@@ -564,12 +561,21 @@ impl Room {
                 unknown.push((user, client.clone()));
             }
         }
-        if unknown.is_empty() {
-            return;
+        if !unknown.is_empty() {
+            let _ = self.learn(&unknown).await;
         }
+    }
+
+    /// Looks clients up in the store (their last committed seq),
+    /// [`LOOKUPS_AT_ONCE`] at a time rather than one after another while
+    /// the room waits, so a burst of new clients costs a quarter of the
+    /// round trips to a remote database, and remembers the answers - also
+    /// "nothing committed", so such a client is not looked up again.
+    /// Returns the first failure.
+    async fn learn(&mut self, clients: &[(UserId, ClientId)]) -> Result<(), StoreError> {
         let (store, document) = (&self.deps.store, self.document);
-        let mut answers = Vec::with_capacity(unknown.len());
-        for chunk in unknown.chunks(LOOKUPS_AT_ONCE) {
+        let mut answers = Vec::with_capacity(clients.len());
+        for chunk in clients.chunks(LOOKUPS_AT_ONCE) {
             answers.extend(
                 futures::future::join_all(
                     chunk
@@ -580,36 +586,29 @@ impl Room {
             );
         }
         let now = self.now();
-        for ((user, client), answer) in unknown.iter().zip(answers) {
-            if let Ok(last) = answer {
-                self.seq.remember_client(*user, client, last, now);
+        let mut outcome = Ok(());
+        for ((user, client), answer) in clients.iter().zip(answers) {
+            match answer {
+                Ok(last) => self.seq.remember_client(*user, client, last, now),
+                Err(e) => outcome = outcome.and(Err(e)),
             }
         }
+        outcome
     }
 
     /// Proposes one submit. Returns whether it is now pending (answered
     /// later); otherwise it has been answered.
     async fn propose(&mut self, p: &Pending) -> bool {
         let sub = &p.submission;
-        if !self.seq.knows_client(sub.user, &sub.client_id) {
-            match self
-                .deps
-                .store
-                .last_seq(self.document, sub.user, &sub.client_id)
-                .await
-            {
-                Ok(last) => self
-                    .seq
-                    .remember_client(sub.user, &sub.client_id, last, self.now()),
-                Err(e) => {
-                    self.fail(
-                        std::slice::from_ref(p),
-                        ErrorCode::Unavailable,
-                        &format!("storage: {e}"),
-                    );
-                    return false;
-                }
-            }
+        if !self.seq.knows_client(sub.user, &sub.client_id)
+            && let Err(e) = self.learn(&[(sub.user, sub.client_id.clone())]).await
+        {
+            self.fail(
+                std::slice::from_ref(p),
+                ErrorCode::Unavailable,
+                &format!("storage: {e}"),
+            );
+            return false;
         }
         let kind = relay_ports::metrics::operation_type(&sub.delta);
         match self.seq.propose(sub) {

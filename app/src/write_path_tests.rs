@@ -12,10 +12,9 @@ use relay_adapters::memory::{
 };
 use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
 use relay_ports::protocol::{ErrorCode, Join, Role, ServerMessage};
-use relay_ports::store::MockOperationStore;
+use relay_ports::store::{MockOperationStore, Tap, Tapped};
 use relay_ports::{
-    Append, ClientMessage, CollaborationService, Loaded, OperationStore, Outbound, Snapshot,
-    StoreError,
+    Append, ClientMessage, CollaborationService, Loaded, OperationStore, Outbound, StoreError,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -204,56 +203,14 @@ async fn losing_a_version_to_another_instance_catches_up_and_commits_at_the_next
     );
 }
 
-/// The in-memory store, whose `last_seq` answers only once `N` lookups are
-/// in flight together: a room that looked its clients up one after another
-/// would wait forever.
-struct LookupsTogether {
-    inner: relay_adapters::memory::MemoryStore,
-    gate: tokio::sync::Barrier,
-}
+/// Holds each `last_seq` until `N` lookups are in flight together: a room
+/// that looked its clients up one after another would wait forever.
+struct LookupsTogether(tokio::sync::Barrier);
 
 #[async_trait::async_trait]
-impl OperationStore for LookupsTogether {
-    async fn append(&self, d: DocumentId, ops: &[CommittedOp]) -> Result<Append, StoreError> {
-        self.inner.append(d, ops).await
-    }
-    async fn load(&self, d: DocumentId) -> Result<Loaded, StoreError> {
-        self.inner.load(d).await
-    }
-    async fn read(
-        &self,
-        d: DocumentId,
-        after: Version,
-        limit: usize,
-    ) -> Result<Vec<CommittedOp>, StoreError> {
-        self.inner.read(d, after, limit).await
-    }
-    async fn head(&self, d: DocumentId) -> Result<Version, StoreError> {
-        self.inner.head(d).await
-    }
-    async fn find(
-        &self,
-        d: DocumentId,
-        u: UserId,
-        c: &ClientId,
-        s: Seq,
-    ) -> Result<Option<Version>, StoreError> {
-        self.inner.find(d, u, c, s).await
-    }
-    async fn last_seq(
-        &self,
-        d: DocumentId,
-        u: UserId,
-        c: &ClientId,
-    ) -> Result<Option<(Seq, Version)>, StoreError> {
-        self.gate.wait().await;
-        self.inner.last_seq(d, u, c).await
-    }
-    async fn save_snapshot(&self, d: DocumentId, s: Snapshot) -> Result<(), StoreError> {
-        self.inner.save_snapshot(d, s).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
+impl Tap for LookupsTogether {
+    async fn before_last_seq(&self) {
+        self.0.wait().await;
     }
 }
 
@@ -261,9 +218,9 @@ impl OperationStore for LookupsTogether {
 async fn new_clients_first_submits_in_one_turn_are_looked_up_together_and_each_committed_once() {
     const CLIENTS: usize = 3;
     let keys = DevKeys::from_seed([3; 32]);
-    let store = Arc::new(LookupsTogether {
+    let store = Arc::new(Tapped {
         inner: relay_adapters::memory::MemoryStore::new(),
-        gate: tokio::sync::Barrier::new(CLIENTS),
+        tap: LookupsTogether(tokio::sync::Barrier::new(CLIENTS)),
     });
     let relay = relay_on(store.clone(), &keys);
     let document = DocumentId(Uuid::new_v4());

@@ -18,7 +18,8 @@
 //!   written once and run against every adapter.
 //!
 //! With the `mocks` feature every outbound trait has a mockall mock
-//! (`MockOperationStore`, ...).
+//! (`MockOperationStore`, ...), and [`store::Tapped`] wraps a real store to
+//! watch or hold its calls.
 
 pub mod auth;
 pub mod bus;

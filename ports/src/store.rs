@@ -139,3 +139,79 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Whether the store answers (for `/ready`).
     async fn ping(&self) -> Result<(), StoreError>;
 }
+
+/// What a [`Tapped`] store does around the calls it passes on.
+#[cfg(feature = "mocks")]
+#[async_trait]
+pub trait Tap: Send + Sync + 'static {
+    /// Runs before every `last_seq` (may wait).
+    async fn before_last_seq(&self) {}
+    /// Sees every `append` and its outcome.
+    fn after_append(&self, _ops: &[CommittedOp], _outcome: &Result<Append, StoreError>) {}
+}
+
+/// A test double: an operation store that passes every call to `inner`,
+/// with `tap` watching or holding some of them (to count group-commit
+/// batches, or to make lookups wait for each other).
+#[cfg(feature = "mocks")]
+#[derive(Debug)]
+pub struct Tapped<S, T> {
+    pub inner: S,
+    pub tap: T,
+}
+
+#[cfg(feature = "mocks")]
+#[async_trait]
+impl<S: OperationStore, T: Tap> OperationStore for Tapped<S, T> {
+    async fn append(
+        &self,
+        document: DocumentId,
+        ops: &[CommittedOp],
+    ) -> Result<Append, StoreError> {
+        let outcome = self.inner.append(document, ops).await;
+        self.tap.after_append(ops, &outcome);
+        outcome
+    }
+    async fn load(&self, document: DocumentId) -> Result<Loaded, StoreError> {
+        self.inner.load(document).await
+    }
+    async fn read(
+        &self,
+        document: DocumentId,
+        after: Version,
+        limit: usize,
+    ) -> Result<Vec<CommittedOp>, StoreError> {
+        self.inner.read(document, after, limit).await
+    }
+    async fn head(&self, document: DocumentId) -> Result<Version, StoreError> {
+        self.inner.head(document).await
+    }
+    async fn find(
+        &self,
+        document: DocumentId,
+        user: UserId,
+        client_id: &ClientId,
+        seq: Seq,
+    ) -> Result<Option<Version>, StoreError> {
+        self.inner.find(document, user, client_id, seq).await
+    }
+    async fn last_seq(
+        &self,
+        document: DocumentId,
+        user: UserId,
+        client_id: &ClientId,
+    ) -> Result<Option<(Seq, Version)>, StoreError> {
+        self.tap.before_last_seq().await;
+        self.inner.last_seq(document, user, client_id).await
+    }
+    async fn save_snapshot(
+        &self,
+        document: DocumentId,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        self.inner.save_snapshot(document, snapshot).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}

@@ -354,20 +354,8 @@ struct AppendMany<'a> {
     expected: &'a [i64],
 }
 
-const APPEND_MANY_SQL: [&str; 14] = [
-    "WITH b AS (SELECT * FROM unnest(",
-    ", ",
-    ", ",
-    ", ",
-    ", ",
-    ", ",
-    ", ",
-    ", ",
-    ", ",
-    ", ",
-    ", ",
-    ", ",
-    ", ",
+const APPEND_MANY_HEAD: &str = "WITH b AS (SELECT * FROM unnest(";
+const APPEND_MANY_TAIL: &str =
     ") AS b(id, document_id, version, actor_id, client_id, seq, operation_type, position,
              content, attributes, vector_clock, delta, expected_head)
 ),
@@ -393,8 +381,7 @@ INSERT INTO operations (id, document_id, version, actor_id, client_id, seq, oper
 SELECT b.id, b.document_id, b.version, b.actor_id, b.client_id, b.seq, b.operation_type,
        b.position, b.content, b.attributes::jsonb, b.vector_clock::jsonb, b.delta::jsonb
 FROM b JOIN won ON won.id = b.document_id
-RETURNING document_id, version",
-];
+RETURNING document_id, version";
 
 impl diesel::query_builder::QueryId for AppendMany<'_> {
     type QueryId = AppendMany<'static>;
@@ -411,34 +398,28 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for AppendMany<'_> {
         mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
     ) -> diesel::QueryResult<()> {
         let r = self.rows;
-        let sql = APPEND_MANY_SQL;
-        out.push_sql(sql[0]);
+        // The unnest's arguments, in its column order.
+        macro_rules! then_bind {
+            ($t:ty, $v:expr) => {
+                out.push_sql(", ");
+                out.push_bind_param::<$t, _>($v)?;
+            };
+        }
+        out.push_sql(APPEND_MANY_HEAD);
         out.push_bind_param::<Array<SqlUuid>, _>(&r.ids)?;
-        out.push_sql(sql[1]);
-        out.push_bind_param::<Array<SqlUuid>, _>(self.documents)?;
-        out.push_sql(sql[2]);
-        out.push_bind_param::<Array<BigInt>, _>(&r.versions)?;
-        out.push_sql(sql[3]);
-        out.push_bind_param::<Array<SqlUuid>, _>(&r.actors)?;
-        out.push_sql(sql[4]);
-        out.push_bind_param::<Array<Text>, _>(&r.clients)?;
-        out.push_sql(sql[5]);
-        out.push_bind_param::<Array<BigInt>, _>(&r.seqs)?;
-        out.push_sql(sql[6]);
-        out.push_bind_param::<Array<Text>, _>(&r.types)?;
-        out.push_sql(sql[7]);
-        out.push_bind_param::<Array<Integer>, _>(&r.positions)?;
-        out.push_sql(sql[8]);
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&r.contents)?;
-        out.push_sql(sql[9]);
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&r.attributes)?;
-        out.push_sql(sql[10]);
-        out.push_bind_param::<Array<Text>, _>(&r.clocks)?;
-        out.push_sql(sql[11]);
-        out.push_bind_param::<Array<Text>, _>(&r.deltas)?;
-        out.push_sql(sql[12]);
-        out.push_bind_param::<Array<BigInt>, _>(self.expected)?;
-        out.push_sql(sql[13]);
+        then_bind!(Array<SqlUuid>, self.documents);
+        then_bind!(Array<BigInt>, &r.versions);
+        then_bind!(Array<SqlUuid>, &r.actors);
+        then_bind!(Array<Text>, &r.clients);
+        then_bind!(Array<BigInt>, &r.seqs);
+        then_bind!(Array<Text>, &r.types);
+        then_bind!(Array<Integer>, &r.positions);
+        then_bind!(Array<Nullable<Text>>, &r.contents);
+        then_bind!(Array<Nullable<Text>>, &r.attributes);
+        then_bind!(Array<Text>, &r.clocks);
+        then_bind!(Array<Text>, &r.deltas);
+        then_bind!(Array<BigInt>, self.expected);
+        out.push_sql(APPEND_MANY_TAIL);
         Ok(())
     }
 }

@@ -19,18 +19,15 @@
 //! target/release/relay-commit-bench [SCENARIO...] [timeline]   # RELAY_TEST_DATABASE_URL or local PostgreSQL
 //! ```
 
-use async_trait::async_trait;
 use relay_adapters::jwt::{DevKeys, TokenRequest};
 use relay_adapters::postgres::{PgPool, PgStore, PoolSettings, testdb};
 use relay_app::Relay;
 use relay_app::config::Config;
 use relay_app::wiring;
-use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
+use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, Version};
 use relay_ports::protocol::{Join, Role};
-use relay_ports::{
-    Append, ClientMessage, CollaborationService, Loaded, OperationStore, Outbound, Snapshot,
-    StoreError,
-};
+use relay_ports::store::{Tap, Tapped};
+use relay_ports::{Append, ClientMessage, CollaborationService, Outbound, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,61 +38,21 @@ use uuid::Uuid;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// The PostgreSQL store, counting appends and appended ops.
+/// Counts committed appends and their ops (group-commit batch sizes).
+#[derive(Default)]
 struct Counting {
-    inner: PgStore,
     appends: AtomicU64,
     ops: AtomicU64,
     largest: AtomicU64,
 }
 
-#[async_trait]
-impl OperationStore for Counting {
-    async fn append(&self, d: DocumentId, ops: &[CommittedOp]) -> Result<Append, StoreError> {
-        let r = self.inner.append(d, ops).await;
-        if matches!(r, Ok(Append::Committed)) {
+impl Tap for Counting {
+    fn after_append(&self, ops: &[CommittedOp], outcome: &Result<Append, StoreError>) {
+        if matches!(outcome, Ok(Append::Committed)) {
             self.appends.fetch_add(1, Ordering::Relaxed);
             self.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
             self.largest.fetch_max(ops.len() as u64, Ordering::Relaxed);
         }
-        r
-    }
-    async fn load(&self, d: DocumentId) -> Result<Loaded, StoreError> {
-        self.inner.load(d).await
-    }
-    async fn read(
-        &self,
-        d: DocumentId,
-        after: Version,
-        limit: usize,
-    ) -> Result<Vec<CommittedOp>, StoreError> {
-        self.inner.read(d, after, limit).await
-    }
-    async fn head(&self, d: DocumentId) -> Result<Version, StoreError> {
-        self.inner.head(d).await
-    }
-    async fn find(
-        &self,
-        d: DocumentId,
-        u: UserId,
-        c: &ClientId,
-        s: Seq,
-    ) -> Result<Option<Version>, StoreError> {
-        self.inner.find(d, u, c, s).await
-    }
-    async fn last_seq(
-        &self,
-        d: DocumentId,
-        u: UserId,
-        c: &ClientId,
-    ) -> Result<Option<(Seq, Version)>, StoreError> {
-        self.inner.last_seq(d, u, c).await
-    }
-    async fn save_snapshot(&self, d: DocumentId, s: Snapshot) -> Result<(), StoreError> {
-        self.inner.save_snapshot(d, s).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
     }
 }
 
@@ -256,12 +213,11 @@ async fn scenario(
         outbound_queue: 4096,
         ..Config::default()
     };
-    let store = Arc::new(Counting {
+    let store = Arc::new(Tapped {
         inner: PgStore::new(PgPool::new(url, &PoolSettings::default()).expect("pool")),
-        appends: AtomicU64::new(0),
-        ops: AtomicU64::new(0),
-        largest: AtomicU64::new(0),
+        tap: Counting::default(),
     });
+    let counts = &store.tap;
     let (mut adapters, _) = wiring::memory_adapters(wiring::dev_verifier(&config, &keys));
     adapters.store = store.clone();
     let relay = Relay::new(config, adapters, Vec::new());
@@ -284,10 +240,10 @@ async fn scenario(
     }
     start.wait().await;
     let (appends0, ops0) = (
-        store.appends.load(Ordering::Relaxed),
-        store.ops.load(Ordering::Relaxed),
+        counts.appends.load(Ordering::Relaxed),
+        counts.ops.load(Ordering::Relaxed),
     );
-    store.largest.store(0, Ordering::Relaxed);
+    counts.largest.store(0, Ordering::Relaxed);
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut firsts = Vec::new();
@@ -301,7 +257,7 @@ async fn scenario(
     let mut latencies: Vec<Duration> = samples.iter().map(|s| s.1).collect();
     latencies.sort();
     let total = latencies.len();
-    let appends = (store.appends.load(Ordering::Relaxed) - appends0).max(1);
+    let appends = (counts.appends.load(Ordering::Relaxed) - appends0).max(1);
     let offered = match pace {
         Pace::Closed => "closed loop".to_owned(),
         Pace::Rate(r) => format!("offered {:.0} ops/s", r * writers as f64),
@@ -315,8 +271,8 @@ async fn scenario(
         pct(&latencies, 0.99),
         latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         appends,
-        (store.ops.load(Ordering::Relaxed) - ops0) as f64 / appends as f64,
-        store.largest.load(Ordering::Relaxed),
+        (counts.ops.load(Ordering::Relaxed) - ops0) as f64 / appends as f64,
+        counts.largest.load(Ordering::Relaxed),
     );
     println!(
         "  warm-up (not counted above): each writer's first submit after joining, all at once: p50 {:.2} ms, max {:.2} ms",
