@@ -125,7 +125,7 @@ fn verifier(url: String, cooldown: Duration) -> Arc<JwksVerifier> {
 }
 
 fn user() -> relay_domain::UserId {
-    relay_domain::UserId(Uuid::parse_str(USER).unwrap())
+    relay_domain::UserId::new(Uuid::parse_str(USER).unwrap())
 }
 
 fn unknown_kid() -> Result<relay_ports::Claims, AuthError> {

@@ -87,7 +87,7 @@ async fn rejected(verifier: &JwtVerifier, token: &str, reason: &str) {
 
 fn expected_claims(exp: u64) -> Claims {
     Claims {
-        user: relay_domain::UserId(Uuid::parse_str(USER).unwrap()),
+        user: relay_domain::UserId::new(Uuid::parse_str(USER).unwrap()),
         name: Some("Ada".into()),
         expires_at: exp,
         docs: Some(BTreeMap::from([
@@ -154,7 +154,7 @@ async fn dev_token_verifies() {
     assert_eq!(claims.user.to_string(), USER);
     assert_eq!(claims.name, None);
     assert_eq!(
-        claims.role_from_docs(relay_domain::DocumentId(Uuid::parse_str(DOC).unwrap())),
+        claims.role_from_docs(relay_domain::DocumentId::new(Uuid::parse_str(DOC).unwrap())),
         Some(Role::Owner)
     );
 }

@@ -103,32 +103,38 @@ async fn the_head_migration_takes_each_head_from_the_log() {
     let rest = pool.run_migrations().await.expect("later migrations");
     assert_eq!(rest, vec!["20261127000002".to_owned()]);
     let store = PgStore::new(pool);
-    assert_eq!(store.head(DocumentId(busy)).await, Ok(Version(3)));
-    assert_eq!(store.head(DocumentId(empty)).await, Ok(Version(0)));
+    assert_eq!(
+        store.head(DocumentId::new(busy)).await,
+        Ok(Version::from(3))
+    );
+    assert_eq!(
+        store.head(DocumentId::new(empty)).await,
+        Ok(Version::from(0))
+    );
 
     let next = |version: u64| {
         let mut delta = Delta::new();
         delta.retain(version as usize - 1).insert("y");
         CommittedOp {
-            version: Version(version),
-            user: UserId(user),
+            version: Version::new(version).unwrap(),
+            user: UserId::new(user),
             client_id: ClientId::new("c").expect("id"),
-            seq: Seq(100 + version),
+            seq: Seq::new(100 + version).unwrap(),
             delta,
         }
     };
     assert_eq!(
-        store.append(DocumentId(busy), &[next(3)]).await,
+        store.append(DocumentId::new(busy), &[next(3)]).await,
         Ok(Append::Conflict {
-            current: Version(3)
+            current: Version::from(3)
         })
     );
     assert_eq!(
-        store.append(DocumentId(busy), &[next(4)]).await,
+        store.append(DocumentId::new(busy), &[next(4)]).await,
         Ok(Append::Committed)
     );
     assert_eq!(
-        store.append(DocumentId(empty), &[next(1)]).await,
+        store.append(DocumentId::new(empty), &[next(1)]).await,
         Ok(Append::Committed)
     );
 }
@@ -158,14 +164,14 @@ async fn each_row_holds_the_seed_columns_derived_from_its_delta() {
     use relay_ports::{Append, OperationStore};
 
     let store = PgStore::new(pool());
-    let document = DocumentId(uuid::Uuid::new_v4());
-    let user = UserId(uuid::Uuid::new_v4());
+    let document = DocumentId::new(uuid::Uuid::new_v4());
+    let user = UserId::new(uuid::Uuid::new_v4());
     let client_id = ClientId::new("tab").expect("id");
     let op = |version: u64, seq: u64, delta: Delta| CommittedOp {
-        version: Version(version),
+        version: Version::new(version).unwrap(),
         user,
         client_id: client_id.clone(),
-        seq: Seq(seq),
+        seq: Seq::new(seq).unwrap(),
         delta,
     };
     let mut first = Delta::new();
@@ -194,7 +200,7 @@ async fn each_row_holds_the_seed_columns_derived_from_its_delta() {
                 vector_clock::text AS clock, jsonb_typeof(delta) AS delta_type
          FROM operations WHERE document_id = $1 ORDER BY version",
     )
-    .bind::<diesel::sql_types::Uuid, _>(document.0)
+    .bind::<diesel::sql_types::Uuid, _>(*document.as_uuid())
     .load(&mut conn)
     .await
     .expect("rows");

@@ -38,12 +38,14 @@ pub struct Config {
     pub operation_batch_size: usize,
     pub operation_history_ttl: Duration,
     pub operation_history_max: usize,
+    pub operation_history_bytes: usize,
     pub permission_source: PermissionSourceKind,
     pub permission_cache_ttl: Duration,
     pub redis_pool_size: usize,
     pub db_pool_size: usize,
     pub db_max_lifetime: Duration,
     pub db_idle_timeout: Duration,
+    pub db_statement_timeout: Duration,
     pub snapshot_every: u64,
     pub run_migrations: bool,
     pub max_document_chars: usize,
@@ -52,6 +54,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub submit_rate_per_sec: u32,
     pub submit_burst: u32,
+    pub presence_rate_per_sec: u32,
+    pub presence_burst: u32,
     pub worker_threads: Option<usize>,
 }
 
@@ -100,6 +104,7 @@ impl Config {
             operation_batch_size: r.positive("OPERATION_BATCH_SIZE", "100")?,
             operation_history_ttl: Duration::from_secs(r.positive("OPERATION_HISTORY_TTL", "600")?),
             operation_history_max: r.positive("OPERATION_HISTORY_MAX", "10000")?,
+            operation_history_bytes: r.positive("OPERATION_HISTORY_BYTES", "8388608")?,
             permission_source: match get("PERMISSION_SOURCE").as_deref() {
                 None => {
                     if get("DATABASE_URL").is_some() {
@@ -122,6 +127,9 @@ impl Config {
             db_pool_size: r.positive("DB_POOL_SIZE", "20")?,
             db_max_lifetime: Duration::from_secs(r.positive("DB_MAX_LIFETIME_SECS", "1800")?),
             db_idle_timeout: Duration::from_secs(r.positive("DB_IDLE_TIMEOUT_SECS", "600")?),
+            db_statement_timeout: Duration::from_millis(
+                r.positive("DB_STATEMENT_TIMEOUT_MS", "5000")?,
+            ),
             snapshot_every: r.positive("SNAPSHOT_EVERY", "500")?,
             run_migrations: r.parse("RUN_MIGRATIONS", "false")?,
             max_document_chars: r.positive("MAX_DOCUMENT_CHARS", "10000000")?,
@@ -130,6 +138,8 @@ impl Config {
             shutdown_grace: Duration::from_secs(r.parse("SHUTDOWN_GRACE_SECS", "30")?),
             submit_rate_per_sec: r.positive("SUBMIT_RATE_PER_SEC", "200")?,
             submit_burst: r.positive("SUBMIT_BURST", "400")?,
+            presence_rate_per_sec: r.positive("PRESENCE_RATE_PER_SEC", "100")?,
+            presence_burst: r.positive("PRESENCE_BURST", "200")?,
             worker_threads: match get("TOKIO_WORKER_THREADS") {
                 None => None,
                 Some(_) => Some(r.positive("TOKIO_WORKER_THREADS", "1")?),
@@ -142,6 +152,21 @@ impl Config {
                     "must be greater than HEARTBEAT_INTERVAL_SECS ({}s)",
                     config.heartbeat_interval.as_secs()
                 ),
+            });
+        }
+        if config.database_url.is_some()
+            && config.max_document_chars > usize::try_from(i32::MAX).unwrap_or(usize::MAX)
+        {
+            // The seed's `operations.position` column is an INTEGER.
+            return Err(ConfigError {
+                variable: "MAX_DOCUMENT_CHARS",
+                problem: format!("must be at most {} with DATABASE_URL", i32::MAX),
+            });
+        }
+        if config.max_document_chars > relay_domain::ids::MAX_LEN {
+            return Err(ConfigError {
+                variable: "MAX_DOCUMENT_CHARS",
+                problem: "must be at most 2^53 - 1".into(),
             });
         }
         if config.max_message_bytes < 1024 {
@@ -162,7 +187,9 @@ impl Config {
     pub fn sequencer(&self) -> relay_domain::SequencerConfig {
         relay_domain::SequencerConfig {
             max_history: self.operation_history_max,
-            max_history_age_ms: self.operation_history_ttl.as_millis() as u64,
+            max_history_age_ms: u64::try_from(self.operation_history_ttl.as_millis())
+                .unwrap_or(u64::MAX),
+            max_history_bytes: self.operation_history_bytes,
             max_document_chars: self.max_document_chars,
             max_delta_components: 10_000,
             max_clients: 10_000,

@@ -33,8 +33,8 @@ fn submit(seq: u64, base: u64, text: &str) -> ClientMessage {
     let mut d = Delta::new();
     d.insert(text);
     ClientMessage::Submit {
-        seq: Seq(seq),
-        base: Version(base),
+        seq: Seq::new(seq).unwrap(),
+        base: Version::new(base).unwrap(),
         delta: d,
     }
 }
@@ -50,8 +50,8 @@ async fn a_revoked_or_downgraded_permission_applies_to_open_sessions_within_the_
     let permissions = MemoryPermissions::new();
     adapters.permissions = Arc::new(permissions.clone());
     let relay = Relay::new(config, adapters, Vec::new());
-    let (user, doc) = (Uuid::new_v4(), DocumentId(Uuid::new_v4()));
-    permissions.grant(UserId(user), doc, Role::Editor);
+    let (user, doc) = (Uuid::new_v4(), DocumentId::new(Uuid::new_v4()));
+    permissions.grant(UserId::new(user), doc, Role::Editor);
     let token = keys
         .mint(&TokenRequest {
             sub: user,
@@ -81,7 +81,7 @@ async fn a_revoked_or_downgraded_permission_applies_to_open_sessions_within_the_
     assert!(matches!(message(rx).await, ServerMessage::Ack { .. }));
 
     // Downgraded: still an editor until the cached answer is older than the TTL.
-    permissions.grant(UserId(user), doc, Role::Viewer);
+    permissions.grant(UserId::new(user), doc, Role::Viewer);
     tokio::time::advance(Duration::from_secs(299)).await;
     started.session.handle(submit(2, 1, "b")).await;
     assert!(matches!(message(rx).await, ServerMessage::Ack { .. }));
@@ -93,14 +93,14 @@ async fn a_revoked_or_downgraded_permission_applies_to_open_sessions_within_the_
         } => {
             assert_eq!(
                 (code, seq, fatal),
-                (ErrorCode::Forbidden, Some(Seq(3)), false)
+                (ErrorCode::Forbidden, Some(Seq::from(3)), false)
             );
         }
         other => panic!("expected forbidden, got {other:?}"),
     }
 
     // Revoked: the next check closes the session with 4403.
-    permissions.revoke(UserId(user), doc);
+    permissions.revoke(UserId::new(user), doc);
     tokio::time::advance(Duration::from_secs(301)).await;
     started.session.handle(submit(3, 2, "c")).await;
     assert!(matches!(

@@ -90,14 +90,14 @@ fn setup() -> (crate::Relay, DevKeys) {
 #[tokio::test(start_paused = true)]
 async fn cursor_updates_reach_others_at_most_once_per_interval_and_the_latest_always_arrives() {
     let (relay, keys) = setup();
-    let doc = DocumentId(Uuid::new_v4());
+    let doc = DocumentId::new(Uuid::new_v4());
     let (mut a, mut a_rx) = join(&relay, &keys, doc, "a").await;
     let (_b, mut b_rx) = join(&relay, &keys, doc, "b").await;
     let mut text = relay_domain::Delta::new();
     text.insert("hello world");
     a.handle(ClientMessage::Submit {
-        seq: relay_domain::Seq(1),
-        base: Version(0),
+        seq: relay_domain::Seq::from(1),
+        base: Version::from(0),
         delta: text,
     })
     .await;
@@ -111,7 +111,7 @@ async fn cursor_updates_reach_others_at_most_once_per_interval_and_the_latest_al
     for i in 0..5 {
         let selection = Some((i, i));
         a.handle(ClientMessage::Cursor {
-            version: Version(1),
+            version: Version::from(1),
             selection,
         })
         .await;
@@ -131,7 +131,7 @@ async fn cursor_updates_reach_others_at_most_once_per_interval_and_the_latest_al
     assert_eq!(cursors(&drain(&mut b_rx)), vec![]);
     // Hiding the caret is a cursor update like any other.
     a.handle(ClientMessage::Cursor {
-        version: Version(1),
+        version: Version::from(1),
         selection: None,
     })
     .await;
@@ -142,7 +142,7 @@ async fn cursor_updates_reach_others_at_most_once_per_interval_and_the_latest_al
 #[tokio::test(start_paused = true)]
 async fn typing_is_active_at_once_and_inactive_after_the_quiet_period() {
     let (relay, keys) = setup();
-    let doc = DocumentId(Uuid::new_v4());
+    let doc = DocumentId::new(Uuid::new_v4());
     let (mut a, mut a_rx) = join(&relay, &keys, doc, "a").await;
     let (_b, mut b_rx) = join(&relay, &keys, doc, "b").await;
     idle().await;
@@ -168,15 +168,15 @@ async fn typing_is_active_at_once_and_inactive_after_the_quiet_period() {
 #[tokio::test(start_paused = true)]
 async fn a_cursor_taken_before_a_concurrent_edit_is_moved_through_it() {
     let (relay, keys) = setup();
-    let doc = DocumentId(Uuid::new_v4());
+    let doc = DocumentId::new(Uuid::new_v4());
     let (mut a, mut a_rx) = join(&relay, &keys, doc, "a").await;
     let (mut b, mut b_rx) = join(&relay, &keys, doc, "b").await;
     let submit = |seq, base, pos: usize, text: &str| {
         let mut d = relay_domain::Delta::new();
         d.retain(pos).insert(text);
         ClientMessage::Submit {
-            seq: relay_domain::Seq(seq),
-            base: Version(base),
+            seq: relay_domain::Seq::new(seq).unwrap(),
+            base: Version::new(base).unwrap(),
             delta: d,
         }
     };
@@ -189,7 +189,7 @@ async fn a_cursor_taken_before_a_concurrent_edit_is_moved_through_it() {
     drain(&mut a_rx);
     drain(&mut b_rx);
     a.handle(ClientMessage::Cursor {
-        version: Version(1),
+        version: Version::from(1),
         selection: Some((6, 6)),
     })
     .await;
@@ -207,6 +207,6 @@ async fn a_cursor_taken_before_a_concurrent_edit_is_moved_through_it() {
                 _ => None,
             })
             .collect::<Vec<_>>(),
-        vec![(Version(2), Some(9), Some(9))]
+        vec![(Version::from(2), Some(9), Some(9))]
     );
 }

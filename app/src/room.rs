@@ -388,7 +388,7 @@ impl Room {
         if let Some(ops) = self.seq.ops_since(since) {
             return Ok(Some(ops.cloned().collect()));
         }
-        let missing = (self.seq.version().0 - since.0) as usize;
+        let missing = usize::try_from(self.seq.version().since(since)).unwrap_or(usize::MAX);
         if missing > MAX_CATCH_UP_FROM_STORE {
             return Ok(None);
         }
@@ -399,10 +399,9 @@ impl Room {
             .await
             .map_err(|e| JoinError::Unavailable(e.to_string()))?;
         let complete = ops.len() == missing
-            && ops
-                .iter()
-                .enumerate()
-                .all(|(i, op)| op.version.0 == since.0 + 1 + i as u64);
+            && ops.iter().enumerate().all(|(i, op)| {
+                u64::try_from(i + 1).ok().and_then(|n| since.checked_add(n)) == Some(op.version)
+            });
         Ok(complete.then_some(ops))
     }
 
@@ -749,7 +748,7 @@ impl Room {
 
     async fn maybe_snapshot(&mut self, closing: bool) {
         let version = self.seq.version();
-        let due = version.0 - self.last_snapshot.0 >= self.deps.config.snapshot_every;
+        let due = version.since(self.last_snapshot) >= self.deps.config.snapshot_every;
         if !(due || (closing && version > self.last_snapshot)) {
             return;
         }
@@ -804,7 +803,7 @@ impl Room {
                     if op.version <= self.seq.version() {
                         continue;
                     }
-                    if op.version != self.seq.version().next() {
+                    if Some(op.version) != self.seq.version().next() {
                         // A gap: the store has what we missed (and this op).
                         self.committed(&applied, false).await;
                         self.catch_up_logged().await;

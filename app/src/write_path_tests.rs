@@ -87,7 +87,7 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
                 Err(StoreError::Unavailable("connection refused".into()))
             } else {
                 assert_eq!(ops.len(), 1);
-                assert_eq!(ops[0].version, Version(1));
+                assert_eq!(ops[0].version, Version::from(1));
                 Ok(Append::Committed)
             }
         });
@@ -100,7 +100,7 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
     };
     let slot = relay.admit().unwrap();
     let mut started = relay
-        .join(slot, DocumentId(Uuid::new_v4()), None, join)
+        .join(slot, DocumentId::new(Uuid::new_v4()), None, join)
         .await
         .unwrap();
     assert!(matches!(
@@ -108,8 +108,8 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
         ServerMessage::Joined { .. }
     ));
     let submit = ClientMessage::Submit {
-        seq: Seq(1),
-        base: Version(0),
+        seq: Seq::from(1),
+        base: Version::from(0),
         delta: insert("hi"),
     };
     started.session.handle(submit.clone()).await;
@@ -119,7 +119,7 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
         } => {
             assert_eq!(
                 (code, seq, fatal),
-                (ErrorCode::Unavailable, Some(Seq(1)), false)
+                (ErrorCode::Unavailable, Some(Seq::from(1)), false)
             );
         }
         other => panic!("expected unavailable, got {other:?}"),
@@ -129,8 +129,8 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
     assert_eq!(
         next(&mut started.outbound).await,
         ServerMessage::Ack {
-            seq: Seq(1),
-            version: Version(1)
+            seq: Seq::from(1),
+            version: Version::from(1)
         }
     );
 }
@@ -139,10 +139,10 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
 async fn losing_a_version_to_another_instance_catches_up_and_commits_at_the_next() {
     let keys = DevKeys::from_seed([2; 32]);
     let theirs = CommittedOp {
-        version: Version(1),
-        user: UserId(Uuid::new_v4()),
+        version: Version::from(1),
+        user: UserId::new(Uuid::new_v4()),
         client_id: ClientId::new("elsewhere").unwrap(),
-        seq: Seq(1),
+        seq: Seq::from(1),
         delta: insert("B"),
     };
     let mut store = MockOperationStore::new();
@@ -152,17 +152,17 @@ async fn losing_a_version_to_another_instance_catches_up_and_commits_at_the_next
         calls += 1;
         match calls {
             1 => Ok(Append::Conflict {
-                current: Version(1),
+                current: Version::from(1),
             }),
             _ => {
-                assert_eq!(ops[0].version, Version(2));
+                assert_eq!(ops[0].version, Version::from(2));
                 Ok(Append::Committed)
             }
         }
     });
     let remote = theirs.clone();
     store.expect_read().returning(move |_, after, _| {
-        Ok(if after == Version(0) {
+        Ok(if after == Version::from(0) {
             vec![remote.clone()]
         } else {
             vec![]
@@ -177,15 +177,15 @@ async fn losing_a_version_to_another_instance_catches_up_and_commits_at_the_next
     };
     let slot = relay.admit().unwrap();
     let mut started = relay
-        .join(slot, DocumentId(Uuid::new_v4()), None, join)
+        .join(slot, DocumentId::new(Uuid::new_v4()), None, join)
         .await
         .unwrap();
     next(&mut started.outbound).await;
     started
         .session
         .handle(ClientMessage::Submit {
-            seq: Seq(1),
-            base: Version(0),
+            seq: Seq::from(1),
+            base: Version::from(0),
             delta: insert("A"),
         })
         .await;
@@ -197,8 +197,8 @@ async fn losing_a_version_to_another_instance_catches_up_and_commits_at_the_next
     assert_eq!(
         next(&mut started.outbound).await,
         ServerMessage::Ack {
-            seq: Seq(1),
-            version: Version(2)
+            seq: Seq::from(1),
+            version: Version::from(2)
         }
     );
 }
@@ -223,7 +223,7 @@ async fn new_clients_first_submits_in_one_turn_are_looked_up_together_and_each_c
         tap: LookupsTogether(tokio::sync::Barrier::new(CLIENTS)),
     });
     let relay = relay_on(store.clone(), &keys);
-    let document = DocumentId(Uuid::new_v4());
+    let document = DocumentId::new(Uuid::new_v4());
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let join = Join {
@@ -245,8 +245,8 @@ async fn new_clients_first_submits_in_one_turn_are_looked_up_together_and_each_c
     for c in &mut clients {
         c.session
             .handle(ClientMessage::Submit {
-                seq: Seq(1),
-                base: Version(0),
+                seq: Seq::from(1),
+                base: Version::from(0),
                 delta: insert("x"),
             })
             .await;
@@ -256,7 +256,7 @@ async fn new_clients_first_submits_in_one_turn_are_looked_up_together_and_each_c
         loop {
             match next(&mut c.outbound).await {
                 ServerMessage::Ack { seq, version } => {
-                    assert_eq!(seq, Seq(1));
+                    assert_eq!(seq, Seq::from(1));
                     versions.push(version);
                     break;
                 }
@@ -266,6 +266,9 @@ async fn new_clients_first_submits_in_one_turn_are_looked_up_together_and_each_c
         }
     }
     versions.sort();
-    assert_eq!(versions, vec![Version(1), Version(2), Version(3)]);
-    assert_eq!(store.head(document).await, Ok(Version(3)));
+    assert_eq!(
+        versions,
+        vec![Version::from(1), Version::from(2), Version::from(3)]
+    );
+    assert_eq!(store.head(document).await, Ok(Version::from(3)));
 }

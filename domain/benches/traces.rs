@@ -275,7 +275,7 @@ fn check_document(what: &str, trace: &Trace, doc: &Document) {
     check_text(what, trace, &doc.text());
     assert_eq!(
         doc.version(),
-        Version(trace.patches.len() as u64),
+        Version::new(trace.patches.len() as u64).unwrap(),
         "{what} on {}: wrong final version",
         trace.name
     );
@@ -355,7 +355,7 @@ fn bench_document_build(trace: &Trace, runs: usize) -> Stats {
 }
 
 fn user(c: usize) -> UserId {
-    UserId(Uuid::from_u128(
+    UserId::new(Uuid::from_u128(
         0x5eed_0000_0000_0000_0000_0000_0000_0000 + c as u128,
     ))
 }
@@ -392,8 +392,8 @@ fn sequencer_submissions(trace: &Trace, k: usize) -> Vec<Submission> {
             subs.push(Submission {
                 user: *user,
                 client_id: client_id.clone(),
-                seq: Seq(i as u64 + 1),
-                base: Version(base),
+                seq: Seq::new(i as u64 + 1).unwrap(),
+                base: Version::new(base).unwrap(),
                 delta: patch_delta(p, offset, doc_len),
             });
         }
@@ -422,7 +422,7 @@ fn check_sequencer(
     let ops = (k * trace.patches.len()) as u64;
     assert_eq!(
         seq.version(),
-        Version(ops),
+        Version::new(ops).unwrap(),
         "Sequencer K={k} on {}: wrong final version",
         trace.name
     );
@@ -442,7 +442,7 @@ fn check_sequencer(
     let sub = Submission {
         user: user(k),
         client_id: client_id(k),
-        seq: Seq(1),
+        seq: Seq::from(1),
         base: seq.version(),
         delta: cleanup,
     };

@@ -79,6 +79,8 @@ pub enum ClientError {
     UnexpectedAck { expected: Option<Seq>, got: Seq },
     #[error("waiting for a resync (in flight: {0:?}) before new edits")]
     Resyncing(Option<Seq>),
+    #[error("every seq up to 2^53 - 1 is used: start a new client_id")]
+    SeqExhausted,
     #[error("delta does not apply: {0}")]
     Delta(#[from] DeltaError),
 }
@@ -105,7 +107,7 @@ impl Client {
             client_id,
             doc,
             version,
-            next_seq: Seq(1),
+            next_seq: Seq::from(1),
             state: State::Synchronized,
             selection: None,
         }
@@ -180,7 +182,10 @@ impl Client {
                     base: self.version,
                     delta,
                 };
-                self.next_seq = Seq(self.next_seq.0 + 1);
+                self.next_seq = self
+                    .next_seq
+                    .checked_add(1)
+                    .ok_or(ClientError::SeqExhausted)?;
                 (
                     State::AwaitingAck {
                         inflight: out.clone(),
@@ -216,7 +221,8 @@ impl Client {
         if op.version <= self.version || self.state == State::Diverged {
             return Ok(None);
         }
-        let expected = self.version.next();
+        // A version above ours exists (it is `op.version`), so ours has a next.
+        let expected = self.version.next().unwrap_or(Version::MAX);
         if op.version != expected {
             return Err(ClientError::VersionGap {
                 expected,
@@ -293,9 +299,9 @@ impl Client {
             self.state = State::Synchronized;
             return Ok(None);
         }
-        if version != self.version.next() {
+        if Some(version) != self.version.next() {
             return Err(ClientError::VersionGap {
-                expected: self.version.next(),
+                expected: self.version.next().unwrap_or(Version::MAX),
                 got: version,
             });
         }
@@ -308,7 +314,10 @@ impl Client {
                     base: self.version,
                     delta: buffer,
                 };
-                self.next_seq = Seq(self.next_seq.0 + 1);
+                self.next_seq = self
+                    .next_seq
+                    .checked_add(1)
+                    .ok_or(ClientError::SeqExhausted)?;
                 self.state = State::AwaitingAck {
                     inflight: out.clone(),
                 };
@@ -418,9 +427,9 @@ mod tests {
 
     fn client(text: &str) -> Client {
         Client::new(
-            UserId(Uuid::from_u128(1)),
+            UserId::new(Uuid::from_u128(1)),
             ClientId::new("me").unwrap(),
-            Document::from_text(text, Version(3)),
+            Document::from_text(text, Version::from(3)),
         )
     }
 
@@ -432,10 +441,10 @@ mod tests {
 
     fn server_op(version: u64, delta: Delta) -> CommittedOp {
         CommittedOp {
-            version: Version(version),
-            user: UserId(Uuid::from_u128(2)),
+            version: Version::new(version).unwrap(),
+            user: UserId::new(Uuid::from_u128(2)),
             client_id: ClientId::new("other").unwrap(),
-            seq: Seq(1),
+            seq: Seq::from(1),
             delta,
         }
     }
@@ -444,13 +453,13 @@ mod tests {
     fn edits_go_out_one_at_a_time_and_the_rest_is_buffered() {
         let mut c = client("ab");
         let first = c.edit(ins(0, "x", 2)).unwrap().unwrap();
-        assert_eq!((first.seq, first.base), (Seq(1), Version(3)));
+        assert_eq!((first.seq, first.base), (Seq::from(1), Version::from(3)));
         assert_eq!(c.edit(ins(1, "y", 3)).unwrap(), None);
         assert_eq!(c.edit(ins(2, "z", 4)).unwrap(), None);
-        let next = c.ack(Seq(1), Version(4)).unwrap().unwrap();
-        assert_eq!((next.seq, next.base), (Seq(2), Version(4)));
+        let next = c.ack(Seq::from(1), Version::from(4)).unwrap().unwrap();
+        assert_eq!((next.seq, next.base), (Seq::from(2), Version::from(4)));
         assert_eq!(next.delta, ins(1, "yz", 3));
-        assert_eq!(c.ack(Seq(2), Version(5)).unwrap(), None);
+        assert_eq!(c.ack(Seq::from(2), Version::from(5)).unwrap(), None);
         assert!(c.is_synchronized());
         assert_eq!(c.document().text(), "xyzab");
     }
@@ -462,10 +471,10 @@ mod tests {
         c.edit(ins(3, "y", 3)).unwrap();
         c.receive(&server_op(4, ins(0, "S", 2))).unwrap();
         assert_eq!(c.document().text(), "Saxby");
-        assert_eq!(c.version(), Version(4));
+        assert_eq!(c.version(), Version::from(4));
         // The in-flight op is rebased as the server will rebase it.
         assert_eq!(c.resend().unwrap().delta, ins(2, "x", 3));
-        assert_eq!(c.resend().unwrap().base, Version(4));
+        assert_eq!(c.resend().unwrap().base, Version::from(4));
     }
 
     #[test]
@@ -473,7 +482,7 @@ mod tests {
         let mut c = client("ab");
         let out = c.edit(ins(0, "x", 2)).unwrap().unwrap();
         let own = CommittedOp {
-            version: Version(4),
+            version: Version::from(4),
             user: c.user(),
             client_id: c.client_id().clone(),
             seq: out.seq,
@@ -481,10 +490,10 @@ mod tests {
         };
         assert_eq!(c.receive(&own).unwrap(), None);
         assert!(c.is_synchronized());
-        assert_eq!(c.ack(out.seq, Version(4)).unwrap(), None);
+        assert_eq!(c.ack(out.seq, Version::from(4)).unwrap(), None);
         assert_eq!(c.document().text(), "xab");
         assert!(matches!(
-            c.ack(Seq(9), Version(5)),
+            c.ack(Seq::from(9), Version::from(5)),
             Err(ClientError::UnexpectedAck { .. })
         ));
     }
@@ -495,8 +504,8 @@ mod tests {
         assert_eq!(
             c.receive(&server_op(5, ins(0, "S", 2))),
             Err(ClientError::VersionGap {
-                expected: Version(4),
-                got: Version(5)
+                expected: Version::from(4),
+                got: Version::from(5)
             })
         );
     }
@@ -510,10 +519,10 @@ mod tests {
         assert!(matches!(refused, Refused::MustResync(_, Some(_))));
         assert!(c.must_resync());
         assert!(c.edit(ins(0, "z", 4)).is_err());
-        c.reset(Document::from_text("server", Version(9)));
+        c.reset(Document::from_text("server", Version::from(9)));
         assert!(c.is_synchronized());
         assert_eq!(c.document().text(), "server");
-        assert_eq!(c.version(), Version(9));
+        assert_eq!(c.version(), Version::from(9));
     }
 
     #[test]
@@ -521,12 +530,12 @@ mod tests {
         let mut c = client("ab");
         let out = c.edit(ins(0, "x", 2)).unwrap().unwrap();
         c.edit(ins(0, "y", 3)).unwrap();
-        let lost = c.reset(Document::from_text("xab!", Version(7)));
+        let lost = c.reset(Document::from_text("xab!", Version::from(7)));
         assert!(lost.is_some());
         assert_eq!(c.resend(), Some(out.clone()));
         assert!(c.edit(ins(0, "z", 4)).is_err());
         // It had been committed at version 4, inside the content.
-        assert_eq!(c.ack(out.seq, Version(4)).unwrap(), None);
+        assert_eq!(c.ack(out.seq, Version::from(4)).unwrap(), None);
         assert!(c.is_synchronized());
     }
 
@@ -534,14 +543,14 @@ mod tests {
     fn an_unconfirmed_op_committed_only_after_the_rejoin_is_caught_up_as_an_op() {
         let mut c = client("ab");
         let out = c.edit(ins(0, "x", 2)).unwrap().unwrap();
-        c.reset(Document::from_text("ab", Version(7)));
+        c.reset(Document::from_text("ab", Version::from(7)));
         assert!(matches!(
-            c.ack(out.seq, Version(8)),
+            c.ack(out.seq, Version::from(8)),
             Err(ClientError::VersionGap { .. })
         ));
         // Rejoining with since = 7 brings it back as an ordinary op.
         let own = CommittedOp {
-            version: Version(8),
+            version: Version::from(8),
             user: c.user(),
             client_id: c.client_id().clone(),
             seq: out.seq,

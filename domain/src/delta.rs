@@ -18,6 +18,7 @@
 //! delta and [`Delta::fit`] extends it to the document it is applied to.
 
 use crate::attributes::Attributes;
+use crate::ids::{MAX_LEN, MAX_WIRE_INT};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -72,6 +73,16 @@ pub enum DeltaError {
     MalformedComponent { index: usize, reason: &'static str },
     #[error("a delta must be a JSON array of components")]
     NotAnArray,
+}
+
+/// `total + n`, checked. Lengths that come from outside are at most
+/// 2^53 - 1 ([`Delta::from_json`], document limits), so adding a few of them
+/// cannot overflow; this turns a caller's bug into a panic instead of the
+/// silent wrap of a release build.
+fn grown(total: usize, n: usize) -> usize {
+    total
+        .checked_add(n)
+        .expect("delta lengths are bounded by 2^53 - 1 where they enter")
 }
 
 /// A normalised sequence of components with the lengths it goes between.
@@ -138,6 +149,46 @@ impl Delta {
         })
     }
 
+    /// Whether this delta keeps the wire's bounds, whatever built it: no
+    /// U+0000 in text or attributes, no length over 2^53 - 1 (what
+    /// [`Delta::from_json`] refuses, and PostgreSQL cannot store).
+    pub fn check_storable(&self) -> Result<(), &'static str> {
+        if self.base_len > MAX_LEN || self.target_len > MAX_LEN {
+            return Err("a length over 2^53 - 1");
+        }
+        for c in &self.ops {
+            let attributes = match c {
+                Component::Insert { text, .. } if text.contains('\0') => {
+                    return Err("U+0000 in inserted text");
+                }
+                Component::Insert { attributes, .. } | Component::Retain { attributes, .. } => {
+                    attributes
+                }
+                Component::Delete { .. } => continue,
+            };
+            if attributes.contains_nul() {
+                return Err("U+0000 in an attribute");
+            }
+        }
+        Ok(())
+    }
+
+    /// Heap bytes this delta holds: its components and what they own.
+    pub fn heap_bytes(&self) -> usize {
+        self.ops.capacity() * std::mem::size_of::<Component>()
+            + self
+                .ops
+                .iter()
+                .map(|c| match c {
+                    Component::Insert { text, attributes } => {
+                        text.capacity() + attributes.heap_bytes()
+                    }
+                    Component::Retain { attributes, .. } => attributes.heap_bytes(),
+                    Component::Delete { .. } => 0,
+                })
+                .sum::<usize>()
+    }
+
     /// Characters inserted by this delta.
     pub fn inserted_chars(&self) -> usize {
         self.ops
@@ -159,15 +210,15 @@ impl Delta {
         if n == 0 {
             return self;
         }
-        self.base_len += n;
-        self.target_len += n;
+        self.base_len = grown(self.base_len, n);
+        self.target_len = grown(self.target_len, n);
         if let Some(Component::Retain {
             len,
             attributes: last,
         }) = self.ops.last_mut()
             && *last == attributes
         {
-            *len += n;
+            *len = grown(*len, n);
             return self;
         }
         self.ops.push(Component::Retain { len: n, attributes });
@@ -186,7 +237,7 @@ impl Delta {
             return self;
         }
         let attributes = attributes.without_nulls();
-        self.target_len += text.chars().count();
+        self.target_len = grown(self.target_len, text.chars().count());
         // Insert before delete: [.., Insert?, Delete] + Insert puts the new
         // text before the delete, merging with the insert there if it can.
         let at = match self.ops.last() {
@@ -218,9 +269,9 @@ impl Delta {
         if n == 0 {
             return self;
         }
-        self.base_len += n;
+        self.base_len = grown(self.base_len, n);
         if let Some(Component::Delete { len }) = self.ops.last_mut() {
-            *len += n;
+            *len = grown(*len, n);
             return self;
         }
         self.ops.push(Component::Delete { len: n });
@@ -298,11 +349,32 @@ impl Delta {
 
     /// Parses the wire form (PROTOCOL.md). The result spans exactly what its
     /// components span; use [`Delta::fit`] to extend it to a document.
+    ///
+    /// Refused, naming the component: lengths that are not integers from 1
+    /// to 2^53 - 1, a delta spanning or producing more than 2^53 - 1
+    /// characters, U+0000 in inserted text, attribute maps beyond the
+    /// bounds of [`crate::attributes`], and the non-canonical form - a
+    /// `delete` directly followed by an `insert` (PROTOCOL.md "Canonical
+    /// form"), which transforms differently from the canonical one, so
+    /// reordering it would make the sender diverge.
     pub fn from_json(value: &Value) -> Result<Delta, DeltaError> {
         let items = value.as_array().ok_or(DeltaError::NotAnArray)?;
         let mut delta = Delta::with_capacity(items.len());
+        let mut after_delete = false;
+        // Totals kept as u64 with checks: each length is at most 2^53 - 1,
+        // and so must the totals be.
+        let mut base: u64 = 0;
+        let mut target: u64 = 0;
         for (index, item) in items.iter().enumerate() {
             let bad = |reason| DeltaError::MalformedComponent { index, reason };
+            let grow = |total: &mut u64, n: usize, reason| {
+                let n = u64::try_from(n).map_err(|_| bad(reason))?;
+                *total = total
+                    .checked_add(n)
+                    .filter(|&t| t <= MAX_WIRE_INT)
+                    .ok_or(bad(reason))?;
+                Ok::<(), DeltaError>(())
+            };
             let obj = item
                 .as_object()
                 .ok_or(bad("a component must be an object"))?;
@@ -315,21 +387,35 @@ impl Delta {
                 if !allowed(1) {
                     return Err(bad("a retain has only `retain` and `attributes`"));
                 }
-                delta.retain_with(positive(v).map_err(bad)?, attributes);
+                let n = positive(v).map_err(bad)?;
+                grow(&mut base, n, SPANS_TOO_MUCH)?;
+                grow(&mut target, n, PRODUCES_TOO_MUCH)?;
+                delta.retain_with(n, attributes);
+                after_delete = false;
             } else if let Some(v) = obj.get("insert") {
                 if !allowed(1) {
                     return Err(bad("an insert has only `insert` and `attributes`"));
+                }
+                if after_delete {
+                    return Err(bad(NOT_CANONICAL));
                 }
                 let text = v.as_str().ok_or(bad("`insert` must be a string"))?;
                 if text.is_empty() {
                     return Err(bad("zero-length insert"));
                 }
+                if text.contains('\0') {
+                    return Err(bad("inserted text must not contain U+0000"));
+                }
+                grow(&mut target, text.chars().count(), PRODUCES_TOO_MUCH)?;
                 delta.insert_with(text, attributes);
             } else if let Some(v) = obj.get("delete") {
                 if obj.len() != 1 {
                     return Err(bad("a delete has only `delete`"));
                 }
-                delta.delete(positive(v).map_err(bad)?);
+                let n = positive(v).map_err(bad)?;
+                grow(&mut base, n, SPANS_TOO_MUCH)?;
+                delta.delete(n);
+                after_delete = true;
             } else {
                 return Err(bad("unknown component: expected retain, insert or delete"));
             }
@@ -344,9 +430,18 @@ impl Delta {
     }
 }
 
+/// Why a `delete` directly followed by an `insert` is refused.
+pub const NOT_CANONICAL: &str = "a delete directly followed by an insert is not canonical: \
+     where an insert and a delete meet, the insert comes first \
+     ([{\"retain\":2},{\"insert\":\"ab\"},{\"delete\":3}])";
+const SPANS_TOO_MUCH: &str = "the delta spans more than 2^53 - 1 characters";
+const PRODUCES_TOO_MUCH: &str = "the delta produces more than 2^53 - 1 characters";
+
+/// A length on the wire: an integer from 1 to 2^53 - 1.
 fn positive(v: &Value) -> Result<usize, &'static str> {
     match v.as_u64() {
         Some(0) => Err("zero length"),
+        Some(n) if n > MAX_WIRE_INT => Err("length is over 2^53 - 1"),
         Some(n) => usize::try_from(n).map_err(|_| "length out of range"),
         None => Err("length must be a positive integer"),
     }
@@ -657,6 +752,85 @@ mod tests {
             );
         }
         assert_eq!(Delta::from_json(&json!({})), Err(DeltaError::NotAnArray));
+    }
+
+    #[test]
+    fn a_delete_directly_followed_by_an_insert_is_refused_as_not_canonical() {
+        let wire = json!([{"retain": 2}, {"delete": 3}, {"insert": "ab"}]);
+        assert_eq!(
+            Delta::from_json(&wire),
+            Err(DeltaError::MalformedComponent {
+                index: 2,
+                reason: NOT_CANONICAL
+            })
+        );
+        assert!(NOT_CANONICAL.contains(r#"[{"retain":2},{"insert":"ab"},{"delete":3}]"#));
+        let canonical = json!([{"retain": 2}, {"insert": "ab"}, {"delete": 3}]);
+        assert!(Delta::from_json(&canonical).is_ok());
+        // A retain in between makes them different positions: fine.
+        let apart = json!([{"delete": 1}, {"retain": 1}, {"insert": "x"}]);
+        assert!(Delta::from_json(&apart).is_ok());
+    }
+
+    #[test]
+    fn lengths_and_their_sums_stop_at_two_to_the_fifty_three_minus_one() {
+        let max = MAX_WIRE_INT;
+        assert!(Delta::from_json(&json!([{ "retain": max }])).is_ok());
+        for (wire, index, reason) in [
+            (json!([{ "retain": max + 1 }]), 0, "length is over 2^53 - 1"),
+            (
+                json!([{ "delete": u64::MAX }]),
+                0,
+                "length is over 2^53 - 1",
+            ),
+            (
+                json!([{ "delete": u64::MAX }, {"retain": 6}]),
+                0,
+                "length is over 2^53 - 1",
+            ),
+            (json!([{ "retain": max }, {"retain": 1}]), 1, SPANS_TOO_MUCH),
+            (
+                json!([{ "delete": max }, {"retain": 2, "attributes": {"b": true}}]),
+                1,
+                SPANS_TOO_MUCH,
+            ),
+            (
+                json!([{ "retain": max }, {"insert": "x"}]),
+                1,
+                PRODUCES_TOO_MUCH,
+            ),
+            (
+                json!([{ "retain": -1 }]),
+                0,
+                "length must be a positive integer",
+            ),
+            (
+                json!([{ "retain": 1e300 }]),
+                0,
+                "length must be a positive integer",
+            ),
+        ] {
+            assert_eq!(
+                Delta::from_json(&wire),
+                Err(DeltaError::MalformedComponent { index, reason }),
+                "{wire}"
+            );
+        }
+    }
+
+    #[test]
+    fn nul_in_text_or_attributes_is_refused() {
+        assert_eq!(
+            Delta::from_json(&json!([{"insert": "a\u{0}b"}])),
+            Err(DeltaError::MalformedComponent {
+                index: 0,
+                reason: "inserted text must not contain U+0000"
+            })
+        );
+        assert!(Delta::from_json(&json!([{"insert": "a", "attributes": {"c": "\u{0}"}}])).is_err());
+        assert!(
+            Delta::from_json(&json!([{"retain": 1, "attributes": {"c": ["x\u{0}"]}}])).is_err()
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ impl PresenceEntry {
     /// `self.version`). The author's own caret moves past its insert; other
     /// carets stay before text inserted exactly at them.
     pub fn apply(&mut self, op: &CommittedOp) {
-        if op.version != self.version.next() {
+        if Some(op.version) != self.version.next() {
             return;
         }
         let bias = if op.user == self.user && op.client_id == self.client_id {
@@ -115,12 +115,12 @@ mod tests {
 
     fn entry(u: u128, c: &str, at: usize, version: u64) -> PresenceEntry {
         PresenceEntry {
-            user: UserId(Uuid::from_u128(u)),
+            user: UserId::new(Uuid::from_u128(u)),
             client_id: ClientId::new(c).unwrap(),
             name: None,
             anchor: Some(at),
             head: Some(at),
-            version: Version(version),
+            version: Version::new(version).unwrap(),
         }
     }
 
@@ -132,22 +132,28 @@ mod tests {
         let mut d = Delta::new();
         d.retain(3).insert("xy").retain(2);
         let op = CommittedOp {
-            version: Version(1),
-            user: UserId(Uuid::from_u128(1)),
+            version: Version::from(1),
+            user: UserId::new(Uuid::from_u128(1)),
             client_id: ClientId::new("a").unwrap(),
-            seq: Seq(1),
+            seq: Seq::from(1),
             delta: d,
         };
         r.apply(&op);
         let a = r
-            .get(UserId(Uuid::from_u128(1)), &ClientId::new("a").unwrap())
+            .get(
+                UserId::new(Uuid::from_u128(1)),
+                &ClientId::new("a").unwrap(),
+            )
             .unwrap();
         let b = r
-            .get(UserId(Uuid::from_u128(2)), &ClientId::new("b").unwrap())
+            .get(
+                UserId::new(Uuid::from_u128(2)),
+                &ClientId::new("b").unwrap(),
+            )
             .unwrap();
         // The author's caret follows its own typing; the other stays put.
-        assert_eq!((a.head, a.version), (Some(5), Version(1)));
-        assert_eq!((b.head, b.version), (Some(3), Version(1)));
+        assert_eq!((a.head, a.version), (Some(5), Version::from(1)));
+        assert_eq!((b.head, b.version), (Some(3), Version::from(1)));
     }
 
     #[test]
@@ -157,8 +163,11 @@ mod tests {
         assert!(!r.join(entry(1, "a", 1, 0)));
         assert_eq!(r.len(), 1);
         assert!(
-            r.leave(UserId(Uuid::from_u128(1)), &ClientId::new("a").unwrap())
-                .is_some()
+            r.leave(
+                UserId::new(Uuid::from_u128(1)),
+                &ClientId::new("a").unwrap()
+            )
+            .is_some()
         );
         assert!(r.is_empty());
     }

@@ -17,7 +17,7 @@
 
 use crate::delta::{Delta, DeltaError};
 use crate::document::Document;
-use crate::ids::{ClientId, Seq, Timestamp, UserId, Version};
+use crate::ids::{ClientId, MAX_LEN, Seq, Timestamp, UserId, Version};
 use crate::ot::{Bias, Side};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -31,6 +31,16 @@ pub struct CommittedOp {
     pub client_id: ClientId,
     pub seq: Seq,
     pub delta: Delta,
+}
+
+impl CommittedOp {
+    /// Bytes this op holds in memory: its own size plus what it allocated
+    /// (components, text, attribute maps; shared maps and the shared client
+    /// id are counted in full, so this is an upper bound). History budgets
+    /// are kept in these bytes.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<CommittedOp>() + self.delta.heap_bytes() + self.client_id.as_str().len()
+    }
 }
 
 /// A client's `submit`, with the user it was authenticated as.
@@ -111,6 +121,10 @@ pub struct SequencerConfig {
     pub max_history: usize,
     /// Ops older than this (ms) may be dropped from history.
     pub max_history_age_ms: u64,
+    /// Most bytes of ops kept in history ([`CommittedOp::memory_bytes`]);
+    /// the oldest go first. The newest op is always kept, so one op larger
+    /// than the budget still becomes history until the next one.
+    pub max_history_bytes: usize,
     /// Largest document, in characters.
     pub max_document_chars: usize,
     /// Most components in one delta.
@@ -125,6 +139,7 @@ impl Default for SequencerConfig {
         SequencerConfig {
             max_history: 10_000,
             max_history_age_ms: 600_000,
+            max_history_bytes: 8 << 20,
             max_document_chars: 10_000_000,
             max_delta_components: 10_000,
             max_clients: 10_000,
@@ -147,6 +162,16 @@ type ClientRecords = Vec<(UserId, ClientRecord)>;
 struct Entry {
     op: CommittedOp,
     at: Timestamp,
+    /// `op.memory_bytes()` plus the entry's own slot.
+    bytes: usize,
+}
+
+impl Entry {
+    fn new(op: CommittedOp, at: Timestamp) -> Entry {
+        let bytes =
+            op.memory_bytes() + std::mem::size_of::<Entry>() - std::mem::size_of::<CommittedOp>();
+        Entry { op, at, bytes }
+    }
 }
 
 /// The sequencer of one document. See the module documentation.
@@ -154,6 +179,8 @@ struct Entry {
 pub struct Sequencer {
     doc: Document,
     history: VecDeque<Entry>,
+    /// Sum of the history entries' `bytes`.
+    history_bytes: usize,
     pending: Vec<CommittedOp>,
     /// Document length once every pending op applies.
     pending_len: usize,
@@ -169,6 +196,7 @@ impl Sequencer {
         Sequencer {
             doc,
             history: VecDeque::new(),
+            history_bytes: 0,
             pending: Vec::new(),
             pending_len,
             clients: HashMap::new(),
@@ -203,9 +231,9 @@ impl Sequencer {
 
     /// The oldest base a submit may still use.
     pub fn oldest_base(&self) -> Version {
-        self.history
-            .front()
-            .map_or(self.version(), |e| Version(e.op.version.0 - 1))
+        self.history.front().map_or(self.version(), |e| {
+            e.op.version.prev().unwrap_or(Version::ZERO)
+        })
     }
 
     /// Ops committed after `since`, if all are still kept.
@@ -213,7 +241,7 @@ impl Sequencer {
         if since > self.version() || since < self.oldest_base() {
             return None;
         }
-        let skip = usize::try_from(since.0 - self.oldest_base().0).ok()?;
+        let skip = usize::try_from(since.since(self.oldest_base())).ok()?;
         Some(self.history.range(skip..).map(|e| &e.op))
     }
 
@@ -277,7 +305,7 @@ impl Sequencer {
                 actual: sub.delta.components().len(),
             });
         }
-        let skip = usize::try_from(sub.base.0 - oldest.0).expect("bounded by history length");
+        let skip = usize::try_from(sub.base.since(oldest)).expect("bounded by history length");
         let len_at_base = self
             .history
             .get(skip)
@@ -298,6 +326,10 @@ impl Sequencer {
             delta = Some(current.transform(other, Side::Right)?);
         }
         let delta = delta.unwrap_or_else(|| sub.delta.clone());
+        // Rebasing over the pending ops makes it span what they produce;
+        // checked here, before anything is appended, rather than trusted
+        // when the op is applied after its commit.
+        delta.check_base(self.pending_len)?;
         if delta.target_len() > self.config.max_document_chars
             && delta.target_len() > delta.base_len()
         {
@@ -307,7 +339,16 @@ impl Sequencer {
                 actual: delta.target_len(),
             });
         }
-        let at = Version(version.0 + self.pending.len() as u64 + 1);
+        let Some(at) = u64::try_from(self.pending.len() + 1)
+            .ok()
+            .and_then(|n| version.checked_add(n))
+        else {
+            return Err(Rejection::TooLarge {
+                what: "document version",
+                limit: MAX_LEN,
+                actual: MAX_LEN,
+            });
+        };
         self.pending_len = delta.target_len();
         self.pending.push(CommittedOp {
             version: at,
@@ -347,7 +388,8 @@ impl Sequencer {
             .iter()
             .take_while(|p| p.version <= through)
             .count();
-        for op in self.pending.drain(..n) {
+        let committed: Vec<CommittedOp> = self.pending.drain(..n).collect();
+        for op in committed {
             self.doc
                 .apply(&op.delta)
                 .expect("a pending op was rebased onto the document it now applies to");
@@ -358,7 +400,7 @@ impl Sequencer {
                 Some((op.seq, op.version)),
                 now,
             );
-            self.history.push_back(Entry { op, at: now });
+            self.push_history(Entry::new(op, now));
         }
         self.prune(now);
         n
@@ -376,7 +418,10 @@ impl Sequencer {
     /// Applies an op committed by another instance. Ops at or below the
     /// current version are ignored (already applied); a gap is an error.
     pub fn apply_remote(&mut self, op: CommittedOp, now: Timestamp) -> Result<bool, RemoteError> {
-        let expected = self.version().next();
+        // At the last version there is, every op is already applied.
+        let Some(expected) = self.version().next() else {
+            return Ok(false);
+        };
         if op.version < expected {
             return Ok(false);
         }
@@ -412,7 +457,7 @@ impl Sequencer {
             Some((op.seq, op.version)),
             now,
         );
-        self.history.push_back(Entry { op, at: now });
+        self.push_history(Entry::new(op, now));
         self.prune(now);
         Ok(true)
     }
@@ -465,14 +510,33 @@ impl Sequencer {
         }
     }
 
+    fn push_history(&mut self, entry: Entry) {
+        self.history_bytes += entry.bytes;
+        self.history.push_back(entry);
+    }
+
+    /// Bytes of history kept ([`SequencerConfig::max_history_bytes`]).
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes
+    }
+
+    /// Ops kept in history.
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
     fn prune(&mut self, now: Timestamp) {
         while let Some(front) = self.history.front() {
             let too_many = self.history.len() > self.config.max_history;
             let too_old = now.since(front.at) > self.config.max_history_age_ms;
-            if !(too_many || too_old) {
+            let too_big =
+                self.history_bytes > self.config.max_history_bytes && self.history.len() > 1;
+            if !(too_many || too_old || too_big) {
                 break;
             }
-            self.history.pop_front();
+            if let Some(gone) = self.history.pop_front() {
+                self.history_bytes -= gone.bytes;
+            }
         }
         if self.clients.len() > self.config.max_clients {
             // Forget the least recently seen tenth at once, so the selection
@@ -510,15 +574,15 @@ mod tests {
     use uuid::Uuid;
 
     fn user(n: u128) -> UserId {
-        UserId(Uuid::from_u128(n))
+        UserId::new(Uuid::from_u128(n))
     }
 
     fn sub(u: u128, client: &str, seq: u64, base: u64, delta: Delta) -> Submission {
         Submission {
             user: user(u),
             client_id: ClientId::new(client).unwrap(),
-            seq: Seq(seq),
-            base: Version(base),
+            seq: Seq::new(seq).unwrap(),
+            base: Version::new(base).unwrap(),
             delta,
         }
     }
@@ -544,12 +608,12 @@ mod tests {
     #[test]
     fn a_late_submit_is_rebased_over_what_was_committed_after_its_base() {
         let mut s = Sequencer::new(
-            Document::from_text("ac", Version(0)),
+            Document::from_text("ac", Version::from(0)),
             SequencerConfig::default(),
         );
         commit_one(&mut s, sub(1, "a", 1, 0, ins(1, "b")));
         let op = commit_one(&mut s, sub(2, "b", 1, 0, ins(2, "d")));
-        assert_eq!(op.version, Version(2));
+        assert_eq!(op.version, Version::from(2));
         assert_eq!(s.document().text(), "abcd");
     }
 
@@ -567,15 +631,15 @@ mod tests {
         commit_one(&mut s, sub(1, "a", 7, 0, ins(0, "x")));
         commit_one(&mut s, sub(2, "b", 1, 1, ins(1, "y")));
         let again = s.propose(&sub(1, "a", 7, 2, ins(0, "zzz")));
-        assert_eq!(again, Ok(Proposed::Duplicate(Version(1))));
-        assert_eq!(s.version(), Version(2));
+        assert_eq!(again, Ok(Proposed::Duplicate(Version::from(1))));
+        assert_eq!(s.version(), Version::from(2));
         assert_eq!(s.pending().len(), 0);
     }
 
     #[test]
     fn a_client_the_store_knows_nothing_of_is_known_and_its_commits_win() {
         let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
-        let (user, client) = (UserId(Uuid::from_u128(1)), ClientId::new("a").unwrap());
+        let (user, client) = (UserId::new(Uuid::from_u128(1)), ClientId::new("a").unwrap());
         assert!(!s.knows_client(user, &client));
         s.remember_client(user, &client, None, Timestamp(0));
         assert!(
@@ -587,22 +651,27 @@ mod tests {
         s.remember_client(user, &client, None, Timestamp(1));
         assert_eq!(
             s.propose(&sub(1, "a", 3, 1, ins(0, "again"))),
-            Ok(Proposed::Duplicate(Version(1))),
+            Ok(Proposed::Duplicate(Version::from(1))),
             "a stale `None` must not move the record back"
         );
         assert_eq!(
             s.propose(&sub(1, "a", 2, 1, ins(0, "old"))),
             Err(Rejection::OutOfOrder {
-                seq: Seq(2),
-                last: Seq(3)
+                seq: Seq::from(2),
+                last: Seq::from(3)
             })
         );
         // The store's answer for a client seeds duplicates before history.
         let other = ClientId::new("b").unwrap();
-        s.remember_client(user, &other, Some((Seq(9), Version(1))), Timestamp(2));
+        s.remember_client(
+            user,
+            &other,
+            Some((Seq::from(9), Version::from(1))),
+            Timestamp(2),
+        );
         assert_eq!(
             s.propose(&sub(1, "b", 9, 1, ins(0, "y"))),
-            Ok(Proposed::Duplicate(Version(1)))
+            Ok(Proposed::Duplicate(Version::from(1)))
         );
     }
 
@@ -613,8 +682,8 @@ mod tests {
         assert_eq!(
             s.propose(&sub(1, "a", 4, 1, ins(0, "y"))),
             Err(Rejection::OutOfOrder {
-                seq: Seq(4),
-                last: Seq(5)
+                seq: Seq::from(4),
+                last: Seq::from(5)
             })
         );
         // The same seq from another client or user is unrelated.
@@ -640,15 +709,15 @@ mod tests {
         assert_eq!(
             r(&mut s, 1, 4, ins(0, "y")),
             Err(Rejection::FutureBase {
-                base: Version(4),
-                version: Version(3)
+                base: Version::from(4),
+                version: Version::from(3)
             })
         );
         assert_eq!(
             r(&mut s, 1, 0, ins(0, "y")),
             Err(Rejection::StaleBase {
-                base: Version(0),
-                oldest: Version(1)
+                base: Version::from(0),
+                oldest: Version::from(1)
             })
         );
         assert_eq!(
@@ -683,12 +752,12 @@ mod tests {
         let p = s.propose(&sub(1, "a", 1, 0, ins(0, "x"))).unwrap();
         let Proposed::New(v) = p else { panic!() };
         s.commit(v, Timestamp(0));
-        assert!(s.ops_since(Version(0)).is_some());
+        assert!(s.ops_since(Version::from(0)).is_some());
         let p = s.propose(&sub(1, "a", 2, 1, ins(0, "y"))).unwrap();
         let Proposed::New(v) = p else { panic!() };
         s.commit(v, Timestamp(5_000));
-        assert!(s.ops_since(Version(0)).is_none());
-        assert_eq!(s.ops_since(Version(1)).map(|o| o.len()), Some(1));
+        assert!(s.ops_since(Version::from(0)).is_none());
+        assert_eq!(s.ops_since(Version::from(1)).map(|o| o.len()), Some(1));
     }
 
     #[test]
@@ -700,33 +769,33 @@ mod tests {
         let Proposed::New(b) = s.propose(&sub(2, "b", 1, 0, ins(0, "b"))).unwrap() else {
             panic!()
         };
-        assert_eq!((a, b), (Version(1), Version(2)));
+        assert_eq!((a, b), (Version::from(1), Version::from(2)));
         assert_eq!(
             s.propose(&sub(1, "a", 1, 0, ins(0, "a"))),
-            Ok(Proposed::Pending(Version(1)))
+            Ok(Proposed::Pending(Version::from(1)))
         );
-        assert_eq!(s.version(), Version(0));
-        assert_eq!(s.commit(Version(2), Timestamp(0)), 2);
+        assert_eq!(s.version(), Version::from(0));
+        assert_eq!(s.commit(Version::from(2), Timestamp(0)), 2);
         assert_eq!(s.document().text(), "ab");
     }
 
     #[test]
     fn losing_the_race_applies_the_remote_op_then_proposes_again() {
         let mut s = Sequencer::new(
-            Document::from_text("xy", Version(0)),
+            Document::from_text("xy", Version::from(0)),
             SequencerConfig::default(),
         );
         let Proposed::New(mine) = s.propose(&sub(1, "a", 1, 0, ins(1, "A"))).unwrap() else {
             panic!()
         };
-        assert_eq!(mine, Version(1));
+        assert_eq!(mine, Version::from(1));
         let submission = sub(1, "a", 1, 0, ins(1, "A"));
         // Another instance committed version 1 first.
         let theirs = CommittedOp {
-            version: Version(1),
+            version: Version::from(1),
             user: user(9),
             client_id: ClientId::new("remote").unwrap(),
-            seq: Seq(1),
+            seq: Seq::from(1),
             delta: ins(1, "B").fit(2).unwrap(),
         };
         assert_eq!(
@@ -735,8 +804,8 @@ mod tests {
         );
         assert_eq!(s.abort_pending(), 1);
         assert!(s.apply_remote(theirs, Timestamp(0)).unwrap());
-        assert_eq!(s.propose(&submission), Ok(Proposed::New(Version(2))));
-        s.commit(Version(2), Timestamp(0));
+        assert_eq!(s.propose(&submission), Ok(Proposed::New(Version::from(2))));
+        s.commit(Version::from(2), Timestamp(0));
         assert_eq!(s.document().text(), "xBAy");
     }
 
@@ -744,17 +813,17 @@ mod tests {
     fn a_gap_in_remote_ops_is_refused() {
         let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
         let op = CommittedOp {
-            version: Version(2),
+            version: Version::from(2),
             user: user(1),
             client_id: ClientId::new("r").unwrap(),
-            seq: Seq(1),
+            seq: Seq::from(1),
             delta: ins(0, "x"),
         };
         assert_eq!(
             s.apply_remote(op, Timestamp(0)),
             Err(RemoteError::Gap {
-                expected: Version(1),
-                got: Version(2)
+                expected: Version::from(1),
+                got: Version::from(2)
             })
         );
     }
@@ -762,13 +831,19 @@ mod tests {
     #[test]
     fn positions_are_rebased_through_history() {
         let mut s = Sequencer::new(
-            Document::from_text("hello", Version(0)),
+            Document::from_text("hello", Version::from(0)),
             SequencerConfig::default(),
         );
         commit_one(&mut s, sub(1, "a", 1, 0, ins(0, ">> ")));
-        assert_eq!(s.rebase_position(5, Version(0), Bias::Before), Some(8));
-        assert_eq!(s.rebase_position(5, Version(1), Bias::Before), Some(5));
-        assert_eq!(s.rebase_position(5, Version(2), Bias::Before), None);
+        assert_eq!(
+            s.rebase_position(5, Version::from(0), Bias::Before),
+            Some(8)
+        );
+        assert_eq!(
+            s.rebase_position(5, Version::from(1), Bias::Before),
+            Some(5)
+        );
+        assert_eq!(s.rebase_position(5, Version::from(2), Bias::Before), None);
     }
 
     #[test]

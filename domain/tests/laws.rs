@@ -125,7 +125,7 @@ fn document() -> impl Strategy<Value = Document> {
         for (t, a) in parts {
             content.insert_with(&t, a);
         }
-        Document::from_content(&content, Version(0)).expect("inserts only")
+        Document::from_content(&content, Version::from(0)).expect("inserts only")
     })
 }
 
@@ -213,7 +213,7 @@ proptest! {
         let after = applied(&doc, &a);
         prop_assert_eq!(content(&after), expected);
         prop_assert_eq!(after.len(), a.target_len());
-        prop_assert_eq!(after.version(), Version(doc.version().0 + 1));
+        prop_assert_eq!(after.version(), doc.version().next().unwrap());
     }
 
     #[test]
@@ -268,5 +268,124 @@ proptest! {
         let wire = serde_json::to_value(&a).unwrap();
         let back = Delta::from_json(&wire).unwrap().fit(doc.len()).unwrap();
         prop_assert_eq!(back, a);
+    }
+}
+
+// What a client can send: lengths anywhere in u64 (with the 2^53 bounds
+// and the wrap points over-represented), components in any order, text
+// with U+0000 now and then. The domain must refuse or accept each delta
+// without panicking, and whatever it accepts must behave.
+
+fn any_length() -> impl Strategy<Value = u64> {
+    const MAX: u64 = relay_domain::ids::MAX_WIRE_INT;
+    prop_oneof![
+        6 => 1..8u64,
+        1 => Just(0u64),
+        1 => prop::sample::select(vec![
+            MAX - 1, MAX, MAX + 1, u64::MAX, u64::MAX - 1, u64::MAX - 4, 1u64 << 63, (1u64 << 63) - 1,
+            u64::from(u32::MAX), u64::from(u32::MAX) + 1,
+        ]),
+        1 => any::<u64>(),
+    ]
+}
+
+fn wire_component() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => (any_length(), prop::option::of(attributes()))
+            .prop_map(|(n, a)| match a {
+                Some(a) => json!({"retain": n, "attributes": a}),
+                None => json!({"retain": n}),
+            }),
+        2 => (text(), any::<bool>(), prop::option::weighted(0.3, attributes()))
+            .prop_map(|(t, nul, a)| {
+                let t = if nul { format!("{t}\u{0}") } else { t };
+                match a {
+                    Some(a) => json!({"insert": t, "attributes": a}),
+                    None => json!({"insert": t}),
+                }
+            }),
+        2 => any_length().prop_map(|n| json!({"delete": n})),
+    ]
+}
+
+fn wire_delta() -> impl Strategy<Value = Value> {
+    prop::collection::vec(wire_component(), 0..6).prop_map(Value::Array)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn any_wire_delta_is_refused_or_bounded_and_canonical(wire in wire_delta()) {
+        let Ok(d) = Delta::from_json(&wire) else { return Ok(()) };
+        let max = usize::try_from(relay_domain::ids::MAX_WIRE_INT).unwrap();
+        prop_assert!(d.base_len() <= max && d.target_len() <= max);
+        prop_assert!(is_normal(&d));
+        prop_assert!(d.check_storable().is_ok());
+        // Lengths are what the components say, summed without wrapping.
+        let spans: u128 = wire.as_array().unwrap().iter().map(|c| {
+            u128::from(c.get("retain").or(c.get("delete")).and_then(Value::as_u64).unwrap_or(0))
+        }).sum();
+        prop_assert_eq!(d.base_len() as u128, spans);
+    }
+
+    #[test]
+    fn any_wire_delta_either_fits_a_document_and_behaves_or_leaves_it_alone(
+        doc in document(), wire in wire_delta(), sb in steps()
+    ) {
+        let Ok(raw) = Delta::from_json(&wire) else { return Ok(()) };
+        let mut target = doc.clone();
+        let Ok(d) = raw.clone().fit(doc.len()) else {
+            // It spans more than the document: refused, nothing changed.
+            prop_assert!(target.apply(&raw).is_err());
+            prop_assert!(target == doc);
+            return Ok(());
+        };
+        target.apply(&d).unwrap();
+        prop_assert_eq!(target.text(), d.apply_to_str(&doc.text()).unwrap());
+        prop_assert_eq!(target.len(), d.target_len());
+        // It transforms against a concurrent delta and converges.
+        let b = build(&sb, doc.len());
+        let d2 = d.transform(&b, Side::Left).unwrap();
+        let b2 = b.transform(&d, Side::Right).unwrap();
+        let via_d = applied(&applied(&doc, &d), &b2);
+        let via_b = applied(&applied(&doc, &b), &d2);
+        prop_assert_eq!(content(&via_d), content(&via_b));
+    }
+
+    #[test]
+    fn the_sequencer_refuses_or_commits_any_wire_delta_at_any_base(
+        doc in document(), history in prop::collection::vec(steps(), 0..4),
+        wire in wire_delta(), base in 0..6u64
+    ) {
+        use relay_domain::{ClientId, Proposed, Sequencer, SequencerConfig, Seq, Submission, Timestamp, UserId};
+        let user = UserId::new(uuid::Uuid::from_u128(1));
+        let mut s = Sequencer::new(doc, SequencerConfig::default());
+        for (i, st) in history.iter().enumerate() {
+            let d = build(st, s.document().len());
+            let sub = Submission {
+                user, client_id: ClientId::new("h").unwrap(), seq: Seq::from(i as u32 + 1),
+                base: s.version(), delta: d,
+            };
+            if let Ok(Proposed::New(v)) = s.propose(&sub) {
+                s.commit(v, Timestamp(0));
+            }
+        }
+        let Ok(delta) = Delta::from_json(&wire) else { return Ok(()) };
+        let sub = Submission {
+            user, client_id: ClientId::new("x").unwrap(), seq: Seq::from(1),
+            base: Version::new(base.min(s.version().get())).unwrap(), delta,
+        };
+        let before = s.document().clone();
+        match s.propose(&sub) {
+            Ok(Proposed::New(v)) => {
+                let expected_len = s.pending_len();
+                s.commit(v, Timestamp(0));
+                prop_assert_eq!(s.document().len(), expected_len);
+                prop_assert_eq!(s.version(), v);
+            }
+            Ok(other) => prop_assert!(false, "a new client's seq is new: {:?}", other),
+            Err(_) => prop_assert!(s.document() == &before && s.pending().is_empty()),
+        }
     }
 }

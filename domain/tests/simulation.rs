@@ -93,7 +93,7 @@ impl Sim {
         } else {
             10_000
         };
-        let initial = Document::from_text("Hello, 🙂 world", Version(0));
+        let initial = Document::from_text("Hello, 🙂 world", Version::from(0));
         let server = Sequencer::new(
             initial.clone(),
             SequencerConfig {
@@ -104,7 +104,7 @@ impl Sim {
         let clients = (0..n)
             .map(|i| {
                 Client::new(
-                    UserId(Uuid::from_u128(1 + (i as u128 % 5))),
+                    UserId::new(Uuid::from_u128(1 + (i as u128 % 5))),
                     ClientId::new(format!("tab-{i}")).unwrap(),
                     initial.clone(),
                 )
@@ -311,10 +311,14 @@ impl Sim {
                     .ack(seq, version)
                     .unwrap_or_else(|e| panic!("seed {seed}: client {c} ack: {e}"));
                 if inflight == Some(seq) {
-                    self.record_ack(c, seq.0, version);
+                    self.record_ack(c, seq.get(), version);
                 } else {
                     // A duplicate's second ack must name the same version.
-                    assert_eq!(self.acked.get(&(c, seq.0)), Some(&version), "seed {seed}");
+                    assert_eq!(
+                        self.acked.get(&(c, seq.get())),
+                        Some(&version),
+                        "seed {seed}"
+                    );
                 }
                 self.send(c, out);
             }
@@ -343,7 +347,7 @@ impl Sim {
         if let Some(seq) = before
             && after != Some(seq)
         {
-            self.record_ack(c, seq.0, op.version);
+            self.record_ack(c, seq.get(), op.version);
         }
         self.send(c, out);
     }
@@ -408,7 +412,7 @@ impl Sim {
         for (i, op) in self.log.iter().enumerate() {
             assert_eq!(
                 op.version,
-                Version(i as u64 + 1),
+                Version::new(i as u64 + 1).unwrap(),
                 "seed {seed}: log has a gap"
             );
             replay.apply(&op.delta).unwrap();
@@ -444,9 +448,9 @@ impl Sim {
             );
         }
         for ((c, seq), version) in &self.acked {
-            let op = &self.log[version.0 as usize - 1];
+            let op = &self.log[usize::try_from(version.get()).unwrap() - 1];
             assert_eq!(
-                (&op.client_id, op.seq.0),
+                (&op.client_id, op.seq.get()),
                 (self.clients[*c].client_id(), *seq),
                 "seed {seed}: ack named the wrong version"
             );

@@ -178,9 +178,25 @@ struct SubmitFields {
 #[derive(Deserialize)]
 struct CursorFields {
     version: Version,
+    #[serde(deserialize_with = "position")]
     anchor: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "position")]
     head: Option<usize>,
+}
+
+/// A position on the wire: an integer from 0 to 2^53 - 1, or null.
+fn position<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let Some(n) = Option::<u64>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if n > relay_domain::ids::MAX_WIRE_INT {
+        return Err(serde::de::Error::custom(format!(
+            "position {n} is out of range: it must be an integer from 0 to 2^53 - 1"
+        )));
+    }
+    usize::try_from(n)
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom("position out of range"))
 }
 
 impl ClientMessage {
@@ -191,7 +207,10 @@ impl ClientMessage {
         let Value::Object(obj) = &value else {
             return Err(DecodeError::bad("a message must be a JSON object", None));
         };
-        let seq = obj.get("seq").and_then(Value::as_u64).map(Seq);
+        let seq = obj
+            .get("seq")
+            .and_then(Value::as_u64)
+            .and_then(|n| Seq::new(n).ok());
         let kind = match obj.get("type") {
             Some(Value::String(t)) => t.as_str(),
             Some(_) => return Err(DecodeError::bad("`type` must be a string", seq)),
@@ -409,17 +428,13 @@ mod tests {
         .unwrap();
         assert!(matches!(
             s,
-            ClientMessage::Submit {
-                seq: Seq(1),
-                base: Version(2),
-                ..
-            }
+            ClientMessage::Submit { seq, base, .. } if seq == Seq::from(1) && base == Version::from(2)
         ));
         let c = ClientMessage::decode(r#"{"type":"cursor","version":3,"anchor":null}"#).unwrap();
         assert_eq!(
             c,
             ClientMessage::Cursor {
-                version: Version(3),
+                version: Version::from(3),
                 selection: None
             }
         );
@@ -440,7 +455,7 @@ mod tests {
         assert!(e.message.starts_with("not JSON"));
         let e = ClientMessage::decode(r#"{"type":"submit","seq":4,"base":"x","delta":[]}"#)
             .unwrap_err();
-        assert_eq!((e.code, e.seq), (ErrorCode::BadMessage, Some(Seq(4))));
+        assert_eq!((e.code, e.seq), (ErrorCode::BadMessage, Some(Seq::from(4))));
         assert!(e.message.contains("invalid type"), "{}", e.message);
         let e = ClientMessage::decode(r#"{"type":"dance"}"#).unwrap_err();
         assert!(e.message.contains("unknown message type"));
@@ -451,24 +466,104 @@ mod tests {
     }
 
     #[test]
+    fn integers_over_two_to_the_fifty_three_minus_one_are_bad_messages() {
+        let max = relay_domain::ids::MAX_WIRE_INT;
+        let over = max + 1;
+        for (text, code, seq) in [
+            (
+                format!(r#"{{"type":"submit","seq":{over},"base":0,"delta":[]}}"#),
+                ErrorCode::BadMessage,
+                None,
+            ),
+            (
+                format!(
+                    r#"{{"type":"submit","seq":{},"base":0,"delta":[]}}"#,
+                    u64::MAX
+                ),
+                ErrorCode::BadMessage,
+                None,
+            ),
+            (
+                format!(r#"{{"type":"submit","seq":1,"base":{over},"delta":[]}}"#),
+                ErrorCode::BadMessage,
+                Some(Seq::from(1)),
+            ),
+            (
+                r#"{"type":"submit","seq":1,"base":-1,"delta":[]}"#.to_owned(),
+                ErrorCode::BadMessage,
+                Some(Seq::from(1)),
+            ),
+            (
+                format!(r#"{{"type":"submit","seq":1,"base":0,"delta":[{{"retain":{over}}}]}}"#),
+                ErrorCode::InvalidDelta,
+                Some(Seq::from(1)),
+            ),
+            (
+                format!(r#"{{"type":"join","client_id":"t","since":{over}}}"#),
+                ErrorCode::BadMessage,
+                None,
+            ),
+            (
+                format!(r#"{{"type":"cursor","version":{over},"anchor":null}}"#),
+                ErrorCode::BadMessage,
+                None,
+            ),
+            (
+                format!(r#"{{"type":"cursor","version":1,"anchor":{over},"head":0}}"#),
+                ErrorCode::BadMessage,
+                None,
+            ),
+            (
+                format!(
+                    r#"{{"type":"cursor","version":1,"anchor":0,"head":{}}}"#,
+                    u64::MAX
+                ),
+                ErrorCode::BadMessage,
+                None,
+            ),
+            (
+                r#"{"type":"join","client_id":"a\u0000b"}"#.to_owned(),
+                ErrorCode::BadMessage,
+                None,
+            ),
+        ] {
+            let e = ClientMessage::decode(&text).unwrap_err();
+            assert_eq!((e.code, e.seq), (code, seq), "{text}: {}", e.message);
+        }
+        let ok =
+            format!(r#"{{"type":"submit","seq":{max},"base":{max},"delta":[{{"retain":{max}}}]}}"#);
+        assert!(ClientMessage::decode(&ok).is_ok());
+        let ok = format!(r#"{{"type":"cursor","version":{max},"anchor":{max},"head":0}}"#);
+        assert!(ClientMessage::decode(&ok).is_ok());
+    }
+
+    #[test]
     fn an_invalid_delta_is_its_own_code() {
         let e =
             ClientMessage::decode(r#"{"type":"submit","seq":4,"base":0,"delta":[{"retain":0}]}"#)
                 .unwrap_err();
-        assert_eq!((e.code, e.seq), (ErrorCode::InvalidDelta, Some(Seq(4))));
+        assert_eq!(
+            (e.code, e.seq),
+            (ErrorCode::InvalidDelta, Some(Seq::from(4)))
+        );
     }
 
     #[test]
     fn server_messages_have_the_protocol_shape() {
         let m = ServerMessage::Ack {
-            seq: Seq(1),
-            version: Version(3),
+            seq: Seq::from(1),
+            version: Version::from(3),
         };
         assert_eq!(
             serde_json::to_value(&m).unwrap(),
             json!({"type":"ack","seq":1,"version":3})
         );
-        let e = ServerMessage::error(ErrorCode::InFlight, "one at a time", Some(Seq(2)), false);
+        let e = ServerMessage::error(
+            ErrorCode::InFlight,
+            "one at a time",
+            Some(Seq::from(2)),
+            false,
+        );
         assert_eq!(
             serde_json::to_value(&e).unwrap(),
             json!({"type":"error","code":"in_flight","message":"one at a time","seq":2,"fatal":false})
@@ -484,10 +579,10 @@ mod tests {
         let mut d = Delta::new();
         d.insert("Oh, ");
         let op = CommittedOp {
-            version: Version(4),
-            user: UserId(uuid::Uuid::nil()),
+            version: Version::from(4),
+            user: UserId::new(uuid::Uuid::nil()),
             client_id: ClientId::new("tab-9").unwrap(),
-            seq: Seq(12),
+            seq: Seq::from(12),
             delta: d,
         };
         let frame = encode_ops_frame([encode_op(&op).as_str()]);

@@ -43,11 +43,22 @@ pub enum Append {
 /// A failure of the store itself. Expected outcomes are [`Append`] values.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// The store cannot be reached or timed out: retry later. Nothing was
-    /// written (or the write's outcome is unknown and the retry will tell,
-    /// thanks to the idempotency key).
+    /// The store cannot be reached or timed out: retry later.
+    ///
+    /// From [`OperationStore::append`] the outcome may be unknown (the
+    /// batch may have committed before the answer was lost), but it is
+    /// settled: an adapter returns this only once the batch can no longer
+    /// be written later. The caller finds out with
+    /// [`OperationStore::find`] before telling anyone "nothing was
+    /// committed".
     #[error("operation store unavailable: {0}")]
     Unavailable(String),
+    /// The store refuses this batch's data (what [`check_storable`]
+    /// catches, or a data error of the database): nothing was written, and
+    /// writing the same ops again fails again. Other batches are not
+    /// affected.
+    #[error("operation store refused the data: {0}")]
+    Rejected(String),
     /// The store returned something that cannot be right.
     #[error("operation store corrupt: {0}")]
     Corrupt(String),
@@ -57,16 +68,16 @@ pub enum StoreError {
 /// idempotency key twice. Adapters refuse other batches as `Corrupt` (the
 /// application never builds them).
 pub fn check_batch(ops: &[CommittedOp]) -> Result<(), StoreError> {
-    let Some(first) = ops.first().map(|op| op.version.0) else {
+    let Some(first) = ops.first().map(|op| op.version) else {
         return Ok(());
     };
     let mut keys = std::collections::HashSet::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
-        if op.version.0 != first + i as u64 {
+        let expected = u64::try_from(i).ok().and_then(|i| first.checked_add(i));
+        if Some(op.version) != expected {
             return Err(StoreError::Corrupt(format!(
-                "refused a batch whose op {i} is at version {} instead of {}",
+                "refused a batch whose op {i} is at version {} instead of {first} + {i}",
                 op.version,
-                first + i as u64
             )));
         }
         if !keys.insert((op.user, &op.client_id, op.seq)) {
@@ -79,18 +90,42 @@ pub fn check_batch(ops: &[CommittedOp]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Checks that every op of a batch can be stored: no U+0000 in inserted
+/// text or in attribute names and values (PostgreSQL's `text` and `jsonb`
+/// cannot hold it), lengths and positions at most 2^53 - 1. Every adapter
+/// runs it, so the in-memory store refuses exactly what PostgreSQL would,
+/// with [`StoreError::Rejected`]. Deltas parsed from the wire always pass
+/// ([`Delta::from_json`] enforces the same bounds); this guards the store
+/// against any other way of building one.
+pub fn check_storable(ops: &[CommittedOp]) -> Result<(), StoreError> {
+    for op in ops {
+        op.delta.check_storable().map_err(|why| {
+            StoreError::Rejected(format!(
+                "op {} (seq {} of client {}): {why}",
+                op.version, op.seq, op.client_id
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// The durable log of operations.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait OperationStore: Send + Sync + 'static {
     /// Appends `ops` (consecutive versions, the first one `head + 1`) in one
-    /// transaction. Adapters must answer:
+    /// transaction. Adapters must answer (after [`check_batch`] and
+    /// [`check_storable`]):
     /// - `Committed` when every op was written;
     /// - `Conflict` when `ops[0].version` is not `head + 1` (including when
     ///   another writer took that version first), writing nothing;
     /// - `Duplicate` when an op's `(user, client_id, seq)` already exists
     ///   for the document, writing nothing;
-    /// - `Err(Unavailable)` when the store could not be reached.
+    /// - `Err(Rejected)` when the store refuses the batch's data, writing
+    ///   nothing and affecting no other batch;
+    /// - `Err(Unavailable)` when the store could not be reached or did not
+    ///   answer in time - only once the batch can no longer be written (see
+    ///   [`StoreError::Unavailable`]).
     ///
     /// An empty `ops` is `Committed`.
     async fn append(&self, document: DocumentId, ops: &[CommittedOp])

@@ -386,7 +386,7 @@ impl Editor {
         };
         let doc = Document::from_content(content, *version).expect("content is inserts");
         let client = Client::new(
-            UserId(user),
+            UserId::new(user),
             ClientId::new(client_id).expect("client id"),
             doc,
         );
@@ -508,7 +508,7 @@ impl Editor {
         if let Received::Message(m) = r {
             match m.clone() {
                 ServerMessage::Ack { seq, version } => {
-                    self.acks.push((seq.0, version));
+                    self.acks.push((seq.get(), version));
                     let inflight = self.client.inflight().cloned();
                     let before = self.client.version();
                     let out = self
@@ -537,7 +537,7 @@ impl Editor {
                 }
                 ServerMessage::Error { code, seq, .. } => {
                     self.errors
-                        .push((code.as_str().to_owned(), seq.map(|s| s.0)));
+                        .push((code.as_str().to_owned(), seq.map(|s| s.get())));
                 }
                 _ => {}
             }
@@ -569,7 +569,7 @@ impl Editor {
 
 /// A fresh random document id.
 pub fn new_document() -> DocumentId {
-    DocumentId(Uuid::new_v4())
+    DocumentId::new(Uuid::new_v4())
 }
 
 // --- Transport support (used by tests/tests/transport.rs) -----------------

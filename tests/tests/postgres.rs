@@ -50,7 +50,7 @@ async fn concurrent_editors_converge_and_every_acked_op_survives_a_restart() {
     }
     a.settle().await;
     b.settle().await;
-    let version = Version(a.client.version().0.max(b.client.version().0));
+    let version = a.client.version().max(b.client.version());
     a.catch_up_to(version).await;
     b.catch_up_to(version).await;
     assert_eq!(a.text(), b.text());
@@ -58,7 +58,7 @@ async fn concurrent_editors_converge_and_every_acked_op_survives_a_restart() {
     let acked = a.acks.len() + b.acks.len();
     assert_eq!(
         version,
-        Version(acked as u64),
+        Version::new(acked as u64).unwrap(),
         "every op was acked exactly once"
     );
 
@@ -86,14 +86,14 @@ async fn documents_reopen_from_the_latest_snapshot_plus_the_tail() {
     // As if this instance crashed now: nothing more is written.
     let loaded = store().load(doc).await.expect("load");
     let snapshot = loaded.snapshot.expect("a snapshot was written");
-    assert_eq!(snapshot.version, Version(10));
+    assert_eq!(snapshot.version, Version::from(10));
     assert_eq!(
         loaded.tail.iter().map(|o| o.version).collect::<Vec<_>>(),
-        vec![Version(11), Version(12)]
+        vec![Version::from(11), Version::from(12)]
     );
     // Another instance opens the document from snapshot + tail.
     let other = spawn_pg_app(config).await;
-    assert_eq!(fresh_text(&other, doc).await, (expected, Version(12)));
+    assert_eq!(fresh_text(&other, doc).await, (expected, Version::from(12)));
     drop(e);
 }
 
@@ -151,7 +151,10 @@ async fn with_the_database_unreachable_nothing_is_acknowledged_and_service_resum
     e.submit(out).await;
     e.settle().await;
     assert_eq!(e.text(), "durable lost?");
-    let ops = store().read(doc, Version(0), 100).await.expect("read");
+    let ops = store()
+        .read(doc, Version::from(0), 100)
+        .await
+        .expect("read");
     assert_eq!(ops.len(), 2);
     assert_eq!(ops[1].seq, seq);
     let ready = http_get(app.addr, "/ready").await;

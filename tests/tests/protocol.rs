@@ -20,6 +20,12 @@ use uuid::Uuid;
 // Helpers
 
 /// A `submit` frame.
+// Constants, so they can be matched in patterns.
+const V1: Version = Version::from_u32(1);
+const V2: Version = Version::from_u32(2);
+const S1: Seq = Seq::from_u32(1);
+const S2: Seq = Seq::from_u32(2);
+
 fn submit(seq: u64, base: u64, delta: Value) -> String {
     json!({"type": "submit", "seq": seq, "base": base, "delta": delta}).to_string()
 }
@@ -39,8 +45,8 @@ async fn expect_ack(conn: &mut Conn, seq: u64, version: u64) {
     assert_eq!(
         m,
         ServerMessage::Ack {
-            seq: Seq(seq),
-            version: Version(version)
+            seq: Seq::new(seq).unwrap(),
+            version: Version::new(version).unwrap()
         }
     );
 }
@@ -55,7 +61,7 @@ async fn expect_error(conn: &mut Conn, code: ErrorCode, seq: Option<u64>) {
             message,
         } => assert_eq!(
             (c, s, fatal),
-            (code, seq.map(Seq), false),
+            (code, seq.map(|n| Seq::new(n).unwrap()), false),
             "error message: {message}"
         ),
         other => panic!("expected error {code:?} for seq {seq:?}, got {other:?}"),
@@ -71,7 +77,12 @@ async fn join_raw(
     since: Option<u64>,
 ) -> (Conn, ServerMessage) {
     let mut conn = Conn::connect(&app.url(doc)).await;
-    conn.join(client_id, Some(token), since.map(Version)).await;
+    conn.join(
+        client_id,
+        Some(token),
+        since.map(|n| Version::new(n).unwrap()),
+    )
+    .await;
     let joined = conn.message().await;
     assert!(
         matches!(joined, ServerMessage::Joined { .. }),
@@ -118,7 +129,11 @@ async fn catch_up(app: &TestApp, doc: DocumentId, since: u64) -> (Version, Vec<C
 /// Applies `ops` to `doc` in order; each must be the next version.
 fn apply_all<'a>(doc: &mut Document, ops: impl IntoIterator<Item = &'a CommittedOp>) {
     for op in ops {
-        assert_eq!(op.version, doc.version().next(), "ops must be consecutive");
+        assert_eq!(
+            Some(op.version),
+            doc.version().next(),
+            "ops must be consecutive"
+        );
         let delta = op
             .delta
             .clone()
@@ -259,7 +274,9 @@ async fn random_editing(app: &TestApp, seed: u64) {
         assert_eq!(e.text(), text, "client {i} diverged from client 0");
         assert_eq!(
             e.log.keys().copied().collect::<Vec<_>>(),
-            (1..=last.0).map(Version).collect::<Vec<_>>(),
+            (1..=last.get())
+                .map(|n| Version::new(n).unwrap())
+                .collect::<Vec<_>>(),
             "client {i} must know every op (received or acked)"
         );
         assert_eq!(
@@ -335,8 +352,11 @@ async fn a_submit_committed_before_the_connection_dropped_is_found_in_the_catch_
     // Committed (the other client sees it), but its ack is never read.
     a.insert(5, " world").await;
     let inflight = a.client.inflight().cloned().expect("in flight");
-    assert_eq!((inflight.seq, inflight.base), (Seq(2), Version(1)));
-    b.catch_up_to(Version(2)).await;
+    assert_eq!(
+        (inflight.seq, inflight.base),
+        (Seq::from(2), Version::from(1))
+    );
+    b.catch_up_to(Version::from(2)).await;
     assert_eq!(b.text(), "Hello world");
 
     // Drop without reading the ack, rejoin with since = 1.
@@ -350,19 +370,19 @@ async fn a_submit_committed_before_the_connection_dropped_is_found_in_the_catch_
     else {
         panic!("expected a catch-up, got {:?}", a.joined);
     };
-    assert_eq!(*version, Version(2));
+    assert_eq!(*version, Version::from(2));
     assert_eq!(*content, None);
     assert_eq!(
         ops.iter()
-            .map(|o| (o.version, o.user.0, o.client_id.as_str(), o.seq))
+            .map(|o| (o.version, *o.user.as_uuid(), o.client_id.as_str(), o.seq))
             .collect::<Vec<_>>(),
-        [(Version(2), ua, "tab-a", Seq(2))],
+        [(Version::from(2), ua, "tab-a", Seq::from(2))],
         "the catch-up holds the client's own op"
     );
     assert!(a.client.is_synchronized(), "own op recognised as the ack");
     assert_eq!(
         (a.client.version(), a.text()),
-        (Version(2), "Hello world".into())
+        (Version::from(2), "Hello world".into())
     );
 
     // Re-sending it anyway is answered with the original version, whatever
@@ -379,15 +399,15 @@ async fn a_submit_committed_before_the_connection_dropped_is_found_in_the_catch_
     // One commit only: the next op is version 3 and the text has no copy.
     a.insert(11, "!").await;
     a.settle().await;
-    assert_eq!(a.acks.last(), Some(&(3, Version(3))));
-    b.catch_up_to(Version(3)).await;
+    assert_eq!(a.acks.last(), Some(&(3, Version::from(3))));
+    b.catch_up_to(Version::from(3)).await;
     assert_eq!(b.text(), "Hello world!");
     assert_eq!(b.log.len(), 3);
     let (version, all) = catch_up(&app, doc, 0).await;
-    assert_eq!(version, Version(3));
+    assert_eq!(version, Version::from(3));
     assert_eq!(
         all.iter()
-            .map(|o| (o.client_id.as_str(), o.seq.0))
+            .map(|o| (o.client_id.as_str(), o.seq.get()))
             .collect::<Vec<_>>(),
         [("tab-a", 1), ("tab-a", 2), ("tab-a", 3)]
     );
@@ -408,13 +428,13 @@ async fn a_resent_submit_that_was_committed_is_acked_with_its_first_version_what
     first
         .send_text(submit(7, 0, json!([{"insert": "abc"}])))
         .await;
-    b.catch_up_to(Version(1)).await;
+    b.catch_up_to(Version::from(1)).await;
     // Committed; the ack is lost with the connection.
     first.drop_abruptly();
 
     let (mut second, joined) = join_raw(&app, doc, "tab-r", &token, Some(0)).await;
     let ServerMessage::Joined {
-        version: Version(1),
+        version: V1,
         content: None,
         ops: Some(ops),
         ..
@@ -424,9 +444,9 @@ async fn a_resent_submit_that_was_committed_is_acked_with_its_first_version_what
     };
     assert_eq!(
         ops.iter()
-            .map(|o| (o.version, o.user.0, o.client_id.as_str(), o.seq))
+            .map(|o| (o.version, *o.user.as_uuid(), o.client_id.as_str(), o.seq))
             .collect::<Vec<_>>(),
-        [(Version(1), user, "tab-r", Seq(7))]
+        [(Version::from(1), user, "tab-r", Seq::from(7))]
     );
 
     // As first sent, then with other bases and deltas: always the original
@@ -457,16 +477,16 @@ async fn a_resent_submit_that_was_committed_is_acked_with_its_first_version_what
         .send_text(submit(8, 1, json!([{"retain": 3}, {"insert": "!"}])))
         .await;
     expect_ack(&mut second, 8, 2).await;
-    b.catch_up_to(Version(2)).await;
+    b.catch_up_to(Version::from(2)).await;
     assert_eq!(b.text(), "abc!");
     assert_eq!(
         b.log
             .values()
-            .map(|o| (o.version.0, o.client_id.as_str(), o.seq.0))
+            .map(|o| (o.version.get(), o.client_id.as_str(), o.seq.get()))
             .collect::<Vec<_>>(),
         [(1, "tab-r", 7), (2, "tab-r", 8)]
     );
-    assert_eq!(snapshot(&app, doc).await, (Version(2), "abc!".into()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(2), "abc!".into()));
 }
 
 #[tokio::test]
@@ -529,7 +549,7 @@ async fn a_submit_whose_fate_is_unknown_when_the_connection_drops_is_committed_e
     let mut a_seqs: Vec<u64> = all
         .iter()
         .filter(|o| o.client_id.as_str() == "tab-a")
-        .map(|o| o.seq.0)
+        .map(|o| o.seq.get())
         .collect();
     a_seqs.sort_unstable();
     assert_eq!(
@@ -562,7 +582,7 @@ async fn the_next_submit_right_after_a_resent_one_seen_committed_in_ops_is_not_i
         .await;
     assert_eq!(
         ops.iter()
-            .map(|o| (o.version.0, o.client_id.as_str(), o.seq.0))
+            .map(|o| (o.version.get(), o.client_id.as_str(), o.seq.get()))
             .collect::<Vec<_>>(),
         [(1, "tab-x", 1)]
     );
@@ -574,7 +594,7 @@ async fn the_next_submit_right_after_a_resent_one_seen_committed_in_ops_is_not_i
     .await;
     expect_ack(&mut new, 1, 1).await;
     expect_ack(&mut new, 2, 2).await;
-    assert_eq!(snapshot(&app, doc).await, (Version(2), "ab".into()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(2), "ab".into()));
 }
 
 #[tokio::test]
@@ -599,7 +619,7 @@ async fn a_submit_never_committed_before_the_drop_is_committed_once_when_resent_
         a.step().await;
     }
     assert_eq!(a.errors, [("rate_limited".to_owned(), Some(2))]);
-    assert_eq!(snapshot(&app, doc).await, (Version(1), "a".into()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(1), "a".into()));
 
     a.rejoin(&app, &token_a).await;
     let ServerMessage::Joined { ops: Some(ops), .. } = &a.joined else {
@@ -607,11 +627,11 @@ async fn a_submit_never_committed_before_the_drop_is_committed_once_when_resent_
     };
     assert!(ops.is_empty(), "nothing was committed: {ops:?}");
     a.settle().await;
-    assert_eq!(a.acks.last(), Some(&(2, Version(2))));
-    b.catch_up_to(Version(2)).await;
+    assert_eq!(a.acks.last(), Some(&(2, Version::from(2))));
+    b.catch_up_to(Version::from(2)).await;
     assert_eq!((a.text(), b.text()), ("ab".into(), "ab".into()));
     assert_eq!(b.log.len(), 2);
-    assert_eq!(snapshot(&app, doc).await, (Version(2), "ab".into()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(2), "ab".into()));
 }
 
 #[tokio::test]
@@ -645,7 +665,7 @@ async fn a_resent_submit_is_deduplicated_by_the_store_after_the_document_was_clo
 
     let (mut second, joined) = join_raw(&app, doc, "tab-r", &token, Some(0)).await;
     let ServerMessage::Joined {
-        version: Version(2),
+        version: V2,
         ops: Some(ops),
         ..
     } = joined
@@ -666,7 +686,7 @@ async fn a_resent_submit_is_deduplicated_by_the_store_after_the_document_was_clo
         .send_text(submit(3, 2, json!([{"insert": ">"}])))
         .await;
     expect_ack(&mut second, 3, 3).await;
-    assert_eq!(snapshot(&app, doc).await, (Version(3), ">abc".into()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(3), ">abc".into()));
 }
 
 // ---------------------------------------------------------------------------
@@ -689,14 +709,19 @@ async fn a_join_with_since_gets_the_ops_after_it_and_no_content() {
     assert_eq!(a.text(), "Jello 😀");
 
     let (version, ops) = catch_up(&app, doc, 1).await;
-    assert_eq!(version, Version(3));
+    assert_eq!(version, Version::from(3));
     assert_eq!(
         ops.iter()
-            .map(|o| (o.version.0, o.user.0, o.client_id.as_str(), o.seq.0))
+            .map(|o| (
+                o.version.get(),
+                *o.user.as_uuid(),
+                o.client_id.as_str(),
+                o.seq.get()
+            ))
             .collect::<Vec<_>>(),
         [(2, ua, "tab-a", 2), (3, ua, "tab-a", 3)]
     );
-    let mut at_1 = Document::from_text("Hel", Version(1));
+    let mut at_1 = Document::from_text("Hel", Version::from(1));
     apply_all(&mut at_1, &ops);
     assert_eq!(at_1.text(), a.text());
 
@@ -714,7 +739,7 @@ async fn a_join_with_since_gets_the_ops_after_it_and_no_content() {
     assert_eq!(replay(&all).text(), a.text());
     assert_eq!(all[1..], ops[..]);
     let (version, none) = catch_up(&app, doc, 3).await;
-    assert_eq!((version, none.len()), (Version(3), 0));
+    assert_eq!((version, none.len()), (Version::from(3), 0));
 }
 
 #[tokio::test]
@@ -732,8 +757,8 @@ async fn a_join_with_since_older_than_the_kept_history_still_gets_every_op_from_
         a.settle().await;
     }
     let (version, ops) = catch_up(&app, doc, 1).await;
-    assert_eq!(version, Version(6));
-    let mut at_1 = Document::from_text("0", Version(1));
+    assert_eq!(version, Version::from(6));
+    let mut at_1 = Document::from_text("0", Version::from(1));
     apply_all(&mut at_1, &ops);
     assert_eq!(at_1.text(), "543210");
 }
@@ -775,9 +800,9 @@ async fn a_join_with_since_too_far_behind_gets_the_content_and_a_stale_resend_is
 
     // Exactly FROM_STORE behind: still ops.
     let (version, ops) = catch_up(&app, doc, last - FROM_STORE).await;
-    assert_eq!(version, Version(last));
+    assert_eq!(version, Version::new(last).unwrap());
     assert_eq!(ops.len() as u64, FROM_STORE);
-    assert_eq!(ops[0].version, Version(last - FROM_STORE + 1));
+    assert_eq!(ops[0].version, Version::new(last - FROM_STORE + 1).unwrap());
 
     // Further behind: the content at the current version, no ops.
     let (mut back, joined) = join_raw(&app, doc, "tab-r", &token, Some(0)).await;
@@ -790,7 +815,7 @@ async fn a_join_with_since_too_far_behind_gets_the_content_and_a_stale_resend_is
     else {
         panic!("expected content and no ops, got {joined:?}");
     };
-    assert_eq!(version, Version(last));
+    assert_eq!(version, Version::new(last).unwrap());
     assert_eq!(
         Document::from_content(&content, version).unwrap().text(),
         text
@@ -798,7 +823,10 @@ async fn a_join_with_since_too_far_behind_gets_the_content_and_a_stale_resend_is
     // The lost submit re-sent on its old base: a duplicate, not stale_base.
     back.send_text(submit(1, 0, json!([{"insert": "y"}]))).await;
     expect_ack(&mut back, 1, 1).await;
-    assert_eq!(snapshot(&app, doc).await, (Version(last), text));
+    assert_eq!(
+        snapshot(&app, doc).await,
+        (Version::new(last).unwrap(), text)
+    );
 }
 
 #[tokio::test]
@@ -811,7 +839,7 @@ async fn a_join_with_since_ahead_of_the_document_gets_the_content() {
     expect_ack(&mut c, 1, 1).await;
     let (_, joined) = join_raw(&app, doc, "tab-d", &token, Some(9)).await;
     let ServerMessage::Joined {
-        version: Version(1),
+        version: V1,
         content: Some(content),
         ops: None,
         ..
@@ -820,7 +848,9 @@ async fn a_join_with_since_ahead_of_the_document_gets_the_content() {
         panic!("expected content at version 1, got {joined:?}");
     };
     assert_eq!(
-        Document::from_content(&content, Version(1)).unwrap().text(),
+        Document::from_content(&content, Version::from(1))
+            .unwrap()
+            .text(),
         "hi"
     );
 }
@@ -844,12 +874,18 @@ async fn a_base_older_than_the_kept_history_is_answered_stale_base() {
     expect_error(&mut c, ErrorCode::StaleBase, Some(1)).await;
     c.send_text(submit(2, 1, json!([{"insert": "late"}]))).await;
     expect_error(&mut c, ErrorCode::StaleBase, Some(2)).await;
-    assert_eq!(snapshot(&app, doc).await, (Version(5), "43210".into()));
+    assert_eq!(
+        snapshot(&app, doc).await,
+        (Version::from(5), "43210".into())
+    );
     // The oldest base still kept (ops 3..5 are) is accepted and rebased.
     c.send_text(submit(3, 2, json!([{"retain": 2}, {"insert": "!"}])))
         .await;
     expect_ack(&mut c, 3, 6).await;
-    assert_eq!(snapshot(&app, doc).await, (Version(6), "43210!".into()));
+    assert_eq!(
+        snapshot(&app, doc).await,
+        (Version::from(6), "43210!".into())
+    );
 }
 
 #[tokio::test]
@@ -860,7 +896,7 @@ async fn a_base_ahead_of_the_document_is_answered_future_base() {
     let (mut c, _) = join_raw(&app, doc, "tab-c", &token, None).await;
     c.send_text(submit(1, 1, json!([{"insert": "x"}]))).await;
     expect_error(&mut c, ErrorCode::FutureBase, Some(1)).await;
-    assert_eq!(snapshot(&app, doc).await, (Version(0), String::new()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(0), String::new()));
     c.send_text(submit(2, 0, json!([{"insert": "x"}]))).await;
     expect_ack(&mut c, 2, 1).await;
 }
@@ -883,23 +919,23 @@ async fn a_second_submit_before_the_ack_is_answered_in_flight() {
     match &answers[..] {
         [
             ServerMessage::Ack {
-                seq: Seq(1),
-                version: Version(1),
+                seq: S1,
+                version: V1,
             },
             ServerMessage::Error {
                 code: ErrorCode::InFlight,
-                seq: Some(Seq(2)),
+                seq: Some(S2),
                 fatal: false,
                 ..
             },
         ] => {}
         other => panic!("expected ack 1 and in_flight for 2, got {other:?}"),
     }
-    assert_eq!(snapshot(&app, doc).await, (Version(1), "a".into()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(1), "a".into()));
     // Seq 2 never committed: sent again after the ack, it is.
     c.send_text(submit(2, 1, json!([{"insert": "b"}]))).await;
     expect_ack(&mut c, 2, 2).await;
-    assert_eq!(snapshot(&app, doc).await, (Version(2), "ba".into()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(2), "ba".into()));
 }
 
 #[tokio::test]
@@ -915,7 +951,7 @@ async fn a_seq_not_greater_than_the_last_committed_and_not_a_duplicate_is_answer
     expect_error(&mut c, ErrorCode::OutOfOrder, Some(3)).await;
     c.send_text(submit(4, 0, json!([{"insert": "new"}]))).await;
     expect_error(&mut c, ErrorCode::OutOfOrder, Some(4)).await;
-    assert_eq!(snapshot(&app, doc).await, (Version(1), "x".into()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(1), "x".into()));
     // Another connection of the same client id is held to the same order.
     let (mut d, _) = join_raw(&app, doc, "tab-c", &token, Some(1)).await;
     d.send_text(submit(2, 1, json!([{"insert": "new"}]))).await;
@@ -923,7 +959,7 @@ async fn a_seq_not_greater_than_the_last_committed_and_not_a_duplicate_is_answer
     c.send_text(submit(6, 1, json!([{"retain": 1}, {"insert": "y"}])))
         .await;
     expect_ack(&mut c, 6, 2).await;
-    assert_eq!(snapshot(&app, doc).await, (Version(2), "xy".into()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(2), "xy".into()));
 }
 
 // ---------------------------------------------------------------------------
@@ -944,7 +980,7 @@ async fn a_viewer_submit_is_answered_forbidden_and_changes_nothing() {
             joined,
             ServerMessage::Joined {
                 role: Role::Viewer,
-                version: Version(1),
+                version: V1,
                 ..
             }
         ),
@@ -952,7 +988,7 @@ async fn a_viewer_submit_is_answered_forbidden_and_changes_nothing() {
     );
     v.send_text(submit(4, 1, json!([{"insert": "nope"}]))).await;
     expect_error(&mut v, ErrorCode::Forbidden, Some(4)).await;
-    assert_eq!(snapshot(&app, doc).await, (Version(1), "hi".into()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(1), "hi".into()));
     // Still connected, and receiving the others' ops.
     a.insert(2, "!").await;
     a.settle().await;
@@ -962,7 +998,7 @@ async fn a_viewer_submit_is_answered_forbidden_and_changes_nothing() {
             _ => None,
         })
         .await;
-    assert_eq!(ops.iter().map(|o| o.version.0).collect::<Vec<_>>(), [2]);
+    assert_eq!(ops.iter().map(|o| o.version.get()).collect::<Vec<_>>(), [2]);
 }
 
 /// Joins with `token` (or none) and returns what comes first.
@@ -1077,7 +1113,7 @@ async fn a_bearer_token_on_the_upgrade_works_without_a_token_in_the_join() {
             user: u,
             role: Role::Editor,
             ..
-        } => assert_eq!(u.id.0, user),
+        } => assert_eq!(*u.id.as_uuid(), user),
         other => panic!("expected joined, got {other:?}"),
     }
     c.send_text(submit(1, 0, json!([{"insert": "ok"}]))).await;
@@ -1120,11 +1156,11 @@ async fn malformed_json_and_wrong_field_types_are_answered_bad_message_and_the_c
                 seq: s,
                 fatal: false,
                 ..
-            } => assert_eq!(s, seq.map(Seq), "{text}"),
+            } => assert_eq!(s, seq.map(|n| Seq::new(n).unwrap()), "{text}"),
             other => panic!("{text}: expected bad_message, got {other:?}"),
         }
     }
-    assert_eq!(snapshot(&app, doc).await, (Version(0), String::new()));
+    assert_eq!(snapshot(&app, doc).await, (Version::from(0), String::new()));
     c.send_text(submit(1, 0, json!([{"insert": "ok"}]))).await;
     expect_ack(&mut c, 1, 1).await;
 }
@@ -1158,7 +1194,10 @@ async fn an_invalid_delta_is_answered_invalid_delta_and_leaves_the_document_and_
         c.send_text(submit(seq, 1, delta.clone())).await;
         expect_error(&mut c, ErrorCode::InvalidDelta, Some(seq)).await;
     }
-    assert_eq!(snapshot(&app, doc).await, (Version(1), "Hello".into()));
+    assert_eq!(
+        snapshot(&app, doc).await,
+        (Version::from(1), "Hello".into())
+    );
 
     // Again while the others keep editing: they are unaffected.
     let mut rng = SmallRng::seed_from_u64(5);
@@ -1192,7 +1231,7 @@ async fn an_invalid_delta_is_answered_invalid_delta_and_leaves_the_document_and_
     assert_eq!(
         ops.iter()
             .filter(|o| o.client_id.as_str() == "tab-c")
-            .map(|o| o.seq.0)
+            .map(|o| o.seq.get())
             .collect::<Vec<_>>(),
         [seq],
         "only the valid submit of tab-c was committed"

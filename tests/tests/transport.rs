@@ -48,7 +48,7 @@ async fn join(app: &TestApp, document: DocumentId, client_id: &str) -> (Conn, Se
 
 fn cursor(version: u64, anchor: usize, head: usize) -> ClientMessage {
     ClientMessage::Cursor {
-        version: Version(version),
+        version: Version::new(version).unwrap(),
         selection: Some((anchor, head)),
     }
 }
@@ -546,7 +546,7 @@ async fn the_jwks_document_verifies_the_apps_tokens() {
     let claims = verifier
         .verify_token(&app.editor_token(user))
         .expect("the app's token verifies");
-    assert_eq!(claims.user, UserId(user));
+    assert_eq!(claims.user, UserId::new(user));
     // A token signed by another key does not.
     let stranger = DevKeys::from_seed([8; 32])
         .mint(&TokenRequest {
@@ -584,7 +584,7 @@ async fn presence_shows_who_is_there_and_who_joins_and_leaves() {
     };
     let there: Vec<_> = presence
         .iter()
-        .map(|e| (e.user.0, e.client_id.as_str()))
+        .map(|e| (*e.user.as_uuid(), e.client_id.as_str()))
         .collect();
     assert_eq!(there, [(ua, "tab-a")]);
     let entry = a
@@ -598,7 +598,7 @@ async fn presence_shows_who_is_there_and_who_joins_and_leaves() {
         .await;
     assert_eq!(entry.len(), 1);
     assert_eq!(
-        (entry[0].user.0, entry[0].client_id.as_str()),
+        (*entry[0].user.as_uuid(), entry[0].client_id.as_str()),
         (ub, "tab-b")
     );
     assert_eq!(
@@ -612,7 +612,7 @@ async fn presence_shows_who_is_there_and_who_joins_and_leaves() {
     };
     let there: BTreeSet<_> = presence
         .iter()
-        .map(|e| (e.user.0, e.client_id.as_str()))
+        .map(|e| (*e.user.as_uuid(), e.client_id.as_str()))
         .collect();
     assert_eq!(there, BTreeSet::from([(ua, "tab-a"), (ub, "tab-b")]));
     await_joined(&mut a, "tab-c").await;
@@ -632,7 +632,10 @@ async fn presence_shows_who_is_there_and_who_joins_and_leaves() {
             })
             .await;
         assert_eq!(left.len(), 1);
-        assert_eq!((left[0].user.0, left[0].client_id.as_str()), (uc, "tab-c"));
+        assert_eq!(
+            (*left[0].user.as_uuid(), left[0].client_id.as_str()),
+            (uc, "tab-c")
+        );
     }
 
     // A dropped connection (no close handshake) leaves too.
@@ -660,7 +663,7 @@ async fn next_cursor(conn: &mut Conn, client_id: &str) -> (u64, Option<usize>, O
             anchor,
             head,
             ..
-        } if c.as_str() == client_id => Some((version.0, *anchor, *head)),
+        } if c.as_str() == client_id => Some((version.get(), *anchor, *head)),
         _ => None,
     })
     .await
@@ -716,13 +719,13 @@ async fn a_cursor_sent_at_an_older_version_is_transformed_through_later_ops() {
     let mut a = Editor::join(&app, doc, ua, "tab-a", &app.editor_token(ua)).await;
     a.insert(0, "hello world").await;
     a.settle().await;
-    assert_eq!(a.client.version(), Version(1));
+    assert_eq!(a.client.version(), Version::from(1));
     let mut b = Editor::join(&app, doc, ub, "tab-b", &app.editor_token(ub)).await;
     // B's insert before "world" is committed (v2) before A, which has not
     // read it, selects "world" as of v1.
     b.insert(0, "XYZ").await;
     b.settle().await;
-    assert_eq!(b.client.version(), Version(2));
+    assert_eq!(b.client.version(), Version::from(2));
     a.conn.send(&cursor(1, 6, 11)).await;
     assert_eq!(
         next_cursor(&mut b.conn, "tab-a").await,
@@ -832,7 +835,7 @@ async fn a_slow_consumer_is_cut_off_with_1013_without_slowing_the_others_and_res
         panic!("expected joined with content, got {joined:?}");
     };
     let mut s_client = Client::new(
-        UserId(us),
+        UserId::new(us),
         ClientId::new("tab-s").expect("client id"),
         Document::from_content(content, *version).expect("content"),
     );
@@ -860,7 +863,7 @@ async fn a_slow_consumer_is_cut_off_with_1013_without_slowing_the_others_and_res
             }
             Received::Message(_) => {}
         };
-        while editor.client.version() < Version(ops as u64) {
+        while editor.client.version() < Version::new(ops as u64).unwrap() {
             handle(editor.step().await);
         }
         let len = editor.client.document().len();
@@ -878,7 +881,7 @@ async fn a_slow_consumer_is_cut_off_with_1013_without_slowing_the_others_and_res
         }
         ops += 1;
     }
-    let last = Version(ops as u64);
+    let last = Version::new(ops as u64).unwrap();
     a.catch_up_to(last).await;
     b.catch_up_to(last).await;
     assert_eq!(a.text(), b.text());

@@ -235,7 +235,7 @@ mod tests {
         assert!(verifier.has_keys());
         let token = keys.mint(&request()).unwrap();
         let claims = verifier.verify(&token).await.unwrap();
-        assert_eq!(claims.user.0, Uuid::from_u128(0x1234));
+        assert_eq!(*claims.user.as_uuid(), Uuid::from_u128(0x1234));
         assert_eq!(claims.name.as_deref(), Some("Ada"));
         assert_eq!(claims.docs, Some(request().docs));
         let now = SystemTime::now()

@@ -298,7 +298,7 @@ fn read_claims(claims: &Map<String, Value>) -> Result<Claims, AuthError> {
         Some(_) => return Err(invalid("docs is not an object")),
     };
     Ok(Claims {
-        user: UserId(user),
+        user: UserId::new(user),
         name,
         expires_at,
         docs,

@@ -178,7 +178,7 @@ mod tests {
             origin: InstanceId(Uuid::nil()),
             document,
             message: BusMessage::Typing {
-                user: UserId(Uuid::nil()),
+                user: UserId::new(Uuid::nil()),
                 client_id: ClientId::new(format!("c{n}")).unwrap(),
                 active: true,
             },
@@ -188,7 +188,7 @@ mod tests {
     #[tokio::test]
     async fn the_last_dropped_subscription_releases_the_documents_channel() {
         let bus = MemoryBus::new();
-        let document = DocumentId(Uuid::new_v4());
+        let document = DocumentId::new(Uuid::new_v4());
         let first = bus.subscribe(document).await.unwrap();
         let second = bus.subscribe(document).await.unwrap();
         assert_eq!(bus.inner.channels()[&document].subscriptions, 2);
@@ -203,7 +203,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lagged_subscriber_gets_lagged_then_the_envelopes_the_channel_kept() {
         let bus = MemoryBus::with_capacity(4, 2);
-        let document = DocumentId(Uuid::new_v4());
+        let document = DocumentId::new(Uuid::new_v4());
         let mut subscription = bus.subscribe(document).await.unwrap();
         let total = bus.overflow_after() + 10;
         for n in 0..total {

@@ -106,7 +106,10 @@ mod tests {
     #[test]
     fn connections_are_counted_per_document_and_closed_ones_forgotten() {
         let metrics = MemoryMetrics::new();
-        let (a, b) = (DocumentId(Uuid::new_v4()), DocumentId(Uuid::new_v4()));
+        let (a, b) = (
+            DocumentId::new(Uuid::new_v4()),
+            DocumentId::new(Uuid::new_v4()),
+        );
         metrics.connection_opened(a);
         metrics.connection_opened(a);
         metrics.connection_opened(b);

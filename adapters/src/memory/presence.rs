@@ -147,7 +147,7 @@ mod tests {
 
     fn entry(client_id: &str) -> PresenceEntry {
         PresenceEntry {
-            user: UserId(Uuid::nil()),
+            user: UserId::new(Uuid::nil()),
             client_id: ClientId::new(client_id).unwrap(),
             name: None,
             anchor: None,
@@ -160,7 +160,7 @@ mod tests {
     async fn an_entry_expires_exactly_its_ttl_after_the_upsert() {
         let clock = ManualClock::new(Timestamp(1_000));
         let presence = MemoryPresence::new(Arc::new(clock.clone()));
-        let document = DocumentId(Uuid::new_v4());
+        let document = DocumentId::new(Uuid::new_v4());
         let ttl = Duration::from_millis(500);
         presence.upsert(document, entry("a"), ttl).await.unwrap();
         clock.advance(Duration::from_millis(499));
@@ -174,7 +174,10 @@ mod tests {
     async fn upserts_sweep_expired_entries_of_documents_nobody_reads() {
         let clock = ManualClock::new(Timestamp(0));
         let presence = MemoryPresence::new(Arc::new(clock.clone()));
-        let (forgotten, busy) = (DocumentId(Uuid::new_v4()), DocumentId(Uuid::new_v4()));
+        let (forgotten, busy) = (
+            DocumentId::new(Uuid::new_v4()),
+            DocumentId::new(Uuid::new_v4()),
+        );
         let ttl = Duration::from_secs(30);
         presence
             .upsert(forgotten, entry("gone"), ttl)

@@ -38,13 +38,14 @@ struct Log {
 
 impl Log {
     fn head(&self) -> Version {
-        Version(self.ops.len() as u64)
+        // `ops[i]` is at version `i + 1`, so the last op's is the head.
+        self.ops.last().map_or(Version::ZERO, |op| op.version)
     }
 
     /// Decides a batch without changing anything.
     fn check(&self, ops: &[CommittedOp]) -> Option<Append> {
         let head = self.head();
-        if ops[0].version != head.next() {
+        if Some(ops[0].version) != head.next() {
             return Some(Append::Conflict { current: head });
         }
         ops.iter().find_map(|op| {
@@ -71,6 +72,12 @@ impl Log {
         }
         self.ops.extend_from_slice(ops);
     }
+}
+
+/// Where the op at version `v + 1` sits in a log (saturating: a version
+/// past the end is past every op).
+fn index(v: Version) -> usize {
+    usize::try_from(v.get()).unwrap_or(usize::MAX)
 }
 
 fn key(op: &CommittedOp) -> (UserId, ClientId, Seq) {
@@ -111,6 +118,7 @@ impl OperationStore for MemoryStore {
             return Ok(Append::Committed);
         }
         relay_ports::store::check_batch(ops)?;
+        relay_ports::store::check_storable(ops)?;
         let mut documents = self.documents();
         // An unknown document gets a log only when something is written.
         match documents.entry(document) {
@@ -134,7 +142,7 @@ impl OperationStore for MemoryStore {
 
     async fn load(&self, document: DocumentId) -> Result<Loaded, StoreError> {
         Ok(self.with_log(document, |log| {
-            let after = log.snapshot.as_ref().map_or(0, |s| s.version.0 as usize);
+            let after = log.snapshot.as_ref().map_or(0, |s| index(s.version));
             Loaded {
                 snapshot: log.snapshot.clone(),
                 tail: log.ops[after..].to_vec(),
@@ -149,9 +157,7 @@ impl OperationStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<CommittedOp>, StoreError> {
         Ok(self.with_log(document, |log| {
-            let start = usize::try_from(after.0)
-                .unwrap_or(usize::MAX)
-                .min(log.ops.len());
+            let start = index(after).min(log.ops.len());
             let end = start.saturating_add(limit).min(log.ops.len());
             log.ops[start..end].to_vec()
         }))
@@ -222,16 +228,16 @@ mod tests {
         let mut delta = Delta::new();
         delta.retain(version as usize - 1).insert("x");
         CommittedOp {
-            version: Version(version),
-            user: UserId(Uuid::nil()),
+            version: Version::new(version).unwrap(),
+            user: UserId::new(Uuid::nil()),
             client_id: ClientId::new(client_id).unwrap(),
-            seq: Seq(seq),
+            seq: Seq::new(seq).unwrap(),
             delta,
         }
     }
 
     fn document() -> DocumentId {
-        DocumentId(Uuid::new_v4())
+        DocumentId::new(Uuid::new_v4())
     }
 
     #[tokio::test]
@@ -257,9 +263,9 @@ mod tests {
             store
                 .find(
                     document,
-                    UserId(Uuid::nil()),
+                    UserId::new(Uuid::nil()),
                     &ClientId::new("a").unwrap(),
-                    Seq(1)
+                    Seq::from(1)
                 )
                 .await,
             Ok(None)
@@ -306,9 +312,13 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .last_seq(document, UserId(Uuid::nil()), &ClientId::new("a").unwrap())
+                .last_seq(
+                    document,
+                    UserId::new(Uuid::nil()),
+                    &ClientId::new("a").unwrap()
+                )
                 .await,
-            Ok(Some((Seq(5), Version(1))))
+            Ok(Some((Seq::from(5), Version::from(1))))
         );
     }
 }

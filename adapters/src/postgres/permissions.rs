@@ -35,22 +35,22 @@ impl PgPermissions {
             .map_err(PermissionError::Unavailable)?;
         let err = |e: diesel::result::Error| PermissionError::Unavailable(e.to_string());
         diesel::insert_into(documents::table)
-            .values(documents::id.eq(document.0))
+            .values(documents::id.eq(*document.as_uuid()))
             .on_conflict_do_nothing()
             .execute(&mut *conn)
             .await
             .map_err(err)?;
         if role == Role::Owner {
-            diesel::update(documents::table.find(document.0))
-                .set(documents::owner_id.eq(user.0))
+            diesel::update(documents::table.find(*document.as_uuid()))
+                .set(documents::owner_id.eq(*user.as_uuid()))
                 .execute(&mut *conn)
                 .await
                 .map_err(err)?;
         }
         diesel::insert_into(document_permissions::table)
             .values((
-                document_permissions::document_id.eq(document.0),
-                document_permissions::user_id.eq(user.0),
+                document_permissions::document_id.eq(*document.as_uuid()),
+                document_permissions::user_id.eq(*user.as_uuid()),
                 document_permissions::role.eq(role.as_str()),
             ))
             .on_conflict((
@@ -73,7 +73,7 @@ impl PgPermissions {
             .get()
             .await
             .map_err(PermissionError::Unavailable)?;
-        diesel::delete(document_permissions::table.find((document.0, user.0)))
+        diesel::delete(document_permissions::table.find((*document.as_uuid(), *user.as_uuid())))
             .execute(&mut *conn)
             .await
             .map_err(|e| PermissionError::Unavailable(e.to_string()))?;
@@ -89,7 +89,7 @@ impl PermissionSource for PgPermissions {
         document: DocumentId,
     ) -> Result<Option<Role>, PermissionError> {
         use diesel_async::RunQueryDsl;
-        let user = claims.user.0;
+        let user = *claims.user.as_uuid();
         let work = async {
             let mut conn = self
                 .pool
@@ -98,7 +98,7 @@ impl PermissionSource for PgPermissions {
                 .map_err(PermissionError::Unavailable)?;
             let err = |e: diesel::result::Error| PermissionError::Unavailable(e.to_string());
             let owner: Option<Option<uuid::Uuid>> = documents::table
-                .find(document.0)
+                .find(*document.as_uuid())
                 .select(documents::owner_id)
                 .first(&mut *conn)
                 .await
@@ -108,7 +108,7 @@ impl PermissionSource for PgPermissions {
                 return Ok(Some(Role::Owner));
             }
             let role: Option<String> = document_permissions::table
-                .find((document.0, user))
+                .find((*document.as_uuid(), user))
                 .select(document_permissions::role)
                 .first(&mut *conn)
                 .await

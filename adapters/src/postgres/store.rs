@@ -89,7 +89,11 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 /// Where the first change of a delta is.
 fn position(delta: &Delta) -> i32 {
     match delta.components().first() {
-        Some(Component::Retain { len, attributes }) if attributes.is_empty() => *len as i32,
+        // The seed's `position INTEGER`: documents longer than i32::MAX are
+        // refused by the configuration with this store.
+        Some(Component::Retain { len, attributes }) if attributes.is_empty() => {
+            i32::try_from(*len).unwrap_or(i32::MAX)
+        }
         _ => 0,
     }
 }
@@ -131,10 +135,10 @@ struct OpRow {
 impl OpRow {
     fn into_op(self) -> Result<CommittedOp, StoreError> {
         Ok(CommittedOp {
-            version: Version(self.version as u64),
-            user: UserId(self.actor_id),
+            version: Version::try_from(self.version).map_err(corrupt)?,
+            user: UserId::new(self.actor_id),
             client_id: ClientId::new(self.client_id).map_err(corrupt)?,
-            seq: Seq(self.seq as u64),
+            seq: Seq::try_from(self.seq).map_err(corrupt)?,
             delta: Delta::from_json(&self.delta).map_err(corrupt)?,
         })
     }
@@ -166,7 +170,7 @@ async fn head(
         .await
         .optional()
         .map_err(unavailable)?;
-    Ok(Version(v.unwrap_or(0) as u64))
+    Version::try_from(v.unwrap_or(0)).map_err(corrupt)
 }
 
 /// After a refused append: which of the batch's keys is already committed
@@ -180,9 +184,9 @@ async fn explain_refusal(
     for op in ops {
         let found: Option<i64> = operations::table
             .filter(operations::document_id.eq(document))
-            .filter(operations::actor_id.eq(op.user.0))
+            .filter(operations::actor_id.eq(*op.user.as_uuid()))
             .filter(operations::client_id.eq(op.client_id.as_str()))
-            .filter(operations::seq.eq(op.seq.0 as i64))
+            .filter(operations::seq.eq(i64::from(op.seq)))
             .select(operations::version)
             .first(conn)
             .await
@@ -193,7 +197,7 @@ async fn explain_refusal(
                 user: op.user,
                 client_id: op.client_id.clone(),
                 seq: op.seq,
-                version: Version(v as u64),
+                version: Version::try_from(v).map_err(corrupt)?,
             });
         }
     }
@@ -252,10 +256,10 @@ impl Rows {
         };
         for op in ops {
             r.ids.push(Uuid::new_v4());
-            r.versions.push(op.version.0 as i64);
-            r.actors.push(op.user.0);
+            r.versions.push(i64::from(op.version));
+            r.actors.push(*op.user.as_uuid());
             r.clients.push(op.client_id.as_str().to_owned());
-            r.seqs.push(op.seq.0 as i64);
+            r.seqs.push(i64::from(op.seq));
             r.types
                 .push(relay_ports::metrics::operation_type(&op.delta).to_owned());
             r.positions.push(position(&op.delta));
@@ -263,8 +267,8 @@ impl Rows {
             r.attributes.push(attributes(&op.delta));
             r.clocks.push(format!(
                 r#"{{"server":{},"client":{}}}"#,
-                op.version.0 - 1,
-                op.seq.0
+                op.version.get() - 1,
+                op.seq
             ));
             r.deltas
                 .push(serde_json::to_string(&op.delta).map_err(corrupt)?);
@@ -490,7 +494,7 @@ async fn commit_batch(pool: &PgPool, batch: &[&AppendRequest]) -> Vec<Result<App
     let mut results = Vec::with_capacity(batch.len());
     for r in batch {
         let first = r.rows.versions[0];
-        let last = first + r.ops.len() as i64 - 1;
+        let last = r.rows.versions[r.rows.versions.len() - 1];
         let n = written
             .iter()
             .filter(|w| w.document_id == r.document && (first..=last).contains(&w.version))
@@ -540,7 +544,7 @@ impl OperationStore for PgStore {
         relay_ports::store::check_batch(ops)?;
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
-            document: document.0,
+            document: *document.as_uuid(),
             rows: Rows::of(ops)?,
             ops: ops.to_vec(),
             reply,
@@ -564,7 +568,7 @@ impl OperationStore for PgStore {
 
     async fn load(&self, document: DocumentId) -> Result<Loaded, StoreError> {
         use diesel_async::RunQueryDsl;
-        let doc = document.0;
+        let doc = *document.as_uuid();
         self.with_conn(async |conn| {
             let snap: Option<(i64, Value)> = snapshots::table
                 .filter(snapshots::document_id.eq(doc))
@@ -585,7 +589,7 @@ impl OperationStore for PgStore {
                 .map_err(unavailable)?;
             let snapshot = match snap {
                 Some((v, content)) => Some(Snapshot {
-                    version: Version(v as u64),
+                    version: Version::try_from(v).map_err(corrupt)?,
                     content: Delta::from_json(&content).map_err(corrupt)?,
                 }),
                 None => None,
@@ -606,9 +610,9 @@ impl OperationStore for PgStore {
         limit: usize,
     ) -> Result<Vec<CommittedOp>, StoreError> {
         use diesel_async::RunQueryDsl;
-        let doc = document.0;
-        let limit = limit.min(i64::MAX as usize) as i64;
-        let after = after.0.min(i64::MAX as u64) as i64;
+        let doc = *document.as_uuid();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = i64::from(after);
         self.with_conn(async |conn| {
             let rows: Vec<OpRow> = operations::table
                 .filter(operations::document_id.eq(doc))
@@ -625,7 +629,7 @@ impl OperationStore for PgStore {
     }
 
     async fn head(&self, document: DocumentId) -> Result<Version, StoreError> {
-        self.with_conn(async |conn| head(conn, document.0).await)
+        self.with_conn(async |conn| head(conn, *document.as_uuid()).await)
             .await
     }
 
@@ -637,19 +641,19 @@ impl OperationStore for PgStore {
         seq: Seq,
     ) -> Result<Option<Version>, StoreError> {
         use diesel_async::RunQueryDsl;
-        let (doc, client) = (document.0, client_id.as_str().to_owned());
+        let (doc, client) = (*document.as_uuid(), client_id.as_str().to_owned());
         self.with_conn(async |conn| {
             let v: Option<i64> = operations::table
                 .filter(operations::document_id.eq(doc))
-                .filter(operations::actor_id.eq(user.0))
+                .filter(operations::actor_id.eq(*user.as_uuid()))
                 .filter(operations::client_id.eq(&client))
-                .filter(operations::seq.eq(seq.0 as i64))
+                .filter(operations::seq.eq(i64::from(seq)))
                 .select(operations::version)
                 .first(conn)
                 .await
                 .optional()
                 .map_err(unavailable)?;
-            Ok(v.map(|v| Version(v as u64)))
+            v.map(Version::try_from).transpose().map_err(corrupt)
         })
         .await
     }
@@ -661,11 +665,11 @@ impl OperationStore for PgStore {
         client_id: &ClientId,
     ) -> Result<Option<(Seq, Version)>, StoreError> {
         use diesel_async::RunQueryDsl;
-        let (doc, client) = (document.0, client_id.as_str().to_owned());
+        let (doc, client) = (*document.as_uuid(), client_id.as_str().to_owned());
         self.with_conn(async |conn| {
             let row: Option<(i64, i64)> = operations::table
                 .filter(operations::document_id.eq(doc))
-                .filter(operations::actor_id.eq(user.0))
+                .filter(operations::actor_id.eq(*user.as_uuid()))
                 .filter(operations::client_id.eq(&client))
                 .order(operations::seq.desc())
                 .select((operations::seq, operations::version))
@@ -673,7 +677,11 @@ impl OperationStore for PgStore {
                 .await
                 .optional()
                 .map_err(unavailable)?;
-            Ok(row.map(|(s, v)| (Seq(s as u64), Version(v as u64))))
+            row.map(|(s, v)| {
+                Ok::<_, relay_domain::ids::OutOfRange>((Seq::try_from(s)?, Version::try_from(v)?))
+            })
+            .transpose()
+            .map_err(corrupt)
         })
         .await
     }
@@ -684,11 +692,11 @@ impl OperationStore for PgStore {
         snapshot: Snapshot,
     ) -> Result<(), StoreError> {
         use diesel_async::RunQueryDsl;
-        let doc = document.0;
+        let doc = *document.as_uuid();
         let content = serde_json::to_value(&snapshot.content).map_err(corrupt)?;
-        let version = snapshot.version.0 as i64;
+        let version = i64::from(snapshot.version);
         self.with_conn(async |conn| {
-            if Version(version as u64) > head(conn, doc).await? {
+            if snapshot.version > head(conn, doc).await? {
                 return Err(corrupt("a snapshot past the head"));
             }
             let latest: Option<i64> = snapshots::table

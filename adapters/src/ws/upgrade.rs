@@ -62,7 +62,7 @@ fn handshake(
     let Ok(uuid) = uuid::Uuid::parse_str(id) else {
         return plain(StatusCode::BAD_REQUEST, "document_id must be a UUID");
     };
-    let document = DocumentId(uuid);
+    let document = DocumentId::new(uuid);
     if query
         .split('&')
         .any(|kv| matches!(kv.split('=').next(), Some("token" | "access_token" | "jwt")))

@@ -52,10 +52,10 @@ fn envelope(origin: InstanceId, document: DocumentId, n: usize) -> Envelope {
             delta.retain(n).insert("é\u{1F600}");
             BusMessage::Ops {
                 ops: vec![CommittedOp {
-                    version: Version(n as u64 + 1),
+                    version: Version::new(n as u64 + 1).unwrap(),
                     user,
                     client_id,
-                    seq: Seq(n as u64),
+                    seq: Seq::new(n as u64).unwrap(),
                     delta,
                 }],
             }
@@ -67,7 +67,7 @@ fn envelope(origin: InstanceId, document: DocumentId, n: usize) -> Envelope {
                 name: Some(format!("User {n}")),
                 anchor: Some(n),
                 head: Some(n + 1),
-                version: Version(n as u64),
+                version: Version::new(n as u64).unwrap(),
             },
         },
         _ => BusMessage::Typing {

@@ -5,7 +5,7 @@ use crate::{Metrics, OpStatus};
 use relay_domain::DocumentId;
 
 pub fn accepts_every_call<M: Metrics>(metrics: &M) {
-    let doc = DocumentId(uuid::Uuid::new_v4());
+    let doc = DocumentId::new(uuid::Uuid::new_v4());
     metrics.connection_closed(doc);
     metrics.connection_opened(doc);
     metrics.connection_opened(doc);

@@ -42,12 +42,12 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A document no other case (or earlier run against a shared database)
 /// has used.
 pub fn fresh_document() -> DocumentId {
-    DocumentId(Uuid::new_v4())
+    DocumentId::new(Uuid::new_v4())
 }
 
 /// A user no other case has used.
 pub fn fresh_user() -> UserId {
-    UserId(Uuid::new_v4())
+    UserId::new(Uuid::new_v4())
 }
 
 pub(crate) fn client(name: &str) -> ClientId {

@@ -30,7 +30,7 @@ fn claims(user: UserId, docs: Option<&[(&str, Role)]>) -> Claims {
 }
 
 fn user() -> UserId {
-    UserId(Uuid::new_v4())
+    UserId::new(Uuid::new_v4())
 }
 
 async fn role<P: PermissionSource>(

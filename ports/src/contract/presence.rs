@@ -39,7 +39,7 @@ fn entry(user: UserId, client_id: &ClientId, anchor: usize) -> PresenceEntry {
         name: Some(format!("{user}")),
         anchor: Some(anchor),
         head: Some(anchor + 2),
-        version: Version(anchor as u64),
+        version: Version::new(anchor as u64).unwrap(),
     }
 }
 

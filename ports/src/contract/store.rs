@@ -45,10 +45,10 @@ fn op_with(version: u64, user: UserId, client_id: &ClientId, seq: u64, text: &st
         .retain(version.saturating_sub(1) as usize)
         .insert(text);
     CommittedOp {
-        version: Version(version),
+        version: Version::new(version).unwrap(),
         user,
         client_id: client_id.clone(),
-        seq: Seq(seq),
+        seq: Seq::new(seq).unwrap(),
         delta,
     }
 }
@@ -61,7 +61,7 @@ fn snapshot(version: u64, text: &str) -> Snapshot {
     let mut content = Delta::new();
     content.insert(text);
     Snapshot {
-        version: Version(version),
+        version: Version::new(version).unwrap(),
         content,
     }
 }
@@ -113,7 +113,7 @@ where
 {
     let store = make().await;
     let (document, user, client_id, mut ops) = document_with(&store, 2).await;
-    assert_eq!(head(&store, document).await, Version(2));
+    assert_eq!(head(&store, document).await, Version::from(2));
     assert_eq!(all(&store, document).await, ops);
 
     let batch = vec![op(3, user, &client_id, 3), op(4, user, &client_id, 4)];
@@ -123,7 +123,7 @@ where
         "a batch starting at head + 1 must commit"
     );
     ops.extend(batch);
-    assert_eq!(head(&store, document).await, Version(4));
+    assert_eq!(head(&store, document).await, Version::from(4));
     assert_eq!(
         all(&store, document).await,
         ops,
@@ -161,7 +161,7 @@ where
         assert_eq!(
             append(&store, document, &[loser]).await,
             Append::Conflict {
-                current: Version(2)
+                current: Version::from(2)
             },
             "appending at taken version {taken} must conflict with the head"
         );
@@ -172,7 +172,7 @@ where
         "a conflict must write nothing"
     );
     assert_eq!(
-        store.find(document, rival.0, &rival.1, Seq(1)).await,
+        store.find(document, rival.0, &rival.1, Seq::from(1)).await,
         Ok(None)
     );
 }
@@ -201,7 +201,7 @@ where
     assert_eq!(
         append(&store, document, &gap).await,
         Append::Conflict {
-            current: Version(1)
+            current: Version::from(1)
         },
         "a batch starting past head + 1 must conflict"
     );
@@ -224,8 +224,8 @@ where
         Append::Duplicate {
             user,
             client_id: client_id.clone(),
-            seq: Seq(1),
-            version: Version(1),
+            seq: Seq::from(1),
+            version: Version::from(1),
         },
         "a committed (user, client_id, seq) must be a duplicate naming its first version"
     );
@@ -274,8 +274,8 @@ where
         Append::Duplicate {
             user,
             client_id: client_id.clone(),
-            seq: Seq(1),
-            version: Version(1),
+            seq: Seq::from(1),
+            version: Version::from(1),
         },
         "a batch whose second op is a duplicate must be reported as a duplicate"
     );
@@ -285,7 +285,9 @@ where
         "a batch with a duplicate must write none of its ops"
     );
     assert_eq!(
-        store.find(document, newcomer.0, &newcomer.1, Seq(1)).await,
+        store
+            .find(document, newcomer.0, &newcomer.1, Seq::from(1))
+            .await,
         Ok(None),
         "the batch's first op must not have been written"
     );
@@ -314,13 +316,13 @@ where
     let (document, user, client_id, ops) = document_with(&store, 2).await;
     let answer = append(&store, document, &ops[1..]).await;
     let accurate = match &answer {
-        Append::Conflict { current } => *current == Version(2),
+        Append::Conflict { current } => *current == Version::from(2),
         Append::Duplicate {
             user: u,
             client_id: c,
             seq,
             version,
-        } => *u == user && *c == client_id && *seq == Seq(2) && *version == Version(2),
+        } => *u == user && *c == client_id && *seq == Seq::from(2) && *version == Version::from(2),
         Append::Committed => false,
     };
     assert!(
@@ -350,7 +352,9 @@ where
     ];
     for (after, limit, expected) in cases {
         assert_eq!(
-            store.read(document, Version(after), limit).await,
+            store
+                .read(document, Version::new(after).unwrap(), limit)
+                .await,
             Ok(ops[expected].to_vec()),
             "read(after {after}, limit {limit})"
         );
@@ -374,7 +378,7 @@ where
     assert_eq!(store.head(document).await, Ok(Version::ZERO));
     assert_eq!(store.read(document, Version::ZERO, 10).await, Ok(vec![]));
     assert_eq!(
-        store.find(document, user, &client_id, Seq(1)).await,
+        store.find(document, user, &client_id, Seq::from(1)).await,
         Ok(None)
     );
     assert_eq!(store.last_seq(document, user, &client_id).await, Ok(None));
@@ -390,24 +394,32 @@ where
     let (document, user, client_id, _) = document_with(&store, 3).await;
     for v in 1..=3 {
         assert_eq!(
-            store.find(document, user, &client_id, Seq(v)).await,
-            Ok(Some(Version(v)))
+            store
+                .find(document, user, &client_id, Seq::new(v).unwrap())
+                .await,
+            Ok(Some(Version::new(v).unwrap()))
         );
     }
     assert_eq!(
-        store.find(document, user, &client_id, Seq(4)).await,
+        store.find(document, user, &client_id, Seq::from(4)).await,
         Ok(None)
     );
     assert_eq!(
-        store.find(document, user, &client("other"), Seq(1)).await,
+        store
+            .find(document, user, &client("other"), Seq::from(1))
+            .await,
         Ok(None)
     );
     assert_eq!(
-        store.find(document, fresh_user(), &client_id, Seq(1)).await,
+        store
+            .find(document, fresh_user(), &client_id, Seq::from(1))
+            .await,
         Ok(None)
     );
     assert_eq!(
-        store.find(fresh_document(), user, &client_id, Seq(1)).await,
+        store
+            .find(fresh_document(), user, &client_id, Seq::from(1))
+            .await,
         Ok(None)
     );
 }
@@ -432,15 +444,15 @@ where
     assert_eq!(append(&store, document, &ops).await, Append::Committed);
     assert_eq!(
         store.last_seq(document, user, &tab).await,
-        Ok(Some((Seq(5), Version(4))))
+        Ok(Some((Seq::from(5), Version::from(4))))
     );
     assert_eq!(
         store.last_seq(document, user, &other_tab).await,
-        Ok(Some((Seq(7), Version(3))))
+        Ok(Some((Seq::from(7), Version::from(3))))
     );
     assert_eq!(
         store.last_seq(document, other_user, &tab).await,
-        Ok(Some((Seq(9), Version(5))))
+        Ok(Some((Seq::from(9), Version::from(5))))
     );
     assert_eq!(
         store.last_seq(document, other_user, &other_tab).await,
@@ -594,7 +606,7 @@ where
         .collect();
 
     for round in 1..=ROUNDS {
-        let version = Version(round);
+        let version = Version::new(round).unwrap();
         let start = Arc::new(Barrier::new(RACERS));
         let (results, mut answers) = mpsc::channel(RACERS);
         for (i, (user, client_id)) in racers.iter().enumerate() {
@@ -632,12 +644,17 @@ where
             "exactly one of {RACERS} concurrent appends at version {version} must commit"
         );
         assert_eq!(
-            store.read(document, Version(round - 1), 10).await,
+            store
+                .read(document, Version::new(round - 1).unwrap(), 10)
+                .await,
             Ok(winners),
             "the store must hold the winner's op at version {version}, and only it"
         );
     }
-    assert_eq!(store.head(document).await, Ok(Version(ROUNDS)));
+    assert_eq!(
+        store.head(document).await,
+        Ok(Version::new(ROUNDS).unwrap())
+    );
 }
 
 /// How many documents [`concurrent_appends_to_many_documents_each_get_their_own_answer`] uses.
@@ -687,13 +704,13 @@ pub async fn concurrent_appends_to_many_documents_each_get_their_own_answer<S, F
         let expected = match i % 3 {
             0 => Append::Committed,
             1 => Append::Conflict {
-                current: Version(2),
+                current: Version::from(2),
             },
             _ => Append::Duplicate {
                 user: *user,
                 client_id: client_id.clone(),
-                seq: Seq(1),
-                version: Version(1),
+                seq: Seq::from(1),
+                version: Version::from(1),
             },
         };
         assert_eq!(
@@ -712,7 +729,10 @@ pub async fn concurrent_appends_to_many_documents_each_get_their_own_answer<S, F
             held,
             "document {i} must hold its own ops and exactly the committed append"
         );
-        assert_eq!(head(&*store, *document).await, Version(held.len() as u64));
+        assert_eq!(
+            head(&*store, *document).await,
+            Version::new(held.len() as u64).unwrap()
+        );
     }
     assert_eq!(
         answered, DOCUMENTS,

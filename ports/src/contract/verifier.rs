@@ -14,7 +14,7 @@ pub async fn verifies_and_refuses<V: TokenVerifier>(
 ) {
     assert!(verifier.has_keys(), "a verifier with keys says so");
     let claims = verifier.verify(good).await.expect("a good token verifies");
-    assert_eq!(claims.user.0, user);
+    assert_eq!(*claims.user.as_uuid(), user);
     for token in bad {
         match verifier.verify(token).await {
             Err(AuthError::Invalid(reason)) => {

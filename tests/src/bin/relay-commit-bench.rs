@@ -107,11 +107,11 @@ async fn writer(
         .unwrap_or_else(|f| panic!("join: {}", f.reason));
     let joined = next(&mut started.outbound).await;
     assert_eq!(joined.kind, "joined", "expected joined, got {joined:?}");
-    let mut base = Version(joined.version.expect("joined has a version"));
+    let mut base = Version::new(joined.version.expect("joined has a version")).unwrap();
     // One unmeasured submit first: a client's first submit also makes the
     // room look up what the store knows of it.
     let sent = tokio::time::Instant::now();
-    base = submit(&mut started, Seq(1), base).await;
+    base = submit(&mut started, Seq::from(1), base).await;
     let first = sent.elapsed();
     start.wait().await;
     let began = tokio::time::Instant::now();
@@ -126,7 +126,7 @@ async fn writer(
                 due
             }
         };
-        base = submit(&mut started, Seq(i as u64 + 2), base).await;
+        base = submit(&mut started, Seq::new(i as u64 + 2).unwrap(), base).await;
         latencies.push((due - began, due.elapsed()));
     }
     started.session.close("done").await;
@@ -157,10 +157,10 @@ async fn submit(started: &mut relay_ports::Started, seq: Seq, mut base: Version)
     loop {
         let frame = next(&mut started.outbound).await;
         match frame.kind.as_str() {
-            "ack" => return Version(frame.version.expect("an ack has a version")),
+            "ack" => return Version::new(frame.version.expect("an ack has a version")).unwrap(),
             "ops" => {
                 if let Some(last) = frame.ops.as_deref().and_then(<[FrameOp]>::last) {
-                    base = base.max(Version(last.version));
+                    base = base.max(Version::new(last.version).unwrap());
                 }
             }
             "error" => panic!("submit refused: {frame:?}"),
@@ -221,7 +221,9 @@ async fn scenario(
     let (mut adapters, _) = wiring::memory_adapters(wiring::dev_verifier(&config, &keys));
     adapters.store = store.clone();
     let relay = Relay::new(config, adapters, Vec::new());
-    let docs: Vec<DocumentId> = (0..documents).map(|_| DocumentId(Uuid::new_v4())).collect();
+    let docs: Vec<DocumentId> = (0..documents)
+        .map(|_| DocumentId::new(Uuid::new_v4()))
+        .collect();
     let writers = documents * writers_per_doc;
     // Everyone joins and warms up; the clock starts when the last is ready.
     let start = Arc::new(tokio::sync::Barrier::new(writers + 1));
