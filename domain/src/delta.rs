@@ -86,12 +86,30 @@ fn grown(total: usize, n: usize) -> usize {
 }
 
 /// A normalised sequence of components with the lengths it goes between.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// The components may end short of [`Delta::base_len`]: the rest is an
+/// implicit plain retain, the same delta as with the retain written out
+/// (`==` says so). The builder writes it; [`Delta::compact`] drops it, so
+/// a delta kept in history costs one component less. Code that walks
+/// [`Delta::components`] must treat what is left after them as retained.
+#[derive(Clone, Debug, Default)]
 pub struct Delta {
     ops: Vec<Component>,
     base_len: usize,
     target_len: usize,
 }
+
+/// Equal when they do the same to every document: the same components but
+/// for a trailing plain retain, and the same lengths.
+impl PartialEq for Delta {
+    fn eq(&self, other: &Self) -> bool {
+        self.base_len == other.base_len
+            && self.target_len == other.target_len
+            && self.trimmed_components() == other.trimmed_components()
+    }
+}
+
+impl Eq for Delta {}
 
 impl Delta {
     /// The empty delta (the identity on the empty document).
@@ -316,6 +334,34 @@ impl Delta {
         }
     }
 
+    /// Characters of the base the components span (retains and deletes);
+    /// the rest, up to [`Delta::base_len`], is retained implicitly.
+    pub fn spanned(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|c| match c {
+                Component::Retain { len, .. } | Component::Delete { len } => *len,
+                Component::Insert { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// Drops a trailing plain retain (it stays implicit) and frees unused
+    /// capacity: the form kept in history.
+    pub fn compact(&mut self) {
+        if let Some(Component::Retain { attributes, .. }) = self.ops.last()
+            && attributes.is_empty()
+        {
+            self.ops.pop();
+        }
+        for c in &mut self.ops {
+            if let Component::Insert { text, .. } = c {
+                text.shrink_to_fit();
+            }
+        }
+        self.ops.shrink_to_fit();
+    }
+
     /// The components without a trailing plain retain (the wire form).
     pub fn trimmed_components(&self) -> &[Component] {
         match self.ops.last() {
@@ -344,6 +390,8 @@ impl Delta {
                 Component::Delete { len } => rest = &rest[byte_offset(rest, *len)..],
             }
         }
+        // The implicit trailing retain.
+        out.push_str(rest);
         Ok(out)
     }
 
@@ -525,7 +573,13 @@ pub(crate) struct Pieces<'a> {
     used_bytes: usize,
     /// Length of `ops[index]` in characters (cached: inserts count chars).
     current_len: usize,
+    /// The implicit plain retain after the last component (a delta may end
+    /// short of its base length; see [`Delta::compact`]).
+    tail: usize,
 }
+
+/// The attributes of the implicit trailing retain.
+static NO_ATTRIBUTES: Attributes = Attributes::new();
 
 impl<'a> Pieces<'a> {
     pub(crate) fn new(delta: &'a Delta) -> Self {
@@ -535,6 +589,7 @@ impl<'a> Pieces<'a> {
             used: 0,
             used_bytes: 0,
             current_len: 0,
+            tail: delta.base_len - delta.spanned(),
         };
         p.load();
         p
@@ -543,14 +598,24 @@ impl<'a> Pieces<'a> {
     fn load(&mut self) {
         self.used = 0;
         self.used_bytes = 0;
-        self.current_len = self.ops.get(self.index).map_or(0, Component::len);
+        self.current_len = match self.ops.get(self.index) {
+            Some(c) => c.len(),
+            None if self.index == self.ops.len() => self.tail,
+            None => 0,
+        };
+    }
+
+    /// Whether the current piece is the implicit trailing retain.
+    fn in_tail(&self) -> bool {
+        self.index == self.ops.len() && self.tail > 0
     }
 
     /// Kind of the next piece, if any: `Some(true)` for an insert.
     pub(crate) fn peek_is_insert(&self) -> Option<bool> {
-        self.ops
-            .get(self.index)
-            .map(|c| matches!(c, Component::Insert { .. }))
+        match self.ops.get(self.index) {
+            Some(c) => Some(matches!(c, Component::Insert { .. })),
+            None => self.in_tail().then_some(false),
+        }
     }
 
     pub(crate) fn peek_is_delete(&self) -> bool {
@@ -563,18 +628,19 @@ impl<'a> Pieces<'a> {
     }
 
     pub(crate) fn has_next(&self) -> bool {
-        self.index < self.ops.len()
+        self.index < self.ops.len() || self.in_tail()
     }
 
     /// The next piece, at most `max` characters long.
     pub(crate) fn next(&mut self, max: usize) -> Option<Piece<'a>> {
-        let c = self.ops.get(self.index)?;
         let rest = self.current_len - self.used;
         let n = rest.min(max);
-        let piece = match c {
-            Component::Retain { attributes, .. } => Piece::Retain(n, attributes),
-            Component::Delete { .. } => Piece::Delete(n),
-            Component::Insert { text, attributes } => {
+        let piece = match self.ops.get(self.index) {
+            None if self.in_tail() => Piece::Retain(n, &NO_ATTRIBUTES),
+            None => return None,
+            Some(Component::Retain { attributes, .. }) => Piece::Retain(n, attributes),
+            Some(Component::Delete { .. }) => Piece::Delete(n),
+            Some(Component::Insert { text, attributes }) => {
                 let tail = &text[self.used_bytes..];
                 let end = if n == rest {
                     tail.len()

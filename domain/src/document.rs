@@ -92,6 +92,9 @@ impl Runs {
                 Component::Delete { len } => at += len,
             }
         }
+        // The implicit trailing retain.
+        let total: usize = self.0.iter().map(|r| r.len).sum();
+        self.for_each_in(at, total - at, |n, a| out.push(n, a.clone()));
         out
     }
 }
@@ -293,6 +296,7 @@ impl Delta {
                 }
             }
         }
+        out.retain(base.len() - at);
         Ok(out)
     }
 }

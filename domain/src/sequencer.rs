@@ -162,15 +162,21 @@ type ClientRecords = Vec<(UserId, ClientRecord)>;
 struct Entry {
     op: CommittedOp,
     at: Timestamp,
-    /// `op.memory_bytes()` plus the entry's own slot.
-    bytes: usize,
 }
 
 impl Entry {
-    fn new(op: CommittedOp, at: Timestamp) -> Entry {
-        let bytes =
-            op.memory_bytes() + std::mem::size_of::<Entry>() - std::mem::size_of::<CommittedOp>();
-        Entry { op, at, bytes }
+    /// An entry for history: the op's delta compacted (no trailing retain,
+    /// no spare capacity) and boxed, so the deque holds pointers and its
+    /// spare slots cost 8 bytes, not an entry's size.
+    fn new(mut op: CommittedOp, at: Timestamp) -> Box<Entry> {
+        op.delta.compact();
+        Box::new(Entry { op, at })
+    }
+
+    /// What the history budget counts for it.
+    fn bytes(&self) -> usize {
+        self.op.memory_bytes() + std::mem::size_of::<Entry>() - std::mem::size_of::<CommittedOp>()
+            + std::mem::size_of::<Box<Entry>>()
     }
 }
 
@@ -178,7 +184,7 @@ impl Entry {
 #[derive(Debug)]
 pub struct Sequencer {
     doc: Document,
-    history: VecDeque<Entry>,
+    history: VecDeque<Box<Entry>>,
     /// Sum of the history entries' `bytes`.
     history_bytes: usize,
     pending: Vec<CommittedOp>,
@@ -510,8 +516,8 @@ impl Sequencer {
         }
     }
 
-    fn push_history(&mut self, entry: Entry) {
-        self.history_bytes += entry.bytes;
+    fn push_history(&mut self, entry: Box<Entry>) {
+        self.history_bytes += entry.bytes();
         self.history.push_back(entry);
     }
 
@@ -535,7 +541,7 @@ impl Sequencer {
                 break;
             }
             if let Some(gone) = self.history.pop_front() {
-                self.history_bytes -= gone.bytes;
+                self.history_bytes -= gone.bytes();
             }
         }
         if self.clients.len() > self.config.max_clients {
@@ -844,6 +850,37 @@ mod tests {
             Some(5)
         );
         assert_eq!(s.rebase_position(5, Version::from(2), Bias::Before), None);
+    }
+
+    #[test]
+    fn history_is_bounded_by_bytes_oldest_first() {
+        let config = SequencerConfig {
+            max_history_bytes: 100_000,
+            ..SequencerConfig::default()
+        };
+        let mut s = Sequencer::new(Document::new(), config);
+        let big = "x".repeat(30_000);
+        for i in 1..=10u64 {
+            commit_one(&mut s, sub(1, "a", i, i - 1, ins(0, &big)));
+            assert!(s.history_bytes() <= 100_000, "{} bytes", s.history_bytes());
+        }
+        // Three 30 KB ops fit, a fourth would not.
+        assert_eq!(s.history_len(), 3);
+        assert_eq!(s.oldest_base(), Version::from(7));
+        assert!(s.ops_since(Version::from(6)).is_none());
+        assert_eq!(s.ops_since(Version::from(7)).map(|o| o.len()), Some(3));
+        assert_eq!(
+            s.propose(&sub(2, "b", 1, 6, ins(0, "y"))),
+            Err(Rejection::StaleBase {
+                base: Version::from(6),
+                oldest: Version::from(7)
+            })
+        );
+        // One op over the whole budget is still kept, alone.
+        let huge = "z".repeat(200_000);
+        commit_one(&mut s, sub(1, "a", 11, 10, ins(0, &huge)));
+        assert_eq!(s.history_len(), 1);
+        assert_eq!(s.oldest_base(), Version::from(10));
     }
 
     #[test]

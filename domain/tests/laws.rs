@@ -108,7 +108,13 @@ fn build(steps: &[Step], len: usize) -> Delta {
             }
         }
     }
-    d.fit(len).expect("built within the length")
+    let mut d = d.fit(len).expect("built within the length");
+    // Half of them without their trailing retain (the form history keeps):
+    // the laws hold for both.
+    if steps.len() % 2 == 1 {
+        d.compact();
+    }
+    d
 }
 
 /// A document: inserts of formatted text.
