@@ -37,6 +37,8 @@ pub(crate) struct Deps {
     pub config: Arc<Config>,
     pub instance: InstanceId,
     pub rooms: Rooms,
+    /// Every room task, so shutdown can wait for them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Deps {

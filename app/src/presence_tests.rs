@@ -210,3 +210,97 @@ async fn a_cursor_taken_before_a_concurrent_edit_is_moved_through_it() {
         vec![(Version::from(2), Some(9), Some(9))]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_cursors_is_throttled_before_it_is_rebased() {
+    let (relay, keys) = setup();
+    let doc = DocumentId::new(Uuid::new_v4());
+    let (mut a, mut a_rx) = join(&relay, &keys, doc, "a").await;
+    let (_b, mut b_rx) = join(&relay, &keys, doc, "b").await;
+    // Some history for a cursor taken at version 1 to be rebased over.
+    for seq in 1..=20u32 {
+        let mut d = relay_domain::Delta::new();
+        d.insert("x");
+        a.handle(ClientMessage::Submit {
+            seq: relay_domain::Seq::from(seq),
+            base: Version::from(seq - 1),
+            delta: d,
+        })
+        .await;
+        idle().await;
+    }
+    drain(&mut a_rx);
+    drain(&mut b_rx);
+    let before = crate::room::test_counters::rebases(doc);
+    // 150 cursors within one throttle interval (under the presence rate's
+    // burst of 200, so none is dropped by it).
+    for i in 0..150 {
+        a.handle(ClientMessage::Cursor {
+            version: Version::from(1),
+            selection: Some((i % 2, i % 2)),
+        })
+        .await;
+    }
+    idle().await;
+    tokio::time::advance(Duration::from_millis(50)).await;
+    idle().await;
+    // One sent at once, the latest when the interval is over: two rebases.
+    assert_eq!(crate::room::test_counters::rebases(doc) - before, 2);
+    assert_eq!(cursors(&drain(&mut b_rx)).len(), 2);
+    assert!(drain(&mut a_rx).is_empty(), "nothing was refused");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cursor_and_typing_messages_over_the_rate_are_dropped_and_said_once() {
+    let keys = DevKeys::from_seed([3; 32]);
+    let config = Config {
+        presence_rate_per_sec: 10,
+        presence_burst: 5,
+        ..Config::default()
+    };
+    let relay = wiring::in_memory(config, &keys).relay;
+    let doc = DocumentId::new(Uuid::new_v4());
+    let (mut a, mut a_rx) = join(&relay, &keys, doc, "a").await;
+    let (_b, mut b_rx) = join(&relay, &keys, doc, "b").await;
+    idle().await;
+    drain(&mut a_rx);
+    drain(&mut b_rx);
+    let before = crate::room::test_counters::rebases(doc);
+    for _ in 0..20 {
+        a.handle(ClientMessage::Typing).await;
+        a.handle(ClientMessage::Cursor {
+            version: Version::from(0),
+            selection: None,
+        })
+        .await;
+    }
+    idle().await;
+    let refused: Vec<_> = drain(&mut a_rx)
+        .into_iter()
+        .filter(|m| {
+            matches!(
+                m,
+                ServerMessage::Error {
+                    code: relay_ports::ErrorCode::RateLimited,
+                    fatal: false,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "told once: {refused:?}");
+    // Five got through: three typing signals and two cursors, of which the
+    // room rebased one (the other is held by the cursor throttle).
+    assert_eq!(crate::room::test_counters::rebases(doc) - before, 1);
+    assert_eq!(typing(&drain(&mut b_rx)), vec![true]);
+    // The rate refills: a second later messages pass again, and the next
+    // refusal is told again.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    a.handle(ClientMessage::Cursor {
+        version: Version::from(0),
+        selection: Some((0, 0)),
+    })
+    .await;
+    idle().await;
+    assert!(drain(&mut a_rx).is_empty());
+}

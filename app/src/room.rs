@@ -98,7 +98,9 @@ struct Local {
     /// The last submit answered `ack` as a duplicate (already committed).
     duplicate_acked: Option<Seq>,
     limiter: RateLimiter,
-    cursor: CursorThrottle<()>,
+    /// Holds the latest cursor as received (version and positions at that
+    /// version) until its turn: it is rebased only when it is sent.
+    cursor: CursorThrottle<(Version, Option<(usize, usize)>)>,
     typing: TypingDebounce,
 }
 
@@ -124,9 +126,35 @@ pub(crate) struct Room {
     next_presence_refresh: Instant,
 }
 
+/// Starts a room on the service's task tracker, supervised: a room that
+/// panics has its sessions closed with 1011 (see `Drop for Room`), is
+/// logged with its cause and forgotten, so the next join opens the document
+/// afresh from the store.
+pub(crate) fn spawn(
+    document: DocumentId,
+    deps: Arc<Deps>,
+    mailbox: mpsc::Receiver<Command>,
+    generation: u64,
+) {
+    use futures::FutureExt;
+    let tasks = deps.tasks.clone();
+    tasks.spawn(async move {
+        let room = std::panic::AssertUnwindSafe(run(document, deps.clone(), mailbox, generation));
+        if let Err(panic) = room.catch_unwind().await {
+            let cause = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            tracing::error!(%document, %cause, "room failed: its sessions were closed with 1011; the next join reopens the document from the store");
+            deps.rooms.forget(document, generation);
+        }
+    });
+}
+
 /// Runs a room until it has been idle long enough, then asks the registry
 /// to forget it.
-pub(crate) async fn run(
+async fn run(
     document: DocumentId,
     deps: Arc<Deps>,
     mut mailbox: mpsc::Receiver<Command>,
@@ -891,9 +919,13 @@ impl Room {
         entry.version = current;
     }
 
+    /// A cursor from a local client: checked, then throttled before any
+    /// work - at most one per CURSOR_THROTTLE_MS is rebased and sent, the
+    /// latest held for its turn.
     async fn cursor(&mut self, session: u64, version: Version, selection: Option<(usize, usize)>) {
         let current = self.seq.version();
-        let Some(s) = self.sessions.get(&session) else {
+        let now = self.now();
+        let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
         if version > current {
@@ -904,6 +936,25 @@ impl Room {
             );
             return;
         }
+        if let Some((version, selection)) = s.cursor.offer((version, selection), now) {
+            self.place_cursor(session, version, selection).await;
+        }
+    }
+
+    /// Rebases a cursor taken at `version` to the current version, records
+    /// it and broadcasts it.
+    async fn place_cursor(
+        &mut self,
+        session: u64,
+        version: Version,
+        selection: Option<(usize, usize)>,
+    ) {
+        #[cfg(test)]
+        test_counters::count_rebase(self.document);
+        let current = self.seq.version();
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
         let len = self.seq.document().len();
         let selection = match selection {
             None => None,
@@ -923,11 +974,7 @@ impl Room {
         let (user, client_id) = (s.member.user, s.member.client_id.clone());
         self.roster
             .set_selection(user, &client_id, selection, current);
-        let now = self.now();
-        let s = self.sessions.get_mut(&session).expect("checked above");
-        if s.cursor.offer((), now).is_some() {
-            self.send_cursor(session).await;
-        }
+        self.send_cursor(session).await;
     }
 
     /// Broadcasts a session's current selection (from the roster, so it is
@@ -1080,15 +1127,15 @@ impl Room {
         let mut cursors = Vec::new();
         let mut typing_done = Vec::new();
         for (id, s) in self.sessions.iter_mut() {
-            if s.cursor.poll(now).is_some() {
-                cursors.push(*id);
+            if let Some((version, selection)) = s.cursor.poll(now) {
+                cursors.push((*id, version, selection));
             }
             if s.typing.poll(now) == Some(false) {
                 typing_done.push(*id);
             }
         }
-        for id in cursors {
-            self.send_cursor(id).await;
+        for (id, version, selection) in cursors {
+            self.place_cursor(id, version, selection).await;
         }
         for id in typing_done {
             self.send_typing(id, false).await;
@@ -1154,6 +1201,22 @@ impl Room {
     }
 }
 
+/// A room that unwinds (a bug: a panic in its task) closes its sessions
+/// with 1011 on the way out, so no client waits on a room that is gone; they
+/// reconnect and resume on a fresh room.
+impl Drop for Room {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for s in self.sessions.values() {
+                s.sink.order_close(
+                    relay_ports::protocol::close::INTERNAL,
+                    "internal error: reconnect to resume",
+                );
+            }
+        }
+    }
+}
+
 fn flush(sink: &Sink, run: &mut Vec<&str>) -> bool {
     if run.is_empty() {
         return true;
@@ -1174,5 +1237,30 @@ fn cursor_message(e: &PresenceEntry) -> ServerMessage {
         version: e.version,
         anchor: e.anchor,
         head: e.head,
+    }
+}
+
+/// How many cursors each document's rooms rebased (tests check that the
+/// throttle comes before the work).
+#[cfg(test)]
+pub(crate) mod test_counters {
+    use relay_domain::DocumentId;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    static REBASES: Mutex<Option<HashMap<DocumentId, u64>>> = Mutex::new(None);
+
+    pub(crate) fn count_rebase(document: DocumentId) {
+        let mut map = REBASES.lock().unwrap_or_else(|e| e.into_inner());
+        *map.get_or_insert_with(HashMap::new)
+            .entry(document)
+            .or_default() += 1;
+    }
+
+    pub(crate) fn rebases(document: DocumentId) -> u64 {
+        let map = REBASES.lock().unwrap_or_else(|e| e.into_inner());
+        map.as_ref()
+            .and_then(|m| m.get(&document).copied())
+            .unwrap_or(0)
     }
 }

@@ -8,7 +8,7 @@ use crate::rooms::Rooms;
 use crate::session::RelaySession;
 use crate::sink::Sink;
 use async_trait::async_trait;
-use relay_domain::DocumentId;
+use relay_domain::{DocumentId, RateLimiter};
 use relay_ports::protocol::{ErrorCode, ServerMessage, close};
 use relay_ports::{
     AuthError, CollaborationService, ConnectionSlot, Health, InstanceId, Join, JoinFailure,
@@ -63,6 +63,7 @@ impl Relay {
             instance: InstanceId(Uuid::new_v4()),
             rooms: Rooms::default(),
             config: config.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
         });
         Relay {
             inner: Arc::new(Inner {
@@ -105,9 +106,15 @@ impl Relay {
             let _ = room.send(Command::Stop).await;
         }
         // Rooms snapshot as they stop; give them a bounded moment.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && inner.deps.rooms.len() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        inner.deps.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), inner.deps.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                rooms = inner.deps.rooms.len(),
+                "rooms still closing after 10 s"
+            );
         }
         info!(remaining = self.active_connections(), "shutdown complete");
     }
@@ -204,7 +211,7 @@ impl CollaborationService for Relay {
             let (sink, outbound, close_rx) = Sink::new(inner.deps.config.outbound_queue);
             let (room_tx, start) = inner.deps.rooms.get_or_create(document);
             if let Some((mailbox, generation)) = start {
-                tokio::spawn(room::run(document, inner.deps.clone(), mailbox, generation));
+                room::spawn(document, inner.deps.clone(), mailbox, generation);
             }
             let (reply_tx, reply_rx) = oneshot::channel();
             let cmd = Command::Join {
@@ -230,6 +237,11 @@ impl CollaborationService for Relay {
                         sink,
                         inner: inner.clone(),
                         left: false,
+                        presence_limiter: RateLimiter::new(
+                            inner.deps.config.presence_burst,
+                            inner.deps.config.presence_rate_per_sec,
+                        ),
+                        presence_limited: false,
                         _slot: slot,
                     };
                     return Ok(Started {

@@ -5,7 +5,7 @@ use crate::room::Command;
 use crate::service::Inner;
 use crate::sink::Sink;
 use async_trait::async_trait;
-use relay_domain::{ClientId, DocumentId, Submission};
+use relay_domain::{ClientId, DocumentId, RateLimiter, Submission};
 use relay_ports::protocol::{ErrorCode, Role, close};
 use relay_ports::{Claims, ClientMessage, ConnectionSlot, DecodeError, Session};
 use std::sync::Arc;
@@ -25,6 +25,12 @@ pub(crate) struct RelaySession {
     pub(crate) sink: Sink,
     pub(crate) inner: Arc<Inner>,
     pub(crate) left: bool,
+    /// Cursor and typing messages allowed (PRESENCE_RATE_PER_SEC, burst
+    /// PRESENCE_BURST): checked here, before the room does any work.
+    pub(crate) presence_limiter: RateLimiter,
+    /// Whether the client was told it is over the presence rate (it is told
+    /// once, until a message is accepted again).
+    pub(crate) presence_limited: bool,
     pub(crate) _slot: ConnectionSlot,
 }
 
@@ -53,6 +59,28 @@ impl RelaySession {
                 Err(())
             }
         }
+    }
+
+    /// Whether a cursor or typing message may go on to the room; over the
+    /// rate it is dropped, and the first one dropped is answered
+    /// `rate_limited` so the client knows.
+    fn presence_allowed(&mut self) -> bool {
+        if self
+            .presence_limiter
+            .try_acquire(self.inner.deps.clock.now())
+        {
+            self.presence_limited = false;
+            return true;
+        }
+        if !self.presence_limited {
+            self.presence_limited = true;
+            self.sink.error(
+                ErrorCode::RateLimited,
+                "too many cursor or typing messages: some were dropped",
+                None,
+            );
+        }
+        false
     }
 
     async fn forward(&mut self, cmd: Command) {
@@ -112,6 +140,9 @@ impl Session for RelaySession {
                 .await;
             }
             ClientMessage::Cursor { version, selection } => {
+                if !self.presence_allowed() {
+                    return;
+                }
                 self.forward(Command::Cursor {
                     session: self.id,
                     version,
@@ -119,7 +150,11 @@ impl Session for RelaySession {
                 })
                 .await;
             }
-            ClientMessage::Typing => self.forward(Command::Typing { session: self.id }).await,
+            ClientMessage::Typing => {
+                if self.presence_allowed() {
+                    self.forward(Command::Typing { session: self.id }).await;
+                }
+            }
             ClientMessage::Leave => {
                 if !self.left {
                     self.left = true;

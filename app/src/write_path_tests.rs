@@ -272,3 +272,107 @@ async fn new_clients_first_submits_in_one_turn_are_looked_up_together_and_each_c
     );
     assert_eq!(store.head(document).await, Ok(Version::from(3)));
 }
+
+/// A bug in the write path: panics right after the first append committed.
+struct PanicAfterFirstAppend(std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl Tap for PanicAfterFirstAppend {
+    fn after_append(&self, _ops: &[CommittedOp], _outcome: &Result<Append, StoreError>) {
+        if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("a bug in the write path");
+        }
+    }
+}
+
+async fn join_as(
+    relay: &Relay,
+    keys: &DevKeys,
+    user: Uuid,
+    document: DocumentId,
+    client: &str,
+    since: Option<Version>,
+) -> relay_ports::Started {
+    let join = Join {
+        client_id: ClientId::new(client).unwrap(),
+        token: Some(token(keys, user)),
+        since,
+    };
+    relay
+        .join(relay.admit().unwrap(), document, None, join)
+        .await
+        .unwrap()
+}
+
+async fn close_code(started: &mut relay_ports::Started) -> u16 {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(order) = started.close.borrow_and_update().clone() {
+                return order.code;
+            }
+            started.close.changed().await.expect("close order");
+        }
+    })
+    .await
+    .expect("the session was closed")
+}
+
+#[tokio::test]
+async fn a_room_that_panics_closes_its_sessions_with_1011_and_the_document_reopens_from_the_store()
+{
+    let keys = DevKeys::from_seed([4; 32]);
+    let store = Arc::new(Tapped {
+        inner: relay_adapters::memory::MemoryStore::new(),
+        tap: PanicAfterFirstAppend(Default::default()),
+    });
+    let relay = relay_on(store, &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    let (ua, ub) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut a = join_as(&relay, &keys, ua, document, "tab-a", None).await;
+    let mut b = join_as(&relay, &keys, ub, document, "tab-b", None).await;
+    assert!(matches!(
+        next(&mut a.outbound).await,
+        ServerMessage::Joined { .. }
+    ));
+    assert!(matches!(
+        next(&mut b.outbound).await,
+        ServerMessage::Joined { .. }
+    ));
+    let submit = ClientMessage::Submit {
+        seq: Seq::from(1),
+        base: Version::from(0),
+        delta: insert("hi"),
+    };
+    a.session.handle(submit.clone()).await;
+    // The op is durable, then the room's task panics before answering.
+    assert_eq!(close_code(&mut a).await, 1011);
+    assert_eq!(close_code(&mut b).await, 1011);
+    // A new join opens the document again, from the store.
+    let mut c = join_as(&relay, &keys, ub, document, "tab-c", None).await;
+    match next(&mut c.outbound).await {
+        ServerMessage::Joined {
+            version, content, ..
+        } => {
+            assert_eq!(version, Version::from(1));
+            assert_eq!(content.unwrap().apply_to_str("").unwrap(), "hi");
+        }
+        other => panic!("expected joined, got {other:?}"),
+    }
+    // The client whose op it was resumes and re-sends it: committed once.
+    let mut a2 = join_as(&relay, &keys, ua, document, "tab-a", Some(Version::ZERO)).await;
+    match next(&mut a2.outbound).await {
+        ServerMessage::Joined { ops: Some(ops), .. } => assert_eq!(ops.len(), 1),
+        other => panic!("expected the catch-up, got {other:?}"),
+    }
+    a2.session.handle(submit).await;
+    loop {
+        match next(&mut a2.outbound).await {
+            ServerMessage::Ack { seq, version } => {
+                assert_eq!((seq, version), (Seq::from(1), Version::from(1)));
+                break;
+            }
+            ServerMessage::Presence { .. } => {}
+            other => panic!("expected the duplicate's ack, got {other:?}"),
+        }
+    }
+}
