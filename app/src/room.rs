@@ -553,14 +553,28 @@ impl Room {
                     }
                     batch = proposed;
                 }
-                Err(e) => {
+                Err(StoreError::Rejected(reason)) => {
                     self.seq.abort_pending();
-                    warn!(document = %self.document, error = %e, "append failed; nothing committed");
+                    if proposed.len() > 1 {
+                        // One op's data is refused: commit them one at a
+                        // time, so only that one fails.
+                        warn!(document = %self.document, %reason, ops = proposed.len(), "the store refused a batch; committing its ops one by one");
+                        for p in proposed {
+                            Box::pin(self.commit_batch(vec![p])).await;
+                        }
+                        return;
+                    }
+                    tracing::error!(document = %self.document, %reason, "the store refused an operation's data");
                     self.fail(
                         &proposed,
-                        ErrorCode::Unavailable,
-                        "storage unavailable: nothing was committed; retry the same submit",
+                        ErrorCode::Internal,
+                        "the operation store refused this operation: it will never be committed",
                     );
+                    return;
+                }
+                Err(e) => {
+                    self.seq.abort_pending();
+                    self.resolve_failed_append(&proposed, e).await;
                     return;
                 }
             }
@@ -792,6 +806,17 @@ impl Room {
 
     /// Reads and applies every op the store has after our version.
     async fn catch_up(&mut self) -> Result<(), StoreError> {
+        self.catch_up_finding(|_| false).await.map(|_| ())
+    }
+
+    /// [`Room::catch_up`], returning the applied ops that `mine` picks
+    /// (after an append whose answer was lost: the batch's own ops, found
+    /// committed).
+    async fn catch_up_finding(
+        &mut self,
+        mine: impl Fn(&CommittedOp) -> bool,
+    ) -> Result<Vec<CommittedOp>, StoreError> {
+        let mut found = Vec::new();
         loop {
             let ops = self
                 .deps
@@ -799,7 +824,7 @@ impl Room {
                 .read(self.document, self.seq.version(), 1000)
                 .await?;
             if ops.is_empty() {
-                return Ok(());
+                return Ok(found);
             }
             let mut applied = Vec::with_capacity(ops.len());
             for op in ops {
@@ -810,7 +835,70 @@ impl Room {
                     Err(e) => return Err(StoreError::Corrupt(e.to_string())),
                 }
             }
+            found.extend(applied.iter().filter(|op| mine(op)).cloned());
             self.committed(&applied, false).await;
+        }
+    }
+
+    /// After an append failed: finds out from the store whether the batch
+    /// was written before anyone is told anything (PROTOCOL.md: `unavailable`
+    /// means nothing was committed). The catch-up acknowledges every op of
+    /// the batch it finds (and publishes them); for the rest:
+    /// - the store said `Unavailable` (nothing written): `unavailable`;
+    /// - the outcome is unknown (`Unknown`, `Corrupt`) and the op is not in
+    ///   the store, or the store cannot be read: the op may still land, so
+    ///   no answer would be true - the session is closed with 1013 and the
+    ///   client re-sends the submit after it reconnects, which commits it
+    ///   exactly once either way.
+    async fn resolve_failed_append(&mut self, proposed: &[Pending], error: StoreError) {
+        let nothing_written = matches!(error, StoreError::Unavailable(_));
+        warn!(document = %self.document, error = %error, "append failed; finding out what the store holds");
+        let ours = |op: &CommittedOp| {
+            proposed.iter().any(|p| {
+                p.submission.user == op.user
+                    && p.submission.client_id == op.client_id
+                    && p.submission.seq == op.seq
+            })
+        };
+        match self.catch_up_finding(ours).await {
+            Ok(found) if !found.is_empty() => {
+                for op in &found {
+                    self.deps.metrics.operation(
+                        relay_ports::metrics::operation_type(&op.delta),
+                        OpStatus::Ok,
+                    );
+                }
+                self.publish(BusMessage::Ops { ops: found }).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(document = %self.document, error = %e, "the store cannot be read either");
+            }
+        }
+        // Whoever is still waiting was not found committed (`fail` and the
+        // loop below skip the sessions the catch-up acknowledged).
+        if nothing_written {
+            self.fail(
+                proposed,
+                ErrorCode::Unavailable,
+                "storage unavailable: nothing was committed; retry the same submit",
+            );
+            return;
+        }
+        for p in proposed {
+            if let Some(s) = self.sessions.get_mut(&p.session)
+                && s.awaiting.map(|a| a.0) == Some(p.submission.seq)
+            {
+                s.awaiting = None;
+                self.deps.metrics.operation(
+                    relay_ports::metrics::operation_type(&p.submission.delta),
+                    OpStatus::Error,
+                );
+                s.sink.order_close(
+                    relay_ports::protocol::close::TRY_AGAIN_LATER,
+                    "the outcome of your submit is unknown: reconnect and re-send it",
+                );
+            }
         }
     }
 

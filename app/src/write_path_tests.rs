@@ -77,6 +77,11 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
     let keys = DevKeys::from_seed([1; 32]);
     let mut store = MockOperationStore::new();
     empty_document(&mut store);
+    // Reads fail too while the store is down (the room tries one to find
+    // out whether the failed append was written).
+    store
+        .expect_read()
+        .returning(|_, _, _| Err(StoreError::Unavailable("connection refused".into())));
     let mut calls = 0;
     store
         .expect_append()
@@ -375,4 +380,241 @@ async fn a_room_that_panics_closes_its_sessions_with_1011_and_the_document_reope
             other => panic!("expected the duplicate's ack, got {other:?}"),
         }
     }
+}
+
+/// Plays a store whose answer to the first append is lost: the batch is
+/// (or is not) written, and the caller is told `answer`.
+struct LostAnswer {
+    write: bool,
+    answer: StoreError,
+    used: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Tap for LostAnswer {
+    fn refuse_append(&self, _ops: &[CommittedOp]) -> Option<StoreError> {
+        (!self.write && !self.used.swap(true, std::sync::atomic::Ordering::SeqCst))
+            .then(|| self.answer.clone())
+    }
+    fn answer_append(
+        &self,
+        _ops: &[CommittedOp],
+        outcome: Result<Append, StoreError>,
+    ) -> Result<Append, StoreError> {
+        if self.write && !self.used.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            assert_eq!(outcome, Ok(Append::Committed));
+            return Err(self.answer.clone());
+        }
+        outcome
+    }
+}
+
+async fn first_submit_with(
+    tap: LostAnswer,
+) -> (Vec<ServerMessage>, Option<u16>, Vec<ServerMessage>) {
+    let keys = DevKeys::from_seed([5; 32]);
+    let store = Arc::new(Tapped {
+        inner: relay_adapters::memory::MemoryStore::new(),
+        tap,
+    });
+    let relay = relay_on(store, &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    let mut a = join_as(&relay, &keys, Uuid::new_v4(), document, "tab-a", None).await;
+    let mut b = join_as(&relay, &keys, Uuid::new_v4(), document, "tab-b", None).await;
+    assert!(matches!(
+        next(&mut a.outbound).await,
+        ServerMessage::Joined { .. }
+    ));
+    assert!(matches!(
+        next(&mut b.outbound).await,
+        ServerMessage::Joined { .. }
+    ));
+    a.session
+        .handle(ClientMessage::Submit {
+            seq: Seq::from(1),
+            base: Version::from(0),
+            delta: insert("hi"),
+        })
+        .await;
+    // Whatever A is told (or its close), and what B sees.
+    let mut told = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            tokio::select! {
+                frame = a.outbound.recv() => match frame {
+                    Some(Outbound::Text(t)) => {
+                        let m = ServerMessage::decode(&t).unwrap();
+                        let done = matches!(m, ServerMessage::Ack { .. } | ServerMessage::Error { .. });
+                        told.push(m);
+                        if done { return None; }
+                    }
+                    _ => return None,
+                },
+                _ = a.close.changed() => return a.close.borrow().as_ref().map(|c| c.code),
+            }
+        }
+    })
+    .await
+    .unwrap_or(None);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut seen = Vec::new();
+    while let Ok(Outbound::Text(t)) = b.outbound.try_recv() {
+        seen.push(ServerMessage::decode(&t).unwrap());
+    }
+    told.retain(|m| !matches!(m, ServerMessage::Presence { .. }));
+    seen.retain(|m| !matches!(m, ServerMessage::Presence { .. }));
+    (told, closed, seen)
+}
+
+fn one_op(seen: &[ServerMessage]) -> bool {
+    matches!(seen, [ServerMessage::Ops { ops }] if ops.len() == 1 && ops[0].version == Version::from(1))
+}
+
+#[tokio::test]
+async fn an_append_that_committed_but_was_answered_unavailable_is_acknowledged() {
+    let (told, closed, seen) = first_submit_with(LostAnswer {
+        write: true,
+        answer: StoreError::Unavailable("the answer was lost".into()),
+        used: Default::default(),
+    })
+    .await;
+    assert_eq!(
+        told,
+        vec![ServerMessage::Ack {
+            seq: Seq::from(1),
+            version: Version::from(1)
+        }],
+        "never `unavailable` for an op that is in the store"
+    );
+    assert_eq!(closed, None);
+    assert!(one_op(&seen), "{seen:?}");
+}
+
+#[tokio::test]
+async fn an_append_of_unknown_outcome_found_committed_is_acknowledged() {
+    let (told, closed, seen) = first_submit_with(LostAnswer {
+        write: true,
+        answer: StoreError::Unknown("timed out".into()),
+        used: Default::default(),
+    })
+    .await;
+    assert!(
+        matches!(&told[..], [ServerMessage::Ack { version, .. }] if *version == Version::from(1)),
+        "{told:?}"
+    );
+    assert_eq!(closed, None);
+    assert!(one_op(&seen), "{seen:?}");
+}
+
+#[tokio::test]
+async fn an_append_of_unknown_outcome_not_found_is_never_called_unavailable() {
+    let (told, closed, seen) = first_submit_with(LostAnswer {
+        write: false,
+        answer: StoreError::Unknown("timed out".into()),
+        used: Default::default(),
+    })
+    .await;
+    // The op may still land: no answer is true, so the client is sent
+    // away to reconnect and re-send it.
+    assert!(told.is_empty(), "{told:?}");
+    assert_eq!(closed, Some(1013));
+    assert!(seen.is_empty(), "{seen:?}");
+}
+
+#[tokio::test]
+async fn an_append_known_not_written_is_answered_unavailable() {
+    let (told, closed, _) = first_submit_with(LostAnswer {
+        write: false,
+        answer: StoreError::Unavailable("connection refused".into()),
+        used: Default::default(),
+    })
+    .await;
+    assert!(
+        matches!(
+            &told[..],
+            [ServerMessage::Error {
+                code: ErrorCode::Unavailable,
+                fatal: false,
+                ..
+            }]
+        ),
+        "{told:?}"
+    );
+    assert_eq!(closed, None);
+}
+
+/// A store that refuses any batch holding an insert of "poison".
+struct RefusesPoison;
+
+#[async_trait::async_trait]
+impl Tap for RefusesPoison {
+    fn refuse_append(&self, ops: &[CommittedOp]) -> Option<StoreError> {
+        let poisoned = ops.iter().any(|op| {
+            op.delta.components().iter().any(|c| {
+                matches!(c, relay_domain::Component::Insert { text, .. } if text.contains("poison"))
+            })
+        });
+        poisoned.then(|| StoreError::Rejected("invalid byte sequence".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_batch_the_store_refuses_fails_only_the_op_it_refuses() {
+    let keys = DevKeys::from_seed([6; 32]);
+    let store = Arc::new(Tapped {
+        inner: relay_adapters::memory::MemoryStore::new(),
+        tap: RefusesPoison,
+    });
+    let relay = relay_on(store, &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    let mut clients = Vec::new();
+    for name in ["tab-a", "tab-b", "tab-c"] {
+        let mut c = join_as(&relay, &keys, Uuid::new_v4(), document, name, None).await;
+        assert!(matches!(
+            next(&mut c.outbound).await,
+            ServerMessage::Joined { .. }
+        ));
+        clients.push(c);
+    }
+    // All three in one turn of the room: one batch.
+    for (c, text) in clients.iter_mut().zip(["good ", "poison ", "fine "]) {
+        c.session
+            .handle(ClientMessage::Submit {
+                seq: Seq::from(1),
+                base: Version::from(0),
+                delta: insert(text),
+            })
+            .await;
+    }
+    let mut answers = Vec::new();
+    for c in &mut clients {
+        loop {
+            match next(&mut c.outbound).await {
+                m @ (ServerMessage::Ack { .. } | ServerMessage::Error { .. }) => {
+                    answers.push(m);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        matches!(answers[0], ServerMessage::Ack { .. }),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(
+            answers[1],
+            ServerMessage::Error {
+                code: ErrorCode::Internal,
+                fatal: false,
+                ..
+            }
+        ),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(answers[2], ServerMessage::Ack { .. }),
+        "{answers:?}"
+    );
 }

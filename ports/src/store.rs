@@ -43,16 +43,16 @@ pub enum Append {
 /// A failure of the store itself. Expected outcomes are [`Append`] values.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// The store cannot be reached or timed out: retry later.
-    ///
-    /// From [`OperationStore::append`] the outcome may be unknown (the
-    /// batch may have committed before the answer was lost), but it is
-    /// settled: an adapter returns this only once the batch can no longer
-    /// be written later. The caller finds out with
-    /// [`OperationStore::find`] before telling anyone "nothing was
-    /// committed".
+    /// The store could not be reached or refused to run the statement:
+    /// nothing was written. Retry later.
     #[error("operation store unavailable: {0}")]
     Unavailable(String),
+    /// The outcome of an append is unknown: the store stopped answering
+    /// after the batch was sent, so it may have been written, or may still
+    /// be. The caller reads the store to find out before telling anyone
+    /// anything, and never says "nothing was committed" on this alone.
+    #[error("operation store outcome unknown: {0}")]
+    Unknown(String),
     /// The store refuses this batch's data (what [`check_storable`]
     /// catches, or a data error of the database): nothing was written, and
     /// writing the same ops again fails again. Other batches are not
@@ -123,9 +123,11 @@ pub trait OperationStore: Send + Sync + 'static {
     ///   for the document, writing nothing;
     /// - `Err(Rejected)` when the store refuses the batch's data, writing
     ///   nothing and affecting no other batch;
-    /// - `Err(Unavailable)` when the store could not be reached or did not
-    ///   answer in time - only once the batch can no longer be written (see
-    ///   [`StoreError::Unavailable`]).
+    /// - `Err(Unavailable)` when nothing was written: the store could not be
+    ///   reached, refused to run the statement, or the batch was withdrawn
+    ///   before it was sent;
+    /// - `Err(Unknown)` when the batch was sent and no answer came back in
+    ///   time.
     ///
     /// An empty `ops` is `Committed`.
     async fn append(&self, document: DocumentId, ops: &[CommittedOp])
@@ -183,6 +185,20 @@ pub trait Tap: Send + Sync + 'static {
     async fn before_last_seq(&self) {}
     /// Sees every `append` and its outcome.
     fn after_append(&self, _ops: &[CommittedOp], _outcome: &Result<Append, StoreError>) {}
+    /// Refuses an `append` before it reaches the store (to play a database
+    /// that rejects some data).
+    fn refuse_append(&self, _ops: &[CommittedOp]) -> Option<StoreError> {
+        None
+    }
+    /// What the caller is told of an `append` that reached the store (to
+    /// play an answer lost after a commit).
+    fn answer_append(
+        &self,
+        _ops: &[CommittedOp],
+        outcome: Result<Append, StoreError>,
+    ) -> Result<Append, StoreError> {
+        outcome
+    }
 }
 
 /// A test double: an operation store that passes every call to `inner`,
@@ -203,9 +219,12 @@ impl<S: OperationStore, T: Tap> OperationStore for Tapped<S, T> {
         document: DocumentId,
         ops: &[CommittedOp],
     ) -> Result<Append, StoreError> {
+        if let Some(refusal) = self.tap.refuse_append(ops) {
+            return Err(refusal);
+        }
         let outcome = self.inner.append(document, ops).await;
         self.tap.after_append(ops, &outcome);
-        outcome
+        self.tap.answer_append(ops, outcome)
     }
     async fn load(&self, document: DocumentId) -> Result<Loaded, StoreError> {
         self.inner.load(document).await
