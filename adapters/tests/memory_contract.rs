@@ -39,6 +39,14 @@ async fn concurrent_appends_to_many_memory_documents_each_get_their_own_answer()
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_refuses_what_postgres_cannot_hold_one_batch_only() {
+    store::a_batch_with_data_the_store_cannot_hold_fails_alone(memory_store, &|task| {
+        tokio::spawn(task);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_memory_bus_keeps_the_bus_contract() {
     let overflow_after = small_bus().await.overflow_after();

@@ -35,6 +35,31 @@ async fn concurrent_appends_to_many_postgres_documents_each_get_their_own_answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_refuses_what_it_cannot_hold_one_batch_only() {
+    contract::store::a_batch_with_data_the_store_cannot_hold_fails_alone(
+        || async { PgStore::new(pool()) },
+        &|t| {
+            tokio::spawn(t);
+        },
+    )
+    .await;
+}
+
+/// The same with the store's own checks off: the data reaches PostgreSQL,
+/// which refuses the statement; the committer retries its batches one by
+/// one, so still only the bad one fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refusing_a_statement_fails_only_the_batch_it_refuses() {
+    contract::store::a_batch_with_data_the_store_cannot_hold_fails_alone(
+        || async { PgStore::without_data_checks(pool()) },
+        &|t| {
+            tokio::spawn(t);
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_permission_source_keeps_the_granted_source_contract() {
     contract::permissions::granted_source(
         || async { PgPermissions::new(pool()) },
@@ -232,5 +257,88 @@ async fn each_row_holds_the_seed_columns_derived_from_its_delta() {
             ),
             row("delete", 1, None, None, r#"{"client": 9, "server": 2}"#),
         ]
+    );
+}
+
+/// With a call timeout far below what PostgreSQL needs, many appends give
+/// up waiting - and every answer is still true: `Unavailable` only for a
+/// batch that is not in the store (now or later), `Committed` for one that
+/// is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_tiny_call_timeout_unavailable_still_means_nothing_was_written() {
+    use relay_domain::{ClientId, CommittedOp, Delta, Seq, Version};
+    use relay_ports::{Append, OperationStore, StoreError};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let tiny = PoolSettings {
+        call_timeout: Duration::from_millis(3),
+        ..PoolSettings::default()
+    };
+    let url = testdb::test_database();
+    let store = Arc::new(PgStore::new(PgPool::new(&url, &tiny).expect("pool")));
+    let client = ClientId::new("tiny").unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        // In waves, so some find the committers busy and some idle.
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (store, client) = (store.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            let document = DocumentId::new(uuid::Uuid::new_v4());
+            let user = UserId::new(uuid::Uuid::new_v4());
+            let mut delta = Delta::new();
+            delta.insert("x");
+            let op = CommittedOp {
+                version: Version::from(1),
+                user,
+                client_id: client.clone(),
+                seq: Seq::from(1),
+                delta,
+            };
+            let started = std::time::Instant::now();
+            let answer = store.append(document, std::slice::from_ref(&op)).await;
+            (document, user, answer, started.elapsed())
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("task"));
+    }
+    // Give anything still in flight time to land, then read with a store
+    // that waits normally.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reader = PgStore::new(pool());
+    let (mut committed, mut unavailable, mut late) = (0, 0, 0);
+    for (document, user, answer, took) in answers {
+        if took > tiny.call_timeout {
+            late += 1;
+        }
+        let found = reader
+            .find(document, user, &client, Seq::from(1))
+            .await
+            .expect("find");
+        match answer {
+            Ok(Append::Committed) => {
+                committed += 1;
+                assert_eq!(found, Some(Version::from(1)));
+            }
+            Err(StoreError::Unavailable(why)) => {
+                unavailable += 1;
+                assert_eq!(
+                    found, None,
+                    "answered unavailable ({why}) but it was written"
+                );
+            }
+            Err(StoreError::Unknown(_)) => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    println!(
+        "{committed} committed, {unavailable} unavailable of 200; {late} outlived the call timeout"
+    );
+    assert!(
+        late > 0,
+        "some appends must outlive the call timeout for the test to mean anything"
     );
 }

@@ -88,6 +88,7 @@ pub fn pg_pool(config: &Config) -> anyhow::Result<Option<PgPool>> {
         size: config.db_pool_size,
         max_lifetime: config.db_max_lifetime,
         idle_timeout: config.db_idle_timeout,
+        statement_timeout: config.db_statement_timeout,
         ..PoolSettings::default()
     };
     Ok(Some(
@@ -182,13 +183,17 @@ pub async fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wire
     let (mut adapters, metrics) = memory_adapters(verifier);
     let mut checks: Vec<(&'static str, Check)> = Vec::new();
     if let Some(pool) = pool {
-        adapters.store = Arc::new(PgStore::new(pool.clone()));
+        let store = Arc::new(PgStore::new(pool.clone()));
+        adapters.store = store.clone();
         if config.permission_source == PermissionSourceKind::Database {
             adapters.permissions = Arc::new(PgPermissions::new(pool.clone()));
         }
+        // The store's ping: the database answers and the committers are not
+        // stuck (appends waiting with none finished in the statement
+        // timeout).
         let check: Check = Arc::new(move || {
-            let pool = pool.clone();
-            Box::pin(async move { pool.ping().await })
+            let store = store.clone();
+            Box::pin(async move { relay_ports::OperationStore::ping(&*store).await.is_ok() })
         });
         checks.push(("database", check));
     }

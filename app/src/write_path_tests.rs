@@ -589,12 +589,11 @@ async fn a_batch_the_store_refuses_fails_only_the_op_it_refuses() {
     let mut answers = Vec::new();
     for c in &mut clients {
         loop {
-            match next(&mut c.outbound).await {
-                m @ (ServerMessage::Ack { .. } | ServerMessage::Error { .. }) => {
-                    answers.push(m);
-                    break;
-                }
-                _ => {}
+            if let m @ (ServerMessage::Ack { .. } | ServerMessage::Error { .. }) =
+                next(&mut c.outbound).await
+            {
+                answers.push(m);
+                break;
             }
         }
     }

@@ -8,10 +8,9 @@ use relay_app::config::Config;
 use relay_app::wiring;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 /// This test process's database URL (created and migrated on first use).
 pub fn database_url() -> String {
@@ -32,52 +31,69 @@ pub async fn spawn_pg_app(mut config: Config) -> TestApp {
 }
 
 /// A TCP proxy to `target`. `cut()` drops every connection and refuses new
-/// ones (they are closed at once) until `restore()`.
+/// ones (they are closed at once) until `restore()`; `stall()` keeps every
+/// connection open but stops forwarding anything (a network that drops
+/// packets), until `cut()` or, for new connections, `restore()`.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     pub addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    cut: Arc<Notify>,
+    mode: Arc<watch::Sender<Mode>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Up,
+    Cut,
+    Stalled,
 }
 
 impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let up = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(Notify::new());
-        let (u, c) = (up.clone(), cut.clone());
+        let mode = Arc::new(watch::Sender::new(Mode::Up));
+        let m = mode.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
-                if !u.load(Ordering::SeqCst) {
+                let mut mode = m.subscribe();
+                if *mode.borrow() == Mode::Cut {
                     continue;
                 }
-                let c = c.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
-                    tokio::select! {
-                        _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = c.notified() => {}
+                    if *mode.borrow_and_update() == Mode::Up {
+                        tokio::select! {
+                            _ = copy_bidirectional(&mut inbound, &mut outbound) => return,
+                            _ = mode.wait_for(|m| *m != Mode::Up) => {}
+                        }
                     }
+                    // Stalled: hold both ends open, forward nothing, until cut.
+                    let _ = mode.wait_for(|m| *m == Mode::Cut).await;
+                    drop((inbound, outbound));
                 });
             }
         });
-        Proxy { addr, up, cut }
+        Proxy { addr, mode }
     }
 
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cut.notify_waiters();
+        self.mode.send_replace(Mode::Cut);
     }
 
+    /// Stops forwarding on every connection, open or new, without closing.
+    pub fn stall(&self) {
+        self.mode.send_replace(Mode::Stalled);
+    }
+
+    /// New connections are forwarded again (stalled ones stay stalled).
     pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        self.mode.send_replace(Mode::Up);
     }
 
     /// `url` (of the real server) rewritten to go through the proxy.

@@ -128,7 +128,19 @@ async fn with_the_database_unreachable_nothing_is_acknowledged_and_service_resum
     e.insert(8, "lost?").await;
     let seq = e.client.inflight().expect("in flight").seq;
     // The only answer is an error: no ack for an op that is not durable.
-    let answer = e.conn.message().await;
+    let mut answer = e.conn.recv().await;
+    if let Received::Closed(code) = answer {
+        // The cut raced the append on a pooled connection: its outcome was
+        // unknown, so the client was sent to reconnect (1013) rather than
+        // told `unavailable`. It resumes and re-sends; now nothing can be
+        // written, and it is told so.
+        assert_eq!(code, Some(1013));
+        e.rejoin(&app, &token).await;
+        answer = e.conn.recv().await;
+    }
+    let Received::Message(answer) = answer else {
+        panic!("expected an answer, got {answer:?}")
+    };
     match answer {
         ServerMessage::Error {
             code,
@@ -173,4 +185,72 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .expect("answer in time")
         .expect("read");
     out
+}
+
+/// The database stops answering while an append is in flight (packets
+/// dropped, connections left open): the outcome is unknown, so the client
+/// is never told `unavailable` - it is sent to reconnect (1013) - and
+/// `/ready` reports the stuck writes within the statement timeout. When
+/// the network returns, the re-sent submit commits exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_mid_append_is_never_reported_as_nothing_committed() {
+    let real = database_url();
+    let host = real
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("host:port");
+    let target = tokio::net::lookup_host(host)
+        .await
+        .expect("resolve")
+        .next()
+        .expect("an address");
+    let proxy = Proxy::start(target).await;
+    let config = Config {
+        database_url: Some(proxy.url(&real)),
+        db_statement_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let app = spawn_pg_app(config).await;
+    let doc = new_document();
+    let user = Uuid::new_v4();
+    let token = app.editor_token(user);
+    let mut e = Editor::join(&app, doc, user, "tab", &token).await;
+    e.insert(0, "durable ").await;
+    e.settle().await;
+
+    proxy.stall();
+    e.insert(8, "unknown").await;
+    let seq = e.client.inflight().expect("in flight").seq;
+    // Writes are stuck: once the statement timeout has passed with the
+    // append pending and nothing finished, `/ready` says so at once - before
+    // the committer gives up on the statement (a second later), and without
+    // waiting for a ping of the database (which would hang for the call
+    // timeout, 5 s).
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let stuck = tokio::time::timeout(Duration::from_millis(600), http_get(app.addr, "/ready"))
+        .await
+        .expect("/ready answers at once while writes are stuck");
+    assert!(stuck.starts_with("HTTP/1.1 503"), "{stuck}");
+    assert!(stuck.contains(r#""database":"error""#), "{stuck}");
+    // No answer would be true: the connection is closed with 1013.
+    match e.conn.recv_within(Duration::from_secs(20)).await {
+        Some(Received::Closed(code)) => assert_eq!(code, Some(1013)),
+        other => panic!("expected a 1013 close, got {other:?}"),
+    }
+    assert_eq!(e.acks.len(), 1);
+
+    proxy.cut();
+    proxy.restore();
+    e.rejoin(&app, &token).await;
+    e.settle().await;
+    assert_eq!(e.text(), "durable unknown");
+    let ops = store()
+        .read(doc, Version::from(0), 100)
+        .await
+        .expect("read");
+    assert_eq!(ops.len(), 2, "committed exactly once");
+    assert_eq!(ops[1].seq, seq);
+    let ready = http_get(app.addr, "/ready").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 }

@@ -5,6 +5,8 @@
 //! Every call is bounded by a timeout; a database that is down or slow
 //! makes calls fail with `Unavailable` quickly instead of piling up.
 
+mod append;
+mod commit;
 mod permissions;
 mod schema;
 mod store;
@@ -33,6 +35,12 @@ pub struct PoolSettings {
     /// How long a call may take (checkout plus query) before it is
     /// `Unavailable`.
     pub call_timeout: Duration,
+    /// How long opening a connection may take.
+    pub connect_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` on every connection
+    /// (DB_STATEMENT_TIMEOUT_MS): a statement stuck on a lock or a slow
+    /// disk fails instead of stalling every write of the instance.
+    pub statement_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -42,15 +50,21 @@ impl Default for PoolSettings {
             max_lifetime: Duration::from_secs(1800),
             idle_timeout: Duration::from_secs(600),
             call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
         }
     }
 }
+
+/// A connection taken from the pool.
+pub(crate) type PooledConnection = Object<AsyncPgConnection>;
 
 /// A connection pool.
 #[derive(Clone)]
 pub struct PgPool {
     pool: Pool<AsyncPgConnection>,
     pub(crate) call_timeout: Duration,
+    pub(crate) statement_timeout: Duration,
 }
 
 impl std::fmt::Debug for PgPool {
@@ -77,12 +91,25 @@ impl PgPool {
         // A ping per checkout would double the round trips of every commit;
         // broken connections are detected by their errors instead.
         manager_config.recycling_method = RecyclingMethod::Fast;
+        let timeout_ms = settings.statement_timeout.as_millis().max(1);
+        manager_config.custom_setup = Box::new(move |url| {
+            let url = url.to_owned();
+            Box::pin(async move {
+                use diesel_async::{AsyncConnection, RunQueryDsl};
+                let mut conn = AsyncPgConnection::establish(&url).await?;
+                diesel::sql_query(format!("SET statement_timeout = {timeout_ms}"))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            })
+        });
         let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
         let (max_lifetime, idle_timeout) = (settings.max_lifetime, settings.idle_timeout);
         let pool = Pool::builder(manager)
             .max_size(settings.size)
             .wait_timeout(Some(settings.call_timeout))
-            .create_timeout(Some(settings.call_timeout))
+            .create_timeout(Some(settings.connect_timeout))
             .recycle_timeout(Some(settings.call_timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .pre_recycle(Hook::sync_fn(move |_, metrics| {
@@ -98,10 +125,11 @@ impl PgPool {
         Ok(PgPool {
             pool,
             call_timeout: settings.call_timeout,
+            statement_timeout: settings.statement_timeout,
         })
     }
 
-    pub(crate) async fn get(&self) -> Result<Object<AsyncPgConnection>, String> {
+    pub(crate) async fn get(&self) -> Result<PooledConnection, String> {
         self.pool.get().await.map_err(|e| e.to_string())
     }
 

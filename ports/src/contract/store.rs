@@ -739,3 +739,80 @@ pub async fn concurrent_appends_to_many_documents_each_get_their_own_answer<S, F
         "every append must answer (did one panic? patience {PATIENCE:?})"
     );
 }
+
+/// How many good documents [`a_batch_with_data_the_store_cannot_hold_fails_alone`] commits.
+pub const GOOD_DOCUMENTS: usize = 50;
+
+/// The ops PostgreSQL cannot store: U+0000 in inserted text, in an
+/// attribute value, in an attribute name.
+fn unstorable(user: UserId, client_id: &ClientId) -> Vec<CommittedOp> {
+    use relay_domain::Attributes;
+    let with = |delta: Delta| CommittedOp {
+        version: Version::from(1),
+        user,
+        client_id: client_id.clone(),
+        seq: Seq::from(1),
+        delta,
+    };
+    let mut text = Delta::new();
+    text.insert("a\u{0}b");
+    let mut value = Delta::new();
+    value.insert_with("x", Attributes::new().with("color", "re\u{0}d"));
+    let mut name = Delta::new();
+    name.insert_with("x", Attributes::new().with("b\u{0}ld", true));
+    vec![with(text), with(value), with(name)]
+}
+
+/// [`GOOD_DOCUMENTS`] documents append at the same moment as one whose
+/// batch carries data the store cannot hold (U+0000 in text, in an
+/// attribute value or name; once each): that batch is `Rejected` and
+/// writes nothing, every other document commits. Every store refuses the
+/// same data, so the in-memory store behaves as PostgreSQL does.
+pub async fn a_batch_with_data_the_store_cannot_hold_fails_alone<S, F, Fut>(make: F, spawn: &Spawn)
+where
+    S: OperationStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let store = Arc::new(make().await);
+    let (bad_user, bad_client) = (fresh_user(), client("bad"));
+    for bad in unstorable(bad_user, &bad_client) {
+        let bad_document = fresh_document();
+        let start = Arc::new(Barrier::new(GOOD_DOCUMENTS + 1));
+        let (results, mut answers) = mpsc::channel(GOOD_DOCUMENTS + 1);
+        let mut batches = vec![(bad_document, vec![bad.clone()])];
+        for _ in 0..GOOD_DOCUMENTS {
+            let (user, client_id) = (fresh_user(), client("good"));
+            batches.push((
+                fresh_document(),
+                vec![op_with(1, user, &client_id, 1, "fine")],
+            ));
+        }
+        for (i, (document, batch)) in batches.iter().cloned().enumerate() {
+            let (store, start, results) = (store.clone(), start.clone(), results.clone());
+            spawn(Box::pin(async move {
+                start.wait().await;
+                let answer = store.append(document, &batch).await;
+                let _ = results.send((i, answer)).await;
+            }));
+        }
+        drop(results);
+        let mut answered = 0;
+        while let Some((i, answer)) = within("an append", answers.recv()).await {
+            answered += 1;
+            let (document, batch) = &batches[i];
+            if i == 0 {
+                assert!(
+                    matches!(answer, Err(StoreError::Rejected(_))),
+                    "a batch with {:?} must be refused, got {answer:?}",
+                    batch[0].delta
+                );
+                assert_eq!(all(&*store, *document).await, vec![], "nothing written");
+            } else {
+                assert_eq!(answer, Ok(Append::Committed), "good document {i}");
+                assert_eq!(&all(&*store, *document).await, batch);
+            }
+        }
+        assert_eq!(answered, GOOD_DOCUMENTS + 1);
+    }
+}

@@ -1,0 +1,475 @@
+//! The commit pipeline: committer tasks take whatever appends are waiting -
+//! from any documents - and write them with one statement, so one WAL flush
+//! commits many documents' batches.
+//!
+//! Every answer is true:
+//! - A request whose caller stopped waiting before a committer took it is
+//!   withdrawn: it is never sent, and the caller says `Unavailable`
+//!   (nothing was written).
+//! - A statement PostgreSQL answered with an error was rolled back:
+//!   `Unavailable`, or `Rejected` for a data error - after retrying the
+//!   statement's batches one by one, so only the batch whose data is refused
+//!   fails and every other document commits.
+//! - A statement that got no answer within `statement_timeout` plus a grace
+//!   period (PostgreSQL cancels it at `statement_timeout`; past that the
+//!   network is at fault) may or may not have committed: `Unknown`, and its
+//!   connection is discarded.
+//!
+//! [`Health`] watches the committers for readiness: work pending and no
+//! statement finished for longer than the statement timeout means writes
+//! are stuck.
+
+use super::PgPool;
+use super::append::{Rows, Written, corrupt, explain_refusal, insert, rounds};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use relay_domain::CommittedOp;
+use relay_ports::{Append, StoreError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+/// Committer tasks: two, so one statement can execute while the other
+/// waits for its WAL flush. More only add CPU contention (measured with
+/// `relay-commit-bench`; see the README).
+const COMMITTERS: usize = 2;
+
+/// Most appends one statement takes.
+const PIPELINE_BATCH: usize = 256;
+
+/// Appends waiting for a committer, at most (callers wait to queue beyond).
+const QUEUE: usize = 4096;
+
+/// How long past `statement_timeout` a committer waits for an answer
+/// before it calls the outcome unknown.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Where a request is.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+/// One document's batch, waiting for a committer.
+pub(super) struct Request {
+    pub(super) document: Uuid,
+    pub(super) rows: Rows,
+    pub(super) ops: Vec<CommittedOp>,
+    reply: oneshot::Sender<Result<Append, StoreError>>,
+    state: Arc<AtomicU8>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("document", &self.document)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the committers make progress (for `/ready`).
+#[derive(Debug)]
+pub(super) struct Health {
+    origin: Instant,
+    /// Requests queued or being written.
+    pending: AtomicUsize,
+    /// When a statement last finished, or the pending count last rose from
+    /// zero (ms since `origin`).
+    progress_ms: AtomicU64,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            origin: Instant::now(),
+            pending: AtomicUsize::new(0),
+            progress_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn queued(&self) {
+        if self.pending.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.progress_ms.store(self.now_ms(), Ordering::SeqCst);
+        }
+    }
+
+    fn finished(&self, requests: usize) {
+        self.progress_ms.store(self.now_ms(), Ordering::SeqCst);
+        self.pending.fetch_sub(requests, Ordering::SeqCst);
+    }
+
+    /// Work has been pending with nothing finished for longer than `limit`.
+    pub(super) fn stalled(&self, limit: Duration) -> bool {
+        let since = self
+            .now_ms()
+            .saturating_sub(self.progress_ms.load(Ordering::SeqCst));
+        self.pending.load(Ordering::SeqCst) > 0 && u128::from(since) > limit.as_millis()
+    }
+}
+
+/// The pipeline's entrance.
+#[derive(Debug)]
+pub(super) struct Pipeline {
+    queue: mpsc::Sender<Request>,
+    pub(super) health: Arc<Health>,
+    call_timeout: Duration,
+}
+
+impl Pipeline {
+    /// Starts the committer tasks; call inside the runtime.
+    pub(super) fn start(pool: PgPool) -> Pipeline {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        let health = Arc::new(Health::new());
+        for _ in 0..COMMITTERS {
+            tokio::spawn(committer(pool.clone(), rx.clone(), health.clone()));
+        }
+        Pipeline {
+            queue,
+            health,
+            call_timeout: pool.call_timeout,
+        }
+    }
+
+    /// Appends `ops` (checked by the caller) and answers truthfully; see
+    /// the module documentation.
+    pub(super) async fn append(
+        &self,
+        document: Uuid,
+        rows: Rows,
+        ops: Vec<CommittedOp>,
+    ) -> Result<Append, StoreError> {
+        let (reply, mut answer) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let request = Request {
+            document,
+            rows,
+            ops,
+            reply,
+            state: state.clone(),
+        };
+        self.health.queued();
+        match tokio::time::timeout(self.call_timeout, self.queue.send(request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                self.health.finished(1);
+                return Err(StoreError::Unavailable(
+                    "the commit pipeline is not taking appends".into(),
+                ));
+            }
+        }
+        match tokio::time::timeout(self.call_timeout, &mut answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(lost(&state)),
+            Err(_) => {
+                if state
+                    .compare_exchange(QUEUED, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return Err(StoreError::Unavailable(
+                        "the database did not take the append in time; nothing was written".into(),
+                    ));
+                }
+                // Taken: its statement is under way and bounded; the answer
+                // is the truth.
+                answer.await.unwrap_or_else(|_| Err(lost(&state)))
+            }
+        }
+    }
+}
+
+/// The answer when a committer dropped a request without replying.
+fn lost(state: &AtomicU8) -> StoreError {
+    if state.load(Ordering::SeqCst) == TAKEN {
+        StoreError::Unknown("the committer stopped while writing".into())
+    } else {
+        StoreError::Unavailable("the commit pipeline stopped".into())
+    }
+}
+
+async fn committer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Request>>>, health: Arc<Health>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = queue.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut next = Some(first);
+            while let Some(r) = next.take() {
+                // Withdrawn by a caller that stopped waiting: never sent.
+                if r.state
+                    .compare_exchange(QUEUED, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    batch.push(r);
+                } else {
+                    health.finished(1);
+                }
+                if batch.len() < PIPELINE_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let results = write(&pool, &batch).await;
+        health.finished(batch.len());
+        for (request, result) in batch.into_iter().zip(results) {
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+/// A connection the committer writes with; one that timed out is thrown
+/// away (its statement may still be running) and a fresh one taken.
+struct Conn {
+    pool: PgPool,
+    conn: Option<super::PooledConnection>,
+}
+
+impl Conn {
+    async fn get(&mut self) -> Result<&mut super::PooledConnection, StoreError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.get().await.map_err(StoreError::Unavailable)?);
+        }
+        Ok(self.conn.as_mut().expect("just set"))
+    }
+
+    fn discard(&mut self) {
+        if let Some(c) = self.conn.take() {
+            // Out of the pool: nobody else gets a connection with a
+            // statement of unknown fate on it.
+            drop(deadpool::managed::Object::take(c));
+        }
+    }
+}
+
+/// How one statement ended.
+enum Outcome {
+    Written(Vec<Written>),
+    /// A committed idempotency key: the statement wrote nothing.
+    Duplicate,
+    /// PostgreSQL refused the data: the statement wrote nothing.
+    Data(String),
+    /// PostgreSQL answered with another error: the statement wrote nothing.
+    Refused(String),
+    /// No answer, or the connection broke: it may have committed.
+    Unknown(String),
+}
+
+/// Runs one statement for `requests`, bounded by the statement timeout plus
+/// [`GRACE`].
+async fn run(conn: &mut Conn, requests: &[&Request]) -> Outcome {
+    let limit = conn.pool.statement_timeout + GRACE;
+    let c = match conn.get().await {
+        Ok(c) => c,
+        Err(e) => return Outcome::Refused(e.to_string()),
+    };
+    match tokio::time::timeout(limit, insert(c, requests)).await {
+        Ok(Ok(written)) => Outcome::Written(written),
+        Ok(Err(e)) => match classify(&e) {
+            Class::Duplicate => Outcome::Duplicate,
+            Class::Data => Outcome::Data(e.to_string()),
+            Class::Refused => Outcome::Refused(e.to_string()),
+            Class::Unknown => {
+                conn.discard();
+                Outcome::Unknown(e.to_string())
+            }
+        },
+        Err(_) => {
+            conn.discard();
+            Outcome::Unknown(format!("no answer from the database within {limit:?}"))
+        }
+    }
+}
+
+enum Class {
+    Duplicate,
+    Data,
+    Refused,
+    Unknown,
+}
+
+/// What a failed statement means. A server-reported error rolled the
+/// statement back (nothing written): a data error if the message says the
+/// data cannot be stored, otherwise a refusal to retry later. An error
+/// without a server answer (the connection broke, a row could not be read
+/// back) leaves the outcome unknown.
+fn classify(e: &DieselError) -> Class {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => Class::Duplicate,
+        DieselError::DatabaseError(
+            DatabaseErrorKind::CheckViolation
+            | DatabaseErrorKind::NotNullViolation
+            | DatabaseErrorKind::ForeignKeyViolation,
+            _,
+        ) => Class::Data,
+        DieselError::DatabaseError(
+            DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
+            _,
+        ) => Class::Unknown,
+        DieselError::DatabaseError(_, info) if is_data_error(info.message()) => Class::Data,
+        DieselError::DatabaseError(..) => Class::Refused,
+        _ => Class::Unknown,
+    }
+}
+
+/// PostgreSQL's messages for data it cannot store (SQLSTATE classes 22 and
+/// 54, which diesel does not pass on as codes).
+fn is_data_error(message: &str) -> bool {
+    const DATA: &[&str] = &[
+        "invalid byte sequence",
+        "unsupported Unicode escape sequence",
+        "null character not permitted",
+        "invalid input syntax",
+        "value too long",
+        "out of range",
+        "numeric field overflow",
+        "character with byte sequence",
+        "row is too big",
+        "index row size",
+        "exceeds the maximum",
+        "cannot be converted",
+    ];
+    DATA.iter().any(|d| message.contains(d))
+}
+
+/// Writes a committer's batch: each document at most once per statement,
+/// a statement's batches one by one when one of them is a duplicate or has
+/// data PostgreSQL refuses.
+async fn write(pool: &PgPool, batch: &[Request]) -> Vec<Result<Append, StoreError>> {
+    let mut conn = Conn {
+        pool: pool.clone(),
+        conn: None,
+    };
+    let mut results: Vec<Option<Result<Append, StoreError>>> = batch.iter().map(|_| None).collect();
+    for round in rounds(batch.iter().map(|r| r.document)) {
+        let requests: Vec<&Request> = round.iter().map(|&i| &batch[i]).collect();
+        let answers = write_round(&mut conn, &requests).await;
+        for (i, result) in round.into_iter().zip(answers) {
+            results[i] = Some(result);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every request is in a round"))
+        .collect()
+}
+
+async fn write_round(conn: &mut Conn, requests: &[&Request]) -> Vec<Result<Append, StoreError>> {
+    let all = |e: StoreError| requests.iter().map(|_| Err(e.clone())).collect();
+    match run(conn, requests).await {
+        Outcome::Written(written) => {
+            let mut results = Vec::with_capacity(requests.len());
+            for r in requests {
+                results.push(settle(conn, r, &written).await);
+            }
+            results
+        }
+        Outcome::Duplicate | Outcome::Data(_) if requests.len() > 1 => {
+            let mut results = Vec::with_capacity(requests.len());
+            for r in requests {
+                results.push(write_one(conn, r).await);
+            }
+            results
+        }
+        Outcome::Duplicate => vec![write_one(conn, requests[0]).await],
+        Outcome::Data(e) => all(StoreError::Rejected(e)),
+        Outcome::Refused(e) => all(StoreError::Unavailable(e)),
+        Outcome::Unknown(e) => all(StoreError::Unknown(e)),
+    }
+}
+
+/// One request on its own (after its statement hit a committed idempotency
+/// key or refused data).
+async fn write_one(conn: &mut Conn, r: &Request) -> Result<Append, StoreError> {
+    match run(conn, &[r]).await {
+        Outcome::Written(written) => settle(conn, r, &written).await,
+        Outcome::Duplicate => match explain(conn, r).await? {
+            duplicate @ Append::Duplicate { .. } => Ok(duplicate),
+            // The head matched but a version is taken: the log and the
+            // document's head disagree.
+            _ => Err(corrupt("operations past the document's head")),
+        },
+        Outcome::Data(e) => Err(StoreError::Rejected(e)),
+        Outcome::Refused(e) => Err(StoreError::Unavailable(e)),
+        Outcome::Unknown(e) => Err(StoreError::Unknown(e)),
+    }
+}
+
+/// A request's answer from the rows its statement wrote.
+async fn settle(conn: &mut Conn, r: &Request, written: &[Written]) -> Result<Append, StoreError> {
+    let first = r.rows.versions[0];
+    let last = r.rows.versions[r.rows.versions.len() - 1];
+    let n = written
+        .iter()
+        .filter(|w| w.document_id == r.document && (first..=last).contains(&w.version))
+        .count();
+    match n {
+        n if n == r.ops.len() => Ok(Append::Committed),
+        // The compare-and-set lost: committed, nothing of this batch.
+        0 => explain(conn, r).await,
+        n => Err(corrupt(format!("append wrote {n} of {} rows", r.ops.len()))),
+    }
+}
+
+/// Why a request wrote nothing (`Duplicate` or `Conflict`), bounded like a
+/// statement. The request itself is settled (its statement ended), so a
+/// failure here is only `Unavailable`.
+async fn explain(conn: &mut Conn, r: &Request) -> Result<Append, StoreError> {
+    let limit = conn.pool.statement_timeout + GRACE;
+    let c = conn.get().await?;
+    match tokio::time::timeout(limit, explain_refusal(c, r.document, &r.ops)).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            conn.discard();
+            Err(StoreError::Unavailable(
+                "the append wrote nothing; the database did not say why in time".into(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_stalled_when_work_waits_and_nothing_finishes() {
+        let h = Health::new();
+        let limit = Duration::from_millis(0);
+        assert!(!h.stalled(limit), "nothing pending");
+        h.queued();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(h.stalled(limit), "pending, nothing finished since");
+        assert!(!h.stalled(Duration::from_secs(60)));
+        h.finished(1);
+        assert!(!h.stalled(limit), "nothing pending again");
+        h.queued();
+        h.queued();
+        h.finished(1);
+        assert!(
+            !h.stalled(Duration::from_millis(50)),
+            "a statement just finished"
+        );
+    }
+
+    #[test]
+    fn data_errors_are_told_from_other_refusals() {
+        assert!(is_data_error("unsupported Unicode escape sequence"));
+        assert!(is_data_error(
+            "invalid byte sequence for encoding \"UTF8\": 0x00"
+        ));
+        assert!(!is_data_error(
+            "canceling statement due to statement timeout"
+        ));
+        assert!(!is_data_error("deadlock detected"));
+        assert!(!is_data_error(
+            "terminating connection due to administrator command"
+        ));
+    }
+}
