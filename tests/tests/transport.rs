@@ -978,3 +978,70 @@ async fn a_client_that_stops_reading_is_dropped_even_if_it_never_reads_again() {
     a.settle().await;
     drop(s);
 }
+
+// ---------------------------------------------------------------------------
+// Latency against peers
+
+/// A client that only listens gets every op as fast as the writer gets its
+/// ack. Without TCP_NODELAY on the server's sockets, Nagle's algorithm
+/// holds each `ops` frame to the listener while the previous one is
+/// unacknowledged - until the listener's delayed ACK, about 40 ms, a kernel
+/// constant - so the listener's delivery latency is many times the writer's
+/// round trip. Compared as a ratio within this run, not in milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_to_a_client_that_only_listens_are_not_held_back() {
+    const OPS: u64 = 60;
+    let app = TestApp::spawn().await;
+    let doc = new_document();
+    let (mut writer, _) = join(&app, doc, "writer").await;
+    let (mut listener, _) = join(&app, doc, "listener").await;
+    // The writer sees the listener arrive: both are in the room.
+    writer
+        .until(|m| matches!(m, ServerMessage::Presence { .. }).then_some(()))
+        .await;
+    let arrivals = tokio::spawn(async move {
+        let mut at = std::collections::HashMap::new();
+        while (at.len() as u64) < OPS {
+            if let ServerMessage::Ops { ops } = listener.message().await {
+                for op in ops {
+                    at.insert(op.version, std::time::Instant::now());
+                }
+            }
+        }
+        at
+    });
+    let mut sent = Vec::new();
+    let mut round_trips = Vec::new();
+    for seq in 1..=OPS {
+        let started = std::time::Instant::now();
+        writer
+            .send_text(
+                json!({"type": "submit", "seq": seq, "base": seq - 1, "delta": [{"insert": "x"}]})
+                    .to_string(),
+            )
+            .await;
+        writer
+            .until(|m| matches!(m, ServerMessage::Ack { .. }).then_some(()))
+            .await;
+        round_trips.push(started.elapsed());
+        sent.push((Version::new(seq).unwrap(), started));
+    }
+    let arrivals = tokio::time::timeout(WAIT, arrivals)
+        .await
+        .expect("every op reaches the listener")
+        .expect("listener");
+    let mut delivery: Vec<Duration> = sent
+        .iter()
+        .map(|(v, at)| arrivals[v].saturating_duration_since(*at))
+        .collect();
+    round_trips.sort();
+    delivery.sort();
+    let (rt, dl) = (round_trips[round_trips.len() / 2], delivery[delivery.len() / 2]);
+    let p90 = delivery[delivery.len() * 9 / 10];
+    println!("median round trip {rt:?}, median delivery {dl:?}, p90 delivery {p90:?}");
+    // Generous: the failure this catches is 40 ms against well under 1 ms.
+    assert!(
+        p90 < rt * 10 + Duration::from_millis(5),
+        "delivery p90 {p90:?} against a writer round trip of {rt:?}"
+    );
+}

@@ -107,8 +107,37 @@ pub async fn serve<F>(
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener and
 /// the address it got.
+///
+/// Every connection it accepts has `TCP_NODELAY` set: the listening socket
+/// carries it and Linux copies it to each accepted socket (checked by a
+/// test below). Without it Nagle's algorithm holds a small frame back while
+/// an earlier one is unacknowledged - until the peer's delayed ACK, about
+/// 40 ms - which is what a client that only listens sees on every other
+/// frame.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn every_accepted_connection_has_tcp_nodelay() {
+        let (listener, addr) = super::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        for _ in 0..3 {
+            let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            assert!(accepted.nodelay().unwrap(), "the accepted socket must not use Nagle");
+            drop(client);
+        }
+    }
 }
