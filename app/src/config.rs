@@ -14,6 +14,15 @@ pub enum PermissionSourceKind {
     Database,
 }
 
+/// Most bytes one `presence` entry takes as JSON: a user id, a client id
+/// and a display name of at most 256 characters (each up to 6 bytes
+/// escaped), positions and a version.
+pub const PRESENCE_ENTRY_BYTES: usize = 2048;
+
+/// Longest display name shown to other clients, in characters (longer
+/// `name` claims are cut).
+pub const MAX_NAME_CHARS: usize = 256;
+
 /// Relay's configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -49,6 +58,7 @@ pub struct Config {
     pub snapshot_every: u64,
     pub run_migrations: bool,
     pub max_document_chars: usize,
+    pub max_document_bytes: usize,
     pub outbound_queue: usize,
     pub room_idle: Duration,
     pub shutdown_grace: Duration,
@@ -133,6 +143,7 @@ impl Config {
             snapshot_every: r.positive("SNAPSHOT_EVERY", "500")?,
             run_migrations: r.parse("RUN_MIGRATIONS", "false")?,
             max_document_chars: r.positive("MAX_DOCUMENT_CHARS", "10000000")?,
+            max_document_bytes: 0,
             outbound_queue: r.positive("OUTBOUND_QUEUE", "256")?,
             room_idle: Duration::from_secs(r.parse("ROOM_IDLE_SECS", "30")?),
             shutdown_grace: Duration::from_secs(r.parse("SHUTDOWN_GRACE_SECS", "30")?),
@@ -145,6 +156,15 @@ impl Config {
                 Some(_) => Some(r.positive("TOKIO_WORKER_THREADS", "1")?),
             },
         };
+        let mut config = config;
+        // Default: any text of MAX_DOCUMENT_CHARS characters fits (at most
+        // 9 bytes a character as JSON), with 64 MiB to spare for formatting.
+        let default_bytes = config
+            .max_document_chars
+            .saturating_mul(9)
+            .saturating_add(64 << 20)
+            .to_string();
+        config.max_document_bytes = r.positive("MAX_DOCUMENT_BYTES", &default_bytes)?;
         if config.heartbeat_timeout <= config.heartbeat_interval {
             return Err(ConfigError {
                 variable: "HEARTBEAT_TIMEOUT_SECS",
@@ -193,7 +213,28 @@ impl Config {
             max_document_chars: self.max_document_chars,
             max_delta_components: 10_000,
             max_clients: 10_000,
+            max_document_bytes: self.max_document_bytes,
+            max_op_bytes: self.max_op_bytes(),
         }
+    }
+
+    /// Largest committed op as JSON: four times the largest message (a
+    /// rebased op can outgrow the one submitted).
+    pub fn max_op_bytes(&self) -> usize {
+        self.max_message_bytes.saturating_mul(4)
+    }
+
+    /// The largest frame Relay may send: `joined` with a document of
+    /// MAX_DOCUMENT_BYTES (or the ops a rejoin needs, never larger) and the
+    /// presence of MAX_CONNECTIONS clients (display names are cut to 256
+    /// characters), or one op of [`Config::max_op_bytes`]; plus the
+    /// envelope. Client authors size their receive buffers by it.
+    pub fn max_outbound_frame_bytes(&self) -> usize {
+        let presence = self.max_connections.saturating_mul(PRESENCE_ENTRY_BYTES);
+        self.max_document_bytes
+            .max(self.max_op_bytes())
+            .saturating_add(presence)
+            .saturating_add(64 << 10)
     }
 
     /// The WebSocket transport's settings.
@@ -204,6 +245,7 @@ impl Config {
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
             allowed_origins: self.allowed_origins.clone(),
+            max_outbound_frame_bytes: self.max_outbound_frame_bytes(),
             ..relay_adapters::ws::WsConfig::default()
         }
     }

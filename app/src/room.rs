@@ -340,8 +340,31 @@ impl Room {
             Some(v) if v <= version => self.catch_up_ops(v).await?,
             _ => None,
         };
+        // The ops only when they are smaller than the content, so `joined`
+        // is never larger than a document Relay accepts (and a client that
+        // missed most of a document gets the document).
         let (content, ops) = match catch_up {
-            Some(ops) => (None, Some(ops)),
+            Some(ops) => {
+                let doc = self.seq.document();
+                let ops_bytes = ops
+                    .iter()
+                    .map(|op| encode_op(op).len() + 1)
+                    .fold(0usize, usize::saturating_add);
+                if ops_bytes <= doc.len_bytes() {
+                    (None, Some(ops))
+                } else if ops_bytes > doc.content_json_bound() {
+                    (Some(doc.to_delta()), None)
+                } else {
+                    // In between the bounds: measure the content.
+                    let content = doc.to_delta();
+                    let content_bytes = serde_json::to_string(&content).map_or(0, |s| s.len());
+                    if ops_bytes <= content_bytes {
+                        (None, Some(ops))
+                    } else {
+                        (Some(content), None)
+                    }
+                }
+            }
             None => (Some(self.seq.document().to_delta()), None),
         };
         let entry = PresenceEntry {
@@ -729,6 +752,8 @@ impl Room {
 
     /// After ops became durable (here, or on another instance): acks to
     /// their submitters, `ops` frames to everyone else, in version order.
+    /// A frame holds at most OPERATION_BATCH_SIZE ops and at most
+    /// MAX_MESSAGE_BYTES of them (or a single op, if one is larger).
     async fn committed(&mut self, ops: &[CommittedOp], ours: bool) {
         if ops.is_empty() {
             return;
@@ -738,10 +763,12 @@ impl Room {
         }
         let encoded: Vec<String> = ops.iter().map(encode_op).collect();
         let batch = self.deps.config.operation_batch_size;
+        let budget = self.deps.config.max_message_bytes;
         let now = Instant::now();
         let mut dead = Vec::new();
         for (id, s) in self.sessions.iter_mut() {
             let mut run: Vec<&str> = Vec::new();
+            let mut run_bytes = 0;
             let mut alive = true;
             for (op, json) in ops.iter().zip(&encoded) {
                 let own = op.user == s.member.user
@@ -749,6 +776,7 @@ impl Room {
                     && s.awaiting.map(|a| a.0) == Some(op.seq);
                 if own {
                     alive &= flush(&s.sink, &mut run);
+                    run_bytes = 0;
                     let (_, received) = s.awaiting.take().expect("checked");
                     self.deps
                         .metrics
@@ -762,9 +790,15 @@ impl Room {
                         .into(),
                     );
                 } else {
+                    if !run.is_empty() && run_bytes + json.len() > budget {
+                        alive &= flush(&s.sink, &mut run);
+                        run_bytes = 0;
+                    }
                     run.push(json);
+                    run_bytes += json.len() + 1;
                     if run.len() == batch {
                         alive &= flush(&s.sink, &mut run);
+                        run_bytes = 0;
                     }
                 }
             }

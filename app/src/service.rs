@@ -202,7 +202,11 @@ impl CollaborationService for Relay {
             id,
             user: claims.user,
             client_id: join.client_id.clone(),
-            name: claims.name.clone(),
+            // Shown to every other client: bounded (see PRESENCE_ENTRY_BYTES).
+            name: claims
+                .name
+                .as_deref()
+                .map(|n| n.chars().take(crate::config::MAX_NAME_CHARS).collect()),
             role,
         };
         // A room that closes between our lookup and our join drops the

@@ -178,6 +178,23 @@ impl Attributes {
         self.iter().any(|(k, v)| k.contains('\0') || has_nul(v))
     }
 
+    /// Bytes of this map as JSON (`{}` for none).
+    pub fn json_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut c = Count(0);
+        let _ = serde_json::to_writer(&mut c, self);
+        c.0
+    }
+
     /// Identifies the shared map (0 for none): equal keys mean the same
     /// allocation, so a result computed from one can be reused.
     pub(crate) fn identity(&self) -> usize {

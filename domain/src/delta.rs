@@ -900,6 +900,16 @@ mod tests {
     }
 
     #[test]
+    fn attribute_numbers_survive_their_own_wire_form() {
+        // Found by fuzzing: without serde_json's `float_roundtrip` this
+        // literal parsed one ULP off and read back differently.
+        let text = r#"[{"retain":1,"attributes":{"a":992546724145372404518}}]"#;
+        let d = Delta::from_json_str(text).unwrap();
+        let back = Delta::from_json_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+    }
+
+    #[test]
     fn apply_to_str_counts_characters_not_bytes() {
         let mut d = Delta::new();
         d.retain(1).delete(1).insert("é").retain(1);

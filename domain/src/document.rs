@@ -25,6 +25,16 @@ struct Run {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Runs(Vec<Run>);
 
+/// Bytes a run adds to the content's JSON besides its text:
+/// `{"insert":""}`, `,"attributes":{...}` when formatted, and a comma.
+fn run_json_overhead(attributes: &Attributes, json_len: impl FnOnce() -> usize) -> usize {
+    if attributes.is_empty() {
+        14
+    } else {
+        28 + json_len()
+    }
+}
+
 impl Runs {
     fn push(&mut self, len: usize, attributes: Attributes) {
         if len == 0 {
@@ -103,6 +113,13 @@ impl Runs {
 pub struct Document {
     text: JumpRopeBuf,
     runs: Runs,
+    /// The runs' share of the content's JSON size (see
+    /// [`Document::content_json_bound`]).
+    runs_json: usize,
+    /// See [`Document::set_tight_above`].
+    tight_above: usize,
+    /// The largest formatting of a run, as JSON.
+    largest_run_json: usize,
     version: Version,
 }
 
@@ -112,6 +129,9 @@ impl Document {
         Document {
             text: JumpRopeBuf::new(),
             runs: Runs::default(),
+            runs_json: 0,
+            tight_above: usize::MAX,
+            largest_run_json: 0,
             version: Version::ZERO,
         }
     }
@@ -140,6 +160,7 @@ impl Document {
         let n = text.chars().count();
         doc.text.insert(0, text);
         doc.runs.push(n, Attributes::new());
+        doc.update_runs_json();
         doc.version = version;
         doc
     }
@@ -168,6 +189,7 @@ impl Document {
             self.runs.0.clear();
             self.runs.push(delta.target_len(), Attributes::new());
         }
+        self.update_runs_json();
         let comps = delta.components();
         let mut pos = 0;
         let mut i = 0;
@@ -230,6 +252,63 @@ impl Document {
     pub fn run_count(&self) -> usize {
         self.runs.0.len()
     }
+
+    /// Length in UTF-8 bytes (a lower bound of the content's JSON size).
+    pub fn len_bytes(&self) -> usize {
+        self.text.len_bytes()
+    }
+
+    /// Runs covering characters `start..start+len`.
+    pub fn runs_in(&self, start: usize, len: usize) -> usize {
+        let mut n = 0;
+        self.runs.for_each_in(start, len, |_, _| n += 1);
+        n
+    }
+
+    /// An upper bound of [`Document::to_delta`]'s size as JSON (what
+    /// `joined.content` holds): the runs' exact overhead (kept as the
+    /// formatting changes) plus the text at most 9 bytes a character (4 of
+    /// UTF-8 and 5 more for a character JSON escapes as `\u00XX`), or, past
+    /// that, its UTF-8 length plus 5 a character.
+    pub fn content_json_bound(&self) -> usize {
+        let chars = self.len();
+        let quick = 2 + self.runs_json + chars.saturating_mul(9);
+        if quick <= self.tight_above {
+            return quick;
+        }
+        // Rarely needed (near a limit), and it may flush the rope's buffer.
+        2 + self.runs_json + self.text.len_bytes() + chars.saturating_mul(5)
+    }
+
+    /// Below this, [`Document::content_json_bound`] need not be tight.
+    pub fn set_tight_above(&mut self, bytes: usize) {
+        self.tight_above = bytes;
+    }
+
+    /// The largest formatting of a run, as JSON (0 for unformatted text).
+    pub fn largest_run_json(&self) -> usize {
+        self.largest_run_json
+    }
+
+    fn update_runs_json(&mut self) {
+        let mut memo: HashMap<usize, usize> = HashMap::new();
+        let mut largest = 0;
+        self.runs_json = self
+            .runs
+            .0
+            .iter()
+            .map(|r| {
+                run_json_overhead(&r.attributes, || {
+                    let n = *memo
+                        .entry(r.attributes.identity())
+                        .or_insert_with(|| r.attributes.json_len());
+                    largest = largest.max(n);
+                    n
+                })
+            })
+            .sum();
+        self.largest_run_json = largest;
+    }
 }
 
 impl Default for Document {
@@ -243,6 +322,9 @@ impl Clone for Document {
         Document {
             text: self.text.clone(),
             runs: self.runs.clone(),
+            runs_json: self.runs_json,
+            tight_above: self.tight_above,
+            largest_run_json: self.largest_run_json,
             version: self.version,
         }
     }

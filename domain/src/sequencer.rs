@@ -15,7 +15,7 @@
 //! History is kept for a bounded number of ops and a bounded age; a base
 //! older than that is `stale_base` (the client rejoins).
 
-use crate::delta::{Delta, DeltaError};
+use crate::delta::{Component, Delta, DeltaError};
 use crate::document::Document;
 use crate::ids::{ClientId, MAX_LEN, Seq, Timestamp, UserId, Version};
 use crate::ot::{Bias, Side};
@@ -129,6 +129,12 @@ pub struct SequencerConfig {
     pub max_document_chars: usize,
     /// Most components in one delta.
     pub max_delta_components: usize,
+    /// Largest document content as JSON (`joined.content`), in bytes: every
+    /// document Relay accepts can be sent to a joining client in one frame.
+    pub max_document_bytes: usize,
+    /// Largest committed op as JSON, in bytes (a rebased op can outgrow the
+    /// submitted one when a formatting retain is split by concurrent ops).
+    pub max_op_bytes: usize,
     /// Most clients whose last seq is remembered in memory (the store's
     /// idempotency key covers the rest).
     pub max_clients: usize,
@@ -142,6 +148,8 @@ impl Default for SequencerConfig {
             max_history_bytes: 8 << 20,
             max_document_chars: 10_000_000,
             max_delta_components: 10_000,
+            max_document_bytes: 9 * 10_000_000 + (64 << 20),
+            max_op_bytes: 4 << 20,
             max_clients: 10_000,
         }
     }
@@ -188,6 +196,8 @@ pub struct Sequencer {
     /// Sum of the history entries' `bytes`.
     history_bytes: usize,
     pending: Vec<CommittedOp>,
+    /// For each pending op, a bound of what it adds to the content's JSON.
+    pending_growth: Vec<usize>,
     /// Document length once every pending op applies.
     pending_len: usize,
     clients: HashMap<ClientId, ClientRecords>,
@@ -197,13 +207,15 @@ pub struct Sequencer {
 impl Sequencer {
     /// A sequencer for `doc` (as loaded: snapshot plus tail), with no
     /// history before its version.
-    pub fn new(doc: Document, config: SequencerConfig) -> Self {
+    pub fn new(mut doc: Document, config: SequencerConfig) -> Self {
         let pending_len = doc.len();
+        doc.set_tight_above(config.max_document_bytes);
         Sequencer {
             doc,
             history: VecDeque::new(),
             history_bytes: 0,
             pending: Vec::new(),
+            pending_growth: Vec::new(),
             pending_len,
             clients: HashMap::new(),
             config,
@@ -345,6 +357,29 @@ impl Sequencer {
                 actual: delta.target_len(),
             });
         }
+        let op_bytes = json_len_within(&delta, self.config.max_op_bytes);
+        if op_bytes > self.config.max_op_bytes {
+            return Err(Rejection::TooLarge {
+                what: "operation as JSON, in bytes",
+                limit: self.config.max_op_bytes,
+                actual: op_bytes,
+            });
+        }
+        let growth = self.growth_bound(&delta);
+        if growth > 0 {
+            let after = self
+                .doc
+                .content_json_bound()
+                .saturating_add(self.pending_growth.iter().sum())
+                .saturating_add(growth);
+            if after > self.config.max_document_bytes {
+                return Err(Rejection::TooLarge {
+                    what: "document content as JSON, in bytes (at most)",
+                    limit: self.config.max_document_bytes,
+                    actual: after,
+                });
+            }
+        }
         let Some(at) = u64::try_from(self.pending.len() + 1)
             .ok()
             .and_then(|n| version.checked_add(n))
@@ -356,6 +391,7 @@ impl Sequencer {
             });
         };
         self.pending_len = delta.target_len();
+        self.pending_growth.push(growth);
         self.pending.push(CommittedOp {
             version: at,
             user: sub.user,
@@ -395,6 +431,7 @@ impl Sequencer {
             .take_while(|p| p.version <= through)
             .count();
         let committed: Vec<CommittedOp> = self.pending.drain(..n).collect();
+        self.pending_growth.drain(..n);
         for op in committed {
             self.doc
                 .apply(&op.delta)
@@ -418,6 +455,7 @@ impl Sequencer {
         self.pending_len = self.doc.len();
         let n = self.pending.len();
         self.pending.clear();
+        self.pending_growth.clear();
         n
     }
 
@@ -516,6 +554,54 @@ impl Sequencer {
         }
     }
 
+    /// A bound of how much `delta` (rebased onto the pending ops) can add
+    /// to the content's JSON: new text at 9 bytes a character, a run for
+    /// each insert, and for a formatting retain its change on every run it
+    /// covers; each may split a run, duplicating that run's formatting.
+    fn growth_bound(&self, delta: &Delta) -> usize {
+        let split = 28 + self.doc.largest_run_json();
+        // After pending ops, positions no longer match the document's runs:
+        // count them all (and the runs the pending ops may add).
+        let exact = self.pending.is_empty();
+        let pending_runs: usize = self
+            .pending
+            .iter()
+            .map(|p| 2 * p.delta.components().len())
+            .sum();
+        let mut growth = 0usize;
+        let mut at = 0;
+        for c in delta.components() {
+            match c {
+                Component::Insert { text, attributes } => {
+                    let new_run = 28
+                        + if attributes.is_empty() {
+                            0
+                        } else {
+                            attributes.json_len()
+                        };
+                    growth = growth
+                        .saturating_add(text.chars().count().saturating_mul(9))
+                        .saturating_add(new_run + split);
+                }
+                Component::Retain { len, attributes } => {
+                    if !attributes.is_empty() {
+                        let covered = if exact {
+                            self.doc.runs_in(at, *len)
+                        } else {
+                            self.doc.run_count() + pending_runs
+                        };
+                        growth = growth
+                            .saturating_add(covered.saturating_mul(14 + attributes.json_len()))
+                            .saturating_add(2 * split);
+                    }
+                    at += len;
+                }
+                Component::Delete { len } => at += len,
+            }
+        }
+        growth
+    }
+
     fn push_history(&mut self, entry: Box<Entry>) {
         self.history_bytes += entry.bytes();
         self.history.push_back(entry);
@@ -572,6 +658,37 @@ impl Sequencer {
     pub fn pending_len(&self) -> usize {
         self.pending_len
     }
+}
+
+/// `delta`'s size as JSON, counted up to just past `limit` (so a huge one
+/// costs no more than the limit). A delta without formatting is bounded
+/// without serialising it.
+fn json_len_within(delta: &Delta, limit: usize) -> usize {
+    if !delta.has_attributes() {
+        let bound = 2 + 40 * delta.components().len() + 9 * delta.inserted_chars();
+        if bound <= limit {
+            return bound;
+        }
+    }
+    struct Count {
+        n: usize,
+        limit: usize,
+    }
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.n += buf.len();
+            if self.n > self.limit {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count { n: 0, limit };
+    let _ = serde_json::to_writer(&mut c, delta);
+    c.n
 }
 
 #[cfg(test)]
@@ -881,6 +998,43 @@ mod tests {
         commit_one(&mut s, sub(1, "a", 11, 10, ins(0, &huge)));
         assert_eq!(s.history_len(), 1);
         assert_eq!(s.oldest_base(), Version::from(10));
+    }
+
+    #[test]
+    fn documents_and_ops_are_bounded_in_bytes() {
+        let config = SequencerConfig {
+            max_document_bytes: 2_000,
+            max_op_bytes: 1_000,
+            ..SequencerConfig::default()
+        };
+        let mut s = Sequencer::new(Document::new(), config);
+        // 150 characters: at most 9 bytes each in the bound, and the runs.
+        commit_one(&mut s, sub(1, "a", 1, 0, ins(0, &"x".repeat(150))));
+        let r = s.propose(&sub(1, "a", 2, 1, ins(0, &"y".repeat(100))));
+        assert!(
+            matches!(r, Err(Rejection::TooLarge { limit: 2_000, .. })),
+            "{r:?}"
+        );
+        // A delete or a plain retain adds nothing: always allowed.
+        let mut d = Delta::new();
+        d.delete(10);
+        assert!(matches!(
+            s.propose(&sub(1, "a", 2, 1, d)),
+            Ok(Proposed::New(_))
+        ));
+        s.abort_pending();
+        // A formatting op whose JSON is over the op limit.
+        let mut big = Delta::new();
+        for i in 0..60 {
+            big.retain_with(1, crate::Attributes::new().with("k", i))
+                .retain(1);
+        }
+        let r = s.propose(&sub(1, "a", 2, 1, big));
+        assert!(
+            matches!(r, Err(Rejection::TooLarge { limit: 1_000, .. })),
+            "{r:?}"
+        );
+        assert!(s.pending().is_empty());
     }
 
     #[test]

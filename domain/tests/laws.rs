@@ -43,6 +43,11 @@ const PIECES: &[&str] = &[
     "🙂",
     "𝄞",
     "\u{1F469}\u{200D}\u{1F467}",
+    // Characters JSON escapes.
+    "\"",
+    "\\",
+    "\u{1}",
+    "\u{1f}",
 ];
 
 fn text() -> impl Strategy<Value = String> {
@@ -265,6 +270,21 @@ proptest! {
         let right = build(&sa, doc.len());
         prop_assert!(right.compose(&wrong).is_err() || right.target_len() == wrong.base_len());
         prop_assert!(right.transform(&wrong, Side::Left).is_err());
+    }
+
+    #[test]
+    fn the_content_size_bound_is_never_below_the_content(doc in document(), sa in steps(), sb in steps()) {
+        let a = build(&sa, doc.len());
+        let after = applied(&doc, &a);
+        let b = build(&sb, after.len());
+        for d in [&doc, &after, &applied(&after, &b)] {
+            let actual = serde_json::to_string(&d.to_delta()).unwrap().len();
+            prop_assert!(d.content_json_bound() >= actual, "{} < {}", d.content_json_bound(), actual);
+            let mut tight = d.clone();
+            tight.set_tight_above(0);
+            prop_assert!(tight.content_json_bound() >= actual);
+            prop_assert!(tight.content_json_bound() <= d.content_json_bound());
+        }
     }
 
     #[test]

@@ -285,6 +285,19 @@ impl Conn {
         self.ws.flush().await.expect("flush");
     }
 
+    /// The next text frame as sent (pings answered, pongs skipped); panics
+    /// on a close or after [`WAIT`].
+    pub async fn text_frame(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// The next message; panics on a close.
     pub async fn message(&mut self) -> ServerMessage {
         match self.recv().await {

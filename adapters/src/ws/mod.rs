@@ -44,6 +44,10 @@ pub struct WsConfig {
     pub read_buffer_bytes: usize,
     /// tungstenite's write buffer per connection.
     pub write_buffer_bytes: usize,
+    /// The largest frame the server sends (a `joined` with a whole
+    /// document): tungstenite refuses to queue a larger one. A bound, not
+    /// an allocation.
+    pub max_outbound_frame_bytes: usize,
 }
 
 impl Default for WsConfig {
@@ -59,6 +63,8 @@ impl Default for WsConfig {
             // into frames); a threshold would keep a grown buffer per
             // connection.
             write_buffer_bytes: 0,
+            // The application sets it from its document limits.
+            max_outbound_frame_bytes: 256 << 20,
         }
     }
 }
@@ -136,7 +142,10 @@ mod tests {
         for _ in 0..3 {
             let client = tokio::net::TcpStream::connect(addr).await.unwrap();
             let (accepted, _) = listener.accept().await.unwrap();
-            assert!(accepted.nodelay().unwrap(), "the accepted socket must not use Nagle");
+            assert!(
+                accepted.nodelay().unwrap(),
+                "the accepted socket must not use Nagle"
+            );
             drop(client);
         }
     }

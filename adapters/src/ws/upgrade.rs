@@ -168,8 +168,7 @@ fn handshake(
             .write_buffer_size(config.write_buffer_bytes)
             .max_write_buffer_size(
                 config
-                    .max_message_bytes
-                    .saturating_mul(4)
+                    .max_outbound_frame_bytes
                     .max(config.write_buffer_bytes + 1),
             )
             .max_message_size(Some(config.max_message_bytes))

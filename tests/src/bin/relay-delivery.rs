@@ -120,8 +120,11 @@ async fn client(
     let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .expect("connect");
-    let join = serde_json::json!({"type": "join", "client_id": name, "token": token, "since": null});
-    ws.send(Message::text(join.to_string())).await.expect("join");
+    let join =
+        serde_json::json!({"type": "join", "client_id": name, "token": token, "since": null});
+    ws.send(Message::text(join.to_string()))
+        .await
+        .expect("join");
     let mut version = loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
@@ -207,7 +210,9 @@ async fn client(
                 let due = due.lock().unwrap();
                 for op in ops {
                     if let Some(at) = due.get(&(op.client_id.as_str().to_owned(), op.seq.get())) {
-                        samples.delivery.push(arrived.saturating_duration_since(*at));
+                        samples
+                            .delivery
+                            .push(arrived.saturating_duration_since(*at));
                     }
                 }
             }
