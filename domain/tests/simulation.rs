@@ -222,6 +222,15 @@ impl Sim {
                 self.links[c].down.push_back(reply);
             }
             ToServer::Submit(o) => {
+                // What a client sends goes over the wire: it must be in the
+                // canonical form the server accepts (never a delete
+                // directly followed by an insert).
+                let wire = serde_json::to_value(&o.delta).expect("serialises");
+                assert!(
+                    Delta::from_json(&wire).is_ok(),
+                    "seed {}: the client sent {wire}, which the wire refuses",
+                    self.seed
+                );
                 let sub = Submission {
                     user: self.clients[c].user(),
                     client_id: self.clients[c].client_id().clone(),
