@@ -104,8 +104,25 @@ fn traces_dir() -> PathBuf {
     }
 }
 
+/// The small trace shipped in the repository (see `benches/traces/README.md`).
+fn shipped(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/traces"))
+        .join(format!("{name}.json.gz"))
+}
+
+/// Where a trace can be read: the shared traces beside the checkout, or
+/// the copy shipped here; `None` when neither has it.
+fn trace_path(name: &str) -> Option<PathBuf> {
+    let shared = traces_dir().join(format!("{name}.json.gz"));
+    if shared.exists() {
+        return Some(shared);
+    }
+    let own = shipped(name);
+    own.exists().then_some(own)
+}
+
 fn load(name: &'static str) -> Trace {
-    let path = traces_dir().join(format!("{name}.json.gz"));
+    let path = trace_path(name).expect("only traces that exist are loaded");
     let file = std::fs::File::open(&path)
         .unwrap_or_else(|e| panic!("cannot open trace {}: {e}", path.display()));
     let mut json = String::new();
@@ -538,7 +555,15 @@ fn main() {
         println!("no trace matches {:?}", opts.filter);
         return;
     }
-    let traces: Vec<Trace> = names.into_iter().map(load).collect();
+    let (present, missing): (Vec<&'static str>, Vec<&'static str>) =
+        names.into_iter().partition(|n| trace_path(n).is_some());
+    if !missing.is_empty() {
+        println!(
+            "traces not found (no ../shared/traces beside the checkout): {} - skipped",
+            missing.join(", ")
+        );
+    }
+    let traces: Vec<Trace> = present.into_iter().map(load).collect();
     for trace in &traces {
         let n = trace.patches.len();
         println!();
