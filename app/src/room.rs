@@ -340,9 +340,10 @@ impl Room {
             Some(v) if v <= version => self.catch_up_ops(v).await?,
             _ => None,
         };
-        // The ops only when they are smaller than the content, so `joined`
-        // is never larger than a document Relay accepts (and a client that
-        // missed most of a document gets the document).
+        // The ops unless they are larger than both 4 x MAX_MESSAGE_BYTES
+        // and the content, so `joined` is never larger than a document
+        // Relay accepts (a client that missed most of a large document gets
+        // the document), while an ordinary catch-up stays ops.
         let (content, ops) = match catch_up {
             Some(ops) => {
                 let doc = self.seq.document();
@@ -350,7 +351,7 @@ impl Room {
                     .iter()
                     .map(|op| encode_op(op).len() + 1)
                     .fold(0usize, usize::saturating_add);
-                if ops_bytes <= doc.len_bytes() {
+                if ops_bytes <= self.deps.config.max_op_bytes() || ops_bytes <= doc.len_bytes() {
                     (None, Some(ops))
                 } else if ops_bytes > doc.content_json_bound() {
                     (Some(doc.to_delta()), None)

@@ -81,6 +81,25 @@ impl Proxy {
         Proxy { addr, mode }
     }
 
+    /// A proxy to this process's test database, and the database URL
+    /// through it.
+    pub async fn to_test_database() -> (Proxy, String) {
+        let real = database_url();
+        let host = real
+            .split('@')
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .expect("host:port");
+        let target = tokio::net::lookup_host(host)
+            .await
+            .expect("resolve")
+            .next()
+            .expect("an address");
+        let proxy = Proxy::start(target).await;
+        let url = proxy.url(&real);
+        (proxy, url)
+    }
+
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
         self.mode.send_replace(Mode::Cut);

@@ -100,20 +100,9 @@ async fn documents_reopen_from_the_latest_snapshot_plus_the_tail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_database_unreachable_nothing_is_acknowledged_and_service_resumes_when_it_returns()
 {
-    let real = database_url();
-    let host = real
-        .split('@')
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .expect("host:port");
-    let target = tokio::net::lookup_host(host)
-        .await
-        .expect("resolve")
-        .next()
-        .expect("an address");
-    let proxy = Proxy::start(target).await;
+    let (proxy, url) = Proxy::to_test_database().await;
     let config = Config {
-        database_url: Some(proxy.url(&real)),
+        database_url: Some(url),
         ..Config::default()
     };
     let app = spawn_pg_app(config).await;
@@ -194,20 +183,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 /// the network returns, the re-sent submit commits exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_stops_answering_mid_append_is_never_reported_as_nothing_committed() {
-    let real = database_url();
-    let host = real
-        .split('@')
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .expect("host:port");
-    let target = tokio::net::lookup_host(host)
-        .await
-        .expect("resolve")
-        .next()
-        .expect("an address");
-    let proxy = Proxy::start(target).await;
+    let (proxy, url) = Proxy::to_test_database().await;
     let config = Config {
-        database_url: Some(proxy.url(&real)),
+        database_url: Some(url),
         db_statement_timeout: Duration::from_millis(300),
         ..Config::default()
     };
