@@ -316,6 +316,8 @@ fuzz_target!(|input: Input| {
         max_document_chars: c.max_document_chars.map_or(d.max_document_chars, |n| 8 + usize::from(n)),
         max_delta_components: c.max_delta_components.map_or(d.max_delta_components, |n| 1 + usize::from(n % 16)),
         max_clients: d.max_clients,
+        max_document_bytes: d.max_document_bytes,
+        max_op_bytes: d.max_op_bytes,
     };
     let mut s = Sequencer::new(start.clone(), config.clone());
     let mut w = World {
