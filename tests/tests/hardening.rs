@@ -1,9 +1,9 @@
 //! What one hostile or unlucky client can send, end to end over real
 //! sockets (PROTOCOL.md "Bounds" and "Canonical form"), the frames Relay
 //! sends when documents are large, and latency against a client that only
-//! listens. `.ci/test` runs this suite a second time built like a release
-//! (`--profile ci-release`: no debug assertions, no overflow checks), where
-//! integer overflow wraps silently instead of panicking.
+//! listens. `.ci/test` builds it like a release (`--profile ci-release`: no
+//! debug assertions, no overflow checks), where integer overflow wraps
+//! silently instead of panicking, and runs it on PostgreSQL too.
 
 use relay_app::config::Config;
 use relay_domain::{DocumentId, Version};
