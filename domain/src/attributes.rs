@@ -2,8 +2,9 @@
 //!
 //! An attribute map goes from a name to any JSON value. On a `retain`, a
 //! value sets that attribute on the retained characters and `null` removes
-//! it; on an `insert` the map is the formatting of the new text, where `null`
-//! means nothing and is dropped.
+//! it; on an `insert` the map is the formatting of the new text, where a
+//! `null` formats nothing (and is kept, as quill-delta keeps it). Compose,
+//! transform and invert follow quill-delta's `AttributeMap`.
 //!
 //! Maps are immutable and shared: cloning one - as every formatting run,
 //! history entry and transformed delta does - copies a pointer, and a
@@ -96,16 +97,6 @@ impl Attributes {
     /// Whether any value is `null` (a removal, meaningful only on a retain).
     pub fn has_nulls(&self) -> bool {
         self.iter().any(|(_, v)| v.is_null())
-    }
-
-    /// The same map without its `null` values.
-    #[must_use]
-    pub fn without_nulls(self) -> Self {
-        if !self.has_nulls() {
-            return self;
-        }
-        let map = self.map().cloned().unwrap_or_default();
-        Attributes::from_map(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
     }
 
     /// `self` followed by `later`: `later`'s values win. With `keep_null` a

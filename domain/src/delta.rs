@@ -248,13 +248,13 @@ impl Delta {
         self.insert_with(text, Attributes::new())
     }
 
-    /// Insert text with formatting. `null` values mean nothing on an insert
-    /// and are dropped.
+    /// Insert text with formatting. A `null` value formats nothing, and is
+    /// kept as sent, as quill-delta keeps it (dropping it would make the
+    /// server's document differ from a quill-delta client's).
     pub fn insert_with(&mut self, text: &str, attributes: Attributes) -> &mut Self {
         if text.is_empty() {
             return self;
         }
-        let attributes = attributes.without_nulls();
         self.target_len = grown(self.target_len, text.chars().count());
         // Insert before delete: [.., Insert?, Delete] + Insert puts the new
         // text before the delete, merging with the insert there if it can.
@@ -447,7 +447,9 @@ impl Delta {
                 if after_delete {
                     return Err(bad(NOT_CANONICAL));
                 }
-                let text = v.as_str().ok_or(bad("`insert` must be a string"))?;
+                let text = v
+                    .as_str()
+                    .ok_or(bad("`insert` must be a string (embeds are not supported)"))?;
                 if text.is_empty() {
                     return Err(bad("zero-length insert"));
                 }
@@ -787,7 +789,16 @@ mod tests {
                 0,
                 "length must be a positive integer",
             ),
-            (json!([{"insert": 3}]), 0, "`insert` must be a string"),
+            (
+                json!([{"insert": 3}]),
+                0,
+                "`insert` must be a string (embeds are not supported)",
+            ),
+            (
+                json!([{"insert": {"image": "https://example.com/a.png"}}]),
+                0,
+                "`insert` must be a string (embeds are not supported)",
+            ),
             (
                 json!([{"bogus": 3}]),
                 0,

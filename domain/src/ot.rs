@@ -15,11 +15,17 @@ use crate::delta::{Delta, DeltaError, Piece, Pieces};
 /// Which of two concurrent deltas is ordered first.
 ///
 /// `Left` means "this delta counts as the earlier one": its inserts go before
-/// the other's inserts at the same position, and where both change the same
-/// attribute of the same character the other (later) delta's value wins.
-/// `Right` is the converse. The sequencer transforms a submitted delta over
-/// history as `Right`: of two concurrent inserts at one position the one
-/// committed first comes first, and the later commit's formatting wins.
+/// the other's inserts at the same position, and where both set the same
+/// attribute of the same character its value stays. `Right` is the
+/// converse: the other delta's inserts go first, and the keys the other
+/// delta set are dropped from this one's formatting. The sequencer
+/// transforms a submitted delta over history as `Right`: the op committed
+/// first wins insert ties and formatting conflicts alike (PROTOCOL.md).
+///
+/// This is quill-delta's `priority`: Relay's `b.transform(&a, Side::Right)`
+/// is quill-delta's `a.transform(b, true)` ("a happened first"), and
+/// `b.transform(&a, Side::Left)` is `a.transform(b, false)` - lengths in
+/// code points instead of UTF-16 units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Left,
@@ -104,7 +110,9 @@ impl Delta {
                 right: other.base_len(),
             });
         }
-        let other_wins = side == Side::Left;
+        // The earlier delta keeps its formatting: the later one loses the
+        // keys both set.
+        let other_wins = side == Side::Right;
         let mut out = Delta::with_capacity(self.components().len() + 2);
         let mut a = Pieces::new(self);
         let mut b = Pieces::new(other);
@@ -233,18 +241,38 @@ mod tests {
     }
 
     #[test]
-    fn the_later_side_wins_a_formatting_conflict() {
+    fn the_earlier_side_wins_a_formatting_conflict() {
         let bold = Attributes::new().with("bold", true);
         let not_bold = Attributes::new().with("bold", false);
         let a = d(|x| {
             x.retain_with(2, bold.clone());
         });
         let b = d(|x| {
-            x.retain_with(2, not_bold.clone());
+            x.retain_with(2, not_bold.clone().with("italic", true));
         });
-        // b is later: a loses its change, b keeps its own.
-        assert_eq!(a.transform(&b, Side::Left).unwrap(), Delta::identity(2));
-        assert_eq!(b.transform(&a, Side::Right).unwrap(), b);
+        // a is earlier: it keeps its change; b loses the key a set and
+        // keeps the rest.
+        assert_eq!(a.transform(&b, Side::Left).unwrap(), a);
+        assert_eq!(
+            b.transform(&a, Side::Right).unwrap(),
+            d(|x| {
+                x.retain_with(2, Attributes::new().with("italic", true));
+            })
+        );
+        let mut doc = crate::Document::from_text("xy", crate::Version::ZERO);
+        doc.apply(&a).unwrap();
+        doc.apply(&b.transform(&a, Side::Right).unwrap()).unwrap();
+        let mut other = crate::Document::from_text("xy", crate::Version::ZERO);
+        other.apply(&b).unwrap();
+        other.apply(&a.transform(&b, Side::Left).unwrap()).unwrap();
+        assert_eq!(doc.to_delta(), other.to_delta());
+        assert_eq!(
+            doc.slice(0, 1).components()[0],
+            crate::Component::Insert {
+                text: "x".into(),
+                attributes: bold.with("italic", true)
+            }
+        );
     }
 
     #[test]

@@ -140,6 +140,22 @@ fn document() -> impl Strategy<Value = Document> {
     })
 }
 
+/// A document's content with `null`-valued attributes left out.
+fn without_nulls(content: &Delta) -> Delta {
+    let mut out = Delta::new();
+    for c in content.components() {
+        if let Component::Insert { text, attributes } = c {
+            let kept: Attributes = attributes
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.to_owned(), v.clone()))
+                .collect();
+            out.insert_with(text, kept);
+        }
+    }
+    out
+}
+
 fn applied(doc: &Document, d: &Delta) -> Document {
     let mut out = doc.clone();
     out.apply(d).expect("delta fits the document");
@@ -213,7 +229,9 @@ proptest! {
         let a = build(&sa, doc.len());
         let inv = a.invert(&doc).unwrap();
         let back = applied(&applied(&doc, &a), &inv);
-        prop_assert_eq!(content(&back), content(&doc));
+        // Up to `null`-valued formatting of text, which formats nothing:
+        // undoing a change of such a key removes it (as in quill-delta).
+        prop_assert_eq!(without_nulls(&content(&back)), without_nulls(&content(&doc)));
         prop_assert_eq!(back.text(), doc.text());
     }
 

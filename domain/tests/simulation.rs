@@ -156,13 +156,16 @@ impl Sim {
                 d.delete(self.rng.random_range(0..=3).min(len - pos));
             }
             _ => {
+                // Formatting set and cleared, with values that conflict: the
+                // op committed first wins a key both set (PROTOCOL.md).
                 let n = self.rng.random_range(0..=4).min(len - pos);
-                let v = if self.rng.random_bool(0.5) {
-                    serde_json::json!(true)
-                } else {
-                    serde_json::Value::Null
+                let (key, v) = match self.rng.random_range(0..4) {
+                    0 => ("italic", serde_json::json!(true)),
+                    1 => ("italic", serde_json::Value::Null),
+                    2 => ("color", serde_json::json!("red")),
+                    _ => ("color", serde_json::json!("blue")),
                 };
-                d.retain_with(n, Attributes::new().with("italic", v));
+                d.retain_with(n, Attributes::new().with(key, v));
             }
         }
         d.fit(len).unwrap()
