@@ -275,6 +275,78 @@ mod tests {
         );
     }
 
+    /// The corners where OT libraries differ, as quill-delta resolves them
+    /// (the differential tests check thousands more against quill-delta).
+    #[test]
+    fn corners_resolve_as_quill_delta_does() {
+        let bold = || Attributes::new().with("bold", true);
+        // An insert inside a range another op deleted survives, where the
+        // range was.
+        let del = d(|x| {
+            x.retain(1).delete(3).retain(1);
+        });
+        let ins = d(|x| {
+            x.retain(2).insert("X").retain(3);
+        });
+        assert_eq!(
+            ins.transform(&del, Side::Right).unwrap(),
+            d(|x| {
+                x.retain(1).insert("X").retain(1);
+            })
+        );
+        // Formatting a range does not format text inserted into it
+        // concurrently.
+        let fmt = d(|x| {
+            x.retain_with(3, bold());
+        });
+        let ins = d(|x| {
+            x.retain(1).insert("X").retain(2);
+        });
+        assert_eq!(
+            fmt.transform(&ins, Side::Right).unwrap(),
+            d(|x| {
+                x.retain_with(1, bold()).retain(1).retain_with(2, bold());
+            })
+        );
+        // A null survives composing two retains (it still removes), and is
+        // dropped composing a retain over an insert.
+        let clear = d(|x| {
+            x.retain_with(1, Attributes::new().with("bold", serde_json::Value::Null));
+        });
+        let italic = d(|x| {
+            x.retain_with(1, Attributes::new().with("italic", true));
+        });
+        assert_eq!(
+            clear.compose(&italic).unwrap(),
+            d(|x| {
+                x.retain_with(
+                    1,
+                    Attributes::new()
+                        .with("bold", serde_json::Value::Null)
+                        .with("italic", true),
+                );
+            })
+        );
+        let typed = d(|x| {
+            x.insert("a");
+        });
+        assert_eq!(
+            typed.compose(&clear).unwrap(),
+            d(|x| {
+                x.insert("a");
+            })
+        );
+        // Neighbours merge and a trailing plain retain is implicit.
+        let split = d(|x| {
+            x.retain_with(1, bold()).retain_with(1, bold()).retain(1);
+        });
+        assert_eq!(split.components().len(), 2);
+        assert_eq!(
+            serde_json::to_string(&split).unwrap(),
+            r#"[{"retain":2,"attributes":{"bold":true}}]"#
+        );
+    }
+
     #[test]
     fn overlapping_deletes_delete_once() {
         let a = d(|x| {
