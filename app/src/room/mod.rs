@@ -1,0 +1,450 @@
+//! A room: the one task that owns an open document on this instance.
+//!
+//! It holds the [`Sequencer`], the presence roster and the local sessions'
+//! outbound queues, and runs the write path: dedup, rebase, append at the
+//! next version (group commit: submits that arrive while an append is in
+//! flight go into the next batch), on conflict load what was missed and try
+//! again (bounded), and only after the append: `ack` to the submitter, `ops`
+//! to the other local sessions, a publish on the bus for other instances.
+//! Ops from other instances arrive on the bus; a version gap is filled from
+//! the store. A room with no session closes after `ROOM_IDLE_SECS`.
+//!
+//! # Layout
+//!
+//! - this file: the room's state, its task (the command loop, timers, the
+//!   bus subscription) and its lifecycle (open, idle close, supervision).
+//! - `write`: the write path (submits, group commit, the append and its
+//!   answers, fan-out after commit).
+//! - `join`: joins and catch-up from the store.
+//! - `remote`: what other instances publish on the bus.
+//! - `presence`: local clients' cursors, typing and departures.
+
+mod join;
+mod presence;
+mod remote;
+mod write;
+
+#[cfg(test)]
+pub(crate) use presence::test_counters;
+use presence::{cursor_message, entry_key};
+
+use crate::deps::Deps;
+use crate::sink::Sink;
+use relay_domain::{
+    ClientId, CommittedOp, CursorThrottle, Document, DocumentId, PresenceEntry, Proposed,
+    RateLimiter, Rejection, Roster, Seq, Sequencer, Submission, Timestamp, TypingDebounce, UserId,
+    Version,
+};
+use relay_ports::bus::{BusEvent, BusMessage, Envelope};
+use relay_ports::protocol::{
+    Departed, ErrorCode, Role, ServerMessage, UserInfo, encode_op, encode_ops_frame,
+};
+use relay_ports::{Append, OpStatus, StoreError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// How many times a batch is retried after losing the race for a version.
+const MAX_APPEND_ATTEMPTS: usize = 8;
+/// Catch-up ops beyond the in-memory history are read from the store up to
+/// this many; past it `joined` carries the content instead.
+const MAX_CATCH_UP_FROM_STORE: usize = 10_000;
+/// How many store lookups of new clients a room has in flight at once
+/// (a few: more only open pool connections).
+const LOOKUPS_AT_ONCE: usize = 4;
+/// How many commands are taken from the mailbox per turn (the group-commit
+/// window is whatever arrived during the previous append).
+const MAILBOX_TURN: usize = 512;
+
+/// Who a session is, as the room needs it.
+#[derive(Clone, Debug)]
+pub(crate) struct Member {
+    pub id: u64,
+    pub user: UserId,
+    pub client_id: ClientId,
+    pub name: Option<String>,
+    pub role: Role,
+}
+
+/// A failed join.
+#[derive(Debug)]
+pub(crate) enum JoinError {
+    Unavailable(String),
+}
+
+pub(crate) enum Command {
+    Join {
+        member: Member,
+        since: Option<Version>,
+        sink: Sink,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
+    Submit {
+        session: u64,
+        submission: Submission,
+        received: Instant,
+    },
+    Cursor {
+        session: u64,
+        version: Version,
+        selection: Option<(usize, usize)>,
+    },
+    Typing {
+        session: u64,
+    },
+    Leave {
+        session: u64,
+        reason: String,
+    },
+    /// Tell every session the server is draining.
+    Shutdown {
+        reconnect_in_ms: u64,
+    },
+    /// Close every session now (1001).
+    CloseAll,
+    /// Snapshot and stop (the server is shutting down).
+    Stop,
+}
+
+struct Local {
+    member: Member,
+    sink: Sink,
+    /// The submit waiting for its ack (one per connection).
+    awaiting: Option<(Seq, Instant)>,
+    /// The last submit answered `ack` as a duplicate (already committed).
+    duplicate_acked: Option<Seq>,
+    limiter: RateLimiter,
+    /// Holds the latest cursor as received (version and positions at that
+    /// version) until its turn: it is rebased only when it is sent.
+    cursor: CursorThrottle<(Version, Option<(usize, usize)>)>,
+    typing: TypingDebounce,
+}
+
+struct Pending {
+    session: u64,
+    submission: Submission,
+    received: Instant,
+    /// Arrived while the session's submit with this seq was still in the
+    /// batch: admitted only if that one turns out to be a duplicate (see
+    /// [`Room::admit_deferred`]).
+    after: Option<Seq>,
+}
+
+pub(crate) struct Room {
+    document: DocumentId,
+    deps: Arc<Deps>,
+    seq: Sequencer,
+    roster: Roster,
+    sessions: HashMap<u64, Local>,
+    last_snapshot: Version,
+    idle_since: Option<Instant>,
+    stopping: bool,
+    next_presence_refresh: Instant,
+}
+
+/// Starts a room on the service's task tracker, supervised: a room that
+/// panics has its sessions closed with 1011 (see `Drop for Room`), is
+/// logged with its cause and forgotten, so the next join opens the document
+/// afresh from the store.
+pub(crate) fn spawn(
+    document: DocumentId,
+    deps: Arc<Deps>,
+    mailbox: mpsc::Receiver<Command>,
+    generation: u64,
+) {
+    use futures::FutureExt;
+    let tasks = deps.tasks.clone();
+    tasks.spawn(async move {
+        let room = std::panic::AssertUnwindSafe(run(document, deps.clone(), mailbox, generation));
+        if let Err(panic) = room.catch_unwind().await {
+            let cause = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            tracing::error!(%document, %cause, "room failed: its sessions were closed with 1011; the next join reopens the document from the store");
+            deps.rooms.forget(document, generation);
+        }
+    });
+}
+
+/// Runs a room until it has been idle long enough, then asks the registry
+/// to forget it.
+async fn run(
+    document: DocumentId,
+    deps: Arc<Deps>,
+    mut mailbox: mpsc::Receiver<Command>,
+    generation: u64,
+) {
+    let mut room = match Room::open(document, deps.clone()).await {
+        Ok(room) => room,
+        Err(e) => {
+            warn!(%document, error = %e, "cannot open document");
+            deps.rooms.forget(document, generation);
+            // Answer whoever is waiting, then stop.
+            mailbox.close();
+            while let Some(cmd) = mailbox.recv().await {
+                if let Command::Join { reply, .. } = cmd {
+                    let _ = reply.send(Err(JoinError::Unavailable(e.to_string())));
+                }
+            }
+            return;
+        }
+    };
+    let mut bus = match deps.bus.subscribe(document).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(%document, error = %e, "bus subscription failed; this room will not see other instances");
+            None
+        }
+    };
+    loop {
+        let deadline = room.next_deadline();
+        let mut batch = Vec::new();
+        tokio::select! {
+            cmd = mailbox.recv() => {
+                let Some(cmd) = cmd else { break };
+                room.handle(cmd, &mut batch).await;
+                // Everything that queued up while we were busy joins this turn.
+                for _ in 0..MAILBOX_TURN {
+                    match mailbox.try_recv() {
+                        Ok(cmd) => room.handle(cmd, &mut batch).await,
+                        Err(_) => break,
+                    }
+                }
+            }
+            event = recv_bus(&mut bus) => {
+                match event {
+                    Some(BusEvent::Message(env)) => room.remote(env).await,
+                    Some(BusEvent::Lagged) => room.catch_up_logged().await,
+                    None => {
+                        warn!(%document, "bus subscription ended");
+                        bus = None;
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => {}
+        }
+        room.commit_batches(batch).await;
+        room.fire_timers().await;
+        if room.stopping {
+            break;
+        }
+        if room.idle_expired() {
+            // Close only if nothing arrived meanwhile, under the registry's
+            // lock so a concurrent join finds a closed mailbox and starts a
+            // new room instead.
+            if deps.rooms.forget_if_idle(document, generation, &mailbox) {
+                room.close().await;
+                return;
+            }
+        }
+    }
+    room.close().await;
+    deps.rooms.forget(document, generation);
+}
+
+async fn recv_bus(bus: &mut Option<relay_ports::Subscription>) -> Option<BusEvent> {
+    match bus {
+        Some(s) => s.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Room {
+    async fn open(document: DocumentId, deps: Arc<Deps>) -> Result<Room, StoreError> {
+        let loaded = deps.store.load(document).await?;
+        let (doc, last_snapshot) = match &loaded.snapshot {
+            Some(s) => (
+                Document::from_content(&s.content, s.version)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                s.version,
+            ),
+            None => (Document::new(), Version::ZERO),
+        };
+        let mut seq = Sequencer::new(doc, deps.config.sequencer());
+        let now = deps.clock.now();
+        for op in loaded.tail {
+            let v = op.version;
+            seq.apply_remote(op, now)
+                .map_err(|e| StoreError::Corrupt(format!("op {v}: {e}")))?;
+        }
+        let mut roster = Roster::new();
+        if let Ok(entries) = deps.presence.list(document).await {
+            for e in entries {
+                roster.join(e);
+            }
+        }
+        debug!(%document, version = %seq.version(), "room opened");
+        Ok(Room {
+            document,
+            next_presence_refresh: Instant::now() + deps.presence_refresh(),
+            deps,
+            seq,
+            roster,
+            sessions: HashMap::new(),
+            last_snapshot,
+            idle_since: Some(Instant::now()),
+            stopping: false,
+        })
+    }
+
+    fn now(&self) -> Timestamp {
+        self.deps.clock.now()
+    }
+
+    async fn handle(&mut self, cmd: Command, batch: &mut Vec<Pending>) {
+        match cmd {
+            Command::Join {
+                member,
+                since,
+                sink,
+                reply,
+            } => {
+                let r = self.join(member, since, sink).await;
+                let _ = reply.send(r);
+            }
+            Command::Submit {
+                session,
+                submission,
+                received,
+            } => self.submit(session, submission, received, batch),
+            Command::Cursor {
+                session,
+                version,
+                selection,
+            } => self.cursor(session, version, selection).await,
+            Command::Typing { session } => self.typing(session).await,
+            Command::Leave { session, reason } => self.leave(session, &reason).await,
+            Command::Shutdown { reconnect_in_ms } => {
+                let frame: Arc<str> = ServerMessage::Shutdown { reconnect_in_ms }.encode().into();
+                for s in self.sessions.values() {
+                    s.sink.send(frame.clone());
+                }
+            }
+            Command::Stop => self.stopping = true,
+            Command::CloseAll => {
+                let ids: Vec<u64> = self.sessions.keys().copied().collect();
+                for id in ids {
+                    if let Some(s) = self.sessions.get(&id) {
+                        s.sink.order_close(
+                            relay_ports::protocol::close::GOING_AWAY,
+                            "server shutting down",
+                        );
+                    }
+                    self.leave(id, "server shutting down").await;
+                }
+            }
+        }
+    }
+
+    /// Sends a message to every local session except `except` (by user and
+    /// client id). Sessions whose queue overflowed are closed by their sink.
+    fn broadcast_local(&self, message: &ServerMessage, except: Option<(UserId, ClientId)>) {
+        let mut frame: Option<Arc<str>> = None;
+        for s in self.sessions.values() {
+            if let Some((u, c)) = &except
+                && s.member.user == *u
+                && s.member.client_id == *c
+            {
+                continue;
+            }
+            let f = frame.get_or_insert_with(|| message.encode().into()).clone();
+            s.sink.send(f);
+        }
+    }
+
+    async fn publish(&mut self, message: BusMessage) {
+        let env = Envelope {
+            origin: self.deps.instance,
+            document: self.document,
+            message,
+        };
+        if let Err(e) = self.deps.bus.publish(env).await {
+            debug!(document = %self.document, error = %e, "bus publish failed; other instances will catch up from the store");
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let now_ts = self.now();
+        let now = Instant::now();
+        let to_instant = |t: Timestamp| now + Duration::from_millis(t.0.saturating_sub(now_ts.0));
+        let mut next = Some(self.next_presence_refresh);
+        let mut consider = |d: Instant| {
+            next = Some(next.map_or(d, |n| n.min(d)));
+        };
+        for s in self.sessions.values() {
+            if let Some(d) = s.cursor.deadline() {
+                consider(to_instant(d));
+            }
+            if let Some(d) = s.typing.deadline() {
+                consider(to_instant(d));
+            }
+        }
+        if let Some(idle) = self.idle_since {
+            consider(idle + self.deps.config.room_idle);
+        }
+        next
+    }
+
+    async fn fire_timers(&mut self) {
+        let now = self.now();
+        let mut cursors = Vec::new();
+        let mut typing_done = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            if let Some((version, selection)) = s.cursor.poll(now) {
+                cursors.push((*id, version, selection));
+            }
+            if s.typing.poll(now) == Some(false) {
+                typing_done.push(*id);
+            }
+        }
+        for (id, version, selection) in cursors {
+            self.place_cursor(id, version, selection).await;
+        }
+        for id in typing_done {
+            self.send_typing(id, false).await;
+        }
+        if Instant::now() >= self.next_presence_refresh {
+            self.next_presence_refresh = Instant::now() + self.deps.presence_refresh();
+            self.refresh_presence().await;
+        }
+    }
+
+    fn idle_expired(&self) -> bool {
+        self.idle_since.is_some_and(|t| {
+            self.sessions.is_empty() && Instant::now() >= t + self.deps.config.room_idle
+        })
+    }
+
+    async fn close(&mut self) {
+        self.maybe_snapshot(true).await;
+        debug!(document = %self.document, version = %self.seq.version(), "room closed");
+    }
+}
+
+/// A room that unwinds (a bug: a panic in its task) closes its sessions
+/// with 1011 on the way out, so no client waits on a room that is gone; they
+/// reconnect and resume on a fresh room.
+impl Drop for Room {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for s in self.sessions.values() {
+                s.sink.order_close(
+                    relay_ports::protocol::close::INTERNAL,
+                    "internal error: reconnect to resume",
+                );
+            }
+        }
+    }
+}

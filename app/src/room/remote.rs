@@ -1,0 +1,105 @@
+//! What other instances publish on the bus: their committed ops (a gap is
+//! filled from the store) and their clients' presence.
+
+use super::*;
+
+impl Room {
+    pub(super) async fn remote(&mut self, env: Envelope) {
+        if env.origin == self.deps.instance || env.document != self.document {
+            return;
+        }
+        match env.message {
+            BusMessage::Ops { ops } => {
+                let mut applied = Vec::new();
+                for op in ops {
+                    if op.version <= self.seq.version() {
+                        continue;
+                    }
+                    if Some(op.version) != self.seq.version().next() {
+                        // A gap: the store has what we missed (and this op).
+                        self.committed(&applied, false).await;
+                        self.catch_up_logged().await;
+                        return;
+                    }
+                    match self.seq.apply_remote(op, self.now()) {
+                        Ok(_) => applied.extend(self.seq.last_committed().cloned()),
+                        Err(e) => {
+                            warn!(document = %self.document, error = %e, "remote op refused");
+                            break;
+                        }
+                    }
+                }
+                self.committed(&applied, false).await;
+            }
+            BusMessage::Joined { entry } => {
+                if self.roster.join(entry.clone()) {
+                    self.broadcast_local(
+                        &ServerMessage::Presence {
+                            joined: vec![entry],
+                            left: vec![],
+                        },
+                        None,
+                    );
+                }
+            }
+            BusMessage::Left { departed } => {
+                if self
+                    .roster
+                    .leave(departed.user, &departed.client_id)
+                    .is_some()
+                {
+                    self.broadcast_local(
+                        &ServerMessage::Presence {
+                            joined: vec![],
+                            left: vec![departed],
+                        },
+                        None,
+                    );
+                }
+            }
+            BusMessage::Cursor { mut entry } => {
+                self.rebase_entry(&mut entry);
+                self.roster.join(entry.clone());
+                self.broadcast_local(&cursor_message(&entry), None);
+            }
+            BusMessage::Typing {
+                user,
+                client_id,
+                active,
+            } => {
+                self.broadcast_local(
+                    &ServerMessage::Typing {
+                        user,
+                        client_id,
+                        active,
+                    },
+                    None,
+                );
+            }
+        }
+    }
+
+    pub(super) fn rebase_entry(&self, entry: &mut PresenceEntry) {
+        let current = self.seq.version();
+        if entry.version >= current {
+            return;
+        }
+        let moved = |p: Option<usize>| {
+            p.and_then(|p| {
+                self.seq
+                    .rebase_position(p, entry.version, relay_domain::Bias::Before)
+            })
+        };
+        match (moved(entry.anchor), moved(entry.head)) {
+            (Some(a), Some(h)) => {
+                entry.anchor = Some(a);
+                entry.head = Some(h);
+            }
+            _ => {
+                entry.anchor = None;
+                entry.head = None;
+            }
+        }
+        entry.version = current;
+    }
+}

@@ -1,0 +1,462 @@
+//! The write path: submits batched per turn (group commit), dedup and
+//! rebase in the sequencer, the append at the next version with the
+//! compare-and-set loop, and only after it: acks, `ops` to the other local
+//! sessions, the publish for other instances. A failed append is resolved
+//! against the store before anyone is answered.
+
+use super::*;
+
+impl Room {
+    pub(super) fn submit(
+        &mut self,
+        session: u64,
+        submission: Submission,
+        received: Instant,
+        batch: &mut Vec<Pending>,
+    ) {
+        let now = self.now();
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if let Some((seq, _)) = s.awaiting {
+            // The previous submit is still in this turn's batch. It may be
+            // the re-sent copy of an op that another connection of this
+            // client committed and that this client has since seen in `ops`
+            // (so it rightly sent its next submit): that copy is answered
+            // `ack` when proposed. Whether this one is early (`in_flight`)
+            // is decided then, in order.
+            batch.push(Pending {
+                session,
+                submission,
+                received,
+                after: Some(seq),
+            });
+            return;
+        }
+        if !s.limiter.try_acquire(now) {
+            s.sink.error(
+                ErrorCode::RateLimited,
+                "too many submits: slow down",
+                Some(submission.seq),
+            );
+            self.deps.metrics.operation("rejected", OpStatus::Rejected);
+            return;
+        }
+        s.awaiting = Some((submission.seq, received));
+        batch.push(Pending {
+            session,
+            submission,
+            received,
+            after: None,
+        });
+    }
+
+    /// A submit that arrived while the session's previous one (`after`) was
+    /// unanswered: if that one has just been acked as a duplicate, this one
+    /// becomes the session's submit (`true`); otherwise it is answered
+    /// `in_flight` (or `rate_limited`).
+    pub(super) fn admit_deferred(&mut self, p: &mut Pending) -> bool {
+        let Some(after) = p.after else {
+            return true;
+        };
+        let now = self.now();
+        let Some(s) = self.sessions.get_mut(&p.session) else {
+            return false;
+        };
+        let seq = p.submission.seq;
+        if s.awaiting.is_some() || s.duplicate_acked != Some(after) {
+            let msg = format!("seq {after} is not acknowledged yet: one submit at a time");
+            s.sink.error(ErrorCode::InFlight, &msg, Some(seq));
+            return false;
+        }
+        if !s.limiter.try_acquire(now) {
+            s.sink.error(
+                ErrorCode::RateLimited,
+                "too many submits: slow down",
+                Some(seq),
+            );
+            self.deps.metrics.operation("rejected", OpStatus::Rejected);
+            return false;
+        }
+        s.awaiting = Some((seq, p.received));
+        p.after = None;
+        true
+    }
+
+    /// Commits the batch in chunks of at most OPERATION_BATCH_SIZE.
+    pub(super) async fn commit_batches(&mut self, mut batch: Vec<Pending>) {
+        let size = self.deps.config.operation_batch_size;
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(size));
+            self.commit_batch(batch).await;
+            batch = rest;
+        }
+    }
+
+    pub(super) async fn commit_batch(&mut self, mut batch: Vec<Pending>) {
+        self.learn_clients(&batch).await;
+        for attempt in 1..=MAX_APPEND_ATTEMPTS {
+            let mut proposed = Vec::with_capacity(batch.len());
+            for mut p in batch {
+                if self.admit_deferred(&mut p) && self.propose(&p).await {
+                    proposed.push(p);
+                }
+            }
+            if self.seq.pending().is_empty() {
+                return;
+            }
+            let outcome = self
+                .deps
+                .store
+                .append(self.document, self.seq.pending())
+                .await;
+            match outcome {
+                Ok(Append::Committed) => {
+                    let ops = self.seq.pending().to_vec();
+                    let through = ops.last().map_or(self.seq.version(), |o| o.version);
+                    self.seq.commit(through, self.now());
+                    self.committed(&ops, true).await;
+                    return;
+                }
+                Ok(Append::Conflict { .. }) | Ok(Append::Duplicate { .. }) => {
+                    self.seq.abort_pending();
+                    debug!(document = %self.document, attempt, "lost the race for a version; catching up");
+                    if let Err(e) = self.catch_up().await {
+                        self.fail(&proposed, ErrorCode::Unavailable, &format!("storage: {e}"));
+                        return;
+                    }
+                    batch = proposed;
+                }
+                Err(StoreError::Rejected(reason)) => {
+                    self.seq.abort_pending();
+                    if proposed.len() > 1 {
+                        // One op's data is refused: commit them one at a
+                        // time, so only that one fails.
+                        warn!(document = %self.document, %reason, ops = proposed.len(), "the store refused a batch; committing its ops one by one");
+                        for p in proposed {
+                            Box::pin(self.commit_batch(vec![p])).await;
+                        }
+                        return;
+                    }
+                    tracing::error!(document = %self.document, %reason, "the store refused an operation's data");
+                    self.fail(
+                        &proposed,
+                        ErrorCode::Internal,
+                        "the operation store refused this operation: it will never be committed",
+                    );
+                    return;
+                }
+                Err(e) => {
+                    self.seq.abort_pending();
+                    self.resolve_failed_append(&proposed, e).await;
+                    return;
+                }
+            }
+        }
+        self.seq.abort_pending();
+        warn!(document = %self.document, "gave up after {MAX_APPEND_ATTEMPTS} conflicting appends");
+        self.fail(
+            &batch,
+            ErrorCode::Unavailable,
+            "the document is too busy: nothing was committed; retry the same submit",
+        );
+    }
+
+    /// Asks the store what it knows of the batch's clients the sequencer
+    /// has not seen, before proposing: see [`Room::learn`]. A failed lookup
+    /// is left to [`Room::propose`], which asks again and answers that
+    /// submit.
+    pub(super) async fn learn_clients(&mut self, batch: &[Pending]) {
+        let mut unknown: Vec<(UserId, ClientId)> = Vec::new();
+        for p in batch {
+            let (user, client) = (p.submission.user, &p.submission.client_id);
+            if !self.seq.knows_client(user, client)
+                && !unknown.iter().any(|(u, c)| *u == user && c == client)
+            {
+                unknown.push((user, client.clone()));
+            }
+        }
+        if !unknown.is_empty() {
+            let _ = self.learn(&unknown).await;
+        }
+    }
+
+    /// Looks clients up in the store (their last committed seq),
+    /// [`LOOKUPS_AT_ONCE`] at a time rather than one after another while
+    /// the room waits, so a burst of new clients costs a quarter of the
+    /// round trips to a remote database, and remembers the answers - also
+    /// "nothing committed", so such a client is not looked up again.
+    /// Returns the first failure.
+    pub(super) async fn learn(&mut self, clients: &[(UserId, ClientId)]) -> Result<(), StoreError> {
+        let (store, document) = (&self.deps.store, self.document);
+        let mut answers = Vec::with_capacity(clients.len());
+        for chunk in clients.chunks(LOOKUPS_AT_ONCE) {
+            answers.extend(
+                futures::future::join_all(
+                    chunk
+                        .iter()
+                        .map(|(user, client)| store.last_seq(document, *user, client)),
+                )
+                .await,
+            );
+        }
+        let now = self.now();
+        let mut outcome = Ok(());
+        for ((user, client), answer) in clients.iter().zip(answers) {
+            match answer {
+                Ok(last) => self.seq.remember_client(*user, client, last, now),
+                Err(e) => outcome = outcome.and(Err(e)),
+            }
+        }
+        outcome
+    }
+
+    /// Proposes one submit. Returns whether it is now pending (answered
+    /// later); otherwise it has been answered.
+    pub(super) async fn propose(&mut self, p: &Pending) -> bool {
+        let sub = &p.submission;
+        if !self.seq.knows_client(sub.user, &sub.client_id)
+            && let Err(e) = self.learn(&[(sub.user, sub.client_id.clone())]).await
+        {
+            self.fail(
+                std::slice::from_ref(p),
+                ErrorCode::Unavailable,
+                &format!("storage: {e}"),
+            );
+            return false;
+        }
+        let kind = relay_ports::metrics::operation_type(&sub.delta);
+        match self.seq.propose(sub) {
+            Ok(Proposed::New(_)) | Ok(Proposed::Pending(_)) => true,
+            Ok(Proposed::Duplicate(version)) => {
+                self.deps.metrics.operation(kind, OpStatus::Duplicate);
+                self.ack(p.session, sub.seq, version);
+                false
+            }
+            Err(Rejection::OutOfOrder { seq, last }) => {
+                // An older op that left the in-memory history: the store
+                // still knows whether it was committed.
+                match self
+                    .deps
+                    .store
+                    .find(self.document, sub.user, &sub.client_id, seq)
+                    .await
+                {
+                    Ok(Some(version)) => {
+                        self.deps.metrics.operation(kind, OpStatus::Duplicate);
+                        self.ack(p.session, seq, version);
+                    }
+                    Ok(None) => {
+                        self.deps.metrics.operation(kind, OpStatus::Rejected);
+                        let r = Rejection::OutOfOrder { seq, last };
+                        self.fail(
+                            std::slice::from_ref(p),
+                            ErrorCode::OutOfOrder,
+                            &r.to_string(),
+                        );
+                    }
+                    Err(e) => self.fail(
+                        std::slice::from_ref(p),
+                        ErrorCode::Unavailable,
+                        &format!("storage: {e}"),
+                    ),
+                }
+                false
+            }
+            Err(r) => {
+                self.deps.metrics.operation(kind, OpStatus::Rejected);
+                self.fail(std::slice::from_ref(p), ErrorCode::of(&r), &r.to_string());
+                false
+            }
+        }
+    }
+
+    /// Answers a re-sent submit whose op is already committed.
+    pub(super) fn ack(&mut self, session: u64, seq: Seq, version: Version) {
+        if let Some(s) = self.sessions.get_mut(&session)
+            && s.awaiting.map(|a| a.0) == Some(seq)
+        {
+            s.awaiting = None;
+            s.duplicate_acked = Some(seq);
+            s.sink
+                .send(ServerMessage::Ack { seq, version }.encode().into());
+        }
+    }
+
+    /// Answers submits with an error (non-fatal) and frees their sessions.
+    pub(super) fn fail(&mut self, pending: &[Pending], code: ErrorCode, message: &str) {
+        for p in pending {
+            if code == ErrorCode::Unavailable {
+                self.deps.metrics.operation(
+                    relay_ports::metrics::operation_type(&p.submission.delta),
+                    OpStatus::Error,
+                );
+            }
+            if let Some(s) = self.sessions.get_mut(&p.session)
+                && s.awaiting.map(|a| a.0) == Some(p.submission.seq)
+            {
+                s.awaiting = None;
+                s.sink.error(code, message, Some(p.submission.seq));
+            }
+        }
+    }
+
+    /// After ops became durable (here, or on another instance): acks to
+    /// their submitters, `ops` frames to everyone else, in version order.
+    /// A frame holds at most OPERATION_BATCH_SIZE ops and at most
+    /// MAX_MESSAGE_BYTES of them (or a single op, if one is larger).
+    pub(super) async fn committed(&mut self, ops: &[CommittedOp], ours: bool) {
+        if ops.is_empty() {
+            return;
+        }
+        for op in ops {
+            self.roster.apply(op);
+        }
+        let encoded: Vec<String> = ops.iter().map(encode_op).collect();
+        let batch = self.deps.config.operation_batch_size;
+        let budget = self.deps.config.max_message_bytes;
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            let mut run: Vec<&str> = Vec::new();
+            let mut run_bytes = 0;
+            let mut alive = true;
+            for (op, json) in ops.iter().zip(&encoded) {
+                let own = op.user == s.member.user
+                    && op.client_id == s.member.client_id
+                    && s.awaiting.map(|a| a.0) == Some(op.seq);
+                if own {
+                    alive &= flush(&s.sink, &mut run);
+                    run_bytes = 0;
+                    let (_, received) = s.awaiting.take().expect("checked");
+                    self.deps
+                        .metrics
+                        .operation_latency(now.duration_since(received).as_secs_f64());
+                    alive &= s.sink.send(
+                        ServerMessage::Ack {
+                            seq: op.seq,
+                            version: op.version,
+                        }
+                        .encode()
+                        .into(),
+                    );
+                } else {
+                    if !run.is_empty() && run_bytes + json.len() > budget {
+                        alive &= flush(&s.sink, &mut run);
+                        run_bytes = 0;
+                    }
+                    run.push(json);
+                    run_bytes += json.len() + 1;
+                    if run.len() == batch {
+                        alive &= flush(&s.sink, &mut run);
+                        run_bytes = 0;
+                    }
+                }
+            }
+            alive &= flush(&s.sink, &mut run);
+            if !alive {
+                dead.push(*id);
+            }
+        }
+        if ours {
+            for op in ops {
+                self.deps.metrics.operation(
+                    relay_ports::metrics::operation_type(&op.delta),
+                    OpStatus::Ok,
+                );
+            }
+            self.publish(BusMessage::Ops { ops: ops.to_vec() }).await;
+            self.maybe_snapshot(false).await;
+        }
+        for id in dead {
+            self.leave(id, "slow consumer").await;
+        }
+    }
+
+    pub(super) async fn maybe_snapshot(&mut self, closing: bool) {
+        let version = self.seq.version();
+        let due = version.since(self.last_snapshot) >= self.deps.config.snapshot_every;
+        if !(due || (closing && version > self.last_snapshot)) {
+            return;
+        }
+        let snapshot = relay_ports::Snapshot {
+            version,
+            content: self.seq.document().to_delta(),
+        };
+        match self.deps.store.save_snapshot(self.document, snapshot).await {
+            Ok(()) => self.last_snapshot = version,
+            Err(e) => warn!(document = %self.document, error = %e, "snapshot not saved"),
+        }
+    }
+
+    /// After an append failed: finds out from the store whether the batch
+    /// was written before anyone is told anything (PROTOCOL.md: `unavailable`
+    /// means nothing was committed). The catch-up acknowledges every op of
+    /// the batch it finds (and publishes them); for the rest:
+    /// - the store said `Unavailable` (nothing written): `unavailable`;
+    /// - the outcome is unknown (`Unknown`, `Corrupt`) and the op is not in
+    ///   the store, or the store cannot be read: the op may still land, so
+    ///   no answer would be true - the session is closed with 1013 and the
+    ///   client re-sends the submit after it reconnects, which commits it
+    ///   exactly once either way.
+    pub(super) async fn resolve_failed_append(&mut self, proposed: &[Pending], error: StoreError) {
+        let nothing_written = matches!(error, StoreError::Unavailable(_));
+        warn!(document = %self.document, error = %error, "append failed; finding out what the store holds");
+        let ours = |op: &CommittedOp| {
+            proposed.iter().any(|p| {
+                p.submission.user == op.user
+                    && p.submission.client_id == op.client_id
+                    && p.submission.seq == op.seq
+            })
+        };
+        match self.catch_up_finding(ours).await {
+            Ok(found) if !found.is_empty() => {
+                for op in &found {
+                    self.deps.metrics.operation(
+                        relay_ports::metrics::operation_type(&op.delta),
+                        OpStatus::Ok,
+                    );
+                }
+                self.publish(BusMessage::Ops { ops: found }).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(document = %self.document, error = %e, "the store cannot be read either");
+            }
+        }
+        // Whoever is still waiting was not found committed (`fail` and the
+        // loop below skip the sessions the catch-up acknowledged).
+        if nothing_written {
+            self.fail(
+                proposed,
+                ErrorCode::Unavailable,
+                "storage unavailable: nothing was committed; retry the same submit",
+            );
+            return;
+        }
+        for p in proposed {
+            if let Some(s) = self.sessions.get_mut(&p.session)
+                && s.awaiting.map(|a| a.0) == Some(p.submission.seq)
+            {
+                s.awaiting = None;
+                self.deps.metrics.operation(
+                    relay_ports::metrics::operation_type(&p.submission.delta),
+                    OpStatus::Error,
+                );
+                s.sink.order_close(
+                    relay_ports::protocol::close::TRY_AGAIN_LATER,
+                    "the outcome of your submit is unknown: reconnect and re-send it",
+                );
+            }
+        }
+    }
+}
+
+fn flush(sink: &Sink, run: &mut Vec<&str>) -> bool {
+    if run.is_empty() {
+        return true;
+    }
+    let frame = encode_ops_frame(run.iter().copied());
+    run.clear();
+    sink.send(frame.into())
+}
