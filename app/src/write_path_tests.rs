@@ -617,3 +617,224 @@ async fn a_batch_the_store_refuses_fails_only_the_op_it_refuses() {
         "{answers:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Another writer: two instances on one store, not connected by a bus (or
+// their messages lost). The store is the source of truth.
+
+/// Joins, and commits `texts` one after another at the end of the document
+/// (each acked before the next); returns the session.
+async fn commit_all(
+    relay: &Relay,
+    keys: &DevKeys,
+    document: DocumentId,
+    client: &str,
+    texts: &[&str],
+) -> relay_ports::Started {
+    let mut s = join_as(relay, keys, Uuid::new_v4(), document, client, None).await;
+    let ServerMessage::Joined { mut version, .. } = next(&mut s.outbound).await else {
+        panic!("joined")
+    };
+    let mut len = 0;
+    for (i, t) in texts.iter().enumerate() {
+        let mut d = Delta::new();
+        d.retain(len).insert(t);
+        len += t.chars().count();
+        s.session
+            .handle(ClientMessage::Submit {
+                seq: Seq::new(i as u64 + 1).unwrap(),
+                base: version,
+                delta: d,
+            })
+            .await;
+        loop {
+            match next(&mut s.outbound).await {
+                ServerMessage::Ack { version: v, .. } => {
+                    version = v;
+                    break;
+                }
+                ServerMessage::Presence { .. } | ServerMessage::Ops { .. } => {}
+                other => panic!("expected an ack, got {other:?}"),
+            }
+        }
+    }
+    s
+}
+
+#[tokio::test]
+async fn a_join_with_a_version_only_the_store_has_catches_up_instead_of_going_backwards() {
+    let keys = DevKeys::from_seed([7; 32]);
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let (a, b) = (relay_on(store.clone(), &keys), relay_on(store, &keys));
+    let document = DocumentId::new(Uuid::new_v4());
+    // A opens the document at version 0; B then commits three ops.
+    let _watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
+    let _writer = commit_all(&b, &keys, document, "writer", &["a", "b", "c"]).await;
+    // A client that saw version 3 on B rejoins on A.
+    let mut moved = join_as(
+        &a,
+        &keys,
+        Uuid::new_v4(),
+        document,
+        "mover",
+        Some(Version::from(3)),
+    )
+    .await;
+    match next(&mut moved.outbound).await {
+        ServerMessage::Joined { version, ops, .. } => {
+            assert_eq!(
+                version,
+                Version::from(3),
+                "never behind what the client saw"
+            );
+            assert_eq!(ops.map(|o| o.len()), Some(0));
+        }
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_base_only_the_store_has_is_caught_up_to_not_refused_as_future() {
+    let keys = DevKeys::from_seed([8; 32]);
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let (a, b) = (
+        relay_on(store.clone(), &keys),
+        relay_on(store.clone(), &keys),
+    );
+    let document = DocumentId::new(Uuid::new_v4());
+    let mut mover = commit_all(&a, &keys, document, "mover", &[]).await;
+    let _writer = commit_all(&b, &keys, document, "writer", &["x", "y"]).await;
+    // The mover saw version 2 elsewhere and submits on it, here.
+    let mut d = Delta::new();
+    d.retain(2).insert("!");
+    mover
+        .session
+        .handle(ClientMessage::Submit {
+            seq: Seq::from(1),
+            base: Version::from(2),
+            delta: d,
+        })
+        .await;
+    let mut seen = Vec::new();
+    loop {
+        match next(&mut mover.outbound).await {
+            ServerMessage::Ops { ops } => seen.extend(ops.into_iter().map(|o| o.version)),
+            ServerMessage::Ack { version, .. } => {
+                assert_eq!(version, Version::from(3));
+                break;
+            }
+            ServerMessage::Presence { .. } => {}
+            other => panic!("expected the ack, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![Version::from(1), Version::from(2)],
+        "the ops below its ack first"
+    );
+    let all = store.read(document, Version::ZERO, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+}
+
+#[tokio::test]
+async fn a_duplicate_committed_elsewhere_is_acked_after_the_ops_below_it() {
+    let keys = DevKeys::from_seed([9; 32]);
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let (a, b) = (
+        relay_on(store.clone(), &keys),
+        relay_on(store.clone(), &keys),
+    );
+    let document = DocumentId::new(Uuid::new_v4());
+    let user = Uuid::new_v4();
+    // A opens the document; on B, someone commits v1, then our client
+    // commits its seq 1 as v2 - and loses the ack with its connection.
+    let _watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
+    let _other = commit_all(&b, &keys, document, "other", &["o"]).await;
+    let mut first = join_as(&b, &keys, user, document, "tab", None).await;
+    assert!(matches!(
+        next(&mut first.outbound).await,
+        ServerMessage::Joined { .. }
+    ));
+    let submit = ClientMessage::Submit {
+        seq: Seq::from(1),
+        base: Version::from(1),
+        delta: {
+            let mut d = Delta::new();
+            d.retain(1).insert("t");
+            d
+        },
+    };
+    first.session.handle(submit.clone()).await;
+    while !matches!(next(&mut first.outbound).await, ServerMessage::Ack { .. }) {}
+    drop(first);
+    // It rejoins on A (still at version 0 in memory), having seen nothing,
+    // and re-sends.
+    let mut again = join_as(&a, &keys, user, document, "tab", Some(Version::ZERO)).await;
+    assert!(matches!(
+        next(&mut again.outbound).await,
+        ServerMessage::Joined { .. }
+    ));
+    again.session.handle(submit).await;
+    let mut order = Vec::new();
+    loop {
+        match next(&mut again.outbound).await {
+            ServerMessage::Ops { ops } => {
+                order.extend(ops.into_iter().map(|o| format!("op {}", o.version)))
+            }
+            ServerMessage::Ack { seq, version } => {
+                assert_eq!(seq, Seq::from(1));
+                order.push(format!("ack {version}"));
+                break;
+            }
+            ServerMessage::Presence { .. } => {}
+            other => panic!("expected ops then the ack, got {other:?}"),
+        }
+    }
+    assert_eq!(order, vec!["op 1".to_owned(), "ack 2".to_owned()]);
+    assert_eq!(
+        store.read(document, Version::ZERO, 10).await.unwrap().len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_store_behind_the_room_reopens_the_document_from_the_store() {
+    let keys = DevKeys::from_seed([10; 32]);
+    let mut store = MockOperationStore::new();
+    store.expect_load().returning(|_| Ok(Loaded::default()));
+    store.expect_last_seq().returning(|_, _, _| Ok(None));
+    store.expect_save_snapshot().returning(|_, _| Ok(()));
+    let mut appends = 0;
+    store.expect_append().returning(move |_, _| {
+        appends += 1;
+        // The first commits; then the store is restored to version 0.
+        Ok(if appends == 1 {
+            Append::Committed
+        } else {
+            Append::Conflict {
+                current: Version::ZERO,
+            }
+        })
+    });
+    let relay = relay_with(store, &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    let mut s = commit_all(&relay, &keys, document, "tab", &["a"]).await;
+    s.session
+        .handle(ClientMessage::Submit {
+            seq: Seq::from(2),
+            base: Version::from(1),
+            delta: insert("b"),
+        })
+        .await;
+    match next(&mut s.outbound).await {
+        ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::Unavailable),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert_eq!(close_code(&mut s).await, 1013);
+    // The next join sees the store's document, not the room's.
+    let mut again = join_as(&relay, &keys, Uuid::new_v4(), document, "later", None).await;
+    match next(&mut again.outbound).await {
+        ServerMessage::Joined { version, .. } => assert_eq!(version, Version::ZERO),
+        other => panic!("expected joined, got {other:?}"),
+    }
+}

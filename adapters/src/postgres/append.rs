@@ -237,6 +237,11 @@ pub(super) fn rounds(documents: impl Iterator<Item = Uuid>) -> Vec<Vec<usize>> {
 /// idempotency key that is already committed fails the whole statement on
 /// the unique index; then each request is retried on its own.
 ///
+/// Rows of `documents` are locked in id order (`locked`, which every row
+/// the statement updates comes through), so two instances committing
+/// overlapping sets of documents wait for each other instead of
+/// deadlocking, whatever order their batches name the documents in.
+///
 /// The statement has a static query id, so each connection prepares it
 /// once and PostgreSQL can reuse its plan. Its only lookups are on the
 /// documents' primary key, so no plan can turn into a scan of the log.
@@ -256,16 +261,23 @@ r AS (
     SELECT document_id, expected_head, MAX(version) AS last
     FROM b GROUP BY document_id, expected_head
 ),
+locked AS MATERIALIZED (
+    SELECT d.id, d.head FROM documents d
+    WHERE d.id IN (SELECT document_id FROM r WHERE expected_head > 0)
+    ORDER BY d.id
+    FOR UPDATE
+),
 created AS (
     INSERT INTO documents AS d (id, head)
     SELECT document_id, last FROM r WHERE expected_head = 0
+    ORDER BY document_id
     ON CONFLICT (id) DO UPDATE SET head = EXCLUDED.head WHERE d.head = 0
     RETURNING d.id
 ),
 advanced AS (
     UPDATE documents d SET head = r.last
-    FROM r
-    WHERE r.expected_head > 0 AND d.id = r.document_id AND d.head = r.expected_head
+    FROM locked l JOIN r ON r.document_id = l.id
+    WHERE d.id = l.id AND l.head = r.expected_head
     RETURNING d.id
 ),
 won AS (SELECT id FROM created UNION ALL SELECT id FROM advanced)

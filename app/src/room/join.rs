@@ -11,6 +11,14 @@ impl Room {
         since: Option<Version>,
         sink: Sink,
     ) -> Result<(), JoinError> {
+        // A client that saw versions this room has not (on another
+        // instance): the store is the source of truth, catch up first so the
+        // document never goes backwards for it.
+        if since.is_some_and(|v| v > self.seq.version())
+            && let Err(e) = self.catch_up().await
+        {
+            warn!(document = %self.document, error = %e, "cannot catch up to a joining client's version");
+        }
         let version = self.seq.version();
         let catch_up = match since {
             Some(v) if v <= version => self.catch_up_ops(v).await?,

@@ -142,6 +142,8 @@ pub(crate) struct Room {
     last_snapshot: Version,
     idle_since: Option<Instant>,
     stopping: bool,
+    /// The room's state is not to be saved (see [`Room::reopen`]).
+    discarded: bool,
     next_presence_refresh: Instant,
 }
 
@@ -296,6 +298,7 @@ impl Room {
             last_snapshot,
             idle_since: Some(Instant::now()),
             stopping: false,
+            discarded: false,
         })
     }
 
@@ -421,6 +424,20 @@ impl Room {
         }
     }
 
+    /// Gives up this room's view of the document (the store disagrees with
+    /// it): every session is closed with 1013 and the room stops without a
+    /// snapshot, so the next join opens the document afresh from the store.
+    fn reopen(&mut self) {
+        for s in self.sessions.values() {
+            s.sink.order_close(
+                relay_ports::protocol::close::TRY_AGAIN_LATER,
+                "the document was reopened from the store: reconnect",
+            );
+        }
+        self.discarded = true;
+        self.stopping = true;
+    }
+
     fn idle_expired(&self) -> bool {
         self.idle_since.is_some_and(|t| {
             self.sessions.is_empty() && Instant::now() >= t + self.deps.config.room_idle
@@ -428,7 +445,9 @@ impl Room {
     }
 
     async fn close(&mut self) {
-        self.maybe_snapshot(true).await;
+        if !self.discarded {
+            self.maybe_snapshot(true).await;
+        }
         debug!(document = %self.document, version = %self.seq.version(), "room closed");
     }
 }

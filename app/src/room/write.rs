@@ -6,6 +6,17 @@
 
 use super::*;
 
+/// What became of one submit in a batch.
+pub(super) enum Proposal {
+    /// Pending in the sequencer: answered when the append is.
+    Pending,
+    /// Answered already (an ack or an error).
+    Answered,
+    /// A duplicate committed at a version this room has not reached: the
+    /// room catches up, then proposes it again.
+    Behind,
+}
+
 impl Room {
     pub(super) fn submit(
         &mut self,
@@ -95,12 +106,54 @@ impl Room {
 
     pub(super) async fn commit_batch(&mut self, mut batch: Vec<Pending>) {
         self.learn_clients(&batch).await;
+        // A base the room has not reached: another instance committed
+        // versions this one has not seen. The store is the source of truth:
+        // catch up before judging it `future_base`.
+        if batch.iter().any(|p| p.submission.base > self.seq.version())
+            && let Err(e) = self.catch_up().await
+        {
+            let (ahead, rest): (Vec<Pending>, Vec<Pending>) = batch
+                .into_iter()
+                .partition(|p| p.submission.base > self.seq.version());
+            warn!(document = %self.document, error = %e, "cannot catch up to a client's base");
+            self.fail(
+                &ahead,
+                ErrorCode::Unavailable,
+                "storage unavailable: nothing was committed; retry the same submit",
+            );
+            batch = rest;
+        }
         for attempt in 1..=MAX_APPEND_ATTEMPTS {
             let mut proposed = Vec::with_capacity(batch.len());
+            let mut behind = false;
             for mut p in batch {
-                if self.admit_deferred(&mut p) && self.propose(&p).await {
-                    proposed.push(p);
+                if !self.admit_deferred(&mut p) {
+                    continue;
                 }
+                match self.propose(&p).await {
+                    Proposal::Pending => proposed.push(p),
+                    Proposal::Answered => {}
+                    Proposal::Behind => {
+                        behind = true;
+                        proposed.push(p);
+                    }
+                }
+            }
+            if behind {
+                // A duplicate committed at a version this room has not
+                // delivered yet: its ack must come after the ops below it,
+                // so catch up and propose the batch again.
+                self.seq.abort_pending();
+                if let Err(e) = self.catch_up().await {
+                    warn!(document = %self.document, error = %e, "cannot catch up to a duplicate's version");
+                    self.send_away(
+                        &proposed,
+                        "the document is behind the store and cannot catch up: reconnect",
+                    );
+                    return;
+                }
+                batch = proposed;
+                continue;
             }
             if self.seq.pending().is_empty() {
                 return;
@@ -116,6 +169,19 @@ impl Room {
                     let through = ops.last().map_or(self.seq.version(), |o| o.version);
                     self.seq.commit(through, self.now());
                     self.committed(&ops, true).await;
+                    return;
+                }
+                Ok(Append::Conflict { current }) if current < self.seq.version() => {
+                    // The store is behind this room (restored, failed over):
+                    // what the room holds is not the document any more.
+                    self.seq.abort_pending();
+                    tracing::error!(document = %self.document, store = %current, room = %self.seq.version(), "the store's head is behind the room: reopening the document from the store");
+                    self.fail(
+                        &proposed,
+                        ErrorCode::Unavailable,
+                        "the document is reopening: nothing was committed; retry the same submit",
+                    );
+                    self.reopen();
                     return;
                 }
                 Ok(Append::Conflict { .. }) | Ok(Append::Duplicate { .. }) => {
@@ -211,9 +277,8 @@ impl Room {
         outcome
     }
 
-    /// Proposes one submit. Returns whether it is now pending (answered
-    /// later); otherwise it has been answered.
-    pub(super) async fn propose(&mut self, p: &Pending) -> bool {
+    /// Proposes one submit: see [`Proposal`].
+    pub(super) async fn propose(&mut self, p: &Pending) -> Proposal {
         let sub = &p.submission;
         if !self.seq.knows_client(sub.user, &sub.client_id)
             && let Err(e) = self.learn(&[(sub.user, sub.client_id.clone())]).await
@@ -223,15 +288,16 @@ impl Room {
                 ErrorCode::Unavailable,
                 &format!("storage: {e}"),
             );
-            return false;
+            return Proposal::Answered;
         }
         let kind = relay_ports::metrics::operation_type(&sub.delta);
         match self.seq.propose(sub) {
-            Ok(Proposed::New(_)) | Ok(Proposed::Pending(_)) => true,
+            Ok(Proposed::New(_)) | Ok(Proposed::Pending(_)) => Proposal::Pending,
+            Ok(Proposed::Duplicate(version)) if version > self.seq.version() => Proposal::Behind,
             Ok(Proposed::Duplicate(version)) => {
                 self.deps.metrics.operation(kind, OpStatus::Duplicate);
                 self.ack(p.session, sub.seq, version);
-                false
+                Proposal::Answered
             }
             Err(Rejection::OutOfOrder { seq, last }) => {
                 // An older op that left the in-memory history: the store
@@ -242,6 +308,9 @@ impl Room {
                     .find(self.document, sub.user, &sub.client_id, seq)
                     .await
                 {
+                    Ok(Some(version)) if version > self.seq.version() => {
+                        return Proposal::Behind;
+                    }
                     Ok(Some(version)) => {
                         self.deps.metrics.operation(kind, OpStatus::Duplicate);
                         self.ack(p.session, seq, version);
@@ -261,12 +330,26 @@ impl Room {
                         &format!("storage: {e}"),
                     ),
                 }
-                false
+                Proposal::Answered
             }
             Err(r) => {
                 self.deps.metrics.operation(kind, OpStatus::Rejected);
                 self.fail(std::slice::from_ref(p), ErrorCode::of(&r), &r.to_string());
-                false
+                Proposal::Answered
+            }
+        }
+    }
+
+    /// Closes the sessions waiting on `pending` with 1013 (no answer
+    /// would be true); they reconnect and re-send.
+    pub(super) fn send_away(&mut self, pending: &[Pending], reason: &str) {
+        for p in pending {
+            if let Some(s) = self.sessions.get_mut(&p.session)
+                && s.awaiting.map(|a| a.0) == Some(p.submission.seq)
+            {
+                s.awaiting = None;
+                s.sink
+                    .order_close(relay_ports::protocol::close::TRY_AGAIN_LATER, reason);
             }
         }
     }
@@ -435,20 +518,21 @@ impl Room {
             return;
         }
         for p in proposed {
-            if let Some(s) = self.sessions.get_mut(&p.session)
-                && s.awaiting.map(|a| a.0) == Some(p.submission.seq)
+            if self
+                .sessions
+                .get(&p.session)
+                .is_some_and(|s| s.awaiting.map(|a| a.0) == Some(p.submission.seq))
             {
-                s.awaiting = None;
                 self.deps.metrics.operation(
                     relay_ports::metrics::operation_type(&p.submission.delta),
                     OpStatus::Error,
                 );
-                s.sink.order_close(
-                    relay_ports::protocol::close::TRY_AGAIN_LATER,
-                    "the outcome of your submit is unknown: reconnect and re-send it",
-                );
             }
         }
+        self.send_away(
+            proposed,
+            "the outcome of your submit is unknown: reconnect and re-send it",
+        );
     }
 }
 
