@@ -10,9 +10,12 @@
 //!   configured.
 //! - [`postgres`]: the operation store and permission source on
 //!   diesel-async, the pool, and the embedded migrations.
+//! - [`redis`]: the fan-out bus on Redis pub/sub and the presence registry,
+//!   shared by the instances of a deployment.
 //! - [`ws`]: the warp WebSocket transport driving the collaboration service.
 
 pub mod jwt;
 pub mod memory;
 pub mod postgres;
+pub mod redis;
 pub mod ws;

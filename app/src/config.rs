@@ -61,6 +61,9 @@ pub struct Config {
     pub max_document_bytes: usize,
     pub outbound_queue: usize,
     pub room_idle: Duration,
+    /// How often an open document reads the store's head while the bus is
+    /// down (other instances' ops arrive this way meanwhile).
+    pub bus_down_poll: Duration,
     pub shutdown_grace: Duration,
     pub submit_rate_per_sec: u32,
     pub submit_burst: u32,
@@ -146,6 +149,7 @@ impl Config {
             max_document_bytes: 0,
             outbound_queue: r.positive("OUTBOUND_QUEUE", "256")?,
             room_idle: Duration::from_secs(r.parse("ROOM_IDLE_SECS", "30")?),
+            bus_down_poll: Duration::from_millis(r.positive("BUS_DOWN_POLL_MS", "1000")?),
             shutdown_grace: Duration::from_secs(r.parse("SHUTDOWN_GRACE_SECS", "30")?),
             submit_rate_per_sec: r.positive("SUBMIT_RATE_PER_SEC", "200")?,
             submit_burst: r.positive("SUBMIT_BURST", "400")?,

@@ -838,3 +838,107 @@ async fn a_store_behind_the_room_reopens_the_document_from_the_store() {
         other => panic!("expected joined, got {other:?}"),
     }
 }
+
+/// A bus the test drives: it hands out subscriptions and sends them what
+/// the test says (publishing goes nowhere).
+#[derive(Default)]
+struct ManualBus {
+    subscribers: std::sync::Mutex<Vec<tokio::sync::mpsc::Sender<relay_ports::BusEvent>>>,
+}
+
+impl ManualBus {
+    async fn send(&self, event: relay_ports::BusEvent) {
+        let subs = self.subscribers.lock().unwrap().clone();
+        for s in subs {
+            s.send(event.clone()).await.unwrap();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl relay_ports::FanOut for ManualBus {
+    async fn publish(&self, _: relay_ports::Envelope) -> Result<(), relay_ports::BusError> {
+        Ok(())
+    }
+    async fn subscribe(
+        &self,
+        _: DocumentId,
+    ) -> Result<relay_ports::Subscription, relay_ports::BusError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        self.subscribers.lock().unwrap().push(tx);
+        Ok(relay_ports::Subscription::new(rx, None))
+    }
+    async fn ping(&self) -> Result<(), relay_ports::BusError> {
+        Ok(())
+    }
+}
+
+/// Whether `s` receives an op within `wait` (paused time: no real wait).
+async fn receives_op(s: &mut relay_ports::Started, wait: Duration) -> Option<Version> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.outbound.recv()).await {
+            Ok(Some(Outbound::Text(t))) => {
+                if let ServerMessage::Ops { ops } = ServerMessage::decode(&t).unwrap() {
+                    return ops.last().map(|o| o.version);
+                }
+            }
+            Ok(other) => panic!("expected a frame, got {other:?}"),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_the_bus_is_down_other_instances_ops_arrive_from_the_store() {
+    let keys = DevKeys::from_seed([11; 32]);
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let bus = Arc::new(ManualBus::default());
+    let clock = Arc::new(TokioClock::new());
+    let verifier = JwtVerifier::new(JwtConfig::default());
+    verifier.set_keys(keys.key_set());
+    let a = Relay::new(
+        Config::default(),
+        Adapters {
+            store: store.clone(),
+            bus: bus.clone(),
+            presence: Arc::new(MemoryPresence::new(clock.clone())),
+            permissions: Arc::new(ClaimsPermissions),
+            verifier: Arc::new(verifier),
+            metrics: Arc::new(MemoryMetrics::default()),
+            clock,
+        },
+        Vec::new(),
+    );
+    let b = relay_on(store, &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    let mut watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
+    let poll = Config::default().bus_down_poll;
+
+    // The bus is up but says nothing (B is not on it): A does not read
+    // the store on its own, so nothing arrives.
+    let _writer = commit_all(&b, &keys, document, "writer", &["a"]).await;
+    assert_eq!(receives_op(&mut watcher, poll * 5).await, None);
+
+    // The bus goes down: A reads the store's head until it is back.
+    bus.send(relay_ports::BusEvent::Disconnected).await;
+    assert_eq!(
+        receives_op(&mut watcher, poll * 2).await,
+        Some(Version::from(1))
+    );
+    let _later = commit_all(&b, &keys, document, "later", &["b"]).await;
+    assert_eq!(
+        receives_op(&mut watcher, poll * 2).await,
+        Some(Version::from(2))
+    );
+
+    // Back (`Lagged`): A catches up once and stops polling.
+    let _third = commit_all(&b, &keys, document, "third", &["c"]).await;
+    bus.send(relay_ports::BusEvent::Lagged).await;
+    assert_eq!(
+        receives_op(&mut watcher, Duration::from_millis(1)).await,
+        Some(Version::from(3))
+    );
+    let _fourth = commit_all(&b, &keys, document, "fourth", &["d"]).await;
+    assert_eq!(receives_op(&mut watcher, poll * 5).await, None);
+}

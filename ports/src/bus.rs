@@ -52,6 +52,9 @@ pub enum BusEvent {
     /// Messages were lost (slow subscriber, reconnect): resynchronise from
     /// the store.
     Lagged,
+    /// The bus is down: nothing arrives until it is back (then `Lagged`).
+    /// Meanwhile the subscriber polls the store for what others commit.
+    Disconnected,
 }
 
 /// A document's subscription. Dropping it unsubscribes (and drops the

@@ -145,6 +145,10 @@ pub(crate) struct Room {
     /// The room's state is not to be saved (see [`Room::reopen`]).
     discarded: bool,
     next_presence_refresh: Instant,
+    /// When the store is next read for other instances' ops: set while the
+    /// bus is down (or this room has no subscription), when nothing else
+    /// brings them.
+    next_store_poll: Option<Instant>,
 }
 
 /// Starts a room on the service's task tracker, supervised: a room that
@@ -199,7 +203,8 @@ async fn run(
     let mut bus = match deps.bus.subscribe(document).await {
         Ok(s) => Some(s),
         Err(e) => {
-            warn!(%document, error = %e, "bus subscription failed; this room will not see other instances");
+            warn!(%document, error = %e, "bus subscription failed; this room reads other instances' ops from the store");
+            room.poll_store_from_now();
             None
         }
     };
@@ -221,10 +226,17 @@ async fn run(
             event = recv_bus(&mut bus) => {
                 match event {
                     Some(BusEvent::Message(env)) => room.remote(env).await,
-                    Some(BusEvent::Lagged) => room.catch_up_logged().await,
+                    Some(BusEvent::Lagged) => {
+                        // The bus is back (or lost messages): what it
+                        // missed is in the store.
+                        room.next_store_poll = None;
+                        room.catch_up_logged().await;
+                    }
+                    Some(BusEvent::Disconnected) => room.poll_store_from_now(),
                     None => {
-                        warn!(%document, "bus subscription ended");
+                        warn!(%document, "bus subscription ended; reading the store for other instances' ops");
                         bus = None;
+                        room.poll_store_from_now();
                     }
                 }
             }
@@ -291,6 +303,7 @@ impl Room {
         Ok(Room {
             document,
             next_presence_refresh: Instant::now() + deps.presence_refresh(),
+            next_store_poll: None,
             deps,
             seq,
             roster,
@@ -397,7 +410,17 @@ impl Room {
         if let Some(idle) = self.idle_since {
             consider(idle + self.deps.config.room_idle);
         }
+        if let Some(poll) = self.next_store_poll {
+            consider(poll);
+        }
         next
+    }
+
+    /// Reads the store every `BUS_DOWN_POLL_MS` until the bus is back.
+    fn poll_store_from_now(&mut self) {
+        if self.next_store_poll.is_none() {
+            self.next_store_poll = Some(Instant::now() + self.deps.config.bus_down_poll);
+        }
     }
 
     async fn fire_timers(&mut self) {
@@ -421,6 +444,10 @@ impl Room {
         if Instant::now() >= self.next_presence_refresh {
             self.next_presence_refresh = Instant::now() + self.deps.presence_refresh();
             self.refresh_presence().await;
+        }
+        if self.next_store_poll.is_some_and(|p| Instant::now() >= p) {
+            self.next_store_poll = Some(Instant::now() + self.deps.config.bus_down_poll);
+            self.catch_up_logged().await;
         }
     }
 

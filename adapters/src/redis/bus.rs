@@ -1,0 +1,350 @@
+//! The fan-out bus on Redis pub/sub.
+
+use super::Commands;
+use async_trait::async_trait;
+use futures::StreamExt;
+use rand::Rng;
+use relay_domain::DocumentId;
+use relay_ports::{BusError, BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subscription};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// A [`FanOut`] shared by every instance through Redis.
+///
+/// Each open document is one Redis channel, `relay:doc:<uuid>`, subscribed
+/// on this instance's single pub/sub connection while a room holds a
+/// subscription and released when the last one is dropped. Publishing is a
+/// `PUBLISH` of the envelope as JSON (its ops carry their versions, and the
+/// envelope its origin instance).
+///
+/// The pub/sub connection is owned by one task. When it drops (a Redis
+/// restart, a network cut), every subscription gets
+/// [`BusEvent::Disconnected`] - its room then polls the store - and the task
+/// reconnects with exponential backoff and jitter, resubscribes every open
+/// document and sends each subscription [`BusEvent::Lagged`], so what was
+/// published meanwhile is read from the store. A subscription whose queue is
+/// full loses messages and gets `Lagged` before the next one it receives.
+/// Nothing here is the source of truth.
+#[derive(Clone)]
+pub struct RedisBus {
+    commands: Commands,
+    control: mpsc::Sender<Control>,
+    connected: Arc<AtomicBool>,
+    queue: usize,
+    next_id: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("connected", &self.connected.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+enum Control {
+    Subscribe {
+        document: DocumentId,
+        id: u64,
+        events: mpsc::Sender<BusEvent>,
+        done: oneshot::Sender<()>,
+    },
+    Unsubscribe {
+        document: DocumentId,
+        id: u64,
+    },
+}
+
+/// An envelope on the wire.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    origin: Uuid,
+    document: DocumentId,
+    message: BusMessage,
+}
+
+const PREFIX: &str = "relay:doc:";
+
+fn channel(document: DocumentId) -> String {
+    format!("{PREFIX}{document}")
+}
+
+impl RedisBus {
+    pub(super) fn start(client: redis::Client, commands: Commands, queue: usize) -> RedisBus {
+        let (control, rx) = mpsc::channel(1024);
+        let connected = Arc::new(AtomicBool::new(false));
+        tokio::spawn(subscriber(client, rx, connected.clone()));
+        RedisBus {
+            commands,
+            control,
+            connected,
+            queue: queue.max(1),
+            next_id: Default::default(),
+        }
+    }
+}
+
+/// Releases a subscription when it is dropped.
+struct Release {
+    control: mpsc::Sender<Control>,
+    document: DocumentId,
+    id: u64,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // If the control queue is full the subscriber task finds the
+        // closed queue later and forgets it then.
+        let _ = self.control.try_send(Control::Unsubscribe {
+            document: self.document,
+            id: self.id,
+        });
+    }
+}
+
+#[async_trait]
+impl FanOut for RedisBus {
+    async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+        let payload = serde_json::to_string(&Wire {
+            origin: envelope.origin.0,
+            document: envelope.document,
+            message: envelope.message,
+        })
+        .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let mut conn = self.commands.get();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel(envelope.document)).arg(payload);
+        let publish = cmd.query_async::<i64>(&mut conn);
+        match tokio::time::timeout(self.commands.call_timeout, publish).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::Unavailable("redis did not answer in time".into())),
+        }
+    }
+
+    async fn subscribe(&self, document: DocumentId) -> Result<Subscription, BusError> {
+        let (events, rx) = mpsc::channel(self.queue);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done, subscribed) = oneshot::channel();
+        self.control
+            .send(Control::Subscribe {
+                document,
+                id,
+                events,
+                done,
+            })
+            .await
+            .map_err(|_| BusError::Unavailable("the subscriber task stopped".into()))?;
+        // Subscribed once Redis confirmed it, so nothing published after
+        // this returns is missed; while Redis is down the subscription is
+        // made on reconnect (and starts with `Disconnected`).
+        let _ = tokio::time::timeout(self.commands.call_timeout, subscribed).await;
+        let release = Release {
+            control: self.control.clone(),
+            document,
+            id,
+        };
+        Ok(Subscription::new(rx, Some(Box::new(release))))
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        if !self.connected.load(Ordering::SeqCst) {
+            return Err(BusError::Unavailable(
+                "the pub/sub connection is down".into(),
+            ));
+        }
+        let mut conn = self.commands.get();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.commands.call_timeout, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::Unavailable("redis did not answer in time".into())),
+        }
+    }
+}
+
+/// One subscription as the subscriber task holds it.
+struct Subscriber {
+    id: u64,
+    events: mpsc::Sender<BusEvent>,
+    /// It missed events: `Lagged` goes first when there is room again.
+    lagged: bool,
+}
+
+impl Subscriber {
+    /// Delivers without waiting; `false` once the subscription is gone.
+    fn deliver(&mut self, event: BusEvent) -> bool {
+        use mpsc::error::TrySendError;
+        if self.lagged {
+            match self.events.try_send(BusEvent::Lagged) {
+                Ok(()) => self.lagged = false,
+                Err(TrySendError::Full(_)) => return true,
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        match self.events.try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.lagged = true;
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+type Subscribers = HashMap<DocumentId, Vec<Subscriber>>;
+
+fn deliver_all(subs: &mut Subscribers, document: Option<DocumentId>, event: &BusEvent) {
+    for (doc, list) in subs.iter_mut() {
+        if document.is_some_and(|d| d != *doc) {
+            continue;
+        }
+        list.retain_mut(|s| s.deliver(event.clone()));
+    }
+    subs.retain(|_, list| !list.is_empty());
+}
+
+/// The envelope in a pub/sub message, if it is one of ours.
+fn envelope(msg: &redis::Msg) -> Option<Envelope> {
+    let document = msg.get_channel_name().strip_prefix(PREFIX)?;
+    let wire: Wire = serde_json::from_slice(msg.get_payload_bytes()).ok()?;
+    if wire.document.to_string() != document {
+        return None;
+    }
+    Some(Envelope {
+        origin: InstanceId(wire.origin),
+        document: wire.document,
+        message: wire.message,
+    })
+}
+
+/// Waits `base` plus up to half of it again, so instances that lost Redis
+/// together do not all reconnect in the same instant.
+async fn pause(base: Duration) {
+    let jitter = rand::rng().random_range(0.0..0.5);
+    tokio::time::sleep(base.mul_f64(1.0 + jitter)).await;
+}
+
+/// Owns the pub/sub connection: subscribes and unsubscribes, routes
+/// messages, reconnects and resubscribes.
+async fn subscriber(
+    client: redis::Client,
+    mut control: mpsc::Receiver<Control>,
+    connected: Arc<AtomicBool>,
+) {
+    let mut subs: Subscribers = HashMap::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await;
+        let Ok(Ok(pubsub)) = pubsub else {
+            // Down: answer subscriptions at once (they start disconnected)
+            // while waiting to try again.
+            let wait = pause(backoff);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    c = control.recv() => match c {
+                        None => return,
+                        Some(c) => on_control_down(&mut subs, c),
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ok = true;
+        for document in subs.keys() {
+            if sink.subscribe(channel(*document)).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            pause(backoff).await;
+            continue;
+        }
+        connected.store(true, Ordering::SeqCst);
+        backoff = Duration::from_millis(50);
+        // Whatever was published while these were not subscribed (Redis
+        // was down, or they subscribed meanwhile) is in the store.
+        deliver_all(&mut subs, None, &BusEvent::Lagged);
+        loop {
+            tokio::select! {
+                c = control.recv() => match c {
+                    None => return,
+                    Some(Control::Subscribe { document, id, events, done }) => {
+                        let new = !subs.contains_key(&document);
+                        subs.entry(document).or_default().push(Subscriber { id, events, lagged: false });
+                        if new && sink.subscribe(channel(document)).await.is_err() {
+                            // Answered after the reconnect resubscribes it.
+                            let _ = done.send(());
+                            break;
+                        }
+                        let _ = done.send(());
+                    }
+                    Some(Control::Unsubscribe { document, id }) => {
+                        if let Some(list) = subs.get_mut(&document) {
+                            list.retain(|s| s.id != id);
+                            if list.is_empty() {
+                                subs.remove(&document);
+                                if sink.unsubscribe(channel(document)).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                },
+                m = stream.next() => match m {
+                    None => break,
+                    Some(msg) => {
+                        if let Some(env) = envelope(&msg) {
+                            let document = env.document;
+                            deliver_all(&mut subs, Some(document), &BusEvent::Message(env));
+                        }
+                    }
+                },
+            }
+        }
+        connected.store(false, Ordering::SeqCst);
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+        deliver_all(&mut subs, None, &BusEvent::Disconnected);
+    }
+}
+
+/// A control message while Redis is down.
+fn on_control_down(subs: &mut Subscribers, c: Control) {
+    match c {
+        Control::Subscribe {
+            document,
+            id,
+            events,
+            done,
+        } => {
+            let mut s = Subscriber {
+                id,
+                events,
+                lagged: false,
+            };
+            s.deliver(BusEvent::Disconnected);
+            subs.entry(document).or_default().push(s);
+            let _ = done.send(());
+        }
+        Control::Unsubscribe { document, id } => {
+            if let Some(list) = subs.get_mut(&document) {
+                list.retain(|s| s.id != id);
+                if list.is_empty() {
+                    subs.remove(&document);
+                }
+            }
+        }
+    }
+}
