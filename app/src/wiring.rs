@@ -9,6 +9,7 @@ use relay_adapters::memory::{
     ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, MemoryStore, TokioClock,
 };
 use relay_adapters::postgres::{PgPermissions, PgPool, PgStore, PoolSettings};
+use relay_adapters::redis::RedisSettings;
 use relay_ports::TokenVerifier;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,12 +129,14 @@ pub async fn ensure_schema(pool: &PgPool, run_migrations: bool) -> anyhow::Resul
 ///   see [`ensure_schema`]); PERMISSION_SOURCE=database reads roles there.
 /// - JWT_PUBLIC_KEY_URL set: tokens are verified against that JWKS;
 ///   otherwise against `dev` (development mode).
-/// - REDIS_URL: refused with the variable named until its adapter exists,
-///   rather than half-served.
+/// - REDIS_URL set: instances share ops and presence through Redis (the
+///   fan-out bus and the presence registry, REDIS_POOL_SIZE command
+///   connections, at most 8); it needs DATABASE_URL, since the store is
+///   what instances agree on.
 pub async fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wired> {
-    if config.redis_url.is_some() {
+    if config.redis_url.is_some() && config.database_url.is_none() {
         anyhow::bail!(
-            "REDIS_URL: this build of relay does not have the Redis adapter yet; unset it to run on one instance"
+            "REDIS_URL needs DATABASE_URL: several instances share a document through PostgreSQL (Redis only carries what was committed there)"
         );
     }
     let pool = pg_pool(&config)?;
@@ -196,6 +199,23 @@ pub async fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wire
             Box::pin(async move { relay_ports::OperationStore::ping(&*store).await.is_ok() })
         });
         checks.push(("database", check));
+    }
+    if let Some(url) = &config.redis_url {
+        let settings = RedisSettings {
+            connections: config.redis_pool_size.min(8),
+            ..RedisSettings::default()
+        };
+        let (bus, presence) = relay_adapters::redis::connect(url, settings)
+            .await
+            .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+        let bus = Arc::new(bus);
+        adapters.bus = bus.clone();
+        adapters.presence = Arc::new(presence);
+        let check: Check = Arc::new(move || {
+            let bus = bus.clone();
+            Box::pin(async move { relay_ports::FanOut::ping(&*bus).await.is_ok() })
+        });
+        checks.push(("redis", check));
     }
     Ok(Wired {
         relay: Relay::new(config, adapters, checks),

@@ -942,3 +942,55 @@ async fn while_the_bus_is_down_other_instances_ops_arrive_from_the_store() {
     let _fourth = commit_all(&b, &keys, document, "fourth", &["d"]).await;
     assert_eq!(receives_op(&mut watcher, poll * 5).await, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_last_message_is_found_in_the_store_once_the_bus_is_quiet() {
+    let keys = DevKeys::from_seed([12; 32]);
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let bus = Arc::new(ManualBus::default());
+    let clock = Arc::new(TokioClock::new());
+    let verifier = JwtVerifier::new(JwtConfig::default());
+    verifier.set_keys(keys.key_set());
+    let a = Relay::new(
+        Config::default(),
+        Adapters {
+            store: store.clone(),
+            bus: bus.clone(),
+            presence: Arc::new(MemoryPresence::new(clock.clone())),
+            permissions: Arc::new(ClaimsPermissions),
+            verifier: Arc::new(verifier),
+            metrics: Arc::new(MemoryMetrics::default()),
+            clock,
+        },
+        Vec::new(),
+    );
+    let b = relay_on(store.clone(), &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    let mut watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
+    let poll = Config::default().bus_down_poll;
+    // B commits two ops; the bus brings A the first only.
+    let _writer = commit_all(&b, &keys, document, "writer", &["a", "b"]).await;
+    let ops = store.read(document, Version::ZERO, 10).await.unwrap();
+    assert_eq!(ops.len(), 2);
+    bus.send(relay_ports::BusEvent::Message(relay_ports::Envelope {
+        origin: relay_ports::InstanceId(Uuid::new_v4()),
+        document,
+        message: relay_ports::BusMessage::Ops {
+            ops: vec![ops[0].clone()],
+        },
+    }))
+    .await;
+    assert_eq!(
+        receives_op(&mut watcher, Duration::from_millis(1)).await,
+        Some(Version::from(1)),
+        "from the bus"
+    );
+    assert_eq!(
+        receives_op(&mut watcher, poll * 2).await,
+        Some(Version::from(2)),
+        "from the store, once the bus was quiet"
+    );
+    // One read, not a poll: nothing more happens.
+    let _later = commit_all(&b, &keys, document, "later", &["c"]).await;
+    assert_eq!(receives_op(&mut watcher, poll * 5).await, None);
+}

@@ -34,7 +34,7 @@ use uuid::Uuid;
 pub struct RedisBus {
     commands: Commands,
     control: mpsc::Sender<Control>,
-    connected: Arc<AtomicBool>,
+    connected: tokio::sync::watch::Receiver<bool>,
     queue: usize,
     next_id: Arc<AtomicU64>,
 }
@@ -42,7 +42,7 @@ pub struct RedisBus {
 impl std::fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBus")
-            .field("connected", &self.connected.load(Ordering::Relaxed))
+            .field("connected", &*self.connected.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -77,8 +77,8 @@ fn channel(document: DocumentId) -> String {
 impl RedisBus {
     pub(super) fn start(client: redis::Client, commands: Commands, queue: usize) -> RedisBus {
         let (control, rx) = mpsc::channel(1024);
-        let connected = Arc::new(AtomicBool::new(false));
-        tokio::spawn(subscriber(client, rx, connected.clone()));
+        let (up, connected) = tokio::sync::watch::channel(false);
+        tokio::spawn(subscriber(client, rx, up));
         RedisBus {
             commands,
             control,
@@ -86,6 +86,14 @@ impl RedisBus {
             queue: queue.max(1),
             next_id: Default::default(),
         }
+    }
+
+    /// Waits (up to `wait`) for the pub/sub connection to be up.
+    pub(super) async fn connected_within(&self, wait: Duration) -> bool {
+        let mut connected = self.connected.clone();
+        tokio::time::timeout(wait, connected.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -153,7 +161,7 @@ impl FanOut for RedisBus {
     }
 
     async fn ping(&self) -> Result<(), BusError> {
-        if !self.connected.load(Ordering::SeqCst) {
+        if !*self.connected.borrow() {
             return Err(BusError::Unavailable(
                 "the pub/sub connection is down".into(),
             ));
@@ -173,25 +181,41 @@ impl FanOut for RedisBus {
 struct Subscriber {
     id: u64,
     events: mpsc::Sender<BusEvent>,
-    /// It missed events: `Lagged` goes first when there is room again.
-    lagged: bool,
+    /// Its queue overflowed and `Lagged` waits for room in it: until it is
+    /// queued, later events are dropped (they are in the store, which the
+    /// room reads when it gets `Lagged`).
+    lagging: Arc<AtomicBool>,
 }
 
 impl Subscriber {
+    fn new(id: u64, events: mpsc::Sender<BusEvent>) -> Self {
+        Subscriber {
+            id,
+            events,
+            lagging: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     /// Delivers without waiting; `false` once the subscription is gone.
     fn deliver(&mut self, event: BusEvent) -> bool {
         use mpsc::error::TrySendError;
-        if self.lagged {
-            match self.events.try_send(BusEvent::Lagged) {
-                Ok(()) => self.lagged = false,
-                Err(TrySendError::Full(_)) => return true,
-                Err(TrySendError::Closed(_)) => return false,
-            }
+        if self.events.is_closed() {
+            return false;
+        }
+        if self.lagging.load(Ordering::Acquire) {
+            return true;
         }
         match self.events.try_send(event) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                self.lagged = true;
+                // Told as soon as it reads again, even if nothing more is
+                // published.
+                self.lagging.store(true, Ordering::Release);
+                let (events, lagging) = (self.events.clone(), self.lagging.clone());
+                tokio::spawn(async move {
+                    let _ = events.send(BusEvent::Lagged).await;
+                    lagging.store(false, Ordering::Release);
+                });
                 true
             }
             Err(TrySendError::Closed(_)) => false,
@@ -237,7 +261,7 @@ async fn pause(base: Duration) {
 async fn subscriber(
     client: redis::Client,
     mut control: mpsc::Receiver<Control>,
-    connected: Arc<AtomicBool>,
+    connected: tokio::sync::watch::Sender<bool>,
 ) {
     let mut subs: Subscribers = HashMap::new();
     let mut backoff = Duration::from_millis(50);
@@ -272,7 +296,7 @@ async fn subscriber(
             pause(backoff).await;
             continue;
         }
-        connected.store(true, Ordering::SeqCst);
+        connected.send_replace(true);
         backoff = Duration::from_millis(50);
         // Whatever was published while these were not subscribed (Redis
         // was down, or they subscribed meanwhile) is in the store.
@@ -283,7 +307,7 @@ async fn subscriber(
                     None => return,
                     Some(Control::Subscribe { document, id, events, done }) => {
                         let new = !subs.contains_key(&document);
-                        subs.entry(document).or_default().push(Subscriber { id, events, lagged: false });
+                        subs.entry(document).or_default().push(Subscriber::new(id, events));
                         if new && sink.subscribe(channel(document)).await.is_err() {
                             // Answered after the reconnect resubscribes it.
                             let _ = done.send(());
@@ -314,7 +338,7 @@ async fn subscriber(
                 },
             }
         }
-        connected.store(false, Ordering::SeqCst);
+        connected.send_replace(false);
         tracing::warn!("redis pub/sub connection lost; reconnecting");
         deliver_all(&mut subs, None, &BusEvent::Disconnected);
     }
@@ -329,11 +353,7 @@ fn on_control_down(subs: &mut Subscribers, c: Control) {
             events,
             done,
         } => {
-            let mut s = Subscriber {
-                id,
-                events,
-                lagged: false,
-            };
+            let mut s = Subscriber::new(id, events);
             s.deliver(BusEvent::Disconnected);
             subs.entry(document).or_default().push(s);
             let _ = done.send(());

@@ -103,5 +103,8 @@ pub async fn connect(
     let client = redis::Client::open(url).map_err(|e| RedisError(e.to_string()))?;
     let commands = Commands::connect(&client, &settings).await?;
     let bus = RedisBus::start(client, commands.clone(), settings.queue);
+    if !bus.connected_within(settings.call_timeout).await {
+        return Err(RedisError("the pub/sub connection did not come up".into()));
+    }
     Ok((bus, RedisPresence::new(commands)))
 }

@@ -149,6 +149,9 @@ pub(crate) struct Room {
     /// bus is down (or this room has no subscription), when nothing else
     /// brings them.
     next_store_poll: Option<Instant>,
+    /// When the store's head is read once because the bus went quiet after
+    /// other instances' ops: a lost last message shows no gap on the bus.
+    settle_check: Option<Instant>,
 }
 
 /// Starts a room on the service's task tracker, supervised: a room that
@@ -304,6 +307,7 @@ impl Room {
             document,
             next_presence_refresh: Instant::now() + deps.presence_refresh(),
             next_store_poll: None,
+            settle_check: None,
             deps,
             seq,
             roster,
@@ -413,6 +417,9 @@ impl Room {
         if let Some(poll) = self.next_store_poll {
             consider(poll);
         }
+        if let Some(check) = self.settle_check {
+            consider(check);
+        }
         next
     }
 
@@ -444,6 +451,10 @@ impl Room {
         if Instant::now() >= self.next_presence_refresh {
             self.next_presence_refresh = Instant::now() + self.deps.presence_refresh();
             self.refresh_presence().await;
+        }
+        if self.settle_check.is_some_and(|c| Instant::now() >= c) {
+            self.settle_check = None;
+            self.catch_up_logged().await;
         }
         if self.next_store_poll.is_some_and(|p| Instant::now() >= p) {
             self.next_store_poll = Some(Instant::now() + self.deps.config.bus_down_poll);

@@ -10,6 +10,9 @@ impl Room {
         }
         match env.message {
             BusMessage::Ops { ops } => {
+                // Once the bus is quiet, check the store once: if the last
+                // message was lost, nothing on the bus would show the gap.
+                self.settle_check = Some(Instant::now() + self.deps.config.bus_down_poll);
                 let mut applied = Vec::new();
                 for op in ops {
                     if op.version <= self.seq.version() {

@@ -290,6 +290,7 @@ pub async fn a_subscriber_that_does_not_read_is_told_it_lagged<B, F, Fut>(
         .await
         {
             BusEvent::Lagged => return,
+            BusEvent::Disconnected => panic!("a reachable bus reported Disconnected"),
             BusEvent::Message(got) => {
                 let n = index_of(&got)
                     .filter(|&n| sent.get(n) == Some(&got))
