@@ -42,6 +42,10 @@ pub struct Config {
     pub auth_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// How long a presence entry lives without a refresh (instances
+    /// refresh theirs every third of it): a crashed instance's users are
+    /// gone from the others within it. Default 2 x heartbeat_timeout.
+    pub presence_ttl: Option<Duration>,
     pub cursor_throttle_ms: u64,
     pub typing_debounce_ms: u64,
     pub operation_batch_size: usize,
@@ -112,6 +116,10 @@ impl Config {
             auth_timeout: Duration::from_secs(r.positive("AUTH_TIMEOUT_SECS", "10")?),
             heartbeat_interval: Duration::from_secs(r.positive("HEARTBEAT_INTERVAL_SECS", "30")?),
             heartbeat_timeout: Duration::from_secs(r.positive("HEARTBEAT_TIMEOUT_SECS", "60")?),
+            presence_ttl: match get("PRESENCE_TTL_SECS") {
+                None => None,
+                Some(_) => Some(Duration::from_secs(r.positive("PRESENCE_TTL_SECS", "120")?)),
+            },
             cursor_throttle_ms: r.parse("CURSOR_THROTTLE_MS", "50")?,
             typing_debounce_ms: r.positive("TYPING_DEBOUNCE_MS", "500")?,
             operation_batch_size: r.positive("OPERATION_BATCH_SIZE", "100")?,

@@ -6,6 +6,7 @@
 //! The tests themselves are in `tests/tests/`.
 
 pub mod auth;
+pub mod instances;
 pub mod pg;
 
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -211,6 +212,17 @@ impl Conn {
         }
     }
 
+    /// Opens with `relay.v1` and no bearer; `None` if the server cannot be
+    /// reached or refuses.
+    pub async fn try_connect(url: &str) -> Option<Conn> {
+        let request = upgrade_request(url, &ConnectOptions::default());
+        let connect = tokio_tungstenite::connect_async_with_config(request, None, false);
+        match tokio::time::timeout(WAIT, connect).await {
+            Ok(Ok((ws, _))) => Some(Conn { ws }),
+            _ => None,
+        }
+    }
+
     /// Opens with `relay.v1` and no bearer; panics if refused.
     pub async fn connect(url: &str) -> Conn {
         match Conn::open(url, ConnectOptions::default()).await {
@@ -228,6 +240,11 @@ impl Conn {
 
     pub async fn send(&mut self, message: &ClientMessage) {
         self.send_text(message.encode()).await;
+    }
+
+    /// Sends, saying whether it could (the connection may be gone).
+    pub async fn try_send(&mut self, message: &ClientMessage) -> bool {
+        self.ws.send(Message::text(message.encode())).await.is_ok()
     }
 
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
@@ -367,6 +384,9 @@ pub struct Editor {
     /// delta as the server committed it: the in-flight delta rebased over
     /// everything received before the ack).
     pub log: BTreeMap<Version, CommittedOp>,
+    /// A submit on a dead connection is not a failure (the op stays in
+    /// flight and is re-sent on rejoin): for tests that kill servers.
+    pub lenient_sends: bool,
 }
 
 impl std::fmt::Debug for Editor {
@@ -386,7 +406,18 @@ impl Editor {
         client_id: &str,
         token: &str,
     ) -> Editor {
-        let mut conn = Conn::connect(&app.url(document)).await;
+        Editor::join_url(&app.url(document), document, user, client_id, token).await
+    }
+
+    /// [`Editor::join`] at a WebSocket URL (another process, say).
+    pub async fn join_url(
+        url: &str,
+        document: DocumentId,
+        user: Uuid,
+        client_id: &str,
+        token: &str,
+    ) -> Editor {
+        let mut conn = Conn::connect(url).await;
         conn.join(client_id, Some(token), None).await;
         let joined = conn.message().await;
         let ServerMessage::Joined {
@@ -411,6 +442,7 @@ impl Editor {
             acks: Vec::new(),
             errors: Vec::new(),
             log: BTreeMap::new(),
+            lenient_sends: false,
         }
     }
 
@@ -460,7 +492,11 @@ impl Editor {
             base: out.base,
             delta: out.delta,
         };
-        self.conn.send(&msg).await;
+        if self.lenient_sends {
+            self.conn.try_send(&msg).await;
+        } else {
+            self.conn.send(&msg).await;
+        }
     }
 
     /// A local edit; sends a submit if nothing is in flight.
@@ -515,6 +551,11 @@ impl Editor {
         let r = self.conn.try_recv()?;
         self.handle(&r).await;
         Some(r)
+    }
+
+    /// Handles a message received by other means (`conn.recv_within`).
+    pub async fn handle_received(&mut self, r: &Received) {
+        self.handle(r).await;
     }
 
     async fn handle(&mut self, r: &Received) {

@@ -1,0 +1,289 @@
+//! Test support for several Relay instances: real `relay` processes on
+//! their own ports sharing this test process's PostgreSQL database and a
+//! Redis server of the test's own (so it can be killed and restarted), with
+//! tokens from a JWKS server the test runs.
+
+use crate::auth::{JwksServer, Signer, claims};
+use crate::{HttpResponse, http_get};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// A free loopback port (bound and released: another process could take it
+/// in between, which the callers' start-up checks would show).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits until `addr` accepts TCP connections.
+async fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening on {addr}: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} is not listening on {addr} after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `redis-server` of the test's own on a free port, nothing on disk.
+#[derive(Debug)]
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            child: None,
+        };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Kills it at once (SIGKILL): every connection drops.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: it keeps nothing).
+    pub async fn restart(&mut self) {
+        self.kill();
+        let binary = which("redis-server").expect(
+            "redis-server is not installed: run .ci/services (it installs Debian's redis-server)",
+        );
+        let mut child = Command::new(binary)
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        wait_listening(self.addr(), "redis-server", &mut child).await;
+        self.child = Some(child);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([
+            "/usr/bin".into(),
+            "/usr/sbin".into(),
+            "/usr/local/bin".into(),
+        ])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The `relay` binary of this build profile: beside the test's own
+/// executable's directory when the workspace was built with
+/// `--all-targets`, otherwise built now.
+pub fn relay_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            // target/<profile>/deps/<test>
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>");
+            let binary = profile_dir.join("relay");
+            if !binary.is_file() {
+                let profile = profile_dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(|n| if n == "debug" { "dev" } else { n })
+                    .expect("profile name")
+                    .to_owned();
+                let status = Command::new(env!("CARGO"))
+                    .args(["build", "-p", "relay-app", "--bin", "relay", "--profile"])
+                    .arg(&profile)
+                    .status()
+                    .expect("cargo build relay");
+                assert!(status.success(), "building relay failed");
+            }
+            binary
+        })
+        .clone()
+}
+
+/// One `relay` process.
+#[derive(Debug)]
+pub struct Instance {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+}
+
+impl Instance {
+    pub fn url(&self, document: relay_domain::DocumentId) -> String {
+        format!("ws://{}/collab/{document}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> HttpResponse {
+        http_get(self.addr, path).await
+    }
+
+    /// `/ready`'s status and its `checks.redis`.
+    pub async fn redis_ready(&self) -> (u16, String) {
+        let r = self.get("/ready").await;
+        let check = r.json()["checks"]["redis"]
+            .as_str()
+            .unwrap_or("missing")
+            .to_owned();
+        (r.status, check)
+    }
+
+    /// SIGKILL: no shutdown, nothing flushed.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Starts it again on the same port with the same variables.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        let mut child = Command::new(relay_binary())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("RELAY_TEST_INSTANCE_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("start relay");
+        wait_listening(self.addr, &self.name, &mut child).await;
+        self.child = Some(child);
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Several instances on one database and one Redis.
+#[derive(Debug)]
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub instances: Vec<Instance>,
+    pub jwks: JwksServer,
+    pub signer: Signer,
+    pub database_url: String,
+}
+
+impl Cluster {
+    /// `n` instances; `extra` variables go to every one (after the
+    /// defaults, so they override them).
+    pub async fn start(n: usize, extra: &[(&str, &str)]) -> Cluster {
+        let redis = RedisServer::start().await;
+        Cluster::start_on(n, redis, extra).await
+    }
+
+    /// `n` instances on `redis`. Instance `i` reaches Redis at
+    /// `redis_urls(i)` when given (a proxy in front of Redis, say).
+    pub async fn start_on(n: usize, redis: RedisServer, extra: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with(n, redis, extra, |_| None).await
+    }
+
+    pub async fn start_with(
+        n: usize,
+        redis: RedisServer,
+        extra: &[(&str, &str)],
+        redis_url_of: impl Fn(usize) -> Option<String>,
+    ) -> Cluster {
+        let database_url = crate::pg::database_url();
+        let jwks = JwksServer::start("jwks-first.json").await;
+        let signer = Signer::fixture("rsa-a");
+        let mut instances = Vec::new();
+        for i in 0..n {
+            let port = free_port();
+            let mut env: Vec<(String, String)> = vec![
+                ("BIND_ADDRESS".into(), format!("127.0.0.1:{port}")),
+                ("METRICS_PORT".into(), free_port().to_string()),
+                ("DATABASE_URL".into(), database_url.clone()),
+                (
+                    "REDIS_URL".into(),
+                    redis_url_of(i).unwrap_or_else(|| redis.url()),
+                ),
+                ("JWT_PUBLIC_KEY_URL".into(), jwks.url()),
+                ("PERMISSION_SOURCE".into(), "claims".into()),
+                ("RUST_LOG".into(), "warn".into()),
+                ("TOKIO_WORKER_THREADS".into(), "2".into()),
+                ("DB_POOL_SIZE".into(), "4".into()),
+                ("REDIS_POOL_SIZE".into(), "2".into()),
+                ("SUBMIT_RATE_PER_SEC".into(), "10000".into()),
+                ("SUBMIT_BURST".into(), "10000".into()),
+            ];
+            for (k, v) in extra {
+                env.retain(|(key, _)| key != k);
+                env.push(((*k).into(), (*v).into()));
+            }
+            let mut instance = Instance {
+                name: format!("relay-{i}"),
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                child: None,
+                env,
+            };
+            instance.restart().await;
+            instances.push(instance);
+        }
+        Cluster {
+            redis,
+            instances,
+            jwks,
+            signer,
+            database_url,
+        }
+    }
+
+    /// An editor token for `user` on every document.
+    pub fn token(&self, user: Uuid) -> String {
+        self.signer.sign(&claims(user, json!({"*": "editor"})))
+    }
+}
