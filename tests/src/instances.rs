@@ -5,11 +5,16 @@
 
 use crate::auth::{JwksServer, Signer, claims};
 use crate::{HttpResponse, http_get};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 /// A free loopback port (bound and released: another process could take it
@@ -286,4 +291,127 @@ impl Cluster {
     pub fn token(&self, user: Uuid) -> String {
         self.signer.sign(&claims(user, json!({"*": "editor"})))
     }
+}
+
+/// A proxy in front of Redis that drops a share of the pub/sub messages
+/// Redis sends (whole RESP `message` pushes, so the connection stays
+/// well-formed): lost messages with no disconnection, which only a gap in
+/// versions (or the store) can reveal. Everything else passes unchanged.
+#[derive(Debug)]
+pub struct DroppingProxy {
+    pub addr: SocketAddr,
+    dropped: Arc<AtomicUsize>,
+    passed: Arc<AtomicUsize>,
+}
+
+impl DroppingProxy {
+    pub async fn start(target: SocketAddr, share: f64, seed: u64) -> DroppingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let passed = Arc::new(AtomicUsize::new(0));
+        let (d, p) = (dropped.clone(), passed.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                n += 1;
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (mut client_read, mut client_write) = client.into_split();
+                let (server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let (d, p) = (d.clone(), p.clone());
+                let mut rng = StdRng::seed_from_u64(seed.wrapping_add(n));
+                tokio::spawn(async move {
+                    let mut reader = tokio::io::BufReader::new(server_read);
+                    while let Ok((raw, is_message)) = read_frame(&mut reader).await {
+                        if is_message && rng.random_bool(share) {
+                            d.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        if is_message {
+                            p.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if client_write.write_all(&raw).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        DroppingProxy {
+            addr,
+            dropped,
+            passed,
+        }
+    }
+
+    /// Pub/sub messages dropped and passed so far.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.dropped.load(Ordering::Relaxed),
+            self.passed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One RESP frame as raw bytes, and whether it is a pub/sub `message`
+/// push.
+async fn read_frame<R: tokio::io::AsyncBufRead + Unpin + Send>(
+    r: &mut R,
+) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut raw = Vec::new();
+    let is_message = read_value(r, &mut raw, true).await?;
+    Ok((raw, is_message))
+}
+
+/// Reads one RESP value onto `raw`; for an array (or push), whether its
+/// first element is the bulk string `message`.
+fn read_value<'a, R: tokio::io::AsyncBufRead + Unpin>(
+    r: &'a mut R,
+    raw: &'a mut Vec<u8>,
+    top: bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<bool>> + Send + 'a>>
+where
+    R: Send,
+{
+    Box::pin(async move {
+        let start = raw.len();
+        if r.read_until(b'\n', raw).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = String::from_utf8_lossy(&raw[start..raw.len().saturating_sub(2)]).into_owned();
+        let (kind, rest) = line.split_at(1.min(line.len()));
+        let n: i64 = rest.parse().unwrap_or(0);
+        match kind {
+            "*" | ">" => {
+                let mut first_is_message = false;
+                for i in 0..n.max(0) {
+                    let at = raw.len();
+                    read_value(r, raw, false).await?;
+                    if i == 0 {
+                        first_is_message = raw[at..].ends_with(b"$7\r\nmessage\r\n");
+                    }
+                }
+                Ok(top && first_is_message)
+            }
+            "$" if n >= 0 => {
+                let at = raw.len();
+                raw.resize(at + n as usize + 2, 0);
+                r.read_exact(&mut raw[at..]).await?;
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    })
 }
