@@ -377,14 +377,11 @@ async fn read_frame<R: tokio::io::AsyncBufRead + Unpin + Send>(
 
 /// Reads one RESP value onto `raw`; for an array (or push), whether its
 /// first element is the bulk string `message`.
-fn read_value<'a, R: tokio::io::AsyncBufRead + Unpin>(
+fn read_value<'a, R: tokio::io::AsyncBufRead + Unpin + Send>(
     r: &'a mut R,
     raw: &'a mut Vec<u8>,
     top: bool,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<bool>> + Send + 'a>>
-where
-    R: Send,
-{
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<bool>> + Send + 'a>> {
     Box::pin(async move {
         let start = raw.len();
         if r.read_until(b'\n', raw).await? == 0 {
