@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,19 +113,18 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The `relay` binary of this build profile: beside the test's own
-/// executable's directory when the workspace was built with
-/// `--all-targets`, otherwise built now.
+/// The `relay` binary of this build profile: in `target/<profile>/` when
+/// the workspace was built with `--all-targets`, otherwise built now.
 pub fn relay_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let exe = std::env::current_exe().expect("current exe");
-            // target/<profile>/deps/<test>
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("target/<profile>");
+            // target/<profile>/deps/<test>, or target/<profile>/<bin>.
+            let mut profile_dir = exe.parent().expect("target/<profile>");
+            if profile_dir.file_name().is_some_and(|n| n == "deps") {
+                profile_dir = profile_dir.parent().expect("target/<profile>");
+            }
             let binary = profile_dir.join("relay");
             if !binary.is_file() {
                 let profile = profile_dir
@@ -144,6 +143,14 @@ pub fn relay_binary() -> PathBuf {
             binary
         })
         .clone()
+}
+
+static LOG_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// From now on, instances write their logs to `dir/<name>.log`
+/// (`RELAY_TEST_INSTANCE_LOGS=1` shows them on the test's stderr instead).
+pub fn log_to(dir: PathBuf) {
+    let _ = LOG_DIR.set(dir);
 }
 
 /// One `relay` process.
@@ -191,14 +198,26 @@ impl Instance {
     /// Starts it again on the same port with the same variables.
     pub async fn restart(&mut self) {
         self.kill9();
+        // Relay logs to stdout.
+        let (stdout, stderr) = match LOG_DIR.get() {
+            Some(dir) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("{}.log", self.name)))
+                    .expect("instance log file");
+                let copy = file.try_clone().expect("log file");
+                (Stdio::from(file), Stdio::from(copy))
+            }
+            None if std::env::var_os("RELAY_TEST_INSTANCE_LOGS").is_some() => {
+                (Stdio::inherit(), Stdio::inherit())
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
         let mut child = Command::new(relay_binary())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("RELAY_TEST_INSTANCE_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("start relay");
         wait_listening(self.addr, &self.name, &mut child).await;

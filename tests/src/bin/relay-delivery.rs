@@ -18,25 +18,20 @@
 //! The "nagle" rows bind the listener without TCP_NODELAY (what Relay did
 //! before it set it); the "nodelay" rows with it, as `relay` does now.
 
-use futures::{SinkExt, StreamExt};
 use relay_adapters::jwt::{DevKeys, TokenRequest};
 use relay_adapters::ws;
 use relay_app::config::Config;
 use relay_ports::CollaborationService;
-use relay_ports::protocol::{Role, ServerMessage};
-use std::collections::{BTreeMap, HashMap};
+use relay_ports::protocol::Role;
+use relay_tests::load::{Due, Samples, Typist, pct, type_open_loop};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// When each (client, seq) was due: the oldest edit it carries.
-type Due = Arc<Mutex<HashMap<(String, u64), Instant>>>;
 
 struct Args {
     clients: usize,
@@ -97,139 +92,6 @@ async fn serve(nodelay: bool, keys: &DevKeys) -> SocketAddr {
     addr
 }
 
-#[derive(Default)]
-struct Samples {
-    ack: Vec<Duration>,
-    delivery: Vec<Duration>,
-    edits: u64,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn client(
-    addr: SocketAddr,
-    document: Uuid,
-    name: String,
-    token: String,
-    rate: u32,
-    start: Instant,
-    until: Instant,
-    due: Due,
-) -> Samples {
-    let url = format!("ws://{addr}/collab/{document}");
-    let request = url.into_client_request().expect("request");
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect");
-    let join =
-        serde_json::json!({"type": "join", "client_id": name, "token": token, "since": null});
-    ws.send(Message::text(join.to_string()))
-        .await
-        .expect("join");
-    let mut version = loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                if let Ok(ServerMessage::Joined { version, .. }) = ServerMessage::decode(&t) {
-                    break version.get();
-                }
-            }
-            other => panic!("join failed: {other:?}"),
-        }
-    };
-    let mut samples = Samples::default();
-    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
-    // Clients start spread over one period, so edits do not come in waves.
-    let offset = period.mul_f64(rand::random::<f64>());
-    let mut next_due = start + offset;
-    let mut waiting: Vec<Instant> = Vec::new();
-    let mut inflight: Option<(u64, Instant)> = None;
-    let mut seq = 0u64;
-    loop {
-        let now = Instant::now();
-        if now >= until && inflight.is_none() {
-            break;
-        }
-        if inflight.is_none() && !waiting.is_empty() {
-            seq += 1;
-            let first = waiting[0];
-            let text = "a".repeat(waiting.len());
-            samples.edits += waiting.len() as u64;
-            waiting.clear();
-            due.lock().unwrap().insert((name.clone(), seq), first);
-            let submit = serde_json::json!({
-                "type": "submit", "seq": seq, "base": version, "delta": [{"insert": text}]
-            });
-            ws.send(Message::text(submit.to_string()))
-                .await
-                .expect("submit");
-            inflight = Some((seq, first));
-        }
-        let wake = if now < until {
-            tokio::time::Instant::from_std(next_due)
-        } else {
-            tokio::time::Instant::now() + Duration::from_secs(5)
-        };
-        tokio::select! {
-            _ = tokio::time::sleep_until(wake) => {
-                if Instant::now() < until {
-                    waiting.push(next_due);
-                    next_due += period;
-                }
-            }
-            frame = ws.next() => {
-                let Some(Ok(Message::Text(t))) = frame else { continue };
-                let arrived = Instant::now();
-                match ServerMessage::decode(&t) {
-                    Ok(ServerMessage::Ack { seq: s, version: v }) => {
-                        version = version.max(v.get());
-                        if let Some((q, first)) = inflight
-                            && q == s.get()
-                        {
-                            samples.ack.push(arrived - first);
-                            inflight = None;
-                        }
-                    }
-                    Ok(ServerMessage::Ops { ops }) => {
-                        let due = due.lock().unwrap();
-                        for op in ops {
-                            version = version.max(op.version.get());
-                            if let Some(at) = due.get(&(op.client_id.as_str().to_owned(), op.seq.get())) {
-                                samples.delivery.push(arrived.saturating_duration_since(*at));
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    // Deliveries of the last edits still on their way.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while let Some(Ok(Message::Text(t))) = ws.next().await {
-            let arrived = Instant::now();
-            if let Ok(ServerMessage::Ops { ops }) = ServerMessage::decode(&t) {
-                let due = due.lock().unwrap();
-                for op in ops {
-                    if let Some(at) = due.get(&(op.client_id.as_str().to_owned(), op.seq.get())) {
-                        samples
-                            .delivery
-                            .push(arrived.saturating_duration_since(*at));
-                    }
-                }
-            }
-        }
-    })
-    .await;
-    samples
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 async fn scenario(args: &Args, rate: u32, nodelay: bool) {
     let keys = DevKeys::from_seed([9; 32]);
     let addr = serve(nodelay, &keys).await;
@@ -249,26 +111,22 @@ async fn scenario(args: &Args, rate: u32, nodelay: bool) {
                 ttl_secs: 3600,
             })
             .expect("token");
-        tasks.push(tokio::spawn(client(
-            addr,
-            documents[i % documents.len()],
-            format!("c{i}"),
+        let typist = Typist {
+            url: format!("ws://{addr}/collab/{}", documents[i % documents.len()]),
+            instance: 0,
+            name: format!("c{i}"),
             token,
             rate,
             start,
             until,
-            due.clone(),
-        )));
+        };
+        tasks.push(tokio::spawn(type_open_loop(typist, due.clone())));
     }
     let mut all = Samples::default();
     for t in tasks {
-        let s = t.await.expect("client");
-        all.ack.extend(s.ack);
-        all.delivery.extend(s.delivery);
-        all.edits += s.edits;
+        all.merge(t.await.expect("client"));
     }
-    all.ack.sort();
-    all.delivery.sort();
+    all.sort();
     println!(
         "| {} | {rate} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
         if nodelay { "nodelay" } else { "nagle" },
