@@ -203,6 +203,8 @@ pub async fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wire
     if let Some(url) = &config.redis_url {
         let settings = RedisSettings {
             connections: config.redis_pool_size.min(8),
+            history_ops: config.operation_history_max.min(1000),
+            history_ttl: config.operation_history_ttl,
             ..RedisSettings::default()
         };
         let (bus, presence) = relay_adapters::redis::connect(url, settings)

@@ -844,6 +844,8 @@ async fn a_store_behind_the_room_reopens_the_document_from_the_store() {
 #[derive(Default)]
 struct ManualBus {
     subscribers: std::sync::Mutex<Vec<tokio::sync::mpsc::Sender<relay_ports::BusEvent>>>,
+    /// What `recent` answers from.
+    history: std::sync::Mutex<Vec<CommittedOp>>,
 }
 
 impl ManualBus {
@@ -870,6 +872,23 @@ impl relay_ports::FanOut for ManualBus {
     }
     async fn ping(&self) -> Result<(), relay_ports::BusError> {
         Ok(())
+    }
+    async fn recent(
+        &self,
+        _: DocumentId,
+        after: Version,
+        through: Version,
+    ) -> Result<Option<Vec<CommittedOp>>, relay_ports::BusError> {
+        let ops: Vec<CommittedOp> = self
+            .history
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| o.version > after && o.version <= through)
+            .cloned()
+            .collect();
+        let whole = ops.len() as u64 == through.get() - after.get();
+        Ok(whole.then_some(ops))
     }
 }
 
@@ -993,4 +1012,68 @@ async fn a_lost_last_message_is_found_in_the_store_once_the_bus_is_quiet() {
     // One read, not a poll: nothing more happens.
     let _later = commit_all(&b, &keys, document, "later", &["c"]).await;
     assert_eq!(receives_op(&mut watcher, poll * 5).await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gap_on_the_bus_is_filled_from_the_bus_history_without_the_store() {
+    let keys = DevKeys::from_seed([13; 32]);
+    // The store never has these ops: they can only come from the bus.
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let bus = Arc::new(ManualBus::default());
+    let clock = Arc::new(TokioClock::new());
+    let verifier = JwtVerifier::new(JwtConfig::default());
+    verifier.set_keys(keys.key_set());
+    let a = Relay::new(
+        Config::default(),
+        Adapters {
+            store,
+            bus: bus.clone(),
+            presence: Arc::new(MemoryPresence::new(clock.clone())),
+            permissions: Arc::new(ClaimsPermissions),
+            verifier: Arc::new(verifier),
+            metrics: Arc::new(MemoryMetrics::default()),
+            clock,
+        },
+        Vec::new(),
+    );
+    let document = DocumentId::new(Uuid::new_v4());
+    let mut watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
+    let op = |v: u64, text: &str| {
+        let mut delta = Delta::new();
+        delta.retain(v as usize - 1).insert(text);
+        CommittedOp {
+            version: Version::new(v).unwrap(),
+            user: UserId::new(Uuid::new_v4()),
+            client_id: ClientId::new("elsewhere").unwrap(),
+            seq: Seq::new(v).unwrap(),
+            delta,
+        }
+    };
+    bus.history.lock().unwrap().extend([op(1, "a"), op(2, "b")]);
+    // Version 1's message was lost; version 2's arrives.
+    bus.send(relay_ports::BusEvent::Message(relay_ports::Envelope {
+        origin: relay_ports::InstanceId(Uuid::new_v4()),
+        document,
+        message: relay_ports::BusMessage::Ops {
+            ops: vec![op(2, "b")],
+        },
+    }))
+    .await;
+    assert_eq!(
+        receives_op(&mut watcher, Duration::from_millis(1)).await,
+        Some(Version::from(2)),
+        "both, in one message, without the store"
+    );
+    let mut late = join_as(&a, &keys, Uuid::new_v4(), document, "late", None).await;
+    match next(&mut late.outbound).await {
+        ServerMessage::Joined {
+            version, content, ..
+        } => {
+            assert_eq!(version, Version::from(2));
+            let mut expected = Delta::new();
+            expected.insert("ab");
+            assert_eq!(content, Some(expected));
+        }
+        other => panic!("expected joined, got {other:?}"),
+    }
 }

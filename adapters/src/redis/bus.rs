@@ -4,7 +4,7 @@ use super::Commands;
 use async_trait::async_trait;
 use futures::StreamExt;
 use rand::Rng;
-use relay_domain::DocumentId;
+use relay_domain::{CommittedOp, DocumentId, Version};
 use relay_ports::{BusError, BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subscription};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -30,6 +30,12 @@ use uuid::Uuid;
 /// published meanwhile is read from the store. A subscription whose queue is
 /// full loses messages and gets `Lagged` before the next one it receives.
 /// Nothing here is the source of truth.
+///
+/// The ops of each document are also kept, by version, in a sorted set
+/// `relay:ops:<uuid>` (written in the publish's transaction; at most
+/// `history_ops`, none over `history_op_bytes`, expiring `history_ttl`
+/// after the last publish), so a room that sees a gap fills it from
+/// [`FanOut::recent`] before going to PostgreSQL.
 #[derive(Clone)]
 pub struct RedisBus {
     commands: Commands,
@@ -37,6 +43,15 @@ pub struct RedisBus {
     connected: tokio::sync::watch::Receiver<bool>,
     queue: usize,
     next_id: Arc<AtomicU64>,
+    history: History,
+}
+
+/// What the bus keeps of each document's recent ops.
+#[derive(Clone, Copy, Debug)]
+struct History {
+    ops: usize,
+    op_bytes: usize,
+    ttl_ms: u64,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -74,8 +89,28 @@ fn channel(document: DocumentId) -> String {
     format!("{PREFIX}{document}")
 }
 
+fn history_key(document: DocumentId) -> String {
+    format!("relay:ops:{document}")
+}
+
+async fn query<T: redis::FromRedisValue>(
+    commands: &Commands,
+    pipe: &redis::Pipeline,
+) -> Result<T, BusError> {
+    let mut conn = commands.get();
+    match tokio::time::timeout(commands.call_timeout, pipe.query_async::<T>(&mut conn)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+        Err(_) => Err(BusError::Unavailable("redis did not answer in time".into())),
+    }
+}
+
 impl RedisBus {
-    pub(super) fn start(client: redis::Client, commands: Commands, queue: usize) -> RedisBus {
+    pub(super) fn start(
+        client: redis::Client,
+        commands: Commands,
+        settings: &super::RedisSettings,
+    ) -> RedisBus {
         let (control, rx) = mpsc::channel(1024);
         let (up, connected) = tokio::sync::watch::channel(false);
         tokio::spawn(subscriber(client, rx, up));
@@ -83,8 +118,13 @@ impl RedisBus {
             commands,
             control,
             connected,
-            queue: queue.max(1),
+            queue: settings.queue.max(1),
             next_id: Default::default(),
+            history: History {
+                ops: settings.history_ops,
+                op_bytes: settings.history_op_bytes,
+                ttl_ms: u64::try_from(settings.history_ttl.as_millis()).unwrap_or(u64::MAX),
+            },
         }
     }
 
@@ -118,21 +158,84 @@ impl Drop for Release {
 #[async_trait]
 impl FanOut for RedisBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+        let document = envelope.document;
+        let mut pipe = redis::pipe();
+        // Ops are kept (by version) in the same transaction as the publish,
+        // so a subscriber that sees a message finds every op before it kept
+        // too (unless too large or trimmed).
+        if let BusMessage::Ops { ops } = &envelope.message
+            && self.history.ops > 0
+        {
+            let key = history_key(document);
+            pipe.atomic();
+            for op in ops {
+                let json =
+                    serde_json::to_string(op).map_err(|e| BusError::Unavailable(e.to_string()))?;
+                if json.len() <= self.history.op_bytes {
+                    pipe.cmd("ZADD")
+                        .arg(&key)
+                        .arg(op.version.get())
+                        .arg(json)
+                        .ignore();
+                }
+            }
+            let keep = i64::try_from(self.history.ops).unwrap_or(i64::MAX);
+            pipe.cmd("ZREMRANGEBYRANK")
+                .arg(&key)
+                .arg(0)
+                .arg(-keep - 1)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(self.history.ttl_ms)
+                .ignore();
+        }
         let payload = serde_json::to_string(&Wire {
             origin: envelope.origin.0,
-            document: envelope.document,
+            document,
             message: envelope.message,
         })
         .map_err(|e| BusError::Unavailable(e.to_string()))?;
-        let mut conn = self.commands.get();
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(channel(envelope.document)).arg(payload);
-        let publish = cmd.query_async::<i64>(&mut conn);
-        match tokio::time::timeout(self.commands.call_timeout, publish).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
-            Err(_) => Err(BusError::Unavailable("redis did not answer in time".into())),
+        pipe.cmd("PUBLISH").arg(channel(document)).arg(payload);
+        query::<(i64,)>(&self.commands, &pipe).await.map(|_| ())
+    }
+
+    async fn recent(
+        &self,
+        document: DocumentId,
+        after: Version,
+        through: Version,
+    ) -> Result<Option<Vec<CommittedOp>>, BusError> {
+        if through <= after {
+            return Ok(Some(Vec::new()));
         }
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZRANGE")
+            .arg(history_key(document))
+            .arg(after.get().saturating_add(1))
+            .arg(through.get())
+            .arg("BYSCORE");
+        let (kept,): (Vec<String>,) = query(&self.commands, &pipe).await?;
+        let mut ops = Vec::with_capacity(kept.len());
+        let mut expected = after.next();
+        for json in kept {
+            let Ok(op) = serde_json::from_str::<CommittedOp>(&json) else {
+                return Ok(None);
+            };
+            // The same version twice (a re-publish) is the same op.
+            if ops
+                .last()
+                .is_some_and(|o: &CommittedOp| o.version == op.version)
+            {
+                continue;
+            }
+            if Some(op.version) != expected {
+                return Ok(None);
+            }
+            expected = op.version.next();
+            ops.push(op);
+        }
+        Ok((ops.last().map(|o| o.version) == Some(through)).then_some(ops))
     }
 
     async fn subscribe(&self, document: DocumentId) -> Result<Subscription, BusError> {

@@ -9,7 +9,9 @@
 //! # Layout
 //!
 //! - `bus`: [`RedisBus`] - one channel per open document, one pub/sub
-//!   connection per instance that resubscribes after every reconnect.
+//!   connection per instance that resubscribes after every reconnect, and
+//!   the recent ops of each document (bounded in count, size and time) for
+//!   filling a gap without reading PostgreSQL.
 //! - `presence`: [`RedisPresence`] - entries per (document, client) that
 //!   expire unless refreshed.
 
@@ -33,6 +35,15 @@ pub struct RedisSettings {
     pub call_timeout: Duration,
     /// Events one subscription holds before it is told it lagged.
     pub queue: usize,
+    /// Recent ops kept per document for catch-up (a sorted set by
+    /// version): at most this many...
+    pub history_ops: usize,
+    /// ...none larger than this as JSON (a larger one is not kept, and a
+    /// catch-up across it reads the store)...
+    pub history_op_bytes: usize,
+    /// ...for this long after the document's last publish
+    /// (OPERATION_HISTORY_TTL).
+    pub history_ttl: Duration,
 }
 
 impl Default for RedisSettings {
@@ -41,6 +52,9 @@ impl Default for RedisSettings {
             connections: 2,
             call_timeout: Duration::from_secs(2),
             queue: 1024,
+            history_ops: 500,
+            history_op_bytes: 8192,
+            history_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -102,7 +116,7 @@ pub async fn connect(
 ) -> Result<(RedisBus, RedisPresence), RedisError> {
     let client = redis::Client::open(url).map_err(|e| RedisError(e.to_string()))?;
     let commands = Commands::connect(&client, &settings).await?;
-    let bus = RedisBus::start(client, commands.clone(), settings.queue);
+    let bus = RedisBus::start(client, commands.clone(), &settings);
     if !bus.connected_within(settings.call_timeout).await {
         return Err(RedisError("the pub/sub connection did not come up".into()));
     }

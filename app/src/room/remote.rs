@@ -18,8 +18,10 @@ impl Room {
                     if op.version <= self.seq.version() {
                         continue;
                     }
-                    if Some(op.version) != self.seq.version().next() {
-                        // A gap: the store has what we missed (and this op).
+                    if Some(op.version) != self.seq.version().next()
+                        && !self.fill_gap_from_bus(op.version, &mut applied).await
+                    {
+                        // The store has what we missed (and this op).
                         self.committed(&applied, false).await;
                         self.catch_up_logged().await;
                         return;
@@ -80,6 +82,46 @@ impl Room {
                 );
             }
         }
+    }
+
+    /// A gap before `next`: the ops between come from the bus's recent
+    /// history if it holds them all (applied onto `applied`); `false` if
+    /// it does not (the caller reads the store).
+    async fn fill_gap_from_bus(
+        &mut self,
+        next: relay_domain::Version,
+        applied: &mut Vec<relay_domain::CommittedOp>,
+    ) -> bool {
+        let Some(through) = next
+            .get()
+            .checked_sub(1)
+            .and_then(|v| relay_domain::Version::new(v).ok())
+        else {
+            return false;
+        };
+        let ops = match self
+            .deps
+            .bus
+            .recent(self.document, self.seq.version(), through)
+            .await
+        {
+            Ok(Some(ops)) => ops,
+            Ok(None) => return false,
+            Err(e) => {
+                debug!(document = %self.document, error = %e, "bus history unavailable; reading the store");
+                return false;
+            }
+        };
+        for op in ops {
+            match self.seq.apply_remote(op, self.now()) {
+                Ok(_) => applied.extend(self.seq.last_committed().cloned()),
+                Err(e) => {
+                    warn!(document = %self.document, error = %e, "an op from the bus history was refused; reading the store");
+                    return false;
+                }
+            }
+        }
+        Some(next) == self.seq.version().next()
     }
 
     pub(super) fn rebase_entry(&self, entry: &mut PresenceEntry) {
