@@ -534,3 +534,117 @@ async fn a_share_of_pub_sub_messages_dropped_on_the_way_to_one_instance_is_repai
         "the proxy dropped nothing: the test proves nothing"
     );
 }
+
+/// Messages `conn` receives within `wait` (closes end it).
+async fn collect(conn: &mut Conn, wait: Duration) -> Vec<ServerMessage> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match conn.recv_within(left).await {
+            Some(Received::Message(m)) => got.push(m),
+            _ => return got,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_crosses_instances_with_throttling_and_debounce_intact() {
+    use relay_domain::{ClientId, Seq};
+    use relay_ports::ClientMessage;
+    let cluster = Cluster::start(2, &[]).await;
+    let document = new_document();
+    let (ua, ub) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut a = Conn::connect(&cluster.instances[0].url(document)).await;
+    a.join("tab-a", Some(&cluster.token(ua)), None).await;
+    assert!(matches!(a.message().await, ServerMessage::Joined { .. }));
+    let mut b = Conn::connect(&cluster.instances[1].url(document)).await;
+    b.join("tab-b", Some(&cluster.token(ub)), None).await;
+    match b.message().await {
+        ServerMessage::Joined { presence, .. } => assert!(
+            presence.iter().any(|e| e.client_id.as_str() == "tab-a"),
+            "B's join lists A, on the other instance: {presence:?}"
+        ),
+        other => panic!("expected joined, got {other:?}"),
+    }
+    // (`until` fails the test if it never comes.)
+    a.until(|m| match m {
+        ServerMessage::Presence { joined, .. } => joined
+            .iter()
+            .any(|e| e.client_id.as_str() == "tab-b")
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+
+    // Text to put carets in, then a burst of 100 cursors from A.
+    let mut hello = Delta::new();
+    hello.insert("hello");
+    a.send(&ClientMessage::Submit {
+        seq: Seq::new(1).unwrap(),
+        base: Version::ZERO,
+        delta: hello,
+    })
+    .await;
+    a.until(|m| matches!(m, ServerMessage::Ack { .. }).then_some(()))
+        .await;
+    for i in 0..100usize {
+        let at = if i == 99 { 5 } else { i % 5 };
+        a.send(&ClientMessage::Cursor {
+            version: Version::from(1),
+            selection: Some((at, at)),
+        })
+        .await;
+    }
+    // And typing ten times in a row.
+    for _ in 0..10 {
+        a.send(&ClientMessage::Typing).await;
+    }
+    let got = collect(&mut b, Duration::from_millis(1500)).await;
+    let cursors: Vec<(Option<usize>, Option<usize>)> = got
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Cursor {
+                client_id,
+                anchor,
+                head,
+                ..
+            } if client_id.as_str() == "tab-a" => Some((*anchor, *head)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !cursors.is_empty() && cursors.len() <= 5,
+        "100 cursors in a burst reach the other instance throttled: {cursors:?}"
+    );
+    assert_eq!(
+        cursors.last(),
+        Some(&(Some(5), Some(5))),
+        "the latest one last"
+    );
+    let typing: Vec<bool> = got
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Typing {
+                client_id, active, ..
+            } if client_id.as_str() == "tab-a" => Some(*active),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        typing,
+        vec![true, false],
+        "ten typing signals: one start, one stop after the debounce"
+    );
+
+    // A leaves: B, on the other instance, is told.
+    a.send(&ClientMessage::Leave).await;
+    b.until(|m| match m {
+        ServerMessage::Presence { left, .. } => left
+            .iter()
+            .any(|d| d.client_id == ClientId::new("tab-a").unwrap())
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+}
