@@ -459,9 +459,14 @@ async fn redis_restarted_and_down_for_seconds_loses_nothing_and_ready_recovers()
     for i in &cluster.instances {
         flipped.push(wait_ready(i, 503, "error").await);
     }
-    let mut sessions = typing.await.expect("typing");
-    // While Redis is still down, everyone converges (store polling).
+    let sessions = typing.await.expect("typing");
+    // Still down: more editing, and everyone converges (store polling).
+    let mut sessions = type_all(sessions, 40, 0).await;
     assert_converged(&cluster, document, &mut sessions).await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "Redis was still down throughout"
+    );
     // Down for 10 s in all.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(killed.elapsed())).await;
     cluster.redis.restart().await;
