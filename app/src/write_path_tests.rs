@@ -913,22 +913,7 @@ async fn while_the_bus_is_down_other_instances_ops_arrive_from_the_store() {
     let keys = DevKeys::from_seed([11; 32]);
     let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
     let bus = Arc::new(ManualBus::default());
-    let clock = Arc::new(TokioClock::new());
-    let verifier = JwtVerifier::new(JwtConfig::default());
-    verifier.set_keys(keys.key_set());
-    let a = Relay::new(
-        Config::default(),
-        Adapters {
-            store: store.clone(),
-            bus: bus.clone(),
-            presence: Arc::new(MemoryPresence::new(clock.clone())),
-            permissions: Arc::new(ClaimsPermissions),
-            verifier: Arc::new(verifier),
-            metrics: Arc::new(MemoryMetrics::default()),
-            clock,
-        },
-        Vec::new(),
-    );
+    let a = relay_on_bus(store.clone(), bus.clone(), &keys);
     let b = relay_on(store, &keys);
     let document = DocumentId::new(Uuid::new_v4());
     let mut watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
@@ -967,22 +952,7 @@ async fn a_lost_last_message_is_found_in_the_store_once_the_bus_is_quiet() {
     let keys = DevKeys::from_seed([12; 32]);
     let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
     let bus = Arc::new(ManualBus::default());
-    let clock = Arc::new(TokioClock::new());
-    let verifier = JwtVerifier::new(JwtConfig::default());
-    verifier.set_keys(keys.key_set());
-    let a = Relay::new(
-        Config::default(),
-        Adapters {
-            store: store.clone(),
-            bus: bus.clone(),
-            presence: Arc::new(MemoryPresence::new(clock.clone())),
-            permissions: Arc::new(ClaimsPermissions),
-            verifier: Arc::new(verifier),
-            metrics: Arc::new(MemoryMetrics::default()),
-            clock,
-        },
-        Vec::new(),
-    );
+    let a = relay_on_bus(store.clone(), bus.clone(), &keys);
     let b = relay_on(store.clone(), &keys);
     let document = DocumentId::new(Uuid::new_v4());
     let mut watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
@@ -1020,22 +990,7 @@ async fn a_gap_on_the_bus_is_filled_from_the_bus_history_without_the_store() {
     // The store never has these ops: they can only come from the bus.
     let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
     let bus = Arc::new(ManualBus::default());
-    let clock = Arc::new(TokioClock::new());
-    let verifier = JwtVerifier::new(JwtConfig::default());
-    verifier.set_keys(keys.key_set());
-    let a = Relay::new(
-        Config::default(),
-        Adapters {
-            store,
-            bus: bus.clone(),
-            presence: Arc::new(MemoryPresence::new(clock.clone())),
-            permissions: Arc::new(ClaimsPermissions),
-            verifier: Arc::new(verifier),
-            metrics: Arc::new(MemoryMetrics::default()),
-            clock,
-        },
-        Vec::new(),
-    );
+    let a = relay_on_bus(store, bus.clone(), &keys);
     let document = DocumentId::new(Uuid::new_v4());
     let mut watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
     let op = |v: u64, text: &str| {
@@ -1076,4 +1031,63 @@ async fn a_gap_on_the_bus_is_filled_from_the_bus_history_without_the_store() {
         }
         other => panic!("expected joined, got {other:?}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_join_beyond_the_room_catches_up_from_the_bus_history_first() {
+    let keys = DevKeys::from_seed([14; 32]);
+    // The store never has these ops: the catch-up can only come from the bus.
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let bus = Arc::new(ManualBus::default());
+    let a = relay_on_bus(store, bus.clone(), &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    let _watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
+    let op = |v: u64, text: &str| {
+        let mut delta = Delta::new();
+        delta.retain(v as usize - 1).insert(text);
+        CommittedOp {
+            version: Version::new(v).unwrap(),
+            user: UserId::new(Uuid::new_v4()),
+            client_id: ClientId::new("elsewhere").unwrap(),
+            seq: Seq::new(v).unwrap(),
+            delta,
+        }
+    };
+    bus.history.lock().unwrap().extend([op(1, "a"), op(2, "b")]);
+    // A client that saw version 2 on another instance moves here.
+    let mut moved = join_as(
+        &a,
+        &keys,
+        Uuid::new_v4(),
+        document,
+        "mover",
+        Some(Version::from(2)),
+    )
+    .await;
+    match next(&mut moved.outbound).await {
+        ServerMessage::Joined { version, ops, .. } => {
+            assert_eq!(version, Version::from(2));
+            assert_eq!(ops.map(|o| o.len()), Some(0));
+        }
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
+
+fn relay_on_bus(store: Arc<dyn OperationStore>, bus: Arc<ManualBus>, keys: &DevKeys) -> Relay {
+    let clock = Arc::new(TokioClock::new());
+    let verifier = JwtVerifier::new(JwtConfig::default());
+    verifier.set_keys(keys.key_set());
+    Relay::new(
+        Config::default(),
+        Adapters {
+            store,
+            bus,
+            presence: Arc::new(MemoryPresence::new(clock.clone())),
+            permissions: Arc::new(ClaimsPermissions),
+            verifier: Arc::new(verifier),
+            metrics: Arc::new(MemoryMetrics::default()),
+            clock,
+        },
+        Vec::new(),
+    )
 }

@@ -14,8 +14,9 @@ impl Room {
         // A client that saw versions this room has not (on another
         // instance): the store is the source of truth, catch up first so the
         // document never goes backwards for it.
-        if since.is_some_and(|v| v > self.seq.version())
-            && let Err(e) = self.catch_up().await
+        if let Some(since) = since
+            && since > self.seq.version()
+            && let Err(e) = self.catch_up_to(since).await
         {
             warn!(document = %self.document, error = %e, "cannot catch up to a joining client's version");
         }
@@ -175,6 +176,56 @@ impl Room {
             found.extend(applied.iter().filter(|op| mine(op)).cloned());
             self.committed(&applied, false).await;
         }
+    }
+
+    /// Catches up to at least `target` (a version a client or the store
+    /// showed): from the bus's recent ops when it holds every one up to
+    /// it, else from the store.
+    pub(super) async fn catch_up_to(&mut self, target: Version) -> Result<(), StoreError> {
+        let mut applied = Vec::new();
+        let from_bus = self.apply_from_bus(target, &mut applied).await;
+        self.committed(&applied, false).await;
+        if from_bus {
+            return Ok(());
+        }
+        self.catch_up().await
+    }
+
+    /// Applies the ops after the room's version through `through` from the
+    /// bus's recent history, onto `applied`; whether the room reached
+    /// `through` (if not, the store has the rest).
+    pub(super) async fn apply_from_bus(
+        &mut self,
+        through: Version,
+        applied: &mut Vec<CommittedOp>,
+    ) -> bool {
+        if through <= self.seq.version() {
+            return true;
+        }
+        let ops = match self
+            .deps
+            .bus
+            .recent(self.document, self.seq.version(), through)
+            .await
+        {
+            Ok(Some(ops)) => ops,
+            Ok(None) => return false,
+            Err(e) => {
+                debug!(document = %self.document, error = %e, "bus history unavailable; reading the store");
+                return false;
+            }
+        };
+        for op in ops {
+            match self.seq.apply_remote(op, self.deps.clock.now()) {
+                Ok(true) => applied.extend(self.seq.last_committed().cloned()),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(document = %self.document, error = %e, "an op from the bus history was refused; reading the store");
+                    return false;
+                }
+            }
+        }
+        self.seq.version() >= through
     }
 
     pub(super) async fn catch_up_logged(&mut self) {

@@ -99,29 +99,7 @@ impl Room {
         else {
             return false;
         };
-        let ops = match self
-            .deps
-            .bus
-            .recent(self.document, self.seq.version(), through)
-            .await
-        {
-            Ok(Some(ops)) => ops,
-            Ok(None) => return false,
-            Err(e) => {
-                debug!(document = %self.document, error = %e, "bus history unavailable; reading the store");
-                return false;
-            }
-        };
-        for op in ops {
-            match self.seq.apply_remote(op, self.now()) {
-                Ok(_) => applied.extend(self.seq.last_committed().cloned()),
-                Err(e) => {
-                    warn!(document = %self.document, error = %e, "an op from the bus history was refused; reading the store");
-                    return false;
-                }
-            }
-        }
-        Some(next) == self.seq.version().next()
+        self.apply_from_bus(through, applied).await && Some(next) == self.seq.version().next()
     }
 
     pub(super) fn rebase_entry(&self, entry: &mut PresenceEntry) {

@@ -109,8 +109,10 @@ impl Room {
         // A base the room has not reached: another instance committed
         // versions this one has not seen. The store is the source of truth:
         // catch up before judging it `future_base`.
-        if batch.iter().any(|p| p.submission.base > self.seq.version())
-            && let Err(e) = self.catch_up().await
+        let furthest = batch.iter().map(|p| p.submission.base).max();
+        if let Some(base) = furthest
+            && base > self.seq.version()
+            && let Err(e) = self.catch_up_to(base).await
         {
             let (ahead, rest): (Vec<Pending>, Vec<Pending>) = batch
                 .into_iter()
@@ -184,10 +186,14 @@ impl Room {
                     self.reopen();
                     return;
                 }
-                Ok(Append::Conflict { .. }) | Ok(Append::Duplicate { .. }) => {
+                Ok(outcome @ (Append::Conflict { .. } | Append::Duplicate { .. })) => {
                     self.seq.abort_pending();
                     debug!(document = %self.document, attempt, "lost the race for a version; catching up");
-                    if let Err(e) = self.catch_up().await {
+                    let caught_up = match outcome {
+                        Append::Conflict { current } => self.catch_up_to(current).await,
+                        _ => self.catch_up().await,
+                    };
+                    if let Err(e) = caught_up {
                         self.fail(&proposed, ErrorCode::Unavailable, &format!("storage: {e}"));
                         return;
                     }
