@@ -846,6 +846,9 @@ struct ManualBus {
     subscribers: std::sync::Mutex<Vec<tokio::sync::mpsc::Sender<relay_ports::BusEvent>>>,
     /// What `recent` answers from.
     history: std::sync::Mutex<Vec<CommittedOp>>,
+    /// Publishing never returns (a bus that stopped answering), counted.
+    stalled: std::sync::atomic::AtomicBool,
+    publishes: std::sync::atomic::AtomicUsize,
 }
 
 impl ManualBus {
@@ -860,6 +863,11 @@ impl ManualBus {
 #[async_trait::async_trait]
 impl relay_ports::FanOut for ManualBus {
     async fn publish(&self, _: relay_ports::Envelope) -> Result<(), relay_ports::BusError> {
+        use std::sync::atomic::Ordering;
+        self.publishes.fetch_add(1, Ordering::SeqCst);
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         Ok(())
     }
     async fn subscribe(
@@ -1090,4 +1098,33 @@ fn relay_on_bus(store: Arc<dyn OperationStore>, bus: Arc<ManualBus>, keys: &DevK
         },
         Vec::new(),
     )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bus_that_stops_answering_never_holds_up_commits() {
+    let keys = DevKeys::from_seed([15; 32]);
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let bus = Arc::new(ManualBus::default());
+    bus.stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+    let a = relay_on_bus(store.clone(), bus.clone(), &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    // Each op is acked, though no publish ever returns.
+    let texts: Vec<String> = (0..20).map(|i| format!("{i},")).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let writing = commit_all(&a, &keys, document, "writer", &texts);
+    let _writer = tokio::time::timeout(Duration::from_secs(60), writing)
+        .await
+        .expect("commits were held up by the bus");
+    assert_eq!(
+        store
+            .read(document, Version::ZERO, 100)
+            .await
+            .unwrap()
+            .len(),
+        20
+    );
+    assert!(
+        bus.publishes.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the publisher tried"
+    );
 }

@@ -152,6 +152,28 @@ pub(crate) struct Room {
     /// When the store's head is read once because the bus went quiet after
     /// other instances' ops: a lost last message shows no gap on the bus.
     settle_check: Option<Instant>,
+    /// Envelopes on their way to the bus, published in order by the
+    /// room's publisher task, so a slow or unreachable bus never holds up
+    /// the room (a full queue drops: other instances find the gap).
+    publisher: mpsc::Sender<Envelope>,
+}
+
+/// Envelopes a room's publisher holds before it drops new ones.
+const PUBLISH_QUEUE: usize = 1024;
+
+/// Publishes a room's envelopes one after another, in order, until the
+/// room is gone and the queue is empty.
+fn spawn_publisher(deps: &Arc<Deps>, document: DocumentId) -> mpsc::Sender<Envelope> {
+    let (tx, mut rx) = mpsc::channel::<Envelope>(PUBLISH_QUEUE);
+    let bus = deps.bus.clone();
+    deps.tasks.spawn(async move {
+        while let Some(env) = rx.recv().await {
+            if let Err(e) = bus.publish(env).await {
+                debug!(%document, error = %e, "bus publish failed; other instances will catch up from the store");
+            }
+        }
+    });
+    tx
 }
 
 /// Starts a room on the service's task tracker, supervised: a room that
@@ -308,6 +330,7 @@ impl Room {
             next_presence_refresh: Instant::now() + deps.presence_refresh(),
             next_store_poll: None,
             settle_check: None,
+            publisher: spawn_publisher(&deps, document),
             deps,
             seq,
             roster,
@@ -390,8 +413,8 @@ impl Room {
             document: self.document,
             message,
         };
-        if let Err(e) = self.deps.bus.publish(env).await {
-            debug!(document = %self.document, error = %e, "bus publish failed; other instances will catch up from the store");
+        if self.publisher.try_send(env).is_err() {
+            debug!(document = %self.document, "bus publish queue full; other instances will catch up from the store");
         }
     }
 
