@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,8 +113,9 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The `relay` binary of this build profile: in `target/<profile>/` when
-/// the workspace was built with `--all-targets`, otherwise built now.
+/// The `relay` binary of this build profile, in `target/<profile>/` (the
+/// app's own tests make cargo build it with `--all-targets`), built now if
+/// it is missing or older than the sources.
 pub fn relay_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -126,7 +127,8 @@ pub fn relay_binary() -> PathBuf {
                 profile_dir = profile_dir.parent().expect("target/<profile>");
             }
             let binary = profile_dir.join("relay");
-            if !binary.is_file() {
+            let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
+            if built.is_none_or(|b| newest_source().is_some_and(|s| s > b)) {
                 let profile = profile_dir
                     .file_name()
                     .and_then(|n| n.to_str())
@@ -151,6 +153,29 @@ static LOG_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 /// (`RELAY_TEST_INSTANCE_LOGS=1` shows them on the test's stderr instead).
 pub fn log_to(dir: PathBuf) {
     let _ = LOG_DIR.set(dir);
+}
+
+/// When the newest source file of the binary's crates was changed.
+fn newest_source() -> Option<std::time::SystemTime> {
+    fn walk(dir: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+                *newest = Some(newest.map_or(modified, |n| n.max(modified)));
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let mut newest = None;
+    for krate in ["domain", "ports", "adapters", "app"] {
+        walk(&root.join(krate).join("src"), &mut newest);
+    }
+    newest
 }
 
 /// One `relay` process.
