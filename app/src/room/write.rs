@@ -186,14 +186,12 @@ impl Room {
                     self.reopen();
                     return;
                 }
-                Ok(outcome @ (Append::Conflict { .. } | Append::Duplicate { .. })) => {
+                Ok(Append::Conflict { .. }) | Ok(Append::Duplicate { .. }) => {
                     self.seq.abort_pending();
                     debug!(document = %self.document, attempt, "lost the race for a version; catching up");
-                    let caught_up = match outcome {
-                        Append::Conflict { current } => self.catch_up_to(current).await,
-                        _ => self.catch_up().await,
-                    };
-                    if let Err(e) = caught_up {
+                    // From the store: the winner published moments ago at
+                    // best, so Redis would rarely have it yet.
+                    if let Err(e) = self.catch_up().await {
                         self.fail(&proposed, ErrorCode::Unavailable, &format!("storage: {e}"));
                         return;
                     }
