@@ -99,7 +99,11 @@ impl Room {
         else {
             return false;
         };
-        self.apply_from_bus(through, applied).await && Some(next) == self.seq.version().next()
+        let from = self.seq.version();
+        let filled =
+            self.apply_from_bus(through, applied).await && Some(next) == self.seq.version().next();
+        debug!(document = %self.document, %from, %next, filled, "a gap on the bus");
+        filled
     }
 
     pub(super) fn rebase_entry(&self, entry: &mut PresenceEntry) {
