@@ -98,7 +98,10 @@ async fn main() {
     let cluster = Cluster::start(
         2,
         &[
-            ("RUST_LOG", "warn,relay_app::room::write=debug,relay_app::room::remote=debug"),
+            (
+                "RUST_LOG",
+                "warn,relay_app::room::write=debug,relay_app::room::remote=debug",
+            ),
             ("TOKIO_WORKER_THREADS", "2"),
             ("DB_POOL_SIZE", "10"),
         ],
