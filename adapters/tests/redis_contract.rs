@@ -315,3 +315,54 @@ async fn the_redis_history_is_bounded_in_size_and_count() {
     assert_eq!(kept.len(), 100);
     assert_eq!(kept[0].version, v(51));
 }
+
+/// How many pub/sub connections are subscribed to a document's channel.
+async fn subscribers_in_redis(document: DocumentId) -> i64 {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("relay:doc:{document}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    n
+}
+
+/// A subscription dropped while messages are still arriving for it
+/// releases its channel in Redis (no channel stays subscribed for a
+/// document nobody holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_dropped_mid_stream_releases_its_channel() {
+    let bus = redis_bus().await;
+    let direct = redis_bus().await;
+    let origin = InstanceId(Uuid::new_v4());
+    for _ in 0..20 {
+        let document = DocumentId::new(Uuid::new_v4());
+        let sub = bus.subscribe(document).await.unwrap();
+        assert_eq!(subscribers_in_redis(document).await, 1);
+        let publishing = {
+            let direct = direct.clone();
+            tokio::spawn(async move {
+                for n in 1..=50 {
+                    direct
+                        .publish(op_envelope(origin, document, n))
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        drop(sub);
+        publishing.await.unwrap();
+        let mut released = false;
+        for _ in 0..100 {
+            if subscribers_in_redis(document).await == 0 {
+                released = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(released, "the channel of {document} is still subscribed");
+    }
+}

@@ -328,14 +328,51 @@ impl Subscriber {
 
 type Subscribers = HashMap<DocumentId, Vec<Subscriber>>;
 
-fn deliver_all(subs: &mut Subscribers, document: Option<DocumentId>, event: &BusEvent) {
-    for (doc, list) in subs.iter_mut() {
-        if document.is_some_and(|d| d != *doc) {
-            continue;
-        }
+/// Delivers `event` to the subscribers of `document` (of every document
+/// when `None`), forgetting those that are gone; returns the documents left
+/// with none, whose channels are to be released.
+#[must_use]
+fn deliver_all(
+    subs: &mut Subscribers,
+    document: Option<DocumentId>,
+    event: &BusEvent,
+) -> Vec<DocumentId> {
+    let mut emptied = Vec::new();
+    let mut deliver = |doc: DocumentId, list: &mut Vec<Subscriber>| {
         list.retain_mut(|s| s.deliver(event.clone()));
+        if list.is_empty() {
+            emptied.push(doc);
+        }
+    };
+    match document {
+        // One document's message: only its subscribers, not a walk over
+        // every open document.
+        Some(doc) => {
+            if let Some(list) = subs.get_mut(&doc) {
+                deliver(doc, list);
+            }
+        }
+        None => {
+            for (doc, list) in subs.iter_mut() {
+                deliver(*doc, list);
+            }
+        }
     }
-    subs.retain(|_, list| !list.is_empty());
+    for doc in &emptied {
+        subs.remove(doc);
+    }
+    emptied
+}
+
+/// Unsubscribes the channels of `documents`; `false` if the connection
+/// failed.
+async fn release(sink: &mut redis::aio::PubSubSink, documents: Vec<DocumentId>) -> bool {
+    for document in documents {
+        if sink.unsubscribe(channel(document)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The envelope in a pub/sub message, if it is one of ours.
@@ -403,7 +440,11 @@ async fn subscriber(
         backoff = Duration::from_millis(50);
         // Whatever was published while these were not subscribed (Redis
         // was down, or they subscribed meanwhile) is in the store.
-        deliver_all(&mut subs, None, &BusEvent::Lagged);
+        let emptied = deliver_all(&mut subs, None, &BusEvent::Lagged);
+        if !release(&mut sink, emptied).await {
+            connected.send_replace(false);
+            continue;
+        }
         loop {
             tokio::select! {
                 c = control.recv() => match c {
@@ -423,7 +464,7 @@ async fn subscriber(
                             list.retain(|s| s.id != id);
                             if list.is_empty() {
                                 subs.remove(&document);
-                                if sink.unsubscribe(channel(document)).await.is_err() {
+                                if !release(&mut sink, vec![document]).await {
                                     break;
                                 }
                             }
@@ -435,7 +476,10 @@ async fn subscriber(
                     Some(msg) => {
                         if let Some(env) = envelope(&msg) {
                             let document = env.document;
-                            deliver_all(&mut subs, Some(document), &BusEvent::Message(env));
+                            let emptied = deliver_all(&mut subs, Some(document), &BusEvent::Message(env));
+                            if !release(&mut sink, emptied).await {
+                                break;
+                            }
                         }
                     }
                 },
@@ -443,7 +487,9 @@ async fn subscriber(
         }
         connected.send_replace(false);
         tracing::warn!("redis pub/sub connection lost; reconnecting");
-        deliver_all(&mut subs, None, &BusEvent::Disconnected);
+        // The connection is gone, and with it every channel: the documents
+        // left with no subscriber are not resubscribed.
+        let _ = deliver_all(&mut subs, None, &BusEvent::Disconnected);
     }
 }
 
