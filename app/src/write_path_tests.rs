@@ -26,19 +26,7 @@ fn relay_with(store: MockOperationStore, keys: &DevKeys) -> Relay {
 }
 
 fn relay_on(store: Arc<dyn OperationStore>, keys: &DevKeys) -> Relay {
-    let clock = Arc::new(TokioClock::new());
-    let verifier = JwtVerifier::new(JwtConfig::default());
-    verifier.set_keys(keys.key_set());
-    let adapters = Adapters {
-        store,
-        bus: Arc::new(MemoryBus::new()),
-        presence: Arc::new(MemoryPresence::new(clock.clone())),
-        permissions: Arc::new(ClaimsPermissions),
-        verifier: Arc::new(verifier),
-        metrics: Arc::new(MemoryMetrics::default()),
-        clock,
-    };
-    Relay::new(Config::default(), adapters, Vec::new())
+    relay_on_bus(store, Arc::new(MemoryBus::new()), keys)
 }
 
 fn token(keys: &DevKeys, user: Uuid) -> String {
@@ -1001,24 +989,16 @@ async fn a_gap_on_the_bus_is_filled_from_the_bus_history_without_the_store() {
     let a = relay_on_bus(store, bus.clone(), &keys);
     let document = DocumentId::new(Uuid::new_v4());
     let mut watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
-    let op = |v: u64, text: &str| {
-        let mut delta = Delta::new();
-        delta.retain(v as usize - 1).insert(text);
-        CommittedOp {
-            version: Version::new(v).unwrap(),
-            user: UserId::new(Uuid::new_v4()),
-            client_id: ClientId::new("elsewhere").unwrap(),
-            seq: Seq::new(v).unwrap(),
-            delta,
-        }
-    };
-    bus.history.lock().unwrap().extend([op(1, "a"), op(2, "b")]);
+    bus.history
+        .lock()
+        .unwrap()
+        .extend([elsewhere(1, "a"), elsewhere(2, "b")]);
     // Version 1's message was lost; version 2's arrives.
     bus.send(relay_ports::BusEvent::Message(relay_ports::Envelope {
         origin: relay_ports::InstanceId(Uuid::new_v4()),
         document,
         message: relay_ports::BusMessage::Ops {
-            ops: vec![op(2, "b")],
+            ops: vec![elsewhere(2, "b")],
         },
     }))
     .await;
@@ -1050,18 +1030,10 @@ async fn a_join_beyond_the_room_catches_up_from_the_bus_history_first() {
     let a = relay_on_bus(store, bus.clone(), &keys);
     let document = DocumentId::new(Uuid::new_v4());
     let _watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
-    let op = |v: u64, text: &str| {
-        let mut delta = Delta::new();
-        delta.retain(v as usize - 1).insert(text);
-        CommittedOp {
-            version: Version::new(v).unwrap(),
-            user: UserId::new(Uuid::new_v4()),
-            client_id: ClientId::new("elsewhere").unwrap(),
-            seq: Seq::new(v).unwrap(),
-            delta,
-        }
-    };
-    bus.history.lock().unwrap().extend([op(1, "a"), op(2, "b")]);
+    bus.history
+        .lock()
+        .unwrap()
+        .extend([elsewhere(1, "a"), elsewhere(2, "b")]);
     // A client that saw version 2 on another instance moves here.
     let mut moved = join_as(
         &a,
@@ -1081,7 +1053,25 @@ async fn a_join_beyond_the_room_catches_up_from_the_bus_history_first() {
     }
 }
 
-fn relay_on_bus(store: Arc<dyn OperationStore>, bus: Arc<ManualBus>, keys: &DevKeys) -> Relay {
+/// Version `v` as another instance committed it: `text` at the end of a
+/// document of `v - 1` characters.
+fn elsewhere(v: u64, text: &str) -> CommittedOp {
+    let mut delta = Delta::new();
+    delta.retain(v as usize - 1).insert(text);
+    CommittedOp {
+        version: Version::new(v).unwrap(),
+        user: UserId::new(Uuid::new_v4()),
+        client_id: ClientId::new("elsewhere").unwrap(),
+        seq: Seq::new(v).unwrap(),
+        delta,
+    }
+}
+
+fn relay_on_bus(
+    store: Arc<dyn OperationStore>,
+    bus: Arc<dyn relay_ports::FanOut>,
+    keys: &DevKeys,
+) -> Relay {
     let clock = Arc::new(TokioClock::new());
     let verifier = JwtVerifier::new(JwtConfig::default());
     verifier.set_keys(keys.key_set());

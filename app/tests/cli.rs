@@ -18,6 +18,15 @@ fn relay() -> Command {
     c
 }
 
+/// What it printed, on either stream.
+fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 #[test]
 fn help_lists_the_subcommands() {
     let out = relay().arg("--help").output().expect("run relay");
@@ -37,11 +46,7 @@ fn redis_without_a_database_is_refused_naming_both_variables() {
         .output()
         .expect("run relay");
     assert!(!out.status.success(), "it must not start");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = printed(&out);
     assert!(
         text.contains("REDIS_URL needs DATABASE_URL"),
         "the error names both: {text}"
@@ -63,10 +68,6 @@ fn an_unreachable_redis_is_refused_at_start_naming_the_variable() {
         .output()
         .expect("run relay");
     assert!(!out.status.success(), "it must not start");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = printed(&out);
     assert!(text.contains("REDIS_URL: redis:"), "{text}");
 }
