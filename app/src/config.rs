@@ -55,6 +55,9 @@ pub struct Config {
     pub permission_source: PermissionSourceKind,
     pub permission_cache_ttl: Duration,
     pub redis_pool_size: usize,
+    /// Recent ops Redis keeps per document for catch-up (each at most
+    /// 8 KB as JSON; 0 keeps none).
+    pub redis_history_ops: usize,
     pub db_pool_size: usize,
     pub db_max_lifetime: Duration,
     pub db_idle_timeout: Duration,
@@ -145,6 +148,7 @@ impl Config {
             },
             permission_cache_ttl: Duration::from_secs(r.parse("PERMISSION_CACHE_TTL", "300")?),
             redis_pool_size: r.positive("REDIS_POOL_SIZE", "50")?,
+            redis_history_ops: r.parse("REDIS_HISTORY_OPS", "200")?,
             db_pool_size: r.positive("DB_POOL_SIZE", "20")?,
             db_max_lifetime: Duration::from_secs(r.positive("DB_MAX_LIFETIME_SECS", "1800")?),
             db_idle_timeout: Duration::from_secs(r.positive("DB_IDLE_TIMEOUT_SECS", "600")?),
@@ -340,6 +344,7 @@ mod tests {
         assert_eq!(c.metrics_port, 9090);
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.redis_pool_size, 50);
+        assert_eq!(c.redis_history_ops, 200);
         assert_eq!(c.permission_cache_ttl, Duration::from_secs(300));
         assert_eq!(c.operation_history_ttl, Duration::from_secs(600));
         assert_eq!(c.cursor_throttle_ms, 50);

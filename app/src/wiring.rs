@@ -203,7 +203,7 @@ pub async fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wire
     if let Some(url) = &config.redis_url {
         let settings = RedisSettings {
             connections: config.redis_pool_size.min(8),
-            history_ops: config.operation_history_max.min(1000),
+            history_ops: config.redis_history_ops,
             history_ttl: config.operation_history_ttl,
             ..RedisSettings::default()
         };
