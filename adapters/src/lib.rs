@@ -5,6 +5,8 @@
 //!
 //! - [`memory`]: in-memory adapters for every outbound port (each says how
 //!   far it can be trusted).
+//! - [`otel`]: metrics on OpenTelemetry, exported to Prometheus (`/metrics`
+//!   on METRICS_PORT) and over OTLP, and the OTLP span exporter.
 //! - [`jwt`]: token verification with jsonwebtoken against a JWK set, and
 //!   the development signing key that `relay` creates when no JWKS URL is
 //!   configured.
@@ -16,6 +18,7 @@
 
 pub mod jwt;
 pub mod memory;
+pub mod otel;
 pub mod postgres;
 pub mod redis;
 pub mod ws;

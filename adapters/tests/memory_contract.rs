@@ -115,16 +115,6 @@ fn the_clocks_keep_the_clock_contract() {
         .block_on(async { relay_ports::contract::clock::wall_clock(&TokioClock::new()) });
 }
 
-#[test]
-fn the_memory_metrics_keep_the_metrics_contract() {
-    let m = relay_adapters::memory::MemoryMetrics::default();
-    relay_ports::contract::metrics::accepts_every_call(&m);
-    assert_eq!(
-        m.snapshot().operations("insert", relay_ports::OpStatus::Ok),
-        1
-    );
-}
-
 #[tokio::test]
 async fn the_jwt_verifier_keeps_the_verifier_contract() {
     use relay_adapters::jwt::{DevKeys, JwtConfig, JwtVerifier, TokenRequest};

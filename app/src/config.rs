@@ -28,6 +28,12 @@ pub const MAX_NAME_CHARS: usize = 256;
 pub struct Config {
     pub bind_address: SocketAddr,
     pub metrics_port: u16,
+    /// METRICS_DOCUMENT_SERIES: at most this many `document_id` series of
+    /// `materi_websocket_connections_active` (the largest documents), the
+    /// rest summed under `document_id="other"`. 1 to 1,900.
+    pub metrics_document_series: usize,
+    /// LOG_FORMAT=json: one JSON object per log line.
+    pub log_json: bool,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
     pub jwt_public_key_url: Option<String>,
@@ -100,6 +106,17 @@ impl Config {
         let config = Config {
             bind_address: r.parse("BIND_ADDRESS", "0.0.0.0:8081")?,
             metrics_port: r.parse("METRICS_PORT", "9090")?,
+            metrics_document_series: r.positive("METRICS_DOCUMENT_SERIES", "500")?,
+            log_json: match get("LOG_FORMAT").as_deref().map(str::trim) {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(ConfigError {
+                        variable: "LOG_FORMAT",
+                        problem: format!("expected `text` or `json`, got {other:?}"),
+                    });
+                }
+            },
             database_url: get("DATABASE_URL"),
             redis_url: get("REDIS_URL"),
             jwt_public_key_url: get("JWT_PUBLIC_KEY_URL"),
@@ -181,6 +198,24 @@ impl Config {
             .saturating_add(64 << 20)
             .to_string();
         config.max_document_bytes = r.positive("MAX_DOCUMENT_BYTES", &default_bytes)?;
+        if config.metrics_document_series > relay_adapters::otel::MAX_DOCUMENT_SERIES {
+            return Err(ConfigError {
+                variable: "METRICS_DOCUMENT_SERIES",
+                problem: format!(
+                    "must be at most {} (the metrics SDK keeps 2,000 series per metric)",
+                    relay_adapters::otel::MAX_DOCUMENT_SERIES
+                ),
+            });
+        }
+        if config.metrics_port != 0 && config.metrics_port == config.bind_address.port() {
+            return Err(ConfigError {
+                variable: "METRICS_PORT",
+                problem: format!(
+                    "must differ from BIND_ADDRESS's port ({})",
+                    config.bind_address.port()
+                ),
+            });
+        }
         if config.heartbeat_timeout <= config.heartbeat_interval {
             return Err(ConfigError {
                 variable: "HEARTBEAT_TIMEOUT_SECS",
@@ -342,6 +377,8 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.bind_address, "0.0.0.0:8081".parse().unwrap());
         assert_eq!(c.metrics_port, 9090);
+        assert_eq!(c.metrics_document_series, 500);
+        assert!(!c.log_json);
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.redis_pool_size, 50);
         assert_eq!(c.redis_history_ops, 200);
@@ -356,6 +393,26 @@ mod tests {
         assert_eq!(c.auth_timeout, Duration::from_secs(10));
         assert_eq!(c.permission_source, PermissionSourceKind::Claims);
         assert!(c.is_development());
+    }
+
+    #[test]
+    fn metrics_and_log_settings_are_checked() {
+        for (k, v) in [
+            ("METRICS_DOCUMENT_SERIES", "0"),
+            ("METRICS_DOCUMENT_SERIES", "5000"),
+            ("LOG_FORMAT", "xml"),
+        ] {
+            assert_eq!(with(&[(k, v)]).unwrap_err().variable, k, "{k}={v}");
+        }
+        let clash = with(&[("BIND_ADDRESS", "0.0.0.0:9090")]).unwrap_err();
+        assert_eq!(clash.variable, "METRICS_PORT");
+        assert!(with(&[("LOG_FORMAT", "json")]).unwrap().log_json);
+        assert_eq!(
+            with(&[("METRICS_DOCUMENT_SERIES", "1900")])
+                .unwrap()
+                .metrics_document_series,
+            1900
+        );
     }
 
     #[test]

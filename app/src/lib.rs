@@ -25,6 +25,7 @@ mod rooms;
 mod service;
 mod session;
 mod sink;
+pub mod telemetry;
 pub mod wiring;
 #[cfg(test)]
 mod write_path_tests;

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use relay_adapters::jwt::{DevKeys, TokenRequest};
 use relay_adapters::ws;
 use relay_app::config::Config;
-use relay_app::wiring;
+use relay_app::{telemetry, wiring};
 use relay_ports::CollaborationService;
 use relay_ports::protocol::Role;
 use std::collections::BTreeMap;
@@ -143,33 +143,41 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(contents.as_bytes())
 }
 
+/// Logging for the subcommands (LOG_FORMAT=json honoured even when the
+/// rest of the configuration is not read).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    telemetry::init_logging(std::env::var("LOG_FORMAT").is_ok_and(|v| v.trim() == "json"));
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
-    let config = Config::from_env().context("invalid configuration")?;
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            init_logging();
+            return Err(anyhow::Error::new(e).context("invalid configuration"));
+        }
+    };
+    let telemetry = telemetry::init(&config)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("relay-worker");
     if let Some(n) = config.worker_threads {
         runtime.worker_threads(n);
     }
     let runtime = runtime.build().context("starting the runtime")?;
-    runtime.block_on(run(config, args))
+    let served = runtime.block_on(run(config, args, telemetry.metrics.clone()));
+    // Off the runtime: the exporters block while they push what is left.
+    telemetry.shutdown();
+    if let Err(e) = &served {
+        tracing::error!(error = format!("{e:#}"), "relay stopped");
+    }
+    served
 }
 
-async fn run(config: Config, args: ServeArgs) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    args: ServeArgs,
+    metrics: Arc<relay_adapters::otel::OtelMetrics>,
+) -> anyhow::Result<()> {
     let dev = if config.is_development() {
         // `relay` with no subcommand gets default arguments: read the
         // variable here too.
@@ -183,10 +191,23 @@ async fn run(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     };
     let ws_config = config.ws();
     let bind = config.bind_address;
-    let wired = wiring::build(config, dev.as_ref().map(|d| &d.0)).await?;
+    let metrics_addr = std::net::SocketAddr::new(bind.ip(), config.metrics_port);
+    let wired = wiring::build_with(config, dev.as_ref().map(|d| &d.0), metrics.clone()).await?;
     let relay = wired.relay.clone();
     let service: Arc<dyn CollaborationService> = Arc::new(wired.relay.clone());
-    let routes = ws::routes(service, ws_config, wired.jwks.clone());
+    let routes = ws::routes(
+        service,
+        wired.metrics.clone(),
+        ws_config,
+        wired.jwks.clone(),
+    );
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (metrics_addr, metrics_server) =
+        telemetry::serve_metrics(metrics.clone(), metrics_addr, async move {
+            let _ = metrics_stopped.await;
+        })
+        .await?;
+    info!(addr = %metrics_addr, "metrics at http://{metrics_addr}/metrics");
     let (listener, addr) = ws::bind(bind)
         .await
         .with_context(|| format!("BIND_ADDRESS: cannot bind {bind}"))?;
@@ -206,6 +227,9 @@ async fn run(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     relay.shutdown().await;
     let _ = stop_tx.send(());
     let _ = server.await;
+    // Serve the last scrape's figures until the very end.
+    let _ = metrics_stop.send(());
+    let _ = metrics_server.await;
     drop(wired);
     Ok(())
 }

@@ -9,6 +9,7 @@ use crate::session::RelaySession;
 use crate::sink::Sink;
 use async_trait::async_trait;
 use relay_domain::{DocumentId, RateLimiter};
+use relay_ports::metrics::RejectReason;
 use relay_ports::protocol::{ErrorCode, ServerMessage, close};
 use relay_ports::{
     AuthError, CollaborationService, ConnectionSlot, Health, InstanceId, Join, JoinFailure,
@@ -160,6 +161,50 @@ impl CollaborationService for Relay {
         bearer: Option<String>,
         join: Join,
     ) -> Result<Started, JoinFailure> {
+        let joined = self.join_session(slot, document, bearer, join).await;
+        if let Err(f) = &joined {
+            let reason = match f.close_code {
+                close::UNAUTHENTICATED => RejectReason::Unauthorized,
+                close::FORBIDDEN => RejectReason::Forbidden,
+                _ => RejectReason::Unavailable,
+            };
+            self.inner.deps.metrics.connection_rejected(reason);
+        }
+        joined
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.inner.started.elapsed().as_secs(),
+            active_connections: self.active_connections(),
+            active_documents: self.inner.deps.rooms.len(),
+        }
+    }
+
+    async fn readiness(&self) -> Readiness {
+        let mut checks = Vec::with_capacity(self.inner.checks.len() + 1);
+        for (name, check) in &self.inner.checks {
+            checks.push((*name, check().await));
+        }
+        checks.push(("jwt_keys", self.inner.verifier.has_keys()));
+        Readiness {
+            checks,
+            draining: self.inner.draining.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl Relay {
+    /// A join's authentication, permission and room: see
+    /// [`CollaborationService::join`].
+    async fn join_session(
+        &self,
+        slot: ConnectionSlot,
+        document: DocumentId,
+        bearer: Option<String>,
+        join: Join,
+    ) -> Result<Started, JoinFailure> {
         let inner = &self.inner;
         let Some(token) = bearer.or(join.token) else {
             return Err(failure(
@@ -212,7 +257,8 @@ impl CollaborationService for Relay {
         // A room that closes between our lookup and our join drops the
         // message; start a fresh one and try again (bounded).
         for _ in 0..3 {
-            let (sink, outbound, close_rx) = Sink::new(inner.deps.config.outbound_queue);
+            let (sink, outbound, close_rx) =
+                Sink::new(inner.deps.config.outbound_queue, inner.deps.metrics.clone());
             let (room_tx, start) = inner.deps.rooms.get_or_create(document);
             if let Some((mailbox, generation)) = start {
                 room::spawn(document, inner.deps.clone(), mailbox, generation);
@@ -230,6 +276,7 @@ impl CollaborationService for Relay {
             match reply_rx.await {
                 Ok(Ok(())) => {
                     inner.deps.metrics.connection_opened(document);
+                    let (user, client_id) = (claims.user, join.client_id.clone());
                     let session = RelaySession {
                         id,
                         document,
@@ -252,6 +299,8 @@ impl CollaborationService for Relay {
                         session: Box::new(session),
                         outbound,
                         close: close_rx,
+                        user,
+                        client_id,
                     });
                 }
                 Ok(Err(JoinError::Unavailable(e))) => {
@@ -270,26 +319,5 @@ impl CollaborationService for Relay {
             Some(ErrorCode::Internal),
             "could not open the document; try again",
         ))
-    }
-
-    fn health(&self) -> Health {
-        Health {
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_seconds: self.inner.started.elapsed().as_secs(),
-            active_connections: self.active_connections(),
-            active_documents: self.inner.deps.rooms.len(),
-        }
-    }
-
-    async fn readiness(&self) -> Readiness {
-        let mut checks = Vec::with_capacity(self.inner.checks.len() + 1);
-        for (name, check) in &self.inner.checks {
-            checks.push((*name, check().await));
-        }
-        checks.push(("jwt_keys", self.inner.verifier.has_keys()));
-        Readiness {
-            checks,
-            draining: self.inner.draining.load(Ordering::SeqCst),
-        }
     }
 }

@@ -40,8 +40,10 @@ impl RelaySession {
     /// to open sessions too.
     async fn current_role(&mut self) -> Result<Option<Role>, ()> {
         if self.role_checked.elapsed() < self.inner.deps.config.permission_cache_ttl {
+            self.inner.deps.metrics.permission_lookup(true);
             return Ok(Some(self.role));
         }
+        self.inner.deps.metrics.permission_lookup(false);
         match self
             .inner
             .permissions
@@ -132,12 +134,13 @@ impl Session for RelaySession {
                     base,
                     delta,
                 };
-                self.forward(Command::Submit {
+                let span = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "receive", document = %self.document, %seq);
+                let command = Command::Submit {
                     session: self.id,
                     submission,
                     received: Instant::now(),
-                })
-                .await;
+                };
+                tracing::Instrument::instrument(self.forward(command), span).await;
             }
             ClientMessage::Cursor { version, selection } => {
                 if !self.presence_allowed() {

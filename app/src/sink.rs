@@ -5,20 +5,29 @@
 
 use relay_domain::Seq;
 use relay_ports::protocol::{ErrorCode, ServerMessage, close};
-use relay_ports::{CloseOrder, Outbound};
+use relay_ports::{CloseOrder, Metrics, Outbound};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Sink {
     tx: mpsc::Sender<Outbound>,
     close: Arc<watch::Sender<Option<CloseOrder>>>,
+    /// Counts the closes for a full queue.
+    metrics: Arc<dyn Metrics>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink").finish_non_exhaustive()
+    }
 }
 
 impl Sink {
     /// A sink with room for `capacity` frames, and the transport's ends.
     pub(crate) fn new(
         capacity: usize,
+        metrics: Arc<dyn Metrics>,
     ) -> (
         Sink,
         mpsc::Receiver<Outbound>,
@@ -30,6 +39,7 @@ impl Sink {
             Sink {
                 tx,
                 close: Arc::new(close),
+                metrics,
             },
             rx,
             close_rx,
@@ -45,10 +55,12 @@ impl Sink {
         match self.tx.try_send(Outbound::Text(frame)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.order_close(
+                if self.order_close(
                     close::TRY_AGAIN_LATER,
                     "slow consumer: reconnect and resume",
-                );
+                ) {
+                    self.metrics.outbound_queue_closed();
+                }
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -72,8 +84,9 @@ impl Sink {
         })));
     }
 
-    /// Closes at once, skipping what is queued.
-    pub(crate) fn order_close(&self, code: u16, reason: &str) {
+    /// Closes at once, skipping what is queued. `false` if a close was
+    /// already ordered (the first order stands).
+    pub(crate) fn order_close(&self, code: u16, reason: &str) -> bool {
         self.close.send_if_modified(|c| {
             if c.is_some() {
                 return false;
@@ -83,7 +96,7 @@ impl Sink {
                 reason: reason.to_owned(),
             });
             true
-        });
+        })
     }
 }
 
@@ -93,12 +106,17 @@ mod tests {
 
     #[test]
     fn a_full_queue_orders_a_1013_close_and_refuses_more() {
-        let (sink, mut rx, close_rx) = Sink::new(2);
+        let metrics = Arc::new(relay_adapters::memory::MemoryMetrics::new());
+        let (sink, mut rx, close_rx) = Sink::new(2, metrics.clone());
         assert!(sink.send("a".into()));
         assert!(sink.send("b".into()));
         assert!(!sink.send("c".into()));
         assert_eq!(close_rx.borrow().as_ref().map(|c| c.code), Some(1013));
         assert!(!sink.send("d".into()));
+        let closes = metrics
+            .samples()
+            .sum("materi_outbound_queue_closes_total", &[]);
+        assert_eq!(closes, 1.0, "counted once");
         assert_eq!(rx.try_recv().unwrap(), Outbound::Text("a".into()));
     }
 }

@@ -10,21 +10,31 @@ use relay_adapters::memory::{
 };
 use relay_adapters::postgres::{PgPermissions, PgPool, PgStore, PoolSettings};
 use relay_adapters::redis::RedisSettings;
-use relay_ports::TokenVerifier;
+use relay_ports::{Metrics, TokenVerifier};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// A wired service and what the transport needs besides.
-#[derive(Debug)]
 pub struct Wired {
     pub relay: Relay,
     /// The JWKS document to serve at `/.well-known/jwks.json` (development).
     pub jwks: Option<Arc<str>>,
-    pub metrics: Arc<MemoryMetrics>,
+    /// What the service records to (the binary's: OpenTelemetry).
+    pub metrics: Arc<dyn Metrics>,
+    /// The same, when they are in-memory metrics tests can read.
+    pub memory_metrics: Option<Arc<MemoryMetrics>>,
     /// The JWKS verifier, when keys come from JWT_PUBLIC_KEY_URL.
     pub jwks_verifier: Option<Arc<JwksVerifier>>,
     /// Background tasks (the JWKS refresher), aborted when dropped.
     pub tasks: Vec<AbortOnDrop>,
+}
+
+impl std::fmt::Debug for Wired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wired")
+            .field("relay", &self.relay)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Aborts a background task when dropped.
@@ -73,7 +83,8 @@ pub fn in_memory(config: Config, dev: &DevKeys) -> Wired {
     Wired {
         relay: Relay::new(config, adapters, Vec::new()),
         jwks: Some(dev.jwks_json().into()),
-        metrics,
+        metrics: metrics.clone(),
+        memory_metrics: Some(metrics),
         jwks_verifier: None,
         tasks: Vec::new(),
     }
@@ -134,6 +145,18 @@ pub async fn ensure_schema(pool: &PgPool, run_migrations: bool) -> anyhow::Resul
 ///   connections, at most 8); it needs DATABASE_URL, since the store is
 ///   what instances agree on.
 pub async fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wired> {
+    let metrics = Arc::new(MemoryMetrics::new());
+    let mut wired = build_with(config, dev, metrics.clone()).await?;
+    wired.memory_metrics = Some(metrics);
+    Ok(wired)
+}
+
+/// [`build`], recording to `metrics`.
+pub async fn build_with(
+    config: Config,
+    dev: Option<&DevKeys>,
+    metrics: Arc<dyn Metrics>,
+) -> anyhow::Result<Wired> {
     if config.redis_url.is_some() && config.database_url.is_none() {
         anyhow::bail!(
             "REDIS_URL needs DATABASE_URL: several instances share a document through PostgreSQL (Redis only carries what was committed there)"
@@ -178,12 +201,14 @@ pub async fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wire
                     ..JwtConfig::default()
                 },
             );
+            v.record_to(metrics.clone());
             tasks.push(AbortOnDrop(v.spawn_refresher()));
             jwks_verifier = Some(v.clone());
             v
         }
     };
-    let (mut adapters, metrics) = memory_adapters(verifier);
+    let (mut adapters, _) = memory_adapters(verifier);
+    adapters.metrics = metrics.clone();
     let mut checks: Vec<(&'static str, Check)> = Vec::new();
     if let Some(pool) = pool {
         let store = Arc::new(PgStore::new(pool.clone()));
@@ -207,9 +232,10 @@ pub async fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wire
             history_ttl: config.operation_history_ttl,
             ..RedisSettings::default()
         };
-        let (bus, presence) = relay_adapters::redis::connect(url, settings)
-            .await
-            .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+        let (bus, presence) =
+            relay_adapters::redis::connect_with_metrics(url, settings, metrics.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
         let bus = Arc::new(bus);
         adapters.bus = bus.clone();
         adapters.presence = Arc::new(presence);
@@ -223,6 +249,7 @@ pub async fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wire
         relay: Relay::new(config, adapters, checks),
         jwks,
         metrics,
+        memory_metrics: None,
         jwks_verifier,
         tasks,
     })

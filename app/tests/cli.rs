@@ -15,6 +15,8 @@ fn relay() -> Command {
     ] {
         c.env_remove(var);
     }
+    // Tests run side by side: no fixed metrics port.
+    c.env("METRICS_PORT", "0");
     c
 }
 

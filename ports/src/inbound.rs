@@ -74,6 +74,9 @@ pub struct Started {
     pub outbound: mpsc::Receiver<Outbound>,
     /// Set when the connection must close at once.
     pub close: watch::Receiver<Option<CloseOrder>>,
+    /// Who joined, for the transport's connection log lines.
+    pub user: relay_domain::UserId,
+    pub client_id: relay_domain::ClientId,
 }
 
 impl std::fmt::Debug for Started {

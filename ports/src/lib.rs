@@ -39,7 +39,7 @@ pub use inbound::{
     CloseOrder, CollaborationService, ConnectionSlot, Health, JoinFailure, Outbound, Readiness,
     Refusal, Session, Started,
 };
-pub use metrics::{Metrics, OpStatus};
+pub use metrics::{Metrics, NoMetrics, OpStatus, OperationType};
 pub use presence::{PresenceError, PresenceRegistry};
 pub use protocol::{ClientMessage, DecodeError, ErrorCode, Join, Role, ServerMessage};
 pub use store::{Append, Loaded, OperationStore, Snapshot, StoreError};

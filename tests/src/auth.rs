@@ -203,7 +203,7 @@ pub async fn spawn_jwks_app(config: Config) -> JwksApp {
         wired.relay,
         None,
         DevKeys::from_seed([0; 32]),
-        wired.metrics,
+        wired.memory_metrics.expect("in-memory metrics"),
     )
     .await;
     JwksApp {

@@ -196,6 +196,17 @@ impl Instance {
         http_get(self.addr, path).await
     }
 
+    /// Where it serves `/metrics` (its METRICS_PORT).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let port = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "METRICS_PORT")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("METRICS_PORT is set");
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     /// `/ready`'s status and its `checks.redis`.
     pub async fn redis_ready(&self) -> (u16, String) {
         let r = self.get("/ready").await;

@@ -62,7 +62,14 @@ impl TestApp {
         }
         let keys = DevKeys::from_seed([7; 32]);
         let wired = relay_app::wiring::in_memory(config.clone(), &keys);
-        TestApp::serve(&config, wired.relay, wired.jwks, keys, wired.metrics).await
+        TestApp::serve(
+            &config,
+            wired.relay,
+            wired.jwks,
+            keys,
+            wired.memory_metrics.expect("in-memory metrics"),
+        )
+        .await
     }
 
     /// Serves `relay` on 127.0.0.1:0 with `config`'s transport settings.
@@ -74,7 +81,7 @@ impl TestApp {
         metrics: Arc<MemoryMetrics>,
     ) -> TestApp {
         let service: Arc<dyn CollaborationService> = Arc::new(relay.clone());
-        let routes = ws::routes(service, config.ws(), jwks);
+        let routes = ws::routes(service, metrics.clone(), config.ws(), jwks);
         let (listener, addr) = ws::bind("127.0.0.1:0".parse().expect("address"))
             .await
             .expect("bind");

@@ -27,7 +27,14 @@ pub async fn spawn_pg_app(mut config: Config) -> TestApp {
     let wired = wiring::build(config.clone(), Some(&keys))
         .await
         .expect("wiring");
-    TestApp::serve(&config, wired.relay, wired.jwks, keys, wired.metrics).await
+    TestApp::serve(
+        &config,
+        wired.relay,
+        wired.jwks,
+        keys,
+        wired.memory_metrics.expect("in-memory metrics"),
+    )
+    .await
 }
 
 /// A TCP proxy to `target`. `cut()` drops every connection and refuses new

@@ -80,6 +80,8 @@ pub struct JwksVerifier {
     client: reqwest::Client,
     state: tokio::sync::Mutex<FetchState>,
     fetches: AtomicU64,
+    /// Counts `materi_jwks_refreshes_total{result}` once set.
+    metrics: std::sync::OnceLock<Arc<dyn relay_ports::Metrics>>,
 }
 
 impl std::fmt::Debug for JwksVerifier {
@@ -107,7 +109,13 @@ impl JwksVerifier {
                 missing: HashSet::new(),
             }),
             fetches: AtomicU64::new(0),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records each fetch's result in `metrics` from now on (set once).
+    pub fn record_to(&self, metrics: Arc<dyn relay_ports::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// How many fetches were attempted (for tests and metrics).
@@ -126,6 +134,9 @@ impl JwksVerifier {
         state.last_attempt = Some(Instant::now());
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let result = self.fetch().await;
+        if let Some(m) = self.metrics.get() {
+            m.jwks_refresh(result.is_ok());
+        }
         match &result {
             Ok(keys) => {
                 let n = keys.len();

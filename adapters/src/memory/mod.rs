@@ -25,7 +25,7 @@ pub mod store;
 
 pub use bus::MemoryBus;
 pub use clock::{ManualClock, SystemClock, TokioClock};
-pub use metrics::{MemoryMetrics, MetricsSnapshot};
+pub use metrics::MemoryMetrics;
 pub use permissions::{ClaimsPermissions, MemoryPermissions};
 pub use presence::MemoryPresence;
 pub use store::MemoryStore;

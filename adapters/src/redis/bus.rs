@@ -44,6 +44,9 @@ pub struct RedisBus {
     queue: usize,
     next_id: Arc<AtomicU64>,
     history: History,
+    /// Not read on publish; kept so the bus holds what its task records to.
+    #[allow(dead_code)]
+    metrics: Arc<dyn relay_ports::Metrics>,
 }
 
 /// What the bus keeps of each document's recent ops.
@@ -81,6 +84,16 @@ struct Wire {
     origin: Uuid,
     document: DocumentId,
     message: BusMessage,
+    /// When it was published, milliseconds since the Unix epoch (the
+    /// publisher's wall clock): for `materi_bus_lag_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sent_at_ms: Option<u64>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 const PREFIX: &str = "relay:doc:";
@@ -110,11 +123,13 @@ impl RedisBus {
         client: redis::Client,
         commands: Commands,
         settings: &super::RedisSettings,
+        metrics: Arc<dyn relay_ports::Metrics>,
     ) -> RedisBus {
         let (control, rx) = mpsc::channel(1024);
         let (up, connected) = tokio::sync::watch::channel(false);
-        tokio::spawn(subscriber(client, rx, up));
+        tokio::spawn(subscriber(client, rx, up, metrics.clone()));
         RedisBus {
+            metrics,
             commands,
             control,
             connected,
@@ -194,6 +209,7 @@ impl FanOut for RedisBus {
             origin: envelope.origin.0,
             document,
             message: envelope.message,
+            sent_at_ms: Some(now_ms()),
         })
         .map_err(|e| BusError::Unavailable(e.to_string()))?;
         pipe.cmd("PUBLISH").arg(channel(document)).arg(payload);
@@ -376,11 +392,16 @@ async fn release(sink: &mut redis::aio::PubSubSink, documents: Vec<DocumentId>) 
 }
 
 /// The envelope in a pub/sub message, if it is one of ours.
-fn envelope(msg: &redis::Msg) -> Option<Envelope> {
+fn envelope(msg: &redis::Msg, metrics: &dyn relay_ports::Metrics) -> Option<Envelope> {
     let document = msg.get_channel_name().strip_prefix(PREFIX)?;
     let wire: Wire = serde_json::from_slice(msg.get_payload_bytes()).ok()?;
     if wire.document.to_string() != document {
         return None;
+    }
+    if let Some(sent) = wire.sent_at_ms {
+        // This instance's own messages come back too and are counted:
+        // the same path through Redis.
+        metrics.bus_lag(now_ms().saturating_sub(sent) as f64 / 1000.0);
     }
     Some(Envelope {
         origin: InstanceId(wire.origin),
@@ -402,6 +423,7 @@ async fn subscriber(
     client: redis::Client,
     mut control: mpsc::Receiver<Control>,
     connected: tokio::sync::watch::Sender<bool>,
+    metrics: Arc<dyn relay_ports::Metrics>,
 ) {
     let mut subs: Subscribers = HashMap::new();
     let mut backoff = Duration::from_millis(50);
@@ -474,7 +496,7 @@ async fn subscriber(
                 m = stream.next() => match m {
                     None => break,
                     Some(msg) => {
-                        if let Some(env) = envelope(&msg) {
+                        if let Some(env) = envelope(&msg, &*metrics) {
                             let document = env.document;
                             let emptied = deliver_all(&mut subs, Some(document), &BusEvent::Message(env));
                             if !release(&mut sink, emptied).await {

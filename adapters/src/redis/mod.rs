@@ -114,9 +114,19 @@ pub async fn connect(
     url: &str,
     settings: RedisSettings,
 ) -> Result<(RedisBus, RedisPresence), RedisError> {
+    connect_with_metrics(url, settings, std::sync::Arc::new(relay_ports::NoMetrics)).await
+}
+
+/// [`connect`], recording `materi_bus_lag_seconds` (publish on another
+/// instance to receipt here) into `metrics`.
+pub async fn connect_with_metrics(
+    url: &str,
+    settings: RedisSettings,
+    metrics: std::sync::Arc<dyn relay_ports::Metrics>,
+) -> Result<(RedisBus, RedisPresence), RedisError> {
     let client = redis::Client::open(url).map_err(|e| RedisError(e.to_string()))?;
     let commands = Commands::connect(&client, &settings).await?;
-    let bus = RedisBus::start(client, commands.clone(), &settings);
+    let bus = RedisBus::start(client, commands.clone(), &settings, metrics);
     if !bus.connected_within(settings.call_timeout).await {
         return Err(RedisError("the pub/sub connection did not come up".into()));
     }

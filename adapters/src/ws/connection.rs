@@ -3,9 +3,10 @@
 use super::WsConfig;
 use futures::{SinkExt, StreamExt};
 use relay_domain::DocumentId;
+use relay_ports::metrics::RejectReason;
 use relay_ports::protocol::{ErrorCode, ServerMessage, close};
 use relay_ports::{
-    ClientMessage, CollaborationService, ConnectionSlot, Outbound, Session, Started,
+    ClientMessage, CollaborationService, ConnectionSlot, Metrics, Outbound, Session, Started,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// Frames written per flush at most, so one busy connection cannot hog the
 /// task.
@@ -85,22 +86,55 @@ where
     .await;
 }
 
+/// How a joined connection ended.
+struct Ended {
+    /// The close code sent (or the client's, when it closed); `None` when
+    /// the connection was dropped without a close frame.
+    code: Option<u16>,
+    reason: String,
+}
+
+impl Ended {
+    fn sent(code: u16, reason: impl Into<String>) -> Ended {
+        Ended {
+            code: Some(code),
+            reason: reason.into(),
+        }
+    }
+
+    fn dropped(reason: impl Into<String>) -> Ended {
+        Ended {
+            code: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Messages one connection moved, for its close line.
+struct Counts {
+    received: u64,
+    sent: u64,
+}
+
 pub(super) async fn run<S>(
     mut stream: WebSocketStream<S>,
     service: Arc<dyn CollaborationService>,
     config: &WsConfig,
+    metrics: &dyn Metrics,
     document: DocumentId,
     bearer: Option<String>,
     slot: ConnectionSlot,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let opened = Instant::now();
     // The join phase is boxed: its state (timeouts, close handshakes) is
     // freed once joined instead of sizing every idle connection's task.
     let Some(started) = Box::pin(join_phase(
         &mut stream,
         &*service,
         config,
+        metrics,
         document,
         bearer,
         slot,
@@ -113,16 +147,38 @@ pub(super) async fn run<S>(
         mut session,
         mut outbound,
         close: mut close_rx,
+        user,
+        client_id,
     } = started;
-    let reason = pump(
+    info!(target: "relay::connection", %document, %user, %client_id, "connection opened");
+    // The join was the first message received.
+    let mut counts = Counts {
+        received: 1,
+        sent: 0,
+    };
+    let ended = pump(
         &mut stream,
         &mut *session,
         &mut outbound,
         &mut close_rx,
         config,
+        metrics,
+        &mut counts,
     )
     .await;
-    session.close(&reason).await;
+    session.close(&ended.reason).await;
+    info!(
+        target: "relay::connection",
+        %document,
+        %user,
+        %client_id,
+        duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+        messages_received = counts.received,
+        messages_sent = counts.sent,
+        close_code = ended.code,
+        reason = %ended.reason,
+        "connection closed"
+    );
 }
 
 /// Waits for the `join` (within AUTH_TIMEOUT) and hands it to the service.
@@ -130,6 +186,7 @@ async fn join_phase<S>(
     stream: &mut WebSocketStream<S>,
     service: &dyn CollaborationService,
     config: &WsConfig,
+    metrics: &dyn Metrics,
     document: DocumentId,
     bearer: Option<String>,
     slot: ConnectionSlot,
@@ -149,17 +206,21 @@ where
         }
         First::Fail(code, why) => {
             debug!(%document, code, why, "connection refused before join");
+            metrics.connection_rejected(RejectReason::BadRequest);
             send_close(stream, code, why, config.heartbeat_timeout).await;
             return None;
         }
     };
+    metrics.message_received(text.len());
     let join = match ClientMessage::decode(&text) {
         Ok(ClientMessage::Join(j)) => j,
         Ok(_) => {
+            metrics.connection_rejected(RejectReason::BadRequest);
             bad_first(stream, "the first message must be `join`", config).await;
             return None;
         }
         Err(e) => {
+            metrics.connection_rejected(RejectReason::BadRequest);
             bad_first(stream, &e.message, config).await;
             return None;
         }
@@ -167,7 +228,8 @@ where
     match service.join(slot, document, bearer, join).await {
         Ok(s) => Some(s),
         Err(f) => {
-            debug!(%document, code = f.close_code, reason = %f.reason, "join refused");
+            // Counted by the service, which knows why.
+            info!(target: "relay::connection", %document, close_code = f.close_code, reason = %f.reason, "join refused");
             if let Some(frame) = f.frame {
                 let send = stream.send(Message::text(frame.as_ref()));
                 let _ = tokio::time::timeout(config.heartbeat_timeout, send).await;
@@ -200,7 +262,9 @@ async fn pump<S>(
     outbound: &mut tokio::sync::mpsc::Receiver<Outbound>,
     close_rx: &mut tokio::sync::watch::Receiver<Option<relay_ports::CloseOrder>>,
     config: &WsConfig,
-) -> String
+    metrics: &dyn Metrics,
+    counts: &mut Counts,
+) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -227,41 +291,50 @@ where
                 let order = if changed.is_ok() { close_rx.borrow().clone() } else { None };
                 if let Some(order) = order {
                     Box::pin(send_close(stream, order.code, &order.reason, stall)).await;
-                    return order.reason;
+                    return Ended::sent(order.code, order.reason);
                 }
             }
             out = outbound.recv() => {
                 let Some(out) = out else {
                     Box::pin(send_close(stream, close::GOING_AWAY, "session ended", stall)).await;
-                    return "session ended".into();
+                    return Ended::sent(close::GOING_AWAY, "session ended");
                 };
-                let written = Box::pin(write_guarded(stream, outbound, out, close_rx, stall)).await;
-                if let Some(reason) = written {
-                    return reason;
+                let written = Box::pin(write_guarded(stream, outbound, out, close_rx, stall, metrics, counts)).await;
+                if let Some(ended) = written {
+                    return ended;
                 }
             }
             msg = stream.next() => {
                 last_heard = Instant::now();
                 match msg {
-                    None => return "client went away".into(),
-                    Some(Ok(Message::Text(t))) => match ClientMessage::decode(t.as_str()) {
-                        Ok(m) => session.handle(m).await,
-                        Err(e) => session.reject(e),
-                    },
+                    None => return Ended::dropped("client went away"),
+                    Some(Ok(Message::Text(t))) => {
+                        metrics.message_received(t.len());
+                        counts.received += 1;
+                        match ClientMessage::decode(t.as_str()) {
+                            Ok(m) => session.handle(m).await,
+                            Err(e) => session.reject(e),
+                        }
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         Box::pin(send_close(stream, close::UNSUPPORTED_DATA, "binary frames are not accepted", stall)).await;
-                        return "binary frame".into();
+                        return Ended::sent(close::UNSUPPORTED_DATA, "binary frame");
                     }
-                    Some(Ok(Message::Close(_))) => return "client closed".into(),
+                    Some(Ok(Message::Close(frame))) => {
+                        return Ended {
+                            code: frame.map(|f| u16::from(f.code)),
+                            reason: "client closed".into(),
+                        };
+                    }
                     // Pings are answered by tungstenite; pongs count as life.
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         return match read_error(&e) {
                             First::Fail(code, why) => {
                                 Box::pin(send_close(stream, code, why, stall)).await;
-                                why.into()
+                                Ended::sent(code, why)
                             }
-                            _ => "connection error".into(),
+                            _ => Ended::dropped("connection error"),
                         };
                     }
                 }
@@ -269,20 +342,20 @@ where
             _ = ping.tick() => {
                 if last_heard.elapsed() >= config.heartbeat_timeout {
                     Box::pin(send_close(stream, close::POLICY, "heartbeat timeout", stall)).await;
-                    return "heartbeat timeout".into();
+                    return Ended::sent(close::POLICY, "heartbeat timeout");
                 }
                 // Boxed like the other rare paths, so an idle connection's
                 // task stays small.
                 let send_ping = tokio::time::timeout(stall, stream.send(Message::Ping(Default::default())));
                 match Box::pin(send_ping).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => return "connection error".into(),
-                    Err(_) => return STALLED.into(),
+                    Ok(Err(_)) => return Ended::dropped("connection error"),
+                    Err(_) => return Ended::dropped(STALLED),
                 }
             }
             _ = &mut expires => {
                 Box::pin(send_close(stream, close::UNAUTHENTICATED, "token expired", stall)).await;
-                return "token expired".into();
+                return Ended::sent(close::UNAUTHENTICATED, "token expired");
             }
         }
     }
@@ -301,19 +374,21 @@ async fn write_guarded<S>(
     first: Outbound,
     close_rx: &mut tokio::sync::watch::Receiver<Option<relay_ports::CloseOrder>>,
     stall: Duration,
-) -> Option<String>
+    metrics: &dyn Metrics,
+    counts: &mut Counts,
+) -> Option<Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let order = tokio::select! {
         biased;
-        ended = write_batch(stream, outbound, first, stall) => return ended,
+        ended = write_batch(stream, outbound, first, stall, metrics, counts) => return ended,
         order = close_ordered(close_rx) => order,
     };
     // Abandoning the write is safe: tungstenite keeps whole frames in its
     // buffer, so the close frame follows what was already taken.
     send_close(stream, order.code, &order.reason, stall).await;
-    Some(order.reason)
+    Some(Ended::sent(order.code, order.reason))
 }
 
 /// Resolves with the close order once there is one.
@@ -341,7 +416,9 @@ async fn write_batch<S>(
     outbound: &mut tokio::sync::mpsc::Receiver<Outbound>,
     first: Outbound,
     stall: Duration,
-) -> Option<String>
+    metrics: &dyn Metrics,
+    counts: &mut Counts,
+) -> Option<Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -352,17 +429,20 @@ where
         match out {
             Outbound::Text(frame) => {
                 match timeout(stall, stream.feed(Message::text(frame.as_ref()))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Some("connection error".into()),
-                    Err(_) => return Some(STALLED.into()),
+                    Ok(Ok(())) => {
+                        metrics.message_sent(frame.len());
+                        counts.sent += 1;
+                    }
+                    Ok(Err(_)) => return Some(Ended::dropped("connection error")),
+                    Err(_) => return Some(Ended::dropped(STALLED)),
                 }
             }
             Outbound::Close(order) => {
                 if let Err(_) | Ok(Err(_)) = timeout(stall, stream.flush()).await {
-                    return Some(order.reason);
+                    return Some(Ended::dropped(order.reason));
                 }
                 Box::pin(send_close(stream, order.code, &order.reason, stall)).await;
-                return Some(order.reason);
+                return Some(Ended::sent(order.code, order.reason));
             }
         }
         written += 1;
@@ -372,7 +452,7 @@ where
     }
     match timeout(stall, stream.flush()).await {
         Ok(Ok(())) => None,
-        Ok(Err(_)) => Some("connection error".into()),
-        Err(_) => Some(STALLED.into()),
+        Ok(Err(_)) => Some(Ended::dropped("connection error")),
+        Err(_) => Some(Ended::dropped(STALLED)),
     }
 }

@@ -21,7 +21,7 @@ mod connection;
 mod http;
 mod upgrade;
 
-use relay_ports::CollaborationService;
+use relay_ports::{CollaborationService, Metrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +72,7 @@ impl Default for WsConfig {
 /// Every route of the public port.
 pub fn routes(
     service: Arc<dyn CollaborationService>,
+    metrics: Arc<dyn Metrics>,
     config: WsConfig,
     jwks: Option<Arc<str>>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
@@ -80,7 +81,7 @@ pub fn routes(
 + Sync
 + 'static {
     let config = Arc::new(config);
-    upgrade::collab(service.clone(), config)
+    upgrade::collab(service.clone(), config, metrics)
         .or(http::health(service.clone()))
         .unify()
         .or(http::ready(service))

@@ -3,8 +3,9 @@
 use super::WsConfig;
 use super::connection;
 use relay_domain::DocumentId;
+use relay_ports::metrics::RejectReason;
 use relay_ports::protocol::SUBPROTOCOL;
-use relay_ports::{CollaborationService, Refusal};
+use relay_ports::{CollaborationService, Metrics, Refusal};
 use std::sync::Arc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -17,6 +18,7 @@ use warp::reply::Response as WarpResponse;
 pub(super) fn collab(
     service: Arc<dyn CollaborationService>,
     config: Arc<WsConfig>,
+    metrics: Arc<dyn Metrics>,
 ) -> impl Filter<Extract = (WarpResponse,), Error = warp::Rejection> + Clone + Send + Sync + 'static
 {
     warp::path("collab")
@@ -28,7 +30,21 @@ pub(super) fn collab(
         .and(warp::ext::optional::<OnUpgrade>())
         .map(
             move |id: String, headers: HeaderMap, query: String, on_upgrade: Option<OnUpgrade>| {
-                handshake(&service, &config, &id, &headers, &query, on_upgrade)
+                let r = handshake(
+                    &service, &config, &metrics, &id, &headers, &query, on_upgrade,
+                );
+                // Refusals of the service (503) are counted where their
+                // reason is known.
+                let reason = match r.status() {
+                    StatusCode::UNAUTHORIZED => Some(RejectReason::Unauthorized),
+                    StatusCode::FORBIDDEN => Some(RejectReason::Forbidden),
+                    s if s.is_client_error() => Some(RejectReason::BadRequest),
+                    _ => None,
+                };
+                if let Some(reason) = reason {
+                    metrics.connection_rejected(reason);
+                }
+                r
             },
         )
 }
@@ -54,6 +70,7 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 fn handshake(
     service: &Arc<dyn CollaborationService>,
     config: &Arc<WsConfig>,
+    metrics: &Arc<dyn Metrics>,
     id: &str,
     headers: &HeaderMap,
     query: &str,
@@ -138,14 +155,19 @@ fn handshake(
     let slot = match service.admit() {
         Ok(slot) => slot,
         Err(refusal) => {
-            let (secs, why) = match refusal {
-                Refusal::AtCapacity { retry_after_secs } => {
-                    (retry_after_secs, "server at capacity")
-                }
-                Refusal::Draining { retry_after_secs } => {
-                    (retry_after_secs, "server shutting down")
-                }
+            let (secs, why, reason) = match refusal {
+                Refusal::AtCapacity { retry_after_secs } => (
+                    retry_after_secs,
+                    "server at capacity",
+                    RejectReason::Capacity,
+                ),
+                Refusal::Draining { retry_after_secs } => (
+                    retry_after_secs,
+                    "server shutting down",
+                    RejectReason::Unavailable,
+                ),
             };
+            metrics.connection_rejected(reason);
             let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, why);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -155,6 +177,7 @@ fn handshake(
     let accept = derive_accept_key(key.as_bytes());
     let service = service.clone();
     let config = config.clone();
+    let metrics = metrics.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -175,7 +198,7 @@ fn handshake(
             .max_frame_size(Some(config.max_message_bytes));
         let io = hyper_util::rt::TokioIo::new(upgraded);
         let stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-        connection::run(stream, service, &config, document, bearer, slot).await;
+        connection::run(stream, service, &config, &*metrics, document, bearer, slot).await;
     });
     let mut r = Response::new(warp::hyper::body::Bytes::new().into());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -228,9 +228,21 @@ impl Room {
         self.seq.version() >= through
     }
 
+    /// Catches up with what others committed that the bus did not bring
+    /// (a gap, a lag, the bus down, the settle check); one that finds ops
+    /// counts as a gap repair from the store.
     pub(super) async fn catch_up_logged(&mut self) {
-        if let Err(e) = self.catch_up().await {
-            warn!(document = %self.document, error = %e, "catch-up from the store failed");
+        let before = self.seq.version();
+        match self.catch_up().await {
+            Ok(_) if self.seq.version() > before => {
+                self.deps
+                    .metrics
+                    .gap_repair(relay_ports::metrics::GapSource::Store);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(document = %self.document, error = %e, "catch-up from the store failed");
+            }
         }
     }
 }

@@ -39,12 +39,13 @@ use relay_ports::bus::{BusEvent, BusMessage, Envelope};
 use relay_ports::protocol::{
     Departed, ErrorCode, Role, ServerMessage, UserInfo, encode_op, encode_ops_frame,
 };
-use relay_ports::{Append, OpStatus, StoreError};
+use relay_ports::{Append, OpStatus, OperationType, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tracing::Instrument;
 use tracing::{debug, info, warn};
 
 /// How many times a batch is retried after losing the race for a version.
@@ -189,8 +190,12 @@ pub(crate) fn spawn(
     use futures::FutureExt;
     let tasks = deps.tasks.clone();
     tasks.spawn(async move {
+        deps.metrics.document_opened();
         let room = std::panic::AssertUnwindSafe(run(document, deps.clone(), mailbox, generation));
-        if let Err(panic) = room.catch_unwind().await {
+        let ended = room.catch_unwind().await;
+        deps.metrics.document_closed();
+        if let Err(panic) = ended {
+            deps.metrics.room_failed();
             let cause = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())

@@ -103,6 +103,11 @@ impl Room {
         let filled =
             self.apply_from_bus(through, applied).await && Some(next) == self.seq.version().next();
         debug!(document = %self.document, %from, %next, filled, "a gap on the bus");
+        if filled {
+            self.deps
+                .metrics
+                .gap_repair(relay_ports::metrics::GapSource::Bus);
+        }
         filled
     }
 

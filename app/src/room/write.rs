@@ -50,7 +50,9 @@ impl Room {
                 "too many submits: slow down",
                 Some(submission.seq),
             );
-            self.deps.metrics.operation("rejected", OpStatus::Rejected);
+            self.deps
+                .metrics
+                .operation(OperationType::of(&submission.delta), OpStatus::Rejected);
             return;
         }
         s.awaiting = Some((submission.seq, received));
@@ -86,7 +88,9 @@ impl Room {
                 "too many submits: slow down",
                 Some(seq),
             );
-            self.deps.metrics.operation("rejected", OpStatus::Rejected);
+            self.deps
+                .metrics
+                .operation(OperationType::of(&p.submission.delta), OpStatus::Rejected);
             return false;
         }
         s.awaiting = Some((seq, p.received));
@@ -99,7 +103,8 @@ impl Room {
         let size = self.deps.config.operation_batch_size;
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(size));
-            self.commit_batch(batch).await;
+            let span = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "sequence", document = %self.document, submits = batch.len());
+            self.commit_batch(batch).instrument(span).await;
             batch = rest;
         }
     }
@@ -160,13 +165,19 @@ impl Room {
             if self.seq.pending().is_empty() {
                 return;
             }
+            let started = std::time::Instant::now();
+            let span = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "commit", document = %self.document, ops = self.seq.pending().len());
             let outcome = self
                 .deps
                 .store
                 .append(self.document, self.seq.pending())
+                .instrument(span)
                 .await;
             match outcome {
                 Ok(Append::Committed) => {
+                    self.deps
+                        .metrics
+                        .commit(self.seq.pending().len(), started.elapsed().as_secs_f64());
                     let ops = self.seq.pending().to_vec();
                     let through = ops.last().map_or(self.seq.version(), |o| o.version);
                     self.seq.commit(through, self.now());
@@ -188,6 +199,9 @@ impl Room {
                 }
                 Ok(Append::Conflict { .. }) | Ok(Append::Duplicate { .. }) => {
                     self.seq.abort_pending();
+                    self.deps
+                        .metrics
+                        .commit_conflict(attempt < MAX_APPEND_ATTEMPTS);
                     debug!(document = %self.document, attempt, "lost the race for a version; catching up");
                     // From the store: the winner published moments ago at
                     // best, so Redis would rarely have it yet.
@@ -225,7 +239,12 @@ impl Room {
         }
         self.seq.abort_pending();
         warn!(document = %self.document, "gave up after {MAX_APPEND_ATTEMPTS} conflicting appends");
-        self.fail(
+        for p in &batch {
+            self.deps
+                .metrics
+                .operation(OperationType::of(&p.submission.delta), OpStatus::Conflict);
+        }
+        self.fail_as(
             &batch,
             ErrorCode::Unavailable,
             "the document is too busy: nothing was committed; retry the same submit",
@@ -294,7 +313,7 @@ impl Room {
             );
             return Proposal::Answered;
         }
-        let kind = relay_ports::metrics::operation_type(&sub.delta);
+        let kind = OperationType::of(&sub.delta);
         match self.seq.propose(sub) {
             Ok(Proposed::New(_)) | Ok(Proposed::Pending(_)) => Proposal::Pending,
             Ok(Proposed::Duplicate(version)) if version > self.seq.version() => Proposal::Behind,
@@ -370,15 +389,22 @@ impl Room {
         }
     }
 
-    /// Answers submits with an error (non-fatal) and frees their sessions.
+    /// Answers submits with an error (non-fatal) and frees their sessions;
+    /// `unavailable` counts as an `error` op.
     pub(super) fn fail(&mut self, pending: &[Pending], code: ErrorCode, message: &str) {
-        for p in pending {
-            if code == ErrorCode::Unavailable {
-                self.deps.metrics.operation(
-                    relay_ports::metrics::operation_type(&p.submission.delta),
-                    OpStatus::Error,
-                );
+        if code == ErrorCode::Unavailable {
+            for p in pending {
+                self.deps
+                    .metrics
+                    .operation(OperationType::of(&p.submission.delta), OpStatus::Error);
             }
+        }
+        self.fail_as(pending, code, message);
+    }
+
+    /// [`Room::fail`] without counting (the caller counted).
+    pub(super) fn fail_as(&mut self, pending: &[Pending], code: ErrorCode, message: &str) {
+        for p in pending {
             if let Some(s) = self.sessions.get_mut(&p.session)
                 && s.awaiting.map(|a| a.0) == Some(p.submission.seq)
             {
@@ -399,6 +425,7 @@ impl Room {
         for op in ops {
             self.roster.apply(op);
         }
+        let fanout = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "fanout", document = %self.document, ops = ops.len(), ours).entered();
         let encoded: Vec<String> = ops.iter().map(encode_op).collect();
         let batch = self.deps.config.operation_batch_size;
         let budget = self.deps.config.max_message_bytes;
@@ -445,12 +472,12 @@ impl Room {
                 dead.push(*id);
             }
         }
+        drop(fanout);
         if ours {
             for op in ops {
-                self.deps.metrics.operation(
-                    relay_ports::metrics::operation_type(&op.delta),
-                    OpStatus::Ok,
-                );
+                self.deps
+                    .metrics
+                    .operation(OperationType::of(&op.delta), OpStatus::Ok);
             }
             self.publish(BusMessage::Ops { ops: ops.to_vec() }).await;
             self.maybe_snapshot(false).await;
@@ -499,10 +526,9 @@ impl Room {
         match self.catch_up_finding(ours).await {
             Ok(found) if !found.is_empty() => {
                 for op in &found {
-                    self.deps.metrics.operation(
-                        relay_ports::metrics::operation_type(&op.delta),
-                        OpStatus::Ok,
-                    );
+                    self.deps
+                        .metrics
+                        .operation(OperationType::of(&op.delta), OpStatus::Ok);
                 }
                 self.publish(BusMessage::Ops { ops: found }).await;
             }
@@ -527,10 +553,9 @@ impl Room {
                 .get(&p.session)
                 .is_some_and(|s| s.awaiting.map(|a| a.0) == Some(p.submission.seq))
             {
-                self.deps.metrics.operation(
-                    relay_ports::metrics::operation_type(&p.submission.delta),
-                    OpStatus::Error,
-                );
+                self.deps
+                    .metrics
+                    .operation(OperationType::of(&p.submission.delta), OpStatus::Error);
             }
         }
         self.send_away(

@@ -76,7 +76,7 @@ async fn serve(nodelay: bool, keys: &DevKeys) -> SocketAddr {
     };
     let wired = relay_app::wiring::in_memory(config.clone(), keys);
     let service: Arc<dyn CollaborationService> = Arc::new(wired.relay);
-    let routes = ws::routes(service, config.ws(), wired.jwks);
+    let routes = ws::routes(service, wired.metrics, config.ws(), wired.jwks);
     let listener = if nodelay {
         ws::bind("127.0.0.1:0".parse().expect("addr"))
             .await

@@ -1,0 +1,133 @@
+//! Logs, metrics and spans, set up once by the binary.
+//!
+//! - Logs: `tracing` to stdout, filtered by RUST_LOG (default `info`),
+//!   plain text or, with LOG_FORMAT=json, one JSON object per line. Each
+//!   connection logs one line when it opens and one when it closes (target
+//!   `relay::connection`: document, user, client, duration, messages, close
+//!   code and reason). No line carries a token or a delta's text at info.
+//! - Metrics: [`OtelMetrics`], served at `/metrics` on METRICS_PORT, and
+//!   pushed over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+//! - Spans of the submit path (target `relay::submit`: `receive`,
+//!   `sequence`, `commit`, `fanout`), exported over OTLP when an endpoint
+//!   is set; never printed as logs.
+
+use crate::config::Config;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use relay_adapters::otel::otlp::{self, OtlpSettings};
+use relay_adapters::otel::{OtelMetrics, OtelSettings};
+use std::sync::Arc;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::FilterExt as _;
+use tracing_subscriber::filter::{EnvFilter, FilterFn, LevelFilter};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// The target of the submit path's spans.
+pub const SUBMIT_SPANS: &str = "relay::submit";
+
+/// What [`init`] set up; [`Telemetry::shutdown`] flushes it.
+pub struct Telemetry {
+    pub metrics: Arc<OtelMetrics>,
+    tracer: Option<SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("otlp_traces", &self.tracer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sets up logging only (for the subcommands other than `serve`).
+pub fn init_logging(json: bool) {
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer(json))
+        .try_init();
+}
+
+fn fmt_layer<S>(json: bool) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The submit spans are for OTLP only: the log lines neither show nor
+    // pay for them.
+    let not_spans = FilterFn::new(|m| m.target() != SUBMIT_SPANS);
+    let layer = tracing_subscriber::fmt::layer().with_target(false);
+    if json {
+        layer
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_filter(filter.and(not_spans))
+            .boxed()
+    } else {
+        layer.with_filter(filter.and(not_spans)).boxed()
+    }
+}
+
+/// Logging, metrics and (with an OTLP endpoint) span export, from the
+/// configuration and the standard OTEL_* variables. Call before the
+/// runtime starts: the OTLP exporters run on threads of their own.
+pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
+    let otlp = OtlpSettings::from_env(|k| std::env::var(k).ok());
+    let metrics = Arc::new(OtelMetrics::new(&OtelSettings {
+        document_series: config.metrics_document_series,
+        otlp: otlp.clone(),
+    })?);
+    let tracer = match &otlp {
+        Some(o) => otlp::tracer_provider(o)?,
+        None => None,
+    };
+    let spans = tracer.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("relay"))
+            .with_filter(FilterFn::new(|m| m.target() == SUBMIT_SPANS))
+            .with_filter(LevelFilter::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(fmt_layer(config.log_json))
+        .with(spans)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+    if let Some(o) = &otlp {
+        tracing::info!(metrics = o.metrics, traces = o.traces, "OTLP export on");
+    }
+    Ok(Telemetry { metrics, tracer })
+}
+
+impl Telemetry {
+    /// Pushes what is left (metrics, spans) to OTLP and stops the
+    /// exporters. Blocking: call off the runtime, or at exit.
+    pub fn shutdown(&self) {
+        self.metrics.shutdown();
+        if let Some(t) = &self.tracer
+            && let Err(e) = t.shutdown()
+        {
+            tracing::debug!(error = %e, "span exporter shutdown");
+        }
+    }
+}
+
+/// Serves `/metrics` on `addr` until `stop` completes; returns the bound
+/// address (port 0 picks one).
+pub async fn serve_metrics(
+    metrics: Arc<OtelMetrics>,
+    addr: std::net::SocketAddr,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let (listener, bound) = relay_adapters::ws::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("METRICS_PORT: cannot bind {addr}: {e}"))?;
+    let routes = relay_adapters::otel::endpoint::routes(metrics);
+    let task = tokio::spawn(async move {
+        warp::serve(routes)
+            .incoming(listener)
+            .graceful(stop)
+            .run()
+            .await;
+    });
+    Ok((bound, task))
+}
