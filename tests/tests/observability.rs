@@ -349,14 +349,17 @@ async fn prometheus_scrapes_relay_and_every_panel_and_alert_evaluates() {
     }
 }
 
+/// Each request the receiver got: its path and body.
+type Posts = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A minimal OTLP/HTTP receiver: records each POST's path and body.
-async fn otlp_receiver() -> (SocketAddr, Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>) {
+async fn otlp_receiver() -> (SocketAddr, Posts) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let got: Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let got: Posts = Arc::default();
     let seen = got.clone();
     tokio::spawn(async move {
         loop {

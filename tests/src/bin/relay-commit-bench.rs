@@ -17,7 +17,14 @@
 //! ```text
 //! cargo build --release -p relay-tests --bin relay-commit-bench
 //! target/release/relay-commit-bench [SCENARIO...] [timeline]   # RELAY_TEST_DATABASE_URL or local PostgreSQL
+//! RELAY_BENCH_METRICS=none|memory|otel target/release/relay-commit-bench ...
 //! ```
+//!
+//! `RELAY_BENCH_METRICS` picks what the service records to: `otel` (the
+//! default, as the `relay` binary does: OpenTelemetry with the Prometheus
+//! exporter), `none` (nothing), or `memory` (every record behind one
+//! mutex, what production ran before). Each scenario prints the process's
+//! CPU time per committed op, so the metrics' cost is the difference.
 
 use relay_adapters::jwt::{DevKeys, TokenRequest};
 use relay_adapters::postgres::{PgPool, PgStore, PoolSettings, testdb};
@@ -220,6 +227,7 @@ async fn scenario(
     let counts = &store.tap;
     let (mut adapters, _) = wiring::memory_adapters(wiring::dev_verifier(&config, &keys));
     adapters.store = store.clone();
+    adapters.metrics = bench_metrics();
     let relay = Relay::new(config, adapters, Vec::new());
     let docs: Vec<DocumentId> = (0..documents)
         .map(|_| DocumentId::new(Uuid::new_v4()))
@@ -246,6 +254,7 @@ async fn scenario(
         counts.ops.load(Ordering::Relaxed),
     );
     counts.largest.store(0, Ordering::Relaxed);
+    let cpu0 = cpu_seconds();
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut firsts = Vec::new();
@@ -256,6 +265,7 @@ async fn scenario(
     }
     firsts.sort();
     let elapsed = started.elapsed();
+    let cpu = cpu_seconds() - cpu0;
     let mut latencies: Vec<Duration> = samples.iter().map(|s| s.1).collect();
     latencies.sort();
     let total = latencies.len();
@@ -275,6 +285,12 @@ async fn scenario(
         appends,
         (counts.ops.load(Ordering::Relaxed) - ops0) as f64 / appends as f64,
         counts.largest.load(Ordering::Relaxed),
+    );
+    println!(
+        "  CPU (this process: the service and its PostgreSQL client) {:.1} us per committed op ({:.2} s in all, metrics: {})",
+        cpu * 1e6 / total.max(1) as f64,
+        cpu,
+        std::env::var("RELAY_BENCH_METRICS").unwrap_or_else(|_| "otel".into())
     );
     println!(
         "  warm-up (not counted above): each writer's first submit after joining, all at once: p50 {:.2} ms, max {:.2} ms",
@@ -300,6 +316,36 @@ async fn scenario(
             .collect();
         println!("  p50 ms by due time: {}", line.join(" "));
     }
+}
+
+/// What the service records to: RELAY_BENCH_METRICS (see the header).
+fn bench_metrics() -> Arc<dyn relay_ports::Metrics> {
+    match std::env::var("RELAY_BENCH_METRICS").as_deref() {
+        Ok("none") => Arc::new(relay_ports::NoMetrics),
+        Ok("memory") => Arc::new(relay_adapters::memory::MemoryMetrics::new()),
+        Ok("otel") | Err(_) => Arc::new(
+            relay_adapters::otel::OtelMetrics::new(&relay_adapters::otel::OtelSettings::default())
+                .expect("metrics"),
+        ),
+        Ok(other) => panic!("RELAY_BENCH_METRICS: none, memory or otel, not {other:?}"),
+    }
+}
+
+/// This process's user + system CPU time so far (Linux: /proc/self/stat,
+/// in clock ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn main() {
