@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::warn;
 
 pub(crate) struct RelaySession {
     pub(crate) id: u64,
@@ -203,6 +203,6 @@ impl Session for RelaySession {
             let _ = self.room.send(cmd).await;
         }
         self.inner.deps.metrics.connection_closed(self.document);
-        info!(document = %self.document, user = %self.claims.user, client_id = %self.client_id, reason, "connection closed");
+        tracing::debug!(document = %self.document, user = %self.claims.user, client_id = %self.client_id, reason, "session left its room");
     }
 }

@@ -206,7 +206,10 @@ async fn type_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prometheus_scrapes_relay_and_every_panel_and_alert_evaluates() {
-    let cluster = Cluster::start(1, &[]).await;
+    let logs = std::env::temp_dir().join(format!("relay-obs-logs-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&logs).expect("log dir");
+    relay_tests::instances::log_to(logs.clone());
+    let cluster = Cluster::start(1, &[("LOG_FORMAT", "json"), ("RUST_LOG", "info")]).await;
     let relay = &cluster.instances[0];
     let prometheus = Prometheus::start(relay.metrics_addr()).await;
     // Scraped before any load: every counter exists from the start.
@@ -346,6 +349,45 @@ async fn prometheus_scrapes_relay_and_every_panel_and_alert_evaluates() {
         }
         assert!(Instant::now() < deadline, "series left: {series:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // LOG_FORMAT=json: every line one JSON object; a line per connection
+    // opened and closed, with what the issue asks; no token anywhere.
+    let mut opened = 0;
+    let mut closed = Vec::new();
+    for entry in std::fs::read_dir(&logs).expect("logs") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("log");
+        // The OTLP test in this binary may log (as text) to the same files:
+        // only its lines are not JSON objects.
+        for line in text.lines().filter(|l| l.starts_with('{')) {
+            let json: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+            assert!(!line.contains("eyJ"), "a token in the log: {line}");
+            match json["fields"]["message"].as_str() {
+                Some("connection opened") => opened += 1,
+                Some("connection closed") => closed.push(json["fields"].clone()),
+                _ => {}
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&logs);
+    assert_eq!(opened, 6, "one line per connection opened");
+    assert_eq!(closed.len(), 6, "one line per connection closed");
+    for c in &closed {
+        for field in [
+            "document",
+            "user",
+            "client_id",
+            "duration_ms",
+            "messages_sent",
+            "reason",
+        ] {
+            assert!(!c[field].is_null(), "{field} in {c}");
+        }
+        assert!(c["messages_received"].as_u64().unwrap_or(0) > 1, "{c}");
+        // The test client closes without a code: none is logged.
+        assert_eq!(c["reason"], "client closed", "{c}");
+        assert!(c["close_code"].is_null() || c["close_code"].is_u64(), "{c}");
     }
 }
 
