@@ -42,16 +42,19 @@ impl std::fmt::Debug for Telemetry {
 
 /// Sets up logging only (for the subcommands other than `serve`).
 pub fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::registry()
-        .with(fmt_layer(json))
+        .with(fmt_layer(json, filter))
         .try_init();
 }
 
-fn fmt_layer<S>(json: bool) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+fn fmt_layer<S>(
+    json: bool,
+    filter: EnvFilter,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // The submit spans are for OTLP only: the log lines neither show nor
     // pay for them.
     let not_spans = FilterFn::new(|m| m.target() != SUBMIT_SPANS);
@@ -87,8 +90,10 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
             .with_filter(FilterFn::new(|m| m.target() == SUBMIT_SPANS))
             .with_filter(LevelFilter::INFO)
     });
+    let filter =
+        EnvFilter::try_new(&config.rust_log).map_err(|e| anyhow::anyhow!("RUST_LOG: {e}"))?;
     tracing_subscriber::registry()
-        .with(fmt_layer(config.log_json))
+        .with(fmt_layer(config.log_json, filter))
         .with(spans)
         .try_init()
         .map_err(|e| anyhow::anyhow!("logging: {e}"))?;

@@ -73,3 +73,148 @@ fn an_unreachable_redis_is_refused_at_start_naming_the_variable() {
     let text = printed(&out);
     assert!(text.contains("REDIS_URL: redis:"), "{text}");
 }
+
+/// Every variable of the deployment document's three tables (and Relay's
+/// own) appears in `--help` with its default.
+#[test]
+fn help_lists_every_variable_with_its_default() {
+    for args in [&["--help"][..], &["serve", "--help"][..]] {
+        let out = relay().args(args).output().expect("run relay");
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        for (var, default) in [
+            ("BIND_ADDRESS", Some("0.0.0.0:8081")),
+            ("METRICS_PORT", Some("9090")),
+            ("DATABASE_URL", None),
+            ("REDIS_URL", None),
+            ("JWT_PUBLIC_KEY_URL", None),
+            ("RUST_LOG", Some("info")),
+            ("MAX_CONNECTIONS", Some("10000")),
+            ("HEARTBEAT_INTERVAL_SECS", Some("30")),
+            ("HEARTBEAT_TIMEOUT_SECS", Some("60")),
+            ("CURSOR_THROTTLE_MS", Some("50")),
+            ("TYPING_DEBOUNCE_MS", Some("500")),
+            ("OPERATION_BATCH_SIZE", Some("100")),
+            ("OPERATION_HISTORY_TTL", Some("600")),
+            ("PERMISSION_CACHE_TTL", Some("300")),
+            ("REDIS_POOL_SIZE", Some("50")),
+            ("DB_POOL_SIZE", Some("20")),
+            ("DB_MAX_LIFETIME_SECS", Some("1800")),
+            ("DB_IDLE_TIMEOUT_SECS", Some("600")),
+            ("SHUTDOWN_GRACE_SECS", Some("30")),
+            ("TOKIO_WORKER_THREADS", None),
+            ("LOG_FORMAT", Some("text")),
+            ("METRICS_DOCUMENT_SERIES", Some("500")),
+        ] {
+            let line = help
+                .lines()
+                .skip_while(|l| !l.contains(&format!("<{var}>")))
+                .nth(1)
+                .unwrap_or_else(|| panic!("{var} in {args:?}: {help}"));
+            assert!(line.contains(&format!("[env: {var}")), "{var}: {line}");
+            if let Some(d) = default {
+                assert!(line.contains(&format!("[default: {d}]")), "{var}: {line}");
+            }
+        }
+    }
+}
+
+#[test]
+fn relay_config_prints_the_configuration_with_passwords_redacted() {
+    let out = relay()
+        .arg("config")
+        .env("DATABASE_URL", "postgres://relay:s3cret@db:5432/relay")
+        .env("REDIS_URL", "redis://:hunter2@redis:6379")
+        .env("JWT_PUBLIC_KEY_URL", "https://id.example/jwks.json")
+        .env("MAX_CONNECTIONS", "3000")
+        .output()
+        .expect("run relay");
+    let text = printed(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("s3cret") && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DATABASE_URL=postgres://relay:***@db:5432/relay"),
+        "{text}"
+    );
+    assert!(text.contains("MAX_CONNECTIONS=3000  # env"), "{text}");
+    assert!(text.contains("SHUTDOWN_GRACE_SECS=30  # default"), "{text}");
+    // --help does not show a set variable's secret either.
+    let help = relay()
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://relay:s3cret@db:5432/relay")
+        .output()
+        .expect("run relay");
+    assert!(!printed(&help).contains("s3cret"));
+    // An invalid value: named, and the exit status says so.
+    let bad = relay()
+        .arg("config")
+        .env("HEARTBEAT_INTERVAL_SECS", "90")
+        .output()
+        .expect("run relay");
+    assert!(!bad.status.success());
+    assert!(
+        printed(&bad).contains("HEARTBEAT_TIMEOUT_SECS"),
+        "{}",
+        printed(&bad)
+    );
+}
+
+#[test]
+fn a_bad_value_is_refused_naming_the_variable_and_the_expected_form() {
+    for (var, value, expected) in [
+        ("MAX_CONNECTIONS", "lots", "whole number"),
+        ("LOG_FORMAT", "xml", "text, json"),
+        ("BIND_ADDRESS", "nowhere", "BIND_ADDRESS"),
+        ("METRICS_DOCUMENT_SERIES", "5000", "at most 1900"),
+    ] {
+        let out = relay().env(var, value).output().expect("run relay");
+        assert!(!out.status.success(), "{var}={value} must not start");
+        let text = printed(&out);
+        assert!(
+            text.contains(var) && text.contains(expected),
+            "{var}: {text}"
+        );
+    }
+}
+
+/// TOKIO_WORKER_THREADS sizes the runtime; its threads are named
+/// `relay-worker`, as the deployment document's snippet names them.
+#[cfg(target_os = "linux")]
+#[test]
+fn tokio_worker_threads_sizes_the_runtime() {
+    let dir = std::env::temp_dir().join(format!("relay-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = relay()
+        .env("BIND_ADDRESS", "127.0.0.1:0")
+        .env("TOKIO_WORKER_THREADS", "3")
+        .env("RELAY_DEV_KEY_FILE", dir.join("key.pem"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start relay");
+    let count = || {
+        std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == "relay-worker")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let n = count();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(n, 3, "three relay-worker threads");
+}

@@ -2,6 +2,9 @@
 //! document, with its default, validated at start with a message naming the
 //! variable.
 
+mod settings;
+
+pub use settings::{LogFormat, PermissionSourceArg, SECRET_URLS, Settings, redact_url};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -34,6 +37,8 @@ pub struct Config {
     pub metrics_document_series: usize,
     /// LOG_FORMAT=json: one JSON object per log line.
     pub log_json: bool,
+    /// RUST_LOG: the log filter.
+    pub rust_log: String,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
     pub jwt_public_key_url: Option<String>,
@@ -89,7 +94,7 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{variable}: {problem}")]
 pub struct ConfigError {
-    pub variable: &'static str,
+    pub variable: String,
     pub problem: String,
 }
 
@@ -99,154 +104,28 @@ impl Config {
         Config::from_lookup(|k| std::env::var(k).ok())
     }
 
-    /// Reads variables through `get` (tests pass a map).
+    /// Reads variables through `get` (tests pass a map): each set,
+    /// non-empty variable is handed to clap as its flag, so the map is
+    /// parsed exactly as the environment is.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let r = Reader { get: &get };
-        let config = Config {
-            bind_address: r.parse("BIND_ADDRESS", "0.0.0.0:8081")?,
-            metrics_port: r.parse("METRICS_PORT", "9090")?,
-            metrics_document_series: r.positive("METRICS_DOCUMENT_SERIES", "500")?,
-            log_json: match get("LOG_FORMAT").as_deref().map(str::trim) {
-                None | Some("text") => false,
-                Some("json") => true,
-                Some(other) => {
-                    return Err(ConfigError {
-                        variable: "LOG_FORMAT",
-                        problem: format!("expected `text` or `json`, got {other:?}"),
-                    });
-                }
-            },
-            database_url: get("DATABASE_URL"),
-            redis_url: get("REDIS_URL"),
-            jwt_public_key_url: get("JWT_PUBLIC_KEY_URL"),
-            jwt_issuer: get("JWT_ISSUER"),
-            jwt_audience: get("JWT_AUDIENCE"),
-            jwt_leeway_secs: r.parse("JWT_LEEWAY_SECS", "30")?,
-            jwks_refresh_secs: r.positive("JWKS_REFRESH_SECS", "300")?,
-            jwks_cooldown_secs: r.parse("JWKS_COOLDOWN_SECS", "30")?,
-            allowed_origins: get("ALLOWED_ORIGINS").map(|v| {
-                v.split(',')
-                    .map(|o| o.trim().trim_end_matches('/').to_owned())
-                    .filter(|o| !o.is_empty())
-                    .collect()
-            }),
-            max_connections: r.positive("MAX_CONNECTIONS", "10000")?,
-            max_message_bytes: r.positive("MAX_MESSAGE_BYTES", "1048576")?,
-            auth_timeout: Duration::from_secs(r.positive("AUTH_TIMEOUT_SECS", "10")?),
-            heartbeat_interval: Duration::from_secs(r.positive("HEARTBEAT_INTERVAL_SECS", "30")?),
-            heartbeat_timeout: Duration::from_secs(r.positive("HEARTBEAT_TIMEOUT_SECS", "60")?),
-            presence_ttl: match get("PRESENCE_TTL_SECS") {
-                None => None,
-                Some(_) => Some(Duration::from_secs(r.positive("PRESENCE_TTL_SECS", "120")?)),
-            },
-            cursor_throttle_ms: r.parse("CURSOR_THROTTLE_MS", "50")?,
-            typing_debounce_ms: r.positive("TYPING_DEBOUNCE_MS", "500")?,
-            operation_batch_size: r.positive("OPERATION_BATCH_SIZE", "100")?,
-            operation_history_ttl: Duration::from_secs(r.positive("OPERATION_HISTORY_TTL", "600")?),
-            operation_history_max: r.positive("OPERATION_HISTORY_MAX", "10000")?,
-            operation_history_bytes: r.positive("OPERATION_HISTORY_BYTES", "8388608")?,
-            permission_source: match get("PERMISSION_SOURCE").as_deref() {
-                None => {
-                    if get("DATABASE_URL").is_some() {
-                        PermissionSourceKind::Database
-                    } else {
-                        PermissionSourceKind::Claims
-                    }
-                }
-                Some("claims") => PermissionSourceKind::Claims,
-                Some("database") => PermissionSourceKind::Database,
-                Some(other) => {
-                    return Err(ConfigError {
-                        variable: "PERMISSION_SOURCE",
-                        problem: format!("expected `claims` or `database`, got {other:?}"),
-                    });
-                }
-            },
-            permission_cache_ttl: Duration::from_secs(r.parse("PERMISSION_CACHE_TTL", "300")?),
-            redis_pool_size: r.positive("REDIS_POOL_SIZE", "50")?,
-            redis_history_ops: r.parse("REDIS_HISTORY_OPS", "200")?,
-            db_pool_size: r.positive("DB_POOL_SIZE", "20")?,
-            db_max_lifetime: Duration::from_secs(r.positive("DB_MAX_LIFETIME_SECS", "1800")?),
-            db_idle_timeout: Duration::from_secs(r.positive("DB_IDLE_TIMEOUT_SECS", "600")?),
-            db_statement_timeout: Duration::from_millis(
-                r.positive("DB_STATEMENT_TIMEOUT_MS", "5000")?,
-            ),
-            snapshot_every: r.positive("SNAPSHOT_EVERY", "500")?,
-            run_migrations: r.parse("RUN_MIGRATIONS", "false")?,
-            max_document_chars: r.positive("MAX_DOCUMENT_CHARS", "10000000")?,
-            max_document_bytes: 0,
-            outbound_queue: r.positive("OUTBOUND_QUEUE", "256")?,
-            room_idle: Duration::from_secs(r.parse("ROOM_IDLE_SECS", "30")?),
-            bus_down_poll: Duration::from_millis(r.positive("BUS_DOWN_POLL_MS", "1000")?),
-            shutdown_grace: Duration::from_secs(r.parse("SHUTDOWN_GRACE_SECS", "30")?),
-            submit_rate_per_sec: r.positive("SUBMIT_RATE_PER_SEC", "200")?,
-            submit_burst: r.positive("SUBMIT_BURST", "400")?,
-            presence_rate_per_sec: r.positive("PRESENCE_RATE_PER_SEC", "100")?,
-            presence_burst: r.positive("PRESENCE_BURST", "200")?,
-            worker_threads: match get("TOKIO_WORKER_THREADS") {
-                None => None,
-                Some(_) => Some(r.positive("TOKIO_WORKER_THREADS", "1")?),
-            },
-        };
-        let mut config = config;
-        // Default: any text of MAX_DOCUMENT_CHARS characters fits (at most
-        // 9 bytes a character as JSON), with 64 MiB to spare for formatting.
-        let default_bytes = config
-            .max_document_chars
-            .saturating_mul(9)
-            .saturating_add(64 << 20)
-            .to_string();
-        config.max_document_bytes = r.positive("MAX_DOCUMENT_BYTES", &default_bytes)?;
-        if config.metrics_document_series > relay_adapters::otel::MAX_DOCUMENT_SERIES {
-            return Err(ConfigError {
-                variable: "METRICS_DOCUMENT_SERIES",
-                problem: format!(
-                    "must be at most {} (the metrics SDK keeps 2,000 series per metric)",
-                    relay_adapters::otel::MAX_DOCUMENT_SERIES
-                ),
-            });
+        use clap::{CommandFactory, FromArgMatches};
+        let command = SettingsOnly::command();
+        let mut args = vec!["relay".to_owned()];
+        for arg in command.get_arguments() {
+            let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            if let Some(v) = env.to_str().and_then(&get).filter(|v| !v.trim().is_empty()) {
+                args.push(format!("--{long}={v}"));
+            }
         }
-        if config.metrics_port != 0 && config.metrics_port == config.bind_address.port() {
-            return Err(ConfigError {
-                variable: "METRICS_PORT",
-                problem: format!(
-                    "must differ from BIND_ADDRESS's port ({})",
-                    config.bind_address.port()
-                ),
-            });
-        }
-        if config.heartbeat_timeout <= config.heartbeat_interval {
-            return Err(ConfigError {
-                variable: "HEARTBEAT_TIMEOUT_SECS",
-                problem: format!(
-                    "must be greater than HEARTBEAT_INTERVAL_SECS ({}s)",
-                    config.heartbeat_interval.as_secs()
-                ),
-            });
-        }
-        if config.database_url.is_some()
-            && config.max_document_chars > usize::try_from(i32::MAX).unwrap_or(usize::MAX)
-        {
-            // The seed's `operations.position` column is an INTEGER.
-            return Err(ConfigError {
-                variable: "MAX_DOCUMENT_CHARS",
-                problem: format!("must be at most {} with DATABASE_URL", i32::MAX),
-            });
-        }
-        if config.max_document_chars > relay_domain::ids::MAX_LEN {
-            return Err(ConfigError {
-                variable: "MAX_DOCUMENT_CHARS",
-                problem: "must be at most 2^53 - 1".into(),
-            });
-        }
-        if config.max_message_bytes < 1024 {
-            return Err(ConfigError {
-                variable: "MAX_MESSAGE_BYTES",
-                problem: "must be at least 1024".into(),
-            });
-        }
-        Ok(config)
+        let matches = command
+            .no_binary_name(false)
+            .try_get_matches_from(args)
+            .map_err(|e| ConfigError::from_clap(&e))?;
+        let only =
+            SettingsOnly::from_arg_matches(&matches).map_err(|e| ConfigError::from_clap(&e))?;
+        only.settings.into_config()
     }
 
     /// Whether Relay runs on in-memory adapters with a development key.
@@ -320,42 +199,72 @@ impl Default for Config {
     }
 }
 
-struct Reader<'a> {
-    get: &'a dyn Fn(&str) -> Option<String>,
+/// `relay config`: every variable as `NAME=value`, with where the value
+/// comes from (`env` or `default`, or `unset`), the passwords of
+/// DATABASE_URL and REDIS_URL shown as `***`.
+pub fn describe(get: impl Fn(&str) -> Option<String>) -> String {
+    use clap::CommandFactory;
+    let command = SettingsOnly::command();
+    let mut out = String::new();
+    for arg in command.get_arguments() {
+        let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+            continue;
+        };
+        let set = get(env).filter(|v| !v.trim().is_empty());
+        let default = arg
+            .get_default_values()
+            .first()
+            .and_then(|d| d.to_str())
+            .map(str::to_owned);
+        let (value, source) = match (set, default) {
+            (Some(v), _) => (Some(v), "env"),
+            (None, Some(d)) => (Some(d), "default"),
+            (None, None) => (None, "unset"),
+        };
+        let value = value.map(|v| {
+            if SECRET_URLS.contains(&env) {
+                redact_url(&v)
+            } else {
+                v
+            }
+        });
+        match value {
+            Some(v) => out.push_str(&format!("{env}={v}  # {source}\n")),
+            None => out.push_str(&format!("# {env} unset\n")),
+        }
+    }
+    out
 }
 
-impl Reader<'_> {
-    fn parse<T: std::str::FromStr>(
-        &self,
-        variable: &'static str,
-        default: &str,
-    ) -> Result<T, ConfigError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let raw = (self.get)(variable).unwrap_or_else(|| default.to_owned());
-        raw.trim().parse().map_err(|e| ConfigError {
-            variable,
-            problem: format!("cannot parse {raw:?}: {e}"),
-        })
-    }
+/// [`Settings`] alone, for parsing a map or the environment outside the
+/// binary's command line.
+#[derive(clap::Parser, Debug)]
+#[command(name = "relay", disable_help_flag = true, disable_version_flag = true)]
+struct SettingsOnly {
+    #[command(flatten)]
+    settings: Settings,
+}
 
-    fn positive<T: std::str::FromStr + Default + PartialEq>(
-        &self,
-        variable: &'static str,
-        default: &str,
-    ) -> Result<T, ConfigError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let v: T = self.parse(variable, default)?;
-        if v == T::default() {
-            return Err(ConfigError {
-                variable,
-                problem: "must be greater than 0".into(),
-            });
-        }
-        Ok(v)
+impl ConfigError {
+    /// A clap error, naming the variable (every value name is the
+    /// variable's).
+    pub fn from_clap(e: &clap::Error) -> ConfigError {
+        use clap::error::{ContextKind, ContextValue};
+        let variable = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => arg
+                .split_once('<')
+                .and_then(|(_, rest)| rest.split_once('>'))
+                .map_or_else(|| arg.clone(), |(name, _)| name.to_owned()),
+            _ => "configuration".to_owned(),
+        };
+        let problem = e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid value")
+            .trim_start_matches("error: ")
+            .to_owned();
+        ConfigError { variable, problem }
     }
 }
 
@@ -393,6 +302,62 @@ mod tests {
         assert_eq!(c.auth_timeout, Duration::from_secs(10));
         assert_eq!(c.permission_source, PermissionSourceKind::Claims);
         assert!(c.is_development());
+    }
+
+    #[test]
+    fn an_empty_variable_is_unset_and_clap_errors_name_the_variable() {
+        assert_eq!(
+            with(&[("MAX_CONNECTIONS", "  ")]).unwrap().max_connections,
+            10_000
+        );
+        let e = with(&[("MAX_CONNECTIONS", "0")]).unwrap_err();
+        assert_eq!(e.variable, "MAX_CONNECTIONS");
+        assert!(e.problem.contains("greater than 0"), "{}", e.problem);
+        let e = with(&[("LOG_FORMAT", "xml")]).unwrap_err();
+        assert!(e.problem.contains("xml"), "{}", e.problem);
+        assert!(with(&[("RUN_MIGRATIONS", "true")]).unwrap().run_migrations);
+        assert_eq!(
+            with(&[("DATABASE_URL", "nowhere")]).unwrap_err().variable,
+            "DATABASE_URL"
+        );
+    }
+
+    #[test]
+    fn relay_config_lists_every_variable_and_redacts_passwords() {
+        let map: HashMap<&str, &str> = [
+            ("DATABASE_URL", "postgres://relay:s3cret@db:5432/relay"),
+            ("REDIS_URL", "redis://:hunter2@redis:6379/0"),
+            ("MAX_CONNECTIONS", "42"),
+        ]
+        .into_iter()
+        .collect();
+        let text = describe(|k| map.get(k).map(|v| v.to_string()));
+        assert!(
+            !text.contains("s3cret") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("DATABASE_URL=postgres://relay:***@db:5432/relay  # env"),
+            "{text}"
+        );
+        assert!(
+            text.contains("REDIS_URL=redis://:***@redis:6379/0  # env"),
+            "{text}"
+        );
+        assert!(text.contains("MAX_CONNECTIONS=42  # env"));
+        assert!(text.contains("BIND_ADDRESS=0.0.0.0:8081  # default"));
+        assert!(text.contains("# JWT_PUBLIC_KEY_URL unset"));
+        for var in [
+            "METRICS_PORT",
+            "SHUTDOWN_GRACE_SECS",
+            "TOKIO_WORKER_THREADS",
+            "RUST_LOG",
+            "LOG_FORMAT",
+        ] {
+            assert!(text.contains(var), "{var} listed");
+        }
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
     }
 
     #[test]

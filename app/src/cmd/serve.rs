@@ -1,0 +1,125 @@
+//! `relay` / `relay serve`: the server, and the shutdown sequence.
+
+use super::ServeArgs;
+use super::TokenArgs;
+use super::devkey::{default_key_file, dev_key};
+use anyhow::Context;
+use relay_adapters::jwt::DevKeys;
+use relay_adapters::ws;
+use relay_app::config::Config;
+use relay_app::{telemetry, wiring};
+use relay_ports::CollaborationService;
+use relay_ports::protocol::Role;
+use std::path::Path;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = match args.settings.clone().into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            super::init_logging();
+            return Err(anyhow::Error::new(e).context("invalid configuration"));
+        }
+    };
+    let telemetry = telemetry::init(&config)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("relay-worker");
+    if let Some(n) = config.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.build().context("starting the runtime")?;
+    let served = runtime.block_on(serve(config, args, telemetry.metrics.clone()));
+    // Off the runtime: the exporters block while they push what is left.
+    telemetry.shutdown();
+    if let Err(e) = &served {
+        tracing::error!(error = format!("{e:#}"), "relay stopped");
+    }
+    served
+}
+
+async fn serve(
+    config: Config,
+    args: ServeArgs,
+    metrics: Arc<relay_adapters::otel::OtelMetrics>,
+) -> anyhow::Result<()> {
+    let dev = if config.is_development() {
+        let path = args.dev_key_file.unwrap_or_else(default_key_file);
+        Some((dev_key(&path)?, path))
+    } else {
+        None
+    };
+    let ws_config = config.ws();
+    let bind = config.bind_address;
+    let metrics_addr = std::net::SocketAddr::new(bind.ip(), config.metrics_port);
+    let wired = wiring::build_with(config, dev.as_ref().map(|d| &d.0), metrics.clone()).await?;
+    let relay = wired.relay.clone();
+    let service: Arc<dyn CollaborationService> = Arc::new(wired.relay.clone());
+    let routes = ws::routes(
+        service,
+        wired.metrics.clone(),
+        ws_config,
+        wired.jwks.clone(),
+    );
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (metrics_addr, metrics_server) =
+        telemetry::serve_metrics(metrics.clone(), metrics_addr, async move {
+            let _ = metrics_stopped.await;
+        })
+        .await?;
+    info!(addr = %metrics_addr, "metrics at http://{metrics_addr}/metrics");
+    let (listener, addr) = ws::bind(bind)
+        .await
+        .with_context(|| format!("BIND_ADDRESS: cannot bind {bind}"))?;
+    info!(%addr, "relay listening");
+    if let Some((keys, path)) = &dev {
+        announce_development(keys, path, addr)?;
+    } else if relay.config().database_url.is_none() {
+        warn!(
+            "no DATABASE_URL: operations are kept in memory and nothing persists across restarts"
+        );
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ws::serve(listener, routes, async move {
+        let _ = stop_rx.await;
+    }));
+    super::shutdown::shutdown_signal().await;
+    relay.shutdown().await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    // Serve the last scrape's figures until the very end.
+    let _ = metrics_stop.send(());
+    let _ = metrics_server.await;
+    drop(wired);
+    Ok(())
+}
+
+fn announce_development(
+    keys: &DevKeys,
+    path: &Path,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let token = super::token::mint(
+        keys,
+        &TokenArgs {
+            sub: None,
+            doc: "*".into(),
+            role: Role::Editor,
+            name: Some("Developer".into()),
+            ttl_secs: 24 * 3600,
+            key_file: None,
+        },
+    )?;
+    warn!("DEVELOPMENT MODE: in-memory store, bus and presence - nothing persists across restarts");
+    eprintln!(
+        "\nRelay is running in development mode on {addr}.\n\
+         Nothing is persisted: set DATABASE_URL, REDIS_URL and JWT_PUBLIC_KEY_URL for production.\n\
+         Development key: {} (JWKS at http://{addr}/.well-known/jwks.json)\n\n\
+         An editor token for every document (valid 24 h):\n\n{token}\n\n\
+         More tokens: relay token --sub <uuid> --doc <uuid|*> --role <owner|editor|viewer>\n\
+         Connect:     ws://{addr}/collab/<document-uuid>  (subprotocol relay.v1), then send\n\
+         {{\"type\":\"join\",\"client_id\":\"tab-1\",\"token\":\"<token>\",\"since\":null}}\n",
+        path.display()
+    );
+    Ok(())
+}

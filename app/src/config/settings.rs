@@ -1,0 +1,420 @@
+//! Every variable Relay reads, parsed once by clap (`env = ...`): the
+//! deployment document's three tables plus Relay's own. `relay --help` and
+//! `relay serve --help` list each with its default; a value that does not
+//! parse is refused naming the variable and the expected form.
+
+use super::{Config, ConfigError, PermissionSourceKind};
+use clap::{Args, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// LOG_FORMAT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// PERMISSION_SOURCE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PermissionSourceArg {
+    Claims,
+    Database,
+}
+
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be greater than 0".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
+fn positive_u64(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("must be greater than 0".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
+fn positive_u32(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("must be greater than 0".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("expected a whole number up to {}: {e}", u32::MAX)),
+    }
+}
+
+fn url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.contains("://") {
+        Ok(s.to_owned())
+    } else {
+        Err("expected a URL (scheme://...)".into())
+    }
+}
+
+/// Relay's settings, from the environment (or the same-named flags).
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Configuration (environment variables)")]
+pub struct Settings {
+    /// WebSocket, /health and /ready.
+    #[arg(
+        long,
+        env = "BIND_ADDRESS",
+        value_name = "BIND_ADDRESS",
+        default_value = "0.0.0.0:8081"
+    )]
+    pub bind_address: SocketAddr,
+    /// GET /metrics (Prometheus), same address; 0 picks a free port.
+    #[arg(
+        long,
+        env = "METRICS_PORT",
+        value_name = "METRICS_PORT",
+        default_value_t = 9090
+    )]
+    pub metrics_port: u16,
+    /// Named document_id series of materi_websocket_connections_active, 1 to 1900.
+    #[arg(long, env = "METRICS_DOCUMENT_SERIES", value_name = "METRICS_DOCUMENT_SERIES", default_value = "500", value_parser = positive_usize)]
+    pub metrics_document_series: usize,
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(
+        long,
+        env = "RUST_LOG",
+        value_name = "RUST_LOG",
+        default_value = "info"
+    )]
+    pub rust_log: String,
+    /// text, or json for one JSON object per line.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// PostgreSQL operation store; unset keeps operations in memory.
+    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", value_parser = url, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Redis: fan-out across instances and presence (needs DATABASE_URL).
+    #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL", value_parser = url, hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// JWKS of the identity service; unset means development mode.
+    #[arg(long, env = "JWT_PUBLIC_KEY_URL", value_name = "JWT_PUBLIC_KEY_URL")]
+    pub jwt_public_key_url: Option<String>,
+    /// Required `iss` of tokens.
+    #[arg(long, env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of tokens.
+    #[arg(long, env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on exp/nbf, seconds.
+    #[arg(
+        long,
+        env = "JWT_LEEWAY_SECS",
+        value_name = "JWT_LEEWAY_SECS",
+        default_value_t = 30
+    )]
+    pub jwt_leeway_secs: u64,
+    /// JWKS refresh period, seconds.
+    #[arg(long, env = "JWKS_REFRESH_SECS", value_name = "JWKS_REFRESH_SECS", default_value = "300", value_parser = positive_u64)]
+    pub jwks_refresh_secs: u64,
+    /// Least time between two JWKS fetches caused by unknown kids, seconds.
+    #[arg(
+        long,
+        env = "JWKS_COOLDOWN_SECS",
+        value_name = "JWKS_COOLDOWN_SECS",
+        default_value_t = 30
+    )]
+    pub jwks_cooldown_secs: u64,
+    /// Comma-separated Origins allowed to connect; unset allows any.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_name = "ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+    /// Connections per instance; more get 503 with Retry-After.
+    #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS", default_value = "10000", value_parser = positive_usize)]
+    pub max_connections: usize,
+    /// Largest client frame (at least 1024); larger closes with 1009.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", value_name = "MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = positive_usize)]
+    pub max_message_bytes: usize,
+    /// Seconds to send `join`; then 4408.
+    #[arg(long, env = "AUTH_TIMEOUT_SECS", value_name = "AUTH_TIMEOUT_SECS", default_value = "10", value_parser = positive_u64)]
+    pub auth_timeout_secs: u64,
+    /// Seconds between server pings.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_SECS", value_name = "HEARTBEAT_INTERVAL_SECS", default_value = "30", value_parser = positive_u64)]
+    pub heartbeat_interval_secs: u64,
+    /// Seconds of silence before closing (greater than the interval).
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_SECS", value_name = "HEARTBEAT_TIMEOUT_SECS", default_value = "60", value_parser = positive_u64)]
+    pub heartbeat_timeout_secs: u64,
+    /// Lifetime of a presence entry in the registry; default 2 x HEARTBEAT_TIMEOUT_SECS.
+    #[arg(long, env = "PRESENCE_TTL_SECS", value_name = "PRESENCE_TTL_SECS", value_parser = positive_u64)]
+    pub presence_ttl_secs: Option<u64>,
+    /// At most one cursor per client per this many ms.
+    #[arg(
+        long,
+        env = "CURSOR_THROTTLE_MS",
+        value_name = "CURSOR_THROTTLE_MS",
+        default_value_t = 50
+    )]
+    pub cursor_throttle_ms: u64,
+    /// Typing ends after this quiet period, ms.
+    #[arg(long, env = "TYPING_DEBOUNCE_MS", value_name = "TYPING_DEBOUNCE_MS", default_value = "500", value_parser = positive_u64)]
+    pub typing_debounce_ms: u64,
+    /// Most ops per `ops` frame and per group commit.
+    #[arg(long, env = "OPERATION_BATCH_SIZE", value_name = "OPERATION_BATCH_SIZE", default_value = "100", value_parser = positive_usize)]
+    pub operation_batch_size: usize,
+    /// Seconds ops stay in memory for rebasing and catch-up.
+    #[arg(long, env = "OPERATION_HISTORY_TTL", value_name = "OPERATION_HISTORY_TTL", default_value = "600", value_parser = positive_u64)]
+    pub operation_history_ttl: u64,
+    /// Most ops kept in memory per document.
+    #[arg(long, env = "OPERATION_HISTORY_MAX", value_name = "OPERATION_HISTORY_MAX", default_value = "10000", value_parser = positive_usize)]
+    pub operation_history_max: usize,
+    /// Most bytes of ops kept in memory per document.
+    #[arg(long, env = "OPERATION_HISTORY_BYTES", value_name = "OPERATION_HISTORY_BYTES", default_value = "8388608", value_parser = positive_usize)]
+    pub operation_history_bytes: usize,
+    /// claims or database; default database when DATABASE_URL is set.
+    #[arg(
+        long,
+        env = "PERMISSION_SOURCE",
+        value_name = "PERMISSION_SOURCE",
+        value_enum
+    )]
+    pub permission_source: Option<PermissionSourceArg>,
+    /// Seconds a role is cached, for open sessions too.
+    #[arg(
+        long,
+        env = "PERMISSION_CACHE_TTL",
+        value_name = "PERMISSION_CACHE_TTL",
+        default_value_t = 300
+    )]
+    pub permission_cache_ttl: u64,
+    /// Redis command connections (at most 8 are opened: each multiplexes).
+    #[arg(long, env = "REDIS_POOL_SIZE", value_name = "REDIS_POOL_SIZE", default_value = "50", value_parser = positive_usize)]
+    pub redis_pool_size: usize,
+    /// Recent ops Redis keeps per document for catch-up; 0 keeps none.
+    #[arg(
+        long,
+        env = "REDIS_HISTORY_OPS",
+        value_name = "REDIS_HISTORY_OPS",
+        default_value_t = 200
+    )]
+    pub redis_history_ops: usize,
+    /// PostgreSQL pool size.
+    #[arg(long, env = "DB_POOL_SIZE", value_name = "DB_POOL_SIZE", default_value = "20", value_parser = positive_usize)]
+    pub db_pool_size: usize,
+    /// Seconds a pooled connection lives.
+    #[arg(long, env = "DB_MAX_LIFETIME_SECS", value_name = "DB_MAX_LIFETIME_SECS", default_value = "1800", value_parser = positive_u64)]
+    pub db_max_lifetime_secs: u64,
+    /// Seconds an idle pooled connection is kept.
+    #[arg(long, env = "DB_IDLE_TIMEOUT_SECS", value_name = "DB_IDLE_TIMEOUT_SECS", default_value = "600", value_parser = positive_u64)]
+    pub db_idle_timeout_secs: u64,
+    /// PostgreSQL statement_timeout, ms.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", value_name = "DB_STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = positive_u64)]
+    pub db_statement_timeout_ms: u64,
+    /// Ops between snapshots.
+    #[arg(long, env = "SNAPSHOT_EVERY", value_name = "SNAPSHOT_EVERY", default_value = "500", value_parser = positive_u64)]
+    pub snapshot_every: u64,
+    /// Apply pending migrations at start (true/false).
+    #[arg(long, env = "RUN_MIGRATIONS", value_name = "RUN_MIGRATIONS", default_value = "false", action = clap::ArgAction::Set)]
+    pub run_migrations: bool,
+    /// Largest document, characters.
+    #[arg(long, env = "MAX_DOCUMENT_CHARS", value_name = "MAX_DOCUMENT_CHARS", default_value = "10000000", value_parser = positive_usize)]
+    pub max_document_chars: usize,
+    /// Largest document content as JSON; default 9 x MAX_DOCUMENT_CHARS + 64 MiB.
+    #[arg(long, env = "MAX_DOCUMENT_BYTES", value_name = "MAX_DOCUMENT_BYTES", value_parser = positive_usize)]
+    pub max_document_bytes: Option<usize>,
+    /// Frames queued per client before it is closed with 1013.
+    #[arg(long, env = "OUTBOUND_QUEUE", value_name = "OUTBOUND_QUEUE", default_value = "256", value_parser = positive_usize)]
+    pub outbound_queue: usize,
+    /// Seconds an open document with no client stays open.
+    #[arg(
+        long,
+        env = "ROOM_IDLE_SECS",
+        value_name = "ROOM_IDLE_SECS",
+        default_value_t = 30
+    )]
+    pub room_idle_secs: u64,
+    /// While the bus is down, each open document reads the store this often, ms.
+    #[arg(long, env = "BUS_DOWN_POLL_MS", value_name = "BUS_DOWN_POLL_MS", default_value = "1000", value_parser = positive_u64)]
+    pub bus_down_poll_ms: u64,
+    /// Seconds draining waits for clients before closing with 1001.
+    #[arg(
+        long,
+        env = "SHUTDOWN_GRACE_SECS",
+        value_name = "SHUTDOWN_GRACE_SECS",
+        default_value_t = 30
+    )]
+    pub shutdown_grace_secs: u64,
+    /// Submits per second per connection.
+    #[arg(long, env = "SUBMIT_RATE_PER_SEC", value_name = "SUBMIT_RATE_PER_SEC", default_value = "200", value_parser = positive_u32)]
+    pub submit_rate_per_sec: u32,
+    /// Submit burst per connection.
+    #[arg(long, env = "SUBMIT_BURST", value_name = "SUBMIT_BURST", default_value = "400", value_parser = positive_u32)]
+    pub submit_burst: u32,
+    /// Cursor and typing messages per second per connection.
+    #[arg(long, env = "PRESENCE_RATE_PER_SEC", value_name = "PRESENCE_RATE_PER_SEC", default_value = "100", value_parser = positive_u32)]
+    pub presence_rate_per_sec: u32,
+    /// Cursor and typing burst per connection.
+    #[arg(long, env = "PRESENCE_BURST", value_name = "PRESENCE_BURST", default_value = "200", value_parser = positive_u32)]
+    pub presence_burst: u32,
+    /// Runtime worker threads; default the CPU cores.
+    #[arg(long, env = "TOKIO_WORKER_THREADS", value_name = "TOKIO_WORKER_THREADS", value_parser = positive_usize)]
+    pub tokio_worker_threads: Option<usize>,
+}
+
+/// The variables that hold secrets (a URL's password), for `relay config`.
+pub const SECRET_URLS: [&str; 2] = ["DATABASE_URL", "REDIS_URL"];
+
+/// `scheme://user:password@host` with the password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl Settings {
+    /// The validated configuration: cross-variable rules (an error names
+    /// the variable).
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let err = |variable: &str, problem: String| {
+            Err(ConfigError {
+                variable: variable.to_owned(),
+                problem,
+            })
+        };
+        let max_document_bytes = self.max_document_bytes.unwrap_or_else(|| {
+            // Any text of MAX_DOCUMENT_CHARS characters fits (at most 9
+            // bytes a character as JSON), with 64 MiB for formatting.
+            self.max_document_chars
+                .saturating_mul(9)
+                .saturating_add(64 << 20)
+        });
+        if self.metrics_document_series > relay_adapters::otel::MAX_DOCUMENT_SERIES {
+            return err(
+                "METRICS_DOCUMENT_SERIES",
+                format!(
+                    "must be at most {} (the metrics SDK keeps 2,000 series per metric)",
+                    relay_adapters::otel::MAX_DOCUMENT_SERIES
+                ),
+            );
+        }
+        if self.metrics_port != 0 && self.metrics_port == self.bind_address.port() {
+            return err(
+                "METRICS_PORT",
+                format!(
+                    "must differ from BIND_ADDRESS's port ({})",
+                    self.bind_address.port()
+                ),
+            );
+        }
+        if self.heartbeat_timeout_secs <= self.heartbeat_interval_secs {
+            return err(
+                "HEARTBEAT_TIMEOUT_SECS",
+                format!(
+                    "must be greater than HEARTBEAT_INTERVAL_SECS ({}s)",
+                    self.heartbeat_interval_secs
+                ),
+            );
+        }
+        if self.database_url.is_some()
+            && self.max_document_chars > usize::try_from(i32::MAX).unwrap_or(usize::MAX)
+        {
+            // The seed's `operations.position` column is an INTEGER.
+            return err(
+                "MAX_DOCUMENT_CHARS",
+                format!("must be at most {} with DATABASE_URL", i32::MAX),
+            );
+        }
+        if self.max_document_chars > relay_domain::ids::MAX_LEN {
+            return err("MAX_DOCUMENT_CHARS", "must be at most 2^53 - 1".into());
+        }
+        if self.max_message_bytes < 1024 {
+            return err("MAX_MESSAGE_BYTES", "must be at least 1024".into());
+        }
+        if let Some(url) = &self.jwt_public_key_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return err(
+                "JWT_PUBLIC_KEY_URL",
+                format!("expected an http(s) URL, got {url:?}"),
+            );
+        }
+        let permission_source = match self.permission_source {
+            Some(PermissionSourceArg::Claims) => PermissionSourceKind::Claims,
+            Some(PermissionSourceArg::Database) => PermissionSourceKind::Database,
+            None if self.database_url.is_some() => PermissionSourceKind::Database,
+            None => PermissionSourceKind::Claims,
+        };
+        Ok(Config {
+            bind_address: self.bind_address,
+            metrics_port: self.metrics_port,
+            metrics_document_series: self.metrics_document_series,
+            log_json: self.log_format == LogFormat::Json,
+            rust_log: self.rust_log,
+            database_url: self.database_url,
+            redis_url: self.redis_url,
+            jwt_public_key_url: self.jwt_public_key_url,
+            jwt_issuer: self.jwt_issuer,
+            jwt_audience: self.jwt_audience,
+            jwt_leeway_secs: self.jwt_leeway_secs,
+            jwks_refresh_secs: self.jwks_refresh_secs,
+            jwks_cooldown_secs: self.jwks_cooldown_secs,
+            allowed_origins: self.allowed_origins.map(|v| {
+                v.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            }),
+            max_connections: self.max_connections,
+            max_message_bytes: self.max_message_bytes,
+            auth_timeout: Duration::from_secs(self.auth_timeout_secs),
+            heartbeat_interval: Duration::from_secs(self.heartbeat_interval_secs),
+            heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs),
+            presence_ttl: self.presence_ttl_secs.map(Duration::from_secs),
+            cursor_throttle_ms: self.cursor_throttle_ms,
+            typing_debounce_ms: self.typing_debounce_ms,
+            operation_batch_size: self.operation_batch_size,
+            operation_history_ttl: Duration::from_secs(self.operation_history_ttl),
+            operation_history_max: self.operation_history_max,
+            operation_history_bytes: self.operation_history_bytes,
+            permission_source,
+            permission_cache_ttl: Duration::from_secs(self.permission_cache_ttl),
+            redis_pool_size: self.redis_pool_size,
+            redis_history_ops: self.redis_history_ops,
+            db_pool_size: self.db_pool_size,
+            db_max_lifetime: Duration::from_secs(self.db_max_lifetime_secs),
+            db_idle_timeout: Duration::from_secs(self.db_idle_timeout_secs),
+            db_statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+            snapshot_every: self.snapshot_every,
+            run_migrations: self.run_migrations,
+            max_document_chars: self.max_document_chars,
+            max_document_bytes,
+            outbound_queue: self.outbound_queue,
+            room_idle: Duration::from_secs(self.room_idle_secs),
+            bus_down_poll: Duration::from_millis(self.bus_down_poll_ms),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            submit_rate_per_sec: self.submit_rate_per_sec,
+            submit_burst: self.submit_burst,
+            presence_rate_per_sec: self.presence_rate_per_sec,
+            presence_burst: self.presence_burst,
+            worker_threads: self.tokio_worker_threads,
+        })
+    }
+}
