@@ -28,6 +28,8 @@ pub(crate) struct Inner {
     pub(crate) permissions: Arc<dyn PermissionSource>,
     pub(crate) verifier: Arc<dyn TokenVerifier>,
     connections: Arc<Semaphore>,
+    /// Woken whenever a connection's slot is freed (shutdown waits on it).
+    left: Arc<tokio::sync::Notify>,
     draining: AtomicBool,
     next_session: AtomicU64,
     started: Instant,
@@ -72,6 +74,7 @@ impl Relay {
                 permissions: adapters.permissions,
                 verifier: adapters.verifier,
                 connections: Arc::new(Semaphore::new(config.max_connections)),
+                left: Arc::new(tokio::sync::Notify::new()),
                 draining: AtomicBool::new(false),
                 next_session: AtomicU64::new(1),
                 started: Instant::now(),
@@ -84,44 +87,106 @@ impl Relay {
         &self.inner.deps.config
     }
 
-    /// Graceful shutdown as the deployment document describes it: refuse
-    /// new connections (and report not ready), tell every client to
-    /// reconnect elsewhere, wait up to `SHUTDOWN_GRACE_SECS` for them to go,
-    /// then close the rest with 1001.
+    /// Graceful shutdown as the deployment document describes it:
+    /// - refuse new connections (503 with Retry-After) and report not
+    ///   ready, at once;
+    /// - tell every client `shutdown` with its own `reconnect_in_ms`
+    ///   (500 ms plus a random share of [`SHUTDOWN_RECONNECT_SPREAD_MS`], so
+    ///   thousands of clients do not reconnect to the other instances in
+    ///   one instant);
+    /// - wait up to SHUTDOWN_GRACE_SECS for them to go (woken by each
+    ///   connection that ends, not polled);
+    /// - close the rest with 1001; every room finishes the commits it has
+    ///   started (its mailbox is in order: a submit taken before the stop
+    ///   is committed and acknowledged, or answered, first), snapshots and
+    ///   stops; the rooms are awaited on their task tracker (at most
+    ///   [`ROOMS_STOP_WAIT`]).
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         inner.draining.store(true, Ordering::SeqCst);
-        info!("draining: refusing new connections and asking clients to reconnect");
-        for (i, room) in inner.deps.rooms.all().into_iter().enumerate() {
-            // Spread reconnects over a second so the other instances are not
-            // hit at once.
-            let reconnect_in_ms = 500 + (i as u64 * 37) % 1000;
-            let _ = room.send(Command::Shutdown { reconnect_in_ms }).await;
+        info!(
+            connections = self.active_connections(),
+            documents = inner.deps.rooms.len(),
+            "draining: refusing new connections and asking clients to reconnect"
+        );
+        let grace = inner.deps.config.shutdown_grace;
+        let spread = u64::try_from(grace.as_millis() / 2)
+            .unwrap_or(u64::MAX)
+            .min(SHUTDOWN_RECONNECT_SPREAD_MS);
+        for room in inner.deps.rooms.all() {
+            let _ = room
+                .send(Command::Shutdown {
+                    min_ms: 500,
+                    spread_ms: spread,
+                })
+                .await;
         }
-        let deadline = Instant::now() + inner.deps.config.shutdown_grace;
-        while Instant::now() < deadline && self.active_connections() > 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let deadline = Instant::now() + grace;
+        loop {
+            let notified = inner.left.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.active_connections() == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let remaining = self.active_connections();
+        if remaining > 0 {
+            info!(
+                remaining,
+                "grace period over: closing the remaining connections with 1001"
+            );
         }
         for room in inner.deps.rooms.all() {
             let _ = room.send(Command::CloseAll).await;
             let _ = room.send(Command::Stop).await;
         }
-        // Rooms snapshot as they stop; give them a bounded moment.
         inner.deps.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(10), inner.deps.tasks.wait())
+        if tokio::time::timeout(ROOMS_STOP_WAIT, inner.deps.tasks.wait())
             .await
             .is_err()
         {
             warn!(
                 rooms = inner.deps.rooms.len(),
-                "rooms still closing after 10 s"
+                "rooms still closing after {} s",
+                ROOMS_STOP_WAIT.as_secs()
             );
         }
         info!(remaining = self.active_connections(), "shutdown complete");
     }
 
+    /// Whether [`Relay::shutdown`] has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
     fn active_connections(&self) -> usize {
         self.inner.deps.config.max_connections - self.inner.connections.available_permits()
+    }
+}
+
+/// Most of the random share in each client's `shutdown.reconnect_in_ms`
+/// (at most half of SHUTDOWN_GRACE_SECS).
+pub const SHUTDOWN_RECONNECT_SPREAD_MS: u64 = 5_000;
+
+/// How long shutdown waits for the rooms to finish their commits and
+/// snapshots once every connection is closed.
+pub const ROOMS_STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// A connection's slot: frees its permit, then wakes a waiting shutdown.
+struct Slot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    left: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.permit.take();
+        self.left.notify_waiters();
     }
 }
 
@@ -147,7 +212,10 @@ impl CollaborationService for Relay {
             });
         }
         match self.inner.connections.clone().try_acquire_owned() {
-            Ok(permit) => Ok(ConnectionSlot::new(permit)),
+            Ok(permit) => Ok(ConnectionSlot::new(Slot {
+                permit: Some(permit),
+                left: self.inner.left.clone(),
+            })),
             Err(_) => Err(Refusal::AtCapacity {
                 retry_after_secs: 5,
             }),

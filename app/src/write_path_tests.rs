@@ -1118,3 +1118,74 @@ async fn a_bus_that_stops_answering_never_holds_up_commits() {
         "the publisher tried"
     );
 }
+
+#[tokio::test]
+async fn a_base_older_than_a_fresh_rooms_history_is_rebased_over_the_stores_ops() {
+    // After a failover the new room opens from the latest snapshot, so its
+    // history starts there; a client whose op was in flight on the old
+    // instance re-sends it on a base before the snapshot.
+    let keys = DevKeys::from_seed([12; 32]);
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let document = DocumentId::new(Uuid::new_v4());
+    let ops: Vec<CommittedOp> = (1..=5)
+        .map(|v| elsewhere(v, &"abcde"[v as usize - 1..v as usize]))
+        .collect();
+    assert_eq!(
+        store.append(document, &ops).await.unwrap(),
+        Append::Committed
+    );
+    let mut content = Delta::new();
+    content.insert("abcde");
+    store
+        .save_snapshot(
+            document,
+            relay_ports::Snapshot {
+                version: Version::from(5),
+                content,
+            },
+        )
+        .await
+        .unwrap();
+    let relay = relay_on(store.clone(), &keys);
+    let mut mover = join_as(
+        &relay,
+        &keys,
+        Uuid::new_v4(),
+        document,
+        "mover",
+        Some(Version::from(2)),
+    )
+    .await;
+    assert!(matches!(
+        next(&mut mover.outbound).await,
+        ServerMessage::Joined { .. }
+    ));
+    // Its op: "!" at the start of "ab", the document at version 2.
+    let mut d = Delta::new();
+    d.insert("!").retain(2);
+    mover
+        .session
+        .handle(ClientMessage::Submit {
+            seq: Seq::from(1),
+            base: Version::from(2),
+            delta: d,
+        })
+        .await;
+    loop {
+        match next(&mut mover.outbound).await {
+            ServerMessage::Ack { version, .. } => {
+                assert_eq!(version, Version::from(6));
+                break;
+            }
+            ServerMessage::Presence { .. } | ServerMessage::Ops { .. } => {}
+            other => panic!("expected the ack, got {other:?}"),
+        }
+    }
+    let all = store.read(document, Version::ZERO, 10).await.unwrap();
+    let mut text = relay_domain::Document::new();
+    for op in &all {
+        text.apply(&op.delta.clone().fit(text.len()).unwrap())
+            .unwrap();
+    }
+    assert_eq!(text.text(), "!abcde", "rebased over versions 3 to 5");
+}

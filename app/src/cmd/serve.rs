@@ -12,6 +12,8 @@ use relay_ports::CollaborationService;
 use relay_ports::protocol::Role;
 use std::path::Path;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -61,12 +63,22 @@ async fn serve(
         ws_config,
         wired.jwks.clone(),
     );
-    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (metrics_addr, metrics_server) =
+    // The servers run on a tracker, each stopped by its own token: the
+    // public port first, the metrics port last (the final scrape sees the
+    // drain).
+    let servers = TaskTracker::new();
+    let stop_public = CancellationToken::new();
+    let stop_metrics = CancellationToken::new();
+    let (metrics_addr, metrics_server) = {
+        let stop = stop_metrics.clone();
         telemetry::serve_metrics(metrics.clone(), metrics_addr, async move {
-            let _ = metrics_stopped.await;
+            stop.cancelled().await;
         })
-        .await?;
+        .await?
+    };
+    servers.spawn(async move {
+        let _ = metrics_server.await;
+    });
     info!(addr = %metrics_addr, "metrics at http://{metrics_addr}/metrics");
     let (listener, addr) = ws::bind(bind)
         .await
@@ -79,18 +91,24 @@ async fn serve(
             "no DATABASE_URL: operations are kept in memory and nothing persists across restarts"
         );
     }
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(ws::serve(listener, routes, async move {
-        let _ = stop_rx.await;
-    }));
+    let public = servers.spawn(ws::serve(
+        listener,
+        routes,
+        stop_public.clone().cancelled_owned(),
+    ));
+    servers.close();
     super::shutdown::shutdown_signal().await;
+    // The sequence (README "Graceful shutdown"): not ready and no new
+    // upgrades at once, `shutdown` to every client, the grace period, 1001
+    // for the rest, the rooms' last commits and snapshots.
     relay.shutdown().await;
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    // Serve the last scrape's figures until the very end.
-    let _ = metrics_stop.send(());
-    let _ = metrics_server.await;
+    stop_public.cancel();
+    let _ = public.await;
+    stop_metrics.cancel();
+    servers.wait().await;
+    // The JWKS refresher and the adapters' tasks end with the wiring.
     drop(wired);
+    info!("stopped");
     Ok(())
 }
 

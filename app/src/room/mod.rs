@@ -100,9 +100,11 @@ pub(crate) enum Command {
         session: u64,
         reason: String,
     },
-    /// Tell every session the server is draining.
+    /// Tell every session the server is draining: each reconnects after
+    /// `min_ms` plus a random share of `spread_ms`.
     Shutdown {
-        reconnect_in_ms: u64,
+        min_ms: u64,
+        spread_ms: u64,
     },
     /// Close every session now (1001).
     CloseAll,
@@ -374,10 +376,13 @@ impl Room {
             } => self.cursor(session, version, selection).await,
             Command::Typing { session } => self.typing(session).await,
             Command::Leave { session, reason } => self.leave(session, &reason).await,
-            Command::Shutdown { reconnect_in_ms } => {
-                let frame: Arc<str> = ServerMessage::Shutdown { reconnect_in_ms }.encode().into();
+            Command::Shutdown { min_ms, spread_ms } => {
+                use rand::Rng;
+                let mut rng = rand::rng();
                 for s in self.sessions.values() {
-                    s.sink.send(frame.clone());
+                    let reconnect_in_ms = min_ms.saturating_add(rng.random_range(0..=spread_ms));
+                    s.sink
+                        .send(ServerMessage::Shutdown { reconnect_in_ms }.encode().into());
                 }
             }
             Command::Stop => self.stopping = true,

@@ -137,7 +137,7 @@ impl Room {
                 if !self.admit_deferred(&mut p) {
                     continue;
                 }
-                match self.propose(&p).await {
+                match self.propose(&mut p).await {
                     Proposal::Pending => proposed.push(p),
                     Proposal::Answered => {}
                     Proposal::Behind => {
@@ -301,7 +301,7 @@ impl Room {
     }
 
     /// Proposes one submit: see [`Proposal`].
-    pub(super) async fn propose(&mut self, p: &Pending) -> Proposal {
+    pub(super) async fn propose(&mut self, p: &mut Pending) -> Proposal {
         let sub = &p.submission;
         if !self.seq.knows_client(sub.user, &sub.client_id)
             && let Err(e) = self.learn(&[(sub.user, sub.client_id.clone())]).await
@@ -313,6 +313,20 @@ impl Room {
             );
             return Proposal::Answered;
         }
+        // (Proposing is idempotent: an op it accepts stays pending and is
+        // answered `Pending` when proposed again below.)
+        if let Err(Rejection::StaleBase { base, oldest }) = self.seq.propose(&p.submission) {
+            // The base is older than this room's history (a room opened
+            // from a recent snapshot - after a failover, say - while the
+            // client's op was in flight on another instance): the store
+            // still has the ops in between, so rebase over them as the
+            // history would have, rather than refuse an op no rejoin could
+            // ever rebase.
+            if let Some(rebased) = self.rebase_from_store(&p.submission, base, oldest).await {
+                p.submission = rebased;
+            }
+        }
+        let sub = &p.submission;
         let kind = OperationType::of(&sub.delta);
         match self.seq.propose(sub) {
             Ok(Proposed::New(_)) | Ok(Proposed::Pending(_)) => Proposal::Pending,
@@ -361,6 +375,47 @@ impl Room {
                 Proposal::Answered
             }
         }
+    }
+
+    /// `sub` rebased from `base` to `oldest` over the store's ops in
+    /// between (each transformed with the committed op first, as the
+    /// sequencer does); `None` if the store cannot give them all (the
+    /// submit is then refused `stale_base`).
+    async fn rebase_from_store(
+        &mut self,
+        sub: &Submission,
+        base: relay_domain::Version,
+        oldest: relay_domain::Version,
+    ) -> Option<Submission> {
+        let missing = usize::try_from(oldest.since(base)).ok()?;
+        if missing == 0 || missing > MAX_CATCH_UP_FROM_STORE {
+            return None;
+        }
+        let ops = match self.deps.store.read(self.document, base, missing).await {
+            Ok(ops) => ops,
+            Err(e) => {
+                warn!(document = %self.document, error = %e, "cannot read the ops to rebase a stale base");
+                return None;
+            }
+        };
+        let contiguous = ops.len() == missing
+            && ops.iter().enumerate().all(|(i, op)| {
+                u64::try_from(i + 1).ok().and_then(|n| base.checked_add(n)) == Some(op.version)
+            });
+        if !contiguous {
+            return None;
+        }
+        let first_len = ops.first()?.delta.base_len();
+        let mut delta = sub.delta.clone().fit(first_len).ok()?;
+        for op in &ops {
+            delta = delta.transform(&op.delta, relay_domain::Side::Right).ok()?;
+        }
+        debug!(document = %self.document, %base, %oldest, "rebased a stale base over the store's ops");
+        Some(Submission {
+            base: oldest,
+            delta,
+            ..sub.clone()
+        })
     }
 
     /// Closes the sessions waiting on `pending` with 1013 (no answer
