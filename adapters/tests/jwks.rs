@@ -340,3 +340,23 @@ async fn a_token_is_refused_from_its_exp_on_to_the_second() {
     let token = sign(Algorithm::RS256, "rsa-1", &c);
     assert!(verifier.verify(&token).await.is_ok());
 }
+
+#[tokio::test]
+async fn the_refresher_ends_when_its_token_is_cancelled() {
+    // Nothing answers there: the refresher retries with backoff forever
+    // unless stopped.
+    let v = verifier(
+        "http://127.0.0.1:1/jwks.json".into(),
+        Duration::from_secs(30),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(v.refresher(stop.clone()));
+    while v.fetch_count() < 1 {
+        tokio::task::yield_now().await;
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the refresher stops when cancelled")
+        .expect("no panic");
+}

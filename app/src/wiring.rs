@@ -25,8 +25,8 @@ pub struct Wired {
     pub memory_metrics: Option<Arc<MemoryMetrics>>,
     /// The JWKS verifier, when keys come from JWT_PUBLIC_KEY_URL.
     pub jwks_verifier: Option<Arc<JwksVerifier>>,
-    /// Background tasks (the JWKS refresher), aborted when dropped.
-    pub tasks: Vec<AbortOnDrop>,
+    /// Background tasks (the JWKS refresher), stopped when dropped.
+    pub background: Background,
 }
 
 impl std::fmt::Debug for Wired {
@@ -37,13 +37,26 @@ impl std::fmt::Debug for Wired {
     }
 }
 
-/// Aborts a background task when dropped.
-#[derive(Debug)]
-pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+/// The wiring's background tasks on a tracker, with the token that stops
+/// them: [`Background::stop`] awaits them; dropping it cancels them.
+#[derive(Debug, Default)]
+pub struct Background {
+    pub tasks: tokio_util::task::TaskTracker,
+    pub stop: tokio_util::sync::CancellationToken,
+}
 
-impl Drop for AbortOnDrop {
+impl Background {
+    /// Cancels every task and waits for them to end.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+impl Drop for Background {
     fn drop(&mut self) {
-        self.0.abort();
+        self.stop.cancel();
     }
 }
 
@@ -86,7 +99,7 @@ pub fn in_memory(config: Config, dev: &DevKeys) -> Wired {
         metrics: metrics.clone(),
         memory_metrics: Some(metrics),
         jwks_verifier: None,
-        tasks: Vec::new(),
+        background: Background::default(),
     }
 }
 
@@ -169,7 +182,7 @@ pub async fn build_with(
     if let Some(pool) = &pool {
         ensure_schema(pool, config.run_migrations).await?;
     }
-    let mut tasks = Vec::new();
+    let background = Background::default();
     let mut jwks_verifier = None;
     let mut jwks = None;
     let verifier: Arc<dyn TokenVerifier> = match config.jwt_public_key_url.clone() {
@@ -202,7 +215,9 @@ pub async fn build_with(
                 },
             );
             v.record_to(metrics.clone());
-            tasks.push(AbortOnDrop(v.spawn_refresher()));
+            background
+                .tasks
+                .spawn(v.refresher(background.stop.child_token()));
             jwks_verifier = Some(v.clone());
             v
         }
@@ -251,6 +266,6 @@ pub async fn build_with(
         metrics,
         memory_metrics: None,
         jwks_verifier,
-        tasks,
+        background,
     })
 }

@@ -89,6 +89,7 @@ fn help_lists_every_variable_with_its_default() {
             ("REDIS_URL", None),
             ("JWT_PUBLIC_KEY_URL", None),
             ("RUST_LOG", Some("info")),
+            ("RUST_BACKTRACE", Some("0")),
             ("MAX_CONNECTIONS", Some("10000")),
             ("HEARTBEAT_INTERVAL_SECS", Some("30")),
             ("HEARTBEAT_TIMEOUT_SECS", Some("60")),

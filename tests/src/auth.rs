@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use relay_adapters::jwt::{DevKeys, JwksVerifier};
 use relay_adapters::ws;
 use relay_app::config::Config;
-use relay_app::wiring::{self, AbortOnDrop};
+use relay_app::wiring::{self, Background};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -188,7 +188,7 @@ pub fn claims(sub: Uuid, docs: Value) -> Value {
 pub struct JwksApp {
     pub app: TestApp,
     pub verifier: Arc<JwksVerifier>,
-    _tasks: Vec<AbortOnDrop>,
+    _background: Background,
 }
 
 /// Starts the app with `config` (its `jwt_public_key_url` must be set).
@@ -209,6 +209,6 @@ pub async fn spawn_jwks_app(config: Config) -> JwksApp {
     JwksApp {
         app,
         verifier: wired.jwks_verifier.expect("a JWKS verifier"),
-        _tasks: wired.tasks,
+        _background: wired.background,
     }
 }

@@ -219,8 +219,26 @@ impl JwksVerifier {
     /// (1 s doubling up to the cooldown) until a first usable set, then
     /// every refresh interval, keeping the last good keys on failure.
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.refresher(tokio_util::sync::CancellationToken::new()))
+    }
+
+    /// The refresher's loop, ending when `stop` is cancelled (also during a
+    /// fetch or a wait), for a task tracker to run.
+    pub fn refresher(
+        self: &Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        async move {
+            stop.clone()
+                .run_until_cancelled(this.refresh_forever())
+                .await;
+        }
+    }
+
+    async fn refresh_forever(self: Arc<Self>) {
+        let this = self;
+        {
             let mut backoff = MIN_RETRY;
             loop {
                 let ok = this.refresh().await.is_ok();
@@ -241,7 +259,7 @@ impl JwksVerifier {
                 };
                 tokio::time::sleep(wait).await;
             }
-        })
+        }
     }
 }
 

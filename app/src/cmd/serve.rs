@@ -106,7 +106,8 @@ async fn serve(
     let _ = public.await;
     stop_metrics.cancel();
     servers.wait().await;
-    // The JWKS refresher and the adapters' tasks end with the wiring.
+    // The wiring's background tasks (the JWKS refresher), awaited.
+    wired.background.stop().await;
     drop(wired);
     info!("stopped");
     Ok(())
