@@ -86,8 +86,14 @@ pub struct Settings {
         default_value = "info"
     )]
     pub rust_log: String,
-    /// Backtraces on panics: 0, 1 or full (read by the Rust runtime itself).
-    #[arg(long, env = "RUST_BACKTRACE", value_name = "RUST_BACKTRACE", default_value = "0", value_parser = ["0", "1", "full"])]
+    /// Backtraces on panics: 0 off, 1 (or short) on, full (read by the Rust
+    /// runtime itself).
+    #[arg(
+        long,
+        env = "RUST_BACKTRACE",
+        value_name = "RUST_BACKTRACE",
+        default_value = "0"
+    )]
     pub rust_backtrace: String,
     /// text, or json for one JSON object per line.
     #[arg(
