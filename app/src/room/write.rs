@@ -391,6 +391,14 @@ impl Room {
         if missing == 0 || missing > MAX_CATCH_UP_FROM_STORE {
             return None;
         }
+        // Only a base the history would still hold had this room been open
+        // all along (within OPERATION_HISTORY_MAX of the head): older bases
+        // stay `stale_base`, as PROTOCOL.md says - the limit is the same
+        // whichever instance the client lands on.
+        let behind = usize::try_from(self.seq.version().since(base)).unwrap_or(usize::MAX);
+        if behind > self.deps.config.operation_history_max {
+            return None;
+        }
         let ops = match self.deps.store.read(self.document, base, missing).await {
             Ok(ops) => ops,
             Err(e) => {
