@@ -313,22 +313,22 @@ impl Room {
             );
             return Proposal::Answered;
         }
-        // (Proposing is idempotent: an op it accepts stays pending and is
-        // answered `Pending` when proposed again below.)
-        if let Err(Rejection::StaleBase { base, oldest }) = self.seq.propose(&p.submission) {
+        let mut proposed = self.seq.propose(&p.submission);
+        if let Err(Rejection::StaleBase { base, oldest }) = proposed
             // The base is older than this room's history (a room opened
             // from a recent snapshot - after a failover, say - while the
             // client's op was in flight on another instance): the store
             // still has the ops in between, so rebase over them as the
             // history would have, rather than refuse an op no rejoin could
             // ever rebase.
-            if let Some(rebased) = self.rebase_from_store(&p.submission, base, oldest).await {
-                p.submission = rebased;
-            }
+            && let Some(rebased) = self.rebase_from_store(&p.submission, base, oldest).await
+        {
+            p.submission = rebased;
+            proposed = self.seq.propose(&p.submission);
         }
         let sub = &p.submission;
         let kind = OperationType::of(&sub.delta);
-        match self.seq.propose(sub) {
+        match proposed {
             Ok(Proposed::New(_)) | Ok(Proposed::Pending(_)) => Proposal::Pending,
             Ok(Proposed::Duplicate(version)) if version > self.seq.version() => Proposal::Behind,
             Ok(Proposed::Duplicate(version)) => {
