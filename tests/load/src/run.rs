@@ -1,0 +1,771 @@
+//! A whole run: connect N clients over M documents, type, stop, check
+//! every client against a late joiner, and report.
+
+use crate::client::{self, Final, Phase, Report, Shared, Spec};
+use crate::procfs::{self, FdLimit};
+use crate::scenario::Scenario;
+use crate::stats::{DueTable, Percentiles, Recorder, Window};
+use crate::trace;
+use anyhow::{Context, bail};
+use futures::{SinkExt, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use relay_adapters::jwt::{DevKeys, TokenRequest};
+use relay_ports::protocol::{ClientMessage, Join, Role, ServerMessage};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+/// How clients get their tokens.
+#[derive(Clone)]
+pub enum Tokens {
+    /// Minted per client (its own user, editor or viewer of every
+    /// document) with the server's development key.
+    Keys(Arc<DevKeys>),
+    /// One token for every client (it must allow editing).
+    Fixed(String),
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tokens::Keys(_) => f.write_str("Tokens::Keys"),
+            Tokens::Fixed(_) => f.write_str("Tokens::Fixed(..)"),
+        }
+    }
+}
+
+impl Tokens {
+    fn token(&self, user: Uuid, editor: bool) -> anyhow::Result<String> {
+        match self {
+            Tokens::Fixed(t) => Ok(t.clone()),
+            Tokens::Keys(k) => {
+                let mut docs = BTreeMap::new();
+                docs.insert(
+                    "*".to_owned(),
+                    if editor { Role::Editor } else { Role::Viewer },
+                );
+                Ok(k.mint(&TokenRequest {
+                    sub: user,
+                    name: None,
+                    docs,
+                    ttl_secs: 24 * 3600,
+                })?)
+            }
+        }
+    }
+}
+
+/// Everything a run needs besides its scenario.
+#[derive(Debug)]
+pub struct Options {
+    pub scenario: Scenario,
+    pub tokens: Tokens,
+    /// The server's process on this machine, for RSS and CPU.
+    pub server_pid: Option<u32>,
+    pub progress: bool,
+    /// See [`Shared::corrupt_slot`].
+    pub corrupt_slot: Option<usize>,
+}
+
+/// One sample of the time series.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Slice {
+    /// Seconds since the run began (see [`RunResult::typing_from`]).
+    pub t: f64,
+    pub connections: usize,
+    pub edits_per_sec: f64,
+    pub acks_per_sec: f64,
+    pub deliveries_per_sec: f64,
+    pub ack: Percentiles,
+    pub delivery: Percentiles,
+    pub server_rss_mib: Option<f64>,
+    pub server_cpu_percent: Option<f64>,
+    pub tool_rss_mib: f64,
+    pub tool_cpu_percent: f64,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConnectPhase {
+    pub requested: usize,
+    pub joined: usize,
+    pub failed: usize,
+    pub seconds: f64,
+    pub source_addresses: Vec<String>,
+    /// Connections per local address, as the sockets report it.
+    pub sources_used: BTreeMap<String, usize>,
+    pub fd_limit: Option<FdLimit>,
+    /// The first few failures, verbatim.
+    pub failures: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Memory {
+    pub server_rss_kib_before: Option<u64>,
+    pub server_rss_kib_half: Option<u64>,
+    pub server_rss_kib_connected: Option<u64>,
+    pub server_rss_kib_peak: Option<u64>,
+    /// (connected - half) / (connections - half): fixed costs excluded.
+    pub server_kb_per_connection_slope: Option<f64>,
+    /// (connected - before) / connections.
+    pub server_kb_per_connection_average: Option<f64>,
+    pub tool_rss_kib_connected: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Cpu {
+    pub seconds: f64,
+    pub percent_of_one_core: f64,
+    /// CPU milliseconds per 1,000 deliveries.
+    pub ms_per_1000_deliveries: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Typing {
+    pub measured_seconds: f64,
+    pub editors: usize,
+    pub viewers: usize,
+    pub edits: u64,
+    pub submits: u64,
+    pub acks: u64,
+    pub edits_per_sec: f64,
+    pub acks_per_sec: f64,
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    pub unmatched_deliveries: u64,
+    pub cursors_sent: u64,
+    pub typing_sent: u64,
+    pub presence_received: u64,
+    pub ack: Percentiles,
+    pub delivery: Percentiles,
+    pub errors: BTreeMap<String, u64>,
+    pub closes: BTreeMap<String, u64>,
+    /// Whole run, warm-up and end included.
+    pub all_deliveries: u64,
+    pub all_acks: u64,
+    pub churned: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Check {
+    pub documents: usize,
+    pub clients: usize,
+    pub converged: usize,
+    pub ok: bool,
+    /// The first few clients that did not converge, with why.
+    pub problems: Vec<String>,
+    /// Expected deliveries (each acked op times the other clients of its
+    /// document), when no churn changed the audience.
+    pub expected_deliveries: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunResult {
+    pub scenario: Scenario,
+    pub trace: String,
+    pub trace_fallback: bool,
+    pub started_unix: u64,
+    pub cores: usize,
+    pub connect: ConnectPhase,
+    pub memory: Memory,
+    pub typing: Typing,
+    pub server_cpu: Option<Cpu>,
+    pub tool_cpu: Cpu,
+    pub check: Check,
+    /// When typing started, the measurement began and typing stopped, in
+    /// the series' seconds.
+    pub typing_from: f64,
+    pub measured_from: f64,
+    pub typing_until: f64,
+    pub series: Vec<Slice>,
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn uuid(rng: &mut StdRng) -> Uuid {
+    uuid::Builder::from_random_bytes(rng.random()).into_uuid()
+}
+
+/// Samples /proc and the recorder every `every`.
+struct Sampler {
+    series: Arc<Mutex<Vec<Slice>>>,
+    stop: Arc<Notify>,
+    task: JoinHandle<()>,
+    peak: Arc<Mutex<Option<u64>>>,
+    /// Deliveries and acks over the whole run.
+    all: Arc<Mutex<(u64, u64)>>,
+}
+
+fn start_sampler(
+    shared: Arc<Shared>,
+    server_pid: Option<u32>,
+    live: Arc<dyn Fn() -> usize + Send + Sync>,
+    bar: ProgressBar,
+) -> Sampler {
+    let series = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(Notify::new());
+    let peak = Arc::new(Mutex::new(None));
+    let all = Arc::new(Mutex::new((0u64, 0u64)));
+    let every = Duration::from_secs_f64(shared.scenario.sample_secs);
+    let task = tokio::spawn({
+        let (series, stop, peak, all) = (series.clone(), stop.clone(), peak.clone(), all.clone());
+        async move {
+            let me = std::process::id();
+            let mut last = Instant::now();
+            let mut last_server = server_pid.and_then(|p| procfs::cpu_secs(p).ok());
+            let mut last_tool = procfs::cpu_secs(me).unwrap_or(0.0);
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                let stopping = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = stop.notified() => true,
+                };
+                let now = Instant::now();
+                let dt = (now - last).as_secs_f64().max(1e-6);
+                last = now;
+                let w: Window = shared.recorder.take_series();
+                let server_rss = server_pid.and_then(|p| procfs::rss_kib(p).ok());
+                if let Some(r) = server_rss {
+                    let mut p = peak.lock().expect("peak");
+                    *p = Some(p.map_or(r, |x: u64| x.max(r)));
+                }
+                let server_cpu = server_pid.and_then(|p| procfs::cpu_secs(p).ok());
+                let server_pct = match (server_cpu, last_server) {
+                    (Some(a), Some(b)) => Some((a - b) / dt * 100.0),
+                    _ => None,
+                };
+                last_server = server_cpu;
+                let tool_cpu = procfs::cpu_secs(me).unwrap_or(last_tool);
+                let tool_pct = (tool_cpu - last_tool) / dt * 100.0;
+                last_tool = tool_cpu;
+                let t = now.saturating_duration_since(shared.recorder.epoch()).as_secs_f64();
+                let slice = Slice {
+                    t,
+                    connections: live(),
+                    edits_per_sec: w.edits as f64 / dt,
+                    acks_per_sec: w.acks as f64 / dt,
+                    deliveries_per_sec: w.deliveries as f64 / dt,
+                    ack: Percentiles::of(&w.ack),
+                    delivery: Percentiles::of(&w.delivery),
+                    server_rss_mib: server_rss.map(mib),
+                    server_cpu_percent: server_pct,
+                    tool_rss_mib: mib(procfs::rss_kib(me).unwrap_or(0)),
+                    tool_cpu_percent: tool_pct,
+                    errors: w.errors.values().sum(),
+                };
+                bar.set_message(format!(
+                    "{} conns  {:.0} edits/s  {:.0} deliveries/s  ack p99 {:.1} ms  delivery p99 {:.1} ms  server {}  tool {:.0}% CPU",
+                    slice.connections,
+                    slice.edits_per_sec,
+                    slice.deliveries_per_sec,
+                    slice.ack.p99_ms,
+                    slice.delivery.p99_ms,
+                    match (slice.server_rss_mib, slice.server_cpu_percent) {
+                        (Some(r), Some(c)) => format!("{r:.0} MiB {c:.0}% CPU"),
+                        _ => "-".into(),
+                    },
+                    slice.tool_cpu_percent
+                ));
+                {
+                    let mut a = all.lock().expect("all");
+                    a.0 += w.deliveries;
+                    a.1 += w.acks;
+                }
+                series.lock().expect("series").push(slice);
+                if stopping {
+                    break;
+                }
+            }
+        }
+    });
+    Sampler {
+        series,
+        stop,
+        task,
+        peak,
+        all,
+    }
+}
+
+struct Handle {
+    join: JoinHandle<Report>,
+    leave: Arc<Notify>,
+    document: Uuid,
+    generation: u32,
+    editor: bool,
+}
+
+/// Resolves the host and port of a `ws://` URL.
+async fn server_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("ws://")
+        .with_context(|| format!("url must start with ws:// (got {url:?})"))?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:80")
+    };
+    tokio::net::lookup_host(&host)
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .find(|a| a.is_ipv4())
+        .with_context(|| format!("{host} has no IPv4 address"))
+}
+
+/// What a late joiner sees of `document`.
+async fn late_join(url: &str, document: Uuid, token: &str) -> anyhow::Result<Final> {
+    let url = format!("{}/collab/{document}", url.trim_end_matches('/'));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .with_context(|| format!("late joiner connecting to {url}"))?;
+    let join = ClientMessage::Join(Join {
+        client_id: relay_domain::ClientId::new(format!("late-{}", Uuid::new_v4().simple()))
+            .expect("valid id"),
+        token: Some(token.to_owned()),
+        since: None,
+    });
+    ws.send(Message::text(join.encode())).await?;
+    let out = loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                if let Ok(ServerMessage::Joined {
+                    content: Some(content),
+                    version,
+                    ..
+                }) = ServerMessage::decode(&t)
+                {
+                    let doc = relay_domain::Document::from_content(&content, version)?;
+                    break Final {
+                        version: version.get(),
+                        text: doc.text(),
+                    };
+                }
+            }
+            Some(Ok(_)) => {}
+            other => bail!("late joiner of {document}: {other:?}"),
+        }
+    };
+    let _ = ws.send(Message::text(ClientMessage::Leave.encode())).await;
+    Ok(out)
+}
+
+/// Runs the scenario.
+pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
+    let s = opts.scenario.clone();
+    s.check()?;
+    if s.url.is_empty() {
+        bail!("url is empty: give --url or --relay");
+    }
+    let (trace_path, fallback) = trace::locate(s.trace.as_deref())?;
+    let trace = Arc::new(trace::load(&trace_path)?);
+    let fd = procfs::raise_fd_limit(s.connections as u64 + 256);
+    if let Some(p) = &fd.problem {
+        eprintln!("relay-load: {p}");
+    } else if fd.now > fd.before {
+        eprintln!(
+            "relay-load: raised the file-descriptor limit from {} to {}",
+            fd.before, fd.now
+        );
+    }
+    let server = server_addr(&s.url).await?;
+    let mut rng = StdRng::seed_from_u64(s.seed);
+    let mut documents: Vec<Uuid> = (0..s.documents).map(|_| uuid(&mut rng)).collect();
+    let addresses: Vec<Ipv4Addr> = (0..s.addresses())
+        .map(|i| Ipv4Addr::new(127, 0, 0, 1 + i as u8))
+        .collect();
+    let recorder = Recorder::new(8);
+    let epoch = recorder.epoch();
+    let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
+    let (finals_tx, finals_rx) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        scenario: s.clone(),
+        server,
+        recorder,
+        dues: DueTable::new(s.connections, epoch),
+        trace: trace.clone(),
+        phase: phase_rx,
+        finals: finals_rx,
+        joined: Default::default(),
+        failed: Default::default(),
+        settled: Default::default(),
+        sources_used: Default::default(),
+        corrupt_slot: opts.corrupt_slot,
+    });
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let bar = if opts.progress {
+        ProgressBar::new(s.connections as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>8} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("template"),
+    );
+    bar.set_prefix("connect");
+    let live_count = {
+        let shared = shared.clone();
+        Arc::new(move || {
+            shared.joined.load(Ordering::Relaxed)
+        }) as Arc<dyn Fn() -> usize + Send + Sync>
+    };
+    let sampler = start_sampler(
+        shared.clone(),
+        opts.server_pid,
+        live_count,
+        bar.clone(),
+    );
+    let mut memory = Memory {
+        server_rss_kib_before: opts.server_pid.and_then(|p| procfs::rss_kib(p).ok()),
+        ..Default::default()
+    };
+
+    // Connect.
+    let connect_began = Instant::now();
+    let per_doc = |d: usize| s.connections / s.documents + usize::from(d < s.connections % s.documents);
+    let gate = Arc::new(tokio::sync::Semaphore::new(s.connect_concurrency));
+    let mut handles: Vec<Option<Handle>> = Vec::with_capacity(s.connections);
+    let mut editors = 0;
+    let spawn = |shared: &Arc<Shared>,
+                     spec: Spec,
+                     permit: Option<tokio::sync::OwnedSemaphorePermit>|
+     -> Handle {
+        let leave = Arc::new(Notify::new());
+        let (document, generation, editor) = (spec.document, spec.generation, spec.editor);
+        let join = tokio::spawn(client::run(shared.clone(), spec, leave.clone(), permit));
+        Handle {
+            join,
+            leave,
+            document,
+            generation,
+            editor,
+        }
+    };
+    let half = s.connections / 2;
+    for i in 0..s.connections {
+        if i == half && half > 0 && opts.server_pid.is_some() {
+            wait_joined(&shared, i, &bar).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            memory.server_rss_kib_half = opts.server_pid.and_then(|p| procfs::rss_kib(p).ok());
+        }
+        if s.connect_rate > 0.0 {
+            let at = connect_began + Duration::from_secs_f64(i as f64 / s.connect_rate);
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+        }
+        let permit = gate.clone().acquire_owned().await.expect("open semaphore");
+        let d = i % s.documents;
+        let editor = i / s.documents < s.editors_of(per_doc(d));
+        editors += usize::from(editor);
+        let user = uuid(&mut rng);
+        let spec = Spec {
+            slot: i,
+            generation: 0,
+            document: documents[d],
+            user,
+            token: opts.tokens.token(user, editor)?,
+            editor,
+            source: addresses[i % addresses.len()],
+            trace_start: rng.random_range(0..trace.patches.len()),
+            offset: rng.random(),
+        };
+        handles.push(Some(spawn(&shared, spec, Some(permit))));
+        bar.set_position((shared.joined.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)) as u64);
+    }
+    wait_joined(&shared, s.connections, &bar).await;
+    let connect_secs = connect_began.elapsed().as_secs_f64();
+    let joined = shared.joined.load(Ordering::Relaxed);
+    let failed = shared.failed.load(Ordering::Relaxed);
+    if opts.server_pid.is_some() {
+        // Let the allocator and the runtime go quiet before reading RSS.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    memory.server_rss_kib_connected = opts.server_pid.and_then(|p| procfs::rss_kib(p).ok());
+    memory.tool_rss_kib_connected = procfs::rss_kib(std::process::id()).unwrap_or(0);
+    if let (Some(h), Some(c)) = (memory.server_rss_kib_half, memory.server_rss_kib_connected)
+        && joined > half
+    {
+        memory.server_kb_per_connection_slope =
+            Some(c.saturating_sub(h) as f64 * 1.024 / (joined - half) as f64);
+    }
+    if let (Some(b), Some(c)) = (memory.server_rss_kib_before, memory.server_rss_kib_connected)
+        && joined > 0
+    {
+        memory.server_kb_per_connection_average =
+            Some(c.saturating_sub(b) as f64 * 1.024 / joined as f64);
+    }
+
+    // Type.
+    bar.set_prefix("type");
+    bar.set_length((s.duration_secs * 1000.0) as u64);
+    bar.set_position(0);
+    let start = Instant::now() + Duration::from_millis(500);
+    let typing_from = start.saturating_duration_since(epoch).as_secs_f64();
+    shared.recorder.measure_between(
+        start + Duration::from_secs_f64(s.warmup_secs),
+        start + Duration::from_secs_f64(s.duration_secs),
+    );
+    let measure_from = start + Duration::from_secs_f64(s.warmup_secs);
+    let _ = phase_tx.send(Phase::Run { start });
+    let end = start + Duration::from_secs_f64(s.duration_secs);
+    let mut retired: Vec<Handle> = Vec::new();
+    let mut churned = 0u64;
+    let mut next_churn = (s.churn.per_sec > 0.0).then(|| start + Duration::from_secs_f64(1.0 / s.churn.per_sec));
+    let mut server_cpu_m0 = None;
+    let mut tool_cpu_m0 = None;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if now >= measure_from && tool_cpu_m0.is_none() {
+            server_cpu_m0 = opts.server_pid.and_then(|p| procfs::cpu_secs(p).ok());
+            tool_cpu_m0 = Some(procfs::cpu_secs(std::process::id()).unwrap_or(0.0));
+        }
+        let mut wake = end.min(now + Duration::from_millis(100));
+        if tool_cpu_m0.is_none() {
+            wake = wake.min(measure_from);
+        }
+        if let Some(c) = next_churn {
+            wake = wake.min(c);
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
+        bar.set_position(start.elapsed().as_millis().min(u64::MAX as u128) as u64);
+        if let Some(c) = next_churn
+            && Instant::now() >= c
+        {
+            next_churn = Some(c + Duration::from_secs_f64(1.0 / s.churn.per_sec));
+            // Replace a random client that is still there.
+            let slot = rng.random_range(0..handles.len());
+            if let Some(h) = handles[slot].take() {
+                if h.join.is_finished() {
+                    handles[slot] = Some(h);
+                    continue;
+                }
+                h.leave.notify_one();
+                churned += 1;
+                let document = if rng.random::<f64>() < s.churn.new_document_share {
+                    let d = uuid(&mut rng);
+                    documents.push(d);
+                    d
+                } else {
+                    h.document
+                };
+                let user = uuid(&mut rng);
+                let spec = Spec {
+                    slot,
+                    generation: h.generation + 1,
+                    document,
+                    user,
+                    token: opts.tokens.token(user, h.editor)?,
+                    editor: h.editor,
+                    source: addresses[slot % addresses.len()],
+                    trace_start: rng.random_range(0..trace.patches.len()),
+                    offset: rng.random(),
+                };
+                retired.push(h);
+                handles[slot] = Some(spawn(&shared, spec, None));
+            }
+        }
+    }
+    let _ = phase_tx.send(Phase::Stop);
+    let measured_secs = (end - measure_from).as_secs_f64();
+    let server_cpu1 = opts.server_pid.and_then(|p| procfs::cpu_secs(p).ok());
+    let tool_cpu1 = procfs::cpu_secs(std::process::id()).unwrap_or(0.0);
+
+    // Settle: nothing in flight anywhere, then the late joiners.
+    bar.set_prefix("settle");
+    let deadline = Instant::now() + Duration::from_secs_f64(s.settle_secs);
+    // Wait for the retired clients first: they are leaving.
+    let mut reports: Vec<Report> = Vec::new();
+    for h in retired {
+        if let Ok(r) = h.join.await {
+            reports.push(r);
+        }
+    }
+    // Every client that stays counts itself settled once (a failed join
+    // too); the ones that left were awaited above.
+    let staying = handles.iter().flatten().count();
+    while shared.settled.load(Ordering::Relaxed) < staying && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut finals = HashMap::new();
+    let check_docs: Vec<Uuid> = {
+        let mut d: Vec<Uuid> = handles.iter().flatten().map(|h| h.document).collect();
+        d.sort();
+        d.dedup();
+        d
+    };
+    let late_token = opts.tokens.token(Uuid::new_v4(), false)?;
+    let mut problems = Vec::new();
+    if s.verify {
+        for chunk in check_docs.chunks(16) {
+            let got = futures::future::join_all(
+                chunk.iter().map(|d| late_join(&s.url, *d, &late_token)),
+            )
+            .await;
+            for (d, f) in chunk.iter().zip(got) {
+                match f {
+                    Ok(f) => {
+                        finals.insert(*d, f);
+                    }
+                    Err(e) => problems.push(format!("document {d}: {e:#}")),
+                }
+            }
+        }
+    }
+    let final_versions: HashMap<Uuid, u64> = finals.iter().map(|(d, f)| (*d, f.version)).collect();
+    let _ = finals_tx.send(Some(Arc::new(finals)));
+    for h in handles.into_iter().flatten() {
+        match h.join.await {
+            Ok(r) => reports.push(r),
+            Err(e) => problems.push(format!("client task failed: {e}")),
+        }
+    }
+    sampler.stop.notify_one();
+    let _ = sampler.task.await;
+    bar.finish_and_clear();
+
+    // Results.
+    let totals = shared.recorder.totals();
+    let mut connect_failures: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.joined)
+        .filter_map(|r| r.problem.clone())
+        .collect();
+    connect_failures.sort();
+    connect_failures.dedup();
+    connect_failures.truncate(10);
+    let checked: Vec<&Report> = reports
+        .iter()
+        .filter(|r| r.joined && !r.left)
+        .collect();
+    let converged = checked.iter().filter(|r| r.converged == Some(true)).count();
+    for r in &checked {
+        if r.converged != Some(true) && problems.len() < 20 {
+            problems.push(format!(
+                "client {} of document {}: {}",
+                r.slot,
+                r.document,
+                r.problem.clone().unwrap_or_else(|| "not checked".into())
+            ));
+        }
+    }
+    // Every acked op reaches every other client of its document: the
+    // audience is fixed without churn.
+    let expected_deliveries = (s.churn.per_sec == 0.0 && failed == 0).then(|| {
+        let mut clients_of: HashMap<Uuid, u64> = HashMap::new();
+        for r in &reports {
+            *clients_of.entry(r.document).or_default() += 1;
+        }
+        final_versions
+            .iter()
+            .map(|(d, v)| v * clients_of.get(d).copied().unwrap_or(1).saturating_sub(1))
+            .sum()
+    });
+    let (all_deliveries, all_acks) = *sampler.all.lock().expect("all");
+    if s.verify
+        && let Some(e) = expected_deliveries
+        && e != all_deliveries
+    {
+        problems.push(format!(
+            "{all_deliveries} deliveries arrived where {e} were expected (every committed op to every other client of its document)"
+        ));
+    }
+    let check = Check {
+        documents: check_docs.len(),
+        clients: checked.len(),
+        converged,
+        ok: !s.verify || (converged == checked.len() && problems.is_empty()),
+        problems,
+        expected_deliveries,
+    };
+    let cpu = |a: Option<f64>, b: Option<f64>| -> Option<Cpu> {
+        let (a, b) = (a?, b?);
+        Some(Cpu {
+            seconds: b - a,
+            percent_of_one_core: (b - a) / measured_secs.max(1e-9) * 100.0,
+            ms_per_1000_deliveries: (totals.deliveries > 0)
+                .then(|| (b - a) * 1000.0 / (totals.deliveries as f64 / 1000.0)),
+        })
+    };
+    let all = {
+        let series = sampler.series.lock().expect("series");
+        series.clone()
+    };
+    memory.server_rss_kib_peak = *sampler.peak.lock().expect("peak");
+    let viewers = s.connections - editors;
+    Ok(RunResult {
+        scenario: s.clone(),
+        trace: trace.name.clone(),
+        trace_fallback: fallback,
+        started_unix,
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        connect: ConnectPhase {
+            requested: s.connections,
+            joined,
+            failed,
+            seconds: connect_secs,
+            source_addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            sources_used: shared.sources_used.lock().expect("sources").clone(),
+            fd_limit: Some(fd),
+            failures: connect_failures,
+        },
+        memory,
+        typing: Typing {
+            measured_seconds: measured_secs,
+            editors,
+            viewers,
+            edits: totals.edits,
+            submits: totals.submits,
+            acks: totals.acks,
+            edits_per_sec: totals.edits as f64 / measured_secs.max(1e-9),
+            acks_per_sec: totals.acks as f64 / measured_secs.max(1e-9),
+            deliveries: totals.deliveries,
+            deliveries_per_sec: totals.deliveries as f64 / measured_secs.max(1e-9),
+            unmatched_deliveries: totals.unmatched,
+            cursors_sent: totals.cursors_sent,
+            typing_sent: totals.typing_sent,
+            presence_received: totals.presence_received,
+            ack: Percentiles::of(&totals.ack),
+            delivery: Percentiles::of(&totals.delivery),
+            errors: totals.errors.clone(),
+            closes: totals.closes.clone(),
+            all_deliveries,
+            all_acks,
+            churned,
+        },
+        server_cpu: cpu(server_cpu_m0, server_cpu1),
+        tool_cpu: cpu(tool_cpu_m0, Some(tool_cpu1)).unwrap_or_default(),
+        check,
+        typing_from,
+        measured_from: typing_from + s.warmup_secs,
+        typing_until: typing_from + s.duration_secs,
+        series: all,
+    })
+}
+
+async fn wait_joined(shared: &Shared, n: usize, bar: &ProgressBar) {
+    loop {
+        let done = shared.joined.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed);
+        bar.set_position(done as u64);
+        if done >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

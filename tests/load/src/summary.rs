@@ -1,0 +1,116 @@
+//! The human-readable summary of a run.
+
+use crate::run::RunResult;
+use crate::stats::Percentiles;
+use std::fmt::Write;
+
+fn p(name: &str, x: &Percentiles) -> String {
+    format!(
+        "{name:<9} p50 {:>8.2} ms  p95 {:>8.2}  p99 {:>8.2}  p99.9 {:>8.2}  max {:>8.2}  ({} samples)",
+        x.p50_ms, x.p95_ms, x.p99_ms, x.p999_ms, x.max_ms, x.count
+    )
+}
+
+/// The summary, and whether the run passed (everyone joined and every
+/// client converged).
+pub fn summary(r: &RunResult) -> (String, bool) {
+    let mut s = String::new();
+    let c = &r.connect;
+    let t = &r.typing;
+    let _ = writeln!(
+        s,
+        "scenario {}: {} connections over {} documents ({} editors, {} viewers) at {} edits/s per editor, trace {}{}",
+        r.scenario.name,
+        r.scenario.connections,
+        r.scenario.documents,
+        t.editors,
+        t.viewers,
+        r.scenario.rate,
+        r.trace,
+        if r.trace_fallback { " (the shipped trace: ../shared/traces is absent)" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "connect  {} of {} joined in {:.1} s from {}{}",
+        c.joined,
+        c.requested,
+        c.seconds,
+        c.source_addresses.join(", "),
+        if c.failed > 0 { format!("; {} FAILED: {}", c.failed, c.failures.join("; ")) } else { String::new() }
+    );
+    if let Some(fd) = &c.fd_limit
+        && let Some(problem) = &fd.problem
+    {
+        let _ = writeln!(s, "fd limit {problem}");
+    }
+    let m = &r.memory;
+    if let Some(conn) = m.server_rss_kib_connected {
+        let _ = writeln!(
+            s,
+            "memory   server RSS {} KiB before, {} KiB at half, {} KiB connected, {} KiB peak: {} per connection (slope), {} overall; tool {} KiB",
+            m.server_rss_kib_before.unwrap_or(0),
+            m.server_rss_kib_half.map_or("-".into(), |x| x.to_string()),
+            conn,
+            m.server_rss_kib_peak.unwrap_or(0),
+            m.server_kb_per_connection_slope.map_or("-".into(), |x| format!("{x:.1} KB")),
+            m.server_kb_per_connection_average.map_or("-".into(), |x| format!("{x:.1} KB")),
+            m.tool_rss_kib_connected
+        );
+    }
+    let _ = writeln!(
+        s,
+        "typing   {:.1} s measured: {:.0} edits/s ({} edits in {} submits, {} acks), {:.0} deliveries/s ({} deliveries, {} unmatched), {} carets, {} typing signals sent",
+        t.measured_seconds,
+        t.edits_per_sec,
+        t.edits,
+        t.submits,
+        t.acks,
+        t.deliveries_per_sec,
+        t.deliveries,
+        t.unmatched_deliveries,
+        t.cursors_sent,
+        t.typing_sent
+    );
+    let _ = writeln!(s, "{}", p("ack", &t.ack));
+    let _ = writeln!(s, "{}", p("delivery", &t.delivery));
+    if !t.errors.is_empty() || !t.closes.is_empty() {
+        let _ = writeln!(s, "errors   {:?}  closes {:?}", t.errors, t.closes);
+    }
+    if t.churned > 0 {
+        let _ = writeln!(s, "churn    {} connections replaced", t.churned);
+    }
+    let cpu = |name: &str, c: &crate::run::Cpu| {
+        format!(
+            "{name} {:.1} s CPU ({:.0}% of one core){}",
+            c.seconds,
+            c.percent_of_one_core,
+            c.ms_per_1000_deliveries
+                .map_or(String::new(), |x| format!(", {x:.2} ms per 1,000 deliveries"))
+        )
+    };
+    let _ = writeln!(
+        s,
+        "cpu      {}; {} ({} cores shared)",
+        r.server_cpu.as_ref().map_or("server: no --server-pid".into(), |c| cpu("server", c)),
+        cpu("tool", &r.tool_cpu),
+        r.cores
+    );
+    let k = &r.check;
+    let pass = k.ok && c.failed == 0;
+    if r.scenario.verify {
+        let _ = writeln!(
+            s,
+            "check    {}: {} of {} clients over {} documents hold the late joiner's text at its version{}",
+            if k.ok { "OK" } else { "FAILED" },
+            k.converged,
+            k.clients,
+            k.documents,
+            k.expected_deliveries
+                .map_or(String::new(), |e| format!("; {} of {} expected deliveries arrived", t.all_deliveries, e))
+        );
+        for problem in &k.problems {
+            let _ = writeln!(s, "         {problem}");
+        }
+    }
+    (s, pass)
+}

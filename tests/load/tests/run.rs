@@ -1,0 +1,217 @@
+//! `relay-load` against the real application in process (in-memory
+//! adapters; with `RELAY_E2E_STORE=postgres`, PostgreSQL): small runs whose
+//! every count can be checked exactly.
+
+use relay_load::run::RunResult;
+use relay_load::{Churn, Options, Scenario, Tokens, plot, summary::summary, trace};
+use relay_tests::TestApp;
+use std::sync::Arc;
+
+fn small(app: &TestApp) -> Scenario {
+    Scenario {
+        name: "test".into(),
+        url: format!("ws://{}", app.addr),
+        connections: 24,
+        documents: 4,
+        viewers: 0.25,
+        rate: 20.0,
+        duration_secs: 2.0,
+        warmup_secs: 0.5,
+        // The shipped trace, so the test does not depend on ../shared.
+        trace: Some(trace::shipped().display().to_string()),
+        settle_secs: 20.0,
+        sample_secs: 0.25,
+        ..Scenario::default()
+    }
+}
+
+async fn go(app: &TestApp, scenario: Scenario, corrupt_slot: Option<usize>) -> RunResult {
+    relay_load::run(Options {
+        scenario,
+        tokens: Tokens::Keys(Arc::new(
+            relay_adapters::jwt::DevKeys::from_pem(&app.keys.to_pem()).unwrap(),
+        )),
+        // The server is this process.
+        server_pid: Some(std::process::id()),
+        progress: false,
+        corrupt_slot,
+    })
+    .await
+    .expect("run")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_run_converges_and_every_op_reaches_every_other_client() {
+    let app = TestApp::spawn().await;
+    let r = go(&app, small(&app), None).await;
+    let (text, pass) = summary(&r);
+    assert!(pass, "{text}");
+    let t = &r.typing;
+    assert_eq!(r.connect.joined, 24, "{text}");
+    assert_eq!((t.editors, t.viewers), (20, 4), "{text}");
+    assert_eq!(r.check.converged, 24, "{text}");
+    assert_eq!(r.check.documents, 4);
+    // Every committed op went to the other five clients of its document,
+    // and nothing else did.
+    let expected = r.check.expected_deliveries.expect("no churn");
+    assert!(expected > 0);
+    assert_eq!(t.all_deliveries, expected, "{text}");
+    assert_eq!(t.unmatched_deliveries, 0, "{text}");
+    // 20 editors at 20 edits/s over 1.5 measured seconds: 600 edits due.
+    assert!((540..=600).contains(&t.edits), "{text}");
+    assert!(t.ack.count > 0 && t.ack.count <= t.submits, "{text}");
+    assert!(t.delivery.count >= t.ack.count, "{text}");
+    assert!(t.ack.p50_ms <= t.ack.p99_ms && t.ack.p99_ms <= t.ack.max_ms);
+    assert!(t.cursors_sent > 0 && t.typing_sent > 0 && t.presence_received > 0, "{text}");
+    assert!(t.errors.is_empty() && t.closes.is_empty(), "{text}");
+    assert!(r.series.len() >= 8, "{} samples", r.series.len());
+    assert!(r.memory.server_rss_kib_connected.is_some());
+    assert!(r.server_cpu.as_ref().is_some_and(|c| c.seconds >= 0.0));
+    // The result file round-trips as a scenario: a run can be repeated.
+    let json = serde_json::to_string(&r).unwrap();
+    let dir = std::env::temp_dir().join(format!("relay-load-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("result.json");
+    std::fs::write(&file, &json).unwrap();
+    assert_eq!(Scenario::from_file(&file).unwrap(), r.scenario);
+
+    // The plots: PNG and SVG of each chart, when a font is there to label
+    // them.
+    match plot::load_font() {
+        Ok(_) => {
+            let files = plot::write(&r, &dir).unwrap();
+            assert_eq!(files.len(), 6);
+            for f in files {
+                let bytes = std::fs::read(&f).unwrap();
+                if f.extension().unwrap() == "png" {
+                    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", f.display());
+                    assert!(bytes.len() > 10_000, "{} is {} bytes", f.display(), bytes.len());
+                } else {
+                    let s = String::from_utf8(bytes).unwrap();
+                    let label = match f.file_stem().unwrap().to_str().unwrap() {
+                        "latency" => "delivery p99",
+                        "throughput" => "deliveries/s",
+                        _ => "server RSS",
+                    };
+                    assert!(s.contains("<svg") && s.contains(label), "{}", f.display());
+                }
+            }
+        }
+        Err(why) => {
+            let e = plot::write(&r, &dir).unwrap_err().to_string();
+            assert!(e.contains("font"), "{e}");
+            eprintln!("plots not checked: {why}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_text_differs_fails_the_check() {
+    let app = TestApp::spawn().await;
+    let s = Scenario {
+        connections: 8,
+        documents: 2,
+        ..small(&app)
+    };
+    let r = go(&app, s, Some(3)).await;
+    let (text, pass) = summary(&r);
+    assert!(!pass, "{text}");
+    assert!(!r.check.ok);
+    assert_eq!(r.check.converged, 7, "{text}");
+    assert!(
+        r.check.problems.iter().any(|p| p.starts_with("client 3 ") && p.contains("differs")),
+        "{:?}",
+        r.check.problems
+    );
+    assert!(text.contains("check    FAILED"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_replaces_connections_and_opens_documents_and_everyone_still_converges() {
+    let app = TestApp::spawn().await;
+    let s = Scenario {
+        connections: 16,
+        churn: Churn {
+            per_sec: 10.0,
+            new_document_share: 0.5,
+        },
+        ..small(&app)
+    };
+    let r = go(&app, s, None).await;
+    let (text, pass) = summary(&r);
+    assert!(pass, "{text}");
+    assert!(r.typing.churned >= 10, "{text}");
+    assert_eq!(r.check.clients, 16, "the replacements are checked: {text}");
+    assert!(r.check.documents > 4, "new documents were opened: {text}");
+    assert!(r.typing.closes.is_empty(), "leavers close normally: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_come_from_several_loopback_addresses() {
+    let app = TestApp::spawn().await;
+    let s = Scenario {
+        connections: 9,
+        documents: 3,
+        source_addresses: 3,
+        rate: 5.0,
+        duration_secs: 1.0,
+        warmup_secs: 0.0,
+        ..small(&app)
+    };
+    let r = go(&app, s, None).await;
+    let (text, pass) = summary(&r);
+    assert!(pass, "{text}");
+    let used: Vec<(&str, usize)> = r
+        .connect
+        .sources_used
+        .iter()
+        .map(|(a, n)| (a.as_str(), *n))
+        .collect();
+    assert_eq!(used, [("127.0.0.1", 3), ("127.0.0.2", 3), ("127.0.0.3", 3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_only_join() {
+    let app = TestApp::spawn().await;
+    let s = Scenario {
+        connections: 30,
+        documents: 3,
+        rate: 0.0,
+        duration_secs: 0.5,
+        warmup_secs: 0.0,
+        ..small(&app)
+    };
+    let r = go(&app, s, None).await;
+    let (text, pass) = summary(&r);
+    assert!(pass, "{text}");
+    assert_eq!(r.typing.edits, 0);
+    assert_eq!(r.check.converged, 30);
+    assert!(r.memory.server_kb_per_connection_average.is_some(), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_joins_are_counted_and_fail_the_run() {
+    let app = TestApp::spawn().await;
+    let s = Scenario {
+        connections: 4,
+        documents: 1,
+        duration_secs: 0.5,
+        warmup_secs: 0.0,
+        ..small(&app)
+    };
+    let r = relay_load::run(Options {
+        scenario: s,
+        tokens: Tokens::Fixed("not-a-token".into()),
+        server_pid: None,
+        progress: false,
+        corrupt_slot: None,
+    })
+    .await
+    .expect("run");
+    let (text, pass) = summary(&r);
+    assert!(!pass, "{text}");
+    assert_eq!((r.connect.joined, r.connect.failed), (0, 4), "{text}");
+    assert!(text.contains("4 FAILED"), "{text}");
+    assert!(r.connect.failures.iter().all(|f| f.contains("join")), "{:?}", r.connect.failures);
+}
