@@ -27,8 +27,9 @@ use uuid::Uuid;
 pub enum Phase {
     /// Connected clients wait.
     Connecting,
-    /// Editors type, their first edit due at `start` plus their offset.
-    Run { start: Instant },
+    /// Editors type every edit due in `[start + offset, until)`, the first
+    /// due at `start` plus their offset.
+    Run { start: Instant, until: Instant },
     /// Editors stop typing and settle what is in flight.
     Stop,
 }
@@ -176,7 +177,7 @@ impl Live {
         shared
             .dues
             .set(self.slot, self.generation, out.seq.get(), due);
-        shared.recorder.count(self.shard, |w| w.submits += 1);
+        shared.recorder.count_at(self.shard, due, |w| w.submits += 1);
         self.inflight_due = Some(due);
         self.send(&ClientMessage::Submit {
             seq: out.seq,
@@ -215,7 +216,7 @@ impl Live {
         let start = start.min(doc_len);
         match self.client.edit(e.delta) {
             Ok(out) => {
-                shared.recorder.count(self.shard, |w| w.edits += 1);
+                shared.recorder.count_at(self.shard, due, |w| w.edits += 1);
                 self.client.set_selection(Some(Selection {
                     anchor: start,
                     head: start + e.region_len,
@@ -507,25 +508,39 @@ pub async fn run(
         .then(|| Duration::from_secs_f64(1.0 / shared.scenario.rate));
     let mut next_due: Option<Instant> = None;
     let mut leaving = false;
+    let mut started = false;
+    let mut until_at: Option<Instant> = None;
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
 
     // Typing until Stop (or a leave), then settling what is in flight.
     loop {
         let phase = *phase_rx.borrow();
-        match phase {
-            Phase::Run { start } if spec.editor && !leaving => {
-                if next_due.is_none()
-                    && let Some(p) = period
-                {
-                    next_due = Some(start + p.mul_f64(spec.offset));
+        if let Phase::Run { start, until } = phase {
+            until_at.get_or_insert(until);
+            if spec.editor
+                && !leaving
+                && !started
+                && let Some(p) = period
+            {
+                started = true;
+                // A replacement (churn) starts on the schedule's next tick.
+                let mut first = start + p.mul_f64(spec.offset);
+                let now = Instant::now();
+                if first < now {
+                    let behind = (now - first).as_secs_f64() / p.as_secs_f64();
+                    first += p.mul_f64(behind.ceil());
                 }
+                next_due = Some(first);
             }
-            Phase::Stop => {
-                next_due = None;
-            }
-            _ => {}
         }
-        let stopping = phase == Phase::Stop || leaving;
+        // Every edit due before the end is made, even when the client is
+        // behind its schedule when the end comes.
+        if let (Some(d), Some(u)) = (next_due, until_at)
+            && d >= u
+        {
+            next_due = None;
+        }
+        let stopping = (phase == Phase::Stop && next_due.is_none()) || leaving;
         let done = live.client.is_synchronized() || live.broken.is_some() || live.closed.is_some();
         if stopping && done {
             break;

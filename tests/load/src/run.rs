@@ -520,8 +520,8 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         start + Duration::from_secs_f64(s.duration_secs),
     );
     let measure_from = start + Duration::from_secs_f64(s.warmup_secs);
-    let _ = phase_tx.send(Phase::Run { start });
     let end = start + Duration::from_secs_f64(s.duration_secs);
+    let _ = phase_tx.send(Phase::Run { start, until: end });
     let mut retired: Vec<Handle> = Vec::new();
     let mut churned = 0u64;
     let mut next_churn = (s.churn.per_sec > 0.0).then(|| start + Duration::from_secs_f64(1.0 / s.churn.per_sec));

@@ -201,7 +201,12 @@ impl Recorder {
     /// A counter: in the series, and in the totals when it happens in the
     /// measured time.
     pub fn count(&self, shard: usize, f: impl Fn(&mut Window)) {
-        let measured = self.measured(Instant::now());
+        self.count_at(shard, Instant::now(), f);
+    }
+
+    /// A counter of something due at `due`.
+    pub fn count_at(&self, shard: usize, due: Instant, f: impl Fn(&mut Window)) {
+        let measured = self.measured(due);
         self.with(shard, |s, t| {
             f(s);
             if measured && let Some(t) = t {

@@ -57,8 +57,9 @@ async fn a_small_run_converges_and_every_op_reaches_every_other_client() {
     assert!(expected > 0);
     assert_eq!(t.all_deliveries, expected, "{text}");
     assert_eq!(t.unmatched_deliveries, 0, "{text}");
-    // 20 editors at 20 edits/s over 1.5 measured seconds: 600 edits due.
-    assert!((540..=600).contains(&t.edits), "{text}");
+    // 20 editors at 20 edits/s over 1.5 measured seconds: 30 edits due
+    // each (one more or less where a schedule meets the window's edges).
+    assert!((580..=620).contains(&t.edits), "{text}");
     assert!(t.ack.count > 0 && t.ack.count <= t.submits, "{text}");
     assert!(t.delivery.count >= t.ack.count, "{text}");
     assert!(t.ack.p50_ms <= t.ack.p99_ms && t.ack.p99_ms <= t.ack.max_ms);
