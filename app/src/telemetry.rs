@@ -40,6 +40,22 @@ impl std::fmt::Debug for Telemetry {
     }
 }
 
+/// `try_init` bridges the `log` crate at TRACE, so every `log::trace!` of
+/// a dependency (tungstenite logs each frame) builds a record and asks the
+/// subscriber, only to be filtered out: about 4% of the server's CPU under
+/// load (perf, `relay-load`). Caps the bridge at what RUST_LOG can show.
+fn cap_log_crate(hint: Option<LevelFilter>) {
+    let level = match hint {
+        Some(LevelFilter::OFF) => log::LevelFilter::Off,
+        Some(LevelFilter::ERROR) => log::LevelFilter::Error,
+        Some(LevelFilter::WARN) => log::LevelFilter::Warn,
+        Some(LevelFilter::INFO) => log::LevelFilter::Info,
+        Some(LevelFilter::DEBUG) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    log::set_max_level(level);
+}
+
 /// Sets up logging only (for the subcommands other than `serve`).
 pub fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -92,11 +108,13 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     });
     let filter =
         EnvFilter::try_new(&config.rust_log).map_err(|e| anyhow::anyhow!("RUST_LOG: {e}"))?;
+    let hint = filter.max_level_hint();
     tracing_subscriber::registry()
         .with(fmt_layer(config.log_json, filter))
         .with(spans)
         .try_init()
         .map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+    cap_log_crate(hint);
     if let Some(o) = &otlp {
         tracing::info!(metrics = o.metrics, traces = o.traces, "OTLP export on");
     }
@@ -135,4 +153,20 @@ pub async fn serve_metrics(
             .await;
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_bridge_is_capped_at_what_the_filter_can_show() {
+        let hint = EnvFilter::new("warn").max_level_hint();
+        cap_log_crate(hint);
+        assert_eq!(log::max_level(), log::LevelFilter::Warn);
+        cap_log_crate(EnvFilter::new("info,relay=debug").max_level_hint());
+        assert_eq!(log::max_level(), log::LevelFilter::Debug);
+        cap_log_crate(None);
+        assert_eq!(log::max_level(), log::LevelFilter::Trace);
+    }
 }
