@@ -219,3 +219,62 @@ fn tokio_worker_threads_sizes_the_runtime() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(n, 3, "three relay-worker threads");
 }
+
+/// MAX_CONNECTIONS sockets need as many descriptors: a relay started with
+/// a soft limit of 512 raises it to MAX_CONNECTIONS + 256 (within the hard
+/// limit).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_file_descriptor_limit_is_raised_for_max_connections() {
+    let dir = std::env::temp_dir().join(format!("relay-cli-fd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = relay();
+    let relay_path = c.get_program().to_owned();
+    let mut bash = Command::new("bash");
+    bash.args(["-c", "ulimit -Sn 512 && exec \"$0\" serve"])
+        .arg(relay_path)
+        .envs(
+            c.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        );
+    for (k, v) in c.get_envs() {
+        if v.is_none() {
+            bash.env_remove(k);
+        }
+    }
+    let _ = &mut c;
+    let mut child = bash
+        .env("BIND_ADDRESS", "127.0.0.1:0")
+        .env("MAX_CONNECTIONS", "2000")
+        .env("RELAY_DEV_KEY_FILE", dir.join("key.pem"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start relay");
+    let hard: u64 = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).map(|h| h.parse().unwrap()))
+        .unwrap();
+    let expected = 2256.min(hard);
+    let soft = || -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{}/limits", child.id()))
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with("Max open files"))?
+            .split_whitespace()
+            .nth(3)?
+            .parse()
+            .ok()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while soft() != Some(expected) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let got = soft();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(got, Some(expected), "soft limit of the relay process");
+}

@@ -25,6 +25,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let telemetry = telemetry::init(&config)?;
+    raise_fd_limit(config.max_connections);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("relay-worker");
     if let Some(n) = config.worker_threads {
@@ -38,6 +39,41 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::error!(error = format!("{e:#}"), "relay stopped");
     }
     served
+}
+
+/// Descriptors beyond MAX_CONNECTIONS: the listeners, the database pool,
+/// Redis, the JWKS client, the log.
+const SPARE_FDS: u64 = 256;
+
+/// Every connection is a socket: raises the soft `RLIMIT_NOFILE` to
+/// MAX_CONNECTIONS + 256 when the hard limit allows (many systems start
+/// services at 1,024), and says so when it does not.
+fn raise_fd_limit(max_connections: usize) {
+    let needed = (max_connections as u64).saturating_add(SPARE_FDS);
+    let (soft, hard) = match rlimit::Resource::NOFILE.get() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "cannot read the file-descriptor limit");
+            return;
+        }
+    };
+    let target = needed.min(hard);
+    if target > soft
+        && let Err(e) = rlimit::Resource::NOFILE.set(target, hard)
+    {
+        warn!(error = %e, "cannot raise the file-descriptor limit");
+    }
+    let now = rlimit::Resource::NOFILE.get().map_or(soft, |l| l.0);
+    if now < needed {
+        warn!(
+            limit = now,
+            hard,
+            max_connections,
+            "the file-descriptor limit is below MAX_CONNECTIONS + 256: connections past it fail to be accepted; raise the hard limit (LimitNOFILE=, ulimit -Hn, the container runtime's nofile)"
+        );
+    } else if now > soft {
+        info!(from = soft, to = now, "raised the file-descriptor limit");
+    }
 }
 
 async fn serve(

@@ -177,7 +177,9 @@ impl Live {
         shared
             .dues
             .set(self.slot, self.generation, out.seq.get(), due);
-        shared.recorder.count_at(self.shard, due, |w| w.submits += 1);
+        shared
+            .recorder
+            .count_at(self.shard, due, |w| w.submits += 1);
         self.inflight_due = Some(due);
         self.send(&ClientMessage::Submit {
             seq: out.seq,
@@ -189,7 +191,10 @@ impl Live {
 
     fn region(&self) -> (usize, usize) {
         match self.client.selection() {
-            Some(s) => (s.anchor.min(s.head), s.anchor.max(s.head) - s.anchor.min(s.head)),
+            Some(s) => (
+                s.anchor.min(s.head),
+                s.anchor.max(s.head) - s.anchor.min(s.head),
+            ),
             None => (self.client.document().len(), 0),
         }
     }
@@ -203,17 +208,37 @@ impl Live {
         let doc_len = self.client.document().len();
         // A patch clamped to the region can come out empty (a delete in an
         // empty region): the next one then, so every due edit edits.
-        let mut e = replay.next_edit(&shared.trace, start, len, doc_len, shared.scenario.max_insert);
+        let mut e = replay.next_edit(
+            &shared.trace,
+            start,
+            len,
+            doc_len,
+            shared.scenario.max_insert,
+        );
         for _ in 0..64 {
             if !e.delta.is_noop() {
                 break;
             }
-            e = replay.next_edit(&shared.trace, start, len, doc_len, shared.scenario.max_insert);
-        }
-        if e.delta.is_noop() {
-            return;
+            e = replay.next_edit(
+                &shared.trace,
+                start,
+                len,
+                doc_len,
+                shared.scenario.max_insert,
+            );
         }
         let start = start.min(doc_len);
+        if e.delta.is_noop() {
+            // A long run of deletes in an empty region: type one character
+            // instead, so the schedule's rate holds.
+            let mut d = relay_domain::Delta::new();
+            d.retain(start).insert(" ");
+            e = crate::trace::Edit {
+                delta: d.fit(doc_len).expect("start is within the document"),
+                region_len: len.min(doc_len - start) + 1,
+                caret: 1,
+            };
+        }
         match self.client.edit(e.delta) {
             Ok(out) => {
                 shared.recorder.count_at(self.shard, due, |w| w.edits += 1);
@@ -269,7 +294,11 @@ impl Live {
     }
 
     /// Handles one frame; false when the connection is over.
-    async fn frame(&mut self, shared: &Shared, frame: Option<Result<Message, impl std::fmt::Display>>) -> bool {
+    async fn frame(
+        &mut self,
+        shared: &Shared,
+        frame: Option<Result<Message, impl std::fmt::Display>>,
+    ) -> bool {
         let text = match frame {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Close(c))) => {
@@ -337,10 +366,11 @@ impl Live {
                     match self.client.receive(op) {
                         Ok(next) => {
                             // Our own op in the stream counts as its ack.
-                            if was.is_some() && self.client.inflight().map(|i| i.seq) != was {
-                                if let Some(due) = self.inflight_due.take() {
-                                    shared.recorder.ack(self.shard, due, at);
-                                }
+                            if was.is_some()
+                                && self.client.inflight().map(|i| i.seq) != was
+                                && let Some(due) = self.inflight_due.take()
+                            {
+                                shared.recorder.ack(self.shard, due, at);
                             }
                             if let Some(out) = next {
                                 let due = self.buffer_due.take().unwrap_or(at);
@@ -382,7 +412,9 @@ impl Live {
             ServerMessage::Cursor { .. }
             | ServerMessage::Presence { .. }
             | ServerMessage::Typing { .. } => {
-                shared.recorder.count(self.shard, |w| w.presence_received += 1);
+                shared
+                    .recorder
+                    .count(self.shard, |w| w.presence_received += 1);
             }
             ServerMessage::Shutdown { .. } => {
                 shared.recorder.error(self.shard, "shutdown");
@@ -504,8 +536,8 @@ pub async fn run(
     }));
     let mut replay = Replay::new(&shared.trace, spec.trace_start);
     let mut phase_rx = shared.phase.clone();
-    let period = (shared.scenario.rate > 0.0)
-        .then(|| Duration::from_secs_f64(1.0 / shared.scenario.rate));
+    let period =
+        (shared.scenario.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / shared.scenario.rate));
     let mut next_due: Option<Instant> = None;
     let mut leaving = false;
     let mut started = false;

@@ -44,7 +44,12 @@ struct Args {
     #[arg(long)]
     key_file: Option<PathBuf>,
     /// One token for every client instead (an editor of every document).
-    #[arg(long, conflicts_with = "key_file", env = "RELAY_LOAD_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        conflicts_with = "key_file",
+        env = "RELAY_LOAD_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     #[arg(long)]
     name: Option<String>,

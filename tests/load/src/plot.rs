@@ -102,7 +102,9 @@ where
                     .draw_series(LineSeries::new(pts, c.stroke_width(2)))
                     .map_err(err)?
                     .label(*name)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                    });
             }
             for x in [marks.0, marks.1] {
                 chart
@@ -123,11 +125,17 @@ where
         }};
     }
     if log {
-        draw!(chart
-            .build_cartesian_2d(0f64..x_max, (y_min..y_max.max(1.0)).log_scale())
-            .map_err(err)?);
+        draw!(
+            chart
+                .build_cartesian_2d(0f64..x_max, (y_min..y_max.max(1.0)).log_scale())
+                .map_err(err)?
+        );
     } else {
-        draw!(chart.build_cartesian_2d(0f64..x_max, 0f64..y_max).map_err(err)?);
+        draw!(
+            chart
+                .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+                .map_err(err)?
+        );
     }
     Ok(())
 }
@@ -139,15 +147,38 @@ where
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let nz = |v: f64, n: u64| (n > 0).then_some(v);
     let lines: Vec<Line<'_>> = vec![
-        ("ack p50", BLUE, Box::new(move |s: &Slice| nz(s.ack.p50_ms, s.ack.count))),
-        ("ack p99", CYAN, Box::new(move |s: &Slice| nz(s.ack.p99_ms, s.ack.count))),
-        ("delivery p50", RED, Box::new(move |s: &Slice| nz(s.delivery.p50_ms, s.delivery.count))),
-        ("delivery p99", MAGENTA, Box::new(move |s: &Slice| nz(s.delivery.p99_ms, s.delivery.count))),
-        ("delivery max", RGBColor(120, 120, 120), Box::new(move |s: &Slice| nz(s.delivery.max_ms, s.delivery.count))),
+        (
+            "ack p50",
+            BLUE,
+            Box::new(move |s: &Slice| nz(s.ack.p50_ms, s.ack.count)),
+        ),
+        (
+            "ack p99",
+            CYAN,
+            Box::new(move |s: &Slice| nz(s.ack.p99_ms, s.ack.count)),
+        ),
+        (
+            "delivery p50",
+            RED,
+            Box::new(move |s: &Slice| nz(s.delivery.p50_ms, s.delivery.count)),
+        ),
+        (
+            "delivery p99",
+            MAGENTA,
+            Box::new(move |s: &Slice| nz(s.delivery.p99_ms, s.delivery.count)),
+        ),
+        (
+            "delivery max",
+            RGBColor(120, 120, 120),
+            Box::new(move |s: &Slice| nz(s.delivery.max_ms, s.delivery.count)),
+        ),
     ];
     panel(
         &root,
-        &format!("{}: latency per {} s (ms, log)", r.scenario.name, r.scenario.sample_secs),
+        &format!(
+            "{}: latency per {} s (ms, log)",
+            r.scenario.name, r.scenario.sample_secs
+        ),
         "ms",
         &r.series,
         &lines,
@@ -167,9 +198,29 @@ where
         ("edits/s", BLUE, Box::new(|s: &Slice| Some(s.edits_per_sec))),
         ("acks/s", GREEN, Box::new(|s: &Slice| Some(s.acks_per_sec))),
     ];
-    panel(&top, &format!("{}: edits in", r.scenario.name), "per second", &r.series, &top_lines, false, (r.measured_from, r.typing_until))?;
-    let bottom_lines: Vec<Line<'_>> = vec![("deliveries/s", RED, Box::new(|s: &Slice| Some(s.deliveries_per_sec)))];
-    panel(&bottom, "deliveries out", "per second", &r.series, &bottom_lines, false, (r.measured_from, r.typing_until))?;
+    panel(
+        &top,
+        &format!("{}: edits in", r.scenario.name),
+        "per second",
+        &r.series,
+        &top_lines,
+        false,
+        (r.measured_from, r.typing_until),
+    )?;
+    let bottom_lines: Vec<Line<'_>> = vec![(
+        "deliveries/s",
+        RED,
+        Box::new(|s: &Slice| Some(s.deliveries_per_sec)),
+    )];
+    panel(
+        &bottom,
+        "deliveries out",
+        "per second",
+        &r.series,
+        &bottom_lines,
+        false,
+        (r.measured_from, r.typing_until),
+    )?;
     root.present().map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
@@ -182,14 +233,42 @@ where
     let top_lines: Vec<Line<'_>> = vec![
         ("server RSS", RED, Box::new(|s: &Slice| s.server_rss_mib)),
         ("tool RSS", BLUE, Box::new(|s: &Slice| Some(s.tool_rss_mib))),
-        ("connections / 100", GREEN, Box::new(|s: &Slice| Some(s.connections as f64 / 100.0))),
+        (
+            "connections / 100",
+            GREEN,
+            Box::new(|s: &Slice| Some(s.connections as f64 / 100.0)),
+        ),
     ];
-    panel(&top, &format!("{}: resident memory (MiB)", r.scenario.name), "MiB", &r.series, &top_lines, false, (r.measured_from, r.typing_until))?;
+    panel(
+        &top,
+        &format!("{}: resident memory (MiB)", r.scenario.name),
+        "MiB",
+        &r.series,
+        &top_lines,
+        false,
+        (r.measured_from, r.typing_until),
+    )?;
     let bottom_lines: Vec<Line<'_>> = vec![
-        ("server CPU %", RED, Box::new(|s: &Slice| s.server_cpu_percent)),
-        ("tool CPU %", BLUE, Box::new(|s: &Slice| Some(s.tool_cpu_percent))),
+        (
+            "server CPU %",
+            RED,
+            Box::new(|s: &Slice| s.server_cpu_percent),
+        ),
+        (
+            "tool CPU %",
+            BLUE,
+            Box::new(|s: &Slice| Some(s.tool_cpu_percent)),
+        ),
     ];
-    panel(&bottom, "CPU (% of one core)", "%", &r.series, &bottom_lines, false, (r.measured_from, r.typing_until))?;
+    panel(
+        &bottom,
+        "CPU (% of one core)",
+        "%",
+        &r.series,
+        &bottom_lines,
+        false,
+        (r.measured_from, r.typing_until),
+    )?;
     root.present().map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 

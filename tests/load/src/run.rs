@@ -193,10 +193,6 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn uuid(rng: &mut StdRng) -> Uuid {
-    uuid::Builder::from_random_bytes(rng.random()).into_uuid()
-}
-
 /// Samples /proc and the recorder every `every`.
 struct Sampler {
     series: Arc<Mutex<Vec<Slice>>>,
@@ -250,7 +246,9 @@ fn start_sampler(
                 let tool_cpu = procfs::cpu_secs(me).unwrap_or(last_tool);
                 let tool_pct = (tool_cpu - last_tool) / dt * 100.0;
                 last_tool = tool_cpu;
-                let t = now.saturating_duration_since(shared.recorder.epoch()).as_secs_f64();
+                let t = now
+                    .saturating_duration_since(shared.recorder.epoch())
+                    .as_secs_f64();
                 let slice = Slice {
                     t,
                     connections: live(),
@@ -382,7 +380,10 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     }
     let server = server_addr(&s.url).await?;
     let mut rng = StdRng::seed_from_u64(s.seed);
-    let mut documents: Vec<Uuid> = (0..s.documents).map(|_| uuid(&mut rng)).collect();
+    // Document and user ids are new every run, so runs against one server (or
+    // one database) never share documents or operation ids; the seed fixes
+    // everything else (trace slices, schedule offsets, churn choices).
+    let mut documents: Vec<Uuid> = (0..s.documents).map(|_| Uuid::new_v4()).collect();
     let addresses: Vec<Ipv4Addr> = (0..s.addresses())
         .map(|i| Ipv4Addr::new(127, 0, 0, 1 + i as u8))
         .collect();
@@ -420,16 +421,10 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     bar.set_prefix("connect");
     let live_count = {
         let shared = shared.clone();
-        Arc::new(move || {
-            shared.joined.load(Ordering::Relaxed)
-        }) as Arc<dyn Fn() -> usize + Send + Sync>
+        Arc::new(move || shared.joined.load(Ordering::Relaxed))
+            as Arc<dyn Fn() -> usize + Send + Sync>
     };
-    let sampler = start_sampler(
-        shared.clone(),
-        opts.server_pid,
-        live_count,
-        bar.clone(),
-    );
+    let sampler = start_sampler(shared.clone(), opts.server_pid, live_count, bar.clone());
     let mut memory = Memory {
         server_rss_kib_before: opts.server_pid.and_then(|p| procfs::rss_kib(p).ok()),
         ..Default::default()
@@ -437,13 +432,14 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
 
     // Connect.
     let connect_began = Instant::now();
-    let per_doc = |d: usize| s.connections / s.documents + usize::from(d < s.connections % s.documents);
+    let per_doc =
+        |d: usize| s.connections / s.documents + usize::from(d < s.connections % s.documents);
     let gate = Arc::new(tokio::sync::Semaphore::new(s.connect_concurrency));
     let mut handles: Vec<Option<Handle>> = Vec::with_capacity(s.connections);
     let mut editors = 0;
     let spawn = |shared: &Arc<Shared>,
-                     spec: Spec,
-                     permit: Option<tokio::sync::OwnedSemaphorePermit>|
+                 spec: Spec,
+                 permit: Option<tokio::sync::OwnedSemaphorePermit>|
      -> Handle {
         let leave = Arc::new(Notify::new());
         let (document, generation, editor) = (spec.document, spec.generation, spec.editor);
@@ -471,7 +467,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         let d = i % s.documents;
         let editor = i / s.documents < s.editors_of(per_doc(d));
         editors += usize::from(editor);
-        let user = uuid(&mut rng);
+        let user = Uuid::new_v4();
         let spec = Spec {
             slot: i,
             generation: 0,
@@ -484,7 +480,9 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
             offset: rng.random(),
         };
         handles.push(Some(spawn(&shared, spec, Some(permit))));
-        bar.set_position((shared.joined.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)) as u64);
+        bar.set_position(
+            (shared.joined.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)) as u64,
+        );
     }
     wait_joined(&shared, s.connections, &bar).await;
     let connect_secs = connect_began.elapsed().as_secs_f64();
@@ -502,8 +500,10 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         memory.server_kb_per_connection_slope =
             Some(c.saturating_sub(h) as f64 * 1.024 / (joined - half) as f64);
     }
-    if let (Some(b), Some(c)) = (memory.server_rss_kib_before, memory.server_rss_kib_connected)
-        && joined > 0
+    if let (Some(b), Some(c)) = (
+        memory.server_rss_kib_before,
+        memory.server_rss_kib_connected,
+    ) && joined > 0
     {
         memory.server_kb_per_connection_average =
             Some(c.saturating_sub(b) as f64 * 1.024 / joined as f64);
@@ -524,7 +524,8 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     let _ = phase_tx.send(Phase::Run { start, until: end });
     let mut retired: Vec<Handle> = Vec::new();
     let mut churned = 0u64;
-    let mut next_churn = (s.churn.per_sec > 0.0).then(|| start + Duration::from_secs_f64(1.0 / s.churn.per_sec));
+    let mut next_churn =
+        (s.churn.per_sec > 0.0).then(|| start + Duration::from_secs_f64(1.0 / s.churn.per_sec));
     let mut server_cpu_m0 = None;
     let mut tool_cpu_m0 = None;
     loop {
@@ -559,13 +560,13 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
                 h.leave.notify_one();
                 churned += 1;
                 let document = if rng.random::<f64>() < s.churn.new_document_share {
-                    let d = uuid(&mut rng);
+                    let d = Uuid::new_v4();
                     documents.push(d);
                     d
                 } else {
                     h.document
                 };
-                let user = uuid(&mut rng);
+                let user = Uuid::new_v4();
                 let spec = Spec {
                     slot,
                     generation: h.generation + 1,
@@ -614,10 +615,9 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     let mut problems = Vec::new();
     if s.verify {
         for chunk in check_docs.chunks(16) {
-            let got = futures::future::join_all(
-                chunk.iter().map(|d| late_join(&s.url, *d, &late_token)),
-            )
-            .await;
+            let got =
+                futures::future::join_all(chunk.iter().map(|d| late_join(&s.url, *d, &late_token)))
+                    .await;
             for (d, f) in chunk.iter().zip(got) {
                 match f {
                     Ok(f) => {
@@ -650,10 +650,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     connect_failures.sort();
     connect_failures.dedup();
     connect_failures.truncate(10);
-    let checked: Vec<&Report> = reports
-        .iter()
-        .filter(|r| r.joined && !r.left)
-        .collect();
+    let checked: Vec<&Report> = reports.iter().filter(|r| r.joined && !r.left).collect();
     let converged = checked.iter().filter(|r| r.converged == Some(true)).count();
     for r in &checked {
         if r.converged != Some(true) && problems.len() < 20 {
@@ -714,7 +711,9 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         trace: trace.name.clone(),
         trace_fallback: fallback,
         started_unix,
-        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         connect: ConnectPhase {
             requested: s.connections,
             joined,

@@ -53,7 +53,8 @@ pub struct Scenario {
     /// Editors send `typing` while they type (at most every 250 ms).
     pub typing: bool,
     pub churn: Churn,
-    /// Seeds document ids, users, trace slices and schedule offsets.
+    /// Seeds the trace slices, schedule offsets and churn choices
+    /// (document and user ids are new every run).
     pub seed: u64,
     /// At the end, every client must reach the server's version and hold
     /// the same text as a late joiner.
@@ -128,7 +129,10 @@ impl Scenario {
             Ok(())
         }
         if self.connections == 0 || self.connections > 1_000_000 {
-            bail!("connections must be 1 to 1,000,000, got {}", self.connections);
+            bail!(
+                "connections must be 1 to 1,000,000, got {}",
+                self.connections
+            );
         }
         if self.documents == 0 || self.documents > self.connections {
             bail!(
@@ -200,13 +204,55 @@ mod tests {
     #[test]
     fn bad_values_name_the_field() {
         let cases = [
-            (Scenario { viewers: 1.5, ..Default::default() }, "viewers"),
-            (Scenario { documents: 0, ..Default::default() }, "documents"),
-            (Scenario { documents: 1000, ..Default::default() }, "documents"),
-            (Scenario { rate: f64::NAN, ..Default::default() }, "rate"),
-            (Scenario { rate: -1.0, ..Default::default() }, "rate"),
-            (Scenario { warmup_secs: 20.0, ..Default::default() }, "warmup_secs"),
-            (Scenario { source_addresses: 300, ..Default::default() }, "source_addresses"),
+            (
+                Scenario {
+                    viewers: 1.5,
+                    ..Default::default()
+                },
+                "viewers",
+            ),
+            (
+                Scenario {
+                    documents: 0,
+                    ..Default::default()
+                },
+                "documents",
+            ),
+            (
+                Scenario {
+                    documents: 1000,
+                    ..Default::default()
+                },
+                "documents",
+            ),
+            (
+                Scenario {
+                    rate: f64::NAN,
+                    ..Default::default()
+                },
+                "rate",
+            ),
+            (
+                Scenario {
+                    rate: -1.0,
+                    ..Default::default()
+                },
+                "rate",
+            ),
+            (
+                Scenario {
+                    warmup_secs: 20.0,
+                    ..Default::default()
+                },
+                "warmup_secs",
+            ),
+            (
+                Scenario {
+                    source_addresses: 300,
+                    ..Default::default()
+                },
+                "source_addresses",
+            ),
         ];
         for (s, field) in cases {
             let e = s.check().unwrap_err().to_string();
@@ -216,20 +262,33 @@ mod tests {
 
     #[test]
     fn enough_source_addresses_for_the_connections() {
-        let s = |n| Scenario { connections: n, documents: 1, ..Default::default() };
+        let s = |n| Scenario {
+            connections: n,
+            documents: 1,
+            ..Default::default()
+        };
         assert_eq!(s(10_000).addresses(), 1);
         assert_eq!(s(20_001).addresses(), 2);
         assert_eq!(s(100_000).addresses(), 5);
-        let fixed = Scenario { source_addresses: 3, ..s(10) };
+        let fixed = Scenario {
+            source_addresses: 3,
+            ..s(10)
+        };
         assert_eq!(fixed.addresses(), 3);
     }
 
     #[test]
     fn viewers_share_leaves_an_editor() {
-        let s = Scenario { viewers: 0.9, ..Default::default() };
+        let s = Scenario {
+            viewers: 0.9,
+            ..Default::default()
+        };
         assert_eq!(s.editors_of(10), 1);
         assert_eq!(s.editors_of(3), 1);
-        let all = Scenario { viewers: 1.0, ..Default::default() };
+        let all = Scenario {
+            viewers: 1.0,
+            ..Default::default()
+        };
         assert_eq!(all.editors_of(10), 0);
         let none = Scenario::default();
         assert_eq!(none.editors_of(7), 7);

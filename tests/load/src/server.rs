@@ -42,6 +42,30 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     out.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Serves `body` as the JWKS on 127.0.0.1 from a thread of its own for the
+/// rest of the process; returns its URL.
+fn serve_jwks(body: String) -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/.well-known/jwks.json", listener.local_addr()?);
+    std::thread::Builder::new()
+        .name("relay-load-jwks".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    body.len(),
+                    body
+                );
+            }
+        })?;
+    Ok(url)
+}
+
 impl Server {
     /// Starts `binary` and waits for `/ready`.
     pub fn start(
@@ -57,9 +81,24 @@ impl Server {
         std::fs::write(&key_file, keys.to_pem())?;
         std::fs::create_dir_all(log_dir)?;
         let log = log_dir.join("relay.log");
-        let out = std::fs::File::create(&log)
-            .with_context(|| format!("creating {}", log.display()))?;
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(binary);
+        // With a store configured, Relay wants a JWKS URL: serve the
+        // development key's JWKS, unless the caller gives one.
+        if env
+            .iter()
+            .any(|(k, _)| k == "DATABASE_URL" || k == "REDIS_URL")
+            && !env.iter().any(|(k, _)| k == "JWT_PUBLIC_KEY_URL")
+        {
+            let url = serve_jwks(keys.jwks_json())?;
+            cmd.env("JWT_PUBLIC_KEY_URL", url);
+        }
+        // Roles from the tokens the tool mints (the database would know
+        // none of its users).
+        if !env.iter().any(|(k, _)| k == "PERMISSION_SOURCE") {
+            cmd.env("PERMISSION_SOURCE", "claims");
+        }
         cmd.arg("serve")
             .env("BIND_ADDRESS", format!("127.0.0.1:{port}"))
             .env("METRICS_PORT", metrics_port.to_string())
@@ -97,7 +136,14 @@ impl Server {
                 bail!(
                     "{} exited ({status}) before it was ready:\n{}",
                     binary.display(),
-                    log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+                    log.lines()
+                        .rev()
+                        .take(20)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 );
             }
             if Instant::now() > deadline {

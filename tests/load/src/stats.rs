@@ -216,11 +216,15 @@ impl Recorder {
     }
 
     pub fn error(&self, shard: usize, what: &str) {
-        self.count(shard, |w| *w.errors.entry(what.to_owned()).or_default() += 1);
+        self.count(shard, |w| {
+            *w.errors.entry(what.to_owned()).or_default() += 1
+        });
     }
 
     pub fn close(&self, shard: usize, what: &str) {
-        self.count(shard, |w| *w.closes.entry(what.to_owned()).or_default() += 1);
+        self.count(shard, |w| {
+            *w.closes.entry(what.to_owned()).or_default() += 1
+        });
     }
 
     /// Takes the series windows (resetting them).
@@ -353,8 +357,16 @@ mod tests {
         let t0 = r.epoch();
         r.measure_between(t0 + Duration::from_secs(1), t0 + Duration::from_secs(3));
         r.ack(0, t0, t0 + Duration::from_millis(3));
-        r.ack(1, t0 + Duration::from_secs(2), t0 + Duration::from_millis(2004));
-        r.deliveries(0, &[Some(t0 + Duration::from_secs(2)), None], t0 + Duration::from_secs(3));
+        r.ack(
+            1,
+            t0 + Duration::from_secs(2),
+            t0 + Duration::from_millis(2004),
+        );
+        r.deliveries(
+            0,
+            &[Some(t0 + Duration::from_secs(2)), None],
+            t0 + Duration::from_secs(3),
+        );
         let series = r.take_series();
         assert_eq!(series.acks, 2);
         assert_eq!(series.deliveries, 2);

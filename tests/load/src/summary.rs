@@ -27,7 +27,11 @@ pub fn summary(r: &RunResult) -> (String, bool) {
         t.viewers,
         r.scenario.rate,
         r.trace,
-        if r.trace_fallback { " (the shipped trace: ../shared/traces is absent)" } else { "" }
+        if r.trace_fallback {
+            " (the shipped trace: ../shared/traces is absent)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,
@@ -36,7 +40,11 @@ pub fn summary(r: &RunResult) -> (String, bool) {
         c.requested,
         c.seconds,
         c.source_addresses.join(", "),
-        if c.failed > 0 { format!("; {} FAILED: {}", c.failed, c.failures.join("; ")) } else { String::new() }
+        if c.failed > 0 {
+            format!("; {} FAILED: {}", c.failed, c.failures.join("; "))
+        } else {
+            String::new()
+        }
     );
     if let Some(fd) = &c.fd_limit
         && let Some(problem) = &fd.problem
@@ -52,8 +60,10 @@ pub fn summary(r: &RunResult) -> (String, bool) {
             m.server_rss_kib_half.map_or("-".into(), |x| x.to_string()),
             conn,
             m.server_rss_kib_peak.unwrap_or(0),
-            m.server_kb_per_connection_slope.map_or("-".into(), |x| format!("{x:.1} KB")),
-            m.server_kb_per_connection_average.map_or("-".into(), |x| format!("{x:.1} KB")),
+            m.server_kb_per_connection_slope
+                .map_or("-".into(), |x| format!("{x:.1} KB")),
+            m.server_kb_per_connection_average
+                .map_or("-".into(), |x| format!("{x:.1} KB")),
             m.tool_rss_kib_connected
         );
     }
@@ -84,14 +94,17 @@ pub fn summary(r: &RunResult) -> (String, bool) {
             "{name} {:.1} s CPU ({:.0}% of one core){}",
             c.seconds,
             c.percent_of_one_core,
-            c.ms_per_1000_deliveries
-                .map_or(String::new(), |x| format!(", {x:.2} ms per 1,000 deliveries"))
+            c.ms_per_1000_deliveries.map_or(String::new(), |x| format!(
+                ", {x:.2} ms per 1,000 deliveries"
+            ))
         )
     };
     let _ = writeln!(
         s,
         "cpu      {}; {} ({} cores shared)",
-        r.server_cpu.as_ref().map_or("server: no --server-pid".into(), |c| cpu("server", c)),
+        r.server_cpu
+            .as_ref()
+            .map_or("server: no --server-pid".into(), |c| cpu("server", c)),
         cpu("tool", &r.tool_cpu),
         r.cores
     );
@@ -105,8 +118,10 @@ pub fn summary(r: &RunResult) -> (String, bool) {
             k.converged,
             k.clients,
             k.documents,
-            k.expected_deliveries
-                .map_or(String::new(), |e| format!("; {} of {} expected deliveries arrived", t.all_deliveries, e))
+            k.expected_deliveries.map_or(String::new(), |e| format!(
+                "; {} of {} expected deliveries arrived",
+                t.all_deliveries, e
+            ))
         );
         for problem in &k.problems {
             let _ = writeln!(s, "         {problem}");

@@ -82,7 +82,10 @@ pub fn locate(spec: Option<&str>) -> anyhow::Result<(PathBuf, bool)> {
     if shipped.exists() {
         return Ok((shipped, true));
     }
-    bail!("trace {name} not found in {} and no shipped trace", shared_dir().display())
+    bail!(
+        "trace {name} not found in {} and no shipped trace",
+        shared_dir().display()
+    )
 }
 
 /// Reads a trace (`.json.gz` or `.json`).
@@ -102,7 +105,10 @@ pub fn load(path: &Path) -> anyhow::Result<Trace> {
     for txn in file.txns {
         for (pos, del, ins) in txn.patches {
             if pos > MAX_TRACE_NUMBER || del > MAX_TRACE_NUMBER {
-                bail!("trace {} has a patch at {pos} deleting {del}: out of range", path.display());
+                bail!(
+                    "trace {} has a patch at {pos} deleting {del}: out of range",
+                    path.display()
+                );
             }
             patches.push(Patch {
                 pos: pos as usize,

@@ -63,7 +63,10 @@ async fn a_small_run_converges_and_every_op_reaches_every_other_client() {
     assert!(t.ack.count > 0 && t.ack.count <= t.submits, "{text}");
     assert!(t.delivery.count >= t.ack.count, "{text}");
     assert!(t.ack.p50_ms <= t.ack.p99_ms && t.ack.p99_ms <= t.ack.max_ms);
-    assert!(t.cursors_sent > 0 && t.typing_sent > 0 && t.presence_received > 0, "{text}");
+    assert!(
+        t.cursors_sent > 0 && t.typing_sent > 0 && t.presence_received > 0,
+        "{text}"
+    );
     assert!(t.errors.is_empty() && t.closes.is_empty(), "{text}");
     assert!(r.series.len() >= 8, "{} samples", r.series.len());
     assert!(r.memory.server_rss_kib_connected.is_some());
@@ -86,7 +89,12 @@ async fn a_small_run_converges_and_every_op_reaches_every_other_client() {
                 let bytes = std::fs::read(&f).unwrap();
                 if f.extension().unwrap() == "png" {
                     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", f.display());
-                    assert!(bytes.len() > 10_000, "{} is {} bytes", f.display(), bytes.len());
+                    assert!(
+                        bytes.len() > 10_000,
+                        "{} is {} bytes",
+                        f.display(),
+                        bytes.len()
+                    );
                 } else {
                     let s = String::from_utf8(bytes).unwrap();
                     let label = match f.file_stem().unwrap().to_str().unwrap() {
@@ -121,7 +129,10 @@ async fn a_client_whose_text_differs_fails_the_check() {
     assert!(!r.check.ok);
     assert_eq!(r.check.converged, 7, "{text}");
     assert!(
-        r.check.problems.iter().any(|p| p.starts_with("client 3 ") && p.contains("differs")),
+        r.check
+            .problems
+            .iter()
+            .any(|p| p.starts_with("client 3 ") && p.contains("differs")),
         "{:?}",
         r.check.problems
     );
@@ -188,7 +199,10 @@ async fn idle_connections_only_join() {
     assert!(pass, "{text}");
     assert_eq!(r.typing.edits, 0);
     assert_eq!(r.check.converged, 30);
-    assert!(r.memory.server_kb_per_connection_average.is_some(), "{text}");
+    assert!(
+        r.memory.server_kb_per_connection_average.is_some(),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,5 +228,9 @@ async fn refused_joins_are_counted_and_fail_the_run() {
     assert!(!pass, "{text}");
     assert_eq!((r.connect.joined, r.connect.failed), (0, 4), "{text}");
     assert!(text.contains("4 FAILED"), "{text}");
-    assert!(r.connect.failures.iter().all(|f| f.contains("join")), "{:?}", r.connect.failures);
+    assert!(
+        r.connect.failures.iter().all(|f| f.contains("join")),
+        "{:?}",
+        r.connect.failures
+    );
 }
