@@ -45,7 +45,8 @@ pub struct Final {
 #[derive(Debug)]
 pub struct Shared {
     pub scenario: Scenario,
-    pub server: SocketAddr,
+    /// Each instance's address and base URL.
+    pub servers: Vec<(SocketAddr, String)>,
     pub recorder: Recorder,
     pub dues: DueTable,
     pub trace: Arc<Trace>,
@@ -67,6 +68,8 @@ pub struct Shared {
 #[derive(Clone, Debug)]
 pub struct Spec {
     pub slot: usize,
+    /// Which of [`Shared::servers`] it connects to.
+    pub instance: usize,
     pub generation: u32,
     pub document: Uuid,
     pub user: Uuid,
@@ -114,19 +117,16 @@ async fn connect(shared: &Shared, spec: &Spec) -> Result<Ws, String> {
     socket
         .set_nodelay(true)
         .map_err(|e| format!("nodelay: {e}"))?;
+    let (addr, base) = &shared.servers[spec.instance % shared.servers.len()];
     let stream = socket
-        .connect(shared.server)
+        .connect(*addr)
         .await
         .map_err(|e| format!("connect: {}", e.kind()))?;
     if let Ok(local) = stream.local_addr() {
         let mut used = shared.sources_used.lock().expect("sources");
         *used.entry(local.ip().to_string()).or_default() += 1;
     }
-    let url = format!(
-        "{}/collab/{}",
-        shared.scenario.url.trim_end_matches('/'),
-        spec.document
-    );
+    let url = format!("{base}/collab/{}", spec.document);
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config()))
         .await
         .map_err(|e| match e {
@@ -541,6 +541,8 @@ pub async fn run(
     let mut next_due: Option<Instant> = None;
     let mut leaving = false;
     let mut started = false;
+    // When settling must be over.
+    let mut give_up: Option<Instant> = None;
     let mut until_at: Option<Instant> = None;
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
 
@@ -577,6 +579,18 @@ pub async fn run(
         if stopping && done {
             break;
         }
+        if stopping && give_up.is_none() {
+            give_up = Some(Instant::now() + Duration::from_secs_f64(shared.scenario.settle_secs));
+        }
+        if let Some(g) = give_up
+            && Instant::now() >= g
+        {
+            live.broken = Some(format!(
+                "a submit was still unacknowledged {} s after the end",
+                shared.scenario.settle_secs
+            ));
+            break;
+        }
         let wake_edit = next_due
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(far);
@@ -605,6 +619,7 @@ pub async fn run(
                     break;
                 }
             }
+            _ = tokio::time::sleep_until(give_up.map(tokio::time::Instant::from_std).unwrap_or_else(far)), if give_up.is_some() => {}
             _ = leave.notified(), if !leaving => {
                 leaving = true;
                 next_due = None;

@@ -36,9 +36,15 @@ struct Args {
     /// RUN_MIGRATIONS=true); repeatable.
     #[arg(long = "relay-env", value_name = "KEY=VALUE", requires = "relay")]
     relay_env: Vec<String>,
-    /// The server's process id on this machine, to read its RSS and CPU.
+    /// With --relay: how many instances to start (on the same --relay-env:
+    /// give DATABASE_URL and REDIS_URL for more than one). Clients are
+    /// spread over them round robin.
+    #[arg(long, default_value_t = 1, requires = "relay")]
+    instances: usize,
+    /// The server's process id on this machine, to read its RSS and CPU;
+    /// repeat it for several instances (summed).
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// The server's development key (PEM) to mint one token per client;
     /// default $TMPDIR/relay-dev-key.pem, where `relay` keeps it.
     #[arg(long)]
@@ -76,7 +82,8 @@ struct Args {
     duration: Option<f64>,
     #[arg(long)]
     warmup: Option<f64>,
-    /// A trace name in ../shared/traces (automerge-paper, seph-blog1, ...)
+    /// A trace name in the shared traces beside the checkout
+    /// (automerge-paper, seph-blog1, ...)
     /// or a path.
     #[arg(long)]
     trace: Option<String>,
@@ -164,7 +171,7 @@ fn main() -> anyhow::Result<()> {
     s.check()?;
     // Raised before the server starts, so a started relay inherits it.
     let fd = relay_load::procfs::raise_fd_limit(s.connections as u64 + 256);
-    let mut server = None;
+    let mut servers: Vec<Server> = Vec::new();
     let tokens = if let Some(bin) = &a.relay {
         let mut env = Vec::new();
         for kv in &a.relay_env {
@@ -173,11 +180,21 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("--relay-env {kv:?} is not KEY=VALUE"))?;
             env.push((k.to_owned(), v.to_owned()));
         }
-        let started = Server::start(bin, &env, s.connections, &a.out)?;
-        s.url = started.url.clone();
-        let keys = Tokens::Keys(Arc::new(DevKeys::from_pem(&started.keys.to_pem())?));
-        server = Some(started);
-        keys
+        if a.instances == 0 || a.instances > 16 {
+            bail!("--instances must be 1 to 16");
+        }
+        let keys = DevKeys::generate();
+        let mut started = Vec::new();
+        for i in 0..a.instances {
+            started.push(Server::start(bin, &env, s.connections, &a.out, &keys, i)?);
+        }
+        s.url = started
+            .iter()
+            .map(|x| x.url.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        servers = started;
+        Tokens::Keys(Arc::new(keys))
     } else if let Some(t) = &a.token {
         Tokens::Fixed(t.clone())
     } else {
@@ -196,7 +213,8 @@ fn main() -> anyhow::Result<()> {
     if s.url.is_empty() {
         bail!("give --url ws://host:port (or url in the scenario), or --relay to start one");
     }
-    let server_pid = a.server_pid.or(server.as_ref().map(|s| s.pid));
+    let mut server_pids = a.server_pid.clone();
+    server_pids.extend(servers.iter().map(|s| s.pid));
     if let Some(p) = &fd.problem {
         eprintln!("relay-load: {p}");
     }
@@ -207,11 +225,11 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(relay_load::run(Options {
         scenario: s,
         tokens,
-        server_pid,
+        server_pids,
         progress: !a.no_progress && std::io::stderr().is_terminal(),
         corrupt_slot: None,
     }))?;
-    drop(server);
+    drop(servers);
     std::fs::create_dir_all(&a.out)?;
     let json = a.out.join("result.json");
     std::fs::write(&json, serde_json::to_string_pretty(&result)?)?;

@@ -32,6 +32,23 @@ pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) as f64 / clock_ticks())
 }
 
+/// RSS summed over `pids` (several instances); `None` without pids or
+/// when one cannot be read.
+pub fn rss_kib_sum(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| rss_kib(*p).ok()).sum()
+}
+
+/// CPU seconds summed over `pids`.
+pub fn cpu_secs_sum(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| cpu_secs(*p).ok()).sum()
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
 pub fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
@@ -97,6 +114,10 @@ mod tests {
         assert!(x != 1);
         assert!(cpu_secs(me).unwrap() >= 0.0);
         assert!(rss_kib(u32::MAX).is_err());
+        assert_eq!(rss_kib_sum(&[]), None);
+        assert_eq!(rss_kib_sum(&[me, u32::MAX]), None);
+        assert!(rss_kib_sum(&[me, me]).unwrap() >= 2 * 100);
+        assert!(cpu_secs_sum(&[me]).is_some());
     }
 
     #[test]

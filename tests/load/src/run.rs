@@ -69,8 +69,9 @@ impl Tokens {
 pub struct Options {
     pub scenario: Scenario,
     pub tokens: Tokens,
-    /// The server's process on this machine, for RSS and CPU.
-    pub server_pid: Option<u32>,
+    /// The server's processes on this machine (one per instance), for RSS
+    /// and CPU, summed.
+    pub server_pids: Vec<u32>,
     pub progress: bool,
     /// See [`Shared::corrupt_slot`].
     pub corrupt_slot: Option<usize>,
@@ -97,6 +98,7 @@ pub struct Slice {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ConnectPhase {
     pub requested: usize,
+    pub instances: usize,
     pub joined: usize,
     pub failed: usize,
     pub seconds: f64,
@@ -205,7 +207,7 @@ struct Sampler {
 
 fn start_sampler(
     shared: Arc<Shared>,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     live: Arc<dyn Fn() -> usize + Send + Sync>,
     bar: ProgressBar,
 ) -> Sampler {
@@ -219,7 +221,7 @@ fn start_sampler(
         async move {
             let me = std::process::id();
             let mut last = Instant::now();
-            let mut last_server = server_pid.and_then(|p| procfs::cpu_secs(p).ok());
+            let mut last_server = procfs::cpu_secs_sum(&server_pids);
             let mut last_tool = procfs::cpu_secs(me).unwrap_or(0.0);
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -232,12 +234,12 @@ fn start_sampler(
                 let dt = (now - last).as_secs_f64().max(1e-6);
                 last = now;
                 let w: Window = shared.recorder.take_series();
-                let server_rss = server_pid.and_then(|p| procfs::rss_kib(p).ok());
+                let server_rss = procfs::rss_kib_sum(&server_pids);
                 if let Some(r) = server_rss {
                     let mut p = peak.lock().expect("peak");
                     *p = Some(p.map_or(r, |x: u64| x.max(r)));
                 }
-                let server_cpu = server_pid.and_then(|p| procfs::cpu_secs(p).ok());
+                let server_cpu = procfs::cpu_secs_sum(&server_pids);
                 let server_pct = match (server_cpu, last_server) {
                     (Some(a), Some(b)) => Some((a - b) / dt * 100.0),
                     _ => None,
@@ -360,6 +362,34 @@ async fn late_join(url: &str, document: Uuid, token: &str) -> anyhow::Result<Fin
     Ok(out)
 }
 
+/// What a late joiner on every instance sees of `document`: they must
+/// agree (an instance a bus message behind gets a moment to catch up).
+async fn final_state(
+    servers: &[(SocketAddr, String)],
+    document: Uuid,
+    token: &str,
+) -> anyhow::Result<Final> {
+    let mut last = Vec::new();
+    for _ in 0..20 {
+        let mut seen = Vec::new();
+        for (_, url) in servers {
+            seen.push(late_join(url, document, token).await?);
+        }
+        if seen
+            .iter()
+            .all(|f| f.version == seen[0].version && f.text == seen[0].text)
+        {
+            return Ok(seen.swap_remove(0));
+        }
+        last = seen;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!(
+        "the instances disagree after 5 s: versions {:?}",
+        last.iter().map(|f| f.version).collect::<Vec<_>>()
+    )
+}
+
 /// Runs the scenario.
 pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     let s = opts.scenario.clone();
@@ -378,7 +408,10 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
             fd.before, fd.now
         );
     }
-    let server = server_addr(&s.url).await?;
+    let mut servers = Vec::new();
+    for u in s.urls() {
+        servers.push((server_addr(&u).await?, u));
+    }
     let mut rng = StdRng::seed_from_u64(s.seed);
     // Document and user ids are new every run, so runs against one server (or
     // one database) never share documents or operation ids; the seed fixes
@@ -393,7 +426,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     let (finals_tx, finals_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
         scenario: s.clone(),
-        server,
+        servers: servers.clone(),
         recorder,
         dues: DueTable::new(s.connections, epoch),
         trace: trace.clone(),
@@ -424,9 +457,14 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         Arc::new(move || shared.joined.load(Ordering::Relaxed))
             as Arc<dyn Fn() -> usize + Send + Sync>
     };
-    let sampler = start_sampler(shared.clone(), opts.server_pid, live_count, bar.clone());
+    let sampler = start_sampler(
+        shared.clone(),
+        opts.server_pids.clone(),
+        live_count,
+        bar.clone(),
+    );
     let mut memory = Memory {
-        server_rss_kib_before: opts.server_pid.and_then(|p| procfs::rss_kib(p).ok()),
+        server_rss_kib_before: procfs::rss_kib_sum(&opts.server_pids),
         ..Default::default()
     };
 
@@ -454,10 +492,10 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     };
     let half = s.connections / 2;
     for i in 0..s.connections {
-        if i == half && half > 0 && opts.server_pid.is_some() {
+        if i == half && half > 0 && !opts.server_pids.is_empty() {
             wait_joined(&shared, i, &bar).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
-            memory.server_rss_kib_half = opts.server_pid.and_then(|p| procfs::rss_kib(p).ok());
+            memory.server_rss_kib_half = procfs::rss_kib_sum(&opts.server_pids);
         }
         if s.connect_rate > 0.0 {
             let at = connect_began + Duration::from_secs_f64(i as f64 / s.connect_rate);
@@ -470,6 +508,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         let user = Uuid::new_v4();
         let spec = Spec {
             slot: i,
+            instance: i % servers.len(),
             generation: 0,
             document: documents[d],
             user,
@@ -488,11 +527,11 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     let connect_secs = connect_began.elapsed().as_secs_f64();
     let joined = shared.joined.load(Ordering::Relaxed);
     let failed = shared.failed.load(Ordering::Relaxed);
-    if opts.server_pid.is_some() {
+    if !opts.server_pids.is_empty() {
         // Let the allocator and the runtime go quiet before reading RSS.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    memory.server_rss_kib_connected = opts.server_pid.and_then(|p| procfs::rss_kib(p).ok());
+    memory.server_rss_kib_connected = procfs::rss_kib_sum(&opts.server_pids);
     memory.tool_rss_kib_connected = procfs::rss_kib(std::process::id()).unwrap_or(0);
     if let (Some(h), Some(c)) = (memory.server_rss_kib_half, memory.server_rss_kib_connected)
         && joined > half
@@ -534,7 +573,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
             break;
         }
         if now >= measure_from && tool_cpu_m0.is_none() {
-            server_cpu_m0 = opts.server_pid.and_then(|p| procfs::cpu_secs(p).ok());
+            server_cpu_m0 = procfs::cpu_secs_sum(&opts.server_pids);
             tool_cpu_m0 = Some(procfs::cpu_secs(std::process::id()).unwrap_or(0.0));
         }
         let mut wake = end.min(now + Duration::from_millis(100));
@@ -569,6 +608,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
                 let user = Uuid::new_v4();
                 let spec = Spec {
                     slot,
+                    instance: slot % servers.len(),
                     generation: h.generation + 1,
                     document,
                     user,
@@ -585,7 +625,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     }
     let _ = phase_tx.send(Phase::Stop);
     let measured_secs = (end - measure_from).as_secs_f64();
-    let server_cpu1 = opts.server_pid.and_then(|p| procfs::cpu_secs(p).ok());
+    let server_cpu1 = procfs::cpu_secs_sum(&opts.server_pids);
     let tool_cpu1 = procfs::cpu_secs(std::process::id()).unwrap_or(0.0);
 
     // Settle: nothing in flight anywhere, then the late joiners.
@@ -615,9 +655,10 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     let mut problems = Vec::new();
     if s.verify {
         for chunk in check_docs.chunks(16) {
-            let got =
-                futures::future::join_all(chunk.iter().map(|d| late_join(&s.url, *d, &late_token)))
-                    .await;
+            let got = futures::future::join_all(
+                chunk.iter().map(|d| final_state(&servers, *d, &late_token)),
+            )
+            .await;
             for (d, f) in chunk.iter().zip(got) {
                 match f {
                     Ok(f) => {
@@ -716,6 +757,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
             .unwrap_or(1),
         connect: ConnectPhase {
             requested: s.connections,
+            instances: servers.len(),
             joined,
             failed,
             seconds: connect_secs,

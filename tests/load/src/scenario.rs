@@ -21,8 +21,11 @@ pub struct Churn {
 #[serde(default, deny_unknown_fields)]
 pub struct Scenario {
     pub name: String,
-    /// The server's base WebSocket URL; documents are at `/collab/<id>`.
-    /// Empty when the tool starts the server itself (`--relay`).
+    /// The server's base WebSocket URL (`ws://host:port`; documents are
+    /// at `/collab/<id>`), or several instances' URLs separated by commas:
+    /// client i connects to instance i mod k, so every document has clients
+    /// on several instances. Empty when the tool starts the server itself
+    /// (`--relay`).
     pub url: String,
     pub connections: usize,
     pub documents: usize,
@@ -42,7 +45,8 @@ pub struct Scenario {
     pub duration_secs: f64,
     /// The first seconds of typing are not measured.
     pub warmup_secs: f64,
-    /// A trace name (looked up in `../shared/traces`) or a path; absent:
+    /// A trace name (looked up in the shared traces beside the checkout)
+    /// or a path; absent:
     /// automerge-paper, or the shipped trace when the shared ones are not
     /// there.
     pub trace: Option<String>,
@@ -114,8 +118,24 @@ impl Scenario {
         }
     }
 
+    /// The instances' base URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
     /// Refuses what cannot be run, naming the field.
     pub fn check(&self) -> anyhow::Result<()> {
+        for u in self.urls() {
+            if !u.starts_with("ws://") {
+                bail!(
+                    "url must be ws://host:port (comma-separated for several instances), got {u:?}"
+                );
+            }
+        }
         fn share(name: &str, v: f64) -> anyhow::Result<()> {
             if !(0.0..=1.0).contains(&v) {
                 bail!("{name} must be between 0 and 1, got {v}");
@@ -275,6 +295,21 @@ mod tests {
             ..s(10)
         };
         assert_eq!(fixed.addresses(), 3);
+    }
+
+    #[test]
+    fn several_instances_are_comma_separated() {
+        let s = Scenario {
+            url: "ws://127.0.0.1:1/, ws://127.0.0.1:2".into(),
+            ..Default::default()
+        };
+        assert_eq!(s.urls(), ["ws://127.0.0.1:1", "ws://127.0.0.1:2"]);
+        s.check().unwrap();
+        let bad = Scenario {
+            url: "ws://127.0.0.1:1,http://x".into(),
+            ..Default::default()
+        };
+        assert!(bad.check().unwrap_err().to_string().starts_with("url"));
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     out.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The URL of the development key's JWKS, served once per process.
+fn jwks_url(keys: &DevKeys) -> anyhow::Result<String> {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(u) = URL.get() {
+        return Ok(u.clone());
+    }
+    let u = serve_jwks(keys.jwks_json())?;
+    Ok(URL.get_or_init(|| u).clone())
+}
+
 /// Serves `body` as the JWKS on 127.0.0.1 from a thread of its own for the
 /// rest of the process; returns its URL.
 fn serve_jwks(body: String) -> anyhow::Result<String> {
@@ -68,19 +78,23 @@ fn serve_jwks(body: String) -> anyhow::Result<String> {
 
 impl Server {
     /// Starts `binary` and waits for `/ready`.
+    /// Instance `index` of several: they share `keys` (so one token works
+    /// on every instance) and get one JWKS server.
     pub fn start(
         binary: &Path,
         env: &[(String, String)],
         connections: usize,
         log_dir: &Path,
+        keys: &DevKeys,
+        index: usize,
     ) -> anyhow::Result<Server> {
         let port = free_port()?;
         let metrics_port = free_port()?;
-        let keys = DevKeys::generate();
+        let keys = DevKeys::from_pem(&keys.to_pem())?;
         let key_file = std::env::temp_dir().join(format!("relay-load-{port}.pem"));
         std::fs::write(&key_file, keys.to_pem())?;
         std::fs::create_dir_all(log_dir)?;
-        let log = log_dir.join("relay.log");
+        let log = log_dir.join(format!("relay-{index}.log"));
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(binary);
@@ -91,8 +105,7 @@ impl Server {
             .any(|(k, _)| k == "DATABASE_URL" || k == "REDIS_URL")
             && !env.iter().any(|(k, _)| k == "JWT_PUBLIC_KEY_URL")
         {
-            let url = serve_jwks(keys.jwks_json())?;
-            cmd.env("JWT_PUBLIC_KEY_URL", url);
+            cmd.env("JWT_PUBLIC_KEY_URL", jwks_url(&keys)?);
         }
         // Roles from the tokens the tool mints (the database would know
         // none of its users).

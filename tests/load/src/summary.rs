@@ -28,16 +28,18 @@ pub fn summary(r: &RunResult) -> (String, bool) {
         r.scenario.rate,
         r.trace,
         if r.trace_fallback {
-            " (the shipped trace: ../shared/traces is absent)"
+            " (the shipped trace: the shared traces are not beside the checkout)"
         } else {
             ""
         }
     );
     let _ = writeln!(
         s,
-        "connect  {} of {} joined in {:.1} s from {}{}",
+        "connect  {} of {} joined on {} instance{} in {:.1} s from {}{}",
         c.joined,
         c.requested,
+        c.instances,
+        if c.instances == 1 { "" } else { "s" },
         c.seconds,
         c.source_addresses.join(", "),
         if c.failed > 0 {

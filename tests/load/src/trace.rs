@@ -61,6 +61,11 @@ pub fn shipped() -> PathBuf {
 /// traces (ASCII copy first), falling back to the shipped trace when the
 /// shared folder is absent. Returns the path and whether it fell back.
 pub fn locate(spec: Option<&str>) -> anyhow::Result<(PathBuf, bool)> {
+    locate_in(&shared_dir(), spec)
+}
+
+/// [`locate`] with the shared traces in `shared`.
+pub fn locate_in(shared: &Path, spec: Option<&str>) -> anyhow::Result<(PathBuf, bool)> {
     let name = match spec {
         Some(s) if s.contains('/') || s.ends_with(".gz") || s.ends_with(".json") => {
             let p = PathBuf::from(s);
@@ -72,7 +77,7 @@ pub fn locate(spec: Option<&str>) -> anyhow::Result<(PathBuf, bool)> {
         Some(s) => s.to_owned(),
         None => "automerge-paper".to_owned(),
     };
-    for dir in [shared_dir().join("ascii_only"), shared_dir()] {
+    for dir in [shared.join("ascii_only"), shared.to_owned()] {
         let p = dir.join(format!("{name}.json.gz"));
         if p.exists() {
             return Ok((p, false));
@@ -84,7 +89,7 @@ pub fn locate(spec: Option<&str>) -> anyhow::Result<(PathBuf, bool)> {
     }
     bail!(
         "trace {name} not found in {} and no shipped trace",
-        shared_dir().display()
+        shared.display()
     )
 }
 
@@ -254,6 +259,18 @@ mod tests {
         }
         assert_eq!(text, "01234abd56789");
         assert_eq!(len, 3);
+    }
+
+    #[test]
+    fn without_the_shared_traces_the_shipped_one_is_used() {
+        let nowhere = Path::new("/nonexistent/relay-load-traces");
+        let (p, fell_back) = locate_in(nowhere, None).unwrap();
+        assert!(fell_back);
+        assert_eq!(p, shipped());
+        let (p, fell_back) = locate_in(nowhere, Some("seph-blog1")).unwrap();
+        assert!(fell_back && p == shipped());
+        assert!(locate_in(nowhere, Some("/nonexistent/x.json.gz")).is_err());
+        assert!(!load(&p).unwrap().patches.is_empty());
     }
 
     #[test]

@@ -17,7 +17,7 @@ fn small(app: &TestApp) -> Scenario {
         rate: 20.0,
         duration_secs: 2.0,
         warmup_secs: 0.5,
-        // The shipped trace, so the test does not depend on ../shared.
+        // The shipped trace, so the test needs nothing beside the checkout.
         trace: Some(trace::shipped().display().to_string()),
         settle_secs: 20.0,
         sample_secs: 0.25,
@@ -32,7 +32,7 @@ async fn go(app: &TestApp, scenario: Scenario, corrupt_slot: Option<usize>) -> R
             relay_adapters::jwt::DevKeys::from_pem(&app.keys.to_pem()).unwrap(),
         )),
         // The server is this process.
-        server_pid: Some(std::process::id()),
+        server_pids: vec![std::process::id()],
         progress: false,
         corrupt_slot,
     })
@@ -218,7 +218,7 @@ async fn refused_joins_are_counted_and_fail_the_run() {
     let r = relay_load::run(Options {
         scenario: s,
         tokens: Tokens::Fixed("not-a-token".into()),
-        server_pid: None,
+        server_pids: Vec::new(),
         progress: false,
         corrupt_slot: None,
     })
