@@ -327,6 +327,15 @@ async fn server_addr(url: &str) -> anyhow::Result<SocketAddr> {
 
 /// What a late joiner sees of `document`.
 async fn late_join(url: &str, document: Uuid, token: &str) -> anyhow::Result<Final> {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        late_join_once(url, document, token),
+    )
+    .await
+    .unwrap_or_else(|_| bail!("late joiner of {document}: no `joined` within 30 s"))
+}
+
+async fn late_join_once(url: &str, document: Uuid, token: &str) -> anyhow::Result<Final> {
     let url = format!("{}/collab/{document}", url.trim_end_matches('/'));
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
@@ -340,25 +349,34 @@ async fn late_join(url: &str, document: Uuid, token: &str) -> anyhow::Result<Fin
     ws.send(Message::text(join.encode())).await?;
     let out = loop {
         match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                if let Ok(ServerMessage::Joined {
+            Some(Ok(Message::Text(t))) => match ServerMessage::decode(&t) {
+                Ok(ServerMessage::Joined {
                     content: Some(content),
                     version,
                     ..
-                }) = ServerMessage::decode(&t)
-                {
+                }) => {
                     let doc = relay_domain::Document::from_content(&content, version)?;
                     break Final {
                         version: version.get(),
                         text: doc.text(),
                     };
                 }
-            }
+                Ok(ServerMessage::Error { code, message, .. }) => {
+                    bail!("late joiner of {document}: {} ({message})", code.as_str())
+                }
+                Ok(_) => {}
+                Err(e) => bail!(
+                    "late joiner of {document}: undecodable frame ({e}): {}",
+                    t.chars().take(300).collect::<String>()
+                ),
+            },
+            Some(Ok(Message::Close(c))) => bail!("late joiner of {document}: closed ({c:?})"),
             Some(Ok(_)) => {}
             other => bail!("late joiner of {document}: {other:?}"),
         }
     };
     let _ = ws.send(Message::text(ClientMessage::Leave.encode())).await;
+    let _ = ws.close(None).await;
     Ok(out)
 }
 
