@@ -2,7 +2,7 @@
 
 use super::Commands;
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use relay_domain::{CommittedOp, DocumentId, Version};
 use relay_ports::{BusError, BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subscription};
@@ -473,13 +473,39 @@ async fn subscriber(
                     None => return,
                     Some(Control::Subscribe { document, id, events, done }) => {
                         let new = !subs.contains_key(&document);
-                        subs.entry(document).or_default().push(Subscriber::new(id, events));
                         if new && sink.subscribe(channel(document)).await.is_err() {
                             // Answered after the reconnect resubscribes it.
+                            subs.entry(document).or_default().push(Subscriber::new(id, events));
                             let _ = done.send(());
                             break;
                         }
+                        // What Redis sent before confirming (or, on a channel
+                        // already subscribed, before now) was published
+                        // before this subscription: it is already in the
+                        // stream's buffer, so route it first, to the
+                        // subscribers there were. A channel whose last
+                        // subscriber just left may still carry messages
+                        // published before this subscribe.
+                        let mut lost = false;
+                        while let Some(m) = stream.next().now_or_never() {
+                            let Some(msg) = m else {
+                                lost = true;
+                                break;
+                            };
+                            if let Some(env) = envelope(&msg, &*metrics) {
+                                let doc = env.document;
+                                let emptied = deliver_all(&mut subs, Some(doc), &BusEvent::Message(env));
+                                if !release(&mut sink, emptied).await {
+                                    lost = true;
+                                    break;
+                                }
+                            }
+                        }
+                        subs.entry(document).or_default().push(Subscriber::new(id, events));
                         let _ = done.send(());
+                        if lost {
+                            break;
+                        }
                     }
                     Some(Control::Unsubscribe { document, id }) => {
                         if let Some(list) = subs.get_mut(&document) {
