@@ -45,6 +45,7 @@ COPY ports/Cargo.toml ports/
 COPY adapters/Cargo.toml adapters/
 COPY app/Cargo.toml app/
 COPY tests/Cargo.toml tests/
+COPY tests/load/Cargo.toml tests/load/
 
 # Empty targets: a library for each member, the `relay` binary, and the
 # domain's explicitly declared `traces` bench (cargo refuses a manifest whose
@@ -59,11 +60,12 @@ COPY tests/Cargo.toml tests/
 # are usually older than this layer, and cargo would otherwise take the empty
 # stubs as up to date and ship an empty `main`.
 RUN set -eux; \
-    for member in domain ports adapters app tests; do \
+    for member in domain ports adapters app tests tests/load; do \
         mkdir -p "$member/src"; \
         : > "$member/src/lib.rs"; \
     done; \
     echo 'fn main() {}' > app/src/main.rs; \
+    echo 'fn main() {}' > tests/load/src/main.rs; \
     mkdir -p domain/benches migrations; \
     echo 'fn main() {}' > domain/benches/traces.rs; \
     cargo build --release --locked -p relay-app --bin relay; \
@@ -81,7 +83,8 @@ FROM deps AS builder
 # FIX: the seed copied `src/` (there is none at the root). What the build
 # reads: each crate's src/, the adapters' build script, and `migrations/`,
 # which `embed_migrations!("../migrations")` in adapters/src/postgres compiles
-# into the binary. The tests crate keeps its stub: it is not part of `relay`.
+# into the binary. The tests crates (tests/, tests/load/) keep their stubs:
+# they are not part of `relay`.
 # (The include_str! fixtures under adapters/tests are used by unit tests
 # only, never by a release build.)
 COPY domain/src domain/src
