@@ -228,7 +228,7 @@ fn tokio_worker_threads_sizes_the_runtime() {
 fn the_file_descriptor_limit_is_raised_for_max_connections() {
     let dir = std::env::temp_dir().join(format!("relay-cli-fd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut c = relay();
+    let c = relay();
     let relay_path = c.get_program().to_owned();
     let mut bash = Command::new("bash");
     bash.args(["-c", "ulimit -Sn 512 && exec \"$0\" serve"])
@@ -242,7 +242,6 @@ fn the_file_descriptor_limit_is_raised_for_max_connections() {
             bash.env_remove(k);
         }
     }
-    let _ = &mut c;
     let mut child = bash
         .env("BIND_ADDRESS", "127.0.0.1:0")
         .env("MAX_CONNECTIONS", "2000")
@@ -251,23 +250,10 @@ fn the_file_descriptor_limit_is_raised_for_max_connections() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start relay");
-    let hard: u64 = std::fs::read_to_string("/proc/self/limits")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(4).map(|h| h.parse().unwrap()))
-        .unwrap();
+    let hard = open_files("self", 4).unwrap();
     let expected = 2256.min(hard);
-    let soft = || -> Option<u64> {
-        std::fs::read_to_string(format!("/proc/{}/limits", child.id()))
-            .ok()?
-            .lines()
-            .find(|l| l.starts_with("Max open files"))?
-            .split_whitespace()
-            .nth(3)?
-            .parse()
-            .ok()
-    };
+    let pid = child.id().to_string();
+    let soft = || open_files(&pid, 3);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while soft() != Some(expected) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -277,4 +263,18 @@ fn the_file_descriptor_limit_is_raised_for_max_connections() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(got, Some(expected), "soft limit of the relay process");
+}
+
+/// Field `field` (3 soft, 4 hard) of the "Max open files" line of
+/// /proc/<pid>/limits.
+#[cfg(target_os = "linux")]
+fn open_files(pid: &str, field: usize) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(field)?
+        .parse()
+        .ok()
 }
