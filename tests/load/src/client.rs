@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Where the run is.
@@ -163,13 +164,25 @@ struct Live {
 
 const MAX_RETRIES: u32 = 50;
 
+/// A send that makes no progress for this long means the server stopped
+/// reading this connection: the client gives up on it rather than waiting
+/// for ever.
+const SEND_STALL: Duration = Duration::from_secs(10);
+
 impl Live {
     async fn send(&mut self, m: &ClientMessage) {
         if self.closed.is_some() {
             return;
         }
-        if self.ws.send(Message::text(m.encode())).await.is_err() {
-            self.closed = Some("send failed".into());
+        match tokio::time::timeout(SEND_STALL, self.ws.send(Message::text(m.encode()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => self.closed = Some("send failed".into()),
+            Err(_) => {
+                self.closed = Some(format!(
+                    "a send made no progress for {} s: the server is not reading",
+                    SEND_STALL.as_secs()
+                ))
+            }
         }
     }
 
@@ -437,11 +450,15 @@ impl Live {
     }
 }
 
-/// Connects, joins and runs one client to its end.
+/// Connects, joins and runs one client to its end. Once `leave` is
+/// cancelled the client settles what it has in flight and leaves
+/// (`Report::left`), whatever phase the run is in: the run waits for the
+/// clients it replaced before the late joiners look, so a leaver must never
+/// wait for them.
 pub async fn run(
     shared: Arc<Shared>,
     spec: Spec,
-    leave: Arc<Notify>,
+    leave: CancellationToken,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Report {
     let shard = spec.slot;
@@ -548,6 +565,13 @@ pub async fn run(
 
     // Typing until Stop (or a leave), then settling what is in flight.
     loop {
+        // Checked here, not only in the select below: a leave that comes
+        // with the end of the run must not be missed by a client that is
+        // done and stops before it selects again.
+        if !leaving && leave.is_cancelled() {
+            leaving = true;
+            next_due = None;
+        }
         let phase = *phase_rx.borrow();
         if let Phase::Run { start, until } = phase {
             until_at.get_or_insert(until);
@@ -620,10 +644,7 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(give_up.map(tokio::time::Instant::from_std).unwrap_or_else(far)), if give_up.is_some() => {}
-            _ = leave.notified(), if !leaving => {
-                leaving = true;
-                next_due = None;
-            }
+            _ = leave.cancelled(), if !leaving => {}
         }
     }
 

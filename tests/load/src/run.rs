@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// How clients get their tokens.
@@ -299,9 +300,15 @@ fn start_sampler(
     }
 }
 
+/// How long past `settle_secs` the run waits for a replaced client to
+/// leave: a join's own timeout (60 s), the leave's close handshake (5 s) and
+/// a stalled send (10 s) fit in it.
+const RETIRED_GRACE: Duration = Duration::from_secs(90);
+
 struct Handle {
     join: JoinHandle<Report>,
-    leave: Arc<Notify>,
+    slot: usize,
+    leave: CancellationToken,
     document: Uuid,
     generation: u32,
     editor: bool,
@@ -497,11 +504,13 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
                  spec: Spec,
                  permit: Option<tokio::sync::OwnedSemaphorePermit>|
      -> Handle {
-        let leave = Arc::new(Notify::new());
-        let (document, generation, editor) = (spec.document, spec.generation, spec.editor);
+        let leave = CancellationToken::new();
+        let (document, generation, editor, spec_slot) =
+            (spec.document, spec.generation, spec.editor, spec.slot);
         let join = tokio::spawn(client::run(shared.clone(), spec, leave.clone(), permit));
         Handle {
             join,
+            slot: spec_slot,
             leave,
             document,
             generation,
@@ -614,7 +623,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
                     handles[slot] = Some(h);
                     continue;
                 }
-                h.leave.notify_one();
+                h.leave.cancel();
                 churned += 1;
                 let document = if rng.random::<f64>() < s.churn.new_document_share {
                     let d = Uuid::new_v4();
@@ -649,11 +658,26 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     // Settle: nothing in flight anywhere, then the late joiners.
     bar.set_prefix("settle");
     let deadline = Instant::now() + Duration::from_secs_f64(s.settle_secs);
-    // Wait for the retired clients first: they are leaving.
+    // Wait for the retired clients first: they are leaving. Each is
+    // bounded on its own (join, settle, leave); this bound only keeps a bug
+    // in one from hanging the run.
     let mut reports: Vec<Report> = Vec::new();
-    for h in retired {
-        if let Ok(r) = h.join.await {
-            reports.push(r);
+    let mut problems = Vec::new();
+    let retire_by =
+        tokio::time::Instant::now() + RETIRED_GRACE + Duration::from_secs_f64(s.settle_secs);
+    for mut h in retired {
+        match tokio::time::timeout_at(retire_by, &mut h.join).await {
+            Ok(Ok(r)) => reports.push(r),
+            Ok(Err(e)) => problems.push(format!("replaced client {} failed: {e}", h.slot)),
+            Err(_) => {
+                h.join.abort();
+                problems.push(format!(
+                    "replaced client {} (generation {}) had not left {} s after the end",
+                    h.slot,
+                    h.generation,
+                    (RETIRED_GRACE.as_secs_f64() + s.settle_secs).round()
+                ));
+            }
         }
     }
     // Every client that stays counts itself settled once (a failed join
@@ -670,7 +694,6 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         d
     };
     let late_token = opts.tokens.token(Uuid::new_v4(), false)?;
-    let mut problems = Vec::new();
     if s.verify {
         for chunk in check_docs.chunks(16) {
             let got = futures::future::join_all(

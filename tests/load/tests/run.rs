@@ -234,3 +234,77 @@ async fn refused_joins_are_counted_and_fail_the_run() {
         r.connect.failures
     );
 }
+
+/// A replaced client whose leave comes with the end of the run (the last
+/// churn tick) leaves: it must not take the staying clients' path and wait
+/// for the late joiners, who wait for it (the run hung 1 time in 10 so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_told_to_leave_as_the_run_stops_leaves() {
+    use relay_load::client::{self, Phase, Shared, Spec};
+    use relay_load::stats::{DueTable, Recorder};
+    use std::time::Duration;
+    let app = TestApp::spawn().await;
+    let scenario = small(&app);
+    let trace = Arc::new(trace::load(&trace::shipped()).unwrap());
+    let recorder = Recorder::new(1);
+    let epoch = recorder.epoch();
+    let (phase_tx, phase) = tokio::sync::watch::channel(Phase::Stop);
+    let (finals_tx, finals) = tokio::sync::watch::channel(None);
+    let addr = app.addr;
+    let shared = Arc::new(Shared {
+        servers: vec![(addr, scenario.url.clone())],
+        scenario,
+        recorder,
+        dues: DueTable::new(1, epoch),
+        trace,
+        phase,
+        finals,
+        joined: Default::default(),
+        failed: Default::default(),
+        settled: Default::default(),
+        sources_used: Default::default(),
+        corrupt_slot: None,
+    });
+    let keys = relay_adapters::jwt::DevKeys::from_pem(&app.keys.to_pem()).unwrap();
+    let user = uuid::Uuid::new_v4();
+    let mut docs = std::collections::BTreeMap::new();
+    docs.insert("*".to_owned(), relay_ports::protocol::Role::Editor);
+    let token = keys
+        .mint(&relay_adapters::jwt::TokenRequest {
+            sub: user,
+            name: None,
+            docs,
+            ttl_secs: 3600,
+        })
+        .unwrap();
+    let spec = Spec {
+        slot: 0,
+        instance: 0,
+        generation: 0,
+        document: uuid::Uuid::new_v4(),
+        user,
+        token,
+        editor: true,
+        source: std::net::Ipv4Addr::LOCALHOST,
+        trace_start: 0,
+        offset: 0.0,
+    };
+    // Told to leave before it even joined, with the run already stopped:
+    // by its first turn it is done and the run is over.
+    let leave = tokio_util::sync::CancellationToken::new();
+    leave.cancel();
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        client::run(shared.clone(), spec, leave, None),
+    )
+    .await
+    .expect("the leaver must not wait for the late joiners (no finals are ever sent here)");
+    assert!(report.joined, "{report:?}");
+    assert!(report.left, "{report:?}");
+    assert_eq!(
+        shared.settled.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a leaver does not count among the clients that stay"
+    );
+    drop((phase_tx, finals_tx));
+}
