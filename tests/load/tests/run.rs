@@ -25,8 +25,12 @@ fn small(app: &TestApp) -> Scenario {
     }
 }
 
+/// A run that has not finished by then is a hang (a small run takes
+/// seconds; every wait in the tool has its own bound below this one).
+const RUN_BOUND: std::time::Duration = std::time::Duration::from_secs(300);
+
 async fn go(app: &TestApp, scenario: Scenario, corrupt_slot: Option<usize>) -> RunResult {
-    relay_load::run(Options {
+    let run = relay_load::run(Options {
         scenario,
         tokens: Tokens::Keys(Arc::new(
             relay_adapters::jwt::DevKeys::from_pem(&app.keys.to_pem()).unwrap(),
@@ -35,9 +39,11 @@ async fn go(app: &TestApp, scenario: Scenario, corrupt_slot: Option<usize>) -> R
         server_pids: vec![std::process::id()],
         progress: false,
         corrupt_slot,
-    })
-    .await
-    .expect("run")
+    });
+    tokio::time::timeout(RUN_BOUND, run)
+        .await
+        .expect("the run hung: it did not finish within RUN_BOUND")
+        .expect("run")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
