@@ -45,7 +45,8 @@ impl std::fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    fn token(&self, user: Uuid, editor: bool) -> anyhow::Result<String> {
+    /// A token for `user`, editor or viewer of every document.
+    pub fn token(&self, user: Uuid, editor: bool) -> anyhow::Result<String> {
         match self {
             Tokens::Fixed(t) => Ok(t.clone()),
             Tokens::Keys(k) => {

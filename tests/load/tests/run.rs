@@ -271,18 +271,12 @@ async fn a_client_told_to_leave_as_the_run_stops_leaves() {
         sources_used: Default::default(),
         corrupt_slot: None,
     });
-    let keys = relay_adapters::jwt::DevKeys::from_pem(&app.keys.to_pem()).unwrap();
     let user = uuid::Uuid::new_v4();
-    let mut docs = std::collections::BTreeMap::new();
-    docs.insert("*".to_owned(), relay_ports::protocol::Role::Editor);
-    let token = keys
-        .mint(&relay_adapters::jwt::TokenRequest {
-            sub: user,
-            name: None,
-            docs,
-            ttl_secs: 3600,
-        })
-        .unwrap();
+    let token = Tokens::Keys(Arc::new(
+        relay_adapters::jwt::DevKeys::from_pem(&app.keys.to_pem()).unwrap(),
+    ))
+    .token(user, true)
+    .unwrap();
     let spec = Spec {
         slot: 0,
         instance: 0,
