@@ -42,7 +42,12 @@ WORKDIR /app
 COPY Cargo.toml Cargo.lock ./
 COPY domain/Cargo.toml domain/
 COPY ports/Cargo.toml ports/
-COPY adapters/Cargo.toml adapters/
+COPY adapters/memory/Cargo.toml adapters/memory/
+COPY adapters/jwt/Cargo.toml adapters/jwt/
+COPY adapters/postgres/Cargo.toml adapters/postgres/
+COPY adapters/redis/Cargo.toml adapters/redis/
+COPY adapters/ws/Cargo.toml adapters/ws/
+COPY adapters/otel/Cargo.toml adapters/otel/
 COPY app/Cargo.toml app/
 COPY tests/Cargo.toml tests/
 COPY tests/load/Cargo.toml tests/load/
@@ -60,7 +65,8 @@ COPY tests/load/Cargo.toml tests/load/
 # are usually older than this layer, and cargo would otherwise take the empty
 # stubs as up to date and ship an empty `main`.
 RUN set -eux; \
-    for member in domain ports adapters app tests tests/load; do \
+    for member in domain ports adapters/memory adapters/jwt adapters/postgres \
+                  adapters/redis adapters/ws adapters/otel app tests tests/load; do \
         mkdir -p "$member/src"; \
         : > "$member/src/lib.rs"; \
     done; \
@@ -81,16 +87,21 @@ RUN set -eux; \
 FROM deps AS builder
 
 # FIX: the seed copied `src/` (there is none at the root). What the build
-# reads: each crate's src/, the adapters' build script, and `migrations/`,
-# which `embed_migrations!("../migrations")` in adapters/src/postgres compiles
+# reads: each crate's src/, the PostgreSQL adapter's build script, and
+# `migrations/`, which `embed_migrations!("../../migrations")` in adapters/postgres compiles
 # into the binary. The tests crates (tests/, tests/load/) keep their stubs:
 # they are not part of `relay`.
-# (The include_str! fixtures under adapters/tests are used by unit tests
+# (The include_str! fixtures under adapters/jwt/tests are used by unit tests
 # only, never by a release build.)
 COPY domain/src domain/src
 COPY ports/src ports/src
-COPY adapters/build.rs adapters/build.rs
-COPY adapters/src adapters/src
+COPY adapters/postgres/build.rs adapters/postgres/build.rs
+COPY adapters/memory/src adapters/memory/src
+COPY adapters/jwt/src adapters/jwt/src
+COPY adapters/postgres/src adapters/postgres/src
+COPY adapters/redis/src adapters/redis/src
+COPY adapters/ws/src adapters/ws/src
+COPY adapters/otel/src adapters/otel/src
 COPY app/src app/src
 COPY migrations migrations
 

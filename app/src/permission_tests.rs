@@ -4,8 +4,8 @@
 use crate::config::Config;
 use crate::service::Relay;
 use crate::wiring;
-use relay_adapters::jwt::{DevKeys, TokenRequest};
-use relay_adapters::memory::MemoryPermissions;
+use relay_adapter_jwt::{DevKeys, TokenRequest};
+use relay_adapter_memory::MemoryPermissions;
 use relay_domain::{ClientId, Delta, DocumentId, Seq, UserId, Version};
 use relay_ports::protocol::{ErrorCode, Join, Role, ServerMessage};
 use relay_ports::{ClientMessage, CollaborationService, Outbound};

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::wiring;
-use relay_adapters::jwt::{DevKeys, TokenRequest};
+use relay_adapter_jwt::{DevKeys, TokenRequest};
 use relay_domain::{ClientId, DocumentId, Version};
 use relay_ports::protocol::{Join, Role, ServerMessage};
 use relay_ports::{ClientMessage, CollaborationService, Outbound, Session, Started};

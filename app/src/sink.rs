@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_orders_a_1013_close_and_refuses_more() {
-        let metrics = Arc::new(relay_adapters::memory::MemoryMetrics::new());
+        let metrics = Arc::new(relay_adapter_memory::MemoryMetrics::new());
         let (sink, mut rx, close_rx) = Sink::new(2, metrics.clone());
         assert!(sink.send("a".into()));
         assert!(sink.send("b".into()));

@@ -12,10 +12,10 @@
 //!   is set; never printed as logs.
 
 use crate::config::Config;
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use relay_adapters::otel::otlp::{self, OtlpSettings};
-use relay_adapters::otel::{OtelMetrics, OtelSettings};
+use anyhow::Context as _;
+use relay_adapter_otel::otlp::{OtlpSettings, SpanExport};
+use relay_adapter_otel::{OtelMetrics, OtelSettings};
+use relay_adapter_ws as ws;
 use std::sync::Arc;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::FilterExt as _;
@@ -29,13 +29,13 @@ pub const SUBMIT_SPANS: &str = "relay::submit";
 /// What [`init`] set up; [`Telemetry::shutdown`] flushes it.
 pub struct Telemetry {
     pub metrics: Arc<OtelMetrics>,
-    tracer: Option<SdkTracerProvider>,
+    spans: Option<SpanExport>,
 }
 
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
-            .field("otlp_traces", &self.tracer.is_some())
+            .field("otlp_traces", &self.spans.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -96,13 +96,13 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
         document_series: config.metrics_document_series,
         otlp: otlp.clone(),
     })?);
-    let tracer = match &otlp {
-        Some(o) => otlp::tracer_provider(o)?,
+    let export = match &otlp {
+        Some(o) => SpanExport::new(o)?,
         None => None,
     };
-    let spans = tracer.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("relay"))
+    let spans = export.as_ref().map(|export| {
+        export
+            .layer()
             .with_filter(FilterFn::new(|m| m.target() == SUBMIT_SPANS))
             .with_filter(LevelFilter::INFO)
     });
@@ -118,7 +118,10 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     if let Some(o) = &otlp {
         tracing::info!(metrics = o.metrics, traces = o.traces, "OTLP export on");
     }
-    Ok(Telemetry { metrics, tracer })
+    Ok(Telemetry {
+        metrics,
+        spans: export,
+    })
 }
 
 impl Telemetry {
@@ -126,7 +129,7 @@ impl Telemetry {
     /// exporters. Blocking: call off the runtime, or at exit.
     pub fn shutdown(&self) {
         self.metrics.shutdown();
-        if let Some(t) = &self.tracer
+        if let Some(t) = &self.spans
             && let Err(e) = t.shutdown()
         {
             tracing::debug!(error = %e, "span exporter shutdown");
@@ -140,19 +143,12 @@ pub async fn serve_metrics(
     metrics: Arc<OtelMetrics>,
     addr: std::net::SocketAddr,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let (listener, bound) = relay_adapters::ws::bind(addr)
+) -> anyhow::Result<(std::net::SocketAddr, impl std::future::Future<Output = ()>)> {
+    let (listener, bound) = ws::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("METRICS_PORT: cannot bind {addr}: {e}"))?;
-    let routes = relay_adapters::otel::endpoint::routes(metrics);
-    let task = tokio::spawn(async move {
-        warp::serve(routes)
-            .incoming(listener)
-            .graceful(stop)
-            .run()
-            .await;
-    });
-    Ok((bound, task))
+        .with_context(|| format!("METRICS_PORT: cannot bind {addr}"))?;
+    let routes = ws::metrics::routes(Arc::new(move || metrics.prometheus_text()));
+    Ok((bound, ws::serve(listener, routes, stop)))
 }
 
 #[cfg(test)]

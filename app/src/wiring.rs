@@ -4,12 +4,12 @@
 use crate::config::{Config, PermissionSourceKind};
 use crate::deps::Adapters;
 use crate::service::{Check, Relay};
-use relay_adapters::jwt::{DevKeys, JwksConfig, JwksVerifier, JwtConfig, JwtVerifier};
-use relay_adapters::memory::{
+use relay_adapter_jwt::{DevKeys, JwksConfig, JwksVerifier, JwtConfig, JwtVerifier};
+use relay_adapter_memory::{
     ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, MemoryStore, TokioClock,
 };
-use relay_adapters::postgres::{PgPermissions, PgPool, PgStore, PoolSettings};
-use relay_adapters::redis::RedisSettings;
+use relay_adapter_postgres::{PgPermissions, PgPool, PgStore, PoolSettings};
+use relay_adapter_redis::RedisSettings;
 use relay_ports::{Metrics, TokenVerifier};
 use std::sync::Arc;
 use std::time::Duration;
@@ -248,7 +248,7 @@ pub async fn build_with(
             ..RedisSettings::default()
         };
         let (bus, presence) =
-            relay_adapters::redis::connect_with_metrics(url, settings, metrics.clone())
+            relay_adapter_redis::connect_with_metrics(url, settings, metrics.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
         let bus = Arc::new(bus);

@@ -6,8 +6,8 @@ use crate::config::Config;
 use crate::deps::Adapters;
 use crate::service::Relay;
 use mockall::predicate::always;
-use relay_adapters::jwt::{DevKeys, JwtConfig, JwtVerifier, TokenRequest};
-use relay_adapters::memory::{
+use relay_adapter_jwt::{DevKeys, JwtConfig, JwtVerifier, TokenRequest};
+use relay_adapter_memory::{
     ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, TokioClock,
 };
 use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
@@ -212,7 +212,7 @@ async fn new_clients_first_submits_in_one_turn_are_looked_up_together_and_each_c
     const CLIENTS: usize = 3;
     let keys = DevKeys::from_seed([3; 32]);
     let store = Arc::new(Tapped {
-        inner: relay_adapters::memory::MemoryStore::new(),
+        inner: relay_adapter_memory::MemoryStore::new(),
         tap: LookupsTogether(tokio::sync::Barrier::new(CLIENTS)),
     });
     let relay = relay_on(store.clone(), &keys);
@@ -315,7 +315,7 @@ async fn a_room_that_panics_closes_its_sessions_with_1011_and_the_document_reope
 {
     let keys = DevKeys::from_seed([4; 32]);
     let store = Arc::new(Tapped {
-        inner: relay_adapters::memory::MemoryStore::new(),
+        inner: relay_adapter_memory::MemoryStore::new(),
         tap: PanicAfterFirstAppend(Default::default()),
     });
     let relay = relay_on(store, &keys);
@@ -402,7 +402,7 @@ async fn first_submit_with(
 ) -> (Vec<ServerMessage>, Option<u16>, Vec<ServerMessage>) {
     let keys = DevKeys::from_seed([5; 32]);
     let store = Arc::new(Tapped {
-        inner: relay_adapters::memory::MemoryStore::new(),
+        inner: relay_adapter_memory::MemoryStore::new(),
         tap,
     });
     let relay = relay_on(store, &keys);
@@ -550,7 +550,7 @@ impl Tap for RefusesPoison {
 async fn a_batch_the_store_refuses_fails_only_the_op_it_refuses() {
     let keys = DevKeys::from_seed([6; 32]);
     let store = Arc::new(Tapped {
-        inner: relay_adapters::memory::MemoryStore::new(),
+        inner: relay_adapter_memory::MemoryStore::new(),
         tap: RefusesPoison,
     });
     let relay = relay_on(store, &keys);
@@ -652,7 +652,7 @@ async fn commit_all(
 #[tokio::test]
 async fn a_join_with_a_version_only_the_store_has_catches_up_instead_of_going_backwards() {
     let keys = DevKeys::from_seed([7; 32]);
-    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
     let (a, b) = (relay_on(store.clone(), &keys), relay_on(store, &keys));
     let document = DocumentId::new(Uuid::new_v4());
     // A opens the document at version 0; B then commits three ops.
@@ -684,7 +684,7 @@ async fn a_join_with_a_version_only_the_store_has_catches_up_instead_of_going_ba
 #[tokio::test]
 async fn a_base_only_the_store_has_is_caught_up_to_not_refused_as_future() {
     let keys = DevKeys::from_seed([8; 32]);
-    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
     let (a, b) = (
         relay_on(store.clone(), &keys),
         relay_on(store.clone(), &keys),
@@ -727,7 +727,7 @@ async fn a_base_only_the_store_has_is_caught_up_to_not_refused_as_future() {
 #[tokio::test]
 async fn a_duplicate_committed_elsewhere_is_acked_after_the_ops_below_it() {
     let keys = DevKeys::from_seed([9; 32]);
-    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
     let (a, b) = (
         relay_on(store.clone(), &keys),
         relay_on(store.clone(), &keys),
@@ -907,7 +907,7 @@ async fn receives_op(s: &mut relay_ports::Started, wait: Duration) -> Option<Ver
 #[tokio::test(start_paused = true)]
 async fn while_the_bus_is_down_other_instances_ops_arrive_from_the_store() {
     let keys = DevKeys::from_seed([11; 32]);
-    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
     let bus = Arc::new(ManualBus::default());
     let a = relay_on_bus(store.clone(), bus.clone(), &keys);
     let b = relay_on(store, &keys);
@@ -946,7 +946,7 @@ async fn while_the_bus_is_down_other_instances_ops_arrive_from_the_store() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_last_message_is_found_in_the_store_once_the_bus_is_quiet() {
     let keys = DevKeys::from_seed([12; 32]);
-    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
     let bus = Arc::new(ManualBus::default());
     let a = relay_on_bus(store.clone(), bus.clone(), &keys);
     let b = relay_on(store.clone(), &keys);
@@ -984,7 +984,7 @@ async fn a_lost_last_message_is_found_in_the_store_once_the_bus_is_quiet() {
 async fn a_gap_on_the_bus_is_filled_from_the_bus_history_without_the_store() {
     let keys = DevKeys::from_seed([13; 32]);
     // The store never has these ops: they can only come from the bus.
-    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
     let bus = Arc::new(ManualBus::default());
     let a = relay_on_bus(store, bus.clone(), &keys);
     let document = DocumentId::new(Uuid::new_v4());
@@ -1025,7 +1025,7 @@ async fn a_gap_on_the_bus_is_filled_from_the_bus_history_without_the_store() {
 async fn a_join_beyond_the_room_catches_up_from_the_bus_history_first() {
     let keys = DevKeys::from_seed([14; 32]);
     // The store never has these ops: the catch-up can only come from the bus.
-    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
     let bus = Arc::new(ManualBus::default());
     let a = relay_on_bus(store, bus.clone(), &keys);
     let document = DocumentId::new(Uuid::new_v4());
@@ -1093,7 +1093,7 @@ fn relay_on_bus(
 #[tokio::test(start_paused = true)]
 async fn a_bus_that_stops_answering_never_holds_up_commits() {
     let keys = DevKeys::from_seed([15; 32]);
-    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
     let bus = Arc::new(ManualBus::default());
     bus.stalled.store(true, std::sync::atomic::Ordering::SeqCst);
     let a = relay_on_bus(store.clone(), bus.clone(), &keys);
@@ -1125,7 +1125,7 @@ async fn a_base_older_than_a_fresh_rooms_history_is_rebased_over_the_stores_ops(
     // history starts there; a client whose op was in flight on the old
     // instance re-sends it on a base before the snapshot.
     let keys = DevKeys::from_seed([12; 32]);
-    let store: Arc<dyn OperationStore> = Arc::new(relay_adapters::memory::MemoryStore::new());
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
     let document = DocumentId::new(Uuid::new_v4());
     let ops: Vec<CommittedOp> = (1..=5)
         .map(|v| elsewhere(v, &"abcde"[v as usize - 1..v as usize]))

@@ -62,7 +62,7 @@ fn an_unreachable_redis_is_refused_at_start_naming_the_variable() {
         .env("BIND_ADDRESS", "127.0.0.1:0")
         .env(
             "DATABASE_URL",
-            relay_adapters::postgres::testdb::test_database(),
+            relay_adapter_postgres::testdb::test_database(),
         )
         .env("PERMISSION_SOURCE", "claims")
         .env("REDIS_URL", "redis://127.0.0.1:1")

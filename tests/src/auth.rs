@@ -4,88 +4,45 @@
 
 use crate::TestApp;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use relay_adapters::jwt::{DevKeys, JwksVerifier};
-use relay_adapters::ws;
+use relay_adapter_jwt::{DevKeys, JwksVerifier};
 use relay_app::config::Config;
 use relay_app::wiring::{self, Background};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use uuid::Uuid;
-use warp::Filter;
 
 /// A JWKS endpoint whose document, availability and hit count the test
-/// controls.
+/// controls (the jwt adapter's test server, serving fixtures by name).
 #[derive(Debug)]
-pub struct JwksServer {
-    pub addr: SocketAddr,
-    body: Arc<Mutex<String>>,
-    up: Arc<AtomicBool>,
-    hits: Arc<AtomicUsize>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
+pub struct JwksServer(relay_adapter_jwt::testing::JwksServer);
 
 impl JwksServer {
     /// Serves `body` (a fixture file name under `tests/fixtures`, or JSON).
     pub async fn start(body: &str) -> JwksServer {
-        let body = Arc::new(Mutex::new(fixture_or_json(body)));
-        let up = Arc::new(AtomicBool::new(true));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (b, u, h) = (body.clone(), up.clone(), hits.clone());
-        let route = warp::path!("jwks.json").map(move || {
-            h.fetch_add(1, Ordering::SeqCst);
-            if u.load(Ordering::SeqCst) {
-                warp::http::Response::builder()
-                    .status(200)
-                    .header("content-type", "application/json")
-                    .body(b.lock().expect("lock").clone())
-                    .expect("response")
-            } else {
-                warp::http::Response::builder()
-                    .status(503)
-                    .body("down".to_owned())
-                    .expect("response")
-            }
-        });
-        let (listener, addr) = ws::bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(
-            warp::serve(route)
-                .incoming(listener)
-                .graceful(async move {
-                    let _ = stopped.await;
-                })
-                .run(),
-        );
-        JwksServer {
-            addr,
-            body,
-            up,
-            hits,
-            _stop: stop,
-        }
+        JwksServer(
+            relay_adapter_jwt::testing::JwksServer::start(fixture_or_json(body))
+                .await
+                .expect("JWKS server"),
+        )
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/jwks.json", self.addr)
+        self.0.url()
     }
 
     /// Serves another document from now on.
     pub fn set(&self, body: &str) {
-        *self.body.lock().expect("lock") = fixture_or_json(body);
+        self.0.set(&fixture_or_json(body));
     }
 
     /// `false`: answer 503 to every request.
     pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
+        self.0.set_up(up);
     }
 
     /// Requests received so far.
     pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        self.0.hits()
     }
 }
 

@@ -11,9 +11,9 @@ pub mod load;
 pub mod pg;
 
 use futures::{FutureExt, SinkExt, StreamExt};
-use relay_adapters::jwt::{DevKeys, TokenRequest};
-use relay_adapters::memory::MemoryMetrics;
-use relay_adapters::ws;
+use relay_adapter_jwt::{DevKeys, TokenRequest};
+use relay_adapter_memory::MemoryMetrics;
+use relay_adapter_ws as ws;
 use relay_app::Relay;
 use relay_app::config::Config;
 use relay_domain::{

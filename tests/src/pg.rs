@@ -2,8 +2,8 @@
 //! proxy in front of the database that a test can cut and restore.
 
 use crate::TestApp;
-use relay_adapters::jwt::DevKeys;
-use relay_adapters::postgres::testdb;
+use relay_adapter_jwt::DevKeys;
+use relay_adapter_postgres::testdb;
 use relay_app::config::Config;
 use relay_app::wiring;
 use std::net::SocketAddr;

@@ -8,7 +8,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use relay_adapters::postgres::{PgPool, PgStore, PoolSettings};
+use relay_adapter_postgres::{PgPool, PgStore, PoolSettings};
 use relay_domain::{CommittedOp, Delta, Document, DocumentId, Version};
 use relay_ports::OperationStore;
 use relay_ports::protocol::ServerMessage;

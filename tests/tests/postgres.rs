@@ -1,7 +1,7 @@
 //! End-to-end on PostgreSQL: real WebSocket clients, the real app, a fresh
 //! database per test process.
 
-use relay_adapters::postgres::{PgPool, PgStore, PoolSettings};
+use relay_adapter_postgres::{PgPool, PgStore, PoolSettings};
 use relay_app::config::Config;
 use relay_domain::{DocumentId, Version};
 use relay_ports::OperationStore;

@@ -4,7 +4,7 @@
 use futures::FutureExt;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use relay_adapters::jwt::{DevKeys, TokenRequest};
+use relay_adapter_jwt::{DevKeys, TokenRequest};
 use relay_app::config::Config;
 use relay_domain::{CommittedOp, Component, Delta, Document, DocumentId, Seq, Version};
 use relay_ports::CollaborationService;

@@ -3,7 +3,7 @@
 //! serves the same documents - same content, same version - to a Relay
 //! started on it.
 
-use relay_adapters::postgres::testdb;
+use relay_adapter_postgres::testdb;
 use relay_domain::DocumentId;
 use relay_ports::protocol::ServerMessage;
 use relay_tests::instances::Cluster;

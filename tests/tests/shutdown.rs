@@ -5,7 +5,7 @@
 //! before the exit is in PostgreSQL; and the clients' re-sent ops commit
 //! exactly once on the other instance.
 
-use relay_adapters::postgres::{PgPool, PgStore, PoolSettings};
+use relay_adapter_postgres::{PgPool, PgStore, PoolSettings};
 use relay_domain::{CommittedOp, Document, DocumentId, Version};
 use relay_ports::OperationStore;
 use relay_ports::protocol::ServerMessage;

@@ -8,7 +8,7 @@
 //! debounce) the durations are configured short and the test waits for the
 //! event they cause.
 
-use relay_adapters::jwt::{DevKeys, JwtConfig, JwtVerifier, KeySet, TokenRequest};
+use relay_adapter_jwt::{DevKeys, JwtConfig, JwtVerifier, KeySet, TokenRequest};
 use relay_app::config::Config;
 use relay_domain::{Client, ClientId, Delta, Document, DocumentId, UserId, Version};
 use relay_ports::ClientMessage;

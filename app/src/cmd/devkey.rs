@@ -3,7 +3,7 @@
 //! `relay token`.
 
 use anyhow::Context;
-use relay_adapters::jwt::DevKeys;
+use relay_adapter_jwt::DevKeys;
 use std::path::{Path, PathBuf};
 
 /// `$TMPDIR/relay-dev-key.pem`.

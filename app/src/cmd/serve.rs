@@ -4,8 +4,8 @@ use super::ServeArgs;
 use super::TokenArgs;
 use super::devkey::{default_key_file, dev_key};
 use anyhow::Context;
-use relay_adapters::jwt::DevKeys;
-use relay_adapters::ws;
+use relay_adapter_jwt::DevKeys;
+use relay_adapter_ws as ws;
 use relay_app::config::Config;
 use relay_app::{telemetry, wiring};
 use relay_ports::CollaborationService;
@@ -79,7 +79,7 @@ fn raise_fd_limit(max_connections: usize) {
 async fn serve(
     config: Config,
     args: ServeArgs,
-    metrics: Arc<relay_adapters::otel::OtelMetrics>,
+    metrics: Arc<relay_adapter_otel::OtelMetrics>,
 ) -> anyhow::Result<()> {
     let dev = if config.is_development() {
         let path = args.dev_key_file.unwrap_or_else(default_key_file);
@@ -112,9 +112,7 @@ async fn serve(
         })
         .await?
     };
-    servers.spawn(async move {
-        let _ = metrics_server.await;
-    });
+    servers.spawn(metrics_server);
     info!(addr = %metrics_addr, "metrics at http://{metrics_addr}/metrics");
     let (listener, addr) = ws::bind(bind)
         .await

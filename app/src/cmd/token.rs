@@ -4,7 +4,7 @@
 use super::TokenArgs;
 use super::devkey::{default_key_file, load_key};
 use anyhow::Context;
-use relay_adapters::jwt::{DevKeys, TokenRequest};
+use relay_adapter_jwt::{DevKeys, TokenRequest};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 

@@ -168,15 +168,15 @@ impl Config {
     }
 
     /// The WebSocket transport's settings.
-    pub fn ws(&self) -> relay_adapters::ws::WsConfig {
-        relay_adapters::ws::WsConfig {
+    pub fn ws(&self) -> relay_adapter_ws::WsConfig {
+        relay_adapter_ws::WsConfig {
             max_message_bytes: self.max_message_bytes,
             auth_timeout: self.auth_timeout,
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
             allowed_origins: self.allowed_origins.clone(),
             max_outbound_frame_bytes: self.max_outbound_frame_bytes(),
-            ..relay_adapters::ws::WsConfig::default()
+            ..relay_adapter_ws::WsConfig::default()
         }
     }
 

@@ -315,12 +315,12 @@ impl Settings {
                 .saturating_mul(9)
                 .saturating_add(64 << 20)
         });
-        if self.metrics_document_series > relay_adapters::otel::MAX_DOCUMENT_SERIES {
+        if self.metrics_document_series > relay_adapter_otel::MAX_DOCUMENT_SERIES {
             return err(
                 "METRICS_DOCUMENT_SERIES",
                 format!(
                     "must be at most {} (the metrics SDK keeps 2,000 series per metric)",
-                    relay_adapters::otel::MAX_DOCUMENT_SERIES
+                    relay_adapter_otel::MAX_DOCUMENT_SERIES
                 ),
             );
         }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use relay_adapters::jwt::DevKeys;
+use relay_adapter_jwt::DevKeys;
 use relay_load::server::Server;
 use relay_load::{Options, Scenario, Tokens, plot, summary::summary};
 use std::io::IsTerminal;

@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use relay_adapters::jwt::{DevKeys, TokenRequest};
+use relay_adapter_jwt::{DevKeys, TokenRequest};
 use relay_ports::protocol::{ClientMessage, Join, Role, ServerMessage};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};

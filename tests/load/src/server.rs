@@ -3,7 +3,7 @@
 //! REDIS_URL...), stopped with SIGTERM at the end.
 
 use anyhow::{Context, bail};
-use relay_adapters::jwt::DevKeys;
+use relay_adapter_jwt::DevKeys;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -33,7 +33,7 @@ async fn go(app: &TestApp, scenario: Scenario, corrupt_slot: Option<usize>) -> R
     let run = relay_load::run(Options {
         scenario,
         tokens: Tokens::Keys(Arc::new(
-            relay_adapters::jwt::DevKeys::from_pem(&app.keys.to_pem()).unwrap(),
+            relay_adapter_jwt::DevKeys::from_pem(&app.keys.to_pem()).unwrap(),
         )),
         // The server is this process.
         server_pids: vec![std::process::id()],
@@ -273,7 +273,7 @@ async fn a_client_told_to_leave_as_the_run_stops_leaves() {
     });
     let user = uuid::Uuid::new_v4();
     let token = Tokens::Keys(Arc::new(
-        relay_adapters::jwt::DevKeys::from_pem(&app.keys.to_pem()).unwrap(),
+        relay_adapter_jwt::DevKeys::from_pem(&app.keys.to_pem()).unwrap(),
     ))
     .token(user, true)
     .unwrap();

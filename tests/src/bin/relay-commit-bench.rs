@@ -26,8 +26,8 @@
 //! mutex, what production ran before). Each scenario prints the process's
 //! CPU time per committed op, so the metrics' cost is the difference.
 
-use relay_adapters::jwt::{DevKeys, TokenRequest};
-use relay_adapters::postgres::{PgPool, PgStore, PoolSettings, testdb};
+use relay_adapter_jwt::{DevKeys, TokenRequest};
+use relay_adapter_postgres::{PgPool, PgStore, PoolSettings, testdb};
 use relay_app::Relay;
 use relay_app::config::Config;
 use relay_app::wiring;
@@ -322,9 +322,9 @@ async fn scenario(
 fn bench_metrics() -> Arc<dyn relay_ports::Metrics> {
     match std::env::var("RELAY_BENCH_METRICS").as_deref() {
         Ok("none") => Arc::new(relay_ports::NoMetrics),
-        Ok("memory") => Arc::new(relay_adapters::memory::MemoryMetrics::new()),
+        Ok("memory") => Arc::new(relay_adapter_memory::MemoryMetrics::new()),
         Ok("otel") | Err(_) => Arc::new(
-            relay_adapters::otel::OtelMetrics::new(&relay_adapters::otel::OtelSettings::default())
+            relay_adapter_otel::OtelMetrics::new(&relay_adapter_otel::OtelSettings::default())
                 .expect("metrics"),
         ),
         Ok(other) => panic!("RELAY_BENCH_METRICS: none, memory or otel, not {other:?}"),

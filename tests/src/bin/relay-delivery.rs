@@ -18,8 +18,8 @@
 //! The "nagle" rows bind the listener without TCP_NODELAY (what Relay did
 //! before it set it); the "nodelay" rows with it, as `relay` does now.
 
-use relay_adapters::jwt::{DevKeys, TokenRequest};
-use relay_adapters::ws;
+use relay_adapter_jwt::{DevKeys, TokenRequest};
+use relay_adapter_ws as ws;
 use relay_app::config::Config;
 use relay_ports::CollaborationService;
 use relay_ports::protocol::Role;

@@ -12,7 +12,7 @@
 //! ```
 
 use anyhow::{Context, bail};
-use relay_adapters::jwt::{DevKeys, TokenRequest};
+use relay_adapter_jwt::{DevKeys, TokenRequest};
 use relay_ports::protocol::Role;
 use relay_tests::{Conn, Connect, ConnectOptions};
 use std::collections::BTreeMap;

@@ -1,0 +1,306 @@
+//! JwksVerifier against a JWKS endpoint served by the test: fetching,
+//! keeping the last good keys, the unknown-kid refetch and its cooldown,
+//! and the refresher's retries.
+
+use futures::future::join_all;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use relay_adapter_jwt::testing::JwksServer;
+use relay_adapter_jwt::{DevKeys, JwksConfig, JwksError, JwksVerifier, JwtConfig, TokenRequest};
+use relay_ports::protocol::Role;
+use relay_ports::{AuthError, TokenVerifier};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
+
+const JWKS: &str = include_str!("fixtures/jwks.json");
+const RSA_PRIVATE: &str = include_str!("fixtures/rsa-2048.pem");
+const ED25519: &str = include_str!("fixtures/ed25519.pem");
+const USER: &str = "0b6c3f1e-8a4d-4e2b-9c71-5f0d2a3b4c5d";
+
+/// How long a test waits for something before failing.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A JWKS endpoint answering what the test says, recording each request.
+async fn server(body: &str) -> JwksServer {
+    JwksServer::start(body).await.expect("JWKS server")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims() -> Value {
+    json!({"sub": USER, "exp": now() + 300, "iat": now(), "docs": {"*": "editor"}})
+}
+
+fn sign(alg: Algorithm, kid: &str, claims: &Value) -> String {
+    let key = match alg {
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(ED25519.as_bytes()).unwrap(),
+        _ => EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// A valid token for the fixture key `rsa-1`.
+fn rs256() -> String {
+    sign(Algorithm::RS256, "rsa-1", &claims())
+}
+
+/// Signed with the fixture RSA key, naming a kid nobody published.
+fn made_up_kid(i: usize) -> String {
+    sign(Algorithm::RS256, &format!("made-up-{i}"), &claims())
+}
+
+fn verifier(url: String, cooldown: Duration) -> Arc<JwksVerifier> {
+    JwksVerifier::new(
+        JwksConfig {
+            cooldown,
+            ..JwksConfig::new(url)
+        },
+        JwtConfig::default(),
+    )
+}
+
+fn user() -> relay_domain::UserId {
+    relay_domain::UserId::new(Uuid::parse_str(USER).unwrap())
+}
+
+fn unknown_kid() -> Result<relay_ports::Claims, AuthError> {
+    Err(AuthError::Invalid("unknown kid".into()))
+}
+
+#[tokio::test]
+async fn before_the_first_fetch_there_are_no_keys_and_every_token_is_unavailable() {
+    let server = server(JWKS).await;
+    let verifier = verifier(server.url(), Duration::from_secs(30));
+    assert!(!verifier.has_keys());
+    assert_eq!(verifier.verify(&rs256()).await, Err(AuthError::Unavailable));
+    assert_eq!(
+        verifier.verify(&made_up_kid(0)).await,
+        Err(AuthError::Unavailable)
+    );
+    assert!(!verifier.has_keys());
+}
+
+#[tokio::test]
+async fn refresh_loads_the_keys() {
+    let server = server(JWKS).await;
+    let verifier = verifier(server.url(), Duration::from_secs(30));
+    assert_eq!(verifier.refresh().await, Ok(4));
+    assert_eq!(server.hits(), 1);
+    assert_eq!(verifier.fetch_count(), 1);
+    assert!(verifier.has_keys());
+    for token in [rs256(), sign(Algorithm::EdDSA, "ed-1", &claims())] {
+        let verified = verifier.verify(&token).await.unwrap();
+        assert_eq!(verified.user, user());
+    }
+}
+
+/// What a failed refresh must report.
+type Expected = fn(&JwksError) -> bool;
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_previous_keys() {
+    let server = server(JWKS).await;
+    let verifier = JwksVerifier::new(
+        JwksConfig {
+            max_body_bytes: 16 * 1024,
+            ..JwksConfig::new(server.url())
+        },
+        JwtConfig::default(),
+    );
+    verifier.refresh().await.unwrap();
+    let hmac_only =
+        json!({"keys": [{"kty": "oct", "kid": "rsa-1", "alg": "HS256", "k": "c2VjcmV0"}]});
+    let huge = json!({"keys": [], "padding": "x".repeat(32 * 1024)});
+    let failures: [(u16, String, Expected); 6] = [
+        (503, "down".into(), |e| *e == JwksError::Status(503)),
+        (200, "{\"keys\": [".into(), |e| {
+            matches!(e, JwksError::Invalid(_))
+        }),
+        (200, "<html>oops</html>".into(), |e| {
+            matches!(e, JwksError::Invalid(_))
+        }),
+        (200, hmac_only.to_string(), |e| *e == JwksError::NoUsableKey),
+        (200, "{\"keys\": []}".into(), |e| {
+            *e == JwksError::NoUsableKey
+        }),
+        (200, huge.to_string(), |e| {
+            matches!(e, JwksError::TooLarge(_))
+        }),
+    ];
+    for (i, (status, body, expected)) in failures.into_iter().enumerate() {
+        server.answer(status, &body);
+        let error = verifier.refresh().await.unwrap_err();
+        assert!(expected(&error), "{status} {body:.40}: {error:?}");
+        assert_eq!(server.hits(), i + 2, "the refresh did fetch");
+        assert!(verifier.has_keys());
+        let verified = verifier.verify(&rs256()).await.unwrap();
+        assert_eq!(verified.user, user());
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_kid_flood_fetches_at_most_once_per_cooldown() {
+    let server = server(JWKS).await;
+    let cooldown = Duration::from_secs(3600);
+    let verifier = verifier(server.url(), cooldown);
+    verifier.refresh().await.unwrap();
+    let flood = || {
+        join_all((0..50).map(|i| {
+            let verifier = verifier.clone();
+            async move { verifier.verify(&made_up_kid(i)).await }
+        }))
+    };
+
+    // Within the cooldown of the last fetch: no fetch at all.
+    let (hits, fetches) = (server.hits(), verifier.fetch_count());
+    assert!(flood().await.into_iter().all(|r| r == unknown_kid()));
+    assert_eq!(server.hits() - hits, 0);
+    assert_eq!(verifier.fetch_count() - fetches, 0);
+
+    // Once the cooldown has passed, the first unknown kid fetches and the
+    // other 49 wait for the next cooldown.
+    tokio::time::pause();
+    tokio::time::advance(cooldown + Duration::from_secs(1)).await;
+    tokio::time::resume();
+    let (hits, fetches) = (server.hits(), verifier.fetch_count());
+    assert!(flood().await.into_iter().all(|r| r == unknown_kid()));
+    assert_eq!(verifier.fetch_count() - fetches, 1);
+    assert!(server.hits() - hits <= 1);
+
+    let (hits, fetches) = (server.hits(), verifier.fetch_count());
+    assert!(flood().await.into_iter().all(|r| r == unknown_kid()));
+    assert_eq!(server.hits() - hits, 0);
+    assert_eq!(verifier.fetch_count() - fetches, 0);
+    // Known kids are unaffected throughout.
+    assert!(verifier.verify(&rs256()).await.is_ok());
+}
+
+#[tokio::test]
+async fn with_cooldown_zero_a_rotated_in_kid_is_found() {
+    let server = server(JWKS).await;
+    let verifier = verifier(server.url(), Duration::ZERO);
+    verifier.refresh().await.unwrap();
+
+    let new_key = DevKeys::from_seed([42; 32]);
+    let token = new_key
+        .mint(&TokenRequest {
+            sub: Uuid::parse_str(USER).unwrap(),
+            name: None,
+            docs: BTreeMap::from([("*".to_owned(), Role::Editor)]),
+            ttl_secs: 300,
+        })
+        .unwrap();
+    // Not published yet: looked for (one fetch), not found.
+    let hits = server.hits();
+    assert_eq!(verifier.verify(&token).await, unknown_kid());
+    assert_eq!(server.hits(), hits + 1);
+
+    // Published next to the old keys: found by the fetch its kid causes.
+    let mut both: Value = serde_json::from_str(JWKS).unwrap();
+    let new_jwk = new_key.jwks().keys[0].clone();
+    both["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::to_value(&new_jwk).unwrap());
+    server.answer(200, &both.to_string());
+    let verified = verifier.verify(&token).await.unwrap();
+    assert_eq!(verified.user, user());
+    assert_eq!(server.hits(), hits + 2);
+    // Known kids do not fetch.
+    assert!(verifier.verify(&rs256()).await.is_ok());
+    assert!(verifier.verify(&token).await.is_ok());
+    assert_eq!(server.hits(), hits + 2);
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_retried_at_most_once_a_second_even_with_cooldown_zero() {
+    let server = server(JWKS).await;
+    let verifier = JwksVerifier::new(
+        JwksConfig {
+            refresh: Duration::from_secs(1),
+            cooldown: Duration::ZERO,
+            ..JwksConfig::new(server.url())
+        },
+        JwtConfig::default(),
+    );
+    let refresher = verifier.spawn_refresher();
+    let deadline = Instant::now() + WAIT;
+    while !verifier.has_keys() {
+        assert!(Instant::now() < deadline, "no keys in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    server.answer(503, "down");
+    let failed = || {
+        server
+            .requests()
+            .into_iter()
+            .filter(|(_, status)| *status == 503)
+            .map(|(at, _)| at)
+            .collect::<Vec<_>>()
+    };
+    while failed().len() < 3 {
+        assert!(Instant::now() < deadline, "the refresher stopped retrying");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    refresher.abort();
+    let failed = failed();
+    for pair in failed.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    }
+    // The keys were kept through the failures.
+    assert!(verifier.has_keys());
+    assert!(verifier.verify(&rs256()).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_token_is_refused_from_its_exp_on_to_the_second() {
+    let server = server(JWKS).await;
+    let verifier = JwksVerifier::new(
+        JwksConfig::new(server.url()),
+        JwtConfig {
+            leeway_secs: 0,
+            ..JwtConfig::default()
+        },
+    );
+    verifier.refresh().await.unwrap();
+    // `exp` is the current second: it is already "on or after" exp.
+    let mut c = claims();
+    c["exp"] = json!(now());
+    let token = sign(Algorithm::RS256, "rsa-1", &c);
+    assert_eq!(verifier.verify(&token).await, Err(AuthError::Expired));
+    // Still valid: two seconds left.
+    c["exp"] = json!(now() + 2);
+    let token = sign(Algorithm::RS256, "rsa-1", &c);
+    assert!(verifier.verify(&token).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_refresher_ends_when_its_token_is_cancelled() {
+    // Nothing answers there: the refresher retries with backoff forever
+    // unless stopped.
+    let v = verifier(
+        "http://127.0.0.1:1/jwks.json".into(),
+        Duration::from_secs(30),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(v.refresher(stop.clone()));
+    while v.fetch_count() < 1 {
+        tokio::task::yield_now().await;
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the refresher stops when cancelled")
+        .expect("no panic");
+}

@@ -1,0 +1,156 @@
+//! The WebSocket transport on warp: `GET /collab/{document_id}` upgrades to
+//! a WebSocket speaking PROTOCOL.md, plus `/health`, `/ready` and (in
+//! development) `/.well-known/jwks.json`.
+//!
+//! The upgrade is answered by our own filter rather than `warp::ws()`:
+//! warp's builder cannot shrink tungstenite's 128 KiB read buffer, which is
+//! allocated eagerly and would cost about 137 KB per idle connection. We
+//! complete the handshake ourselves and build the stream with
+//! `WebSocketStream::from_raw_socket` and small buffers (see
+//! [`WsConfig::read_buffer_bytes`]).
+//!
+//! # Layout
+//!
+//! - `upgrade`: the handshake: path, subprotocol, origin, admission,
+//!   bearer token, `101 Switching Protocols`.
+//! - `connection`: one connection's loop: join timeout, frames to and from
+//!   the session, heartbeat, token expiry, close codes.
+//! - `http`: `/health`, `/ready`, JWKS.
+
+mod connection;
+mod http;
+pub mod metrics;
+mod upgrade;
+
+use relay_ports::{CollaborationService, Metrics};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use warp::Filter;
+
+/// Transport settings (from the environment, see the app's config).
+#[derive(Clone, Debug)]
+pub struct WsConfig {
+    /// MAX_MESSAGE_BYTES: larger frames close the connection with 1009.
+    pub max_message_bytes: usize,
+    /// AUTH_TIMEOUT_SECS: no `join` by then closes with 4408.
+    pub auth_timeout: Duration,
+    /// HEARTBEAT_INTERVAL_SECS: how often the server pings.
+    pub heartbeat_interval: Duration,
+    /// HEARTBEAT_TIMEOUT_SECS: silence this long closes the connection.
+    pub heartbeat_timeout: Duration,
+    /// ALLOWED_ORIGINS: when set, other origins get 403.
+    pub allowed_origins: Option<Vec<String>>,
+    /// tungstenite's read buffer per connection.
+    pub read_buffer_bytes: usize,
+    /// tungstenite's write buffer per connection.
+    pub write_buffer_bytes: usize,
+    /// The largest frame the server sends (a `joined` with a whole
+    /// document): tungstenite refuses to queue a larger one. A bound, not
+    /// an allocation.
+    pub max_outbound_frame_bytes: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_message_bytes: 1 << 20,
+            auth_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(60),
+            allowed_origins: None,
+            read_buffer_bytes: 1024,
+            // The frames a connection's writer finds queued together (up
+            // to 64, see `write_batch`) go out in one write of up to 8 KiB
+            // instead of one syscall each: under load a client often has an
+            // op and a caret waiting at once. Idle connections never grow
+            // the buffer past their largest frame (`joined`).
+            write_buffer_bytes: 8 << 10,
+            // The application sets it from its document limits.
+            max_outbound_frame_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Every route of the public port.
+pub fn routes(
+    service: Arc<dyn CollaborationService>,
+    metrics: Arc<dyn Metrics>,
+    config: WsConfig,
+    jwks: Option<Arc<str>>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
++ Clone
++ Send
++ Sync
++ 'static {
+    let config = Arc::new(config);
+    upgrade::collab(service.clone(), config, metrics)
+        .or(http::health(service.clone()))
+        .unify()
+        .or(http::ready(service))
+        .unify()
+        .or(http::jwks(jwks))
+        .unify()
+        .recover(http::rejection)
+        .unify()
+}
+
+/// Serves `routes` on `listener` until `shutdown` completes; connections
+/// already upgraded keep running (the service closes them).
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    routes: F,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    F: Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+/// Binds `addr` (port 0 picks a free port) and returns the listener and
+/// the address it got.
+///
+/// Every connection it accepts has `TCP_NODELAY` set: the listening socket
+/// carries it and Linux copies it to each accepted socket (checked by a
+/// test below). Without it Nagle's algorithm holds a small frame back while
+/// an earlier one is unacknowledged - until the peer's delayed ACK, about
+/// 40 ms - which is what a client that only listens sees on every other
+/// frame.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn every_accepted_connection_has_tcp_nodelay() {
+        let (listener, addr) = super::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        for _ in 0..3 {
+            let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            assert!(
+                accepted.nodelay().unwrap(),
+                "the accepted socket must not use Nagle"
+            );
+            drop(client);
+        }
+    }
+}
