@@ -9,8 +9,8 @@ use cmd::{Cli, Command};
 
 // jemalloc: the write path allocates and frees many small buffers across
 // threads; with glibc's malloc, malloc and free were about a third of the
-// server's CPU time in `relay-commit-bench` (see the README's Performance
-// section for the figures with each).
+// server's CPU time in `relay-commit-bench` (see docs/performance.md for the
+// figures with each).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -278,3 +278,24 @@ fn open_files(pid: &str, field: usize) -> Option<u64> {
         .parse()
         .ok()
 }
+
+#[test]
+fn the_committed_configuration_page_is_what_relay_config_markdown_prints() {
+    let out = relay()
+        .args(["config", "--markdown"])
+        .env("MAX_CONNECTIONS", "7")
+        .output()
+        .expect("run relay");
+    assert!(out.status.success(), "{}", printed(&out));
+    let printed_page = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(
+        printed_page.contains("| `MAX_CONNECTIONS` | `10000` |"),
+        "the page shows defaults, not the environment"
+    );
+    let page = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let committed = std::fs::read_to_string(&page).expect("docs/configuration.md");
+    assert!(
+        committed == printed_page,
+        "docs/configuration.md is out of date: run `relay config --markdown > docs/configuration.md`"
+    );
+}

@@ -1,7 +1,7 @@
 //! The document: text in a rope, formatting as runs, and a version.
 //!
 //! The text lives in [`jumprope::JumpRopeBuf`], chosen by measurement on the
-//! recorded traces (README, Performance): it replays automerge-paper about
+//! recorded traces (docs/performance.md): it replays automerge-paper about
 //! 3x faster than plain `JumpRope` and 10x faster than ropey, because it
 //! merges neighbouring edits before touching the skip list. Formatting is
 //! kept beside it as runs - (length, attributes) pairs covering the text -

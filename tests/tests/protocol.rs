@@ -725,7 +725,7 @@ async fn a_join_with_since_gets_the_ops_after_it_and_no_content() {
     apply_all(&mut at_1, &ops);
     assert_eq!(at_1.text(), a.text());
 
-    // Sent deltas omit the trailing retain (README protocol notes).
+    // Sent deltas omit the trailing retain (docs/protocol.md, "Relay's choices").
     for op in &ops {
         assert!(
             !matches!(
@@ -766,7 +766,7 @@ async fn a_join_with_since_older_than_the_kept_history_still_gets_every_op_from_
 #[tokio::test]
 async fn a_join_with_since_too_far_behind_gets_the_content_and_a_stale_resend_is_still_deduplicated()
  {
-    // README: `joined.ops` comes from memory or, up to 10,000 ops, from the
+    // docs/protocol.md: `joined.ops` comes from memory or, up to 10,000 ops, from the
     // store; past that `content` is sent.
     const FROM_STORE: u64 = 10_000;
     let config = Config {

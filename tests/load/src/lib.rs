@@ -7,7 +7,7 @@
 //! delivery latency from when each edit was due, throughput, errors and
 //! close codes, and the server's RSS and CPU from `/proc`; at the end every
 //! client must hold what a late joiner gets. Results go to a JSON file and
-//! plots. See the README's performance section and `scenarios/`.
+//! plots. See docs/performance.md and `scenarios/`.
 
 pub mod client;
 pub mod plot;

@@ -1,5 +1,4 @@
-//! `relay-load`: see the library's documentation and the README's
-//! performance section.
+//! `relay-load`: see the library's documentation and docs/performance.md.
 
 use anyhow::{Context, bail};
 use clap::Parser;
