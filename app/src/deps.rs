@@ -1,8 +1,7 @@
-//! What the application is wired with: the outbound ports, configuration
-//! and the room registry.
+//! What the application is wired with: the outbound ports and the
+//! configuration.
 
 use crate::config::Config;
-use crate::rooms::Rooms;
 use relay_ports::{
     Clock, FanOut, InstanceId, Metrics, OperationStore, PermissionSource, PresenceRegistry,
     TokenVerifier,
@@ -36,7 +35,6 @@ pub(crate) struct Deps {
     pub clock: Arc<dyn Clock>,
     pub config: Arc<Config>,
     pub instance: InstanceId,
-    pub rooms: Rooms,
     /// Every room task, so shutdown can wait for them.
     pub tasks: tokio_util::task::TaskTracker,
 }

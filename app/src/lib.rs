@@ -20,8 +20,8 @@ mod deps;
 mod permission_tests;
 #[cfg(test)]
 mod presence_tests;
+mod registry;
 mod room;
-mod rooms;
 mod service;
 mod session;
 mod sink;

@@ -3,12 +3,13 @@
 
 use crate::config::Config;
 use crate::deps::{Adapters, Deps};
+use crate::registry::{Registry, Start};
 use crate::room::{self, Command, JoinError, Member};
-use crate::rooms::Rooms;
-use crate::session::RelaySession;
+use crate::session::{RelaySession, SessionContext};
 use crate::sink::Sink;
 use async_trait::async_trait;
 use relay_domain::{DocumentId, RateLimiter};
+use relay_ports::Chain;
 use relay_ports::metrics::RejectReason;
 use relay_ports::protocol::{ErrorCode, ServerMessage, close};
 use relay_ports::{
@@ -25,6 +26,8 @@ use uuid::Uuid;
 
 pub(crate) struct Inner {
     pub(crate) deps: Arc<Deps>,
+    /// The open rooms (the service owns them; a room holds only its lease).
+    rooms: Registry<Command>,
     pub(crate) permissions: Arc<dyn PermissionSource>,
     pub(crate) verifier: Arc<dyn TokenVerifier>,
     connections: Arc<Semaphore>,
@@ -64,13 +67,13 @@ impl Relay {
             metrics: adapters.metrics,
             clock: adapters.clock,
             instance: InstanceId(Uuid::new_v4()),
-            rooms: Rooms::default(),
             config: config.clone(),
             tasks: tokio_util::task::TaskTracker::new(),
         });
         Relay {
             inner: Arc::new(Inner {
                 deps,
+                rooms: Registry::default(),
                 permissions: adapters.permissions,
                 verifier: adapters.verifier,
                 connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -106,14 +109,14 @@ impl Relay {
         inner.draining.store(true, Ordering::SeqCst);
         info!(
             connections = self.active_connections(),
-            documents = inner.deps.rooms.len(),
+            documents = inner.rooms.len(),
             "draining: refusing new connections and asking clients to reconnect"
         );
         let grace = inner.deps.config.shutdown_grace;
         let spread = u64::try_from(grace.as_millis() / 2)
             .unwrap_or(u64::MAX)
             .min(SHUTDOWN_RECONNECT_SPREAD_MS);
-        for room in inner.deps.rooms.all() {
+        for room in inner.rooms.all() {
             let _ = room
                 .send(Command::Shutdown {
                     min_ms: 500,
@@ -141,7 +144,7 @@ impl Relay {
                 "grace period over: closing the remaining connections with 1001"
             );
         }
-        for room in inner.deps.rooms.all() {
+        for room in inner.rooms.all() {
             let _ = room.send(Command::CloseAll).await;
             let _ = room.send(Command::Stop).await;
         }
@@ -151,7 +154,7 @@ impl Relay {
             .is_err()
         {
             warn!(
-                rooms = inner.deps.rooms.len(),
+                rooms = inner.rooms.len(),
                 "rooms still closing after {} s",
                 ROOMS_STOP_WAIT.as_secs()
             );
@@ -246,7 +249,7 @@ impl CollaborationService for Relay {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: self.inner.started.elapsed().as_secs(),
             active_connections: self.active_connections(),
-            active_documents: self.inner.deps.rooms.len(),
+            active_documents: self.inner.rooms.len(),
         }
     }
 
@@ -302,7 +305,7 @@ impl Relay {
                 ));
             }
             Err(e) => {
-                warn!(%document, error = %e, "permission source");
+                warn!(%document, error = %Chain(&e), "permission source");
                 return Err(failure(
                     close::TRY_AGAIN_LATER,
                     None,
@@ -327,9 +330,9 @@ impl Relay {
         for _ in 0..3 {
             let (sink, outbound, close_rx) =
                 Sink::new(inner.deps.config.outbound_queue, inner.deps.metrics.clone());
-            let (room_tx, start) = inner.deps.rooms.get_or_create(document);
-            if let Some((mailbox, generation)) = start {
-                room::spawn(document, inner.deps.clone(), mailbox, generation);
+            let (room_tx, start) = inner.rooms.get_or_create(document);
+            if let Some(Start { mailbox, lease }) = start {
+                room::spawn(document, inner.deps.clone(), mailbox, lease);
             }
             let (reply_tx, reply_rx) = oneshot::channel();
             let cmd = Command::Join {
@@ -354,7 +357,10 @@ impl Relay {
                         role_checked: Instant::now(),
                         room: room_tx,
                         sink,
-                        inner: inner.clone(),
+                        ctx: SessionContext {
+                            deps: inner.deps.clone(),
+                            permissions: inner.permissions.clone(),
+                        },
                         left: false,
                         presence_limiter: RateLimiter::new(
                             inner.deps.config.presence_burst,
@@ -371,8 +377,8 @@ impl Relay {
                         client_id,
                     });
                 }
-                Ok(Err(JoinError::Unavailable(e))) => {
-                    warn!(%document, error = %e, "join failed");
+                Ok(Err(e @ JoinError::Unavailable(_))) => {
+                    warn!(%document, error = %Chain(&e), "join failed");
                     return Err(failure(
                         close::TRY_AGAIN_LATER,
                         Some(ErrorCode::Unavailable),

@@ -1,18 +1,27 @@
 //! One connection's session: checks what the client may do and forwards it
 //! to the document's room.
 
+use crate::deps::Deps;
 use crate::room::Command;
-use crate::service::Inner;
 use crate::sink::Sink;
 use async_trait::async_trait;
 use relay_domain::{ClientId, DocumentId, RateLimiter, Submission};
+use relay_ports::Chain;
 use relay_ports::protocol::{ErrorCode, Role, close};
-use relay_ports::{Claims, ClientMessage, ConnectionSlot, DecodeError, Session};
+use relay_ports::{Claims, ClientMessage, ConnectionSlot, DecodeError, PermissionSource, Session};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
+
+/// What a session needs of the service: the ports and the permission
+/// source, nothing of the service's own state.
+#[derive(Clone)]
+pub(crate) struct SessionContext {
+    pub(crate) deps: Arc<Deps>,
+    pub(crate) permissions: Arc<dyn PermissionSource>,
+}
 
 pub(crate) struct RelaySession {
     pub(crate) id: u64,
@@ -23,7 +32,7 @@ pub(crate) struct RelaySession {
     pub(crate) role_checked: Instant,
     pub(crate) room: mpsc::Sender<Command>,
     pub(crate) sink: Sink,
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) ctx: SessionContext,
     pub(crate) left: bool,
     /// Cursor and typing messages allowed (PRESENCE_RATE_PER_SEC, burst
     /// PRESENCE_BURST): checked here, before the room does any work.
@@ -39,17 +48,12 @@ impl RelaySession {
     /// is older than PERMISSION_CACHE_TTL, so a revoked permission applies
     /// to open sessions too.
     async fn current_role(&mut self) -> Result<Option<Role>, ()> {
-        if self.role_checked.elapsed() < self.inner.deps.config.permission_cache_ttl {
-            self.inner.deps.metrics.permission_lookup(true);
+        if self.role_checked.elapsed() < self.ctx.deps.config.permission_cache_ttl {
+            self.ctx.deps.metrics.permission_lookup(true);
             return Ok(Some(self.role));
         }
-        self.inner.deps.metrics.permission_lookup(false);
-        match self
-            .inner
-            .permissions
-            .role(&self.claims, self.document)
-            .await
-        {
+        self.ctx.deps.metrics.permission_lookup(false);
+        match self.ctx.permissions.role(&self.claims, self.document).await {
             Ok(Some(role)) => {
                 self.role = role;
                 self.role_checked = Instant::now();
@@ -57,7 +61,7 @@ impl RelaySession {
             }
             Ok(None) => Ok(None),
             Err(e) => {
-                warn!(document = %self.document, error = %e, "permission source");
+                warn!(document = %self.document, error = %Chain(&e), "permission source");
                 Err(())
             }
         }
@@ -67,10 +71,7 @@ impl RelaySession {
     /// rate it is dropped, and the first one dropped is answered
     /// `rate_limited` so the client knows.
     fn presence_allowed(&mut self) -> bool {
-        if self
-            .presence_limiter
-            .try_acquire(self.inner.deps.clock.now())
-        {
+        if self.presence_limiter.try_acquire(self.ctx.deps.clock.now()) {
             self.presence_limited = false;
             return true;
         }
@@ -181,10 +182,10 @@ impl Session for RelaySession {
     }
 
     fn until_expiry(&self) -> Option<Duration> {
-        let now_ms = self.inner.deps.clock.now().0;
+        let now_ms = self.ctx.deps.clock.now().0;
         // Closed when the verifier would refuse the token: past exp plus the
         // leeway (otherwise a client could loop: accepted, closed, accepted).
-        let leeway = self.inner.deps.config.jwt_leeway_secs;
+        let leeway = self.ctx.deps.config.jwt_leeway_secs;
         let exp_ms = self
             .claims
             .expires_at
@@ -202,7 +203,7 @@ impl Session for RelaySession {
             };
             let _ = self.room.send(cmd).await;
         }
-        self.inner.deps.metrics.connection_closed(self.document);
+        self.ctx.deps.metrics.connection_closed(self.document);
         tracing::debug!(document = %self.document, user = %self.claims.user, client_id = %self.client_id, reason, "session left its room");
     }
 }

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use relay_adapter_otel::otlp::{OtlpSettings, SpanExport};
 use relay_adapter_otel::{OtelMetrics, OtelSettings};
 use relay_adapter_ws as ws;
+use relay_ports::Chain;
 use std::sync::Arc;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::FilterExt as _;
@@ -132,7 +133,7 @@ impl Telemetry {
         if let Some(t) = &self.spans
             && let Err(e) = t.shutdown()
         {
-            tracing::debug!(error = %e, "span exporter shutdown");
+            tracing::debug!(error = %Chain(&e), "span exporter shutdown");
         }
     }
 }

@@ -11,6 +11,7 @@ use relay_adapter_memory::{
     ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, TokioClock,
 };
 use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
+use relay_ports::Cause;
 use relay_ports::protocol::{ErrorCode, Join, Role, ServerMessage};
 use relay_ports::store::{MockOperationStore, Tap, Tapped};
 use relay_ports::{
@@ -69,7 +70,7 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
     // out whether the failed append was written).
     store
         .expect_read()
-        .returning(|_, _, _| Err(StoreError::Unavailable("connection refused".into())));
+        .returning(|_, _, _| Err(StoreError::Unavailable(Cause::msg("connection refused"))));
     let mut calls = 0;
     store
         .expect_append()
@@ -77,7 +78,7 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
         .returning(move |_, ops| {
             calls += 1;
             if calls == 1 {
-                Err(StoreError::Unavailable("connection refused".into()))
+                Err(StoreError::Unavailable(Cause::msg("connection refused")))
             } else {
                 assert_eq!(ops.len(), 1);
                 assert_eq!(ops[0].version, Version::from(1));
@@ -462,7 +463,7 @@ fn one_op(seen: &[ServerMessage]) -> bool {
 async fn an_append_that_committed_but_was_answered_unavailable_is_acknowledged() {
     let (told, closed, seen) = first_submit_with(LostAnswer {
         write: true,
-        answer: StoreError::Unavailable("the answer was lost".into()),
+        answer: StoreError::Unavailable(Cause::msg("the answer was lost")),
         used: Default::default(),
     })
     .await;
@@ -482,7 +483,7 @@ async fn an_append_that_committed_but_was_answered_unavailable_is_acknowledged()
 async fn an_append_of_unknown_outcome_found_committed_is_acknowledged() {
     let (told, closed, seen) = first_submit_with(LostAnswer {
         write: true,
-        answer: StoreError::Unknown("timed out".into()),
+        answer: StoreError::Unknown(Cause::msg("timed out")),
         used: Default::default(),
     })
     .await;
@@ -498,7 +499,7 @@ async fn an_append_of_unknown_outcome_found_committed_is_acknowledged() {
 async fn an_append_of_unknown_outcome_not_found_is_never_called_unavailable() {
     let (told, closed, seen) = first_submit_with(LostAnswer {
         write: false,
-        answer: StoreError::Unknown("timed out".into()),
+        answer: StoreError::Unknown(Cause::msg("timed out")),
         used: Default::default(),
     })
     .await;
@@ -513,7 +514,7 @@ async fn an_append_of_unknown_outcome_not_found_is_never_called_unavailable() {
 async fn an_append_known_not_written_is_answered_unavailable() {
     let (told, closed, _) = first_submit_with(LostAnswer {
         write: false,
-        answer: StoreError::Unavailable("connection refused".into()),
+        answer: StoreError::Unavailable(Cause::msg("connection refused")),
         used: Default::default(),
     })
     .await;
@@ -542,7 +543,7 @@ impl Tap for RefusesPoison {
                 matches!(c, relay_domain::Component::Insert { text, .. } if text.contains("poison"))
             })
         });
-        poisoned.then(|| StoreError::Rejected("invalid byte sequence".into()))
+        poisoned.then(|| StoreError::Rejected(Cause::msg("invalid byte sequence")))
     }
 }
 

@@ -30,15 +30,96 @@ impl Claims {
 
 /// Why a token was refused. The reason is for logs and the client; it never
 /// contains the token.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("invalid token: {0}")]
-    Invalid(String),
+    Invalid(InvalidToken),
     #[error("token expired")]
     Expired,
     /// No usable key set is loaded: fail closed.
     #[error("token keys unavailable")]
     Unavailable,
+}
+
+/// A claim a token must carry in a given form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimName {
+    Exp,
+    Nbf,
+    Iss,
+    Aud,
+    /// Another registered claim the token library named.
+    Other,
+}
+
+impl ClaimName {
+    fn prefix(self) -> &'static str {
+        match self {
+            ClaimName::Exp => "exp ",
+            ClaimName::Nbf => "nbf ",
+            ClaimName::Iss => "iss ",
+            ClaimName::Aud => "aud ",
+            ClaimName::Other => "",
+        }
+    }
+}
+
+/// What is wrong with an invalid token. Its text is what the client and
+/// the log are told; it never quotes the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidToken {
+    #[error("token too large")]
+    TooLarge,
+    #[error("malformed token header")]
+    MalformedHeader,
+    #[error("malformed token")]
+    Malformed,
+    #[error("unsigned token (alg none)")]
+    Unsigned,
+    #[error("HMAC-signed token")]
+    Hmac,
+    #[error("unsupported algorithm")]
+    UnsupportedAlgorithm,
+    #[error("critical header extensions are not supported")]
+    CriticalHeader,
+    /// The `kid` is not in the key set: a JWKS-backed verifier refetches
+    /// its keys (once per cooldown) on this one.
+    #[error("unknown kid")]
+    UnknownKid,
+    #[error("token without kid, and more than one key")]
+    NoKidAmongSeveralKeys,
+    #[error("algorithm not allowed for this key")]
+    AlgorithmNotAllowed,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("token not yet valid (nbf)")]
+    NotYetValid,
+    #[error("wrong issuer")]
+    WrongIssuer,
+    #[error("wrong audience")]
+    WrongAudience,
+    #[error("issuer does not match the key set")]
+    IssuerMismatch,
+    #[error("missing or malformed {}claim", .0.prefix())]
+    MissingClaim(ClaimName),
+    #[error("malformed {}claim", .0.prefix())]
+    MalformedClaim(ClaimName),
+    #[error("verification key unusable")]
+    KeyUnusable,
+    #[error("missing sub claim")]
+    MissingSub,
+    #[error("sub is not a UUID")]
+    SubNotUuid,
+    #[error("name is not a string")]
+    NameNotString,
+    #[error("docs is not an object")]
+    DocsNotObject,
+    #[error("docs has an unknown role")]
+    DocsUnknownRole,
+    #[error("docs key is not a document UUID or \"*\"")]
+    DocsBadKey,
+    #[error("docs names a document twice")]
+    DocsRepeated,
 }
 
 #[cfg_attr(feature = "mocks", mockall::automock)]
@@ -55,8 +136,8 @@ pub trait TokenVerifier: Send + Sync + 'static {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PermissionError {
-    #[error("permission source unavailable: {0}")]
-    Unavailable(String),
+    #[error("permission source unavailable")]
+    Unavailable(#[source] crate::error::Cause),
 }
 
 #[cfg_attr(feature = "mocks", mockall::automock)]

@@ -81,8 +81,8 @@ impl std::fmt::Debug for Subscription {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
-    #[error("fan-out bus unavailable: {0}")]
-    Unavailable(String),
+    #[error("fan-out bus unavailable")]
+    Unavailable(#[source] crate::error::Cause),
 }
 
 #[cfg_attr(feature = "mocks", mockall::automock)]

@@ -6,6 +6,8 @@
 //!   messages, error and close codes, JSON encoding and decoding.
 //! - [`inbound`]: what drives Relay - the [`CollaborationService`] and its
 //!   per-connection [`Session`], driven by the WebSocket adapter.
+//! - [`error`]: [`Cause`], the adapter's error a port error carries as its
+//!   source, and [`Chain`] to log an error with its sources.
 //! - Outbound, what Relay drives (each trait documents which outcome an
 //!   adapter must return in which case; expected outcomes are values):
 //!   - [`store`]: [`OperationStore`], the durable log and snapshots;
@@ -26,15 +28,19 @@ pub mod bus;
 pub mod clock;
 #[cfg(feature = "contract")]
 pub mod contract;
+pub mod error;
 pub mod inbound;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod store;
 
-pub use auth::{AuthError, Claims, PermissionError, PermissionSource, TokenVerifier};
+pub use auth::{
+    AuthError, ClaimName, Claims, InvalidToken, PermissionError, PermissionSource, TokenVerifier,
+};
 pub use bus::{BusError, BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subscription};
 pub use clock::Clock;
+pub use error::{Cause, Chain};
 pub use inbound::{
     CloseOrder, CollaborationService, ConnectionSlot, Health, JoinFailure, Outbound, Readiness,
     Refusal, Session, Started,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PresenceError {
-    #[error("presence registry unavailable: {0}")]
-    Unavailable(String),
+    #[error("presence registry unavailable")]
+    Unavailable(#[source] crate::error::Cause),
 }
 
 #[cfg_attr(feature = "mocks", mockall::automock)]

@@ -3,6 +3,7 @@
 //! acknowledged to a client before [`OperationStore::append`] answered
 //! [`Append::Committed`].
 
+use crate::error::Cause;
 use async_trait::async_trait;
 use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
 
@@ -45,23 +46,23 @@ pub enum Append {
 pub enum StoreError {
     /// The store could not be reached or refused to run the statement:
     /// nothing was written. Retry later.
-    #[error("operation store unavailable: {0}")]
-    Unavailable(String),
+    #[error("operation store unavailable")]
+    Unavailable(#[source] Cause),
     /// The outcome of an append is unknown: the store stopped answering
     /// after the batch was sent, so it may have been written, or may still
     /// be. The caller reads the store to find out before telling anyone
     /// anything, and never says "nothing was committed" on this alone.
-    #[error("operation store outcome unknown: {0}")]
-    Unknown(String),
+    #[error("operation store outcome unknown")]
+    Unknown(#[source] Cause),
     /// The store refuses this batch's data (what [`check_storable`]
     /// catches, or a data error of the database): nothing was written, and
     /// writing the same ops again fails again. Other batches are not
     /// affected.
-    #[error("operation store refused the data: {0}")]
-    Rejected(String),
+    #[error("operation store refused the data")]
+    Rejected(#[source] Cause),
     /// The store returned something that cannot be right.
-    #[error("operation store corrupt: {0}")]
-    Corrupt(String),
+    #[error("operation store corrupt")]
+    Corrupt(#[source] Cause),
 }
 
 /// Checks that a batch can be appended as one: consecutive versions and no
@@ -75,16 +76,16 @@ pub fn check_batch(ops: &[CommittedOp]) -> Result<(), StoreError> {
     for (i, op) in ops.iter().enumerate() {
         let expected = u64::try_from(i).ok().and_then(|i| first.checked_add(i));
         if Some(op.version) != expected {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::Corrupt(Cause::msg(format!(
                 "refused a batch whose op {i} is at version {} instead of {first} + {i}",
                 op.version,
-            )));
+            ))));
         }
         if !keys.insert((op.user, &op.client_id, op.seq)) {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::Corrupt(Cause::msg(format!(
                 "refused a batch that repeats seq {} of client {}",
                 op.seq, op.client_id
-            )));
+            ))));
         }
     }
     Ok(())
@@ -100,10 +101,10 @@ pub fn check_batch(ops: &[CommittedOp]) -> Result<(), StoreError> {
 pub fn check_storable(ops: &[CommittedOp]) -> Result<(), StoreError> {
     for op in ops {
         op.delta.check_storable().map_err(|why| {
-            StoreError::Rejected(format!(
+            StoreError::Rejected(Cause::msg(format!(
                 "op {} (seq {} of client {}): {why}",
                 op.version, op.seq, op.client_id
-            ))
+            )))
         })?;
     }
     Ok(())

@@ -254,7 +254,7 @@ mod tests {
         let verifier = JwtVerifier::with_keys(JwtConfig::default(), DevKeys::generate().key_set());
         assert_eq!(
             verifier.verify(&token).await,
-            Err(AuthError::Invalid("unknown kid".into()))
+            Err(AuthError::Invalid(relay_ports::InvalidToken::UnknownKid))
         );
     }
 

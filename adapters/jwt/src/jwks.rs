@@ -9,9 +9,9 @@
 //! configuration only: nothing in a token is used to build a request.
 
 use super::keys::KeySet;
-use super::verifier::{JwtConfig, JwtVerifier, UNKNOWN_KID};
+use super::verifier::{JwtConfig, JwtVerifier};
 use async_trait::async_trait;
-use relay_ports::{AuthError, Claims, TokenVerifier};
+use relay_ports::{AuthError, Claims, InvalidToken, TokenVerifier};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -267,7 +267,7 @@ impl JwksVerifier {
 impl TokenVerifier for JwksVerifier {
     async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         match self.verifier.verify_token(token) {
-            Err(AuthError::Invalid(reason)) if reason == UNKNOWN_KID => {
+            Err(AuthError::Invalid(reason @ InvalidToken::UnknownKid)) => {
                 let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) else {
                     return Err(AuthError::Invalid(reason));
                 };

@@ -9,7 +9,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
 use relay_domain::UserId;
 use relay_ports::protocol::Role;
-use relay_ports::{AuthError, Claims, TokenVerifier};
+use relay_ports::{AuthError, ClaimName, Claims, InvalidToken, TokenVerifier};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -50,12 +50,8 @@ pub struct JwtVerifier {
     keys: RwLock<Arc<KeySet>>,
 }
 
-/// The reason given for a token whose `kid` is not in the key set (a
-/// JWKS-backed verifier refreshes its keys once per cooldown on it).
-pub const UNKNOWN_KID: &str = "unknown kid";
-
-fn invalid(reason: &str) -> AuthError {
-    AuthError::Invalid(reason.to_owned())
+fn invalid(reason: InvalidToken) -> AuthError {
+    AuthError::Invalid(reason)
 }
 
 impl JwtVerifier {
@@ -115,7 +111,7 @@ impl JwtVerifier {
     /// [`TokenVerifier::verify`] does).
     pub fn verify_token(&self, token: &str) -> Result<Claims, AuthError> {
         if token.len() > self.config.max_token_bytes {
-            return Err(invalid("token too large"));
+            return Err(invalid(InvalidToken::TooLarge));
         }
         let (alg, kid) = read_header(token)?;
         let keys = self.keys();
@@ -123,13 +119,15 @@ impl JwtVerifier {
             return Err(AuthError::Unavailable);
         }
         let key = match &kid {
-            Some(kid) => keys.get(kid).ok_or_else(|| invalid(UNKNOWN_KID))?,
+            Some(kid) => keys
+                .get(kid)
+                .ok_or_else(|| invalid(InvalidToken::UnknownKid))?,
             None => keys
                 .only_key()
-                .ok_or_else(|| invalid("token without kid, and more than one key"))?,
+                .ok_or_else(|| invalid(InvalidToken::NoKidAmongSeveralKeys))?,
         };
         if !key.allows(alg) {
-            return Err(invalid("algorithm not allowed for this key"));
+            return Err(invalid(InvalidToken::AlgorithmNotAllowed));
         }
 
         let mut validation = Validation::new(alg);
@@ -156,7 +154,7 @@ impl JwtVerifier {
         if let Some(issuer) = keys.issuer()
             && !issuer_matches(claims.get("iss"), issuer)
         {
-            return Err(invalid("issuer does not match the key set"));
+            return Err(invalid(InvalidToken::IssuerMismatch));
         }
         let claims = read_claims(&claims)?;
         if expired(claims.expires_at, self.config.leeway_secs) {
@@ -202,22 +200,23 @@ fn read_header(token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
     let (Some(header), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(invalid("malformed token"));
+        return Err(invalid(InvalidToken::Malformed));
     };
     let header: Header = URL_SAFE_NO_PAD
         .decode(header)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| invalid("malformed token header"))?;
+        .ok_or_else(|| invalid(InvalidToken::MalformedHeader))?;
     if header.alg.eq_ignore_ascii_case("none") {
-        return Err(invalid("unsigned token (alg none)"));
+        return Err(invalid(InvalidToken::Unsigned));
     }
-    let alg = Algorithm::from_str(&header.alg).map_err(|_| invalid("unsupported algorithm"))?;
+    let alg = Algorithm::from_str(&header.alg)
+        .map_err(|_| invalid(InvalidToken::UnsupportedAlgorithm))?;
     if alg.family() == AlgorithmFamily::Hmac {
-        return Err(invalid("HMAC-signed token"));
+        return Err(invalid(InvalidToken::Hmac));
     }
     if header.crit.is_some() {
-        return Err(invalid("critical header extensions are not supported"));
+        return Err(invalid(InvalidToken::CriticalHeader));
     }
     Ok((alg, header.kid))
 }
@@ -227,33 +226,37 @@ fn read_header(token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
 fn map_error(kind: &ErrorKind) -> AuthError {
     let reason = match kind {
         ErrorKind::ExpiredSignature => return AuthError::Expired,
-        ErrorKind::InvalidSignature => "bad signature",
-        ErrorKind::ImmatureSignature => "token not yet valid (nbf)",
-        ErrorKind::InvalidIssuer => "wrong issuer",
-        ErrorKind::InvalidAudience => "wrong audience",
-        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
-            // Also what jsonwebtoken reports for a claim of the wrong type.
-            "exp" => "missing or malformed exp claim",
-            "iss" => "missing or malformed iss claim",
-            "aud" => "missing or malformed aud claim",
-            _ => "missing or malformed claim",
-        },
-        ErrorKind::InvalidClaimFormat(claim) => match claim.as_str() {
-            "exp" => "malformed exp claim",
-            "nbf" => "malformed nbf claim",
-            _ => "malformed claim",
-        },
+        ErrorKind::InvalidSignature => InvalidToken::BadSignature,
+        ErrorKind::ImmatureSignature => InvalidToken::NotYetValid,
+        ErrorKind::InvalidIssuer => InvalidToken::WrongIssuer,
+        ErrorKind::InvalidAudience => InvalidToken::WrongAudience,
+        // Also what jsonwebtoken reports for a claim of the wrong type.
+        ErrorKind::MissingRequiredClaim(claim) => {
+            InvalidToken::MissingClaim(match claim.as_str() {
+                "exp" => ClaimName::Exp,
+                "iss" => ClaimName::Iss,
+                "aud" => ClaimName::Aud,
+                _ => ClaimName::Other,
+            })
+        }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            InvalidToken::MalformedClaim(match claim.as_str() {
+                "exp" => ClaimName::Exp,
+                "nbf" => ClaimName::Nbf,
+                _ => ClaimName::Other,
+            })
+        }
         ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
-            "algorithm not allowed for this key"
+            InvalidToken::AlgorithmNotAllowed
         }
         ErrorKind::InvalidEcdsaKey
         | ErrorKind::InvalidEddsaKey
         | ErrorKind::InvalidRsaKey(_)
         | ErrorKind::InvalidKeyFormat => {
             tracing::warn!("a loaded verification key was refused by the verifier");
-            "verification key unusable"
+            InvalidToken::KeyUnusable
         }
-        _ => "malformed token",
+        _ => InvalidToken::Malformed,
     };
     invalid(reason)
 }
@@ -277,25 +280,25 @@ fn read_claims(claims: &Map<String, Value>) -> Result<Claims, AuthError> {
                     .filter(|f| f.is_finite() && *f >= 0.0)
                     .map(|f| f.round() as u64)
             })
-            .ok_or_else(|| invalid("malformed exp claim"))?,
-        _ => return Err(invalid("malformed exp claim")),
+            .ok_or_else(|| invalid(InvalidToken::MalformedClaim(ClaimName::Exp)))?,
+        _ => return Err(invalid(InvalidToken::MalformedClaim(ClaimName::Exp))),
     };
     let user = match claims.get("sub") {
-        None | Some(Value::Null) => return Err(invalid("missing sub claim")),
+        None | Some(Value::Null) => return Err(invalid(InvalidToken::MissingSub)),
         Some(Value::String(sub)) => {
-            Uuid::try_parse(sub).map_err(|_| invalid("sub is not a UUID"))?
+            Uuid::try_parse(sub).map_err(|_| invalid(InvalidToken::SubNotUuid))?
         }
-        Some(_) => return Err(invalid("sub is not a UUID")),
+        Some(_) => return Err(invalid(InvalidToken::SubNotUuid)),
     };
     let name = match claims.get("name") {
         None | Some(Value::Null) => None,
         Some(Value::String(name)) => Some(name.clone()),
-        Some(_) => return Err(invalid("name is not a string")),
+        Some(_) => return Err(invalid(InvalidToken::NameNotString)),
     };
     let docs = match claims.get("docs") {
         None | Some(Value::Null) => None,
         Some(Value::Object(entries)) => Some(read_docs(entries)?),
-        Some(_) => return Err(invalid("docs is not an object")),
+        Some(_) => return Err(invalid(InvalidToken::DocsNotObject)),
     };
     Ok(Claims {
         user: UserId::new(user),
@@ -314,15 +317,15 @@ fn read_docs(entries: &Map<String, Value>) -> Result<BTreeMap<String, Role>, Aut
             key.clone()
         } else {
             Uuid::try_parse(key)
-                .map_err(|_| invalid("docs key is not a document UUID or \"*\""))?
+                .map_err(|_| invalid(InvalidToken::DocsBadKey))?
                 .to_string()
         };
         let role = value
             .as_str()
             .and_then(|role| Role::from_str(role).ok())
-            .ok_or_else(|| invalid("docs has an unknown role"))?;
+            .ok_or_else(|| invalid(InvalidToken::DocsUnknownRole))?;
         if docs.insert(key, role).is_some() {
-            return Err(invalid("docs names a document twice"));
+            return Err(invalid(InvalidToken::DocsRepeated));
         }
     }
     Ok(docs)

@@ -73,7 +73,7 @@ fn user() -> relay_domain::UserId {
 }
 
 fn unknown_kid() -> Result<relay_ports::Claims, AuthError> {
-    Err(AuthError::Invalid("unknown kid".into()))
+    Err(AuthError::Invalid(relay_ports::InvalidToken::UnknownKid))
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use relay_domain::{ClientId, CommittedOp, DocumentId, Seq, UserId, Version};
+use relay_ports::Cause;
 use relay_ports::{Append, Loaded, OperationStore, Snapshot, StoreError};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -196,10 +197,10 @@ impl OperationStore for MemoryStore {
         let mut documents = self.documents();
         let head = documents.get(&document).map_or(Version::ZERO, Log::head);
         if snapshot.version > head {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::Corrupt(Cause::msg(format!(
                 "refused a snapshot at version {} past the head {head} of document {document}",
                 snapshot.version
-            )));
+            ))));
         }
         // The head is past zero here unless the snapshot is at version 0,
         // which is the empty document and not worth keeping.

@@ -2,23 +2,16 @@
 //! derived columns, one statement for many documents' batches, and the
 //! lookups that explain a refused append.
 
-use super::commit::Request;
+use super::error::{corrupt, unavailable};
 use super::schema::{documents, operations};
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Uuid as SqlUuid};
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, Queryable};
 use relay_domain::{ClientId, CommittedOp, Component, Delta, Seq, UserId, Version};
+use relay_ports::Cause;
 use relay_ports::{Append, StoreError};
 use serde_json::Value;
 use uuid::Uuid;
-
-pub(super) fn unavailable(e: DieselError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
-}
 
 /// Where the first change of a delta is: the seed's `position INTEGER`.
 /// A position past `i32::MAX` cannot be stored (the configuration keeps
@@ -27,7 +20,9 @@ pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
 fn position(delta: &Delta) -> Result<i32, StoreError> {
     match delta.components().first() {
         Some(Component::Retain { len, attributes }) if attributes.is_empty() => i32::try_from(*len)
-            .map_err(|_| StoreError::Rejected(format!("position {len} is over i32::MAX"))),
+            .map_err(|_| {
+                StoreError::Rejected(Cause::msg(format!("position {len} is over i32::MAX")))
+            }),
         _ => Ok(0),
     }
 }
@@ -338,19 +333,27 @@ pub(super) struct Written {
     pub(super) version: i64,
 }
 
-/// Runs [`AppendMany`] for `requests`; returns the rows written.
+/// One document's ops for the statement: plain data, whoever asked.
+pub(super) struct Batch<'a> {
+    pub(super) document: Uuid,
+    pub(super) rows: &'a Rows,
+    /// How many ops `rows` holds.
+    pub(super) len: usize,
+}
+
+/// Runs [`AppendMany`] for `batches`; returns the rows written.
 pub(super) async fn insert(
     conn: &mut diesel_async::AsyncPgConnection,
-    requests: &[&Request],
+    batches: &[Batch<'_>],
 ) -> Result<Vec<Written>, DieselError> {
     use diesel_async::RunQueryDsl;
     let mut rows = Rows::default();
     let mut documents = Vec::new();
     let mut expected = Vec::new();
-    for r in requests {
-        rows.extend(&r.rows);
-        documents.extend(std::iter::repeat_n(r.document, r.ops.len()));
-        expected.extend(std::iter::repeat_n(r.rows.versions[0] - 1, r.ops.len()));
+    for b in batches {
+        rows.extend(b.rows);
+        documents.extend(std::iter::repeat_n(b.document, b.len));
+        expected.extend(std::iter::repeat_n(b.rows.versions[0] - 1, b.len));
     }
     let written: Vec<(Uuid, i64)> = AppendMany {
         rows: &rows,

@@ -20,9 +20,10 @@
 //! are stuck.
 
 use super::PgPool;
-use super::append::{Rows, Written, corrupt, explain_refusal, insert, rounds};
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use super::append::{Batch, Rows, Written, explain_refusal, insert, rounds};
+use super::error::{Class, classify, corrupt_msg};
 use relay_domain::CommittedOp;
+use relay_ports::Cause;
 use relay_ports::{Append, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -32,7 +33,7 @@ use uuid::Uuid;
 
 /// Committer tasks: two, so one statement can execute while the other
 /// waits for its WAL flush. More only add CPU contention (measured with
-/// `relay-commit-bench`; see the README).
+/// `relay-commit-bench`; see docs/performance.md).
 const COMMITTERS: usize = 2;
 
 /// Most appends one statement takes.
@@ -57,6 +58,17 @@ pub(super) struct Request {
     pub(super) ops: Vec<CommittedOp>,
     reply: oneshot::Sender<Result<Append, StoreError>>,
     state: Arc<AtomicU8>,
+}
+
+impl Request {
+    /// What the statement needs of this request.
+    fn batch(&self) -> Batch<'_> {
+        Batch {
+            document: self.document,
+            rows: &self.rows,
+            len: self.ops.len(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Request {
@@ -157,9 +169,9 @@ impl Pipeline {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => {
                 self.health.finished(1);
-                return Err(StoreError::Unavailable(
-                    "the commit pipeline is not taking appends".into(),
-                ));
+                return Err(StoreError::Unavailable(Cause::msg(
+                    "the commit pipeline is not taking appends",
+                )));
             }
         }
         match tokio::time::timeout(self.call_timeout, &mut answer).await {
@@ -170,9 +182,9 @@ impl Pipeline {
                     .compare_exchange(QUEUED, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
                 {
-                    return Err(StoreError::Unavailable(
-                        "the database did not take the append in time; nothing was written".into(),
-                    ));
+                    return Err(StoreError::Unavailable(Cause::msg(
+                        "the database did not take the append in time; nothing was written",
+                    )));
                 }
                 // Taken: its statement is under way and bounded; the answer
                 // is the truth.
@@ -185,9 +197,9 @@ impl Pipeline {
 /// The answer when a committer dropped a request without replying.
 fn lost(state: &AtomicU8) -> StoreError {
     if state.load(Ordering::SeqCst) == TAKEN {
-        StoreError::Unknown("the committer stopped while writing".into())
+        StoreError::Unknown(Cause::msg("the committer stopped while writing"))
     } else {
-        StoreError::Unavailable("the commit pipeline stopped".into())
+        StoreError::Unavailable(Cause::msg("the commit pipeline stopped"))
     }
 }
 
@@ -234,7 +246,12 @@ struct Conn {
 impl Conn {
     async fn get(&mut self) -> Result<&mut super::PooledConnection, StoreError> {
         if self.conn.is_none() {
-            self.conn = Some(self.pool.get().await.map_err(StoreError::Unavailable)?);
+            self.conn = Some(
+                self.pool
+                    .get()
+                    .await
+                    .map_err(|e| StoreError::Unavailable(Cause::new(e)))?,
+            );
         }
         Ok(self.conn.as_mut().expect("just set"))
     }
@@ -254,11 +271,11 @@ enum Outcome {
     /// A committed idempotency key: the statement wrote nothing.
     Duplicate,
     /// PostgreSQL refused the data: the statement wrote nothing.
-    Data(String),
+    Data(Cause),
     /// PostgreSQL answered with another error: the statement wrote nothing.
-    Refused(String),
+    Refused(Cause),
     /// No answer, or the connection broke: it may have committed.
-    Unknown(String),
+    Unknown(Cause),
 }
 
 /// Runs one statement for `requests`, bounded by the statement timeout plus
@@ -267,75 +284,27 @@ async fn run(conn: &mut Conn, requests: &[&Request]) -> Outcome {
     let limit = conn.pool.statement_timeout + GRACE;
     let c = match conn.get().await {
         Ok(c) => c,
-        Err(e) => return Outcome::Refused(e.to_string()),
+        Err(e) => return Outcome::Refused(Cause::new(e)),
     };
-    match tokio::time::timeout(limit, insert(c, requests)).await {
+    let batches: Vec<Batch<'_>> = requests.iter().map(|r| r.batch()).collect();
+    match tokio::time::timeout(limit, insert(c, &batches)).await {
         Ok(Ok(written)) => Outcome::Written(written),
         Ok(Err(e)) => match classify(&e) {
             Class::Duplicate => Outcome::Duplicate,
-            Class::Data => Outcome::Data(e.to_string()),
-            Class::Refused => Outcome::Refused(e.to_string()),
+            Class::Data => Outcome::Data(Cause::new(e)),
+            Class::Refused => Outcome::Refused(Cause::new(e)),
             Class::Unknown => {
                 conn.discard();
-                Outcome::Unknown(e.to_string())
+                Outcome::Unknown(Cause::new(e))
             }
         },
         Err(_) => {
             conn.discard();
-            Outcome::Unknown(format!("no answer from the database within {limit:?}"))
+            Outcome::Unknown(Cause::msg(format!(
+                "no answer from the database within {limit:?}"
+            )))
         }
     }
-}
-
-enum Class {
-    Duplicate,
-    Data,
-    Refused,
-    Unknown,
-}
-
-/// What a failed statement means. A server-reported error rolled the
-/// statement back (nothing written): a data error if the message says the
-/// data cannot be stored, otherwise a refusal to retry later. An error
-/// without a server answer (the connection broke, a row could not be read
-/// back) leaves the outcome unknown.
-fn classify(e: &DieselError) -> Class {
-    match e {
-        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => Class::Duplicate,
-        DieselError::DatabaseError(
-            DatabaseErrorKind::CheckViolation
-            | DatabaseErrorKind::NotNullViolation
-            | DatabaseErrorKind::ForeignKeyViolation,
-            _,
-        ) => Class::Data,
-        DieselError::DatabaseError(
-            DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
-            _,
-        ) => Class::Unknown,
-        DieselError::DatabaseError(_, info) if is_data_error(info.message()) => Class::Data,
-        DieselError::DatabaseError(..) => Class::Refused,
-        _ => Class::Unknown,
-    }
-}
-
-/// PostgreSQL's messages for data it cannot store (SQLSTATE classes 22 and
-/// 54, which diesel does not pass on as codes).
-fn is_data_error(message: &str) -> bool {
-    const DATA: &[&str] = &[
-        "invalid byte sequence",
-        "unsupported Unicode escape sequence",
-        "null character not permitted",
-        "invalid input syntax",
-        "value too long",
-        "out of range",
-        "numeric field overflow",
-        "character with byte sequence",
-        "row is too big",
-        "index row size",
-        "exceeds the maximum",
-        "cannot be converted",
-    ];
-    DATA.iter().any(|d| message.contains(d))
 }
 
 /// Writes a committer's batch: each document at most once per statement,
@@ -393,7 +362,7 @@ async fn write_one(conn: &mut Conn, r: &Request) -> Result<Append, StoreError> {
             duplicate @ Append::Duplicate { .. } => Ok(duplicate),
             // The head matched but a version is taken: the log and the
             // document's head disagree.
-            _ => Err(corrupt("operations past the document's head")),
+            _ => Err(corrupt_msg("operations past the document's head")),
         },
         Outcome::Data(e) => Err(StoreError::Rejected(e)),
         Outcome::Refused(e) => Err(StoreError::Unavailable(e)),
@@ -413,7 +382,10 @@ async fn settle(conn: &mut Conn, r: &Request, written: &[Written]) -> Result<App
         n if n == r.ops.len() => Ok(Append::Committed),
         // The compare-and-set lost: committed, nothing of this batch.
         0 => explain(conn, r).await,
-        n => Err(corrupt(format!("append wrote {n} of {} rows", r.ops.len()))),
+        n => Err(corrupt_msg(format!(
+            "append wrote {n} of {} rows",
+            r.ops.len()
+        ))),
     }
 }
 
@@ -427,9 +399,9 @@ async fn explain(conn: &mut Conn, r: &Request) -> Result<Append, StoreError> {
         Ok(answer) => answer,
         Err(_) => {
             conn.discard();
-            Err(StoreError::Unavailable(
-                "the append wrote nothing; the database did not say why in time".into(),
-            ))
+            Err(StoreError::Unavailable(Cause::msg(
+                "the append wrote nothing; the database did not say why in time",
+            )))
         }
     }
 }
@@ -456,20 +428,5 @@ mod tests {
             !h.stalled(Duration::from_millis(50)),
             "a statement just finished"
         );
-    }
-
-    #[test]
-    fn data_errors_are_told_from_other_refusals() {
-        assert!(is_data_error("unsupported Unicode escape sequence"));
-        assert!(is_data_error(
-            "invalid byte sequence for encoding \"UTF8\": 0x00"
-        ));
-        assert!(!is_data_error(
-            "canceling statement due to statement timeout"
-        ));
-        assert!(!is_data_error("deadlock detected"));
-        assert!(!is_data_error(
-            "terminating connection due to administrator command"
-        ));
     }
 }

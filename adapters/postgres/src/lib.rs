@@ -7,6 +7,7 @@
 
 mod append;
 mod commit;
+mod error;
 mod permissions;
 mod schema;
 mod store;
@@ -16,7 +17,7 @@ pub use permissions::PgPermissions;
 pub use store::PgStore;
 
 use diesel_async::AsyncPgConnection;
-use diesel_async::pooled_connection::deadpool::{Hook, HookError, Object, Pool};
+use diesel_async::pooled_connection::deadpool::{Hook, HookError, Object, Pool, PoolError};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
@@ -129,8 +130,8 @@ impl PgPool {
         })
     }
 
-    pub(crate) async fn get(&self) -> Result<PooledConnection, String> {
-        self.pool.get().await.map_err(|e| e.to_string())
+    pub(crate) async fn get(&self) -> Result<PooledConnection, PoolError> {
+        self.pool.get().await
     }
 
     /// `SELECT 1` (for `/ready`).
@@ -188,7 +189,7 @@ impl PgPool {
         + Send
         + 'static,
     ) -> Result<T, PgError> {
-        let conn = self.get().await.map_err(PgError::Pool)?;
+        let conn = self.get().await.map_err(|e| PgError::Pool(e.to_string()))?;
         // The harness blocks on the async connection: run it where blocking
         // is allowed.
         tokio::task::spawn_blocking(move || {

@@ -6,6 +6,7 @@ use super::schema::{document_permissions, documents};
 use async_trait::async_trait;
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
 use relay_domain::{DocumentId, UserId};
+use relay_ports::Cause;
 use relay_ports::protocol::Role;
 use relay_ports::{Claims, PermissionError, PermissionSource};
 
@@ -32,8 +33,8 @@ impl PgPermissions {
             .pool
             .get()
             .await
-            .map_err(PermissionError::Unavailable)?;
-        let err = |e: diesel::result::Error| PermissionError::Unavailable(e.to_string());
+            .map_err(|e| PermissionError::Unavailable(Cause::new(e)))?;
+        let err = |e: diesel::result::Error| PermissionError::Unavailable(Cause::new(e));
         diesel::insert_into(documents::table)
             .values(documents::id.eq(*document.as_uuid()))
             .on_conflict_do_nothing()
@@ -72,11 +73,11 @@ impl PgPermissions {
             .pool
             .get()
             .await
-            .map_err(PermissionError::Unavailable)?;
+            .map_err(|e| PermissionError::Unavailable(Cause::new(e)))?;
         diesel::delete(document_permissions::table.find((*document.as_uuid(), *user.as_uuid())))
             .execute(&mut *conn)
             .await
-            .map_err(|e| PermissionError::Unavailable(e.to_string()))?;
+            .map_err(|e| PermissionError::Unavailable(Cause::new(e)))?;
         Ok(())
     }
 }
@@ -95,8 +96,8 @@ impl PermissionSource for PgPermissions {
                 .pool
                 .get()
                 .await
-                .map_err(PermissionError::Unavailable)?;
-            let err = |e: diesel::result::Error| PermissionError::Unavailable(e.to_string());
+                .map_err(|e| PermissionError::Unavailable(Cause::new(e)))?;
+            let err = |e: diesel::result::Error| PermissionError::Unavailable(Cause::new(e));
             let owner: Option<Option<uuid::Uuid>> = documents::table
                 .find(*document.as_uuid())
                 .select(documents::owner_id)
@@ -114,13 +115,25 @@ impl PermissionSource for PgPermissions {
                 .await
                 .optional()
                 .map_err(err)?;
-            Ok(role.and_then(|r| r.parse().ok()))
+            // A role the schema's check should have refused: no access
+            // (fail closed), and said loudly.
+            Ok(role.and_then(|r| match r.parse() {
+                Ok(role) => Some(role),
+                Err(_) => {
+                    tracing::error!(
+                        %document,
+                        role = %r.escape_debug(),
+                        "document_permissions holds an unknown role: no access"
+                    );
+                    None
+                }
+            }))
         };
         match tokio::time::timeout(self.pool.call_timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(PermissionError::Unavailable(
-                "database call timed out".into(),
-            )),
+            Err(_) => Err(PermissionError::Unavailable(Cause::msg(
+                "database call timed out",
+            ))),
         }
     }
 }

@@ -9,12 +9,14 @@
 //! pipeline (`commit`), the statement and its rows are in `append`.
 
 use super::PgPool;
-use super::append::{OP_COLUMNS, OpRow, Rows, corrupt, head, unavailable};
+use super::append::{OP_COLUMNS, OpRow, Rows, head};
 use super::commit::Pipeline;
+use super::error::{corrupt, corrupt_msg, unavailable};
 use super::schema::{documents, operations, snapshots};
 use async_trait::async_trait;
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
 use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
+use relay_ports::Cause;
 use relay_ports::{Append, Loaded, OperationStore, Snapshot, StoreError};
 use serde_json::Value;
 
@@ -68,11 +70,11 @@ impl PgStore {
         f: impl AsyncFnOnce(&mut diesel_async::AsyncPgConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let deadline = tokio::time::Instant::now() + self.pool.call_timeout;
-        let timed_out = || StoreError::Unavailable("database call timed out".into());
+        let timed_out = || StoreError::Unavailable(Cause::msg("database call timed out"));
         let mut conn = tokio::time::timeout_at(deadline, self.pool.get())
             .await
             .map_err(|_| timed_out())?
-            .map_err(StoreError::Unavailable)?;
+            .map_err(|e| StoreError::Unavailable(Cause::new(e)))?;
         match tokio::time::timeout_at(deadline, f(&mut conn)).await {
             Ok(r) => r,
             Err(_) => {
@@ -237,7 +239,7 @@ impl OperationStore for PgStore {
         let version = i64::from(snapshot.version);
         self.with_conn(async |conn| {
             if snapshot.version > head(conn, doc).await? {
-                return Err(corrupt("a snapshot past the head"));
+                return Err(corrupt_msg("a snapshot past the head"));
             }
             let latest: Option<i64> = snapshots::table
                 .filter(snapshots::document_id.eq(doc))
@@ -273,15 +275,16 @@ impl OperationStore for PgStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         if self.pipeline.health.stalled(self.pool.statement_timeout) {
-            return Err(StoreError::Unavailable(
-                "writes are stuck: appends waiting and none finished within the statement timeout"
-                    .into(),
-            ));
+            return Err(StoreError::Unavailable(Cause::msg(
+                "writes are stuck: appends waiting and none finished within the statement timeout",
+            )));
         }
         if self.pool.ping().await {
             Ok(())
         } else {
-            Err(StoreError::Unavailable("database does not answer".into()))
+            Err(StoreError::Unavailable(Cause::msg(
+                "database does not answer",
+            )))
         }
     }
 }

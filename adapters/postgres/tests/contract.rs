@@ -398,7 +398,9 @@ async fn two_instances_committing_overlapping_documents_never_deadlock() {
         }
         for t in tasks {
             match t.await.expect("task") {
-                Err(StoreError::Unavailable(why)) if why.contains("deadlock") => deadlocks += 1,
+                Err(StoreError::Unavailable(why)) if why.to_string().contains("deadlock") => {
+                    deadlocks += 1
+                }
                 _ => {}
             }
         }

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use relay_domain::{CommittedOp, DocumentId, Version};
+use relay_ports::Cause;
 use relay_ports::{BusError, BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subscription};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -113,8 +114,10 @@ async fn query<T: redis::FromRedisValue>(
     let mut conn = commands.get();
     match tokio::time::timeout(commands.call_timeout, pipe.query_async::<T>(&mut conn)).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
-        Err(_) => Err(BusError::Unavailable("redis did not answer in time".into())),
+        Ok(Err(e)) => Err(BusError::Unavailable(Cause::new(e))),
+        Err(_) => Err(BusError::Unavailable(Cause::msg(
+            "redis did not answer in time",
+        ))),
     }
 }
 
@@ -185,7 +188,7 @@ impl FanOut for RedisBus {
             pipe.atomic();
             for op in ops {
                 let json =
-                    serde_json::to_string(op).map_err(|e| BusError::Unavailable(e.to_string()))?;
+                    serde_json::to_string(op).map_err(|e| BusError::Unavailable(Cause::new(e)))?;
                 if json.len() <= self.history.op_bytes {
                     pipe.cmd("ZADD")
                         .arg(&key)
@@ -211,7 +214,7 @@ impl FanOut for RedisBus {
             message: envelope.message,
             sent_at_ms: Some(now_ms()),
         })
-        .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        .map_err(|e| BusError::Unavailable(Cause::new(e)))?;
         pipe.cmd("PUBLISH").arg(channel(document)).arg(payload);
         query::<(i64,)>(&self.commands, &pipe).await.map(|_| ())
     }
@@ -266,7 +269,7 @@ impl FanOut for RedisBus {
                 done,
             })
             .await
-            .map_err(|_| BusError::Unavailable("the subscriber task stopped".into()))?;
+            .map_err(|_| BusError::Unavailable(Cause::msg("the subscriber task stopped")))?;
         // Subscribed once Redis confirmed it, so nothing published after
         // this returns is missed; while Redis is down the subscription is
         // made on reconnect (and starts with `Disconnected`).
@@ -281,17 +284,19 @@ impl FanOut for RedisBus {
 
     async fn ping(&self) -> Result<(), BusError> {
         if !*self.connected.borrow() {
-            return Err(BusError::Unavailable(
-                "the pub/sub connection is down".into(),
-            ));
+            return Err(BusError::Unavailable(Cause::msg(
+                "the pub/sub connection is down",
+            )));
         }
         let mut conn = self.commands.get();
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
         match tokio::time::timeout(self.commands.call_timeout, ping).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
-            Err(_) => Err(BusError::Unavailable("redis did not answer in time".into())),
+            Ok(Err(e)) => Err(BusError::Unavailable(Cause::new(e))),
+            Err(_) => Err(BusError::Unavailable(Cause::msg(
+                "redis did not answer in time",
+            ))),
         }
     }
 }

@@ -3,6 +3,7 @@
 use super::Commands;
 use async_trait::async_trait;
 use relay_domain::{ClientId, DocumentId, PresenceEntry, UserId};
+use relay_ports::Cause;
 use relay_ports::{PresenceError, PresenceRegistry};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,10 +36,10 @@ impl RedisPresence {
             .await
         {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(PresenceError::Unavailable(e.to_string())),
-            Err(_) => Err(PresenceError::Unavailable(
-                "redis did not answer in time".into(),
-            )),
+            Ok(Err(e)) => Err(PresenceError::Unavailable(Cause::new(e))),
+            Err(_) => Err(PresenceError::Unavailable(Cause::msg(
+                "redis did not answer in time",
+            ))),
         }
     }
 }
@@ -74,7 +75,7 @@ impl PresenceRegistry for RedisPresence {
         let (data, expiry) = keys(document);
         let f = field(entry.user, &entry.client_id);
         let json =
-            serde_json::to_string(&entry).map_err(|e| PresenceError::Unavailable(e.to_string()))?;
+            serde_json::to_string(&entry).map_err(|e| PresenceError::Unavailable(Cause::new(e)))?;
         let expires = now_ms().saturating_add(millis(ttl));
         let keep = millis(ttl).saturating_add(1000);
         let mut pipe = redis::pipe();

@@ -8,6 +8,7 @@ use relay_adapter_jwt::DevKeys;
 use relay_adapter_ws as ws;
 use relay_app::config::Config;
 use relay_app::{telemetry, wiring};
+use relay_ports::Chain;
 use relay_ports::CollaborationService;
 use relay_ports::protocol::Role;
 use std::path::Path;
@@ -53,7 +54,7 @@ fn raise_fd_limit(max_connections: usize) {
     let (soft, hard) = match rlimit::Resource::NOFILE.get() {
         Ok(l) => l,
         Err(e) => {
-            warn!(error = %e, "cannot read the file-descriptor limit");
+            warn!(error = %Chain(&e), "cannot read the file-descriptor limit");
             return;
         }
     };
@@ -61,7 +62,7 @@ fn raise_fd_limit(max_connections: usize) {
     if target > soft
         && let Err(e) = rlimit::Resource::NOFILE.set(target, hard)
     {
-        warn!(error = %e, "cannot raise the file-descriptor limit");
+        warn!(error = %Chain(&e), "cannot raise the file-descriptor limit");
     }
     let now = rlimit::Resource::NOFILE.get().map_or(soft, |l| l.0);
     if now < needed {
@@ -132,7 +133,7 @@ async fn serve(
     ));
     servers.close();
     super::shutdown::shutdown_signal().await;
-    // The sequence (README "Graceful shutdown"): not ready and no new
+    // The sequence (infra/README.md, "Graceful shutdown"): not ready and no new
     // upgrades at once, `shutdown` to every client, the grace period, 1001
     // for the rest, the rooms' last commits and snapshots.
     relay.shutdown().await;

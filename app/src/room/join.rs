@@ -3,6 +3,8 @@
 //! store.
 
 use super::*;
+use relay_ports::Cause;
+use relay_ports::Chain;
 
 impl Room {
     pub(super) async fn join(
@@ -18,7 +20,7 @@ impl Room {
             && since > self.seq.version()
             && let Err(e) = self.catch_up_to(since).await
         {
-            warn!(document = %self.document, error = %e, "cannot catch up to a joining client's version");
+            warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a joining client's version");
         }
         let version = self.seq.version();
         let catch_up = match since {
@@ -110,7 +112,7 @@ impl Room {
             .upsert(self.document, entry.clone(), self.deps.presence_ttl())
             .await
         {
-            warn!(document = %self.document, error = %e, "presence registry");
+            warn!(document = %self.document, error = %Chain(&e), "presence registry");
         }
         self.publish(BusMessage::Joined { entry }).await;
         Ok(())
@@ -134,7 +136,7 @@ impl Room {
             .store
             .read(self.document, since, missing)
             .await
-            .map_err(|e| JoinError::Unavailable(e.to_string()))?;
+            .map_err(JoinError::Unavailable)?;
         let complete = ops.len() == missing
             && ops.iter().enumerate().all(|(i, op)| {
                 u64::try_from(i + 1).ok().and_then(|n| since.checked_add(n)) == Some(op.version)
@@ -170,7 +172,7 @@ impl Room {
                     // As applied: the delta fitted to the document.
                     Ok(true) => applied.extend(self.seq.last_committed().cloned()),
                     Ok(false) => {}
-                    Err(e) => return Err(StoreError::Corrupt(e.to_string())),
+                    Err(e) => return Err(StoreError::Corrupt(Cause::new(e))),
                 }
             }
             found.extend(applied.iter().filter(|op| mine(op)).cloned());
@@ -211,7 +213,7 @@ impl Room {
             Ok(Some(ops)) => ops,
             Ok(None) => return false,
             Err(e) => {
-                debug!(document = %self.document, error = %e, "bus history unavailable; reading the store");
+                debug!(document = %self.document, error = %Chain(&e), "bus history unavailable; reading the store");
                 return false;
             }
         };
@@ -220,7 +222,7 @@ impl Room {
                 Ok(true) => applied.extend(self.seq.last_committed().cloned()),
                 Ok(false) => {}
                 Err(e) => {
-                    warn!(document = %self.document, error = %e, "an op from the bus history was refused; reading the store");
+                    warn!(document = %self.document, error = %Chain(&e), "an op from the bus history was refused; reading the store");
                     return false;
                 }
             }
@@ -241,7 +243,7 @@ impl Room {
             }
             Ok(_) => {}
             Err(e) => {
-                warn!(document = %self.document, error = %e, "catch-up from the store failed");
+                warn!(document = %self.document, error = %Chain(&e), "catch-up from the store failed");
             }
         }
     }

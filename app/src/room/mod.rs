@@ -27,8 +27,11 @@ mod write;
 #[cfg(test)]
 pub(crate) use presence::test_counters;
 use presence::{cursor_message, entry_key};
+use relay_ports::Cause;
+use relay_ports::Chain;
 
 use crate::deps::Deps;
+use crate::registry::RoomLease;
 use crate::sink::Sink;
 use relay_domain::{
     ClientId, CommittedOp, CursorThrottle, Document, DocumentId, PresenceEntry, Proposed,
@@ -70,10 +73,11 @@ pub(crate) struct Member {
     pub role: Role,
 }
 
-/// A failed join.
-#[derive(Debug)]
+/// A failed join: the store could not be read (the cause is logged).
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum JoinError {
-    Unavailable(String),
+    #[error("the document cannot be opened")]
+    Unavailable(#[source] StoreError),
 }
 
 pub(crate) enum Command {
@@ -172,7 +176,7 @@ fn spawn_publisher(deps: &Arc<Deps>, document: DocumentId) -> mpsc::Sender<Envel
     deps.tasks.spawn(async move {
         while let Some(env) = rx.recv().await {
             if let Err(e) = bus.publish(env).await {
-                debug!(%document, error = %e, "bus publish failed; other instances will catch up from the store");
+                debug!(%document, error = %Chain(&e), "bus publish failed; other instances will catch up from the store");
             }
         }
     });
@@ -187,13 +191,13 @@ pub(crate) fn spawn(
     document: DocumentId,
     deps: Arc<Deps>,
     mailbox: mpsc::Receiver<Command>,
-    generation: u64,
+    lease: RoomLease<Command>,
 ) {
     use futures::FutureExt;
     let tasks = deps.tasks.clone();
     tasks.spawn(async move {
         deps.metrics.document_opened();
-        let room = std::panic::AssertUnwindSafe(run(document, deps.clone(), mailbox, generation));
+        let room = std::panic::AssertUnwindSafe(run(document, deps.clone(), mailbox, lease));
         let ended = room.catch_unwind().await;
         deps.metrics.document_closed();
         if let Err(panic) = ended {
@@ -203,30 +207,31 @@ pub(crate) fn spawn(
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".to_owned());
+            // The room's lease was dropped with it: the next join starts a
+            // new room.
             tracing::error!(%document, %cause, "room failed: its sessions were closed with 1011; the next join reopens the document from the store");
-            deps.rooms.forget(document, generation);
         }
     });
 }
 
-/// Runs a room until it has been idle long enough, then asks the registry
-/// to forget it.
+/// Runs a room until it has been idle long enough, then releases its
+/// registry entry.
 async fn run(
     document: DocumentId,
     deps: Arc<Deps>,
     mut mailbox: mpsc::Receiver<Command>,
-    generation: u64,
+    mut lease: RoomLease<Command>,
 ) {
     let mut room = match Room::open(document, deps.clone()).await {
         Ok(room) => room,
         Err(e) => {
-            warn!(%document, error = %e, "cannot open document");
-            deps.rooms.forget(document, generation);
+            warn!(%document, error = %Chain(&e), "cannot open document");
+            lease.release();
             // Answer whoever is waiting, then stop.
             mailbox.close();
             while let Some(cmd) = mailbox.recv().await {
                 if let Command::Join { reply, .. } = cmd {
-                    let _ = reply.send(Err(JoinError::Unavailable(e.to_string())));
+                    let _ = reply.send(Err(JoinError::Unavailable(e.clone())));
                 }
             }
             return;
@@ -235,7 +240,7 @@ async fn run(
     let mut bus = match deps.bus.subscribe(document).await {
         Ok(s) => Some(s),
         Err(e) => {
-            warn!(%document, error = %e, "bus subscription failed; this room reads other instances' ops from the store");
+            warn!(%document, error = %Chain(&e), "bus subscription failed; this room reads other instances' ops from the store");
             room.poll_store_from_now();
             None
         }
@@ -283,14 +288,14 @@ async fn run(
             // Close only if nothing arrived meanwhile, under the registry's
             // lock so a concurrent join finds a closed mailbox and starts a
             // new room instead.
-            if deps.rooms.forget_if_idle(document, generation, &mailbox) {
+            if lease.release_if_idle(&mailbox) {
                 room.close().await;
                 return;
             }
         }
     }
     room.close().await;
-    deps.rooms.forget(document, generation);
+    lease.release();
 }
 
 async fn recv_bus(bus: &mut Option<relay_ports::Subscription>) -> Option<BusEvent> {
@@ -313,7 +318,7 @@ impl Room {
         let (doc, last_snapshot) = match &loaded.snapshot {
             Some(s) => (
                 Document::from_content(&s.content, s.version)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    .map_err(|e| StoreError::Corrupt(Cause::new(e)))?,
                 s.version,
             ),
             None => (Document::new(), Version::ZERO),
@@ -323,7 +328,7 @@ impl Room {
         for op in loaded.tail {
             let v = op.version;
             seq.apply_remote(op, now)
-                .map_err(|e| StoreError::Corrupt(format!("op {v}: {e}")))?;
+                .map_err(|e| StoreError::Corrupt(Cause::msg(format!("op {v}: {e}"))))?;
         }
         let mut roster = Roster::new();
         if let Ok(entries) = deps.presence.list(document).await {

@@ -3,6 +3,7 @@
 //! entries alive.
 
 use super::*;
+use relay_ports::Chain;
 
 impl Room {
     /// A cursor from a local client: checked, then throttled before any
@@ -155,7 +156,7 @@ impl Room {
                 .remove(self.document, s.member.user, &s.member.client_id)
                 .await
             {
-                warn!(document = %self.document, error = %e, "presence registry");
+                warn!(document = %self.document, error = %Chain(&e), "presence registry");
             }
             self.publish(BusMessage::Left { departed }).await;
         }
@@ -176,7 +177,7 @@ impl Room {
         }
         for e in local {
             if let Err(e) = self.deps.presence.upsert(self.document, e, ttl).await {
-                warn!(document = %self.document, error = %e, "presence refresh");
+                warn!(document = %self.document, error = %Chain(&e), "presence refresh");
                 return;
             }
         }

@@ -2,6 +2,7 @@
 //! filled from the store) and their clients' presence.
 
 use super::*;
+use relay_ports::Chain;
 
 impl Room {
     pub(super) async fn remote(&mut self, env: Envelope) {
@@ -29,7 +30,7 @@ impl Room {
                     match self.seq.apply_remote(op, self.now()) {
                         Ok(_) => applied.extend(self.seq.last_committed().cloned()),
                         Err(e) => {
-                            warn!(document = %self.document, error = %e, "remote op refused");
+                            warn!(document = %self.document, error = %Chain(&e), "remote op refused");
                             break;
                         }
                     }

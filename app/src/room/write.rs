@@ -6,6 +6,10 @@
 
 use super::*;
 
+/// What a client is told when the store could not be used and nothing was
+/// committed (the cause goes to the log, never to the client).
+const STORE_UNAVAILABLE: &str = "storage unavailable: nothing was committed; retry the same submit";
+
 /// What became of one submit in a batch.
 pub(super) enum Proposal {
     /// Pending in the sequencer: answered when the append is.
@@ -122,12 +126,8 @@ impl Room {
             let (ahead, rest): (Vec<Pending>, Vec<Pending>) = batch
                 .into_iter()
                 .partition(|p| p.submission.base > self.seq.version());
-            warn!(document = %self.document, error = %e, "cannot catch up to a client's base");
-            self.fail(
-                &ahead,
-                ErrorCode::Unavailable,
-                "storage unavailable: nothing was committed; retry the same submit",
-            );
+            warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a client's base");
+            self.fail(&ahead, ErrorCode::Unavailable, STORE_UNAVAILABLE);
             batch = rest;
         }
         for attempt in 1..=MAX_APPEND_ATTEMPTS {
@@ -152,7 +152,7 @@ impl Room {
                 // so catch up and propose the batch again.
                 self.seq.abort_pending();
                 if let Err(e) = self.catch_up().await {
-                    warn!(document = %self.document, error = %e, "cannot catch up to a duplicate's version");
+                    warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a duplicate's version");
                     self.send_away(
                         &proposed,
                         "the document is behind the store and cannot catch up: reconnect",
@@ -206,7 +206,8 @@ impl Room {
                     // From the store: the winner published moments ago at
                     // best, so Redis would rarely have it yet.
                     if let Err(e) = self.catch_up().await {
-                        self.fail(&proposed, ErrorCode::Unavailable, &format!("storage: {e}"));
+                        warn!(document = %self.document, error = %Chain(&e), "cannot catch up after a lost race");
+                        self.fail(&proposed, ErrorCode::Unavailable, STORE_UNAVAILABLE);
                         return;
                     }
                     batch = proposed;
@@ -306,10 +307,11 @@ impl Room {
         if !self.seq.knows_client(sub.user, &sub.client_id)
             && let Err(e) = self.learn(&[(sub.user, sub.client_id.clone())]).await
         {
+            warn!(document = %self.document, error = %Chain(&e), "cannot read a client's last seq");
             self.fail(
                 std::slice::from_ref(p),
                 ErrorCode::Unavailable,
-                &format!("storage: {e}"),
+                STORE_UNAVAILABLE,
             );
             return Proposal::Answered;
         }
@@ -361,11 +363,14 @@ impl Room {
                             &r.to_string(),
                         );
                     }
-                    Err(e) => self.fail(
-                        std::slice::from_ref(p),
-                        ErrorCode::Unavailable,
-                        &format!("storage: {e}"),
-                    ),
+                    Err(e) => {
+                        warn!(document = %self.document, error = %Chain(&e), "cannot look up an out-of-order submit");
+                        self.fail(
+                            std::slice::from_ref(p),
+                            ErrorCode::Unavailable,
+                            STORE_UNAVAILABLE,
+                        );
+                    }
                 }
                 Proposal::Answered
             }
@@ -402,7 +407,7 @@ impl Room {
         let ops = match self.deps.store.read(self.document, base, missing).await {
             Ok(ops) => ops,
             Err(e) => {
-                warn!(document = %self.document, error = %e, "cannot read the ops to rebase a stale base");
+                warn!(document = %self.document, error = %Chain(&e), "cannot read the ops to rebase a stale base");
                 return None;
             }
         };
@@ -562,7 +567,7 @@ impl Room {
         };
         match self.deps.store.save_snapshot(self.document, snapshot).await {
             Ok(()) => self.last_snapshot = version,
-            Err(e) => warn!(document = %self.document, error = %e, "snapshot not saved"),
+            Err(e) => warn!(document = %self.document, error = %Chain(&e), "snapshot not saved"),
         }
     }
 
@@ -578,7 +583,7 @@ impl Room {
     ///   exactly once either way.
     pub(super) async fn resolve_failed_append(&mut self, proposed: &[Pending], error: StoreError) {
         let nothing_written = matches!(error, StoreError::Unavailable(_));
-        warn!(document = %self.document, error = %error, "append failed; finding out what the store holds");
+        warn!(document = %self.document, error = %Chain(&error), "append failed; finding out what the store holds");
         let ours = |op: &CommittedOp| {
             proposed.iter().any(|p| {
                 p.submission.user == op.user
@@ -597,17 +602,13 @@ impl Room {
             }
             Ok(_) => {}
             Err(e) => {
-                warn!(document = %self.document, error = %e, "the store cannot be read either");
+                warn!(document = %self.document, error = %Chain(&e), "the store cannot be read either");
             }
         }
         // Whoever is still waiting was not found committed (`fail` and the
         // loop below skip the sessions the catch-up acknowledged).
         if nothing_written {
-            self.fail(
-                proposed,
-                ErrorCode::Unavailable,
-                "storage unavailable: nothing was committed; retry the same submit",
-            );
+            self.fail(proposed, ErrorCode::Unavailable, STORE_UNAVAILABLE);
             return;
         }
         for p in proposed {

@@ -18,6 +18,7 @@ pub async fn verifies_and_refuses<V: TokenVerifier>(
     for token in bad {
         match verifier.verify(token).await {
             Err(AuthError::Invalid(reason)) => {
+                let reason = reason.to_string();
                 assert!(
                     !reason.contains(token.as_str()),
                     "the reason must not quote the token"
