@@ -111,7 +111,7 @@ async fn a_revoked_or_downgraded_permission_applies_to_open_sessions_within_the_
         }
     ));
     match next(rx).await {
-        Outbound::Close(order) => assert_eq!(order.code, 4403),
+        Outbound::Close(order) => assert_eq!(order.code.as_u16(), 4403),
         other => panic!("expected a close, got {other:?}"),
     }
 }

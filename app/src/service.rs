@@ -10,10 +10,9 @@ use crate::sink::Sink;
 use async_trait::async_trait;
 use relay_domain::{DocumentId, RateLimiter};
 use relay_ports::Chain;
-use relay_ports::metrics::RejectReason;
-use relay_ports::protocol::{ErrorCode, ServerMessage, close};
+
 use relay_ports::{
-    AuthError, CollaborationService, ConnectionSlot, Health, InstanceId, Join, JoinFailure,
+    AuthError, CollaborationService, ConnectionSlot, Health, InstanceId, Join, JoinRefusal,
     PermissionSource, Readiness, Refusal, Started, TokenVerifier,
 };
 use std::sync::Arc;
@@ -193,19 +192,6 @@ impl Drop for Slot {
     }
 }
 
-fn failure(close_code: u16, code: Option<ErrorCode>, reason: impl Into<String>) -> JoinFailure {
-    let reason = reason.into();
-    JoinFailure {
-        close_code,
-        frame: code.map(|c| {
-            ServerMessage::error(c, reason.clone(), None, true)
-                .encode()
-                .into()
-        }),
-        reason,
-    }
-}
-
 #[async_trait]
 impl CollaborationService for Relay {
     fn admit(&self) -> Result<ConnectionSlot, Refusal> {
@@ -231,15 +217,13 @@ impl CollaborationService for Relay {
         document: DocumentId,
         bearer: Option<String>,
         join: Join,
-    ) -> Result<Started, JoinFailure> {
+    ) -> Result<Started, JoinRefusal> {
         let joined = self.join_session(slot, document, bearer, join).await;
-        if let Err(f) = &joined {
-            let reason = match f.close_code {
-                close::UNAUTHENTICATED => RejectReason::Unauthorized,
-                close::FORBIDDEN => RejectReason::Forbidden,
-                _ => RejectReason::Unavailable,
-            };
-            self.inner.deps.metrics.connection_rejected(reason);
+        if let Err(refusal) = &joined {
+            self.inner
+                .deps
+                .metrics
+                .connection_rejected(refusal.reject_reason());
         }
         joined
     }
@@ -275,42 +259,22 @@ impl Relay {
         document: DocumentId,
         bearer: Option<String>,
         join: Join,
-    ) -> Result<Started, JoinFailure> {
+    ) -> Result<Started, JoinRefusal> {
         let inner = &self.inner;
         let Some(token) = bearer.or(join.token) else {
-            return Err(failure(
-                close::UNAUTHENTICATED,
-                None,
-                "no token: send `Authorization: Bearer` or `join.token`",
-            ));
+            return Err(JoinRefusal::NoToken);
         };
         let claims = match inner.verifier.verify(&token).await {
             Ok(c) => c,
-            Err(AuthError::Unavailable) => {
-                return Err(failure(
-                    close::TRY_AGAIN_LATER,
-                    None,
-                    "token keys unavailable; try again later",
-                ));
-            }
-            Err(e) => return Err(failure(close::UNAUTHENTICATED, None, e.to_string())),
+            Err(AuthError::Unavailable) => return Err(JoinRefusal::KeysUnavailable),
+            Err(e) => return Err(JoinRefusal::Token(e)),
         };
         let role = match inner.permissions.role(&claims, document).await {
             Ok(Some(role)) => role,
-            Ok(None) => {
-                return Err(failure(
-                    close::FORBIDDEN,
-                    None,
-                    "no access to this document",
-                ));
-            }
+            Ok(None) => return Err(JoinRefusal::Forbidden),
             Err(e) => {
                 warn!(%document, error = %Chain(&e), "permission source");
-                return Err(failure(
-                    close::TRY_AGAIN_LATER,
-                    None,
-                    "permissions unavailable; try again later",
-                ));
+                return Err(JoinRefusal::PermissionsUnavailable);
             }
         };
         let id = inner.next_session.fetch_add(1, Ordering::Relaxed);
@@ -379,19 +343,11 @@ impl Relay {
                 }
                 Ok(Err(e @ JoinError::Unavailable(_))) => {
                     warn!(%document, error = %Chain(&e), "join failed");
-                    return Err(failure(
-                        close::TRY_AGAIN_LATER,
-                        Some(ErrorCode::Unavailable),
-                        "the document cannot be opened right now; try again later",
-                    ));
+                    return Err(JoinRefusal::DocumentUnavailable);
                 }
                 Err(_) => continue,
             }
         }
-        Err(failure(
-            close::TRY_AGAIN_LATER,
-            Some(ErrorCode::Internal),
-            "could not open the document; try again",
-        ))
+        Err(JoinRefusal::RoomUnreachable)
     }
 }

@@ -7,7 +7,7 @@ use crate::sink::Sink;
 use async_trait::async_trait;
 use relay_domain::{ClientId, DocumentId, RateLimiter, Submission};
 use relay_ports::Chain;
-use relay_ports::protocol::{ErrorCode, Role, close};
+use relay_ports::protocol::{CloseCode, ErrorCode, Role};
 use relay_ports::{Claims, ClientMessage, ConnectionSlot, DecodeError, PermissionSource, Session};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,7 +90,7 @@ impl RelaySession {
         if self.room.send(cmd).await.is_err() {
             // The room is gone (it failed): the client reconnects.
             self.sink
-                .order_close(close::TRY_AGAIN_LATER, "document closed; reconnect");
+                .order_close(CloseCode::TryAgainLater, "document closed; reconnect");
         }
     }
 }
@@ -116,7 +116,8 @@ impl Session for RelaySession {
                             "no access to this document",
                             Some(seq),
                         );
-                        self.sink.close_after(close::FORBIDDEN, "access revoked");
+                        self.sink
+                            .close_after(CloseCode::Forbidden, "access revoked");
                         return;
                     }
                     Err(()) => {
@@ -168,7 +169,7 @@ impl Session for RelaySession {
                     })
                     .await;
                 }
-                self.sink.close_after(close::NORMAL, "goodbye");
+                self.sink.close_after(CloseCode::Normal, "goodbye");
             }
             ClientMessage::Join(_) => {
                 self.sink

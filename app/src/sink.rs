@@ -4,7 +4,7 @@
 //! stalls the room or grows memory.
 
 use relay_domain::Seq;
-use relay_ports::protocol::{ErrorCode, ServerMessage, close};
+use relay_ports::protocol::{CloseCode, ErrorCode, ServerMessage};
 use relay_ports::{CloseOrder, Metrics, Outbound};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -56,7 +56,7 @@ impl Sink {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if self.order_close(
-                    close::TRY_AGAIN_LATER,
+                    CloseCode::TryAgainLater,
                     "slow consumer: reconnect and resume",
                 ) {
                     self.metrics.outbound_queue_closed();
@@ -77,7 +77,7 @@ impl Sink {
     }
 
     /// Queues a close after what is already queued.
-    pub(crate) fn close_after(&self, code: u16, reason: &str) {
+    pub(crate) fn close_after(&self, code: CloseCode, reason: &str) {
         let _ = self.tx.try_send(Outbound::Close(Box::new(CloseOrder {
             code,
             reason: reason.to_owned(),
@@ -86,7 +86,7 @@ impl Sink {
 
     /// Closes at once, skipping what is queued. `false` if a close was
     /// already ordered (the first order stands).
-    pub(crate) fn order_close(&self, code: u16, reason: &str) -> bool {
+    pub(crate) fn order_close(&self, code: CloseCode, reason: &str) -> bool {
         self.close.send_if_modified(|c| {
             if c.is_some() {
                 return false;
@@ -111,7 +111,10 @@ mod tests {
         assert!(sink.send("a".into()));
         assert!(sink.send("b".into()));
         assert!(!sink.send("c".into()));
-        assert_eq!(close_rx.borrow().as_ref().map(|c| c.code), Some(1013));
+        assert_eq!(
+            close_rx.borrow().as_ref().map(|c| c.code.as_u16()),
+            Some(1013)
+        );
         assert!(!sink.send("d".into()));
         let closes = metrics
             .samples()

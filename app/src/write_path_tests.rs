@@ -302,7 +302,7 @@ async fn close_code(started: &mut relay_ports::Started) -> u16 {
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Some(order) = started.close.borrow_and_update().clone() {
-                return order.code;
+                return order.code.as_u16();
             }
             started.close.changed().await.expect("close order");
         }
@@ -439,7 +439,7 @@ async fn first_submit_with(
                     }
                     _ => return None,
                 },
-                _ = a.close.changed() => return a.close.borrow().as_ref().map(|c| c.code),
+                _ = a.close.changed() => return a.close.borrow().as_ref().map(|c| c.code.as_u16()),
             }
         }
     })

@@ -7,7 +7,9 @@
 //! service says to a client arrives on the session's bounded outbound queue
 //! in order; the transport writes it out and closes when told to.
 
-use crate::protocol::{ClientMessage, DecodeError, Join};
+use crate::auth::AuthError;
+use crate::metrics::RejectReason;
+use crate::protocol::{ClientMessage, CloseCode, DecodeError, ErrorCode, Join};
 use async_trait::async_trait;
 use relay_domain::DocumentId;
 use std::sync::Arc;
@@ -48,21 +50,68 @@ pub enum Refusal {
     Draining { retry_after_secs: u64 },
 }
 
-/// Why a join failed: the transport sends `frame` (an `error` message) if
-/// any, then closes with `close_code`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JoinFailure {
-    pub close_code: u16,
-    pub frame: Option<Arc<str>>,
-    /// For the log (never a token).
-    pub reason: String,
+/// Why a join was refused. The transport sends an `error` frame when
+/// [`error_code`](Self::error_code) has one, then closes with
+/// [`close_code`](Self::close_code). Every text is fixed: nothing of the
+/// client's input and no internal error is in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefusal {
+    #[error("no token: send `Authorization: Bearer` or `join.token`")]
+    NoToken,
+    #[error("{0}")]
+    Token(AuthError),
+    #[error("token keys unavailable; try again later")]
+    KeysUnavailable,
+    #[error("no access to this document")]
+    Forbidden,
+    #[error("permissions unavailable; try again later")]
+    PermissionsUnavailable,
+    #[error("the document cannot be opened right now; try again later")]
+    DocumentUnavailable,
+    /// The document's room closed under every join attempt.
+    #[error("could not open the document; try again")]
+    RoomUnreachable,
+}
+
+impl JoinRefusal {
+    /// How the connection is closed.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            JoinRefusal::NoToken => CloseCode::Unauthenticated,
+            JoinRefusal::Token(AuthError::Unavailable) => CloseCode::TryAgainLater,
+            JoinRefusal::Token(_) => CloseCode::Unauthenticated,
+            JoinRefusal::Forbidden => CloseCode::Forbidden,
+            JoinRefusal::KeysUnavailable
+            | JoinRefusal::PermissionsUnavailable
+            | JoinRefusal::DocumentUnavailable
+            | JoinRefusal::RoomUnreachable => CloseCode::TryAgainLater,
+        }
+    }
+
+    /// The `error` frame's code sent before the close, if any.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match self {
+            JoinRefusal::DocumentUnavailable => Some(ErrorCode::Unavailable),
+            JoinRefusal::RoomUnreachable => Some(ErrorCode::Internal),
+            _ => None,
+        }
+    }
+
+    /// What the refusal counts as in `materi_websocket_connections_rejected_total`.
+    pub fn reject_reason(&self) -> RejectReason {
+        match self.close_code() {
+            CloseCode::Unauthenticated => RejectReason::Unauthorized,
+            CloseCode::Forbidden => RejectReason::Forbidden,
+            _ => RejectReason::Unavailable,
+        }
+    }
 }
 
 /// An order to close a connection now, skipping whatever is still queued
 /// (the client cannot keep up, or the server is going away).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloseOrder {
-    pub code: u16,
+    pub code: CloseCode,
     pub reason: String,
 }
 
@@ -99,7 +148,7 @@ pub trait CollaborationService: Send + Sync + 'static {
         document: DocumentId,
         bearer: Option<String>,
         join: Join,
-    ) -> Result<Started, JoinFailure>;
+    ) -> Result<Started, JoinRefusal>;
 
     /// What `/health` reports.
     fn health(&self) -> Health;

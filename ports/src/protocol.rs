@@ -12,19 +12,79 @@ use serde_json::Value;
 /// The WebSocket subprotocol.
 pub const SUBPROTOCOL: &str = "relay.v1";
 
-/// WebSocket close codes used by Relay.
+/// The WebSocket close codes Relay sends (PROTOCOL.md, "Close codes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// 1000: the client said `leave`.
+    Normal,
+    /// 1001: the server is going away (shutdown) or the session ended.
+    GoingAway,
+    /// 1003: a binary or non-UTF-8 frame.
+    UnsupportedData,
+    /// 1008: a protocol violation (heartbeat timeout, WebSocket errors).
+    Policy,
+    /// 1009: a frame over MAX_MESSAGE_BYTES.
+    TooBig,
+    /// 1011: the server failed (a room that panicked).
+    Internal,
+    /// 1013: try again later (a dependency is down, or the client is slow).
+    TryAgainLater,
+    /// 4400: the first message was not a valid `join`.
+    BadFirstMessage,
+    /// 4401: no token, an invalid one, or one that expired.
+    Unauthenticated,
+    /// 4403: no access to the document (or it was revoked).
+    Forbidden,
+    /// 4408: no `join` within AUTH_TIMEOUT_SECS.
+    JoinTimeout,
+}
+
+impl CloseCode {
+    /// The number on the wire.
+    pub const fn as_u16(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::UnsupportedData => 1003,
+            CloseCode::Policy => 1008,
+            CloseCode::TooBig => 1009,
+            CloseCode::Internal => 1011,
+            CloseCode::TryAgainLater => 1013,
+            CloseCode::BadFirstMessage => 4400,
+            CloseCode::Unauthenticated => 4401,
+            CloseCode::Forbidden => 4403,
+            CloseCode::JoinTimeout => 4408,
+        }
+    }
+}
+
+impl From<CloseCode> for u16 {
+    fn from(code: CloseCode) -> u16 {
+        code.as_u16()
+    }
+}
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.as_u16())
+    }
+}
+
+/// The close codes as the numbers a client reads off the wire (tests and
+/// clients compare these); [`CloseCode`] is what the server sends.
 pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    pub const BAD_FIRST_MESSAGE: u16 = 4400;
-    pub const UNAUTHENTICATED: u16 = 4401;
-    pub const FORBIDDEN: u16 = 4403;
-    pub const JOIN_TIMEOUT: u16 = 4408;
+    use super::CloseCode;
+    pub const NORMAL: u16 = CloseCode::Normal.as_u16();
+    pub const GOING_AWAY: u16 = CloseCode::GoingAway.as_u16();
+    pub const UNSUPPORTED_DATA: u16 = CloseCode::UnsupportedData.as_u16();
+    pub const POLICY: u16 = CloseCode::Policy.as_u16();
+    pub const TOO_BIG: u16 = CloseCode::TooBig.as_u16();
+    pub const INTERNAL: u16 = CloseCode::Internal.as_u16();
+    pub const TRY_AGAIN_LATER: u16 = CloseCode::TryAgainLater.as_u16();
+    pub const BAD_FIRST_MESSAGE: u16 = CloseCode::BadFirstMessage.as_u16();
+    pub const UNAUTHENTICATED: u16 = CloseCode::Unauthenticated.as_u16();
+    pub const FORBIDDEN: u16 = CloseCode::Forbidden.as_u16();
+    pub const JOIN_TIMEOUT: u16 = CloseCode::JoinTimeout.as_u16();
 }
 
 /// Error codes of `error` messages.

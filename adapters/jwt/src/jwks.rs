@@ -215,15 +215,11 @@ impl JwksVerifier {
         found
     }
 
-    /// Keeps the keys fresh until the task is aborted: retries quickly
-    /// (1 s doubling up to the cooldown) until a first usable set, then
-    /// every refresh interval, keeping the last good keys on failure.
-    pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.refresher(tokio_util::sync::CancellationToken::new()))
-    }
-
-    /// The refresher's loop, ending when `stop` is cancelled (also during a
-    /// fetch or a wait), for a task tracker to run.
+    /// The refresher's loop, for a task tracker to run: keeps the keys
+    /// fresh until `stop` is cancelled (also during a fetch or a wait).
+    /// Retries quickly (1 s doubling up to the cooldown) until a first
+    /// usable set, then every refresh interval, keeping the last good keys
+    /// on failure.
     pub fn refresher(
         self: &Arc<Self>,
         stop: tokio_util::sync::CancellationToken,

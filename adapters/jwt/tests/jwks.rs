@@ -232,7 +232,8 @@ async fn a_failing_endpoint_is_retried_at_most_once_a_second_even_with_cooldown_
         },
         JwtConfig::default(),
     );
-    let refresher = verifier.spawn_refresher();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let refresher = tokio::spawn(verifier.refresher(stop.clone()));
     let deadline = Instant::now() + WAIT;
     while !verifier.has_keys() {
         assert!(Instant::now() < deadline, "no keys in time");
@@ -252,7 +253,8 @@ async fn a_failing_endpoint_is_retried_at_most_once_a_second_even_with_cooldown_
         assert!(Instant::now() < deadline, "the refresher stopped retrying");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    refresher.abort();
+    stop.cancel();
+    let _ = refresher.await;
     let failed = failed();
     for pair in failed.windows(2) {
         let gap = pair[1] - pair[0];

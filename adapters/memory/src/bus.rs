@@ -8,7 +8,8 @@ use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
-use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Envelopes a document's channel holds for its slowest subscriber.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 128;
@@ -38,6 +39,8 @@ struct Inner {
     channels: Mutex<HashMap<DocumentId, Channel>>,
     channel_capacity: usize,
     queue_capacity: usize,
+    /// The subscriptions' forwarding tasks.
+    tasks: TaskTracker,
 }
 
 #[derive(Debug)]
@@ -73,6 +76,7 @@ impl MemoryBus {
                 channels: Mutex::new(HashMap::new()),
                 channel_capacity: channel,
                 queue_capacity: queue,
+                tasks: TaskTracker::new(),
             }),
         }
     }
@@ -96,14 +100,15 @@ impl Inner {
 /// A subscription's guard: stops its forwarding task and releases the
 /// document's channel when the subscription is dropped.
 struct Unsubscribe {
-    task: AbortHandle,
+    /// Stops the forwarding task.
+    stop: CancellationToken,
     inner: Arc<Inner>,
     document: DocumentId,
 }
 
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.cancel();
         if let Entry::Occupied(mut channel) = self.inner.channels().entry(self.document) {
             channel.get_mut().subscriptions -= 1;
             if channel.get().subscriptions == 0 {
@@ -151,9 +156,13 @@ impl FanOut for MemoryBus {
             channel.sender.subscribe()
         };
         let (events, queue) = mpsc::channel(self.inner.queue_capacity);
-        let task = tokio::spawn(forward(receiver, events)).abort_handle();
+        let stop = CancellationToken::new();
+        self.inner.tasks.spawn(
+            stop.clone()
+                .run_until_cancelled_owned(forward(receiver, events)),
+        );
         let guard = Unsubscribe {
-            task,
+            stop,
             inner: self.inner.clone(),
             document,
         };

@@ -29,6 +29,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 /// Committer tasks: two, so one statement can execute while the other
@@ -129,6 +131,10 @@ pub(super) struct Pipeline {
     queue: mpsc::Sender<Request>,
     pub(super) health: Arc<Health>,
     call_timeout: Duration,
+    /// The committers' tracker; they stop taking new work when the
+    /// pipeline is dropped (a batch being written is finished and answered).
+    _tasks: TaskTracker,
+    _stop: DropGuard,
 }
 
 impl Pipeline {
@@ -137,13 +143,23 @@ impl Pipeline {
         let (queue, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         let health = Arc::new(Health::new());
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
         for _ in 0..COMMITTERS {
-            tokio::spawn(committer(pool.clone(), rx.clone(), health.clone()));
+            tasks.spawn(committer(
+                pool.clone(),
+                rx.clone(),
+                health.clone(),
+                stop.clone(),
+            ));
         }
+        tasks.close();
         Pipeline {
             queue,
             health,
             call_timeout: pool.call_timeout,
+            _tasks: tasks,
+            _stop: stop.drop_guard(),
         }
     }
 
@@ -203,12 +219,22 @@ fn lost(state: &AtomicU8) -> StoreError {
     }
 }
 
-async fn committer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Request>>>, health: Arc<Health>) {
+async fn committer(
+    pool: PgPool,
+    queue: Arc<Mutex<mpsc::Receiver<Request>>>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
     loop {
         let mut batch = Vec::new();
         {
-            let mut rx = queue.lock().await;
-            let Some(first) = rx.recv().await else { return };
+            // Stopped only between batches: one being written is finished.
+            let Some(mut rx) = stop.run_until_cancelled(queue.lock()).await else {
+                return;
+            };
+            let Some(Some(first)) = stop.run_until_cancelled(rx.recv()).await else {
+                return;
+            };
             let mut next = Some(first);
             while let Some(r) = next.take() {
                 // Withdrawn by a caller that stopped waiting: never sent.

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 /// A [`FanOut`] shared by every instance through Redis.
@@ -45,6 +47,9 @@ pub struct RedisBus {
     queue: usize,
     next_id: Arc<AtomicU64>,
     history: History,
+    /// Stops the subscriber task (and its helpers, on one tracker) when
+    /// the last clone of the bus is dropped.
+    _stop: Arc<DropGuard>,
     /// Not read on publish; kept so the bus holds what its task records to.
     #[allow(dead_code)]
     metrics: Arc<dyn relay_ports::Metrics>,
@@ -130,8 +135,17 @@ impl RedisBus {
     ) -> RedisBus {
         let (control, rx) = mpsc::channel(1024);
         let (up, connected) = tokio::sync::watch::channel(false);
-        tokio::spawn(subscriber(client, rx, up, metrics.clone()));
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        tasks.spawn(stop.clone().run_until_cancelled_owned(subscriber(
+            client,
+            rx,
+            up,
+            metrics.clone(),
+            tasks.clone(),
+        )));
         RedisBus {
+            _stop: Arc::new(stop.drop_guard()),
             metrics,
             commands,
             control,
@@ -305,6 +319,8 @@ impl FanOut for RedisBus {
 struct Subscriber {
     id: u64,
     events: mpsc::Sender<BusEvent>,
+    /// Where the wait to queue `Lagged` runs.
+    tasks: TaskTracker,
     /// Its queue overflowed and `Lagged` waits for room in it: until it is
     /// queued, later events are dropped (they are in the store, which the
     /// room reads when it gets `Lagged`).
@@ -312,10 +328,11 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn new(id: u64, events: mpsc::Sender<BusEvent>) -> Self {
+    fn new(id: u64, events: mpsc::Sender<BusEvent>, tasks: TaskTracker) -> Self {
         Subscriber {
             id,
             events,
+            tasks,
             lagging: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -336,7 +353,7 @@ impl Subscriber {
                 // published.
                 self.lagging.store(true, Ordering::Release);
                 let (events, lagging) = (self.events.clone(), self.lagging.clone());
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     let _ = events.send(BusEvent::Lagged).await;
                     lagging.store(false, Ordering::Release);
                 });
@@ -429,6 +446,7 @@ async fn subscriber(
     mut control: mpsc::Receiver<Control>,
     connected: tokio::sync::watch::Sender<bool>,
     metrics: Arc<dyn relay_ports::Metrics>,
+    tasks: TaskTracker,
 ) {
     let mut subs: Subscribers = HashMap::new();
     let mut backoff = Duration::from_millis(50);
@@ -444,7 +462,7 @@ async fn subscriber(
                     _ = &mut wait => break,
                     c = control.recv() => match c {
                         None => return,
-                        Some(c) => on_control_down(&mut subs, c),
+                        Some(c) => on_control_down(&mut subs, c, &tasks),
                     },
                 }
             }
@@ -480,7 +498,7 @@ async fn subscriber(
                         let new = !subs.contains_key(&document);
                         if new && sink.subscribe(channel(document)).await.is_err() {
                             // Answered after the reconnect resubscribes it.
-                            subs.entry(document).or_default().push(Subscriber::new(id, events));
+                            subs.entry(document).or_default().push(Subscriber::new(id, events, tasks.clone()));
                             let _ = done.send(());
                             break;
                         }
@@ -506,7 +524,7 @@ async fn subscriber(
                                 }
                             }
                         }
-                        subs.entry(document).or_default().push(Subscriber::new(id, events));
+                        subs.entry(document).or_default().push(Subscriber::new(id, events, tasks.clone()));
                         let _ = done.send(());
                         if lost {
                             break;
@@ -547,7 +565,7 @@ async fn subscriber(
 }
 
 /// A control message while Redis is down.
-fn on_control_down(subs: &mut Subscribers, c: Control) {
+fn on_control_down(subs: &mut Subscribers, c: Control, tasks: &TaskTracker) {
     match c {
         Control::Subscribe {
             document,
@@ -555,7 +573,7 @@ fn on_control_down(subs: &mut Subscribers, c: Control) {
             events,
             done,
         } => {
-            let mut s = Subscriber::new(id, events);
+            let mut s = Subscriber::new(id, events, tasks.clone());
             s.deliver(BusEvent::Disconnected);
             subs.entry(document).or_default().push(s);
             let _ = done.send(());

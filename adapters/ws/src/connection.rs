@@ -4,7 +4,7 @@ use super::WsConfig;
 use futures::{SinkExt, StreamExt};
 use relay_domain::DocumentId;
 use relay_ports::metrics::RejectReason;
-use relay_ports::protocol::{ErrorCode, ServerMessage, close};
+use relay_ports::protocol::{CloseCode, ErrorCode, ServerMessage};
 use relay_ports::{
     ClientMessage, CollaborationService, ConnectionSlot, Metrics, Outbound, Session, Started,
 };
@@ -16,7 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tracing::{debug, info};
 
 /// Frames written per flush at most, so one busy connection cannot hog the
@@ -26,7 +26,7 @@ const WRITE_BATCH: usize = 64;
 enum First {
     Text(String),
     Closed(&'static str),
-    Fail(u16, &'static str),
+    Fail(CloseCode, &'static str),
 }
 
 async fn first_frame<S>(stream: &mut WebSocketStream<S>) -> First
@@ -38,7 +38,7 @@ where
             None => return First::Closed("closed before join"),
             Some(Ok(Message::Text(t))) => return First::Text(t.to_string()),
             Some(Ok(Message::Binary(_))) => {
-                return First::Fail(close::UNSUPPORTED_DATA, "binary frames are not accepted");
+                return First::Fail(CloseCode::UnsupportedData, "binary frames are not accepted");
             }
             Some(Ok(Message::Close(_))) => return First::Closed("closed before join"),
             Some(Ok(_)) => continue,
@@ -50,10 +50,10 @@ where
 fn read_error(e: &WsError) -> First {
     match e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            First::Fail(close::TOO_BIG, "message too big")
+            First::Fail(CloseCode::TooBig, "message too big")
         }
-        WsError::Utf8(_) => First::Fail(close::UNSUPPORTED_DATA, "text frame is not UTF-8"),
-        WsError::Protocol(_) => First::Fail(close::POLICY, "WebSocket protocol error"),
+        WsError::Utf8(_) => First::Fail(CloseCode::UnsupportedData, "text frame is not UTF-8"),
+        WsError::Protocol(_) => First::Fail(CloseCode::Policy, "WebSocket protocol error"),
         _ => First::Closed("connection error"),
     }
 }
@@ -61,8 +61,12 @@ fn read_error(e: &WsError) -> First {
 /// Sends a close frame and waits briefly for the peer's. A peer that does
 /// not take the frame within `stall` (it stopped reading: the socket is
 /// full) is dropped without it.
-async fn send_close<S>(stream: &mut WebSocketStream<S>, code: u16, reason: &str, stall: Duration)
-where
+async fn send_close<S>(
+    stream: &mut WebSocketStream<S>,
+    code: CloseCode,
+    reason: &str,
+    stall: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // A close reason is limited to 123 bytes.
@@ -71,7 +75,7 @@ where
         reason.pop();
     }
     let frame = CloseFrame {
-        code: CloseCode::from(code),
+        code: WsCloseCode::from(code.as_u16()),
         reason: reason.into(),
     };
     match tokio::time::timeout(stall, stream.send(Message::Close(Some(frame)))).await {
@@ -95,9 +99,9 @@ struct Ended {
 }
 
 impl Ended {
-    fn sent(code: u16, reason: impl Into<String>) -> Ended {
+    fn sent(code: CloseCode, reason: impl Into<String>) -> Ended {
         Ended {
-            code: Some(code),
+            code: Some(code.as_u16()),
             reason: reason.into(),
         }
     }
@@ -195,7 +199,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let first = match tokio::time::timeout(config.auth_timeout, first_frame(stream)).await {
-        Err(_) => First::Fail(close::JOIN_TIMEOUT, "no join in time"),
+        Err(_) => First::Fail(CloseCode::JoinTimeout, "no join in time"),
         Ok(f) => f,
     };
     let text = match first {
@@ -205,7 +209,7 @@ where
             return None;
         }
         First::Fail(code, why) => {
-            debug!(%document, code, why, "connection refused before join");
+            debug!(%document, code = code.as_u16(), why, "connection refused before join");
             metrics.connection_rejected(RejectReason::BadRequest);
             send_close(stream, code, why, config.heartbeat_timeout).await;
             return None;
@@ -227,14 +231,22 @@ where
     };
     match service.join(slot, document, bearer, join).await {
         Ok(s) => Some(s),
-        Err(f) => {
+        Err(refusal) => {
             // Counted by the service, which knows why.
-            info!(target: "relay::connection", %document, close_code = f.close_code, reason = %f.reason, "join refused");
-            if let Some(frame) = f.frame {
-                let send = stream.send(Message::text(frame.as_ref()));
+            let reason = refusal.to_string();
+            info!(target: "relay::connection", %document, close_code = refusal.close_code().as_u16(), %reason, "join refused");
+            if let Some(code) = refusal.error_code() {
+                let frame = ServerMessage::error(code, &reason, None, true).encode();
+                let send = stream.send(Message::text(frame));
                 let _ = tokio::time::timeout(config.heartbeat_timeout, send).await;
             }
-            send_close(stream, f.close_code, &f.reason, config.heartbeat_timeout).await;
+            send_close(
+                stream,
+                refusal.close_code(),
+                &reason,
+                config.heartbeat_timeout,
+            )
+            .await;
             None
         }
     }
@@ -248,7 +260,7 @@ where
     let _ = stream.send(Message::text(frame)).await;
     send_close(
         stream,
-        close::BAD_FIRST_MESSAGE,
+        CloseCode::BadFirstMessage,
         "the first message must be a valid join",
         config.heartbeat_timeout,
     )
@@ -296,8 +308,8 @@ where
             }
             out = outbound.recv() => {
                 let Some(out) = out else {
-                    Box::pin(send_close(stream, close::GOING_AWAY, "session ended", stall)).await;
-                    return Ended::sent(close::GOING_AWAY, "session ended");
+                    Box::pin(send_close(stream, CloseCode::GoingAway, "session ended", stall)).await;
+                    return Ended::sent(CloseCode::GoingAway, "session ended");
                 };
                 let written = Box::pin(write_guarded(stream, outbound, out, close_rx, stall, metrics, counts)).await;
                 if let Some(ended) = written {
@@ -317,8 +329,8 @@ where
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        Box::pin(send_close(stream, close::UNSUPPORTED_DATA, "binary frames are not accepted", stall)).await;
-                        return Ended::sent(close::UNSUPPORTED_DATA, "binary frame");
+                        Box::pin(send_close(stream, CloseCode::UnsupportedData, "binary frames are not accepted", stall)).await;
+                        return Ended::sent(CloseCode::UnsupportedData, "binary frame");
                     }
                     Some(Ok(Message::Close(frame))) => {
                         return Ended {
@@ -341,8 +353,8 @@ where
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= config.heartbeat_timeout {
-                    Box::pin(send_close(stream, close::POLICY, "heartbeat timeout", stall)).await;
-                    return Ended::sent(close::POLICY, "heartbeat timeout");
+                    Box::pin(send_close(stream, CloseCode::Policy, "heartbeat timeout", stall)).await;
+                    return Ended::sent(CloseCode::Policy, "heartbeat timeout");
                 }
                 // Boxed like the other rare paths, so an idle connection's
                 // task stays small.
@@ -354,8 +366,8 @@ where
                 }
             }
             _ = &mut expires => {
-                Box::pin(send_close(stream, close::UNAUTHENTICATED, "token expired", stall)).await;
-                return Ended::sent(close::UNAUTHENTICATED, "token expired");
+                Box::pin(send_close(stream, CloseCode::Unauthenticated, "token expired", stall)).await;
+                return Ended::sent(CloseCode::Unauthenticated, "token expired");
             }
         }
     }

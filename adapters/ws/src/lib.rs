@@ -49,6 +49,41 @@ pub struct WsConfig {
     /// document): tungstenite refuses to queue a larger one. A bound, not
     /// an allocation.
     pub max_outbound_frame_bytes: usize,
+    /// Where the upgraded connections' tasks run.
+    pub connections: Connections,
+}
+
+/// The tasks of upgraded connections: tracked, so shutdown can wait for
+/// them, and cut by one token once the service has closed what it could.
+#[derive(Clone, Debug, Default)]
+pub struct Connections {
+    tasks: tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Connections {
+    pub(crate) fn spawn(&self, connection: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .spawn(self.stop.clone().run_until_cancelled_owned(connection));
+    }
+
+    /// Connections still running.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Ends every connection still running (without a close frame) and
+    /// waits for their tasks, at most `limit`; `false` if some were still
+    /// ending then.
+    pub async fn stop(&self, limit: Duration) -> bool {
+        self.stop.cancel();
+        self.tasks.close();
+        tokio::time::timeout(limit, self.tasks.wait()).await.is_ok()
+    }
 }
 
 impl Default for WsConfig {
@@ -68,6 +103,7 @@ impl Default for WsConfig {
             write_buffer_bytes: 8 << 10,
             // The application sets it from its document limits.
             max_outbound_frame_bytes: 256 << 20,
+            connections: Connections::default(),
         }
     }
 }

@@ -30,23 +30,90 @@ pub(super) fn collab(
         .and(warp::ext::optional::<OnUpgrade>())
         .map(
             move |id: String, headers: HeaderMap, query: String, on_upgrade: Option<OnUpgrade>| {
-                let r = handshake(
+                match handshake(
                     &service, &config, &metrics, &id, &headers, &query, on_upgrade,
-                );
-                // Refusals of the service (503) are counted where their
-                // reason is known.
-                let reason = match r.status() {
-                    StatusCode::UNAUTHORIZED => Some(RejectReason::Unauthorized),
-                    StatusCode::FORBIDDEN => Some(RejectReason::Forbidden),
-                    s if s.is_client_error() => Some(RejectReason::BadRequest),
-                    _ => None,
-                };
-                if let Some(reason) = reason {
-                    metrics.connection_rejected(reason);
+                ) {
+                    Ok(switching) => switching,
+                    Err(refusal) => {
+                        metrics.connection_rejected(refusal.reject_reason());
+                        refusal.response()
+                    }
                 }
-                r
             },
         )
+}
+
+/// Why an upgrade request is answered without switching protocols.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HandshakeRefusal {
+    NotAUuid,
+    TokenInUrl,
+    NotWebSocket,
+    BadVersion,
+    MissingKey,
+    UnsupportedSubprotocol,
+    OriginNotAllowed,
+    BadAuthorization,
+    NotUpgradable,
+    /// The service refused a connection slot.
+    Service(Refusal),
+}
+
+impl HandshakeRefusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            HandshakeRefusal::NotWebSocket => StatusCode::UPGRADE_REQUIRED,
+            HandshakeRefusal::OriginNotAllowed => StatusCode::FORBIDDEN,
+            HandshakeRefusal::BadAuthorization => StatusCode::UNAUTHORIZED,
+            HandshakeRefusal::Service(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HandshakeRefusal::NotAUuid
+            | HandshakeRefusal::TokenInUrl
+            | HandshakeRefusal::BadVersion
+            | HandshakeRefusal::MissingKey
+            | HandshakeRefusal::UnsupportedSubprotocol
+            | HandshakeRefusal::NotUpgradable => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            HandshakeRefusal::NotAUuid => "document_id must be a UUID",
+            HandshakeRefusal::TokenInUrl => {
+                "tokens in the URL are not accepted: use the Authorization header or join.token"
+            }
+            HandshakeRefusal::NotWebSocket => "this endpoint speaks WebSocket (relay.v1)",
+            HandshakeRefusal::BadVersion => "Sec-WebSocket-Version must be 13",
+            HandshakeRefusal::MissingKey => "missing Sec-WebSocket-Key",
+            HandshakeRefusal::UnsupportedSubprotocol => "unsupported subprotocol: offer relay.v1",
+            HandshakeRefusal::OriginNotAllowed => "origin not allowed",
+            HandshakeRefusal::BadAuthorization => "Authorization must be `Bearer <jwt>`",
+            HandshakeRefusal::NotUpgradable => "connection cannot be upgraded",
+            HandshakeRefusal::Service(Refusal::AtCapacity { .. }) => "server at capacity",
+            HandshakeRefusal::Service(Refusal::Draining { .. }) => "server shutting down",
+        }
+    }
+
+    fn reject_reason(&self) -> RejectReason {
+        match self {
+            HandshakeRefusal::BadAuthorization => RejectReason::Unauthorized,
+            HandshakeRefusal::OriginNotAllowed => RejectReason::Forbidden,
+            HandshakeRefusal::Service(Refusal::AtCapacity { .. }) => RejectReason::Capacity,
+            HandshakeRefusal::Service(Refusal::Draining { .. }) => RejectReason::Unavailable,
+            _ => RejectReason::BadRequest,
+        }
+    }
+
+    fn response(&self) -> WarpResponse {
+        let mut r = plain(self.status(), self.message());
+        if let HandshakeRefusal::Service(
+            Refusal::AtCapacity { retry_after_secs } | Refusal::Draining { retry_after_secs },
+        ) = self
+        {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        r
+    }
 }
 
 fn plain(status: StatusCode, body: &str) -> WarpResponse {
@@ -75,37 +142,31 @@ fn handshake(
     headers: &HeaderMap,
     query: &str,
     on_upgrade: Option<OnUpgrade>,
-) -> WarpResponse {
+) -> Result<WarpResponse, HandshakeRefusal> {
     let Ok(uuid) = uuid::Uuid::parse_str(id) else {
-        return plain(StatusCode::BAD_REQUEST, "document_id must be a UUID");
+        return Err(HandshakeRefusal::NotAUuid);
     };
     let document = DocumentId::new(uuid);
     if query
         .split('&')
         .any(|kv| matches!(kv.split('=').next(), Some("token" | "access_token" | "jwt")))
     {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "tokens in the URL are not accepted: use the Authorization header or join.token",
-        );
+        return Err(HandshakeRefusal::TokenInUrl);
     }
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")
     {
-        return plain(
-            StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket (relay.v1)",
-        );
+        return Err(HandshakeRefusal::NotWebSocket);
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .and_then(|v| v.to_str().ok())
         != Some("13")
     {
-        return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
+        return Err(HandshakeRefusal::BadVersion);
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+        return Err(HandshakeRefusal::MissingKey);
     };
     let offered: Vec<String> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -119,15 +180,12 @@ fn handshake(
     } else if offered.iter().any(|p| p == SUBPROTOCOL) {
         true
     } else {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "unsupported subprotocol: offer relay.v1",
-        );
+        return Err(HandshakeRefusal::UnsupportedSubprotocol);
     };
     if let (Some(allowed), Some(origin)) = (&config.allowed_origins, headers.get(header::ORIGIN)) {
         let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
         if !allowed.iter().any(|a| a == origin) {
-            return plain(StatusCode::FORBIDDEN, "origin not allowed");
+            return Err(HandshakeRefusal::OriginNotAllowed);
         }
     }
     let bearer = match headers.get(header::AUTHORIZATION) {
@@ -142,43 +200,23 @@ fn handshake(
         {
             Some(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
             _ => {
-                return plain(
-                    StatusCode::UNAUTHORIZED,
-                    "Authorization must be `Bearer <jwt>`",
-                );
+                return Err(HandshakeRefusal::BadAuthorization);
             }
         },
     };
     let Some(on_upgrade) = on_upgrade else {
-        return plain(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
+        return Err(HandshakeRefusal::NotUpgradable);
     };
     let slot = match service.admit() {
         Ok(slot) => slot,
-        Err(refusal) => {
-            let (secs, why, reason) = match refusal {
-                Refusal::AtCapacity { retry_after_secs } => (
-                    retry_after_secs,
-                    "server at capacity",
-                    RejectReason::Capacity,
-                ),
-                Refusal::Draining { retry_after_secs } => (
-                    retry_after_secs,
-                    "server shutting down",
-                    RejectReason::Unavailable,
-                ),
-            };
-            metrics.connection_rejected(reason);
-            let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, why);
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            return r;
-        }
+        Err(refusal) => return Err(HandshakeRefusal::Service(refusal)),
     };
     let accept = derive_accept_key(key.as_bytes());
     let service = service.clone();
     let config = config.clone();
     let metrics = metrics.clone();
-    tokio::spawn(async move {
+    let connections = config.connections.clone();
+    connections.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -215,5 +253,5 @@ fn handshake(
             HeaderValue::from_static(SUBPROTOCOL),
         );
     }
-    r
+    Ok(r)
 }

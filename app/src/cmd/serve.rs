@@ -13,6 +13,7 @@ use relay_ports::CollaborationService;
 use relay_ports::protocol::Role;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -89,6 +90,7 @@ async fn serve(
         None
     };
     let ws_config = config.ws();
+    let connections = ws_config.connections.clone();
     let bind = config.bind_address;
     let metrics_addr = std::net::SocketAddr::new(bind.ip(), config.metrics_port);
     let wired = wiring::build_with(config, dev.as_ref().map(|d| &d.0), metrics.clone()).await?;
@@ -139,6 +141,12 @@ async fn serve(
     relay.shutdown().await;
     stop_public.cancel();
     let _ = public.await;
+    // What is left are connections that never joined (the service closed
+    // every session): cut, and their tasks awaited (bounded).
+    let left = connections.len();
+    if !connections.stop(Duration::from_secs(2)).await {
+        warn!(connections = left, "connection tasks still ending at exit");
+    }
     stop_metrics.cancel();
     servers.wait().await;
     // The wiring's background tasks (the JWKS refresher), awaited.

@@ -40,7 +40,7 @@ use relay_domain::{
 };
 use relay_ports::bus::{BusEvent, BusMessage, Envelope};
 use relay_ports::protocol::{
-    Departed, ErrorCode, Role, ServerMessage, UserInfo, encode_op, encode_ops_frame,
+    CloseCode, Departed, ErrorCode, Role, ServerMessage, UserInfo, encode_op, encode_ops_frame,
 };
 use relay_ports::{Append, OpStatus, OperationType, StoreError};
 use std::collections::HashMap;
@@ -395,10 +395,8 @@ impl Room {
                 let ids: Vec<u64> = self.sessions.keys().copied().collect();
                 for id in ids {
                     if let Some(s) = self.sessions.get(&id) {
-                        s.sink.order_close(
-                            relay_ports::protocol::close::GOING_AWAY,
-                            "server shutting down",
-                        );
+                        s.sink
+                            .order_close(CloseCode::GoingAway, "server shutting down");
                     }
                     self.leave(id, "server shutting down").await;
                 }
@@ -506,7 +504,7 @@ impl Room {
     fn reopen(&mut self) {
         for s in self.sessions.values() {
             s.sink.order_close(
-                relay_ports::protocol::close::TRY_AGAIN_LATER,
+                CloseCode::TryAgainLater,
                 "the document was reopened from the store: reconnect",
             );
         }
@@ -535,10 +533,8 @@ impl Drop for Room {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for s in self.sessions.values() {
-                s.sink.order_close(
-                    relay_ports::protocol::close::INTERNAL,
-                    "internal error: reconnect to resume",
-                );
+                s.sink
+                    .order_close(CloseCode::Internal, "internal error: reconnect to resume");
             }
         }
     }

@@ -439,8 +439,7 @@ impl Room {
                 && s.awaiting.map(|a| a.0) == Some(p.submission.seq)
             {
                 s.awaiting = None;
-                s.sink
-                    .order_close(relay_ports::protocol::close::TRY_AGAIN_LATER, reason);
+                s.sink.order_close(CloseCode::TryAgainLater, reason);
             }
         }
     }

@@ -111,7 +111,7 @@ async fn writer(
     let mut started = relay
         .join(relay.admit().expect("slot"), doc, None, join)
         .await
-        .unwrap_or_else(|f| panic!("join: {}", f.reason));
+        .unwrap_or_else(|f| panic!("join: {f}"));
     let joined = next(&mut started.outbound).await;
     assert_eq!(joined.kind, "joined", "expected joined, got {joined:?}");
     let mut base = Version::new(joined.version.expect("joined has a version")).unwrap();
