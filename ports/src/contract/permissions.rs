@@ -12,7 +12,6 @@ use crate::auth::{Claims, PermissionSource};
 use crate::protocol::Role;
 use relay_domain::{DocumentId, UserId};
 use std::collections::BTreeMap;
-use std::future::Future;
 
 fn claims(user: UserId, docs: Option<&[(&str, Role)]>) -> Claims {
     Claims {
@@ -40,12 +39,7 @@ async fn role<P: PermissionSource>(
 }
 
 /// Every case for a source that reads the `docs` claim.
-pub async fn claims_source<P, F, Fut>(make: F)
-where
-    P: PermissionSource,
-    F: Fn() -> Fut,
-    Fut: Future<Output = P>,
-{
+pub async fn claims_source<P: PermissionSource>(make: &impl AsyncFn() -> P) {
     let source = make().await;
     let (listed, unlisted) = (fresh_document(), fresh_document());
     let listed_key = listed.to_string();
@@ -113,16 +107,11 @@ where
 
 /// Every case for a source holding its own grants. `grant(source, user,
 /// document, role)` sets (`Some`) or revokes (`None`) a user's role on a
-/// document; the future it returns must not borrow `source` (clone what
-/// it needs).
-pub async fn granted_source<P, F, Fut, G, GFut>(make: F, grant: G)
-where
-    P: PermissionSource,
-    F: Fn() -> Fut,
-    Fut: Future<Output = P>,
-    G: Fn(&P, UserId, DocumentId, Option<Role>) -> GFut,
-    GFut: Future<Output = ()>,
-{
+/// document.
+pub async fn granted_source<P: PermissionSource>(
+    make: &impl AsyncFn() -> P,
+    grant: &impl AsyncFn(&P, UserId, DocumentId, Option<Role>),
+) {
     let source = make().await;
     let (document, other_document) = (fresh_document(), fresh_document());
     let (ada, bob) = (fresh_user(), fresh_user());
