@@ -11,36 +11,9 @@ fn pool() -> PgPool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_store_keeps_the_operation_store_contract() {
-    contract::store::run_all(&async || PgStore::new(pool())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_one_of_concurrent_appends_at_a_version_wins_on_postgres() {
-    contract::store::exactly_one_concurrent_append_wins(&async || PgStore::new(pool()), &|t| {
+    contract::store::run_all(&async || PgStore::new(pool()), &|t| {
         tokio::spawn(t);
     })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_to_many_postgres_documents_each_get_their_own_answer() {
-    contract::store::concurrent_appends_to_many_documents_each_get_their_own_answer(
-        &async || PgStore::new(pool()),
-        &|t| {
-            tokio::spawn(t);
-        },
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_postgres_store_refuses_what_it_cannot_hold_one_batch_only() {
-    contract::store::a_batch_with_data_the_store_cannot_hold_fails_alone(
-        &async || PgStore::new(pool()),
-        &|t| {
-            tokio::spawn(t);
-        },
-    )
     .await;
 }
 

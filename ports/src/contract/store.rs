@@ -1,9 +1,9 @@
 //! The [`OperationStore`] contract.
 //!
 //! Each case takes a factory for a store (async, so a PostgreSQL adapter
-//! can connect) and works on fresh documents. [`run_all`] runs every case
-//! that needs nothing else; [`exactly_one_concurrent_append_wins`] also
-//! needs a [`Spawn`] and should run on a multi-threaded runtime.
+//! can connect) and works on fresh documents. [`run_all`] runs every case;
+//! the concurrent ones race tasks started through its [`Spawn`], so run it
+//! on a multi-threaded runtime.
 
 use super::{PATIENCE, Spawn, client, fresh_document, fresh_user, within};
 use crate::store::{Append, Loaded, OperationStore, Snapshot, StoreError};
@@ -11,8 +11,9 @@ use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Versio
 use std::sync::Arc;
 use tokio::sync::{Barrier, mpsc};
 
-/// Runs every case but [`exactly_one_concurrent_append_wins`].
-pub async fn run_all<S: OperationStore>(make: &impl AsyncFn() -> S) {
+/// Runs every case, the concurrent ones included (their tasks started
+/// through `spawn`).
+pub async fn run_all<S: OperationStore>(make: &impl AsyncFn() -> S, spawn: &Spawn) {
     appending_at_the_next_version_commits(make).await;
     an_empty_append_commits_nothing(make).await;
     appending_at_a_taken_version_conflicts(make).await;
@@ -29,6 +30,9 @@ pub async fn run_all<S: OperationStore>(make: &impl AsyncFn() -> S) {
     saving_a_snapshot_at_or_below_the_latest_changes_nothing(make).await;
     a_snapshot_past_the_head_is_corrupt(make).await;
     ping_answers(make).await;
+    exactly_one_concurrent_append_wins(make, spawn).await;
+    concurrent_appends_to_many_documents_each_get_their_own_answer(make, spawn).await;
+    a_batch_with_data_the_store_cannot_hold_fails_alone(make, spawn).await;
 }
 
 /// An op at `version` inserting `text` at the end of a document that grew
