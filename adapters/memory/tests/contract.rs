@@ -3,8 +3,7 @@
 use relay_adapter_memory::{
     ClaimsPermissions, ManualClock, MemoryBus, MemoryPermissions, MemoryPresence, MemoryStore,
 };
-use relay_domain::{DocumentId, Timestamp, UserId};
-use relay_ports::Role;
+use relay_domain::Timestamp;
 use relay_ports::contract::{bus, permissions, presence, store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,30 +17,9 @@ async fn small_bus() -> MemoryBus {
     MemoryBus::with_capacity(16, 8)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_store_keeps_the_store_contract() {
-    store::run_all(memory_store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_one_concurrent_append_to_the_memory_store_wins() {
-    store::exactly_one_concurrent_append_wins(memory_store, &|task| {
-        tokio::spawn(task);
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_to_many_memory_documents_each_get_their_own_answer() {
-    store::concurrent_appends_to_many_documents_each_get_their_own_answer(memory_store, &|task| {
-        tokio::spawn(task);
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_memory_store_refuses_what_postgres_cannot_hold_one_batch_only() {
-    store::a_batch_with_data_the_store_cannot_hold_fails_alone(memory_store, &|task| {
+    store::run_all(&memory_store, &|task| {
         tokio::spawn(task);
     })
     .await;
@@ -50,34 +28,27 @@ async fn the_memory_store_refuses_what_postgres_cannot_hold_one_batch_only() {
 #[tokio::test]
 async fn the_memory_bus_keeps_the_bus_contract() {
     let overflow_after = small_bus().await.overflow_after();
-    bus::run_all(small_bus, overflow_after, false).await;
+    bus::run_all(&small_bus, overflow_after, false).await;
 }
 
 #[tokio::test]
 async fn the_memory_bus_with_default_capacities_keeps_the_bus_contract() {
     let overflow_after = MemoryBus::new().overflow_after();
-    bus::run_all(|| async { MemoryBus::new() }, overflow_after, false).await;
+    bus::run_all(&async || MemoryBus::new(), overflow_after, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_bus_keeps_the_bus_contract_across_threads() {
     let overflow_after = small_bus().await.overflow_after();
-    bus::run_all(small_bus, overflow_after, false).await;
+    bus::run_all(&small_bus, overflow_after, false).await;
 }
 
 #[tokio::test]
 async fn the_memory_presence_registry_keeps_the_presence_contract() {
     let clock = ManualClock::new(Timestamp(1_700_000_000_000));
-    let registry_clock = clock.clone();
     presence::run_all(
-        move || {
-            let clock = registry_clock.clone();
-            async move { MemoryPresence::new(Arc::new(clock)) }
-        },
-        move |by| {
-            clock.advance(by);
-            async {}
-        },
+        &async || MemoryPresence::new(Arc::new(clock.clone())),
+        &async |by| clock.advance(by),
         Duration::from_secs(30),
     )
     .await;
@@ -85,19 +56,16 @@ async fn the_memory_presence_registry_keeps_the_presence_contract() {
 
 #[tokio::test]
 async fn claims_permissions_keep_the_claims_contract() {
-    permissions::claims_source(|| async { ClaimsPermissions::new() }).await;
+    permissions::claims_source(&async || ClaimsPermissions::new()).await;
 }
 
 #[tokio::test]
 async fn memory_permissions_keep_the_granted_contract() {
     permissions::granted_source(
-        || async { MemoryPermissions::new() },
-        |source: &MemoryPermissions, user: UserId, document: DocumentId, role: Option<Role>| {
-            match role {
-                Some(role) => source.grant(user, document, role),
-                None => source.revoke(user, document),
-            }
-            async {}
+        &async || MemoryPermissions::new(),
+        &async |source: &MemoryPermissions, user, document, role| match role {
+            Some(role) => source.grant(user, document, role),
+            None => source.revoke(user, document),
         },
     )
     .await;

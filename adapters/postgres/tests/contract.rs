@@ -4,7 +4,6 @@
 use relay_adapter_postgres::{PgPermissions, PgPool, PgStore, PoolSettings, testdb};
 use relay_domain::{DocumentId, UserId};
 use relay_ports::contract;
-use relay_ports::protocol::Role;
 
 fn pool() -> PgPool {
     PgPool::new(&testdb::test_database(), &PoolSettings::default()).expect("pool")
@@ -12,36 +11,9 @@ fn pool() -> PgPool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_store_keeps_the_operation_store_contract() {
-    contract::store::run_all(|| async { PgStore::new(pool()) }).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_one_of_concurrent_appends_at_a_version_wins_on_postgres() {
-    contract::store::exactly_one_concurrent_append_wins(|| async { PgStore::new(pool()) }, &|t| {
+    contract::store::run_all(&async || PgStore::new(pool()), &|t| {
         tokio::spawn(t);
     })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_to_many_postgres_documents_each_get_their_own_answer() {
-    contract::store::concurrent_appends_to_many_documents_each_get_their_own_answer(
-        || async { PgStore::new(pool()) },
-        &|t| {
-            tokio::spawn(t);
-        },
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_postgres_store_refuses_what_it_cannot_hold_one_batch_only() {
-    contract::store::a_batch_with_data_the_store_cannot_hold_fails_alone(
-        || async { PgStore::new(pool()) },
-        &|t| {
-            tokio::spawn(t);
-        },
-    )
     .await;
 }
 
@@ -51,7 +23,7 @@ async fn the_postgres_store_refuses_what_it_cannot_hold_one_batch_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refusing_a_statement_fails_only_the_batch_it_refuses() {
     contract::store::a_batch_with_data_the_store_cannot_hold_fails_alone(
-        || async { PgStore::without_data_checks(pool()) },
+        &async || PgStore::without_data_checks(pool()),
         &|t| {
             tokio::spawn(t);
         },
@@ -62,15 +34,10 @@ async fn postgres_refusing_a_statement_fails_only_the_batch_it_refuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_permission_source_keeps_the_granted_source_contract() {
     contract::permissions::granted_source(
-        || async { PgPermissions::new(pool()) },
-        |p: &PgPermissions, user: UserId, doc: DocumentId, role: Option<Role>| {
-            let p = p.clone();
-            async move {
-                match role {
-                    Some(r) => p.grant(user, doc, r).await.expect("grant"),
-                    None => p.revoke(user, doc).await.expect("revoke"),
-                }
-            }
+        &async || PgPermissions::new(pool()),
+        &async |p: &PgPermissions, user, doc, role| match role {
+            Some(r) => p.grant(user, doc, r).await.expect("grant"),
+            None => p.revoke(user, doc).await.expect("revoke"),
         },
     )
     .await;

@@ -46,15 +46,15 @@ async fn redis_presence() -> RedisPresence {
 async fn the_redis_bus_keeps_the_bus_contract() {
     // Far more than a queue holds: the subscriber task receives them all
     // from Redis whether or not the subscription reads.
-    bus::run_all(redis_bus, QUEUE * 8, true).await;
+    bus::run_all(&redis_bus, QUEUE * 8, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_presence_registry_keeps_the_presence_contract() {
     // Redis keeps its own time: the cases wait for real, with a short TTL.
     presence::run_all(
-        redis_presence,
-        |by| tokio::time::sleep(by),
+        &redis_presence,
+        &async |by| tokio::time::sleep(by).await,
         Duration::from_millis(400),
     )
     .await;

@@ -8,7 +8,6 @@
 use super::{client, fresh_document, fresh_user, within};
 use crate::bus::{BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subscription};
 use relay_domain::{CommittedOp, Delta, DocumentId, PresenceEntry, Seq, Version};
-use std::future::Future;
 use uuid::Uuid;
 
 /// The most messages [`a_subscriber_that_does_not_read_is_told_it_lagged`]
@@ -23,20 +22,19 @@ pub const BURST: usize = 8;
 /// subscriber that does not read, are sure to overflow its queue (at most
 /// [`MAX_OVERFLOW`]); `keeps_history`, whether the bus keeps recent ops
 /// for [`FanOut::recent`].
-pub async fn run_all<B, F, Fut>(make: F, overflow_after: usize, keeps_history: bool)
-where
-    B: FanOut,
-    F: Fn() -> Fut,
-    Fut: Future<Output = B>,
-{
-    a_subscriber_receives_envelopes_in_publish_order(&make).await;
-    every_subscriber_of_a_document_receives_every_envelope(&make).await;
-    documents_are_isolated(&make).await;
-    dropping_a_subscription_unsubscribes(&make).await;
-    publishing_without_subscribers_succeeds(&make).await;
-    a_subscriber_that_does_not_read_is_told_it_lagged(&make, overflow_after).await;
-    ping_answers(&make).await;
-    recent_ops_are_the_exact_range_or_none(&make, keeps_history).await;
+pub async fn run_all<B: FanOut>(
+    make: &impl AsyncFn() -> B,
+    overflow_after: usize,
+    keeps_history: bool,
+) {
+    a_subscriber_receives_envelopes_in_publish_order(make).await;
+    every_subscriber_of_a_document_receives_every_envelope(make).await;
+    documents_are_isolated(make).await;
+    dropping_a_subscription_unsubscribes(make).await;
+    publishing_without_subscribers_succeeds(make).await;
+    a_subscriber_that_does_not_read_is_told_it_lagged(make, overflow_after).await;
+    ping_answers(make).await;
+    recent_ops_are_the_exact_range_or_none(make, keeps_history).await;
 }
 
 fn instance() -> InstanceId {
@@ -125,12 +123,9 @@ async fn expect_message(subscription: &mut Subscription, expected: &Envelope, wh
 /// Envelopes from this instance and from another one arrive as published,
 /// origin included (a subscriber skips its own by origin, so the bus must
 /// not do it for them).
-pub async fn a_subscriber_receives_envelopes_in_publish_order<B, F, Fut>(make: F)
-where
-    B: FanOut,
-    F: Fn() -> Fut,
-    Fut: Future<Output = B>,
-{
+pub async fn a_subscriber_receives_envelopes_in_publish_order<B: FanOut>(
+    make: &impl AsyncFn() -> B,
+) {
     let bus = make().await;
     let document = fresh_document();
     let (ours, theirs) = (instance(), instance());
@@ -153,12 +148,9 @@ where
     }
 }
 
-pub async fn every_subscriber_of_a_document_receives_every_envelope<B, F, Fut>(make: F)
-where
-    B: FanOut,
-    F: Fn() -> Fut,
-    Fut: Future<Output = B>,
-{
+pub async fn every_subscriber_of_a_document_receives_every_envelope<B: FanOut>(
+    make: &impl AsyncFn() -> B,
+) {
     let bus = make().await;
     let document = fresh_document();
     let mut first = subscribe(&bus, document).await;
@@ -173,12 +165,7 @@ where
     }
 }
 
-pub async fn documents_are_isolated<B, F, Fut>(make: F)
-where
-    B: FanOut,
-    F: Fn() -> Fut,
-    Fut: Future<Output = B>,
-{
+pub async fn documents_are_isolated<B: FanOut>(make: &impl AsyncFn() -> B) {
     let bus = make().await;
     let origin = instance();
     let (a, b) = (fresh_document(), fresh_document());
@@ -210,12 +197,7 @@ where
     expect_message(&mut on_b, &to_b_again, "b's subscriber").await;
 }
 
-pub async fn dropping_a_subscription_unsubscribes<B, F, Fut>(make: F)
-where
-    B: FanOut,
-    F: Fn() -> Fut,
-    Fut: Future<Output = B>,
-{
+pub async fn dropping_a_subscription_unsubscribes<B: FanOut>(make: &impl AsyncFn() -> B) {
     let bus = make().await;
     let origin = instance();
     let document = fresh_document();
@@ -242,12 +224,7 @@ where
     .await;
 }
 
-pub async fn publishing_without_subscribers_succeeds<B, F, Fut>(make: F)
-where
-    B: FanOut,
-    F: Fn() -> Fut,
-    Fut: Future<Output = B>,
-{
+pub async fn publishing_without_subscribers_succeeds<B: FanOut>(make: &impl AsyncFn() -> B) {
     let bus = make().await;
     let document = fresh_document();
     publish(&bus, &envelope(instance(), document, 0)).await;
@@ -256,14 +233,10 @@ where
 /// A subscriber that does not read while `overflow_after` messages are
 /// published must, once it reads again, receive `Lagged` (after some of the
 /// messages, in order) rather than block the publisher or miss silently.
-pub async fn a_subscriber_that_does_not_read_is_told_it_lagged<B, F, Fut>(
-    make: F,
+pub async fn a_subscriber_that_does_not_read_is_told_it_lagged<B: FanOut>(
+    make: &impl AsyncFn() -> B,
     overflow_after: usize,
-) where
-    B: FanOut,
-    F: Fn() -> Fut,
-    Fut: Future<Output = B>,
-{
+) {
     assert!(
         (1..=MAX_OVERFLOW).contains(&overflow_after),
         "overflow_after must be 1 to {MAX_OVERFLOW}"
@@ -310,12 +283,7 @@ pub async fn a_subscriber_that_does_not_read_is_told_it_lagged<B, F, Fut>(
     );
 }
 
-pub async fn ping_answers<B, F, Fut>(make: F)
-where
-    B: FanOut,
-    F: Fn() -> Fut,
-    Fut: Future<Output = B>,
-{
+pub async fn ping_answers<B: FanOut>(make: &impl AsyncFn() -> B) {
     assert_eq!(make().await.ping().await, Ok(()));
 }
 
@@ -357,12 +325,10 @@ fn ops_of(envelopes: &[&Envelope]) -> Vec<CommittedOp> {
 /// [`FanOut::recent`] answers every op of the range, in order, or `None`:
 /// never part of it, never another document's. A bus that keeps history
 /// answers ranges it was published.
-pub async fn recent_ops_are_the_exact_range_or_none<B, F, Fut>(make: F, keeps_history: bool)
-where
-    B: FanOut,
-    F: Fn() -> Fut,
-    Fut: Future<Output = B>,
-{
+pub async fn recent_ops_are_the_exact_range_or_none<B: FanOut>(
+    make: &impl AsyncFn() -> B,
+    keeps_history: bool,
+) {
     let bus = make().await;
     let (document, other) = (fresh_document(), fresh_document());
     let origin = instance();

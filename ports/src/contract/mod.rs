@@ -1,6 +1,9 @@
 //! Contract test suites, one per outbound port, written once and run
 //! against every adapter (in-memory, PostgreSQL, Redis...). Each suite is a
-//! set of async functions taking a factory for a fresh adapter.
+//! set of async functions taking a factory for the adapter, `make: &impl
+//! AsyncFn() -> S` (an `async fn`, an async closure, or a closure returning
+//! a future), and a `run_all` that runs every one of them, so an adapter
+//! cannot leave a case out.
 //!
 //! Every case works on fresh random ids (documents, users), so a factory
 //! may hand out the same store or bus each time: a shared real database or

@@ -7,13 +7,11 @@
 //!   test map), set through the caller's `grant`. Such a source decides
 //!   alone: the token's `docs` claim grants nothing.
 
-use super::fresh_document;
+use super::{fresh_document, fresh_user};
 use crate::auth::{Claims, PermissionSource};
 use crate::protocol::Role;
 use relay_domain::{DocumentId, UserId};
 use std::collections::BTreeMap;
-use std::future::Future;
-use uuid::Uuid;
 
 fn claims(user: UserId, docs: Option<&[(&str, Role)]>) -> Claims {
     Claims {
@@ -29,10 +27,6 @@ fn claims(user: UserId, docs: Option<&[(&str, Role)]>) -> Claims {
     }
 }
 
-fn user() -> UserId {
-    UserId::new(Uuid::new_v4())
-}
-
 async fn role<P: PermissionSource>(
     source: &P,
     claims: &Claims,
@@ -45,18 +39,13 @@ async fn role<P: PermissionSource>(
 }
 
 /// Every case for a source that reads the `docs` claim.
-pub async fn claims_source<P, F, Fut>(make: F)
-where
-    P: PermissionSource,
-    F: Fn() -> Fut,
-    Fut: Future<Output = P>,
-{
+pub async fn claims_source<P: PermissionSource>(make: &impl AsyncFn() -> P) {
     let source = make().await;
     let (listed, unlisted) = (fresh_document(), fresh_document());
     let listed_key = listed.to_string();
 
     for own in [Role::Viewer, Role::Editor, Role::Owner] {
-        let only = claims(user(), Some(&[(&listed_key, own)]));
+        let only = claims(fresh_user(), Some(&[(&listed_key, own)]));
         assert_eq!(
             role(&source, &only, listed).await,
             Some(own),
@@ -70,7 +59,7 @@ where
     }
 
     let lower_own = claims(
-        user(),
+        fresh_user(),
         Some(&[(&listed_key, Role::Viewer), ("*", Role::Owner)]),
     );
     assert_eq!(
@@ -84,7 +73,7 @@ where
         "\"*\" covers every document without an entry"
     );
     let higher_own = claims(
-        user(),
+        fresh_user(),
         Some(&[(&listed_key, Role::Editor), ("*", Role::Viewer)]),
     );
     assert_eq!(role(&source, &higher_own, listed).await, Some(Role::Editor));
@@ -93,19 +82,22 @@ where
         Some(Role::Viewer)
     );
 
-    let empty = claims(user(), Some(&[]));
+    let empty = claims(fresh_user(), Some(&[]));
     assert_eq!(
         role(&source, &empty, listed).await,
         None,
         "an empty docs claim is no access"
     );
-    let absent = claims(user(), None);
+    let absent = claims(fresh_user(), None);
     assert_eq!(
         role(&source, &absent, listed).await,
         None,
         "no docs claim is no access"
     );
-    let not_a_document = claims(user(), Some(&[("all", Role::Owner), ("", Role::Owner)]));
+    let not_a_document = claims(
+        fresh_user(),
+        Some(&[("all", Role::Owner), ("", Role::Owner)]),
+    );
     assert_eq!(
         role(&source, &not_a_document, listed).await,
         None,
@@ -115,19 +107,14 @@ where
 
 /// Every case for a source holding its own grants. `grant(source, user,
 /// document, role)` sets (`Some`) or revokes (`None`) a user's role on a
-/// document; the future it returns must not borrow `source` (clone what
-/// it needs).
-pub async fn granted_source<P, F, Fut, G, GFut>(make: F, grant: G)
-where
-    P: PermissionSource,
-    F: Fn() -> Fut,
-    Fut: Future<Output = P>,
-    G: Fn(&P, UserId, DocumentId, Option<Role>) -> GFut,
-    GFut: Future<Output = ()>,
-{
+/// document.
+pub async fn granted_source<P: PermissionSource>(
+    make: &impl AsyncFn() -> P,
+    grant: &impl AsyncFn(&P, UserId, DocumentId, Option<Role>),
+) {
     let source = make().await;
     let (document, other_document) = (fresh_document(), fresh_document());
-    let (ada, bob) = (user(), user());
+    let (ada, bob) = (fresh_user(), fresh_user());
     let ada_claims = claims(ada, None);
     let bob_claims = claims(bob, None);
 

@@ -9,27 +9,23 @@
 use super::{client, fresh_document, fresh_user};
 use crate::presence::PresenceRegistry;
 use relay_domain::{ClientId, DocumentId, PresenceEntry, UserId, Version};
-use std::future::Future;
 use std::time::Duration;
 
 /// A TTL no case outlives.
 const LONG: Duration = Duration::from_secs(3600);
 
 /// Runs every case.
-pub async fn run_all<P, F, Fut, A, AFut>(make: F, advance: A, ttl: Duration)
-where
-    P: PresenceRegistry,
-    F: Fn() -> Fut,
-    Fut: Future<Output = P>,
-    A: Fn(Duration) -> AFut,
-    AFut: Future<Output = ()>,
-{
-    entries_are_listed_in_user_then_client_order(&make).await;
-    upserting_again_replaces_the_entry(&make).await;
-    a_removed_entry_is_no_longer_listed(&make).await;
-    documents_are_isolated(&make).await;
-    entries_expire_after_their_ttl(&make, &advance, ttl).await;
-    refreshing_an_entry_extends_its_ttl(&make, &advance, ttl).await;
+pub async fn run_all<P: PresenceRegistry>(
+    make: &impl AsyncFn() -> P,
+    advance: &impl AsyncFn(Duration),
+    ttl: Duration,
+) {
+    entries_are_listed_in_user_then_client_order(make).await;
+    upserting_again_replaces_the_entry(make).await;
+    a_removed_entry_is_no_longer_listed(make).await;
+    documents_are_isolated(make).await;
+    entries_expire_after_their_ttl(make, advance, ttl).await;
+    refreshing_an_entry_extends_its_ttl(make, advance, ttl).await;
 }
 
 fn entry(user: UserId, client_id: &ClientId, anchor: usize) -> PresenceEntry {
@@ -62,12 +58,9 @@ async fn list<P: PresenceRegistry>(registry: &P, document: DocumentId) -> Vec<Pr
         .expect("list must not fail on a reachable registry")
 }
 
-pub async fn entries_are_listed_in_user_then_client_order<P, F, Fut>(make: F)
-where
-    P: PresenceRegistry,
-    F: Fn() -> Fut,
-    Fut: Future<Output = P>,
-{
+pub async fn entries_are_listed_in_user_then_client_order<P: PresenceRegistry>(
+    make: &impl AsyncFn() -> P,
+) {
     let registry = make().await;
     let document = fresh_document();
     let mut users = [fresh_user(), fresh_user(), fresh_user()];
@@ -91,12 +84,7 @@ where
     assert_eq!(list(&registry, document).await, expected);
 }
 
-pub async fn upserting_again_replaces_the_entry<P, F, Fut>(make: F)
-where
-    P: PresenceRegistry,
-    F: Fn() -> Fut,
-    Fut: Future<Output = P>,
-{
+pub async fn upserting_again_replaces_the_entry<P: PresenceRegistry>(make: &impl AsyncFn() -> P) {
     let registry = make().await;
     let document = fresh_document();
     let (user, tab) = (fresh_user(), client("tab"));
@@ -106,12 +94,7 @@ where
     assert_eq!(list(&registry, document).await, vec![moved]);
 }
 
-pub async fn a_removed_entry_is_no_longer_listed<P, F, Fut>(make: F)
-where
-    P: PresenceRegistry,
-    F: Fn() -> Fut,
-    Fut: Future<Output = P>,
-{
+pub async fn a_removed_entry_is_no_longer_listed<P: PresenceRegistry>(make: &impl AsyncFn() -> P) {
     let registry = make().await;
     let document = fresh_document();
     let (user, tab, other_tab) = (fresh_user(), client("tab"), client("other-tab"));
@@ -135,12 +118,7 @@ where
     assert_eq!(list(&registry, document).await, vec![]);
 }
 
-pub async fn documents_are_isolated<P, F, Fut>(make: F)
-where
-    P: PresenceRegistry,
-    F: Fn() -> Fut,
-    Fut: Future<Output = P>,
-{
+pub async fn documents_are_isolated<P: PresenceRegistry>(make: &impl AsyncFn() -> P) {
     let registry = make().await;
     let (a, b) = (fresh_document(), fresh_document());
     let (user, tab) = (fresh_user(), client("tab"));
@@ -160,14 +138,11 @@ where
     assert_eq!(list(&registry, fresh_document()).await, vec![]);
 }
 
-pub async fn entries_expire_after_their_ttl<P, F, Fut, A, AFut>(make: F, advance: A, ttl: Duration)
-where
-    P: PresenceRegistry,
-    F: Fn() -> Fut,
-    Fut: Future<Output = P>,
-    A: Fn(Duration) -> AFut,
-    AFut: Future<Output = ()>,
-{
+pub async fn entries_expire_after_their_ttl<P: PresenceRegistry>(
+    make: &impl AsyncFn() -> P,
+    advance: &impl AsyncFn(Duration),
+    ttl: Duration,
+) {
     let registry = make().await;
     let document = fresh_document();
     let (user, tab) = (fresh_user(), client("tab"));
@@ -190,17 +165,11 @@ where
     );
 }
 
-pub async fn refreshing_an_entry_extends_its_ttl<P, F, Fut, A, AFut>(
-    make: F,
-    advance: A,
+pub async fn refreshing_an_entry_extends_its_ttl<P: PresenceRegistry>(
+    make: &impl AsyncFn() -> P,
+    advance: &impl AsyncFn(Duration),
     ttl: Duration,
-) where
-    P: PresenceRegistry,
-    F: Fn() -> Fut,
-    Fut: Future<Output = P>,
-    A: Fn(Duration) -> AFut,
-    AFut: Future<Output = ()>,
-{
+) {
     let registry = make().await;
     let document = fresh_document();
     let (user, tab) = (fresh_user(), client("tab"));

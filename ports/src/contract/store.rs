@@ -1,40 +1,38 @@
 //! The [`OperationStore`] contract.
 //!
 //! Each case takes a factory for a store (async, so a PostgreSQL adapter
-//! can connect) and works on fresh documents. [`run_all`] runs every case
-//! that needs nothing else; [`exactly_one_concurrent_append_wins`] also
-//! needs a [`Spawn`] and should run on a multi-threaded runtime.
+//! can connect) and works on fresh documents. [`run_all`] runs every case;
+//! the concurrent ones race tasks started through its [`Spawn`], so run it
+//! on a multi-threaded runtime.
 
 use super::{PATIENCE, Spawn, client, fresh_document, fresh_user, within};
 use crate::store::{Append, Loaded, OperationStore, Snapshot, StoreError};
 use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
-use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{Barrier, mpsc};
 
-/// Runs every case but [`exactly_one_concurrent_append_wins`].
-pub async fn run_all<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
-    appending_at_the_next_version_commits(&make).await;
-    an_empty_append_commits_nothing(&make).await;
-    appending_at_a_taken_version_conflicts(&make).await;
-    appending_past_the_next_version_conflicts(&make).await;
-    a_committed_idempotency_key_is_a_duplicate_and_writes_nothing(&make).await;
-    a_batch_is_written_whole_or_not_at_all(&make).await;
-    a_retried_op_whose_version_is_taken_writes_nothing(&make).await;
-    reads_return_ranges_in_order_up_to_the_limit(&make).await;
-    an_unknown_document_is_empty(&make).await;
-    find_answers_the_version_of_an_idempotency_key(&make).await;
-    last_seq_is_the_highest_seq_of_a_client(&make).await;
-    load_without_a_snapshot_returns_every_op(&make).await;
-    load_with_a_snapshot_returns_it_and_only_the_tail_after_it(&make).await;
-    saving_a_snapshot_at_or_below_the_latest_changes_nothing(&make).await;
-    a_snapshot_past_the_head_is_corrupt(&make).await;
-    ping_answers(&make).await;
+/// Runs every case, the concurrent ones included (their tasks started
+/// through `spawn`).
+pub async fn run_all<S: OperationStore>(make: &impl AsyncFn() -> S, spawn: &Spawn) {
+    appending_at_the_next_version_commits(make).await;
+    an_empty_append_commits_nothing(make).await;
+    appending_at_a_taken_version_conflicts(make).await;
+    appending_past_the_next_version_conflicts(make).await;
+    a_committed_idempotency_key_is_a_duplicate_and_writes_nothing(make).await;
+    a_batch_is_written_whole_or_not_at_all(make).await;
+    a_retried_op_whose_version_is_taken_writes_nothing(make).await;
+    reads_return_ranges_in_order_up_to_the_limit(make).await;
+    an_unknown_document_is_empty(make).await;
+    find_answers_the_version_of_an_idempotency_key(make).await;
+    last_seq_is_the_highest_seq_of_a_client(make).await;
+    load_without_a_snapshot_returns_every_op(make).await;
+    load_with_a_snapshot_returns_it_and_only_the_tail_after_it(make).await;
+    saving_a_snapshot_at_or_below_the_latest_changes_nothing(make).await;
+    a_snapshot_past_the_head_is_corrupt(make).await;
+    ping_answers(make).await;
+    exactly_one_concurrent_append_wins(make, spawn).await;
+    concurrent_appends_to_many_documents_each_get_their_own_answer(make, spawn).await;
+    a_batch_with_data_the_store_cannot_hold_fails_alone(make, spawn).await;
 }
 
 /// An op at `version` inserting `text` at the end of a document that grew
@@ -105,12 +103,7 @@ async fn document_with<S: OperationStore>(
     (document, user, client_id, ops)
 }
 
-pub async fn appending_at_the_next_version_commits<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn appending_at_the_next_version_commits<S: OperationStore>(make: &impl AsyncFn() -> S) {
     let store = make().await;
     let (document, user, client_id, mut ops) = document_with(&store, 2).await;
     assert_eq!(head(&store, document).await, Version::from(2));
@@ -131,12 +124,7 @@ where
     );
 }
 
-pub async fn an_empty_append_commits_nothing<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn an_empty_append_commits_nothing<S: OperationStore>(make: &impl AsyncFn() -> S) {
     let store = make().await;
     let unknown = fresh_document();
     assert_eq!(append(&store, unknown, &[]).await, Append::Committed);
@@ -147,12 +135,7 @@ where
     assert_eq!(all(&store, document).await, ops);
 }
 
-pub async fn appending_at_a_taken_version_conflicts<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn appending_at_a_taken_version_conflicts<S: OperationStore>(make: &impl AsyncFn() -> S) {
     let store = make().await;
     let (document, _, _, ops) = document_with(&store, 2).await;
     let rival = (fresh_user(), client("rival"));
@@ -177,12 +160,9 @@ where
     );
 }
 
-pub async fn appending_past_the_next_version_conflicts<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn appending_past_the_next_version_conflicts<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
     let store = make().await;
     let (user, client_id) = (fresh_user(), client("gap"));
 
@@ -209,12 +189,9 @@ where
     assert_eq!(store.last_seq(document, user, &client_id).await, Ok(None));
 }
 
-pub async fn a_committed_idempotency_key_is_a_duplicate_and_writes_nothing<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn a_committed_idempotency_key_is_a_duplicate_and_writes_nothing<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
     let store = make().await;
     let (document, user, client_id, mut ops) = document_with(&store, 2).await;
 
@@ -255,12 +232,7 @@ where
     assert_eq!(all(&store, document).await, ops);
 }
 
-pub async fn a_batch_is_written_whole_or_not_at_all<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn a_batch_is_written_whole_or_not_at_all<S: OperationStore>(make: &impl AsyncFn() -> S) {
     let store = make().await;
     let (document, user, client_id, mut ops) = document_with(&store, 1).await;
     let newcomer = (fresh_user(), client("newcomer"));
@@ -306,12 +278,9 @@ where
 /// that is in fact committed, at the version it had. Both conditions hold;
 /// the trait does not rank them, so either answer is accepted, but it must
 /// be accurate and write nothing.
-pub async fn a_retried_op_whose_version_is_taken_writes_nothing<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn a_retried_op_whose_version_is_taken_writes_nothing<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
     let store = make().await;
     let (document, user, client_id, ops) = document_with(&store, 2).await;
     let answer = append(&store, document, &ops[1..]).await;
@@ -332,12 +301,9 @@ where
     assert_eq!(all(&store, document).await, ops);
 }
 
-pub async fn reads_return_ranges_in_order_up_to_the_limit<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn reads_return_ranges_in_order_up_to_the_limit<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
     let store = make().await;
     let (document, _, _, ops) = document_with(&store, 5).await;
     let cases: [(u64, usize, std::ops::Range<usize>); 8] = [
@@ -365,12 +331,7 @@ where
     );
 }
 
-pub async fn an_unknown_document_is_empty<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn an_unknown_document_is_empty<S: OperationStore>(make: &impl AsyncFn() -> S) {
     let store = make().await;
     let document = fresh_document();
     let (user, client_id) = (fresh_user(), client("nobody"));
@@ -384,12 +345,9 @@ where
     assert_eq!(store.last_seq(document, user, &client_id).await, Ok(None));
 }
 
-pub async fn find_answers_the_version_of_an_idempotency_key<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn find_answers_the_version_of_an_idempotency_key<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
     let store = make().await;
     let (document, user, client_id, _) = document_with(&store, 3).await;
     for v in 1..=3 {
@@ -424,12 +382,9 @@ where
     );
 }
 
-pub async fn last_seq_is_the_highest_seq_of_a_client<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn last_seq_is_the_highest_seq_of_a_client<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
     let store = make().await;
     let document = fresh_document();
     let (user, tab, other_tab) = (fresh_user(), client("tab"), client("other-tab"));
@@ -460,12 +415,9 @@ where
     );
 }
 
-pub async fn load_without_a_snapshot_returns_every_op<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn load_without_a_snapshot_returns_every_op<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
     let store = make().await;
     let (document, _, _, ops) = document_with(&store, 3).await;
     assert_eq!(
@@ -477,12 +429,9 @@ where
     );
 }
 
-pub async fn load_with_a_snapshot_returns_it_and_only_the_tail_after_it<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn load_with_a_snapshot_returns_it_and_only_the_tail_after_it<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
     let store = make().await;
     let (document, _, _, ops) = document_with(&store, 5).await;
     store
@@ -515,12 +464,9 @@ where
     );
 }
 
-pub async fn saving_a_snapshot_at_or_below_the_latest_changes_nothing<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn saving_a_snapshot_at_or_below_the_latest_changes_nothing<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
     let store = make().await;
     let (document, _, _, ops) = document_with(&store, 4).await;
     store
@@ -544,12 +490,7 @@ where
     );
 }
 
-pub async fn a_snapshot_past_the_head_is_corrupt<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn a_snapshot_past_the_head_is_corrupt<S: OperationStore>(make: &impl AsyncFn() -> S) {
     let store = make().await;
     let (document, _, _, ops) = document_with(&store, 2).await;
     assert!(
@@ -574,12 +515,7 @@ where
     );
 }
 
-pub async fn ping_answers<S, F, Fut>(make: F)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn ping_answers<S: OperationStore>(make: &impl AsyncFn() -> S) {
     assert_eq!(make().await.ping().await, Ok(()));
 }
 
@@ -593,12 +529,10 @@ pub const ROUNDS: u64 = 5;
 /// version as the head, and the store holds the winner's op. Repeated for
 /// [`ROUNDS`] consecutive versions. Run it on a multi-threaded runtime so
 /// the racers really run in parallel.
-pub async fn exactly_one_concurrent_append_wins<S, F, Fut>(make: F, spawn: &Spawn)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn exactly_one_concurrent_append_wins<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+    spawn: &Spawn,
+) {
     let store = Arc::new(make().await);
     let document = fresh_document();
     let racers: Vec<(UserId, ClientId)> = (0..RACERS)
@@ -666,14 +600,10 @@ pub const DOCUMENTS: usize = 24;
 /// idempotency key at the next version (`Duplicate`). A store that batches
 /// appends of many documents together must still answer each one on its
 /// own and write exactly the committed ones.
-pub async fn concurrent_appends_to_many_documents_each_get_their_own_answer<S, F, Fut>(
-    make: F,
+pub async fn concurrent_appends_to_many_documents_each_get_their_own_answer<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
     spawn: &Spawn,
-) where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+) {
     let store = Arc::new(make().await);
     let mut documents = Vec::new();
     for _ in 0..DOCUMENTS {
@@ -768,12 +698,10 @@ fn unstorable(user: UserId, client_id: &ClientId) -> Vec<CommittedOp> {
 /// attribute value or name; once each): that batch is `Rejected` and
 /// writes nothing, every other document commits. Every store refuses the
 /// same data, so the in-memory store behaves as PostgreSQL does.
-pub async fn a_batch_with_data_the_store_cannot_hold_fails_alone<S, F, Fut>(make: F, spawn: &Spawn)
-where
-    S: OperationStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn a_batch_with_data_the_store_cannot_hold_fails_alone<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+    spawn: &Spawn,
+) {
     let store = Arc::new(make().await);
     let (bad_user, bad_client) = (fresh_user(), client("bad"));
     for bad in unstorable(bad_user, &bad_client) {
