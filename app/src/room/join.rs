@@ -2,9 +2,13 @@
 //! `since`, or the content), and reading what the room missed from the
 //! store.
 
-use super::*;
-use relay_ports::Cause;
+use super::{JoinError, Local, Member, Room, entry_key};
+use crate::sink::Sink;
+use relay_domain::{CursorThrottle, PresenceEntry, RateLimiter, TypingDebounce, Version};
 use relay_ports::Chain;
+use relay_ports::bus::BusMessage;
+use relay_ports::protocol::{ServerMessage, UserInfo, encode_op};
+use tracing::{info, warn};
 
 impl Room {
     pub(super) async fn join(
@@ -17,12 +21,12 @@ impl Room {
         // instance): the store is the source of truth, catch up first so the
         // document never goes backwards for it.
         if let Some(since) = since
-            && since > self.seq.version()
+            && since > self.sequencer.version()
             && let Err(e) = self.catch_up_to(since).await
         {
             warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a joining client's version");
         }
-        let version = self.seq.version();
+        let version = self.sequencer.version();
         let catch_up = match since {
             Some(v) if v <= version => self.catch_up_ops(v).await?,
             _ => None,
@@ -33,7 +37,7 @@ impl Room {
         // the document), while an ordinary catch-up stays ops.
         let (content, ops) = match catch_up {
             Some(ops) => {
-                let doc = self.seq.document();
+                let doc = self.sequencer.document();
                 let ops_bytes = ops
                     .iter()
                     .map(|op| encode_op(op).len() + 1)
@@ -53,7 +57,7 @@ impl Room {
                     }
                 }
             }
-            None => (Some(self.seq.document().to_delta()), None),
+            None => (Some(self.sequencer.document().to_delta()), None),
         };
         let entry = PresenceEntry {
             user: member.user,
@@ -116,135 +120,5 @@ impl Room {
         }
         self.publish(BusMessage::Joined { entry }).await;
         Ok(())
-    }
-
-    /// The ops after `since`, from memory or the store; `None` if too many
-    /// or no longer available (then `joined` carries the content).
-    pub(super) async fn catch_up_ops(
-        &mut self,
-        since: Version,
-    ) -> Result<Option<Vec<CommittedOp>>, JoinError> {
-        if let Some(ops) = self.seq.ops_since(since) {
-            return Ok(Some(ops.cloned().collect()));
-        }
-        let missing = usize::try_from(self.seq.version().since(since)).unwrap_or(usize::MAX);
-        if missing > MAX_CATCH_UP_FROM_STORE {
-            return Ok(None);
-        }
-        let ops = self
-            .deps
-            .store
-            .read(self.document, since, missing)
-            .await
-            .map_err(JoinError::Unavailable)?;
-        let complete = ops.len() == missing
-            && ops.iter().enumerate().all(|(i, op)| {
-                u64::try_from(i + 1).ok().and_then(|n| since.checked_add(n)) == Some(op.version)
-            });
-        Ok(complete.then_some(ops))
-    }
-
-    /// Reads and applies every op the store has after our version.
-    pub(super) async fn catch_up(&mut self) -> Result<(), StoreError> {
-        self.catch_up_finding(|_| false).await.map(|_| ())
-    }
-
-    /// [`Room::catch_up`], returning the applied ops that `mine` picks
-    /// (after an append whose answer was lost: the batch's own ops, found
-    /// committed).
-    pub(super) async fn catch_up_finding(
-        &mut self,
-        mine: impl Fn(&CommittedOp) -> bool,
-    ) -> Result<Vec<CommittedOp>, StoreError> {
-        let mut found = Vec::new();
-        loop {
-            let ops = self
-                .deps
-                .store
-                .read(self.document, self.seq.version(), 1000)
-                .await?;
-            if ops.is_empty() {
-                return Ok(found);
-            }
-            let mut applied = Vec::with_capacity(ops.len());
-            for op in ops {
-                match self.seq.apply_remote(op, self.deps.clock.now()) {
-                    // As applied: the delta fitted to the document.
-                    Ok(true) => applied.extend(self.seq.last_committed().cloned()),
-                    Ok(false) => {}
-                    Err(e) => return Err(StoreError::Corrupt(Cause::new(e))),
-                }
-            }
-            found.extend(applied.iter().filter(|op| mine(op)).cloned());
-            self.committed(&applied, false).await;
-        }
-    }
-
-    /// Catches up to at least `target` (a version a client or the store
-    /// showed): from the bus's recent ops when it holds every one up to
-    /// it, else from the store.
-    pub(super) async fn catch_up_to(&mut self, target: Version) -> Result<(), StoreError> {
-        let mut applied = Vec::new();
-        let from_bus = self.apply_from_bus(target, &mut applied).await;
-        self.committed(&applied, false).await;
-        if from_bus {
-            return Ok(());
-        }
-        self.catch_up().await
-    }
-
-    /// Applies the ops after the room's version through `through` from the
-    /// bus's recent history, onto `applied`; whether the room reached
-    /// `through` (if not, the store has the rest).
-    pub(super) async fn apply_from_bus(
-        &mut self,
-        through: Version,
-        applied: &mut Vec<CommittedOp>,
-    ) -> bool {
-        if through <= self.seq.version() {
-            return true;
-        }
-        let ops = match self
-            .deps
-            .bus
-            .recent(self.document, self.seq.version(), through)
-            .await
-        {
-            Ok(Some(ops)) => ops,
-            Ok(None) => return false,
-            Err(e) => {
-                debug!(document = %self.document, error = %Chain(&e), "bus history unavailable; reading the store");
-                return false;
-            }
-        };
-        for op in ops {
-            match self.seq.apply_remote(op, self.deps.clock.now()) {
-                Ok(true) => applied.extend(self.seq.last_committed().cloned()),
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(document = %self.document, error = %Chain(&e), "an op from the bus history was refused; reading the store");
-                    return false;
-                }
-            }
-        }
-        self.seq.version() >= through
-    }
-
-    /// Catches up with what others committed that the bus did not bring
-    /// (a gap, a lag, the bus down, the settle check); one that finds ops
-    /// counts as a gap repair from the store.
-    pub(super) async fn catch_up_logged(&mut self) {
-        let before = self.seq.version();
-        match self.catch_up().await {
-            Ok(_) if self.seq.version() > before => {
-                self.deps
-                    .metrics
-                    .gap_repair(relay_ports::metrics::GapSource::Store);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(document = %self.document, error = %Chain(&e), "catch-up from the store failed");
-            }
-        }
     }
 }

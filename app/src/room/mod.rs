@@ -15,10 +15,13 @@
 //!   bus subscription) and its lifecycle (open, idle close, supervision).
 //! - `write`: the write path (submits, group commit, the append and its
 //!   answers, fan-out after commit).
-//! - `join`: joins and catch-up from the store.
+//! - `catch_up`: every way a room learns ops it did not commit (memory,
+//!   the bus's recent history, the store) and which it uses when.
+//! - `join`: joins.
 //! - `remote`: what other instances publish on the bus.
 //! - `presence`: local clients' cursors, typing and departures.
 
+mod catch_up;
 mod join;
 mod presence;
 mod remote;
@@ -34,22 +37,18 @@ use crate::deps::Deps;
 use crate::registry::RoomLease;
 use crate::sink::Sink;
 use relay_domain::{
-    ClientId, CommittedOp, CursorThrottle, Document, DocumentId, PresenceEntry, Proposed,
-    RateLimiter, Rejection, Roster, Seq, Sequencer, Submission, Timestamp, TypingDebounce, UserId,
-    Version,
+    ClientId, CursorThrottle, Document, DocumentId, RateLimiter, Roster, Seq, Sequencer,
+    Submission, Timestamp, TypingDebounce, UserId, Version,
 };
+use relay_ports::StoreError;
 use relay_ports::bus::{BusEvent, BusMessage, Envelope};
-use relay_ports::protocol::{
-    CloseCode, Departed, ErrorCode, Role, ServerMessage, UserInfo, encode_op, encode_ops_frame,
-};
-use relay_ports::{Append, OpStatus, OperationType, StoreError};
+use relay_ports::protocol::{CloseCode, Role, ServerMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::Instrument;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// How many times a batch is retried after losing the race for a version.
 const MAX_APPEND_ATTEMPTS: usize = 8;
@@ -143,7 +142,7 @@ struct Pending {
 pub(crate) struct Room {
     document: DocumentId,
     deps: Arc<Deps>,
-    seq: Sequencer,
+    sequencer: Sequencer,
     roster: Roster,
     sessions: HashMap<u64, Local>,
     last_snapshot: Version,
@@ -323,11 +322,12 @@ impl Room {
             ),
             None => (Document::new(), Version::ZERO),
         };
-        let mut seq = Sequencer::new(doc, deps.config.sequencer());
+        let mut sequencer = Sequencer::new(doc, deps.config.sequencer());
         let now = deps.clock.now();
         for op in loaded.tail {
             let v = op.version;
-            seq.apply_remote(op, now)
+            sequencer
+                .apply_remote(op, now)
                 .map_err(|e| StoreError::Corrupt(Cause::msg(format!("op {v}: {e}"))))?;
         }
         let mut roster = Roster::new();
@@ -336,7 +336,7 @@ impl Room {
                 roster.join(e);
             }
         }
-        debug!(%document, version = %seq.version(), "room opened");
+        debug!(%document, version = %sequencer.version(), "room opened");
         Ok(Room {
             document,
             next_presence_refresh: Instant::now() + deps.presence_refresh(),
@@ -344,7 +344,7 @@ impl Room {
             settle_check: None,
             publisher: spawn_publisher(&deps, document),
             deps,
-            seq,
+            sequencer,
             roster,
             sessions: HashMap::new(),
             last_snapshot,
@@ -522,7 +522,7 @@ impl Room {
         if !self.discarded {
             self.maybe_snapshot(true).await;
         }
-        debug!(document = %self.document, version = %self.seq.version(), "room closed");
+        debug!(document = %self.document, version = %self.sequencer.version(), "room closed");
     }
 }
 

@@ -2,8 +2,13 @@
 //! typing (debounced), departures, and keeping this instance's registry
 //! entries alive.
 
-use super::*;
+use super::Room;
+use relay_domain::{ClientId, PresenceEntry, UserId, Version};
 use relay_ports::Chain;
+use relay_ports::bus::BusMessage;
+use relay_ports::protocol::{Departed, ErrorCode, ServerMessage};
+use tokio::time::Instant;
+use tracing::{info, warn};
 
 impl Room {
     /// A cursor from a local client: checked, then throttled before any
@@ -15,7 +20,7 @@ impl Room {
         version: Version,
         selection: Option<(usize, usize)>,
     ) {
-        let current = self.seq.version();
+        let current = self.sequencer.version();
         let now = self.now();
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
@@ -43,18 +48,18 @@ impl Room {
     ) {
         #[cfg(test)]
         test_counters::count_rebase(self.document);
-        let current = self.seq.version();
+        let current = self.sequencer.version();
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
-        let len = self.seq.document().len();
+        let len = self.sequencer.document().len();
         let selection = match selection {
             None => None,
             Some((a, h)) => {
                 let bias = relay_domain::Bias::Before;
                 match (
-                    self.seq.rebase_position(a, version, bias),
-                    self.seq.rebase_position(h, version, bias),
+                    self.sequencer.rebase_position(a, version, bias),
+                    self.sequencer.rebase_position(h, version, bias),
                 ) {
                     (Some(a), Some(h)) => Some((a.min(len), h.min(len))),
                     // Taken at a version no longer in history: drop it; the

@@ -1,8 +1,13 @@
 //! What other instances publish on the bus: their committed ops (a gap is
 //! filled from the store) and their clients' presence.
 
-use super::*;
+use super::{Room, cursor_message};
+use relay_domain::PresenceEntry;
 use relay_ports::Chain;
+use relay_ports::bus::{BusMessage, Envelope};
+use relay_ports::protocol::ServerMessage;
+use tokio::time::Instant;
+use tracing::warn;
 
 impl Room {
     pub(super) async fn remote(&mut self, env: Envelope) {
@@ -16,10 +21,10 @@ impl Room {
                 self.settle_check = Some(Instant::now() + self.deps.config.bus_down_poll);
                 let mut applied = Vec::new();
                 for op in ops {
-                    if op.version <= self.seq.version() {
+                    if op.version <= self.sequencer.version() {
                         continue;
                     }
-                    if Some(op.version) != self.seq.version().next()
+                    if Some(op.version) != self.sequencer.version().next()
                         && !self.fill_gap_from_bus(op.version, &mut applied).await
                     {
                         // The store has what we missed (and this op).
@@ -27,8 +32,8 @@ impl Room {
                         self.catch_up_logged().await;
                         return;
                     }
-                    match self.seq.apply_remote(op, self.now()) {
-                        Ok(_) => applied.extend(self.seq.last_committed().cloned()),
+                    match self.apply_one(op) {
+                        Ok(op) => applied.extend(op),
                         Err(e) => {
                             warn!(document = %self.document, error = %Chain(&e), "remote op refused");
                             break;
@@ -85,41 +90,14 @@ impl Room {
         }
     }
 
-    /// A gap before `next`: the ops between come from the bus's recent
-    /// history if it holds them all (applied onto `applied`); `false` if
-    /// it does not (the caller reads the store).
-    async fn fill_gap_from_bus(
-        &mut self,
-        next: relay_domain::Version,
-        applied: &mut Vec<relay_domain::CommittedOp>,
-    ) -> bool {
-        let Some(through) = next
-            .get()
-            .checked_sub(1)
-            .and_then(|v| relay_domain::Version::new(v).ok())
-        else {
-            return false;
-        };
-        let from = self.seq.version();
-        let filled =
-            self.apply_from_bus(through, applied).await && Some(next) == self.seq.version().next();
-        debug!(document = %self.document, %from, %next, filled, "a gap on the bus");
-        if filled {
-            self.deps
-                .metrics
-                .gap_repair(relay_ports::metrics::GapSource::Bus);
-        }
-        filled
-    }
-
     pub(super) fn rebase_entry(&self, entry: &mut PresenceEntry) {
-        let current = self.seq.version();
+        let current = self.sequencer.version();
         if entry.version >= current {
             return;
         }
         let moved = |p: Option<usize>| {
             p.and_then(|p| {
-                self.seq
+                self.sequencer
                     .rebase_position(p, entry.version, relay_domain::Bias::Before)
             })
         };

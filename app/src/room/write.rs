@@ -4,7 +4,14 @@
 //! sessions, the publish for other instances. A failed append is resolved
 //! against the store before anyone is answered.
 
-use super::*;
+use super::{LOOKUPS_AT_ONCE, MAX_APPEND_ATTEMPTS, Pending, Room};
+use crate::sink::Sink;
+use relay_domain::{ClientId, CommittedOp, Proposed, Rejection, Seq, Submission, UserId, Version};
+use relay_ports::bus::BusMessage;
+use relay_ports::protocol::{CloseCode, ErrorCode, ServerMessage, encode_op, encode_ops_frame};
+use relay_ports::{Append, Chain, OpStatus, OperationType, StoreError};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, warn};
 
 /// What a client is told when the store could not be used and nothing was
 /// committed (the cause goes to the log, never to the client).
@@ -120,12 +127,12 @@ impl Room {
         // catch up before judging it `future_base`.
         let furthest = batch.iter().map(|p| p.submission.base).max();
         if let Some(base) = furthest
-            && base > self.seq.version()
+            && base > self.sequencer.version()
             && let Err(e) = self.catch_up_to(base).await
         {
             let (ahead, rest): (Vec<Pending>, Vec<Pending>) = batch
                 .into_iter()
-                .partition(|p| p.submission.base > self.seq.version());
+                .partition(|p| p.submission.base > self.sequencer.version());
             warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a client's base");
             self.fail(&ahead, ErrorCode::Unavailable, STORE_UNAVAILABLE);
             batch = rest;
@@ -150,7 +157,7 @@ impl Room {
                 // A duplicate committed at a version this room has not
                 // delivered yet: its ack must come after the ops below it,
                 // so catch up and propose the batch again.
-                self.seq.abort_pending();
+                self.sequencer.abort_pending();
                 if let Err(e) = self.catch_up().await {
                     warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a duplicate's version");
                     self.send_away(
@@ -162,33 +169,34 @@ impl Room {
                 batch = proposed;
                 continue;
             }
-            if self.seq.pending().is_empty() {
+            if self.sequencer.pending().is_empty() {
                 return;
             }
             let started = std::time::Instant::now();
-            let span = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "commit", document = %self.document, ops = self.seq.pending().len());
+            let span = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "commit", document = %self.document, ops = self.sequencer.pending().len());
             let outcome = self
                 .deps
                 .store
-                .append(self.document, self.seq.pending())
+                .append(self.document, self.sequencer.pending())
                 .instrument(span)
                 .await;
             match outcome {
                 Ok(Append::Committed) => {
-                    self.deps
-                        .metrics
-                        .commit(self.seq.pending().len(), started.elapsed().as_secs_f64());
-                    let ops = self.seq.pending().to_vec();
-                    let through = ops.last().map_or(self.seq.version(), |o| o.version);
-                    self.seq.commit(through, self.now());
+                    self.deps.metrics.commit(
+                        self.sequencer.pending().len(),
+                        started.elapsed().as_secs_f64(),
+                    );
+                    let ops = self.sequencer.pending().to_vec();
+                    let through = ops.last().map_or(self.sequencer.version(), |o| o.version);
+                    self.sequencer.commit(through, self.now());
                     self.committed(&ops, true).await;
                     return;
                 }
-                Ok(Append::Conflict { current }) if current < self.seq.version() => {
+                Ok(Append::Conflict { current }) if current < self.sequencer.version() => {
                     // The store is behind this room (restored, failed over):
                     // what the room holds is not the document any more.
-                    self.seq.abort_pending();
-                    tracing::error!(document = %self.document, store = %current, room = %self.seq.version(), "the store's head is behind the room: reopening the document from the store");
+                    self.sequencer.abort_pending();
+                    tracing::error!(document = %self.document, store = %current, room = %self.sequencer.version(), "the store's head is behind the room: reopening the document from the store");
                     self.fail(
                         &proposed,
                         ErrorCode::Unavailable,
@@ -198,7 +206,7 @@ impl Room {
                     return;
                 }
                 Ok(Append::Conflict { .. }) | Ok(Append::Duplicate { .. }) => {
-                    self.seq.abort_pending();
+                    self.sequencer.abort_pending();
                     self.deps
                         .metrics
                         .commit_conflict(attempt < MAX_APPEND_ATTEMPTS);
@@ -213,7 +221,7 @@ impl Room {
                     batch = proposed;
                 }
                 Err(StoreError::Rejected(reason)) => {
-                    self.seq.abort_pending();
+                    self.sequencer.abort_pending();
                     if proposed.len() > 1 {
                         // One op's data is refused: commit them one at a
                         // time, so only that one fails.
@@ -232,13 +240,13 @@ impl Room {
                     return;
                 }
                 Err(e) => {
-                    self.seq.abort_pending();
+                    self.sequencer.abort_pending();
                     self.resolve_failed_append(&proposed, e).await;
                     return;
                 }
             }
         }
-        self.seq.abort_pending();
+        self.sequencer.abort_pending();
         warn!(document = %self.document, "gave up after {MAX_APPEND_ATTEMPTS} conflicting appends");
         for p in &batch {
             self.deps
@@ -260,7 +268,7 @@ impl Room {
         let mut unknown: Vec<(UserId, ClientId)> = Vec::new();
         for p in batch {
             let (user, client) = (p.submission.user, &p.submission.client_id);
-            if !self.seq.knows_client(user, client)
+            if !self.sequencer.knows_client(user, client)
                 && !unknown.iter().any(|(u, c)| *u == user && c == client)
             {
                 unknown.push((user, client.clone()));
@@ -294,7 +302,7 @@ impl Room {
         let mut outcome = Ok(());
         for ((user, client), answer) in clients.iter().zip(answers) {
             match answer {
-                Ok(last) => self.seq.remember_client(*user, client, last, now),
+                Ok(last) => self.sequencer.remember_client(*user, client, last, now),
                 Err(e) => outcome = outcome.and(Err(e)),
             }
         }
@@ -304,7 +312,7 @@ impl Room {
     /// Proposes one submit: see [`Proposal`].
     pub(super) async fn propose(&mut self, p: &mut Pending) -> Proposal {
         let sub = &p.submission;
-        if !self.seq.knows_client(sub.user, &sub.client_id)
+        if !self.sequencer.knows_client(sub.user, &sub.client_id)
             && let Err(e) = self.learn(&[(sub.user, sub.client_id.clone())]).await
         {
             warn!(document = %self.document, error = %Chain(&e), "cannot read a client's last seq");
@@ -315,7 +323,7 @@ impl Room {
             );
             return Proposal::Answered;
         }
-        let mut proposed = self.seq.propose(&p.submission);
+        let mut proposed = self.sequencer.propose(&p.submission);
         if let Err(Rejection::StaleBase { base, oldest }) = proposed
             // The base is older than this room's history (a room opened
             // from a recent snapshot - after a failover, say - while the
@@ -326,13 +334,15 @@ impl Room {
             && let Some(rebased) = self.rebase_from_store(&p.submission, base, oldest).await
         {
             p.submission = rebased;
-            proposed = self.seq.propose(&p.submission);
+            proposed = self.sequencer.propose(&p.submission);
         }
         let sub = &p.submission;
         let kind = OperationType::of(&sub.delta);
         match proposed {
             Ok(Proposed::New(_)) | Ok(Proposed::Pending(_)) => Proposal::Pending,
-            Ok(Proposed::Duplicate(version)) if version > self.seq.version() => Proposal::Behind,
+            Ok(Proposed::Duplicate(version)) if version > self.sequencer.version() => {
+                Proposal::Behind
+            }
             Ok(Proposed::Duplicate(version)) => {
                 self.deps.metrics.operation(kind, OpStatus::Duplicate);
                 self.ack(p.session, sub.seq, version);
@@ -347,7 +357,7 @@ impl Room {
                     .find(self.document, sub.user, &sub.client_id, seq)
                     .await
                 {
-                    Ok(Some(version)) if version > self.seq.version() => {
+                    Ok(Some(version)) if version > self.sequencer.version() => {
                         return Proposal::Behind;
                     }
                     Ok(Some(version)) => {
@@ -380,55 +390,6 @@ impl Room {
                 Proposal::Answered
             }
         }
-    }
-
-    /// `sub` rebased from `base` to `oldest` over the store's ops in
-    /// between (each transformed with the committed op first, as the
-    /// sequencer does); `None` if the store cannot give them all (the
-    /// submit is then refused `stale_base`).
-    async fn rebase_from_store(
-        &mut self,
-        sub: &Submission,
-        base: relay_domain::Version,
-        oldest: relay_domain::Version,
-    ) -> Option<Submission> {
-        let missing = usize::try_from(oldest.since(base)).ok()?;
-        if missing == 0 || missing > MAX_CATCH_UP_FROM_STORE {
-            return None;
-        }
-        // Only a base the history would still hold had this room been open
-        // all along (within OPERATION_HISTORY_MAX of the head): older bases
-        // stay `stale_base`, as PROTOCOL.md says - the limit is the same
-        // whichever instance the client lands on.
-        let behind = usize::try_from(self.seq.version().since(base)).unwrap_or(usize::MAX);
-        if behind > self.deps.config.operation_history_max {
-            return None;
-        }
-        let ops = match self.deps.store.read(self.document, base, missing).await {
-            Ok(ops) => ops,
-            Err(e) => {
-                warn!(document = %self.document, error = %Chain(&e), "cannot read the ops to rebase a stale base");
-                return None;
-            }
-        };
-        let contiguous = ops.len() == missing
-            && ops.iter().enumerate().all(|(i, op)| {
-                u64::try_from(i + 1).ok().and_then(|n| base.checked_add(n)) == Some(op.version)
-            });
-        if !contiguous {
-            return None;
-        }
-        let first_len = ops.first()?.delta.base_len();
-        let mut delta = sub.delta.clone().fit(first_len).ok()?;
-        for op in &ops {
-            delta = delta.transform(&op.delta, relay_domain::Side::Right).ok()?;
-        }
-        debug!(document = %self.document, %base, %oldest, "rebased a stale base over the store's ops");
-        Some(Submission {
-            base: oldest,
-            delta,
-            ..sub.clone()
-        })
     }
 
     /// Closes the sessions waiting on `pending` with 1013 (no answer
@@ -555,14 +516,14 @@ impl Room {
     }
 
     pub(super) async fn maybe_snapshot(&mut self, closing: bool) {
-        let version = self.seq.version();
+        let version = self.sequencer.version();
         let due = version.since(self.last_snapshot) >= self.deps.config.snapshot_every;
         if !(due || (closing && version > self.last_snapshot)) {
             return;
         }
         let snapshot = relay_ports::Snapshot {
             version,
-            content: self.seq.document().to_delta(),
+            content: self.sequencer.document().to_delta(),
         };
         match self.deps.store.save_snapshot(self.document, snapshot).await {
             Ok(()) => self.last_snapshot = version,
