@@ -26,6 +26,8 @@ mod service;
 mod session;
 mod sink;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 pub mod wiring;
 #[cfg(test)]
 mod write_path_tests;

@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::service::Relay;
+use crate::test_support::{next_frame, next_message};
 use crate::wiring;
 use relay_adapter_jwt::{DevKeys, TokenRequest};
 use relay_adapter_memory::MemoryPermissions;
@@ -12,22 +13,7 @@ use relay_ports::{ClientMessage, CollaborationService, Outbound};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::Receiver;
 use uuid::Uuid;
-
-async fn next(rx: &mut Receiver<Outbound>) -> Outbound {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .expect("a frame in time")
-        .expect("queue open")
-}
-
-async fn message(rx: &mut Receiver<Outbound>) -> ServerMessage {
-    match next(rx).await {
-        Outbound::Text(t) => ServerMessage::decode(&t).unwrap(),
-        other => panic!("expected a message, got {other:?}"),
-    }
-}
 
 fn submit(seq: u64, base: u64, text: &str) -> ClientMessage {
     let mut d = Delta::new();
@@ -71,23 +57,23 @@ async fn a_revoked_or_downgraded_permission_applies_to_open_sessions_within_the_
         .unwrap();
     let rx = &mut started.outbound;
     assert!(matches!(
-        message(rx).await,
+        next_message(rx).await,
         ServerMessage::Joined {
             role: Role::Editor,
             ..
         }
     ));
     started.session.handle(submit(1, 0, "a")).await;
-    assert!(matches!(message(rx).await, ServerMessage::Ack { .. }));
+    assert!(matches!(next_message(rx).await, ServerMessage::Ack { .. }));
 
     // Downgraded: still an editor until the cached answer is older than the TTL.
     permissions.grant(UserId::new(user), doc, Role::Viewer);
     tokio::time::advance(Duration::from_secs(299)).await;
     started.session.handle(submit(2, 1, "b")).await;
-    assert!(matches!(message(rx).await, ServerMessage::Ack { .. }));
+    assert!(matches!(next_message(rx).await, ServerMessage::Ack { .. }));
     tokio::time::advance(Duration::from_secs(2)).await;
     started.session.handle(submit(3, 2, "c")).await;
-    match message(rx).await {
+    match next_message(rx).await {
         ServerMessage::Error {
             code, seq, fatal, ..
         } => {
@@ -104,13 +90,13 @@ async fn a_revoked_or_downgraded_permission_applies_to_open_sessions_within_the_
     tokio::time::advance(Duration::from_secs(301)).await;
     started.session.handle(submit(3, 2, "c")).await;
     assert!(matches!(
-        message(rx).await,
+        next_message(rx).await,
         ServerMessage::Error {
             code: ErrorCode::Forbidden,
             ..
         }
     ));
-    match next(rx).await {
+    match next_frame(rx).await {
         Outbound::Close(order) => assert_eq!(order.code.as_u16(), 4403),
         other => panic!("expected a close, got {other:?}"),
     }

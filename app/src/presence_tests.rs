@@ -3,12 +3,12 @@
 //! timeline is exact.
 
 use crate::config::Config;
+use crate::test_support::drain;
 use crate::wiring;
-use relay_adapter_jwt::{DevKeys, TokenRequest};
-use relay_domain::{ClientId, DocumentId, Version};
-use relay_ports::protocol::{Join, Role, ServerMessage};
+use relay_adapter_jwt::DevKeys;
+use relay_domain::{ClientId, DocumentId, UserId, Version};
+use relay_ports::protocol::{Join, ServerMessage};
 use relay_ports::{ClientMessage, CollaborationService, Outbound, Session, Started};
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
 use uuid::Uuid;
@@ -19,16 +19,7 @@ async fn join(
     doc: DocumentId,
     client: &str,
 ) -> (Box<dyn Session>, Receiver<Outbound>) {
-    let mut docs = BTreeMap::new();
-    docs.insert("*".to_owned(), Role::Editor);
-    let token = keys
-        .mint(&TokenRequest {
-            sub: Uuid::new_v4(),
-            name: None,
-            docs,
-            ttl_secs: 3600,
-        })
-        .unwrap();
+    let token = keys.editor_token(UserId::new(Uuid::new_v4()), Duration::from_secs(3600));
     let join = Join {
         client_id: ClientId::new(client).unwrap(),
         token: Some(token),
@@ -48,15 +39,6 @@ async fn idle() {
     for _ in 0..50 {
         tokio::task::yield_now().await;
     }
-}
-
-/// Every message queued for a session right now.
-fn drain(rx: &mut Receiver<Outbound>) -> Vec<ServerMessage> {
-    let mut out = Vec::new();
-    while let Ok(Outbound::Text(t)) = rx.try_recv() {
-        out.push(ServerMessage::decode(&t).unwrap());
-    }
-    out
 }
 
 fn cursors(msgs: &[ServerMessage]) -> Vec<(Option<usize>, Option<usize>)> {

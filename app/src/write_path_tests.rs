@@ -5,19 +5,19 @@
 use crate::config::Config;
 use crate::deps::Adapters;
 use crate::service::Relay;
+use crate::test_support::{drain, next_message};
 use mockall::predicate::always;
-use relay_adapter_jwt::{DevKeys, JwtConfig, JwtVerifier, TokenRequest};
+use relay_adapter_jwt::{DevKeys, JwtConfig, JwtVerifier};
 use relay_adapter_memory::{
     ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, TokioClock,
 };
 use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
 use relay_ports::Cause;
-use relay_ports::protocol::{ErrorCode, Join, Role, ServerMessage};
+use relay_ports::protocol::{ErrorCode, Join, ServerMessage};
 use relay_ports::store::{MockOperationStore, Tap, Tapped};
 use relay_ports::{
     Append, ClientMessage, CollaborationService, Loaded, OperationStore, Outbound, StoreError,
 };
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -28,25 +28,6 @@ fn relay_with(store: MockOperationStore, keys: &DevKeys) -> Relay {
 
 fn relay_on(store: Arc<dyn OperationStore>, keys: &DevKeys) -> Relay {
     relay_on_bus(store, Arc::new(MemoryBus::new()), keys)
-}
-
-fn token(keys: &DevKeys, user: Uuid) -> String {
-    let mut docs = BTreeMap::new();
-    docs.insert("*".to_owned(), Role::Editor);
-    keys.mint(&TokenRequest {
-        sub: user,
-        name: None,
-        docs,
-        ttl_secs: 600,
-    })
-    .unwrap()
-}
-
-async fn next(outbound: &mut tokio::sync::mpsc::Receiver<Outbound>) -> ServerMessage {
-    match tokio::time::timeout(Duration::from_secs(5), outbound.recv()).await {
-        Ok(Some(Outbound::Text(t))) => ServerMessage::decode(&t).unwrap(),
-        other => panic!("expected a frame, got {other:?}"),
-    }
 }
 
 fn insert(text: &str) -> Delta {
@@ -89,7 +70,7 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
     let user = Uuid::new_v4();
     let join = Join {
         client_id: ClientId::new("tab").unwrap(),
-        token: Some(token(&keys, user)),
+        token: Some(keys.editor_token(UserId::new(user), Duration::from_secs(600))),
         since: None,
     };
     let slot = relay.admit().unwrap();
@@ -98,7 +79,7 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
         .await
         .unwrap();
     assert!(matches!(
-        next(&mut started.outbound).await,
+        next_message(&mut started.outbound).await,
         ServerMessage::Joined { .. }
     ));
     let submit = ClientMessage::Submit {
@@ -107,7 +88,7 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
         delta: insert("hi"),
     };
     started.session.handle(submit.clone()).await;
-    match next(&mut started.outbound).await {
+    match next_message(&mut started.outbound).await {
         ServerMessage::Error {
             code, seq, fatal, ..
         } => {
@@ -121,7 +102,7 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
     // The same submit again, once the store is back: committed once.
     started.session.handle(submit).await;
     assert_eq!(
-        next(&mut started.outbound).await,
+        next_message(&mut started.outbound).await,
         ServerMessage::Ack {
             seq: Seq::from(1),
             version: Version::from(1)
@@ -166,7 +147,7 @@ async fn losing_a_version_to_another_instance_catches_up_and_commits_at_the_next
     let user = Uuid::new_v4();
     let join = Join {
         client_id: ClientId::new("tab").unwrap(),
-        token: Some(token(&keys, user)),
+        token: Some(keys.editor_token(UserId::new(user), Duration::from_secs(600))),
         since: None,
     };
     let slot = relay.admit().unwrap();
@@ -174,7 +155,7 @@ async fn losing_a_version_to_another_instance_catches_up_and_commits_at_the_next
         .join(slot, DocumentId::new(Uuid::new_v4()), None, join)
         .await
         .unwrap();
-    next(&mut started.outbound).await;
+    next_message(&mut started.outbound).await;
     started
         .session
         .handle(ClientMessage::Submit {
@@ -185,11 +166,11 @@ async fn losing_a_version_to_another_instance_catches_up_and_commits_at_the_next
         .await;
     // The op it missed first, then the ack at the next version.
     assert_eq!(
-        next(&mut started.outbound).await,
+        next_message(&mut started.outbound).await,
         ServerMessage::Ops { ops: vec![theirs] }
     );
     assert_eq!(
-        next(&mut started.outbound).await,
+        next_message(&mut started.outbound).await,
         ServerMessage::Ack {
             seq: Seq::from(1),
             version: Version::from(2)
@@ -222,7 +203,7 @@ async fn new_clients_first_submits_in_one_turn_are_looked_up_together_and_each_c
     for i in 0..CLIENTS {
         let join = Join {
             client_id: ClientId::new(format!("tab-{i}")).unwrap(),
-            token: Some(token(&keys, Uuid::new_v4())),
+            token: Some(keys.editor_token(UserId::new(Uuid::new_v4()), Duration::from_secs(600))),
             since: None,
         };
         let mut started = relay
@@ -230,7 +211,7 @@ async fn new_clients_first_submits_in_one_turn_are_looked_up_together_and_each_c
             .await
             .unwrap();
         assert!(matches!(
-            next(&mut started.outbound).await,
+            next_message(&mut started.outbound).await,
             ServerMessage::Joined { .. }
         ));
         clients.push(started);
@@ -248,7 +229,7 @@ async fn new_clients_first_submits_in_one_turn_are_looked_up_together_and_each_c
     let mut versions = Vec::new();
     for c in &mut clients {
         loop {
-            match next(&mut c.outbound).await {
+            match next_message(&mut c.outbound).await {
                 ServerMessage::Ack { seq, version } => {
                     assert_eq!(seq, Seq::from(1));
                     versions.push(version);
@@ -289,7 +270,7 @@ async fn join_as(
 ) -> relay_ports::Started {
     let join = Join {
         client_id: ClientId::new(client).unwrap(),
-        token: Some(token(keys, user)),
+        token: Some(keys.editor_token(UserId::new(user), Duration::from_secs(600))),
         since,
     };
     relay
@@ -325,11 +306,11 @@ async fn a_room_that_panics_closes_its_sessions_with_1011_and_the_document_reope
     let mut a = join_as(&relay, &keys, ua, document, "tab-a", None).await;
     let mut b = join_as(&relay, &keys, ub, document, "tab-b", None).await;
     assert!(matches!(
-        next(&mut a.outbound).await,
+        next_message(&mut a.outbound).await,
         ServerMessage::Joined { .. }
     ));
     assert!(matches!(
-        next(&mut b.outbound).await,
+        next_message(&mut b.outbound).await,
         ServerMessage::Joined { .. }
     ));
     let submit = ClientMessage::Submit {
@@ -343,7 +324,7 @@ async fn a_room_that_panics_closes_its_sessions_with_1011_and_the_document_reope
     assert_eq!(close_code(&mut b).await, 1011);
     // A new join opens the document again, from the store.
     let mut c = join_as(&relay, &keys, ub, document, "tab-c", None).await;
-    match next(&mut c.outbound).await {
+    match next_message(&mut c.outbound).await {
         ServerMessage::Joined {
             version, content, ..
         } => {
@@ -354,13 +335,13 @@ async fn a_room_that_panics_closes_its_sessions_with_1011_and_the_document_reope
     }
     // The client whose op it was resumes and re-sends it: committed once.
     let mut a2 = join_as(&relay, &keys, ua, document, "tab-a", Some(Version::ZERO)).await;
-    match next(&mut a2.outbound).await {
+    match next_message(&mut a2.outbound).await {
         ServerMessage::Joined { ops: Some(ops), .. } => assert_eq!(ops.len(), 1),
         other => panic!("expected the catch-up, got {other:?}"),
     }
     a2.session.handle(submit).await;
     loop {
-        match next(&mut a2.outbound).await {
+        match next_message(&mut a2.outbound).await {
             ServerMessage::Ack { seq, version } => {
                 assert_eq!((seq, version), (Seq::from(1), Version::from(1)));
                 break;
@@ -411,11 +392,11 @@ async fn first_submit_with(
     let mut a = join_as(&relay, &keys, Uuid::new_v4(), document, "tab-a", None).await;
     let mut b = join_as(&relay, &keys, Uuid::new_v4(), document, "tab-b", None).await;
     assert!(matches!(
-        next(&mut a.outbound).await,
+        next_message(&mut a.outbound).await,
         ServerMessage::Joined { .. }
     ));
     assert!(matches!(
-        next(&mut b.outbound).await,
+        next_message(&mut b.outbound).await,
         ServerMessage::Joined { .. }
     ));
     a.session
@@ -446,10 +427,7 @@ async fn first_submit_with(
     .await
     .unwrap_or(None);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut seen = Vec::new();
-    while let Ok(Outbound::Text(t)) = b.outbound.try_recv() {
-        seen.push(ServerMessage::decode(&t).unwrap());
-    }
+    let mut seen = drain(&mut b.outbound);
     told.retain(|m| !matches!(m, ServerMessage::Presence { .. }));
     seen.retain(|m| !matches!(m, ServerMessage::Presence { .. }));
     (told, closed, seen)
@@ -560,7 +538,7 @@ async fn a_batch_the_store_refuses_fails_only_the_op_it_refuses() {
     for name in ["tab-a", "tab-b", "tab-c"] {
         let mut c = join_as(&relay, &keys, Uuid::new_v4(), document, name, None).await;
         assert!(matches!(
-            next(&mut c.outbound).await,
+            next_message(&mut c.outbound).await,
             ServerMessage::Joined { .. }
         ));
         clients.push(c);
@@ -579,7 +557,7 @@ async fn a_batch_the_store_refuses_fails_only_the_op_it_refuses() {
     for c in &mut clients {
         loop {
             if let m @ (ServerMessage::Ack { .. } | ServerMessage::Error { .. }) =
-                next(&mut c.outbound).await
+                next_message(&mut c.outbound).await
             {
                 answers.push(m);
                 break;
@@ -621,7 +599,7 @@ async fn commit_all(
     texts: &[&str],
 ) -> relay_ports::Started {
     let mut s = join_as(relay, keys, Uuid::new_v4(), document, client, None).await;
-    let ServerMessage::Joined { mut version, .. } = next(&mut s.outbound).await else {
+    let ServerMessage::Joined { mut version, .. } = next_message(&mut s.outbound).await else {
         panic!("joined")
     };
     let mut len = 0;
@@ -637,7 +615,7 @@ async fn commit_all(
             })
             .await;
         loop {
-            match next(&mut s.outbound).await {
+            match next_message(&mut s.outbound).await {
                 ServerMessage::Ack { version: v, .. } => {
                     version = v;
                     break;
@@ -669,7 +647,7 @@ async fn a_join_with_a_version_only_the_store_has_catches_up_instead_of_going_ba
         Some(Version::from(3)),
     )
     .await;
-    match next(&mut moved.outbound).await {
+    match next_message(&mut moved.outbound).await {
         ServerMessage::Joined { version, ops, .. } => {
             assert_eq!(
                 version,
@@ -706,7 +684,7 @@ async fn a_base_only_the_store_has_is_caught_up_to_not_refused_as_future() {
         .await;
     let mut seen = Vec::new();
     loop {
-        match next(&mut mover.outbound).await {
+        match next_message(&mut mover.outbound).await {
             ServerMessage::Ops { ops } => seen.extend(ops.into_iter().map(|o| o.version)),
             ServerMessage::Ack { version, .. } => {
                 assert_eq!(version, Version::from(3));
@@ -741,7 +719,7 @@ async fn a_duplicate_committed_elsewhere_is_acked_after_the_ops_below_it() {
     let _other = commit_all(&b, &keys, document, "other", &["o"]).await;
     let mut first = join_as(&b, &keys, user, document, "tab", None).await;
     assert!(matches!(
-        next(&mut first.outbound).await,
+        next_message(&mut first.outbound).await,
         ServerMessage::Joined { .. }
     ));
     let submit = ClientMessage::Submit {
@@ -754,19 +732,22 @@ async fn a_duplicate_committed_elsewhere_is_acked_after_the_ops_below_it() {
         },
     };
     first.session.handle(submit.clone()).await;
-    while !matches!(next(&mut first.outbound).await, ServerMessage::Ack { .. }) {}
+    while !matches!(
+        next_message(&mut first.outbound).await,
+        ServerMessage::Ack { .. }
+    ) {}
     drop(first);
     // It rejoins on A (still at version 0 in memory), having seen nothing,
     // and re-sends.
     let mut again = join_as(&a, &keys, user, document, "tab", Some(Version::ZERO)).await;
     assert!(matches!(
-        next(&mut again.outbound).await,
+        next_message(&mut again.outbound).await,
         ServerMessage::Joined { .. }
     ));
     again.session.handle(submit).await;
     let mut order = Vec::new();
     loop {
-        match next(&mut again.outbound).await {
+        match next_message(&mut again.outbound).await {
             ServerMessage::Ops { ops } => {
                 order.extend(ops.into_iter().map(|o| format!("op {}", o.version)))
             }
@@ -815,14 +796,14 @@ async fn a_store_behind_the_room_reopens_the_document_from_the_store() {
             delta: insert("b"),
         })
         .await;
-    match next(&mut s.outbound).await {
+    match next_message(&mut s.outbound).await {
         ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::Unavailable),
         other => panic!("expected unavailable, got {other:?}"),
     }
     assert_eq!(close_code(&mut s).await, 1013);
     // The next join sees the store's document, not the room's.
     let mut again = join_as(&relay, &keys, Uuid::new_v4(), document, "later", None).await;
-    match next(&mut again.outbound).await {
+    match next_message(&mut again.outbound).await {
         ServerMessage::Joined { version, .. } => assert_eq!(version, Version::ZERO),
         other => panic!("expected joined, got {other:?}"),
     }
@@ -1009,7 +990,7 @@ async fn a_gap_on_the_bus_is_filled_from_the_bus_history_without_the_store() {
         "both, in one message, without the store"
     );
     let mut late = join_as(&a, &keys, Uuid::new_v4(), document, "late", None).await;
-    match next(&mut late.outbound).await {
+    match next_message(&mut late.outbound).await {
         ServerMessage::Joined {
             version, content, ..
         } => {
@@ -1045,7 +1026,7 @@ async fn a_join_beyond_the_room_catches_up_from_the_bus_history_first() {
         Some(Version::from(2)),
     )
     .await;
-    match next(&mut moved.outbound).await {
+    match next_message(&mut moved.outbound).await {
         ServerMessage::Joined { version, ops, .. } => {
             assert_eq!(version, Version::from(2));
             assert_eq!(ops.map(|o| o.len()), Some(0));
@@ -1158,7 +1139,7 @@ async fn a_base_older_than_a_fresh_rooms_history_is_rebased_over_the_stores_ops(
     )
     .await;
     assert!(matches!(
-        next(&mut mover.outbound).await,
+        next_message(&mut mover.outbound).await,
         ServerMessage::Joined { .. }
     ));
     // Its op: "!" at the start of "ab", the document at version 2.
@@ -1173,7 +1154,7 @@ async fn a_base_older_than_a_fresh_rooms_history_is_rebased_over_the_stores_ops(
         })
         .await;
     loop {
-        match next(&mut mover.outbound).await {
+        match next_message(&mut mover.outbound).await {
             ServerMessage::Ack { version, .. } => {
                 assert_eq!(version, Version::from(6));
                 break;

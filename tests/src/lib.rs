@@ -634,6 +634,21 @@ pub fn new_document() -> DocumentId {
     DocumentId::new(Uuid::new_v4())
 }
 
+/// A `submit` frame, as the text a client sends.
+pub fn submit(seq: u64, base: u64, delta: serde_json::Value) -> String {
+    serde_json::json!({"type": "submit", "seq": seq, "base": base, "delta": delta}).to_string()
+}
+
+/// The next `ack` or `error`, skipping what other clients cause (`ops`,
+/// presence, cursors, typing).
+pub async fn answer(conn: &mut Conn) -> ServerMessage {
+    conn.until(|m| match m {
+        ServerMessage::Ack { .. } | ServerMessage::Error { .. } => Some(m.clone()),
+        _ => None,
+    })
+    .await
+}
+
 // --- Transport support (used by tests/tests/transport.rs) -----------------
 
 /// How an upgrade went, with the response's headers either way.

@@ -1,11 +1,14 @@
-//! Test support for PostgreSQL: the app on a fresh database, and a TCP
-//! proxy in front of the database that a test can cut and restore.
+//! Test support for PostgreSQL: the app on a fresh database, a document's
+//! log as the store has it, and a TCP proxy in front of the database that
+//! a test can cut and restore.
 
 use crate::TestApp;
 use relay_adapter_jwt::DevKeys;
-use relay_adapter_postgres::testdb;
+use relay_adapter_postgres::{PgPool, PgStore, PoolSettings, testdb};
 use relay_app::config::Config;
 use relay_app::wiring;
+use relay_domain::{CommittedOp, DocumentId, Version};
+use relay_ports::OperationStore;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::copy_bidirectional;
@@ -35,6 +38,22 @@ pub async fn spawn_pg_app(mut config: Config) -> TestApp {
         wired.memory_metrics.expect("in-memory metrics"),
     )
     .await
+}
+
+/// Every op of `document` in the PostgreSQL store at `database_url`, from
+/// version 1 on, read in pages.
+pub async fn store_log(database_url: &str, document: DocumentId) -> Vec<CommittedOp> {
+    let pool = PgPool::new(database_url, &PoolSettings::default()).expect("pool");
+    let store = PgStore::new(pool);
+    let mut all: Vec<CommittedOp> = Vec::new();
+    loop {
+        let from = all.last().map_or(Version::ZERO, |o| o.version);
+        let ops = store.read(document, from, 1000).await.expect("read");
+        if ops.is_empty() {
+            return all;
+        }
+        all.extend(ops);
+    }
 }
 
 /// A TCP proxy to `target`. `cut()` drops every connection and refuses new

@@ -13,7 +13,9 @@ use relay_domain::{DocumentId, Seq};
 use relay_ports::protocol::{ErrorCode, Role, ServerMessage, close};
 use relay_ports::{ClientMessage, TokenVerifier};
 use relay_tests::auth::{JwksApp, JwksServer, Signer, claims, now, spawn_jwks_app};
-use relay_tests::{Conn, Connect, ConnectOptions, Editor, Received, TestApp, WAIT, new_document};
+use relay_tests::{
+    Conn, Connect, ConnectOptions, Editor, Received, TestApp, WAIT, answer, new_document,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -159,15 +161,6 @@ async fn converge(editors: &mut [&mut Editor]) {
     for e in editors.iter_mut() {
         e.catch_up_to(latest).await;
     }
-}
-
-/// The next `ack` or `error`.
-async fn answer(conn: &mut Conn) -> ServerMessage {
-    conn.until(|m| match m {
-        ServerMessage::Ack { .. } | ServerMessage::Error { .. } => Some(m.clone()),
-        _ => None,
-    })
-    .await
 }
 
 const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

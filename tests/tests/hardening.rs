@@ -9,7 +9,7 @@ use relay_app::config::Config;
 use relay_domain::{DocumentId, Version};
 use relay_ports::protocol::{ErrorCode, ServerMessage};
 use relay_tests::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -20,18 +20,6 @@ async fn joined(app: &TestApp, document: DocumentId, client_id: &str) -> (Conn, 
     let joined = conn.message().await;
     assert!(matches!(joined, ServerMessage::Joined { .. }), "{joined:?}");
     (conn, joined)
-}
-
-fn submit(seq: u64, base: u64, delta: Value) -> String {
-    json!({"type": "submit", "seq": seq, "base": base, "delta": delta}).to_string()
-}
-
-async fn answer(conn: &mut Conn) -> ServerMessage {
-    conn.until(|m| match m {
-        ServerMessage::Ack { .. } | ServerMessage::Error { .. } => Some(m.clone()),
-        _ => None,
-    })
-    .await
 }
 
 async fn text_of(app: &TestApp, document: DocumentId) -> (Version, String) {

@@ -8,12 +8,10 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use relay_adapter_postgres::{PgPool, PgStore, PoolSettings};
-use relay_domain::{CommittedOp, Delta, Document, DocumentId, Version};
-use relay_ports::OperationStore;
+use relay_domain::{Delta, Document, DocumentId, Version};
 use relay_ports::protocol::ServerMessage;
 use relay_tests::instances::{Cluster, DroppingProxy, RedisServer};
-use relay_tests::pg::Proxy;
+use relay_tests::pg::{Proxy, store_log};
 use relay_tests::{Conn, Editor, Received, new_document};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -257,22 +255,6 @@ impl Session {
     }
 }
 
-async fn store_log(cluster: &Cluster, document: DocumentId) -> Vec<CommittedOp> {
-    let pool = PgPool::new(&cluster.database_url, &PoolSettings::default()).expect("pool");
-    let store = PgStore::new(pool);
-    let mut all = Vec::new();
-    loop {
-        let from = all
-            .last()
-            .map_or(Version::ZERO, |o: &CommittedOp| o.version);
-        let ops = store.read(document, from, 1000).await.expect("read");
-        if ops.is_empty() {
-            return all;
-        }
-        all.extend(ops);
-    }
-}
-
 /// Every session ends at the store's head with the store's text and log;
 /// every acked op is in the store once, at its acked version; nobody went
 /// backwards on a rejoin or was told `future_base`.
@@ -280,7 +262,7 @@ async fn assert_converged(cluster: &Cluster, document: DocumentId, sessions: &mu
     for s in sessions.iter_mut() {
         s.reach(Version::ZERO).await;
     }
-    let log = store_log(cluster, document).await;
+    let log = store_log(&cluster.database_url, document).await;
     let head = log.last().map_or(Version::ZERO, |o| o.version);
     for (i, op) in log.iter().enumerate() {
         assert_eq!(

@@ -10,7 +10,7 @@ use relay_domain::{CommittedOp, Component, Delta, Document, DocumentId, Seq, Ver
 use relay_ports::CollaborationService;
 use relay_ports::protocol::{ErrorCode, Role, ServerMessage};
 use relay_tests::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -19,26 +19,11 @@ use uuid::Uuid;
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// A `submit` frame.
 // Constants, so they can be matched in patterns.
 const V1: Version = Version::from_u32(1);
 const V2: Version = Version::from_u32(2);
 const S1: Seq = Seq::from_u32(1);
 const S2: Seq = Seq::from_u32(2);
-
-fn submit(seq: u64, base: u64, delta: Value) -> String {
-    json!({"type": "submit", "seq": seq, "base": base, "delta": delta}).to_string()
-}
-
-/// The next `ack` or `error`, skipping what other clients cause (`ops`,
-/// presence, cursors, typing).
-async fn answer(conn: &mut Conn) -> ServerMessage {
-    conn.until(|m| match m {
-        ServerMessage::Ack { .. } | ServerMessage::Error { .. } => Some(m.clone()),
-        _ => None,
-    })
-    .await
-}
 
 async fn expect_ack(conn: &mut Conn, seq: u64, version: u64) {
     let m = answer(conn).await;

@@ -5,29 +5,14 @@
 //! before the exit is in PostgreSQL; and the clients' re-sent ops commit
 //! exactly once on the other instance.
 
-use relay_adapter_postgres::{PgPool, PgStore, PoolSettings};
-use relay_domain::{CommittedOp, Document, DocumentId, Version};
-use relay_ports::OperationStore;
+use relay_domain::{Document, Version};
 use relay_ports::protocol::ServerMessage;
 use relay_tests::instances::Cluster;
+use relay_tests::pg::store_log;
 use relay_tests::{Conn, Editor, Received, new_document};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-async fn store_log(cluster: &Cluster, document: DocumentId) -> Vec<CommittedOp> {
-    let pool = PgPool::new(&cluster.database_url, &PoolSettings::default()).expect("pool");
-    let store = PgStore::new(pool);
-    let mut all: Vec<CommittedOp> = Vec::new();
-    loop {
-        let from = all.last().map_or(Version::ZERO, |o| o.version);
-        let ops = store.read(document, from, 1000).await.expect("read");
-        if ops.is_empty() {
-            return all;
-        }
-        all.extend(ops);
-    }
-}
 
 /// How one client lived through the shutdown.
 #[derive(Debug, Default)]
@@ -130,7 +115,7 @@ async fn sigterm_drains_clients_to_another_instance_and_loses_nothing() {
         done.push(t.await.expect("typist"));
     }
 
-    let log = store_log(&cluster, doc).await;
+    let log = store_log(&cluster.database_url, doc).await;
     let mut seen = HashSet::new();
     for (i, op) in log.iter().enumerate() {
         assert_eq!(op.version.get(), i as u64 + 1, "the log has no holes");

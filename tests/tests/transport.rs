@@ -8,7 +8,7 @@
 //! debounce) the durations are configured short and the test waits for the
 //! event they cause.
 
-use relay_adapter_jwt::{DevKeys, JwtConfig, JwtVerifier, KeySet, TokenRequest};
+use relay_adapter_jwt::{DevKeys, JwtConfig, JwtVerifier, KeySet};
 use relay_app::config::Config;
 use relay_domain::{Client, ClientId, Delta, Document, DocumentId, UserId, Version};
 use relay_ports::ClientMessage;
@@ -548,14 +548,8 @@ async fn the_jwks_document_verifies_the_apps_tokens() {
         .expect("the app's token verifies");
     assert_eq!(claims.user, UserId::new(user));
     // A token signed by another key does not.
-    let stranger = DevKeys::from_seed([8; 32])
-        .mint(&TokenRequest {
-            sub: user,
-            name: None,
-            docs: [("*".to_owned(), Role::Editor)].into(),
-            ttl_secs: 600,
-        })
-        .expect("mint");
+    let stranger =
+        DevKeys::from_seed([8; 32]).editor_token(UserId::new(user), Duration::from_secs(600));
     assert!(verifier.verify_token(&stranger).is_err());
 }
 

@@ -6,7 +6,8 @@
 //!   replaceable key set;
 //! - [`dev`] - [`DevKeys`], the Ed25519 development signing key, its JWKS and
 //!   token minting;
-//! - `testing` (feature `testing`) - a JWKS endpoint the tests control.
+//! - `testing` (feature `testing`) - a JWKS endpoint the tests control and
+//!   `DevKeys::editor_token`.
 
 pub mod dev;
 pub mod jwks;

@@ -1,11 +1,16 @@
 //! Test support (feature `testing`): a JWKS endpoint whose document,
-//! status and request log the test controls. The adapter's own tests, the
-//! end-to-end tests and the load tool serve their keys with it.
+//! status and request log the test controls (the adapter's own tests, the
+//! end-to-end tests and the load tool serve their keys with it), and
+//! [`DevKeys::editor_token`], the token most tests join with.
 //!
 //! It answers every request on its port with the current status and body
 //! and closes the connection (`Connection: close`): enough for the JWKS
 //! fetcher, and nothing a production path relies on.
 
+use crate::{DevKeys, TokenRequest};
+use relay_domain::UserId;
+use relay_ports::protocol::Role;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -17,6 +22,20 @@ use tokio_util::task::TaskTracker;
 const MAX_REQUEST_HEAD: usize = 16 << 10;
 /// How long a request may take to arrive.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl DevKeys {
+    /// A token for `user`, an editor of every document (`"*"`), with no
+    /// name, valid for `ttl` (whole seconds).
+    pub fn editor_token(&self, user: UserId, ttl: Duration) -> String {
+        self.mint(&TokenRequest {
+            sub: *user.as_uuid(),
+            name: None,
+            docs: BTreeMap::from([("*".to_owned(), Role::Editor)]),
+            ttl_secs: ttl.as_secs(),
+        })
+        .expect("an editor-of-everything request always mints")
+    }
+}
 
 #[derive(Debug)]
 struct State {

@@ -2,22 +2,17 @@
 //! keeping the last good keys, the unknown-kid refetch and its cooldown,
 //! and the refresher's retries.
 
+mod common;
+
+use common::{JWKS, USER, now, rs256, sign, user};
 use futures::future::join_all;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use relay_adapter_jwt::testing::JwksServer;
-use relay_adapter_jwt::{DevKeys, JwksConfig, JwksError, JwksVerifier, JwtConfig, TokenRequest};
-use relay_ports::protocol::Role;
+use relay_adapter_jwt::{DevKeys, JwksConfig, JwksError, JwksVerifier, JwtConfig};
 use relay_ports::{AuthError, TokenVerifier};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use uuid::Uuid;
-
-const JWKS: &str = include_str!("fixtures/jwks.json");
-const RSA_PRIVATE: &str = include_str!("fixtures/rsa-2048.pem");
-const ED25519: &str = include_str!("fixtures/ed25519.pem");
-const USER: &str = "0b6c3f1e-8a4d-4e2b-9c71-5f0d2a3b4c5d";
+use std::time::{Duration, Instant};
 
 /// How long a test waits for something before failing.
 const WAIT: Duration = Duration::from_secs(15);
@@ -27,35 +22,13 @@ async fn server(body: &str) -> JwksServer {
     JwksServer::start(body).await.expect("JWKS server")
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn claims() -> Value {
     json!({"sub": USER, "exp": now() + 300, "iat": now(), "docs": {"*": "editor"}})
 }
 
-fn sign(alg: Algorithm, kid: &str, claims: &Value) -> String {
-    let key = match alg {
-        Algorithm::EdDSA => EncodingKey::from_ed_pem(ED25519.as_bytes()).unwrap(),
-        _ => EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
-    };
-    let mut header = Header::new(alg);
-    header.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(&header, claims, &key).unwrap()
-}
-
-/// A valid token for the fixture key `rsa-1`.
-fn rs256() -> String {
-    sign(Algorithm::RS256, "rsa-1", &claims())
-}
-
 /// Signed with the fixture RSA key, naming a kid nobody published.
 fn made_up_kid(i: usize) -> String {
-    sign(Algorithm::RS256, &format!("made-up-{i}"), &claims())
+    sign(Algorithm::RS256, Some(&format!("made-up-{i}")), &claims())
 }
 
 fn verifier(url: String, cooldown: Duration) -> Arc<JwksVerifier> {
@@ -68,10 +41,6 @@ fn verifier(url: String, cooldown: Duration) -> Arc<JwksVerifier> {
     )
 }
 
-fn user() -> relay_domain::UserId {
-    relay_domain::UserId::new(Uuid::parse_str(USER).unwrap())
-}
-
 fn unknown_kid() -> Result<relay_ports::Claims, AuthError> {
     Err(AuthError::Invalid(relay_ports::InvalidToken::UnknownKid))
 }
@@ -81,7 +50,10 @@ async fn before_the_first_fetch_there_are_no_keys_and_every_token_is_unavailable
     let server = server(JWKS).await;
     let verifier = verifier(server.url(), Duration::from_secs(30));
     assert!(!verifier.has_keys());
-    assert_eq!(verifier.verify(&rs256()).await, Err(AuthError::Unavailable));
+    assert_eq!(
+        verifier.verify(&rs256(&claims())).await,
+        Err(AuthError::Unavailable)
+    );
     assert_eq!(
         verifier.verify(&made_up_kid(0)).await,
         Err(AuthError::Unavailable)
@@ -97,7 +69,10 @@ async fn refresh_loads_the_keys() {
     assert_eq!(server.hits(), 1);
     assert_eq!(verifier.fetch_count(), 1);
     assert!(verifier.has_keys());
-    for token in [rs256(), sign(Algorithm::EdDSA, "ed-1", &claims())] {
+    for token in [
+        rs256(&claims()),
+        sign(Algorithm::EdDSA, Some("ed-1"), &claims()),
+    ] {
         let verified = verifier.verify(&token).await.unwrap();
         assert_eq!(verified.user, user());
     }
@@ -142,7 +117,7 @@ async fn a_failed_refresh_keeps_the_previous_keys() {
         assert!(expected(&error), "{status} {body:.40}: {error:?}");
         assert_eq!(server.hits(), i + 2, "the refresh did fetch");
         assert!(verifier.has_keys());
-        let verified = verifier.verify(&rs256()).await.unwrap();
+        let verified = verifier.verify(&rs256(&claims())).await.unwrap();
         assert_eq!(verified.user, user());
     }
 }
@@ -181,7 +156,7 @@ async fn an_unknown_kid_flood_fetches_at_most_once_per_cooldown() {
     assert_eq!(server.hits() - hits, 0);
     assert_eq!(verifier.fetch_count() - fetches, 0);
     // Known kids are unaffected throughout.
-    assert!(verifier.verify(&rs256()).await.is_ok());
+    assert!(verifier.verify(&rs256(&claims())).await.is_ok());
 }
 
 #[tokio::test]
@@ -191,14 +166,7 @@ async fn with_cooldown_zero_a_rotated_in_kid_is_found() {
     verifier.refresh().await.unwrap();
 
     let new_key = DevKeys::from_seed([42; 32]);
-    let token = new_key
-        .mint(&TokenRequest {
-            sub: Uuid::parse_str(USER).unwrap(),
-            name: None,
-            docs: BTreeMap::from([("*".to_owned(), Role::Editor)]),
-            ttl_secs: 300,
-        })
-        .unwrap();
+    let token = new_key.editor_token(user(), Duration::from_secs(300));
     // Not published yet: looked for (one fetch), not found.
     let hits = server.hits();
     assert_eq!(verifier.verify(&token).await, unknown_kid());
@@ -216,7 +184,7 @@ async fn with_cooldown_zero_a_rotated_in_kid_is_found() {
     assert_eq!(verified.user, user());
     assert_eq!(server.hits(), hits + 2);
     // Known kids do not fetch.
-    assert!(verifier.verify(&rs256()).await.is_ok());
+    assert!(verifier.verify(&rs256(&claims())).await.is_ok());
     assert!(verifier.verify(&token).await.is_ok());
     assert_eq!(server.hits(), hits + 2);
 }
@@ -262,7 +230,7 @@ async fn a_failing_endpoint_is_retried_at_most_once_a_second_even_with_cooldown_
     }
     // The keys were kept through the failures.
     assert!(verifier.has_keys());
-    assert!(verifier.verify(&rs256()).await.is_ok());
+    assert!(verifier.verify(&rs256(&claims())).await.is_ok());
 }
 
 #[tokio::test]
@@ -279,11 +247,11 @@ async fn a_token_is_refused_from_its_exp_on_to_the_second() {
     // `exp` is the current second: it is already "on or after" exp.
     let mut c = claims();
     c["exp"] = json!(now());
-    let token = sign(Algorithm::RS256, "rsa-1", &c);
+    let token = rs256(&c);
     assert_eq!(verifier.verify(&token).await, Err(AuthError::Expired));
     // Still valid: two seconds left.
     c["exp"] = json!(now() + 2);
-    let token = sign(Algorithm::RS256, "rsa-1", &c);
+    let token = rs256(&c);
     assert!(verifier.verify(&token).await.is_ok());
 }
 

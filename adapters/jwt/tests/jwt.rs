@@ -1,33 +1,21 @@
 //! JwtVerifier against RSA, EC and Ed25519 keys generated with OpenSSL
 //! (tests/fixtures/README.md), and the ways a token must be refused.
 
+mod common;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{JWKS, USER, now, rs256, sign, user};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use relay_adapter_jwt::{DevKeys, JwtConfig, JwtVerifier, KeySet, TokenRequest};
 use relay_ports::protocol::Role;
 use relay_ports::{AuthError, Claims, TokenVerifier};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
-const JWKS: &str = include_str!("fixtures/jwks.json");
-const RSA_PRIVATE: &str = include_str!("fixtures/rsa-2048.pem");
 const RSA_PUBLIC: &str = include_str!("fixtures/rsa-2048.pub.pem");
-const EC_P256: &str = include_str!("fixtures/ec-p256.pem");
-const EC_P384: &str = include_str!("fixtures/ec-p384.pem");
-const ED25519: &str = include_str!("fixtures/ed25519.pem");
-
-const USER: &str = "0b6c3f1e-8a4d-4e2b-9c71-5f0d2a3b4c5d";
 const DOC: &str = "6f1c0a52-3b7e-4d8f-a1c2-9e8d7c6b5a40";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn fixture_keys(issuer: Option<&str>) -> KeySet {
     KeySet::from_jwks_json(JWKS.as_bytes(), issuer.map(str::to_owned)).unwrap()
@@ -51,25 +39,6 @@ fn claims() -> Value {
     })
 }
 
-fn encoding_key(alg: Algorithm) -> EncodingKey {
-    match alg {
-        Algorithm::ES256 => EncodingKey::from_ec_pem(EC_P256.as_bytes()).unwrap(),
-        Algorithm::ES384 => EncodingKey::from_ec_pem(EC_P384.as_bytes()).unwrap(),
-        Algorithm::EdDSA => EncodingKey::from_ed_pem(ED25519.as_bytes()).unwrap(),
-        _ => EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
-    }
-}
-
-fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
-    let mut header = Header::new(alg);
-    header.kid = kid.map(str::to_owned);
-    jsonwebtoken::encode(&header, claims, &encoding_key(alg)).unwrap()
-}
-
-fn rs256(claims: &Value) -> String {
-    sign(Algorithm::RS256, Some("rsa-1"), claims)
-}
-
 fn b64(value: &Value) -> String {
     URL_SAFE_NO_PAD.encode(value.to_string())
 }
@@ -90,7 +59,7 @@ async fn rejected(verifier: &JwtVerifier, token: &str, reason: &str) {
 
 fn expected_claims(exp: u64) -> Claims {
     Claims {
-        user: relay_domain::UserId::new(Uuid::parse_str(USER).unwrap()),
+        user: user(),
         name: Some("Ada".into()),
         expires_at: exp,
         docs: Some(BTreeMap::from([
