@@ -106,6 +106,16 @@ impl Percentiles {
             mean_ms: h.mean() / 1000.0,
         }
     }
+
+    /// Of latency samples, through the histogram the tool records into
+    /// (microseconds, three significant digits).
+    pub fn of_durations(samples: impl IntoIterator<Item = Duration>) -> Percentiles {
+        let mut h = histogram();
+        for d in samples {
+            h.saturating_record(us(d));
+        }
+        Percentiles::of(&h)
+    }
 }
 
 /// Where clients record: a few shards so two cores rarely meet on a lock.
@@ -378,5 +388,16 @@ mod tests {
         let p = Percentiles::of(&totals.ack);
         assert!((p.p50_ms - 4.0).abs() < 0.01, "{p:?}");
         assert_eq!(r.take_series().acks, 1, "taken, then one more");
+    }
+
+    #[test]
+    fn percentiles_of_durations_are_those_of_the_histogram() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let p = Percentiles::of_durations((1..=100).map(ms));
+        assert_eq!(p.count, 100);
+        assert!((p.p50_ms - 50.0).abs() < 0.1, "{p:?}");
+        assert!((p.p99_ms - 99.0).abs() < 0.1, "{p:?}");
+        assert!((p.max_ms - 100.0).abs() < 0.1, "{p:?}");
+        assert_eq!(Percentiles::of_durations([]), Percentiles::default());
     }
 }
