@@ -7,7 +7,7 @@ use relay_adapter_jwt::DevKeys;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -120,7 +120,8 @@ impl Server {
             .env("MAX_CONNECTIONS", (connections + 1000).to_string())
             .env("RUST_LOG", "warn")
             .env("SHUTDOWN_GRACE_SECS", "0")
-            .stdout(Stdio::null())
+            // Relay logs to stdout; a panic goes to stderr.
+            .stdout(out.try_clone()?)
             .stderr(out);
         for (k, v) in env {
             cmd.env(k, v);
