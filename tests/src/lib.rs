@@ -7,7 +7,6 @@
 
 pub mod auth;
 pub mod instances;
-pub mod load;
 pub mod pg;
 
 use futures::{FutureExt, SinkExt, StreamExt};

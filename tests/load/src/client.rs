@@ -144,6 +144,8 @@ struct Live {
     ws: Ws,
     client: Client,
     slot: usize,
+    /// Which of [`Shared::servers`] it is connected to.
+    instance: usize,
     generation: u32,
     shard: usize,
     /// Due time of the submit in flight, and of the oldest buffered edit.
@@ -367,11 +369,15 @@ impl Live {
             }
             ServerMessage::Ops { ops } => {
                 let mut dues = Vec::with_capacity(ops.len());
+                let instances = shared.servers.len();
                 for op in &ops {
-                    dues.push(
-                        parse_client_id(op.client_id.as_str())
-                            .and_then(|(slot, g)| shared.dues.get(slot, g, op.seq.get())),
-                    );
+                    let sender = parse_client_id(op.client_id.as_str());
+                    dues.push((
+                        sender.and_then(|(slot, g)| shared.dues.get(slot, g, op.seq.get())),
+                        sender.is_some_and(|(slot, _)| {
+                            shared.scenario.instance_of(slot, instances) != self.instance
+                        }),
+                    ));
                     if self.broken.is_some() {
                         continue;
                     }
@@ -533,6 +539,7 @@ pub async fn run(
         ws,
         client,
         slot: spec.slot,
+        instance: spec.instance % shared.servers.len(),
         generation: spec.generation,
         shard,
         inflight_due: None,

@@ -3,7 +3,8 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use relay_adapter_jwt::DevKeys;
-use relay_load::server::Server;
+use relay_adapter_jwt::testing::JwksServer;
+use relay_load::server::{self, Server};
 use relay_load::{Options, Scenario, Tokens, plot, summary::summary};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -170,6 +171,13 @@ fn main() -> anyhow::Result<()> {
     s.check()?;
     // Raised before the server starts, so a started relay inherits it.
     let fd = relay_load::procfs::raise_fd_limit(s.connections as u64 + 256);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("relay-load")
+        .build()?;
+    // The development key's JWKS for the relays it starts, when they need
+    // one; served until they are stopped.
+    let mut jwks: Option<JwksServer> = None;
     let mut servers: Vec<Server> = Vec::new();
     let tokens = if let Some(bin) = &a.relay {
         let mut env = Vec::new();
@@ -183,9 +191,21 @@ fn main() -> anyhow::Result<()> {
             bail!("--instances must be 1 to 16");
         }
         let keys = DevKeys::generate();
+        if server::needs_jwks(&env) {
+            jwks = Some(runtime.block_on(JwksServer::start(keys.jwks_json()))?);
+        }
+        let jwks_url = jwks.as_ref().map(JwksServer::url);
         let mut started = Vec::new();
         for i in 0..a.instances {
-            started.push(Server::start(bin, &env, s.connections, &a.out, &keys, i)?);
+            started.push(Server::start(
+                bin,
+                &env,
+                s.connections,
+                &a.out,
+                &keys,
+                jwks_url.as_deref(),
+                i,
+            )?);
         }
         s.url = started
             .iter()
@@ -217,10 +237,6 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = &fd.problem {
         eprintln!("relay-load: {p}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("relay-load")
-        .build()?;
     let result = runtime.block_on(relay_load::run(Options {
         scenario: s,
         tokens,
@@ -229,6 +245,7 @@ fn main() -> anyhow::Result<()> {
         corrupt_slot: None,
     }))?;
     drop(servers);
+    drop(jwks);
     std::fs::create_dir_all(&a.out)?;
     let json = a.out.join("result.json");
     std::fs::write(&json, serde_json::to_string_pretty(&result)?)?;

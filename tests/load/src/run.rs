@@ -151,6 +151,10 @@ pub struct Typing {
     pub presence_received: u64,
     pub ack: Percentiles,
     pub delivery: Percentiles,
+    /// With several instances, `delivery` split by where the receiver is:
+    /// on the sender's instance, or on another.
+    pub delivery_same_instance: Option<Percentiles>,
+    pub delivery_other_instance: Option<Percentiles>,
     pub errors: BTreeMap<String, u64>,
     pub closes: BTreeMap<String, u64>,
     /// Whole run, warm-up and end included.
@@ -536,7 +540,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         let user = Uuid::new_v4();
         let spec = Spec {
             slot: i,
-            instance: i % servers.len(),
+            instance: s.instance_of(i, servers.len()),
             generation: 0,
             document: documents[d],
             user,
@@ -636,7 +640,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
                 let user = Uuid::new_v4();
                 let spec = Spec {
                     slot,
-                    instance: slot % servers.len(),
+                    instance: s.instance_of(slot, servers.len()),
                     generation: h.generation + 1,
                     document,
                     user,
@@ -826,6 +830,14 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
             presence_received: totals.presence_received,
             ack: Percentiles::of(&totals.ack),
             delivery: Percentiles::of(&totals.delivery),
+            delivery_same_instance: (servers.len() > 1).then(|| {
+                let mut same = totals.delivery.clone();
+                same.subtract(&totals.delivery_other_instance)
+                    .expect("the other instance's deliveries are among all of them");
+                Percentiles::of(&same)
+            }),
+            delivery_other_instance: (servers.len() > 1)
+                .then(|| Percentiles::of(&totals.delivery_other_instance)),
             errors: totals.errors.clone(),
             closes: totals.closes.clone(),
             all_deliveries,

@@ -23,9 +23,10 @@ pub struct Scenario {
     pub name: String,
     /// The server's base WebSocket URL (`ws://host:port`; documents are
     /// at `/collab/<id>`), or several instances' URLs separated by commas:
-    /// client i connects to instance i mod k, so every document has clients
-    /// on several instances. Empty when the tool starts the server itself
-    /// (`--relay`).
+    /// the j-th client of each document connects to instance j mod k (see
+    /// [`Scenario::instance_of`]), so every document with more than one
+    /// client has clients on several instances. Empty when the tool starts
+    /// the server itself (`--relay`).
     pub url: String,
     pub connections: usize,
     pub documents: usize,
@@ -193,6 +194,14 @@ impl Scenario {
         }
     }
 
+    /// The instance (of `instances`) client `slot` connects to: client i is
+    /// the (i / documents)-th client of document i mod documents, and a
+    /// document's clients take the instances in turn. A replacement (churn)
+    /// keeps its slot's instance.
+    pub fn instance_of(&self, slot: usize, instances: usize) -> usize {
+        (slot / self.documents.max(1)) % instances.max(1)
+    }
+
     /// Editors among a document's `n` clients: the rest watch. At least one
     /// edits unless every client is a viewer.
     pub fn editors_of(&self, n: usize) -> usize {
@@ -310,6 +319,30 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.check().unwrap_err().to_string().starts_with("url"));
+    }
+
+    #[test]
+    fn every_document_has_clients_on_every_instance() {
+        let s = Scenario {
+            connections: 80,
+            documents: 20,
+            ..Default::default()
+        };
+        for d in 0..s.documents {
+            let on: Vec<usize> = (d..s.connections)
+                .step_by(s.documents)
+                .map(|i| s.instance_of(i, 2))
+                .collect();
+            assert_eq!(on, [0, 1, 0, 1], "document {d}");
+        }
+        let hot = Scenario {
+            connections: 5,
+            documents: 1,
+            ..Default::default()
+        };
+        let on: Vec<usize> = (0..5).map(|i| hot.instance_of(i, 2)).collect();
+        assert_eq!(on, [0, 1, 0, 1, 0]);
+        assert_eq!(hot.instance_of(3, 1), 0);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use relay_adapter_jwt::DevKeys;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -42,50 +42,28 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     out.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The URL of the development key's JWKS, served once per process.
-fn jwks_url(keys: &DevKeys) -> anyhow::Result<String> {
-    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    if let Some(u) = URL.get() {
-        return Ok(u.clone());
-    }
-    let u = serve_jwks(keys.jwks_json())?;
-    Ok(URL.get_or_init(|| u).clone())
-}
-
-/// Serves `body` as the JWKS on 127.0.0.1 from a thread of its own for the
-/// rest of the process; returns its URL.
-fn serve_jwks(body: String) -> anyhow::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let url = format!("http://{}/.well-known/jwks.json", listener.local_addr()?);
-    std::thread::Builder::new()
-        .name("relay-load-jwks".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                    body.len(),
-                    body
-                );
-            }
-        })?;
-    Ok(url)
+/// Whether Relay started with `env` wants a JWKS URL the tool must give:
+/// with a store configured it does, unless the caller gives one
+/// (`JWT_PUBLIC_KEY_URL`). The tool then serves the development key's
+/// JWKS (`relay_adapter_jwt::testing::JwksServer`).
+pub fn needs_jwks(env: &[(String, String)]) -> bool {
+    env.iter()
+        .any(|(k, _)| k == "DATABASE_URL" || k == "REDIS_URL")
+        && !env.iter().any(|(k, _)| k == "JWT_PUBLIC_KEY_URL")
 }
 
 impl Server {
     /// Starts `binary` and waits for `/ready`.
     /// Instance `index` of several: they share `keys` (so one token works
-    /// on every instance) and get one JWKS server.
+    /// on every instance) and `jwks_url`, the URL of their JWKS when
+    /// [`needs_jwks`] says the tool serves it.
     pub fn start(
         binary: &Path,
         env: &[(String, String)],
         connections: usize,
         log_dir: &Path,
         keys: &DevKeys,
+        jwks_url: Option<&str>,
         index: usize,
     ) -> anyhow::Result<Server> {
         let port = free_port()?;
@@ -98,14 +76,8 @@ impl Server {
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(binary);
-        // With a store configured, Relay wants a JWKS URL: serve the
-        // development key's JWKS, unless the caller gives one.
-        if env
-            .iter()
-            .any(|(k, _)| k == "DATABASE_URL" || k == "REDIS_URL")
-            && !env.iter().any(|(k, _)| k == "JWT_PUBLIC_KEY_URL")
-        {
-            cmd.env("JWT_PUBLIC_KEY_URL", jwks_url(&keys)?);
+        if let Some(url) = jwks_url {
+            cmd.env("JWT_PUBLIC_KEY_URL", url);
         }
         // Roles from the tokens the tool mints (the database would know
         // none of its users).
@@ -120,7 +92,8 @@ impl Server {
             .env("MAX_CONNECTIONS", (connections + 1000).to_string())
             .env("RUST_LOG", "warn")
             .env("SHUTDOWN_GRACE_SECS", "0")
-            .stdout(Stdio::null())
+            // Relay logs to stdout; a panic goes to stderr.
+            .stdout(out.try_clone()?)
             .stderr(out);
         for (k, v) in env {
             cmd.env(k, v);

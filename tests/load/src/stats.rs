@@ -23,6 +23,9 @@ fn us(d: Duration) -> u64 {
 pub struct Window {
     pub ack: Histogram<u64>,
     pub delivery: Histogram<u64>,
+    /// The deliveries of `delivery` made to a client on another instance
+    /// than the sender's (kept in the totals only, not in the series).
+    pub delivery_other_instance: Histogram<u64>,
     /// Edits made (each a patch of the trace).
     pub edits: u64,
     pub submits: u64,
@@ -43,6 +46,7 @@ impl Default for Window {
         Window {
             ack: histogram(),
             delivery: histogram(),
+            delivery_other_instance: histogram(),
             edits: 0,
             submits: 0,
             acks: 0,
@@ -61,6 +65,9 @@ impl Window {
     pub fn add(&mut self, other: &Window) {
         self.ack.add(&other.ack).expect("same bounds");
         self.delivery.add(&other.delivery).expect("same bounds");
+        self.delivery_other_instance
+            .add(&other.delivery_other_instance)
+            .expect("same bounds");
         self.edits += other.edits;
         self.submits += other.submits;
         self.acks += other.acks;
@@ -105,6 +112,16 @@ impl Percentiles {
             max_ms: ms(h.max()),
             mean_ms: h.mean() / 1000.0,
         }
+    }
+
+    /// Of latency samples, through the histogram the tool records into
+    /// (microseconds, three significant digits).
+    pub fn of_durations(samples: impl IntoIterator<Item = Duration>) -> Percentiles {
+        let mut h = histogram();
+        for d in samples {
+            h.saturating_record(us(d));
+        }
+        Percentiles::of(&h)
     }
 }
 
@@ -173,13 +190,14 @@ impl Recorder {
         });
     }
 
-    /// Deliveries that arrived at `at`, each with its due time if known.
-    pub fn deliveries(&self, shard: usize, dues: &[Option<Instant>], at: Instant) {
+    /// Deliveries that arrived at `at`, each with its due time if known
+    /// and whether its sender is on another instance than the receiver.
+    pub fn deliveries(&self, shard: usize, dues: &[(Option<Instant>, bool)], at: Instant) {
         let mut g = self.shards[shard % self.shards.len()]
             .lock()
             .expect("recorder lock");
         let (s, t) = &mut *g;
-        for due in dues {
+        for (due, other_instance) in dues {
             s.deliveries += 1;
             match due {
                 Some(due) => {
@@ -188,6 +206,9 @@ impl Recorder {
                     if self.measured(*due) {
                         t.deliveries += 1;
                         t.delivery.saturating_record(l);
+                        if *other_instance {
+                            t.delivery_other_instance.saturating_record(l);
+                        }
                     }
                 }
                 None => {
@@ -364,7 +385,7 @@ mod tests {
         );
         r.deliveries(
             0,
-            &[Some(t0 + Duration::from_secs(2)), None],
+            &[(Some(t0 + Duration::from_secs(2)), true), (None, false)],
             t0 + Duration::from_secs(3),
         );
         let series = r.take_series();
@@ -375,8 +396,20 @@ mod tests {
         assert_eq!(totals.acks, 1, "one before the start, one at the end");
         assert_eq!(totals.deliveries, 1);
         assert_eq!(totals.unmatched, 1);
+        assert_eq!(totals.delivery_other_instance.len(), 1);
         let p = Percentiles::of(&totals.ack);
         assert!((p.p50_ms - 4.0).abs() < 0.01, "{p:?}");
         assert_eq!(r.take_series().acks, 1, "taken, then one more");
+    }
+
+    #[test]
+    fn percentiles_of_durations_are_those_of_the_histogram() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let p = Percentiles::of_durations((1..=100).map(ms));
+        assert_eq!(p.count, 100);
+        assert!((p.p50_ms - 50.0).abs() < 0.1, "{p:?}");
+        assert!((p.p99_ms - 99.0).abs() < 0.1, "{p:?}");
+        assert!((p.max_ms - 100.0).abs() < 0.1, "{p:?}");
+        assert_eq!(Percentiles::of_durations([]), Percentiles::default());
     }
 }

@@ -85,6 +85,10 @@ pub fn summary(r: &RunResult) -> (String, bool) {
     );
     let _ = writeln!(s, "{}", p("ack", &t.ack));
     let _ = writeln!(s, "{}", p("delivery", &t.delivery));
+    if let (Some(same), Some(other)) = (&t.delivery_same_instance, &t.delivery_other_instance) {
+        let _ = writeln!(s, "{} to the sender's instance", p(" same", same));
+        let _ = writeln!(s, "{} to another instance", p(" other", other));
+    }
     if !t.errors.is_empty() || !t.closes.is_empty() {
         let _ = writeln!(s, "errors   {:?}  closes {:?}", t.errors, t.closes);
     }

@@ -32,6 +32,8 @@ use relay_app::Relay;
 use relay_app::config::Config;
 use relay_app::wiring;
 use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, Version};
+use relay_load::procfs;
+use relay_load::stats::Percentiles;
 use relay_ports::protocol::{Join, Role};
 use relay_ports::store::{Tap, Tapped};
 use relay_ports::{Append, ClientMessage, CollaborationService, Outbound, StoreError};
@@ -199,11 +201,6 @@ async fn next(rx: &mut tokio::sync::mpsc::Receiver<Outbound>) -> Frame {
     }
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 async fn scenario(
     name: &str,
     documents: usize,
@@ -263,12 +260,10 @@ async fn scenario(
         samples.extend(outcome.latencies);
         firsts.push(outcome.first);
     }
-    firsts.sort();
     let elapsed = started.elapsed();
     let cpu = cpu_seconds() - cpu0;
-    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.1).collect();
-    latencies.sort();
-    let total = latencies.len();
+    let latency = Percentiles::of_durations(samples.iter().map(|s| s.1));
+    let total = samples.len();
     let appends = (counts.appends.load(Ordering::Relaxed) - appends0).max(1);
     let offered = match pace {
         Pace::Closed => "closed loop".to_owned(),
@@ -279,9 +274,9 @@ async fn scenario(
          group commit: {} appends, {:.1} ops per append on average, largest {}",
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64(),
-        pct(&latencies, 0.50),
-        pct(&latencies, 0.99),
-        latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        latency.p50_ms,
+        latency.p99_ms,
+        latency.max_ms,
         appends,
         (counts.ops.load(Ordering::Relaxed) - ops0) as f64 / appends as f64,
         counts.largest.load(Ordering::Relaxed),
@@ -292,10 +287,10 @@ async fn scenario(
         cpu,
         std::env::var("RELAY_BENCH_METRICS").unwrap_or_else(|_| "otel".into())
     );
+    let firsts = Percentiles::of_durations(firsts);
     println!(
         "  warm-up (not counted above): each writer's first submit after joining, all at once: p50 {:.2} ms, max {:.2} ms",
-        pct(&firsts, 0.5),
-        firsts.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        firsts.p50_ms, firsts.max_ms
     );
     if timeline {
         // Latency by when the submit was due, per 100 ms: a stall of the
@@ -309,9 +304,12 @@ async fn scenario(
         }
         let line: Vec<String> = slots
             .into_iter()
-            .map(|(slot, mut l)| {
-                l.sort();
-                format!("{:.1}s:{:.0}", slot as f64 / 10.0, pct(&l, 0.5))
+            .map(|(slot, l)| {
+                format!(
+                    "{:.1}s:{:.0}",
+                    slot as f64 / 10.0,
+                    Percentiles::of_durations(l).p50_ms
+                )
             })
             .collect();
         println!("  p50 ms by due time: {}", line.join(" "));
@@ -331,21 +329,9 @@ fn bench_metrics() -> Arc<dyn relay_ports::Metrics> {
     }
 }
 
-/// This process's user + system CPU time so far (Linux: /proc/self/stat,
-/// in clock ticks of 1/100 s).
+/// This process's user + system CPU time so far.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 here.
-    (ticks(11) + ticks(12)) / 100.0
+    procfs::cpu_secs(std::process::id()).expect("this process's CPU time from /proc")
 }
 
 fn main() {

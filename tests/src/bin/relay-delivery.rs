@@ -3,12 +3,17 @@
 //! one run (so the two are compared on the same machine at the same time).
 //!
 //! The real application serves in process on loopback with in-memory
-//! adapters; `clients` WebSocket clients over `documents` documents each
-//! type `rate` edits per second on a fixed schedule (open loop: one submit
-//! in flight, edits due meanwhile go in the next submit, latency counted
-//! from when an edit was due). Delivery latency is from an edit's due time
-//! to its arrival at each other client of the document, matched by
-//! `client_id` and `seq`; ack latency from due time to the ack.
+//! adapters; relay-load's library does the rest, as the `relay-load` tool
+//! does (see docs/performance.md, "Load: relay-load"): `clients` WebSocket
+//! clients over `documents` documents, each typing `rate` edits per second
+//! on a fixed schedule through the domain's OT client (open loop: one
+//! submit in flight, edits due meanwhile go in the next submit, latency
+//! counted from when an edit was due), no carets or typing signals. The
+//! first 2 s of typing are not measured; then `seconds` are. Delivery
+//! latency is from an edit's due time to its arrival at each other client
+//! of the document, matched by `client_id` and `seq`; ack latency from due
+//! time to the ack. Every row must pass relay-load's convergence and
+//! delivery-count check.
 //!
 //! ```text
 //! cargo build --release -p relay-tests --bin relay-delivery
@@ -18,20 +23,20 @@
 //! The "nagle" rows bind the listener without TCP_NODELAY (what Relay did
 //! before it set it); the "nodelay" rows with it, as `relay` does now.
 
-use relay_adapter_jwt::{DevKeys, TokenRequest};
+use relay_adapter_jwt::DevKeys;
 use relay_adapter_ws as ws;
 use relay_app::config::Config;
+use relay_load::summary::summary;
+use relay_load::{Options, Scenario, Tokens};
 use relay_ports::CollaborationService;
-use relay_ports::protocol::Role;
-use relay_tests::load::{Due, Samples, Typist, pct, type_open_loop};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use uuid::Uuid;
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Typing before the measured seconds.
+const WARMUP_SECS: f64 = 2.0;
 
 struct Args {
     clients: usize,
@@ -92,52 +97,45 @@ async fn serve(nodelay: bool, keys: &DevKeys) -> SocketAddr {
     addr
 }
 
-async fn scenario(args: &Args, rate: u32, nodelay: bool) {
-    let keys = DevKeys::from_seed([9; 32]);
+async fn row(args: &Args, rate: u32, nodelay: bool) {
+    let keys = Arc::new(DevKeys::from_seed([9; 32]));
     let addr = serve(nodelay, &keys).await;
-    let documents: Vec<Uuid> = (0..args.documents).map(|_| Uuid::new_v4()).collect();
-    let due: Due = Arc::default();
-    let start = Instant::now() + Duration::from_secs(2);
-    let until = start + Duration::from_secs(args.seconds);
-    let mut tasks = Vec::new();
-    for i in 0..args.clients {
-        let mut docs = BTreeMap::new();
-        docs.insert("*".to_owned(), Role::Editor);
-        let token = keys
-            .mint(&TokenRequest {
-                sub: Uuid::new_v4(),
-                name: None,
-                docs,
-                ttl_secs: 3600,
-            })
-            .expect("token");
-        let typist = Typist {
-            url: format!("ws://{addr}/collab/{}", documents[i % documents.len()]),
-            instance: 0,
-            name: format!("c{i}"),
-            token,
-            rate,
-            start,
-            until,
-        };
-        tasks.push(tokio::spawn(type_open_loop(typist, due.clone())));
-    }
-    let mut all = Samples::default();
-    for t in tasks {
-        all.merge(t.await.expect("client"));
-    }
-    all.sort();
+    let sockets = if nodelay { "nodelay" } else { "nagle" };
+    let scenario = Scenario {
+        name: format!("delivery-{sockets}-{rate}"),
+        url: format!("ws://{addr}"),
+        connections: args.clients,
+        documents: args.documents,
+        rate: f64::from(rate),
+        duration_secs: WARMUP_SECS + args.seconds as f64,
+        warmup_secs: WARMUP_SECS,
+        cursors: false,
+        typing: false,
+        ..Scenario::default()
+    };
+    let r = relay_load::run(Options {
+        scenario,
+        tokens: Tokens::Keys(keys),
+        // The server is this process: its CPU would be the tool's too.
+        server_pids: Vec::new(),
+        progress: false,
+        corrupt_slot: None,
+    })
+    .await
+    .expect("run");
+    let (text, pass) = summary(&r);
+    assert!(pass, "the {sockets} run at {rate} edits/s failed:\n{text}");
+    let t = &r.typing;
     println!(
-        "| {} | {rate} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
-        if nodelay { "nodelay" } else { "nagle" },
-        all.edits as f64 / args.seconds as f64,
-        all.delivery.len() as f64 / args.seconds as f64,
-        pct(&all.delivery, 0.5),
-        pct(&all.delivery, 0.95),
-        pct(&all.delivery, 0.99),
-        pct(&all.delivery, 1.0),
-        pct(&all.ack, 0.5),
-        pct(&all.ack, 0.99),
+        "| {sockets} | {rate} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
+        t.edits_per_sec,
+        t.deliveries_per_sec,
+        t.delivery.p50_ms,
+        t.delivery.p95_ms,
+        t.delivery.p99_ms,
+        t.delivery.max_ms,
+        t.ack.p50_ms,
+        t.ack.p99_ms,
     );
 }
 
@@ -145,7 +143,7 @@ async fn scenario(args: &Args, rate: u32, nodelay: bool) {
 async fn main() {
     let args = args();
     println!(
-        "{} clients over {} documents, {} s per row; latency in ms from when an edit was due",
+        "{} clients over {} documents, {} s measured per row; latency in ms from when an edit was due",
         args.clients, args.documents, args.seconds
     );
     println!(
@@ -154,7 +152,7 @@ async fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &rate in &args.rates {
         for nodelay in [false, true] {
-            scenario(&args, rate, nodelay).await;
+            row(&args, rate, nodelay).await;
         }
     }
 }

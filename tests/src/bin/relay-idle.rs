@@ -47,19 +47,6 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn rss_kb(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
-}
-
 fn health(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -128,7 +115,7 @@ async fn settle(pid: u32, port: u16, expected: usize) -> anyhow::Result<u64> {
     }
     // Let allocator caches and the runtime go quiet before reading RSS.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    rss_kb(pid)
+    relay_load::procfs::rss_kib(pid)
 }
 
 #[tokio::main]
