@@ -1,7 +1,8 @@
 //! End-to-end test support: the real application on port 0 with in-memory
 //! adapters ([`TestApp`]), a raw WebSocket connection ([`Conn`]) and a Rust
 //! editing client built on the domain's OT client state machine
-//! ([`Editor`]), which the load tool will reuse.
+//! ([`Editor`]) for the tests (the load tool, `tests/load/`, has its own
+//! open-loop client on the same state machine).
 //!
 //! The tests themselves are in `tests/tests/`.
 
