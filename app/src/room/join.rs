@@ -2,7 +2,7 @@
 //! `since`, or the content), and reading what the room missed from the
 //! store.
 
-use super::{JoinError, Local, Member, Room, entry_key};
+use super::{JoinError, Local, Member, Room, Timer, entry_key};
 use crate::sink::Sink;
 use relay_domain::{CursorThrottle, PresenceEntry, RateLimiter, TypingDebounce, Version};
 use relay_ports::Chain;
@@ -101,7 +101,7 @@ impl Room {
             member,
         };
         self.sessions.insert(local.member.id, local);
-        self.idle_since = None;
+        self.deadlines.clear(Timer::Idle);
         self.roster.join(entry.clone());
         self.broadcast_local(
             &ServerMessage::Presence {

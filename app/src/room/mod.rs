@@ -14,14 +14,20 @@
 //! - this file: the room's state, its task (the command loop, timers, the
 //!   bus subscription) and its lifecycle (open, idle close, supervision).
 //! - `write`: the write path (submits, group commit, the append and its
-//!   answers, fan-out after commit).
+//!   answers, fan-out after commit); `attempt`: one round of it, proposing
+//!   and appending, and what came of it; `answer`: acks, errors and the
+//!   fan-out after a commit.
 //! - `catch_up`: every way a room learns ops it did not commit (memory,
 //!   the bus's recent history, the store) and which it uses when.
+//! - `deadlines`: the room's timers, by name, on one time base.
 //! - `join`: joins.
 //! - `remote`: what other instances publish on the bus.
 //! - `presence`: local clients' cursors, typing and departures.
 
+mod answer;
+mod attempt;
 mod catch_up;
+mod deadlines;
 mod join;
 mod presence;
 mod remote;
@@ -36,6 +42,7 @@ use relay_ports::Chain;
 use crate::deps::Deps;
 use crate::registry::RoomLease;
 use crate::sink::Sink;
+use deadlines::{Deadlines, Timer};
 use relay_domain::{
     ClientId, CursorThrottle, Document, DocumentId, RateLimiter, Roster, Seq, Sequencer,
     Submission, Timestamp, TypingDebounce, UserId, Version,
@@ -50,6 +57,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+/// What a client is told when the store could not be used and nothing was
+/// committed (the cause goes to the log, never to the client).
+const STORE_UNAVAILABLE: &str = "storage unavailable: nothing was committed; retry the same submit";
 /// How many times a batch is retried after losing the race for a version.
 const MAX_APPEND_ATTEMPTS: usize = 8;
 /// Catch-up ops beyond the in-memory history are read from the store up to
@@ -146,18 +156,12 @@ pub(crate) struct Room {
     roster: Roster,
     sessions: HashMap<u64, Local>,
     last_snapshot: Version,
-    idle_since: Option<Instant>,
     stopping: bool,
     /// The room's state is not to be saved (see [`Room::reopen`]).
     discarded: bool,
-    next_presence_refresh: Instant,
-    /// When the store is next read for other instances' ops: set while the
-    /// bus is down (or this room has no subscription), when nothing else
-    /// brings them.
-    next_store_poll: Option<Instant>,
-    /// When the store's head is read once because the bus went quiet after
-    /// other instances' ops: a lost last message shows no gap on the bus.
-    settle_check: Option<Instant>,
+    /// The room's timers (presence refresh, store poll, settle check,
+    /// idle close).
+    deadlines: Deadlines,
     /// Envelopes on their way to the bus, published in order by the
     /// room's publisher task, so a slow or unreachable bus never holds up
     /// the room (a full queue drops: other instances find the gap).
@@ -265,7 +269,7 @@ async fn run(
                     Some(BusEvent::Lagged) => {
                         // The bus is back (or lost messages): what it
                         // missed is in the store.
-                        room.next_store_poll = None;
+                        room.deadlines.clear(Timer::StorePoll);
                         room.catch_up_logged().await;
                     }
                     Some(BusEvent::Disconnected) => room.poll_store_from_now(),
@@ -337,18 +341,18 @@ impl Room {
             }
         }
         debug!(%document, version = %sequencer.version(), "room opened");
+        let mut deadlines = Deadlines::default();
+        deadlines.set_in(Timer::PresenceRefresh, deps.presence_refresh());
+        deadlines.set_in(Timer::Idle, deps.config.room_idle);
         Ok(Room {
             document,
-            next_presence_refresh: Instant::now() + deps.presence_refresh(),
-            next_store_poll: None,
-            settle_check: None,
+            deadlines,
             publisher: spawn_publisher(&deps, document),
             deps,
             sequencer,
             roster,
             sessions: HashMap::new(),
             last_snapshot,
-            idle_since: Some(Instant::now()),
             stopping: false,
             discarded: false,
         })
@@ -432,38 +436,23 @@ impl Room {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let now_ts = self.now();
-        let now = Instant::now();
+        // The throttles' deadlines are clock timestamps: converted here,
+        // once, to the room's time base.
+        let (now_ts, now) = (self.now(), Instant::now());
         let to_instant = |t: Timestamp| now + Duration::from_millis(t.0.saturating_sub(now_ts.0));
-        let mut next = Some(self.next_presence_refresh);
-        let mut consider = |d: Instant| {
-            next = Some(next.map_or(d, |n| n.min(d)));
-        };
-        for s in self.sessions.values() {
-            if let Some(d) = s.cursor.deadline() {
-                consider(to_instant(d));
-            }
-            if let Some(d) = s.typing.deadline() {
-                consider(to_instant(d));
-            }
-        }
-        if let Some(idle) = self.idle_since {
-            consider(idle + self.deps.config.room_idle);
-        }
-        if let Some(poll) = self.next_store_poll {
-            consider(poll);
-        }
-        if let Some(check) = self.settle_check {
-            consider(check);
-        }
-        next
+        let throttles = self.sessions.values().flat_map(|s| {
+            [s.cursor.deadline(), s.typing.deadline()]
+                .into_iter()
+                .flatten()
+                .map(to_instant)
+        });
+        self.deadlines.next(throttles)
     }
 
     /// Reads the store every `BUS_DOWN_POLL_MS` until the bus is back.
     fn poll_store_from_now(&mut self) {
-        if self.next_store_poll.is_none() {
-            self.next_store_poll = Some(Instant::now() + self.deps.config.bus_down_poll);
-        }
+        self.deadlines
+            .set_in_unless_set(Timer::StorePoll, self.deps.config.bus_down_poll);
     }
 
     async fn fire_timers(&mut self) {
@@ -484,16 +473,18 @@ impl Room {
         for id in typing_done {
             self.send_typing(id, false).await;
         }
-        if Instant::now() >= self.next_presence_refresh {
-            self.next_presence_refresh = Instant::now() + self.deps.presence_refresh();
+        if self.deadlines.due(Timer::PresenceRefresh) {
+            self.deadlines
+                .set_in(Timer::PresenceRefresh, self.deps.presence_refresh());
             self.refresh_presence().await;
         }
-        if self.settle_check.is_some_and(|c| Instant::now() >= c) {
-            self.settle_check = None;
+        if self.deadlines.due(Timer::SettleCheck) {
+            self.deadlines.clear(Timer::SettleCheck);
             self.catch_up_logged().await;
         }
-        if self.next_store_poll.is_some_and(|p| Instant::now() >= p) {
-            self.next_store_poll = Some(Instant::now() + self.deps.config.bus_down_poll);
+        if self.deadlines.due(Timer::StorePoll) {
+            self.deadlines
+                .set_in(Timer::StorePoll, self.deps.config.bus_down_poll);
             self.catch_up_logged().await;
         }
     }
@@ -513,9 +504,7 @@ impl Room {
     }
 
     fn idle_expired(&self) -> bool {
-        self.idle_since.is_some_and(|t| {
-            self.sessions.is_empty() && Instant::now() >= t + self.deps.config.room_idle
-        })
+        self.sessions.is_empty() && self.deadlines.due(Timer::Idle)
     }
 
     async fn close(&mut self) {

@@ -2,12 +2,11 @@
 //! typing (debounced), departures, and keeping this instance's registry
 //! entries alive.
 
-use super::Room;
+use super::{Room, Timer};
 use relay_domain::{ClientId, PresenceEntry, UserId, Version};
 use relay_ports::Chain;
 use relay_ports::bus::BusMessage;
 use relay_ports::protocol::{Departed, ErrorCode, ServerMessage};
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 impl Room {
@@ -166,7 +165,8 @@ impl Room {
             self.publish(BusMessage::Left { departed }).await;
         }
         if self.sessions.is_empty() {
-            self.idle_since = Some(Instant::now());
+            self.deadlines
+                .set_in(Timer::Idle, self.deps.config.room_idle);
         }
     }
 

@@ -1,12 +1,11 @@
 //! What other instances publish on the bus: their committed ops (a gap is
 //! filled from the store) and their clients' presence.
 
-use super::{Room, cursor_message};
+use super::{Room, Timer, cursor_message};
 use relay_domain::PresenceEntry;
 use relay_ports::Chain;
 use relay_ports::bus::{BusMessage, Envelope};
 use relay_ports::protocol::ServerMessage;
-use tokio::time::Instant;
 use tracing::warn;
 
 impl Room {
@@ -18,7 +17,8 @@ impl Room {
             BusMessage::Ops { ops } => {
                 // Once the bus is quiet, check the store once: if the last
                 // message was lost, nothing on the bus would show the gap.
-                self.settle_check = Some(Instant::now() + self.deps.config.bus_down_poll);
+                self.deadlines
+                    .set_in(Timer::SettleCheck, self.deps.config.bus_down_poll);
                 let mut applied = Vec::new();
                 for op in ops {
                     if op.version <= self.sequencer.version() {

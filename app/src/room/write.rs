@@ -4,29 +4,14 @@
 //! sessions, the publish for other instances. A failed append is resolved
 //! against the store before anyone is answered.
 
-use super::{LOOKUPS_AT_ONCE, MAX_APPEND_ATTEMPTS, Pending, Room};
-use crate::sink::Sink;
-use relay_domain::{ClientId, CommittedOp, Proposed, Rejection, Seq, Submission, UserId, Version};
+use super::attempt::{Attempt, Proposal};
+use super::{LOOKUPS_AT_ONCE, MAX_APPEND_ATTEMPTS, Pending, Room, STORE_UNAVAILABLE};
+use relay_domain::{ClientId, CommittedOp, Proposed, Rejection, Submission, UserId};
 use relay_ports::bus::BusMessage;
-use relay_ports::protocol::{CloseCode, ErrorCode, ServerMessage, encode_op, encode_ops_frame};
-use relay_ports::{Append, Chain, OpStatus, OperationType, StoreError};
+use relay_ports::protocol::ErrorCode;
+use relay_ports::{Chain, OpStatus, OperationType, StoreError};
 use tokio::time::Instant;
-use tracing::{Instrument, debug, warn};
-
-/// What a client is told when the store could not be used and nothing was
-/// committed (the cause goes to the log, never to the client).
-const STORE_UNAVAILABLE: &str = "storage unavailable: nothing was committed; retry the same submit";
-
-/// What became of one submit in a batch.
-pub(super) enum Proposal {
-    /// Pending in the sequencer: answered when the append is.
-    Pending,
-    /// Answered already (an ack or an error).
-    Answered,
-    /// A duplicate committed at a version this room has not reached: the
-    /// room catches up, then proposes it again.
-    Behind,
-}
+use tracing::{Instrument, warn};
 
 impl Room {
     pub(super) fn submit(
@@ -138,126 +123,12 @@ impl Room {
             batch = rest;
         }
         for attempt in 1..=MAX_APPEND_ATTEMPTS {
-            let mut proposed = Vec::with_capacity(batch.len());
-            let mut behind = false;
-            for mut p in batch {
-                if !self.admit_deferred(&mut p) {
-                    continue;
-                }
-                match self.propose(&mut p).await {
-                    Proposal::Pending => proposed.push(p),
-                    Proposal::Answered => {}
-                    Proposal::Behind => {
-                        behind = true;
-                        proposed.push(p);
-                    }
-                }
-            }
-            if behind {
-                // A duplicate committed at a version this room has not
-                // delivered yet: its ack must come after the ops below it,
-                // so catch up and propose the batch again.
-                self.sequencer.abort_pending();
-                if let Err(e) = self.catch_up().await {
-                    warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a duplicate's version");
-                    self.send_away(
-                        &proposed,
-                        "the document is behind the store and cannot catch up: reconnect",
-                    );
-                    return;
-                }
-                batch = proposed;
-                continue;
-            }
-            if self.sequencer.pending().is_empty() {
-                return;
-            }
-            let started = std::time::Instant::now();
-            let span = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "commit", document = %self.document, ops = self.sequencer.pending().len());
-            let outcome = self
-                .deps
-                .store
-                .append(self.document, self.sequencer.pending())
-                .instrument(span)
-                .await;
-            match outcome {
-                Ok(Append::Committed) => {
-                    self.deps.metrics.commit(
-                        self.sequencer.pending().len(),
-                        started.elapsed().as_secs_f64(),
-                    );
-                    let ops = self.sequencer.pending().to_vec();
-                    let through = ops.last().map_or(self.sequencer.version(), |o| o.version);
-                    self.sequencer.commit(through, self.now());
-                    self.committed(&ops, true).await;
-                    return;
-                }
-                Ok(Append::Conflict { current }) if current < self.sequencer.version() => {
-                    // The store is behind this room (restored, failed over):
-                    // what the room holds is not the document any more.
-                    self.sequencer.abort_pending();
-                    tracing::error!(document = %self.document, store = %current, room = %self.sequencer.version(), "the store's head is behind the room: reopening the document from the store");
-                    self.fail(
-                        &proposed,
-                        ErrorCode::Unavailable,
-                        "the document is reopening: nothing was committed; retry the same submit",
-                    );
-                    self.reopen();
-                    return;
-                }
-                Ok(Append::Conflict { .. }) | Ok(Append::Duplicate { .. }) => {
-                    self.sequencer.abort_pending();
-                    self.deps
-                        .metrics
-                        .commit_conflict(attempt < MAX_APPEND_ATTEMPTS);
-                    debug!(document = %self.document, attempt, "lost the race for a version; catching up");
-                    // From the store: the winner published moments ago at
-                    // best, so Redis would rarely have it yet.
-                    if let Err(e) = self.catch_up().await {
-                        warn!(document = %self.document, error = %Chain(&e), "cannot catch up after a lost race");
-                        self.fail(&proposed, ErrorCode::Unavailable, STORE_UNAVAILABLE);
-                        return;
-                    }
-                    batch = proposed;
-                }
-                Err(StoreError::Rejected(reason)) => {
-                    self.sequencer.abort_pending();
-                    if proposed.len() > 1 {
-                        // One op's data is refused: commit them one at a
-                        // time, so only that one fails.
-                        warn!(document = %self.document, %reason, ops = proposed.len(), "the store refused a batch; committing its ops one by one");
-                        for p in proposed {
-                            Box::pin(self.commit_batch(vec![p])).await;
-                        }
-                        return;
-                    }
-                    tracing::error!(document = %self.document, %reason, "the store refused an operation's data");
-                    self.fail(
-                        &proposed,
-                        ErrorCode::Internal,
-                        "the operation store refused this operation: it will never be committed",
-                    );
-                    return;
-                }
-                Err(e) => {
-                    self.sequencer.abort_pending();
-                    self.resolve_failed_append(&proposed, e).await;
-                    return;
-                }
+            match self.append_once(batch, attempt).await {
+                Attempt::Done => return,
+                Attempt::Again(rest) => batch = rest,
             }
         }
-        self.sequencer.abort_pending();
-        warn!(document = %self.document, "gave up after {MAX_APPEND_ATTEMPTS} conflicting appends");
-        for p in &batch {
-            self.deps
-                .metrics
-                .operation(OperationType::of(&p.submission.delta), OpStatus::Conflict);
-        }
-        self.fail_as(
-            &batch,
-            ErrorCode::Unavailable,
-            "the document is too busy: nothing was committed; retry the same submit",
-        );
+        self.give_up(batch);
     }
 
     /// Asks the store what it knows of the batch's clients the sequencer
@@ -392,129 +263,6 @@ impl Room {
         }
     }
 
-    /// Closes the sessions waiting on `pending` with 1013 (no answer
-    /// would be true); they reconnect and re-send.
-    pub(super) fn send_away(&mut self, pending: &[Pending], reason: &str) {
-        for p in pending {
-            if let Some(s) = self.sessions.get_mut(&p.session)
-                && s.awaiting.map(|a| a.0) == Some(p.submission.seq)
-            {
-                s.awaiting = None;
-                s.sink.order_close(CloseCode::TryAgainLater, reason);
-            }
-        }
-    }
-
-    /// Answers a re-sent submit whose op is already committed.
-    pub(super) fn ack(&mut self, session: u64, seq: Seq, version: Version) {
-        if let Some(s) = self.sessions.get_mut(&session)
-            && s.awaiting.map(|a| a.0) == Some(seq)
-        {
-            s.awaiting = None;
-            s.duplicate_acked = Some(seq);
-            s.sink
-                .send(ServerMessage::Ack { seq, version }.encode().into());
-        }
-    }
-
-    /// Answers submits with an error (non-fatal) and frees their sessions;
-    /// `unavailable` counts as an `error` op.
-    pub(super) fn fail(&mut self, pending: &[Pending], code: ErrorCode, message: &str) {
-        if code == ErrorCode::Unavailable {
-            for p in pending {
-                self.deps
-                    .metrics
-                    .operation(OperationType::of(&p.submission.delta), OpStatus::Error);
-            }
-        }
-        self.fail_as(pending, code, message);
-    }
-
-    /// [`Room::fail`] without counting (the caller counted).
-    pub(super) fn fail_as(&mut self, pending: &[Pending], code: ErrorCode, message: &str) {
-        for p in pending {
-            if let Some(s) = self.sessions.get_mut(&p.session)
-                && s.awaiting.map(|a| a.0) == Some(p.submission.seq)
-            {
-                s.awaiting = None;
-                s.sink.error(code, message, Some(p.submission.seq));
-            }
-        }
-    }
-
-    /// After ops became durable (here, or on another instance): acks to
-    /// their submitters, `ops` frames to everyone else, in version order.
-    /// A frame holds at most OPERATION_BATCH_SIZE ops and at most
-    /// MAX_MESSAGE_BYTES of them (or a single op, if one is larger).
-    pub(super) async fn committed(&mut self, ops: &[CommittedOp], ours: bool) {
-        if ops.is_empty() {
-            return;
-        }
-        for op in ops {
-            self.roster.apply(op);
-        }
-        let fanout = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "fanout", document = %self.document, ops = ops.len(), ours).entered();
-        let encoded: Vec<String> = ops.iter().map(encode_op).collect();
-        let batch = self.deps.config.operation_batch_size;
-        let budget = self.deps.config.max_message_bytes;
-        let now = Instant::now();
-        let mut dead = Vec::new();
-        for (id, s) in self.sessions.iter_mut() {
-            let mut run: Vec<&str> = Vec::new();
-            let mut run_bytes = 0;
-            let mut alive = true;
-            for (op, json) in ops.iter().zip(&encoded) {
-                let own = op.user == s.member.user
-                    && op.client_id == s.member.client_id
-                    && s.awaiting.map(|a| a.0) == Some(op.seq);
-                if own {
-                    alive &= flush(&s.sink, &mut run);
-                    run_bytes = 0;
-                    let (_, received) = s.awaiting.take().expect("checked");
-                    self.deps
-                        .metrics
-                        .operation_latency(now.duration_since(received).as_secs_f64());
-                    alive &= s.sink.send(
-                        ServerMessage::Ack {
-                            seq: op.seq,
-                            version: op.version,
-                        }
-                        .encode()
-                        .into(),
-                    );
-                } else {
-                    if !run.is_empty() && run_bytes + json.len() > budget {
-                        alive &= flush(&s.sink, &mut run);
-                        run_bytes = 0;
-                    }
-                    run.push(json);
-                    run_bytes += json.len() + 1;
-                    if run.len() == batch {
-                        alive &= flush(&s.sink, &mut run);
-                        run_bytes = 0;
-                    }
-                }
-            }
-            alive &= flush(&s.sink, &mut run);
-            if !alive {
-                dead.push(*id);
-            }
-        }
-        drop(fanout);
-        if ours {
-            for op in ops {
-                self.deps
-                    .metrics
-                    .operation(OperationType::of(&op.delta), OpStatus::Ok);
-            }
-            self.publish(BusMessage::Ops { ops: ops.to_vec() }).await;
-            self.maybe_snapshot(false).await;
-        }
-        for id in dead {
-            self.leave(id, "slow consumer").await;
-        }
-    }
-
     pub(super) async fn maybe_snapshot(&mut self, closing: bool) {
         let version = self.sequencer.version();
         let due = version.since(self.last_snapshot) >= self.deps.config.snapshot_every;
@@ -587,13 +335,4 @@ impl Room {
             "the outcome of your submit is unknown: reconnect and re-send it",
         );
     }
-}
-
-fn flush(sink: &Sink, run: &mut Vec<&str>) -> bool {
-    if run.is_empty() {
-        return true;
-    }
-    let frame = encode_ops_frame(run.iter().copied());
-    run.clear();
-    sink.send(frame.into())
 }
