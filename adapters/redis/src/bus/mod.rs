@@ -1,0 +1,305 @@
+//! The fan-out bus on Redis pub/sub: [`RedisBus`] publishes, keeps the
+//! recent history and hands out subscriptions; `subscriber` is the task
+//! that owns the pub/sub connection and routes what arrives.
+
+mod subscriber;
+
+use super::Commands;
+use async_trait::async_trait;
+use relay_domain::{CommittedOp, DocumentId, Version};
+use relay_ports::Cause;
+use relay_ports::{BusError, BusMessage, Envelope, FanOut, Subscription};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use subscriber::{Control, subscriber};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// A [`FanOut`] shared by every instance through Redis.
+///
+/// Each open document is one Redis channel, `relay:doc:<uuid>`, subscribed
+/// on this instance's single pub/sub connection while a room holds a
+/// subscription and released when the last one is dropped. Publishing is a
+/// `PUBLISH` of the envelope as JSON (its ops carry their versions, and the
+/// envelope its origin instance).
+///
+/// The pub/sub connection is owned by one task. When it drops (a Redis
+/// restart, a network cut), every subscription gets
+/// [`relay_ports::BusEvent::Disconnected`] - its room then polls the store - and the task
+/// reconnects with exponential backoff and jitter, resubscribes every open
+/// document and sends each subscription [`relay_ports::BusEvent::Lagged`], so what was
+/// published meanwhile is read from the store. A subscription whose queue is
+/// full loses messages and gets `Lagged` before the next one it receives.
+/// Nothing here is the source of truth.
+///
+/// The ops of each document are also kept, by version, in a sorted set
+/// `relay:ops:<uuid>` (written in the publish's transaction; at most
+/// `history_ops`, none over `history_op_bytes`, expiring `history_ttl`
+/// after the last publish), so a room that sees a gap fills it from
+/// [`FanOut::recent`] before going to PostgreSQL.
+#[derive(Clone)]
+pub struct RedisBus {
+    commands: Commands,
+    control: mpsc::Sender<Control>,
+    connected: tokio::sync::watch::Receiver<bool>,
+    queue: usize,
+    next_id: Arc<AtomicU64>,
+    history: History,
+    /// Stops the subscriber task (and its helpers, on one tracker) when
+    /// the last clone of the bus is dropped.
+    _stop: Arc<DropGuard>,
+    /// Not read on publish; kept so the bus holds what its task records to.
+    #[allow(dead_code)]
+    metrics: Arc<dyn relay_ports::Metrics>,
+}
+
+/// What the bus keeps of each document's recent ops.
+#[derive(Clone, Copy, Debug)]
+struct History {
+    ops: usize,
+    op_bytes: usize,
+    ttl_ms: u64,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("connected", &*self.connected.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An envelope on the wire.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    origin: Uuid,
+    document: DocumentId,
+    message: BusMessage,
+    /// When it was published, milliseconds since the Unix epoch (the
+    /// publisher's wall clock): for `materi_bus_lag_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sent_at_ms: Option<u64>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+const PREFIX: &str = "relay:doc:";
+
+fn channel(document: DocumentId) -> String {
+    format!("{PREFIX}{document}")
+}
+
+fn history_key(document: DocumentId) -> String {
+    format!("relay:ops:{document}")
+}
+
+async fn query<T: redis::FromRedisValue>(
+    commands: &Commands,
+    pipe: &redis::Pipeline,
+) -> Result<T, BusError> {
+    let mut conn = commands.get();
+    match tokio::time::timeout(commands.call_timeout, pipe.query_async::<T>(&mut conn)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(BusError::Unavailable(Cause::new(e))),
+        Err(_) => Err(BusError::Unavailable(Cause::msg(
+            "redis did not answer in time",
+        ))),
+    }
+}
+
+impl RedisBus {
+    pub(super) fn start(
+        client: redis::Client,
+        commands: Commands,
+        settings: &super::RedisSettings,
+        metrics: Arc<dyn relay_ports::Metrics>,
+    ) -> RedisBus {
+        let (control, rx) = mpsc::channel(1024);
+        let (up, connected) = tokio::sync::watch::channel(false);
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        tasks.spawn(stop.clone().run_until_cancelled_owned(subscriber(
+            client,
+            rx,
+            up,
+            metrics.clone(),
+            tasks.clone(),
+        )));
+        RedisBus {
+            _stop: Arc::new(stop.drop_guard()),
+            metrics,
+            commands,
+            control,
+            connected,
+            queue: settings.queue.max(1),
+            next_id: Default::default(),
+            history: History {
+                ops: settings.history_ops,
+                op_bytes: settings.history_op_bytes,
+                ttl_ms: u64::try_from(settings.history_ttl.as_millis()).unwrap_or(u64::MAX),
+            },
+        }
+    }
+
+    /// Waits (up to `wait`) for the pub/sub connection to be up.
+    pub(super) async fn connected_within(&self, wait: Duration) -> bool {
+        let mut connected = self.connected.clone();
+        tokio::time::timeout(wait, connected.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Releases a subscription when it is dropped.
+struct Release {
+    control: mpsc::Sender<Control>,
+    document: DocumentId,
+    id: u64,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // If the control queue is full the subscriber task finds the
+        // closed queue later and forgets it then.
+        let _ = self.control.try_send(Control::Unsubscribe {
+            document: self.document,
+            id: self.id,
+        });
+    }
+}
+
+#[async_trait]
+impl FanOut for RedisBus {
+    async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+        let document = envelope.document;
+        let mut pipe = redis::pipe();
+        // Ops are kept (by version) in the same transaction as the publish,
+        // so a subscriber that sees a message finds every op before it kept
+        // too (unless too large or trimmed).
+        if let BusMessage::Ops { ops } = &envelope.message
+            && self.history.ops > 0
+        {
+            let key = history_key(document);
+            pipe.atomic();
+            for op in ops {
+                let json =
+                    serde_json::to_string(op).map_err(|e| BusError::Unavailable(Cause::new(e)))?;
+                if json.len() <= self.history.op_bytes {
+                    pipe.cmd("ZADD")
+                        .arg(&key)
+                        .arg(op.version.get())
+                        .arg(json)
+                        .ignore();
+                }
+            }
+            let keep = i64::try_from(self.history.ops).unwrap_or(i64::MAX);
+            pipe.cmd("ZREMRANGEBYRANK")
+                .arg(&key)
+                .arg(0)
+                .arg(-keep - 1)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(self.history.ttl_ms)
+                .ignore();
+        }
+        let payload = serde_json::to_string(&Wire {
+            origin: envelope.origin.0,
+            document,
+            message: envelope.message,
+            sent_at_ms: Some(now_ms()),
+        })
+        .map_err(|e| BusError::Unavailable(Cause::new(e)))?;
+        pipe.cmd("PUBLISH").arg(channel(document)).arg(payload);
+        query::<(i64,)>(&self.commands, &pipe).await.map(|_| ())
+    }
+
+    async fn recent(
+        &self,
+        document: DocumentId,
+        after: Version,
+        through: Version,
+    ) -> Result<Option<Vec<CommittedOp>>, BusError> {
+        if through <= after {
+            return Ok(Some(Vec::new()));
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZRANGE")
+            .arg(history_key(document))
+            .arg(after.get().saturating_add(1))
+            .arg(through.get())
+            .arg("BYSCORE");
+        let (kept,): (Vec<String>,) = query(&self.commands, &pipe).await?;
+        let mut ops = Vec::with_capacity(kept.len());
+        let mut expected = after.next();
+        for json in kept {
+            let Ok(op) = serde_json::from_str::<CommittedOp>(&json) else {
+                return Ok(None);
+            };
+            // The same version twice (a re-publish) is the same op.
+            if ops
+                .last()
+                .is_some_and(|o: &CommittedOp| o.version == op.version)
+            {
+                continue;
+            }
+            if Some(op.version) != expected {
+                return Ok(None);
+            }
+            expected = op.version.next();
+            ops.push(op);
+        }
+        Ok((ops.last().map(|o| o.version) == Some(through)).then_some(ops))
+    }
+
+    async fn subscribe(&self, document: DocumentId) -> Result<Subscription, BusError> {
+        let (events, rx) = mpsc::channel(self.queue);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done, subscribed) = oneshot::channel();
+        self.control
+            .send(Control::Subscribe {
+                document,
+                id,
+                events,
+                done,
+            })
+            .await
+            .map_err(|_| BusError::Unavailable(Cause::msg("the subscriber task stopped")))?;
+        // Subscribed once Redis confirmed it, so nothing published after
+        // this returns is missed; while Redis is down the subscription is
+        // made on reconnect (and starts with `Disconnected`).
+        let _ = tokio::time::timeout(self.commands.call_timeout, subscribed).await;
+        let release = Release {
+            control: self.control.clone(),
+            document,
+            id,
+        };
+        Ok(Subscription::new(rx, Some(Box::new(release))))
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        if !*self.connected.borrow() {
+            return Err(BusError::Unavailable(Cause::msg(
+                "the pub/sub connection is down",
+            )));
+        }
+        let mut conn = self.commands.get();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.commands.call_timeout, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(Cause::new(e))),
+            Err(_) => Err(BusError::Unavailable(Cause::msg(
+                "redis did not answer in time",
+            ))),
+        }
+    }
+}
