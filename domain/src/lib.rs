@@ -9,7 +9,7 @@
 //! - [`attributes`]: formatting attribute maps and how they compose,
 //!   transform and invert.
 //! - [`delta`]: the operation type ([`Delta`] of [`Component`]s), its
-//!   normalising builder and its JSON wire form.
+//!   normalising builder, its JSON wire form and its [`OperationKind`].
 //! - [`ot`]: compose, transform (with an explicit [`Side`]) and position
 //!   transformation ([`Bias`]); the laws are stated there.
 //! - [`document`]: a [`Document`] - rope text, formatting runs, version -
@@ -20,7 +20,9 @@
 //! - [`presence`]: the [`Roster`] of clients and their selections.
 //! - [`throttle`]: [`CursorThrottle`], [`TypingDebounce`], [`RateLimiter`].
 //! - [`ids`]: validated identifiers ([`ClientId`], [`UserId`], ...) and
-//!   counters ([`Version`], [`Seq`]).
+//!   counters ([`Version`], [`Seq`]), [`Timestamp`] and [`Role`].
+//! - [`wire_name`]: the name serde gives an enum's unit variant, for
+//!   `as_str` methods that must say what the wire says.
 
 pub mod attributes;
 pub mod client;
@@ -31,14 +33,15 @@ pub mod ot;
 pub mod presence;
 pub mod sequencer;
 pub mod throttle;
+pub mod wire_name;
 
 pub use attributes::Attributes;
 pub use client::{Client, ClientError, Outgoing, Refused, Selection};
-pub use delta::{Component, Delta, DeltaError};
+pub use delta::{Component, Delta, DeltaError, OperationKind};
 pub use document::Document;
-pub use ids::{ClientId, DocumentId, InvalidClientId, Seq, Timestamp, UserId, Version};
+pub use ids::{ClientId, DocumentId, InvalidClientId, Role, Seq, Timestamp, UserId, Version};
 pub use ot::{Bias, Side};
-pub use presence::{PresenceEntry, Roster};
+pub use presence::{Departed, PresenceEntry, Roster};
 pub use sequencer::{
     CommittedOp, Proposed, Rejection, RemoteError, Sequencer, SequencerConfig, Submission,
 };

@@ -44,6 +44,14 @@ impl PresenceEntry {
     }
 }
 
+/// A client that left a document: the wire shape of `presence.left`
+/// entries (and of the bus's departures).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departed {
+    pub user: UserId,
+    pub client_id: ClientId,
+}
+
 /// The clients present in one document, keyed by (user, client_id).
 #[derive(Clone, Debug, Default)]
 pub struct Roster {

@@ -86,19 +86,6 @@ pub enum Rejection {
     },
 }
 
-impl Rejection {
-    /// The PROTOCOL.md error code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Rejection::FutureBase { .. } => "future_base",
-            Rejection::StaleBase { .. } => "stale_base",
-            Rejection::OutOfOrder { .. } => "out_of_order",
-            Rejection::InvalidDelta(_) => "invalid_delta",
-            Rejection::TooLarge { .. } => "too_large",
-        }
-    }
-}
-
 /// Why an op committed elsewhere could not be applied.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RemoteError {

@@ -219,7 +219,7 @@ impl World {
         let before = snapshot(s);
         let expected = self.predict(s, sub);
         let got = s.propose(sub);
-        let got_code = got.clone().map_err(|r| r.code());
+        let got_code = got.clone().map_err(|r| relay_ports::ErrorCode::of(&r).as_str());
         assert_eq!(
             got_code,
             expected.as_ref().map(|(p, _)| *p).map_err(|c| *c),

@@ -3,9 +3,8 @@
 //! that lags or loses messages is told so ([`BusEvent::Lagged`]) and fills
 //! gaps from the operation store.
 
-use crate::protocol::Departed;
 use async_trait::async_trait;
-use relay_domain::{ClientId, CommittedOp, DocumentId, PresenceEntry, UserId};
+use relay_domain::{ClientId, CommittedOp, Departed, DocumentId, PresenceEntry, UserId};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
