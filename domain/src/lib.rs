@@ -10,6 +10,8 @@
 //!   transform and invert.
 //! - [`delta`]: the operation type ([`Delta`] of [`Component`]s), its
 //!   normalising builder, its JSON wire form and its [`OperationKind`].
+//! - [`json_size`]: bytes as JSON (one counting writer) and the byte
+//!   bounds the size limits are built from.
 //! - [`ot`]: compose, transform (with an explicit [`Side`]) and position
 //!   transformation ([`Bias`]); the laws are stated there.
 //! - [`document`]: a [`Document`] - rope text, formatting runs, version -
@@ -29,6 +31,7 @@ pub mod client;
 pub mod delta;
 pub mod document;
 pub mod ids;
+pub mod json_size;
 pub mod ot;
 pub mod presence;
 pub mod sequencer;

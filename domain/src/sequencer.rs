@@ -18,6 +18,7 @@
 use crate::delta::{Component, Delta, DeltaError};
 use crate::document::Document;
 use crate::ids::{ClientId, MAX_LEN, Seq, Timestamp, UserId, Version};
+use crate::json_size;
 use crate::ot::{Bias, Side};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -135,7 +136,7 @@ impl Default for SequencerConfig {
             max_history_bytes: 8 << 20,
             max_document_chars: 10_000_000,
             max_delta_components: 10_000,
-            max_document_bytes: 9 * 10_000_000 + (64 << 20),
+            max_document_bytes: json_size::max_document_bytes_for(10_000_000),
             max_op_bytes: 4 << 20,
             max_clients: 10_000,
         }
@@ -546,7 +547,7 @@ impl Sequencer {
     /// each insert, and for a formatting retain its change on every run it
     /// covers; each may split a run, duplicating that run's formatting.
     fn growth_bound(&self, delta: &Delta) -> usize {
-        let split = 28 + self.doc.largest_run_json();
+        let split = json_size::FORMATTED_RUN + self.doc.largest_run_json();
         // After pending ops, positions no longer match the document's runs:
         // count them all (and the runs the pending ops may add).
         let exact = self.pending.is_empty();
@@ -560,14 +561,14 @@ impl Sequencer {
         for c in delta.components() {
             match c {
                 Component::Insert { text, attributes } => {
-                    let new_run = 28
+                    let new_run = json_size::FORMATTED_RUN
                         + if attributes.is_empty() {
                             0
                         } else {
                             attributes.json_len()
                         };
                     growth = growth
-                        .saturating_add(text.chars().count().saturating_mul(9))
+                        .saturating_add(text.chars().count().saturating_mul(json_size::MAX_CHAR))
                         .saturating_add(new_run + split);
                 }
                 Component::Retain { len, attributes } => {
@@ -577,9 +578,12 @@ impl Sequencer {
                         } else {
                             self.doc.run_count() + pending_runs
                         };
-                        growth = growth
-                            .saturating_add(covered.saturating_mul(14 + attributes.json_len()))
-                            .saturating_add(2 * split);
+                        growth =
+                            growth
+                                .saturating_add(covered.saturating_mul(
+                                    json_size::ATTRIBUTES_KEY + attributes.json_len(),
+                                ))
+                                .saturating_add(2 * split);
                     }
                     at += len;
                 }
@@ -652,30 +656,14 @@ impl Sequencer {
 /// without serialising it.
 fn json_len_within(delta: &Delta, limit: usize) -> usize {
     if !delta.has_attributes() {
-        let bound = 2 + 40 * delta.components().len() + 9 * delta.inserted_chars();
+        let bound = json_size::BRACKETS
+            + json_size::PLAIN_COMPONENT * delta.components().len()
+            + json_size::MAX_CHAR * delta.inserted_chars();
         if bound <= limit {
             return bound;
         }
     }
-    struct Count {
-        n: usize,
-        limit: usize,
-    }
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.n += buf.len();
-            if self.n > self.limit {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut c = Count { n: 0, limit };
-    let _ = serde_json::to_writer(&mut c, delta);
-    c.n
+    json_size::len_within(delta, limit)
 }
 
 #[cfg(test)]
