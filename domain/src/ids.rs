@@ -244,9 +244,18 @@ impl fmt::Display for ClientId {
 /// A point in time, in milliseconds from an origin the caller chooses.
 /// The domain never reads a clock: every time-dependent call takes one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(pub u64);
+pub struct Timestamp(u64);
 
 impl Timestamp {
+    pub const fn from_millis(ms: u64) -> Timestamp {
+        Timestamp(ms)
+    }
+
+    /// Milliseconds from the origin.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
     #[must_use]
     pub fn plus_ms(self, ms: u64) -> Timestamp {
         Timestamp(self.0.saturating_add(ms))

@@ -696,7 +696,7 @@ mod tests {
             Proposed::New(v) => {
                 let op = s.pending()[0].clone();
                 assert_eq!(op.version, v);
-                s.commit(v, Timestamp(0));
+                s.commit(v, Timestamp::from_millis(0));
                 op
             }
             other => panic!("expected a new op, got {other:?}"),
@@ -739,14 +739,14 @@ mod tests {
         let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
         let (user, client) = (UserId::new(Uuid::from_u128(1)), ClientId::new("a").unwrap());
         assert!(!s.knows_client(user, &client));
-        s.remember_client(user, &client, None, Timestamp(0));
+        s.remember_client(user, &client, None, Timestamp::from_millis(0));
         assert!(
             s.knows_client(user, &client),
             "no committed op is knowledge too"
         );
         // Any seq is new; once committed, it is remembered over `None`.
         commit_one(&mut s, sub(1, "a", 3, 0, ins(0, "x")));
-        s.remember_client(user, &client, None, Timestamp(1));
+        s.remember_client(user, &client, None, Timestamp::from_millis(1));
         assert_eq!(
             s.propose(&sub(1, "a", 3, 1, ins(0, "again"))),
             Ok(Proposed::Duplicate(Version::from(1))),
@@ -765,7 +765,7 @@ mod tests {
             user,
             &other,
             Some((Seq::from(9), Version::from(1))),
-            Timestamp(2),
+            Timestamp::from_millis(2),
         );
         assert_eq!(
             s.propose(&sub(1, "b", 9, 1, ins(0, "y"))),
@@ -849,11 +849,11 @@ mod tests {
         let mut s = Sequencer::new(Document::new(), config);
         let p = s.propose(&sub(1, "a", 1, 0, ins(0, "x"))).unwrap();
         let Proposed::New(v) = p else { panic!() };
-        s.commit(v, Timestamp(0));
+        s.commit(v, Timestamp::from_millis(0));
         assert!(s.ops_since(Version::from(0)).is_some());
         let p = s.propose(&sub(1, "a", 2, 1, ins(0, "y"))).unwrap();
         let Proposed::New(v) = p else { panic!() };
-        s.commit(v, Timestamp(5_000));
+        s.commit(v, Timestamp::from_millis(5_000));
         assert!(s.ops_since(Version::from(0)).is_none());
         assert_eq!(s.ops_since(Version::from(1)).map(|o| o.len()), Some(1));
     }
@@ -873,7 +873,7 @@ mod tests {
             Ok(Proposed::Pending(Version::from(1)))
         );
         assert_eq!(s.version(), Version::from(0));
-        assert_eq!(s.commit(Version::from(2), Timestamp(0)), 2);
+        assert_eq!(s.commit(Version::from(2), Timestamp::from_millis(0)), 2);
         assert_eq!(s.document().text(), "ab");
     }
 
@@ -897,13 +897,13 @@ mod tests {
             delta: ins(1, "B").fit(2).unwrap(),
         };
         assert_eq!(
-            s.apply_remote(theirs.clone(), Timestamp(0)),
+            s.apply_remote(theirs.clone(), Timestamp::from_millis(0)),
             Err(RemoteError::PendingProposals)
         );
         assert_eq!(s.abort_pending(), 1);
-        assert!(s.apply_remote(theirs, Timestamp(0)).unwrap());
+        assert!(s.apply_remote(theirs, Timestamp::from_millis(0)).unwrap());
         assert_eq!(s.propose(&submission), Ok(Proposed::New(Version::from(2))));
-        s.commit(Version::from(2), Timestamp(0));
+        s.commit(Version::from(2), Timestamp::from_millis(0));
         assert_eq!(s.document().text(), "xBAy");
     }
 
@@ -918,7 +918,7 @@ mod tests {
             delta: ins(0, "x"),
         };
         assert_eq!(
-            s.apply_remote(op, Timestamp(0)),
+            s.apply_remote(op, Timestamp::from_millis(0)),
             Err(RemoteError::Gap {
                 expected: Version::from(1),
                 got: Version::from(2)

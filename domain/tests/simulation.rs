@@ -272,7 +272,8 @@ impl Sim {
     fn commit(&mut self) {
         let ops: Vec<CommittedOp> = self.server.pending().to_vec();
         let Some(last) = ops.last() else { return };
-        self.server.commit(last.version, Timestamp(self.now));
+        self.server
+            .commit(last.version, Timestamp::from_millis(self.now));
         for op in ops {
             for (i, link) in self.links.iter_mut().enumerate() {
                 if !link.joined {

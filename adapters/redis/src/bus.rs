@@ -223,7 +223,7 @@ impl FanOut for RedisBus {
                 .ignore();
         }
         let payload = serde_json::to_string(&Wire {
-            origin: envelope.origin.0,
+            origin: *envelope.origin.as_uuid(),
             document,
             message: envelope.message,
             sent_at_ms: Some(now_ms()),
@@ -426,7 +426,7 @@ fn envelope(msg: &redis::Msg, metrics: &dyn relay_ports::Metrics) -> Option<Enve
         metrics.bus_lag(now_ms().saturating_sub(sent) as f64 / 1000.0);
     }
     Some(Envelope {
-        origin: InstanceId(wire.origin),
+        origin: InstanceId::from_uuid(wire.origin),
         document: wire.document,
         message: wire.message,
     })

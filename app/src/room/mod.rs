@@ -434,7 +434,9 @@ impl Room {
     fn next_deadline(&self) -> Option<Instant> {
         let now_ts = self.now();
         let now = Instant::now();
-        let to_instant = |t: Timestamp| now + Duration::from_millis(t.0.saturating_sub(now_ts.0));
+        let to_instant = |t: Timestamp| {
+            now + Duration::from_millis(t.as_millis().saturating_sub(now_ts.as_millis()))
+        };
         let mut next = Some(self.next_presence_refresh);
         let mut consider = |d: Instant| {
             next = Some(next.map_or(d, |n| n.min(d)));
