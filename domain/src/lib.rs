@@ -19,6 +19,7 @@
 //! - [`sequencer`]: the per-document [`Sequencer`]: dedup, rebase, propose,
 //!   commit, and the compare-and-set loop with other instances.
 //! - [`client`]: the client-side OT state machine ([`Client`]).
+//! - [`selection`]: a caret or [`Selection`] (`anchor` and `head`).
 //! - [`presence`]: the [`Roster`] of clients and their selections.
 //! - [`throttle`]: [`CursorThrottle`], [`TypingDebounce`], [`RateLimiter`].
 //! - [`ids`]: validated identifiers ([`ClientId`], [`UserId`], ...) and
@@ -34,17 +35,19 @@ pub mod ids;
 pub mod json_size;
 pub mod ot;
 pub mod presence;
+pub mod selection;
 pub mod sequencer;
 pub mod throttle;
 pub mod wire_name;
 
 pub use attributes::Attributes;
-pub use client::{Client, ClientError, Outgoing, Refused, Selection};
+pub use client::{Client, ClientError, Outgoing, Refused};
 pub use delta::{Component, Delta, DeltaError, OperationKind};
 pub use document::Document;
 pub use ids::{ClientId, DocumentId, InvalidClientId, Role, Seq, Timestamp, UserId, Version};
 pub use ot::{Bias, Side};
 pub use presence::{Departed, PresenceEntry, Roster};
+pub use selection::Selection;
 pub use sequencer::{
     CommittedOp, Proposed, Rejection, RemoteError, Sequencer, SequencerConfig, Submission,
 };

@@ -146,7 +146,9 @@ pub enum ClientMessage {
     },
     Cursor {
         version: Version,
-        /// `None` hides the caret.
+        /// `(anchor, head)`, or `None` to hide the caret. A pair rather
+        /// than a [`relay_domain::Selection`] while the app's room takes the
+        /// pair; `Selection` converts from and into it.
         selection: Option<(usize, usize)>,
     },
     Typing,
