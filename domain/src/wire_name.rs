@@ -35,11 +35,16 @@ impl serde::ser::Error for NotAUnitVariant {
 
 type Refused = Impossible<&'static str, NotAUnitVariant>;
 
+/// Methods that refuse their value: `refuse!(name(ArgType, ..), ..)` for
+/// those that return the name, `refuse!(-> Type; ..)` for the others.
 macro_rules! refuse {
-    ($($method:ident($($arg:ty),*)),* $(,)?) => {
-        $(fn $method(self, $(_: $arg),*) -> Result<&'static str, NotAUnitVariant> {
+    (-> $out:ty; $($method:ident($($arg:ty),*)),* $(,)?) => {
+        $(fn $method(self, $(_: $arg),*) -> Result<$out, NotAUnitVariant> {
             Err(NotAUnitVariant)
         })*
+    };
+    ($($method:ident($($arg:ty),*)),* $(,)?) => {
+        refuse!(-> &'static str; $($method($($arg),*)),*);
     };
 }
 
@@ -105,45 +110,16 @@ impl Serializer for VariantName {
         Err(NotAUnitVariant)
     }
 
-    fn serialize_seq(self, _: Option<usize>) -> Result<Refused, NotAUnitVariant> {
-        Err(NotAUnitVariant)
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Refused, NotAUnitVariant> {
-        Err(NotAUnitVariant)
-    }
-
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Refused, NotAUnitVariant> {
-        Err(NotAUnitVariant)
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Refused, NotAUnitVariant> {
-        Err(NotAUnitVariant)
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<Refused, NotAUnitVariant> {
-        Err(NotAUnitVariant)
-    }
-
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Refused, NotAUnitVariant> {
-        Err(NotAUnitVariant)
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Refused, NotAUnitVariant> {
-        Err(NotAUnitVariant)
-    }
+    refuse!(
+        -> Refused;
+        serialize_seq(Option<usize>),
+        serialize_tuple(usize),
+        serialize_tuple_struct(&'static str, usize),
+        serialize_tuple_variant(&'static str, u32, &'static str, usize),
+        serialize_map(Option<usize>),
+        serialize_struct(&'static str, usize),
+        serialize_struct_variant(&'static str, u32, &'static str, usize),
+    );
 }
 
 #[cfg(test)]
