@@ -65,7 +65,7 @@ impl Relay {
             presence: adapters.presence,
             metrics: adapters.metrics,
             clock: adapters.clock,
-            instance: InstanceId(Uuid::new_v4()),
+            instance: InstanceId::from_uuid(Uuid::new_v4()),
             config: config.clone(),
             tasks: tokio_util::task::TaskTracker::new(),
         });

@@ -183,7 +183,7 @@ impl Session for RelaySession {
     }
 
     fn until_expiry(&self) -> Option<Duration> {
-        let now_ms = self.ctx.deps.clock.now().0;
+        let now_ms = self.ctx.deps.clock.now().as_millis();
         // Closed when the verifier would refuse the token: past exp plus the
         // leeway (otherwise a client could loop: accepted, closed, accepted).
         let leeway = self.ctx.deps.config.jwt_leeway_secs;

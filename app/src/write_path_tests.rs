@@ -940,7 +940,7 @@ async fn a_lost_last_message_is_found_in_the_store_once_the_bus_is_quiet() {
     let ops = store.read(document, Version::ZERO, 10).await.unwrap();
     assert_eq!(ops.len(), 2);
     bus.send(relay_ports::BusEvent::Message(relay_ports::Envelope {
-        origin: relay_ports::InstanceId(Uuid::new_v4()),
+        origin: relay_ports::InstanceId::new_v4(),
         document,
         message: relay_ports::BusMessage::Ops {
             ops: vec![ops[0].clone()],
@@ -977,7 +977,7 @@ async fn a_gap_on_the_bus_is_filled_from_the_bus_history_without_the_store() {
         .extend([elsewhere(1, "a"), elsewhere(2, "b")]);
     // Version 1's message was lost; version 2's arrives.
     bus.send(relay_ports::BusEvent::Message(relay_ports::Envelope {
-        origin: relay_ports::InstanceId(Uuid::new_v4()),
+        origin: relay_ports::InstanceId::new_v4(),
         document,
         message: relay_ports::BusMessage::Ops {
             ops: vec![elsewhere(2, "b")],

@@ -465,7 +465,7 @@ fn check_sequencer(
     };
     match seq.propose(&sub) {
         Ok(Proposed::New(v)) => {
-            seq.commit(v, Timestamp(0));
+            seq.commit(v, Timestamp::from_millis(0));
         }
         other => panic!("Sequencer K={k}: the cleanup op was refused: {other:?}"),
     }
@@ -489,7 +489,7 @@ fn bench_sequencer(trace: &Trace, k: usize, runs: usize) -> Stats {
             (seq, sequencer_submissions(trace, k))
         },
         |(mut seq, subs)| {
-            let now = Timestamp(0);
+            let now = Timestamp::from_millis(0);
             let mut not_new = 0;
             for sub in &subs {
                 match seq.propose(sub) {

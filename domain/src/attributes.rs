@@ -17,6 +17,7 @@
 //! at most [`MAX_VALUE_BYTES`] bytes as JSON, and no U+0000 anywhere (a
 //! PostgreSQL `jsonb` cannot hold it).
 
+use crate::json_size;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use serde_json::Value;
@@ -171,19 +172,7 @@ impl Attributes {
 
     /// Bytes of this map as JSON (`{}` for none).
     pub fn json_len(&self) -> usize {
-        struct Count(usize);
-        impl std::io::Write for Count {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0 += buf.len();
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut c = Count(0);
-        let _ = serde_json::to_writer(&mut c, self);
-        c.0
+        json_size::len(self)
     }
 
     /// Identifies the shared map (0 for none): equal keys mean the same
@@ -221,7 +210,7 @@ impl Attributes {
             if has_nul(v) {
                 return Err("attribute values must not contain U+0000");
             }
-            if !fits_in(v, MAX_VALUE_BYTES) {
+            if !json_size::fits(v, MAX_VALUE_BYTES) {
                 return Err("an attribute value is at most 4096 bytes as JSON");
             }
             out.insert(k.as_str().into(), Arc::new(v.clone()));
@@ -238,27 +227,6 @@ fn has_nul(v: &Value) -> bool {
         Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
-}
-
-/// Whether `v` serialises to at most `limit` bytes; stops counting as soon
-/// as it does not, so a huge value costs no more than the limit.
-fn fits_in(v: &Value, limit: usize) -> bool {
-    struct Counter {
-        left: usize,
-    }
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if buf.len() > self.left {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            self.left -= buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    serde_json::to_writer(&mut Counter { left: limit }, v).is_ok()
 }
 
 /// Heap bytes of a JSON value, roughly.

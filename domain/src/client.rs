@@ -15,6 +15,7 @@ use crate::delta::{Delta, DeltaError};
 use crate::document::Document;
 use crate::ids::{ClientId, Seq, UserId, Version};
 use crate::ot::{Bias, Side};
+use crate::selection::Selection;
 use crate::sequencer::CommittedOp;
 
 /// A `submit` to send.
@@ -23,13 +24,6 @@ pub struct Outgoing {
     pub seq: Seq,
     pub base: Version,
     pub delta: Delta,
-}
-
-/// The caret or selection, in characters of the local document.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Selection {
-    pub anchor: usize,
-    pub head: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,10 +145,7 @@ impl Client {
     }
 
     pub fn set_selection(&mut self, selection: Option<Selection>) {
-        self.selection = selection.map(|s| Selection {
-            anchor: s.anchor.min(self.doc.len()),
-            head: s.head.min(self.doc.len()),
-        });
+        self.selection = selection.map(|s| s.clamp(self.doc.len()));
     }
 
     /// Applies a local edit (a delta over the local document). Returns the
@@ -171,9 +162,7 @@ impl Client {
         // The local document's version counts local edits too; only
         // `self.version` tracks the server.
         self.doc.apply(&delta)?;
-        self.selection = self
-            .selection
-            .map(|s| transform_selection(&delta, s, Bias::After));
+        self.selection = self.selection.map(|s| s.transform(&delta, Bias::After));
         let state = std::mem::replace(&mut self.state, State::Synchronized);
         let (state, out) = match state {
             State::Synchronized => {
@@ -261,9 +250,7 @@ impl Client {
             State::Diverged => unreachable!("ignored above"),
         };
         self.doc.apply(&local)?;
-        self.selection = self
-            .selection
-            .map(|s| transform_selection(&local, s, Bias::Before));
+        self.selection = self.selection.map(|s| s.transform(&local, Bias::Before));
         self.state = state;
         self.version = op.version;
         Ok(None)
@@ -410,14 +397,6 @@ fn rebase(
         },
         theirs,
     ))
-}
-
-/// A selection moved through an op.
-pub fn transform_selection(op: &Delta, s: Selection, bias: Bias) -> Selection {
-    Selection {
-        anchor: op.transform_position(s.anchor, bias),
-        head: op.transform_position(s.head, bias),
-    }
 }
 
 #[cfg(test)]

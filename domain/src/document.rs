@@ -10,6 +10,7 @@
 use crate::attributes::Attributes;
 use crate::delta::{Component, Delta, DeltaError};
 use crate::ids::Version;
+use crate::json_size;
 use jumprope::JumpRopeBuf;
 use std::collections::HashMap;
 use std::fmt;
@@ -29,9 +30,9 @@ struct Runs(Vec<Run>);
 /// `{"insert":""}`, `,"attributes":{...}` when formatted, and a comma.
 fn run_json_overhead(attributes: &Attributes, json_len: impl FnOnce() -> usize) -> usize {
     if attributes.is_empty() {
-        14
+        json_size::RUN
     } else {
-        28 + json_len()
+        json_size::FORMATTED_RUN + json_len()
     }
 }
 
@@ -272,12 +273,16 @@ impl Document {
     /// that, its UTF-8 length plus 5 a character.
     pub fn content_json_bound(&self) -> usize {
         let chars = self.len();
-        let quick = 2 + self.runs_json + chars.saturating_mul(9);
+        let quick =
+            json_size::BRACKETS + self.runs_json + chars.saturating_mul(json_size::MAX_CHAR);
         if quick <= self.tight_above {
             return quick;
         }
         // Rarely needed (near a limit), and it may flush the rope's buffer.
-        2 + self.runs_json + self.text.len_bytes() + chars.saturating_mul(5)
+        json_size::BRACKETS
+            + self.runs_json
+            + self.text.len_bytes()
+            + chars.saturating_mul(json_size::ESCAPE_EXTRA)
     }
 
     /// Below this, [`Document::content_json_bound`] need not be tight.

@@ -244,9 +244,18 @@ impl fmt::Display for ClientId {
 /// A point in time, in milliseconds from an origin the caller chooses.
 /// The domain never reads a clock: every time-dependent call takes one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(pub u64);
+pub struct Timestamp(u64);
 
 impl Timestamp {
+    pub const fn from_millis(ms: u64) -> Timestamp {
+        Timestamp(ms)
+    }
+
+    /// Milliseconds from the origin.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
     #[must_use]
     pub fn plus_ms(self, ms: u64) -> Timestamp {
         Timestamp(self.0.saturating_add(ms))
@@ -255,6 +264,39 @@ impl Timestamp {
     /// Milliseconds from `earlier` to `self` (0 if `earlier` is later).
     pub fn since(self, earlier: Timestamp) -> u64 {
         self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// A role on a document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Editor,
+    Owner,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Editor, Role::Owner];
+
+    /// Whether the role may submit operations.
+    pub fn can_edit(self) -> bool {
+        matches!(self, Role::Editor | Role::Owner)
+    }
+
+    /// The role's name on the wire (and in the permissions table).
+    pub fn as_str(self) -> &'static str {
+        crate::wire_name::unit_variant_name(&self).expect("a role is a unit variant")
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?}: expected owner, editor or viewer"))
     }
 }
 
@@ -291,5 +333,22 @@ mod tests {
         assert_eq!(ClientId::new("a\0b"), Err(InvalidClientId::Nul));
         let parsed: Result<ClientId, _> = serde_json::from_str("\"\"");
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn roles_are_named_as_on_the_wire() {
+        for role in Role::ALL {
+            let wire = serde_json::to_value(role).unwrap();
+            assert_eq!(wire, serde_json::Value::from(role.as_str()));
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
+        assert_eq!(
+            ["viewer", "editor", "owner"].map(|s| s.parse::<Role>()),
+            [Ok(Role::Viewer), Ok(Role::Editor), Ok(Role::Owner)]
+        );
+        assert_eq!(
+            "admin".parse::<Role>(),
+            Err(r#"unknown role "admin": expected owner, editor or viewer"#.to_owned())
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::ids::{ClientId, UserId, Version};
 use crate::ot::Bias;
+use crate::selection::Selection;
 use crate::sequencer::CommittedOp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,12 +37,34 @@ impl PresenceEntry {
         } else {
             Bias::Before
         };
-        if let (Some(a), Some(h)) = (self.anchor, self.head) {
-            self.anchor = Some(op.delta.transform_position(a, bias));
-            self.head = Some(op.delta.transform_position(h, bias));
+        if let Some(s) = self.selection() {
+            self.set_selection(Some(s.transform(&op.delta, bias)));
         }
         self.version = op.version;
     }
+
+    /// The selection, or `None` when the caret is hidden (or only half
+    /// known).
+    pub fn selection(&self) -> Option<Selection> {
+        Some(Selection {
+            anchor: self.anchor?,
+            head: self.head?,
+        })
+    }
+
+    /// Sets (or, with `None`, hides) the selection.
+    pub fn set_selection(&mut self, selection: Option<Selection>) {
+        self.anchor = selection.map(|s| s.anchor);
+        self.head = selection.map(|s| s.head);
+    }
+}
+
+/// A client that left a document: the wire shape of `presence.left`
+/// entries (and of the bus's departures).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departed {
+    pub user: UserId,
+    pub client_id: ClientId,
 }
 
 /// The clients present in one document, keyed by (user, client_id).
@@ -72,17 +95,17 @@ impl Roster {
     }
 
     /// Records a selection (already rebased to `version`). Returns the entry,
-    /// or `None` if the client is not present.
+    /// or `None` if the client is not present. The room passes the
+    /// `(anchor, head)` pair it carries; both convert.
     pub fn set_selection(
         &mut self,
         user: UserId,
         client_id: &ClientId,
-        selection: Option<(usize, usize)>,
+        selection: Option<impl Into<Selection>>,
         version: Version,
     ) -> Option<&PresenceEntry> {
         let e = self.entries.get_mut(&(user, client_id.clone()))?;
-        e.anchor = selection.map(|s| s.0);
-        e.head = selection.map(|s| s.1);
+        e.set_selection(selection.map(Into::into));
         e.version = version;
         Some(e)
     }

@@ -18,6 +18,7 @@
 use crate::delta::{Component, Delta, DeltaError};
 use crate::document::Document;
 use crate::ids::{ClientId, MAX_LEN, Seq, Timestamp, UserId, Version};
+use crate::json_size;
 use crate::ot::{Bias, Side};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -86,19 +87,6 @@ pub enum Rejection {
     },
 }
 
-impl Rejection {
-    /// The PROTOCOL.md error code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Rejection::FutureBase { .. } => "future_base",
-            Rejection::StaleBase { .. } => "stale_base",
-            Rejection::OutOfOrder { .. } => "out_of_order",
-            Rejection::InvalidDelta(_) => "invalid_delta",
-            Rejection::TooLarge { .. } => "too_large",
-        }
-    }
-}
-
 /// Why an op committed elsewhere could not be applied.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RemoteError {
@@ -148,7 +136,7 @@ impl Default for SequencerConfig {
             max_history_bytes: 8 << 20,
             max_document_chars: 10_000_000,
             max_delta_components: 10_000,
-            max_document_bytes: 9 * 10_000_000 + (64 << 20),
+            max_document_bytes: json_size::max_document_bytes_for(10_000_000),
             max_op_bytes: 4 << 20,
             max_clients: 10_000,
         }
@@ -559,7 +547,7 @@ impl Sequencer {
     /// each insert, and for a formatting retain its change on every run it
     /// covers; each may split a run, duplicating that run's formatting.
     fn growth_bound(&self, delta: &Delta) -> usize {
-        let split = 28 + self.doc.largest_run_json();
+        let split = json_size::FORMATTED_RUN + self.doc.largest_run_json();
         // After pending ops, positions no longer match the document's runs:
         // count them all (and the runs the pending ops may add).
         let exact = self.pending.is_empty();
@@ -573,14 +561,14 @@ impl Sequencer {
         for c in delta.components() {
             match c {
                 Component::Insert { text, attributes } => {
-                    let new_run = 28
+                    let new_run = json_size::FORMATTED_RUN
                         + if attributes.is_empty() {
                             0
                         } else {
                             attributes.json_len()
                         };
                     growth = growth
-                        .saturating_add(text.chars().count().saturating_mul(9))
+                        .saturating_add(text.chars().count().saturating_mul(json_size::MAX_CHAR))
                         .saturating_add(new_run + split);
                 }
                 Component::Retain { len, attributes } => {
@@ -590,9 +578,12 @@ impl Sequencer {
                         } else {
                             self.doc.run_count() + pending_runs
                         };
-                        growth = growth
-                            .saturating_add(covered.saturating_mul(14 + attributes.json_len()))
-                            .saturating_add(2 * split);
+                        growth =
+                            growth
+                                .saturating_add(covered.saturating_mul(
+                                    json_size::ATTRIBUTES_KEY + attributes.json_len(),
+                                ))
+                                .saturating_add(2 * split);
                     }
                     at += len;
                 }
@@ -665,30 +656,14 @@ impl Sequencer {
 /// without serialising it.
 fn json_len_within(delta: &Delta, limit: usize) -> usize {
     if !delta.has_attributes() {
-        let bound = 2 + 40 * delta.components().len() + 9 * delta.inserted_chars();
+        let bound = json_size::BRACKETS
+            + json_size::PLAIN_COMPONENT * delta.components().len()
+            + json_size::MAX_CHAR * delta.inserted_chars();
         if bound <= limit {
             return bound;
         }
     }
-    struct Count {
-        n: usize,
-        limit: usize,
-    }
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.n += buf.len();
-            if self.n > self.limit {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut c = Count { n: 0, limit };
-    let _ = serde_json::to_writer(&mut c, delta);
-    c.n
+    json_size::len_within(delta, limit)
 }
 
 #[cfg(test)]
@@ -721,7 +696,7 @@ mod tests {
             Proposed::New(v) => {
                 let op = s.pending()[0].clone();
                 assert_eq!(op.version, v);
-                s.commit(v, Timestamp(0));
+                s.commit(v, Timestamp::from_millis(0));
                 op
             }
             other => panic!("expected a new op, got {other:?}"),
@@ -764,14 +739,14 @@ mod tests {
         let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
         let (user, client) = (UserId::new(Uuid::from_u128(1)), ClientId::new("a").unwrap());
         assert!(!s.knows_client(user, &client));
-        s.remember_client(user, &client, None, Timestamp(0));
+        s.remember_client(user, &client, None, Timestamp::from_millis(0));
         assert!(
             s.knows_client(user, &client),
             "no committed op is knowledge too"
         );
         // Any seq is new; once committed, it is remembered over `None`.
         commit_one(&mut s, sub(1, "a", 3, 0, ins(0, "x")));
-        s.remember_client(user, &client, None, Timestamp(1));
+        s.remember_client(user, &client, None, Timestamp::from_millis(1));
         assert_eq!(
             s.propose(&sub(1, "a", 3, 1, ins(0, "again"))),
             Ok(Proposed::Duplicate(Version::from(1))),
@@ -790,7 +765,7 @@ mod tests {
             user,
             &other,
             Some((Seq::from(9), Version::from(1))),
-            Timestamp(2),
+            Timestamp::from_millis(2),
         );
         assert_eq!(
             s.propose(&sub(1, "b", 9, 1, ins(0, "y"))),
@@ -874,11 +849,11 @@ mod tests {
         let mut s = Sequencer::new(Document::new(), config);
         let p = s.propose(&sub(1, "a", 1, 0, ins(0, "x"))).unwrap();
         let Proposed::New(v) = p else { panic!() };
-        s.commit(v, Timestamp(0));
+        s.commit(v, Timestamp::from_millis(0));
         assert!(s.ops_since(Version::from(0)).is_some());
         let p = s.propose(&sub(1, "a", 2, 1, ins(0, "y"))).unwrap();
         let Proposed::New(v) = p else { panic!() };
-        s.commit(v, Timestamp(5_000));
+        s.commit(v, Timestamp::from_millis(5_000));
         assert!(s.ops_since(Version::from(0)).is_none());
         assert_eq!(s.ops_since(Version::from(1)).map(|o| o.len()), Some(1));
     }
@@ -898,7 +873,7 @@ mod tests {
             Ok(Proposed::Pending(Version::from(1)))
         );
         assert_eq!(s.version(), Version::from(0));
-        assert_eq!(s.commit(Version::from(2), Timestamp(0)), 2);
+        assert_eq!(s.commit(Version::from(2), Timestamp::from_millis(0)), 2);
         assert_eq!(s.document().text(), "ab");
     }
 
@@ -922,13 +897,13 @@ mod tests {
             delta: ins(1, "B").fit(2).unwrap(),
         };
         assert_eq!(
-            s.apply_remote(theirs.clone(), Timestamp(0)),
+            s.apply_remote(theirs.clone(), Timestamp::from_millis(0)),
             Err(RemoteError::PendingProposals)
         );
         assert_eq!(s.abort_pending(), 1);
-        assert!(s.apply_remote(theirs, Timestamp(0)).unwrap());
+        assert!(s.apply_remote(theirs, Timestamp::from_millis(0)).unwrap());
         assert_eq!(s.propose(&submission), Ok(Proposed::New(Version::from(2))));
-        s.commit(Version::from(2), Timestamp(0));
+        s.commit(Version::from(2), Timestamp::from_millis(0));
         assert_eq!(s.document().text(), "xBAy");
     }
 
@@ -943,7 +918,7 @@ mod tests {
             delta: ins(0, "x"),
         };
         assert_eq!(
-            s.apply_remote(op, Timestamp(0)),
+            s.apply_remote(op, Timestamp::from_millis(0)),
             Err(RemoteError::Gap {
                 expected: Version::from(1),
                 got: Version::from(2)

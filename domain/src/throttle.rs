@@ -55,7 +55,7 @@ impl<T> CursorThrottle<T> {
         self.pending.as_ref()?;
         Some(
             self.last_sent
-                .map_or(Timestamp(0), |t| t.plus_ms(self.interval_ms)),
+                .map_or(Timestamp::from_millis(0), |t| t.plus_ms(self.interval_ms)),
         )
     }
 }
@@ -148,7 +148,7 @@ mod tests {
     use super::*;
 
     fn t(ms: u64) -> Timestamp {
-        Timestamp(ms)
+        Timestamp::from_millis(ms)
     }
 
     #[test]
@@ -182,7 +182,7 @@ mod tests {
         }
         while let Some(d) = th.deadline() {
             if let Some(v) = th.poll(d) {
-                sent.push((d.0, v));
+                sent.push((d.as_millis(), v));
             }
         }
         assert!(sent.windows(2).all(|w| w[1].0 - w[0].0 >= 50));

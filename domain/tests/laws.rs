@@ -412,7 +412,7 @@ proptest! {
                 base: s.version(), delta: d,
             };
             if let Ok(Proposed::New(v)) = s.propose(&sub) {
-                s.commit(v, Timestamp(0));
+                s.commit(v, Timestamp::from_millis(0));
             }
         }
         let Ok(delta) = Delta::from_json(&wire) else { return Ok(()) };
@@ -424,7 +424,7 @@ proptest! {
         match s.propose(&sub) {
             Ok(Proposed::New(v)) => {
                 let expected_len = s.pending_len();
-                s.commit(v, Timestamp(0));
+                s.commit(v, Timestamp::from_millis(0));
                 prop_assert_eq!(s.document().len(), expected_len);
                 prop_assert_eq!(s.version(), v);
             }

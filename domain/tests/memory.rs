@@ -56,7 +56,7 @@ fn typed(n: usize, max_history: usize) -> Sequencer {
         let Ok(Proposed::New(v)) = s.propose(&sub) else {
             panic!("a fresh submit is new")
         };
-        s.commit(v, Timestamp(0));
+        s.commit(v, Timestamp::from_millis(0));
     }
     s
 }

@@ -47,7 +47,8 @@ enum ToClient {
     Ops(Vec<CommittedOp>),
     Error {
         seq: relay_domain::Seq,
-        code: &'static str,
+        /// What the server refused with (the wire sends its code).
+        rejection: Rejection,
     },
 }
 
@@ -254,10 +255,10 @@ impl Sim {
                             version,
                         });
                     }
-                    Err(r @ Rejection::StaleBase { .. }) => {
+                    Err(rejection @ Rejection::StaleBase { .. }) => {
                         self.links[c].down.push_back(ToClient::Error {
                             seq: o.seq,
-                            code: r.code(),
+                            rejection,
                         });
                     }
                     Err(r) => panic!("seed {}: unexpected rejection {r:?}", self.seed),
@@ -271,7 +272,8 @@ impl Sim {
     fn commit(&mut self) {
         let ops: Vec<CommittedOp> = self.server.pending().to_vec();
         let Some(last) = ops.last() else { return };
-        self.server.commit(last.version, Timestamp(self.now));
+        self.server
+            .commit(last.version, Timestamp::from_millis(self.now));
         for op in ops {
             for (i, link) in self.links.iter_mut().enumerate() {
                 if !link.joined {
@@ -334,8 +336,11 @@ impl Sim {
                 }
                 self.send(c, out);
             }
-            ToClient::Error { seq, code } => {
-                assert_eq!(code, "stale_base", "seed {seed}");
+            ToClient::Error { seq, rejection } => {
+                assert!(
+                    matches!(rejection, Rejection::StaleBase { .. }),
+                    "seed {seed}: {rejection:?}"
+                );
                 assert_eq!(
                     self.clients[c].inflight().map(|i| i.seq),
                     Some(seq),

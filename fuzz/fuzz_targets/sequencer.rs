@@ -219,7 +219,7 @@ impl World {
         let before = snapshot(s);
         let expected = self.predict(s, sub);
         let got = s.propose(sub);
-        let got_code = got.clone().map_err(|r| r.code());
+        let got_code = got.clone().map_err(|r| relay_ports::ErrorCode::of(&r).as_str());
         assert_eq!(
             got_code,
             expected.as_ref().map(|(p, _)| *p).map_err(|c| *c),
@@ -250,7 +250,7 @@ impl World {
     fn commit(&mut self, s: &mut Sequencer, through: Version) {
         let pending = s.pending().to_vec();
         let n_expected = pending.iter().take_while(|p| p.version <= through).count();
-        let n = s.commit(through, Timestamp(self.now));
+        let n = s.commit(through, Timestamp::from_millis(self.now));
         assert_eq!(n, n_expected, "commit through {through}");
         assert_eq!(s.pending(), &pending[n..]);
         for op in &pending[..n] {
@@ -447,7 +447,7 @@ fuzz_target!(|input: Input| {
                 }
                 let before = snapshot(&s);
                 let expected_version = s.version().next().unwrap();
-                let got = s.apply_remote(op.clone(), Timestamp(w.now));
+                let got = s.apply_remote(op.clone(), Timestamp::from_millis(w.now));
                 if op.version < expected_version {
                     assert_eq!(got, Ok(false));
                 } else if op.version > expected_version {

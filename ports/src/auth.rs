@@ -1,8 +1,8 @@
 //! Authentication and authorization: the token verifier and the permission
 //! source.
 
-use crate::protocol::Role;
 use async_trait::async_trait;
+use relay_domain::Role;
 use relay_domain::{DocumentId, UserId};
 use std::collections::BTreeMap;
 

@@ -3,15 +3,30 @@
 //! that lags or loses messages is told so ([`BusEvent::Lagged`]) and fills
 //! gaps from the operation store.
 
-use crate::protocol::Departed;
 use async_trait::async_trait;
-use relay_domain::{ClientId, CommittedOp, DocumentId, PresenceEntry, UserId};
+use relay_domain::{ClientId, CommittedOp, Departed, DocumentId, PresenceEntry, UserId};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Identifies a Relay instance, so it can ignore its own messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct InstanceId(pub Uuid);
+pub struct InstanceId(Uuid);
+
+impl InstanceId {
+    /// A new, random instance id.
+    pub fn new_v4() -> InstanceId {
+        InstanceId(Uuid::new_v4())
+    }
+
+    /// The id another instance sent (as read off the bus).
+    pub fn from_uuid(id: Uuid) -> InstanceId {
+        InstanceId(id)
+    }
+
+    pub fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
 
 /// What instances publish about a document.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -105,20 +105,9 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code's name on the wire.
     pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadMessage => "bad_message",
-            ErrorCode::InvalidDelta => "invalid_delta",
-            ErrorCode::FutureBase => "future_base",
-            ErrorCode::StaleBase => "stale_base",
-            ErrorCode::InFlight => "in_flight",
-            ErrorCode::OutOfOrder => "out_of_order",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
+        relay_domain::wire_name::unit_variant_name(&self).expect("an error code is a unit variant")
     }
 
     /// The code of a sequencer rejection.
@@ -134,43 +123,8 @@ impl ErrorCode {
     }
 }
 
-/// A role on a document.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Viewer,
-    Editor,
-    Owner,
-}
-
-impl Role {
-    /// Whether the role may submit operations.
-    pub fn can_edit(self) -> bool {
-        matches!(self, Role::Editor | Role::Owner)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Editor => "editor",
-            Role::Owner => "owner",
-        }
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Role, String> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "editor" => Ok(Role::Editor),
-            "owner" => Ok(Role::Owner),
-            other => Err(format!(
-                "unknown role {other:?}: expected owner, editor or viewer"
-            )),
-        }
-    }
-}
+// re-exported: the wire names them.
+pub use relay_domain::{Departed, Role};
 
 /// `join`: the first message of a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,7 +146,9 @@ pub enum ClientMessage {
     },
     Cursor {
         version: Version,
-        /// `None` hides the caret.
+        /// `(anchor, head)`, or `None` to hide the caret. A pair rather
+        /// than a [`relay_domain::Selection`] while the app's room takes the
+        /// pair; `Selection` converts from and into it.
         selection: Option<(usize, usize)>,
     },
     Typing,
@@ -363,13 +319,6 @@ pub struct Limits {
     pub heartbeat_interval_secs: u64,
 }
 
-/// `presence.left` entries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Departed {
-    pub user: UserId,
-    pub client_id: ClientId,
-}
-
 /// A message from the server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -467,6 +416,27 @@ pub fn encode_op(op: &CommittedOp) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn error_codes_are_named_as_serde_writes_them() {
+        let codes = [
+            (ErrorCode::BadMessage, "bad_message"),
+            (ErrorCode::InvalidDelta, "invalid_delta"),
+            (ErrorCode::FutureBase, "future_base"),
+            (ErrorCode::StaleBase, "stale_base"),
+            (ErrorCode::InFlight, "in_flight"),
+            (ErrorCode::OutOfOrder, "out_of_order"),
+            (ErrorCode::Forbidden, "forbidden"),
+            (ErrorCode::TooLarge, "too_large"),
+            (ErrorCode::RateLimited, "rate_limited"),
+            (ErrorCode::Unavailable, "unavailable"),
+            (ErrorCode::Internal, "internal"),
+        ];
+        for (code, name) in codes {
+            assert_eq!(code.as_str(), name);
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(name));
+        }
+    }
 
     #[test]
     fn decodes_every_client_message() {

@@ -17,7 +17,7 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::RngCore;
-use relay_ports::protocol::Role;
+use relay_domain::Role;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -184,7 +184,7 @@ mod tests {
 
     fn typing(document: DocumentId, n: usize) -> Envelope {
         Envelope {
-            origin: InstanceId(Uuid::nil()),
+            origin: InstanceId::from_uuid(Uuid::nil()),
             document,
             message: BusMessage::Typing {
                 user: UserId::new(Uuid::nil()),

@@ -26,7 +26,7 @@ impl Clock for SystemClock {
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        Timestamp(millis(since_epoch))
+        Timestamp::from_millis(millis(since_epoch))
     }
 }
 
@@ -77,12 +77,12 @@ pub struct ManualClock {
 impl ManualClock {
     pub fn new(start: Timestamp) -> Self {
         ManualClock {
-            millis: Arc::new(AtomicU64::new(start.0)),
+            millis: Arc::new(AtomicU64::new(start.as_millis())),
         }
     }
 
     pub fn set(&self, to: Timestamp) {
-        self.millis.store(to.0, Ordering::SeqCst);
+        self.millis.store(to.as_millis(), Ordering::SeqCst);
     }
 
     pub fn advance(&self, by: Duration) {
@@ -98,7 +98,7 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        Timestamp(self.millis.load(Ordering::SeqCst))
+        Timestamp::from_millis(self.millis.load(Ordering::SeqCst))
     }
 }
 
@@ -109,7 +109,7 @@ mod tests {
     #[test]
     fn the_system_clock_reads_milliseconds_since_the_epoch() {
         let before = millis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap());
-        let now = SystemClock.now().0;
+        let now = SystemClock.now().as_millis();
         let after = millis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap());
         assert!(
             (before..=after).contains(&now),
@@ -119,12 +119,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_tokio_clock_follows_paused_time() {
-        let clock = TokioClock::starting_at(Timestamp(1_000));
-        assert_eq!(clock.now(), Timestamp(1_000));
+        let clock = TokioClock::starting_at(Timestamp::from_millis(1_000));
+        assert_eq!(clock.now(), Timestamp::from_millis(1_000));
         tokio::time::advance(Duration::from_millis(250)).await;
-        assert_eq!(clock.now(), Timestamp(1_250));
+        assert_eq!(clock.now(), Timestamp::from_millis(1_250));
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(clock.now(), Timestamp(4_250));
+        assert_eq!(clock.now(), Timestamp::from_millis(4_250));
     }
 
     #[tokio::test(start_paused = true)]
@@ -139,14 +139,18 @@ mod tests {
 
     #[test]
     fn manual_clock_clones_share_their_time() {
-        let clock = ManualClock::new(Timestamp(10));
+        let clock = ManualClock::new(Timestamp::from_millis(10));
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
         clock.advance(Duration::from_millis(5));
-        assert_eq!(shared.now(), Timestamp(15));
-        clock.set(Timestamp(3));
-        assert_eq!(shared.now(), Timestamp(3));
-        clock.set(Timestamp(u64::MAX - 1));
+        assert_eq!(shared.now(), Timestamp::from_millis(15));
+        clock.set(Timestamp::from_millis(3));
+        assert_eq!(shared.now(), Timestamp::from_millis(3));
+        clock.set(Timestamp::from_millis(u64::MAX - 1));
         clock.advance(Duration::from_secs(1));
-        assert_eq!(clock.now(), Timestamp(u64::MAX), "advancing saturates");
+        assert_eq!(
+            clock.now(),
+            Timestamp::from_millis(u64::MAX),
+            "advancing saturates"
+        );
     }
 }

@@ -158,7 +158,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_entry_expires_exactly_its_ttl_after_the_upsert() {
-        let clock = ManualClock::new(Timestamp(1_000));
+        let clock = ManualClock::new(Timestamp::from_millis(1_000));
         let presence = MemoryPresence::new(Arc::new(clock.clone()));
         let document = DocumentId::new(Uuid::new_v4());
         let ttl = Duration::from_millis(500);
@@ -172,7 +172,7 @@ mod tests {
 
     #[tokio::test]
     async fn upserts_sweep_expired_entries_of_documents_nobody_reads() {
-        let clock = ManualClock::new(Timestamp(0));
+        let clock = ManualClock::new(Timestamp::from_millis(0));
         let presence = MemoryPresence::new(Arc::new(clock.clone()));
         let (forgotten, busy) = (
             DocumentId::new(Uuid::new_v4()),

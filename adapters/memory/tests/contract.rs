@@ -45,7 +45,7 @@ async fn the_memory_bus_keeps_the_bus_contract_across_threads() {
 
 #[tokio::test]
 async fn the_memory_presence_registry_keeps_the_presence_contract() {
-    let clock = ManualClock::new(Timestamp(1_700_000_000_000));
+    let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
     presence::run_all(
         &async || MemoryPresence::new(Arc::new(clock.clone())),
         &async |by| clock.advance(by),
@@ -75,7 +75,9 @@ async fn memory_permissions_keep_the_granted_contract() {
 fn the_clocks_keep_the_clock_contract() {
     use relay_adapter_memory::{ManualClock, SystemClock, TokioClock};
     relay_ports::contract::clock::wall_clock(&SystemClock::new());
-    relay_ports::contract::clock::monotonic(&ManualClock::new(relay_domain::Timestamp(5)));
+    relay_ports::contract::clock::monotonic(&ManualClock::new(
+        relay_domain::Timestamp::from_millis(5),
+    ));
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

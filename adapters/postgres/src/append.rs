@@ -189,11 +189,7 @@ impl Rows {
             r.actors.push(*op.user.as_uuid());
             r.clients.push(op.client_id.as_str().to_owned());
             r.seqs.push(i64::from(op.seq));
-            r.types.push(
-                relay_ports::metrics::operation_type(&op.delta)
-                    .as_str()
-                    .to_owned(),
-            );
+            r.types.push(op.delta.kind().as_str().to_owned());
             r.positions.push(position(&op.delta)?);
             r.contents.push(content(&op.delta));
             r.attributes.push(attributes(&op.delta));

@@ -5,9 +5,8 @@ use super::PgPool;
 use super::schema::{document_permissions, documents};
 use async_trait::async_trait;
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
-use relay_domain::{DocumentId, UserId};
+use relay_domain::{DocumentId, Role, UserId};
 use relay_ports::Cause;
-use relay_ports::protocol::Role;
 use relay_ports::{Claims, PermissionError, PermissionSource};
 
 #[derive(Debug, Clone)]

@@ -153,7 +153,7 @@ async fn a_cut_connection_is_reported_and_the_bus_resubscribes_by_itself() {
         .expect("redis via proxy");
     let direct = redis_bus().await;
     let document = DocumentId::new(Uuid::new_v4());
-    let origin = InstanceId(Uuid::new_v4());
+    let origin = InstanceId::new_v4();
     let mut sub = bus.subscribe(document).await.unwrap();
     let first = op_envelope(origin, document, 1);
     direct.publish(first.clone()).await.unwrap();
@@ -251,7 +251,7 @@ async fn subscribing_while_redis_is_unreachable_starts_disconnected() {
     proxy.up();
     assert_eq!(next(&mut sub.events, "back").await, BusEvent::Lagged);
     let direct = redis_bus().await;
-    let origin = InstanceId(Uuid::new_v4());
+    let origin = InstanceId::new_v4();
     direct
         .publish(op_envelope(origin, document, 7))
         .await
@@ -285,7 +285,7 @@ async fn subscribing_while_redis_is_unreachable_starts_disconnected() {
 async fn the_redis_history_is_bounded_in_size_and_count() {
     let bus = redis_bus().await;
     let document = DocumentId::new(Uuid::new_v4());
-    let origin = InstanceId(Uuid::new_v4());
+    let origin = InstanceId::new_v4();
     let v = |n: u64| Version::new(n).unwrap();
     let mut big = op_envelope(origin, document, 1);
     if let BusMessage::Ops { ops } = &mut big.message {
@@ -336,7 +336,7 @@ async fn subscribers_in_redis(document: DocumentId) -> i64 {
 async fn a_subscription_dropped_mid_stream_releases_its_channel() {
     let bus = redis_bus().await;
     let direct = redis_bus().await;
-    let origin = InstanceId(Uuid::new_v4());
+    let origin = InstanceId::new_v4();
     for _ in 0..20 {
         let document = DocumentId::new(Uuid::new_v4());
         let sub = bus.subscribe(document).await.unwrap();

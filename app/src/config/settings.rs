@@ -308,12 +308,10 @@ impl Settings {
                 problem,
             })
         };
+        // By default any text of MAX_DOCUMENT_CHARS characters fits, with
+        // room for formatting.
         let max_document_bytes = self.max_document_bytes.unwrap_or_else(|| {
-            // Any text of MAX_DOCUMENT_CHARS characters fits (at most 9
-            // bytes a character as JSON), with 64 MiB for formatting.
-            self.max_document_chars
-                .saturating_mul(9)
-                .saturating_add(64 << 20)
+            relay_domain::json_size::max_document_bytes_for(self.max_document_chars)
         });
         if self.metrics_document_series > relay_adapter_otel::MAX_DOCUMENT_SERIES {
             return err(

@@ -439,7 +439,9 @@ impl Room {
         // The throttles' deadlines are clock timestamps: converted here,
         // once, to the room's time base.
         let (now_ts, now) = (self.now(), Instant::now());
-        let to_instant = |t: Timestamp| now + Duration::from_millis(t.0.saturating_sub(now_ts.0));
+        let to_instant = |t: Timestamp| {
+            now + Duration::from_millis(t.as_millis().saturating_sub(now_ts.as_millis()))
+        };
         let throttles = self.sessions.values().flat_map(|s| {
             [s.cursor.deadline(), s.typing.deadline()]
                 .into_iter()

@@ -8,7 +8,6 @@
 use super::{client, fresh_document, fresh_user, within};
 use crate::bus::{BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subscription};
 use relay_domain::{CommittedOp, Delta, DocumentId, PresenceEntry, Seq, Version};
-use uuid::Uuid;
 
 /// The most messages [`a_subscriber_that_does_not_read_is_told_it_lagged`]
 /// will publish.
@@ -38,7 +37,7 @@ pub async fn run_all<B: FanOut>(
 }
 
 fn instance() -> InstanceId {
-    InstanceId(Uuid::new_v4())
+    InstanceId::new_v4()
 }
 
 /// The `n`th test envelope: the three shapes in turn, each naming `n` so

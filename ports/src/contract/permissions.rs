@@ -9,8 +9,7 @@
 
 use super::{fresh_document, fresh_user};
 use crate::auth::{Claims, PermissionSource};
-use crate::protocol::Role;
-use relay_domain::{DocumentId, UserId};
+use relay_domain::{DocumentId, Role, UserId};
 use std::collections::BTreeMap;
 
 fn claims(user: UserId, docs: Option<&[(&str, Role)]>) -> Claims {

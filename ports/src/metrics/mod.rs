@@ -9,67 +9,12 @@
 
 pub mod samples;
 
-use relay_domain::{Component, Delta, DocumentId};
+use relay_domain::DocumentId;
 
 /// What an operation did, the `operation_type` label of
-/// `materi_operations_processed_total` (and the `operation_type` column of
-/// the operations table).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OperationType {
-    /// Only inserts text.
-    Insert,
-    /// Only deletes.
-    Delete,
-    /// Only changes attributes (retains with attributes).
-    Format,
-    /// Several of the above.
-    Mixed,
-    /// Changes nothing (a bare retain).
-    Noop,
-}
-
-impl OperationType {
-    pub const ALL: [OperationType; 5] = [
-        OperationType::Insert,
-        OperationType::Delete,
-        OperationType::Format,
-        OperationType::Mixed,
-        OperationType::Noop,
-    ];
-
-    pub fn of(delta: &Delta) -> OperationType {
-        let (mut ins, mut del, mut fmt) = (false, false, false);
-        for c in delta.components() {
-            match c {
-                Component::Insert { .. } => ins = true,
-                Component::Delete { .. } => del = true,
-                Component::Retain { attributes, .. } => fmt |= !attributes.is_empty(),
-            }
-        }
-        match (ins, del, fmt) {
-            (false, false, false) => OperationType::Noop,
-            (true, false, false) => OperationType::Insert,
-            (false, true, false) => OperationType::Delete,
-            (false, false, true) => OperationType::Format,
-            _ => OperationType::Mixed,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OperationType::Insert => "insert",
-            OperationType::Delete => "delete",
-            OperationType::Format => "format",
-            OperationType::Mixed => "mixed",
-            OperationType::Noop => "noop",
-        }
-    }
-}
-
-/// What an operation did: see [`OperationType`].
-pub fn operation_type(delta: &Delta) -> OperationType {
-    OperationType::of(delta)
-}
+/// `materi_operations_processed_total`: the domain's kind of its delta
+/// (which is also the `operation_type` column of the operations table).
+pub use relay_domain::OperationKind as OperationType;
 
 /// How an operation ended, the `status` label of
 /// `materi_operations_processed_total`.
@@ -247,24 +192,6 @@ impl Metrics for NoMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn operation_types_name_what_the_delta_does() {
-        let d = |json: &str| Delta::from_json_str(json).unwrap();
-        let cases = [
-            (r#"[{"insert":"a"}]"#, OperationType::Insert),
-            (r#"[{"retain":2},{"delete":1}]"#, OperationType::Delete),
-            (
-                r#"[{"retain":1,"attributes":{"bold":true}}]"#,
-                OperationType::Format,
-            ),
-            (r#"[{"insert":"a"},{"delete":1}]"#, OperationType::Mixed),
-            (r#"[{"retain":3}]"#, OperationType::Noop),
-        ];
-        for (json, want) in cases {
-            assert_eq!(OperationType::of(&d(json)), want, "{json}");
-        }
-    }
 
     #[test]
     fn label_values_are_distinct() {

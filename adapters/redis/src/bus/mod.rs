@@ -212,7 +212,7 @@ impl FanOut for RedisBus {
                 .ignore();
         }
         let payload = serde_json::to_string(&Wire {
-            origin: envelope.origin.0,
+            origin: *envelope.origin.as_uuid(),
             document,
             message: envelope.message,
             sent_at_ms: Some(now_ms()),

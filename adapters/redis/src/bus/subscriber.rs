@@ -141,7 +141,7 @@ fn envelope(msg: &redis::Msg, metrics: &dyn relay_ports::Metrics) -> Option<Enve
         metrics.bus_lag(now_ms().saturating_sub(sent) as f64 / 1000.0);
     }
     Some(Envelope {
-        origin: InstanceId(wire.origin),
+        origin: InstanceId::from_uuid(wire.origin),
         document: wire.document,
         message: wire.message,
     })

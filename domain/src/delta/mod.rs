@@ -17,6 +17,10 @@
 //! trailing plain retain is omitted; [`Delta::from_json`] gives the shortest
 //! delta and [`Delta::fit`] extends it to the document it is applied to.
 
+mod kind;
+
+pub use kind::OperationKind;
+
 use crate::attributes::Attributes;
 use crate::ids::{MAX_LEN, MAX_WIRE_INT};
 use serde::ser::{SerializeMap, SerializeSeq};
