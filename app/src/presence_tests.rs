@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::test_support::drain;
 use crate::wiring;
 use relay_adapter_jwt::DevKeys;
-use relay_domain::{ClientId, DocumentId, UserId, Version};
+use relay_domain::{ClientId, DocumentId, Selection, UserId, Version};
 use relay_ports::protocol::{Join, ServerMessage};
 use relay_ports::{ClientMessage, CollaborationService, Outbound, Session, Started};
 use std::time::Duration;
@@ -91,7 +91,7 @@ async fn cursor_updates_reach_others_at_most_once_per_interval_and_the_latest_al
     );
     drain(&mut b_rx);
     for i in 0..5 {
-        let selection = Some((i, i));
+        let selection = Some(Selection { anchor: i, head: i });
         a.handle(ClientMessage::Cursor {
             version: Version::from(1),
             selection,
@@ -172,7 +172,7 @@ async fn a_cursor_taken_before_a_concurrent_edit_is_moved_through_it() {
     drain(&mut b_rx);
     a.handle(ClientMessage::Cursor {
         version: Version::from(1),
-        selection: Some((6, 6)),
+        selection: Some(Selection { anchor: 6, head: 6 }),
     })
     .await;
     idle().await;
@@ -219,7 +219,10 @@ async fn a_flood_of_cursors_is_throttled_before_it_is_rebased() {
     for i in 0..150 {
         a.handle(ClientMessage::Cursor {
             version: Version::from(1),
-            selection: Some((i % 2, i % 2)),
+            selection: Some(Selection {
+                anchor: i % 2,
+                head: i % 2,
+            }),
         })
         .await;
     }
@@ -280,7 +283,7 @@ async fn cursor_and_typing_messages_over_the_rate_are_dropped_and_said_once() {
     tokio::time::advance(Duration::from_secs(1)).await;
     a.handle(ClientMessage::Cursor {
         version: Version::from(0),
-        selection: Some((0, 0)),
+        selection: Some(Selection { anchor: 0, head: 0 }),
     })
     .await;
     idle().await;

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::deps::{Adapters, Deps};
 use crate::registry::{Registry, Start};
-use crate::room::{self, Command, JoinError, Member};
+use crate::room::{self, Command, JoinError, Member, SessionId};
 use crate::session::{RelaySession, SessionContext};
 use crate::sink::Sink;
 use async_trait::async_trait;
@@ -277,7 +277,7 @@ impl Relay {
                 return Err(JoinRefusal::PermissionsUnavailable);
             }
         };
-        let id = inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let id = SessionId::new(inner.next_session.fetch_add(1, Ordering::Relaxed));
         let member = Member {
             id,
             user: claims.user,

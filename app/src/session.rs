@@ -2,7 +2,7 @@
 //! to the document's room.
 
 use crate::deps::Deps;
-use crate::room::Command;
+use crate::room::{Command, SessionId};
 use crate::sink::Sink;
 use async_trait::async_trait;
 use relay_domain::{ClientId, DocumentId, RateLimiter, Submission};
@@ -24,7 +24,7 @@ pub(crate) struct SessionContext {
 }
 
 pub(crate) struct RelaySession {
-    pub(crate) id: u64,
+    pub(crate) id: SessionId,
     pub(crate) document: DocumentId,
     pub(crate) claims: Claims,
     pub(crate) client_id: ClientId,

@@ -5,7 +5,7 @@
 //! message becomes a [`DecodeError`] with the code (`bad_message` or
 //! `invalid_delta`) and a message a client author can act on.
 
-use relay_domain::{ClientId, CommittedOp, Delta, PresenceEntry, Seq, UserId, Version};
+use relay_domain::{ClientId, CommittedOp, Delta, PresenceEntry, Selection, Seq, UserId, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -146,10 +146,8 @@ pub enum ClientMessage {
     },
     Cursor {
         version: Version,
-        /// `(anchor, head)`, or `None` to hide the caret. A pair rather
-        /// than a [`relay_domain::Selection`] while the app's room takes the
-        /// pair; `Selection` converts from and into it.
-        selection: Option<(usize, usize)>,
+        /// `None` hides the caret.
+        selection: Option<Selection>,
     },
     Typing,
     Leave,
@@ -259,7 +257,7 @@ impl ClientMessage {
                 let f: CursorFields = serde_json::from_value(value.clone()).map_err(fields)?;
                 let selection = match (f.anchor, f.head) {
                     (None, _) => None,
-                    (Some(a), Some(h)) => Some((a, h)),
+                    (Some(anchor), Some(head)) => Some(Selection { anchor, head }),
                     (Some(_), None) => {
                         return Err(DecodeError::bad(
                             "cursor: `head` is required with `anchor`",
@@ -293,7 +291,7 @@ impl ClientMessage {
             }),
             ClientMessage::Cursor { version, selection } => serde_json::json!({
                 "type": "cursor", "version": version,
-                "anchor": selection.map(|s| s.0), "head": selection.map(|s| s.1)
+                "anchor": selection.map(|s| s.anchor), "head": selection.map(|s| s.head)
             }),
             ClientMessage::Typing => serde_json::json!({"type": "typing"}),
             ClientMessage::Leave => serde_json::json!({"type": "leave"}),

@@ -8,7 +8,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use relay_domain::{Delta, Document, DocumentId, Version};
+use relay_domain::{Delta, Document, DocumentId, Selection, Version};
 use relay_ports::protocol::ServerMessage;
 use relay_tests::instances::{Cluster, DroppingProxy, RedisServer};
 use relay_tests::pg::{Proxy, store_log};
@@ -582,7 +582,10 @@ async fn presence_crosses_instances_with_throttling_and_debounce_intact() {
             let at = if i == 99 { 5 } else { i % 5 };
             ClientMessage::Cursor {
                 version: Version::from(1),
-                selection: Some((at, at)),
+                selection: Some(Selection {
+                    anchor: at,
+                    head: at,
+                }),
             }
             .encode()
         })

@@ -10,7 +10,7 @@
 
 use relay_adapter_jwt::{DevKeys, JwtConfig, JwtVerifier, KeySet};
 use relay_app::config::Config;
-use relay_domain::{Client, ClientId, Delta, Document, DocumentId, UserId, Version};
+use relay_domain::{Client, ClientId, Delta, Document, DocumentId, Selection, UserId, Version};
 use relay_ports::ClientMessage;
 use relay_ports::protocol::{ErrorCode, Role, ServerMessage};
 use relay_tests::*;
@@ -49,7 +49,7 @@ async fn join(app: &TestApp, document: DocumentId, client_id: &str) -> (Conn, Se
 fn cursor(version: u64, anchor: usize, head: usize) -> ClientMessage {
     ClientMessage::Cursor {
         version: Version::new(version).unwrap(),
-        selection: Some((anchor, head)),
+        selection: Some(Selection { anchor, head }),
     }
 }
 

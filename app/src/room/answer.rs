@@ -3,7 +3,7 @@
 //! and, after ops became durable, `ops` frames to every other local session
 //! and the publish for other instances.
 
-use super::{Pending, Room};
+use super::{Pending, Room, SessionId};
 use crate::sink::Sink;
 use relay_domain::{CommittedOp, Seq, Version};
 use relay_ports::bus::BusMessage;
@@ -26,7 +26,7 @@ impl Room {
     }
 
     /// Answers a re-sent submit whose op is already committed.
-    pub(super) fn ack(&mut self, session: u64, seq: Seq, version: Version) {
+    pub(super) fn ack(&mut self, session: SessionId, seq: Seq, version: Version) {
         if let Some(s) = self.sessions.get_mut(&session)
             && s.awaiting.map(|a| a.0) == Some(seq)
         {

@@ -20,6 +20,9 @@
 //! - `catch_up`: every way a room learns ops it did not commit (memory,
 //!   the bus's recent history, the store) and which it uses when.
 //! - `deadlines`: the room's timers, by name, on one time base.
+//! - `mailbox`: what a room is sent ([`Command`]), who a session is
+//!   ([`Member`], [`SessionId`]): a leaf, so the registry and the service
+//!   name a room's mail without the room.
 //! - `join`: joins.
 //! - `remote`: what other instances publish on the bus.
 //! - `presence`: local clients' cursors, typing and departures.
@@ -29,6 +32,7 @@ mod attempt;
 mod catch_up;
 mod deadlines;
 mod join;
+mod mailbox;
 mod presence;
 mod remote;
 mod write;
@@ -43,17 +47,18 @@ use crate::deps::Deps;
 use crate::registry::RoomLease;
 use crate::sink::Sink;
 use deadlines::{Deadlines, Timer};
+pub(crate) use mailbox::{Command, JoinError, Member, SessionId};
 use relay_domain::{
-    ClientId, CursorThrottle, Document, DocumentId, RateLimiter, Roster, Seq, Sequencer,
+    ClientId, CursorThrottle, Document, DocumentId, RateLimiter, Roster, Selection, Seq, Sequencer,
     Submission, Timestamp, TypingDebounce, UserId, Version,
 };
 use relay_ports::StoreError;
 use relay_ports::bus::{BusEvent, BusMessage, Envelope};
-use relay_ports::protocol::{CloseCode, Role, ServerMessage};
+use relay_ports::protocol::{CloseCode, ServerMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -72,59 +77,6 @@ const LOOKUPS_AT_ONCE: usize = 4;
 /// window is whatever arrived during the previous append).
 const MAILBOX_TURN: usize = 512;
 
-/// Who a session is, as the room needs it.
-#[derive(Clone, Debug)]
-pub(crate) struct Member {
-    pub id: u64,
-    pub user: UserId,
-    pub client_id: ClientId,
-    pub name: Option<String>,
-    pub role: Role,
-}
-
-/// A failed join: the store could not be read (the cause is logged).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum JoinError {
-    #[error("the document cannot be opened")]
-    Unavailable(#[source] StoreError),
-}
-
-pub(crate) enum Command {
-    Join {
-        member: Member,
-        since: Option<Version>,
-        sink: Sink,
-        reply: oneshot::Sender<Result<(), JoinError>>,
-    },
-    Submit {
-        session: u64,
-        submission: Submission,
-        received: Instant,
-    },
-    Cursor {
-        session: u64,
-        version: Version,
-        selection: Option<(usize, usize)>,
-    },
-    Typing {
-        session: u64,
-    },
-    Leave {
-        session: u64,
-        reason: String,
-    },
-    /// Tell every session the server is draining: each reconnects after
-    /// `min_ms` plus a random share of `spread_ms`.
-    Shutdown {
-        min_ms: u64,
-        spread_ms: u64,
-    },
-    /// Close every session now (1001).
-    CloseAll,
-    /// Snapshot and stop (the server is shutting down).
-    Stop,
-}
-
 struct Local {
     member: Member,
     sink: Sink,
@@ -135,12 +87,12 @@ struct Local {
     limiter: RateLimiter,
     /// Holds the latest cursor as received (version and positions at that
     /// version) until its turn: it is rebased only when it is sent.
-    cursor: CursorThrottle<(Version, Option<(usize, usize)>)>,
+    cursor: CursorThrottle<(Version, Option<Selection>)>,
     typing: TypingDebounce,
 }
 
 struct Pending {
-    session: u64,
+    session: SessionId,
     submission: Submission,
     received: Instant,
     /// Arrived while the session's submit with this seq was still in the
@@ -154,7 +106,7 @@ pub(crate) struct Room {
     deps: Arc<Deps>,
     sequencer: Sequencer,
     roster: Roster,
-    sessions: HashMap<u64, Local>,
+    sessions: HashMap<SessionId, Local>,
     last_snapshot: Version,
     stopping: bool,
     /// The room's state is not to be saved (see [`Room::reopen`]).
@@ -396,7 +348,7 @@ impl Room {
             }
             Command::Stop => self.stopping = true,
             Command::CloseAll => {
-                let ids: Vec<u64> = self.sessions.keys().copied().collect();
+                let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
                 for id in ids {
                     if let Some(s) = self.sessions.get(&id) {
                         s.sink

@@ -2,8 +2,8 @@
 //! typing (debounced), departures, and keeping this instance's registry
 //! entries alive.
 
-use super::{Room, Timer};
-use relay_domain::{ClientId, PresenceEntry, UserId, Version};
+use super::{Room, SessionId, Timer};
+use relay_domain::{ClientId, PresenceEntry, Selection, UserId, Version};
 use relay_ports::Chain;
 use relay_ports::bus::BusMessage;
 use relay_ports::protocol::{Departed, ErrorCode, ServerMessage};
@@ -15,9 +15,9 @@ impl Room {
     /// latest held for its turn.
     pub(super) async fn cursor(
         &mut self,
-        session: u64,
+        session: SessionId,
         version: Version,
-        selection: Option<(usize, usize)>,
+        selection: Option<Selection>,
     ) {
         let current = self.sequencer.version();
         let now = self.now();
@@ -41,9 +41,9 @@ impl Room {
     /// it and broadcasts it.
     pub(super) async fn place_cursor(
         &mut self,
-        session: u64,
+        session: SessionId,
         version: Version,
-        selection: Option<(usize, usize)>,
+        selection: Option<Selection>,
     ) {
         #[cfg(test)]
         test_counters::count_rebase(self.document);
@@ -54,13 +54,13 @@ impl Room {
         let len = self.sequencer.document().len();
         let selection = match selection {
             None => None,
-            Some((a, h)) => {
+            Some(Selection { anchor, head }) => {
                 let bias = relay_domain::Bias::Before;
                 match (
-                    self.sequencer.rebase_position(a, version, bias),
-                    self.sequencer.rebase_position(h, version, bias),
+                    self.sequencer.rebase_position(anchor, version, bias),
+                    self.sequencer.rebase_position(head, version, bias),
                 ) {
-                    (Some(a), Some(h)) => Some((a.min(len), h.min(len))),
+                    (Some(anchor), Some(head)) => Some(Selection { anchor, head }.clamp(len)),
                     // Taken at a version no longer in history: drop it; the
                     // client will send a fresher one.
                     _ => return,
@@ -75,7 +75,7 @@ impl Room {
 
     /// Broadcasts a session's current selection (from the roster, so it is
     /// up to date with every op applied since it was offered).
-    pub(super) async fn send_cursor(&mut self, session: u64) {
+    pub(super) async fn send_cursor(&mut self, session: SessionId) {
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
@@ -87,7 +87,7 @@ impl Room {
         self.publish(BusMessage::Cursor { entry }).await;
     }
 
-    pub(super) async fn typing(&mut self, session: u64) {
+    pub(super) async fn typing(&mut self, session: SessionId) {
         let now = self.now();
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
@@ -97,7 +97,7 @@ impl Room {
         }
     }
 
-    pub(super) async fn send_typing(&mut self, session: u64, active: bool) {
+    pub(super) async fn send_typing(&mut self, session: SessionId, active: bool) {
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
@@ -119,7 +119,7 @@ impl Room {
         .await;
     }
 
-    pub(super) async fn leave(&mut self, session: u64, reason: &str) {
+    pub(super) async fn leave(&mut self, session: SessionId, reason: &str) {
         let Some(mut s) = self.sessions.remove(&session) else {
             return;
         };

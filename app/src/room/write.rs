@@ -5,7 +5,7 @@
 //! against the store before anyone is answered.
 
 use super::attempt::{Attempt, Proposal};
-use super::{LOOKUPS_AT_ONCE, MAX_APPEND_ATTEMPTS, Pending, Room, STORE_UNAVAILABLE};
+use super::{LOOKUPS_AT_ONCE, MAX_APPEND_ATTEMPTS, Pending, Room, STORE_UNAVAILABLE, SessionId};
 use relay_domain::{ClientId, CommittedOp, Proposed, Rejection, Submission, UserId};
 use relay_ports::bus::BusMessage;
 use relay_ports::protocol::ErrorCode;
@@ -16,7 +16,7 @@ use tracing::{Instrument, warn};
 impl Room {
     pub(super) fn submit(
         &mut self,
-        session: u64,
+        session: SessionId,
         submission: Submission,
         received: Instant,
         batch: &mut Vec<Pending>,

@@ -303,7 +303,10 @@ impl Live {
         let version = self.client.version();
         self.send(&ClientMessage::Cursor {
             version,
-            selection: Some((caret, caret)),
+            selection: Some(Selection {
+                anchor: caret,
+                head: caret,
+            }),
         })
         .await;
     }
