@@ -4,18 +4,9 @@
 
 mod settings;
 
-pub use settings::{LogFormat, PermissionSourceArg, SECRET_URLS, Settings, redact_url};
+pub use settings::{LogFormat, PermissionSourceKind, SECRET_URLS, Settings, redact_url};
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// Where permissions come from (PERMISSION_SOURCE).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PermissionSourceKind {
-    /// The token's `docs` claim.
-    Claims,
-    /// The database's `document_permissions` and document owners.
-    Database,
-}
 
 /// Most bytes one `presence` entry takes as JSON: a user id, a client id
 /// and a display name of at most 256 characters (each up to 6 bytes

@@ -3,7 +3,7 @@
 //! `relay serve --help` list each with its default; a value that does not
 //! parse is refused naming the variable and the expected form.
 
-use super::{Config, ConfigError, PermissionSourceKind};
+use super::{Config, ConfigError};
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,34 +15,32 @@ pub enum LogFormat {
     Json,
 }
 
-/// PERMISSION_SOURCE.
+/// Where permissions come from (PERMISSION_SOURCE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PermissionSourceArg {
+pub enum PermissionSourceKind {
+    // The token's `docs` claim.
     Claims,
+    // The database's `document_permissions` and document owners.
     Database,
 }
 
-fn positive_usize(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(0) => Err("must be greater than 0".into()),
+/// A whole number greater than 0, of any unsigned integer type.
+fn positive<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr<Err = std::num::ParseIntError>
+        + Default
+        + PartialEq
+        + std::ops::Not<Output = T>
+        + std::fmt::Display,
+{
+    match s.trim().parse::<T>() {
+        Ok(n) if n == T::default() => Err("must be greater than 0".into()),
         Ok(n) => Ok(n),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Err(format!(
+            "expected a whole number up to {}: {e}",
+            !T::default()
+        )),
         Err(e) => Err(format!("expected a whole number: {e}")),
-    }
-}
-
-fn positive_u64(s: &str) -> Result<u64, String> {
-    match s.trim().parse::<u64>() {
-        Ok(0) => Err("must be greater than 0".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("expected a whole number: {e}")),
-    }
-}
-
-fn positive_u32(s: &str) -> Result<u32, String> {
-    match s.trim().parse::<u32>() {
-        Ok(0) => Err("must be greater than 0".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("expected a whole number up to {}: {e}", u32::MAX)),
     }
 }
 
@@ -76,7 +74,7 @@ pub struct Settings {
     )]
     pub metrics_port: u16,
     /// Named document_id series of materi_websocket_connections_active, 1 to 1900.
-    #[arg(long, env = "METRICS_DOCUMENT_SERIES", value_name = "METRICS_DOCUMENT_SERIES", default_value = "500", value_parser = positive_usize)]
+    #[arg(long, env = "METRICS_DOCUMENT_SERIES", value_name = "METRICS_DOCUMENT_SERIES", default_value = "500", value_parser = positive::<usize>)]
     pub metrics_document_series: usize,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(
@@ -128,7 +126,7 @@ pub struct Settings {
     )]
     pub jwt_leeway_secs: u64,
     /// JWKS refresh period, seconds.
-    #[arg(long, env = "JWKS_REFRESH_SECS", value_name = "JWKS_REFRESH_SECS", default_value = "300", value_parser = positive_u64)]
+    #[arg(long, env = "JWKS_REFRESH_SECS", value_name = "JWKS_REFRESH_SECS", default_value = "300", value_parser = positive::<u64>)]
     pub jwks_refresh_secs: u64,
     /// Least time between two JWKS fetches caused by unknown kids, seconds.
     #[arg(
@@ -142,22 +140,22 @@ pub struct Settings {
     #[arg(long, env = "ALLOWED_ORIGINS", value_name = "ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
     /// Connections per instance; more get 503 with Retry-After.
-    #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS", default_value = "10000", value_parser = positive_usize)]
+    #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS", default_value = "10000", value_parser = positive::<usize>)]
     pub max_connections: usize,
     /// Largest client frame (at least 1024); larger closes with 1009.
-    #[arg(long, env = "MAX_MESSAGE_BYTES", value_name = "MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = positive_usize)]
+    #[arg(long, env = "MAX_MESSAGE_BYTES", value_name = "MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = positive::<usize>)]
     pub max_message_bytes: usize,
     /// Seconds to send `join`; then 4408.
-    #[arg(long, env = "AUTH_TIMEOUT_SECS", value_name = "AUTH_TIMEOUT_SECS", default_value = "10", value_parser = positive_u64)]
+    #[arg(long, env = "AUTH_TIMEOUT_SECS", value_name = "AUTH_TIMEOUT_SECS", default_value = "10", value_parser = positive::<u64>)]
     pub auth_timeout_secs: u64,
     /// Seconds between server pings.
-    #[arg(long, env = "HEARTBEAT_INTERVAL_SECS", value_name = "HEARTBEAT_INTERVAL_SECS", default_value = "30", value_parser = positive_u64)]
+    #[arg(long, env = "HEARTBEAT_INTERVAL_SECS", value_name = "HEARTBEAT_INTERVAL_SECS", default_value = "30", value_parser = positive::<u64>)]
     pub heartbeat_interval_secs: u64,
     /// Seconds of silence before closing (greater than the interval).
-    #[arg(long, env = "HEARTBEAT_TIMEOUT_SECS", value_name = "HEARTBEAT_TIMEOUT_SECS", default_value = "60", value_parser = positive_u64)]
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_SECS", value_name = "HEARTBEAT_TIMEOUT_SECS", default_value = "60", value_parser = positive::<u64>)]
     pub heartbeat_timeout_secs: u64,
     /// Lifetime of a presence entry in the registry; default 2 x HEARTBEAT_TIMEOUT_SECS.
-    #[arg(long, env = "PRESENCE_TTL_SECS", value_name = "PRESENCE_TTL_SECS", value_parser = positive_u64)]
+    #[arg(long, env = "PRESENCE_TTL_SECS", value_name = "PRESENCE_TTL_SECS", value_parser = positive::<u64>)]
     pub presence_ttl_secs: Option<u64>,
     /// At most one cursor per client per this many ms.
     #[arg(
@@ -168,19 +166,19 @@ pub struct Settings {
     )]
     pub cursor_throttle_ms: u64,
     /// Typing ends after this quiet period, ms.
-    #[arg(long, env = "TYPING_DEBOUNCE_MS", value_name = "TYPING_DEBOUNCE_MS", default_value = "500", value_parser = positive_u64)]
+    #[arg(long, env = "TYPING_DEBOUNCE_MS", value_name = "TYPING_DEBOUNCE_MS", default_value = "500", value_parser = positive::<u64>)]
     pub typing_debounce_ms: u64,
     /// Most ops per `ops` frame and per group commit.
-    #[arg(long, env = "OPERATION_BATCH_SIZE", value_name = "OPERATION_BATCH_SIZE", default_value = "100", value_parser = positive_usize)]
+    #[arg(long, env = "OPERATION_BATCH_SIZE", value_name = "OPERATION_BATCH_SIZE", default_value = "100", value_parser = positive::<usize>)]
     pub operation_batch_size: usize,
     /// Seconds ops stay in memory for rebasing and catch-up.
-    #[arg(long, env = "OPERATION_HISTORY_TTL", value_name = "OPERATION_HISTORY_TTL", default_value = "600", value_parser = positive_u64)]
+    #[arg(long, env = "OPERATION_HISTORY_TTL", value_name = "OPERATION_HISTORY_TTL", default_value = "600", value_parser = positive::<u64>)]
     pub operation_history_ttl: u64,
     /// Most ops kept in memory per document.
-    #[arg(long, env = "OPERATION_HISTORY_MAX", value_name = "OPERATION_HISTORY_MAX", default_value = "10000", value_parser = positive_usize)]
+    #[arg(long, env = "OPERATION_HISTORY_MAX", value_name = "OPERATION_HISTORY_MAX", default_value = "10000", value_parser = positive::<usize>)]
     pub operation_history_max: usize,
     /// Most bytes of ops kept in memory per document.
-    #[arg(long, env = "OPERATION_HISTORY_BYTES", value_name = "OPERATION_HISTORY_BYTES", default_value = "8388608", value_parser = positive_usize)]
+    #[arg(long, env = "OPERATION_HISTORY_BYTES", value_name = "OPERATION_HISTORY_BYTES", default_value = "8388608", value_parser = positive::<usize>)]
     pub operation_history_bytes: usize,
     /// claims or database; default database when DATABASE_URL is set.
     #[arg(
@@ -189,7 +187,7 @@ pub struct Settings {
         value_name = "PERMISSION_SOURCE",
         value_enum
     )]
-    pub permission_source: Option<PermissionSourceArg>,
+    pub permission_source: Option<PermissionSourceKind>,
     /// Seconds a role is cached, for open sessions too.
     #[arg(
         long,
@@ -199,7 +197,7 @@ pub struct Settings {
     )]
     pub permission_cache_ttl: u64,
     /// Redis command connections (at most 8 are opened: each multiplexes).
-    #[arg(long, env = "REDIS_POOL_SIZE", value_name = "REDIS_POOL_SIZE", default_value = "50", value_parser = positive_usize)]
+    #[arg(long, env = "REDIS_POOL_SIZE", value_name = "REDIS_POOL_SIZE", default_value = "50", value_parser = positive::<usize>)]
     pub redis_pool_size: usize,
     /// Recent ops Redis keeps per document for catch-up; 0 keeps none.
     #[arg(
@@ -210,31 +208,31 @@ pub struct Settings {
     )]
     pub redis_history_ops: usize,
     /// PostgreSQL pool size.
-    #[arg(long, env = "DB_POOL_SIZE", value_name = "DB_POOL_SIZE", default_value = "20", value_parser = positive_usize)]
+    #[arg(long, env = "DB_POOL_SIZE", value_name = "DB_POOL_SIZE", default_value = "20", value_parser = positive::<usize>)]
     pub db_pool_size: usize,
     /// Seconds a pooled connection lives.
-    #[arg(long, env = "DB_MAX_LIFETIME_SECS", value_name = "DB_MAX_LIFETIME_SECS", default_value = "1800", value_parser = positive_u64)]
+    #[arg(long, env = "DB_MAX_LIFETIME_SECS", value_name = "DB_MAX_LIFETIME_SECS", default_value = "1800", value_parser = positive::<u64>)]
     pub db_max_lifetime_secs: u64,
     /// Seconds an idle pooled connection is kept.
-    #[arg(long, env = "DB_IDLE_TIMEOUT_SECS", value_name = "DB_IDLE_TIMEOUT_SECS", default_value = "600", value_parser = positive_u64)]
+    #[arg(long, env = "DB_IDLE_TIMEOUT_SECS", value_name = "DB_IDLE_TIMEOUT_SECS", default_value = "600", value_parser = positive::<u64>)]
     pub db_idle_timeout_secs: u64,
     /// PostgreSQL statement_timeout, ms.
-    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", value_name = "DB_STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = positive_u64)]
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", value_name = "DB_STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = positive::<u64>)]
     pub db_statement_timeout_ms: u64,
     /// Ops between snapshots.
-    #[arg(long, env = "SNAPSHOT_EVERY", value_name = "SNAPSHOT_EVERY", default_value = "500", value_parser = positive_u64)]
+    #[arg(long, env = "SNAPSHOT_EVERY", value_name = "SNAPSHOT_EVERY", default_value = "500", value_parser = positive::<u64>)]
     pub snapshot_every: u64,
     /// Apply pending migrations at start (true/false).
     #[arg(long, env = "RUN_MIGRATIONS", value_name = "RUN_MIGRATIONS", default_value = "false", action = clap::ArgAction::Set)]
     pub run_migrations: bool,
     /// Largest document, characters.
-    #[arg(long, env = "MAX_DOCUMENT_CHARS", value_name = "MAX_DOCUMENT_CHARS", default_value = "10000000", value_parser = positive_usize)]
+    #[arg(long, env = "MAX_DOCUMENT_CHARS", value_name = "MAX_DOCUMENT_CHARS", default_value = "10000000", value_parser = positive::<usize>)]
     pub max_document_chars: usize,
     /// Largest document content as JSON; default 9 x MAX_DOCUMENT_CHARS + 64 MiB.
-    #[arg(long, env = "MAX_DOCUMENT_BYTES", value_name = "MAX_DOCUMENT_BYTES", value_parser = positive_usize)]
+    #[arg(long, env = "MAX_DOCUMENT_BYTES", value_name = "MAX_DOCUMENT_BYTES", value_parser = positive::<usize>)]
     pub max_document_bytes: Option<usize>,
     /// Frames queued per client before it is closed with 1013.
-    #[arg(long, env = "OUTBOUND_QUEUE", value_name = "OUTBOUND_QUEUE", default_value = "256", value_parser = positive_usize)]
+    #[arg(long, env = "OUTBOUND_QUEUE", value_name = "OUTBOUND_QUEUE", default_value = "256", value_parser = positive::<usize>)]
     pub outbound_queue: usize,
     /// Seconds an open document with no client stays open.
     #[arg(
@@ -245,7 +243,7 @@ pub struct Settings {
     )]
     pub room_idle_secs: u64,
     /// While the bus is down, each open document reads the store this often, ms.
-    #[arg(long, env = "BUS_DOWN_POLL_MS", value_name = "BUS_DOWN_POLL_MS", default_value = "1000", value_parser = positive_u64)]
+    #[arg(long, env = "BUS_DOWN_POLL_MS", value_name = "BUS_DOWN_POLL_MS", default_value = "1000", value_parser = positive::<u64>)]
     pub bus_down_poll_ms: u64,
     /// Seconds draining waits for clients before closing with 1001.
     #[arg(
@@ -256,19 +254,19 @@ pub struct Settings {
     )]
     pub shutdown_grace_secs: u64,
     /// Submits per second per connection.
-    #[arg(long, env = "SUBMIT_RATE_PER_SEC", value_name = "SUBMIT_RATE_PER_SEC", default_value = "200", value_parser = positive_u32)]
+    #[arg(long, env = "SUBMIT_RATE_PER_SEC", value_name = "SUBMIT_RATE_PER_SEC", default_value = "200", value_parser = positive::<u32>)]
     pub submit_rate_per_sec: u32,
     /// Submit burst per connection.
-    #[arg(long, env = "SUBMIT_BURST", value_name = "SUBMIT_BURST", default_value = "400", value_parser = positive_u32)]
+    #[arg(long, env = "SUBMIT_BURST", value_name = "SUBMIT_BURST", default_value = "400", value_parser = positive::<u32>)]
     pub submit_burst: u32,
     /// Cursor and typing messages per second per connection.
-    #[arg(long, env = "PRESENCE_RATE_PER_SEC", value_name = "PRESENCE_RATE_PER_SEC", default_value = "100", value_parser = positive_u32)]
+    #[arg(long, env = "PRESENCE_RATE_PER_SEC", value_name = "PRESENCE_RATE_PER_SEC", default_value = "100", value_parser = positive::<u32>)]
     pub presence_rate_per_sec: u32,
     /// Cursor and typing burst per connection.
-    #[arg(long, env = "PRESENCE_BURST", value_name = "PRESENCE_BURST", default_value = "200", value_parser = positive_u32)]
+    #[arg(long, env = "PRESENCE_BURST", value_name = "PRESENCE_BURST", default_value = "200", value_parser = positive::<u32>)]
     pub presence_burst: u32,
     /// Runtime worker threads; default the CPU cores.
-    #[arg(long, env = "TOKIO_WORKER_THREADS", value_name = "TOKIO_WORKER_THREADS", value_parser = positive_usize)]
+    #[arg(long, env = "TOKIO_WORKER_THREADS", value_name = "TOKIO_WORKER_THREADS", value_parser = positive::<usize>)]
     pub tokio_worker_threads: Option<usize>,
 }
 
@@ -366,8 +364,7 @@ impl Settings {
             );
         }
         let permission_source = match self.permission_source {
-            Some(PermissionSourceArg::Claims) => PermissionSourceKind::Claims,
-            Some(PermissionSourceArg::Database) => PermissionSourceKind::Database,
+            Some(kind) => kind,
             None if self.database_url.is_some() => PermissionSourceKind::Database,
             None => PermissionSourceKind::Claims,
         };
