@@ -6,7 +6,6 @@
 use super::{Config, ConfigError};
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 /// LOG_FORMAT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -297,130 +296,9 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl Settings {
-    /// The validated configuration: cross-variable rules (an error names
-    /// the variable).
+    /// The validated configuration (an error names the variable).
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let err = |variable: &str, problem: String| {
-            Err(ConfigError {
-                variable: variable.to_owned(),
-                problem,
-            })
-        };
-        let max_document_bytes = self.max_document_bytes.unwrap_or_else(|| {
-            // Any text of MAX_DOCUMENT_CHARS characters fits (at most 9
-            // bytes a character as JSON), with 64 MiB for formatting.
-            self.max_document_chars
-                .saturating_mul(9)
-                .saturating_add(64 << 20)
-        });
-        if self.metrics_document_series > relay_adapter_otel::MAX_DOCUMENT_SERIES {
-            return err(
-                "METRICS_DOCUMENT_SERIES",
-                format!(
-                    "must be at most {} (the metrics SDK keeps 2,000 series per metric)",
-                    relay_adapter_otel::MAX_DOCUMENT_SERIES
-                ),
-            );
-        }
-        if self.metrics_port != 0 && self.metrics_port == self.bind_address.port() {
-            return err(
-                "METRICS_PORT",
-                format!(
-                    "must differ from BIND_ADDRESS's port ({})",
-                    self.bind_address.port()
-                ),
-            );
-        }
-        if self.heartbeat_timeout_secs <= self.heartbeat_interval_secs {
-            return err(
-                "HEARTBEAT_TIMEOUT_SECS",
-                format!(
-                    "must be greater than HEARTBEAT_INTERVAL_SECS ({}s)",
-                    self.heartbeat_interval_secs
-                ),
-            );
-        }
-        if self.database_url.is_some()
-            && self.max_document_chars > usize::try_from(i32::MAX).unwrap_or(usize::MAX)
-        {
-            // The seed's `operations.position` column is an INTEGER.
-            return err(
-                "MAX_DOCUMENT_CHARS",
-                format!("must be at most {} with DATABASE_URL", i32::MAX),
-            );
-        }
-        if self.max_document_chars > relay_domain::ids::MAX_LEN {
-            return err("MAX_DOCUMENT_CHARS", "must be at most 2^53 - 1".into());
-        }
-        if self.max_message_bytes < 1024 {
-            return err("MAX_MESSAGE_BYTES", "must be at least 1024".into());
-        }
-        if let Some(url) = &self.jwt_public_key_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return err(
-                "JWT_PUBLIC_KEY_URL",
-                format!("expected an http(s) URL, got {url:?}"),
-            );
-        }
-        let permission_source = match self.permission_source {
-            Some(kind) => kind,
-            None if self.database_url.is_some() => PermissionSourceKind::Database,
-            None => PermissionSourceKind::Claims,
-        };
-        Ok(Config {
-            bind_address: self.bind_address,
-            metrics_port: self.metrics_port,
-            metrics_document_series: self.metrics_document_series,
-            log_json: self.log_format == LogFormat::Json,
-            rust_log: self.rust_log,
-            database_url: self.database_url,
-            redis_url: self.redis_url,
-            jwt_public_key_url: self.jwt_public_key_url,
-            jwt_issuer: self.jwt_issuer,
-            jwt_audience: self.jwt_audience,
-            jwt_leeway_secs: self.jwt_leeway_secs,
-            jwks_refresh_secs: self.jwks_refresh_secs,
-            jwks_cooldown_secs: self.jwks_cooldown_secs,
-            allowed_origins: self.allowed_origins.map(|v| {
-                v.split(',')
-                    .map(|o| o.trim().trim_end_matches('/').to_owned())
-                    .filter(|o| !o.is_empty())
-                    .collect()
-            }),
-            max_connections: self.max_connections,
-            max_message_bytes: self.max_message_bytes,
-            auth_timeout: Duration::from_secs(self.auth_timeout_secs),
-            heartbeat_interval: Duration::from_secs(self.heartbeat_interval_secs),
-            heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs),
-            presence_ttl: self.presence_ttl_secs.map(Duration::from_secs),
-            cursor_throttle_ms: self.cursor_throttle_ms,
-            typing_debounce_ms: self.typing_debounce_ms,
-            operation_batch_size: self.operation_batch_size,
-            operation_history_ttl: Duration::from_secs(self.operation_history_ttl),
-            operation_history_max: self.operation_history_max,
-            operation_history_bytes: self.operation_history_bytes,
-            permission_source,
-            permission_cache_ttl: Duration::from_secs(self.permission_cache_ttl),
-            redis_pool_size: self.redis_pool_size,
-            redis_history_ops: self.redis_history_ops,
-            db_pool_size: self.db_pool_size,
-            db_max_lifetime: Duration::from_secs(self.db_max_lifetime_secs),
-            db_idle_timeout: Duration::from_secs(self.db_idle_timeout_secs),
-            db_statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
-            snapshot_every: self.snapshot_every,
-            run_migrations: self.run_migrations,
-            max_document_chars: self.max_document_chars,
-            max_document_bytes,
-            outbound_queue: self.outbound_queue,
-            room_idle: Duration::from_secs(self.room_idle_secs),
-            bus_down_poll: Duration::from_millis(self.bus_down_poll_ms),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
-            submit_rate_per_sec: self.submit_rate_per_sec,
-            submit_burst: self.submit_burst,
-            presence_rate_per_sec: self.presence_rate_per_sec,
-            presence_burst: self.presence_burst,
-            worker_threads: self.tokio_worker_threads,
-        })
+        super::validate::settings(&self)?;
+        Ok(Config::from_settings(self))
     }
 }

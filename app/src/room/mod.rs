@@ -322,7 +322,7 @@ impl Room {
             ),
             None => (Document::new(), Version::ZERO),
         };
-        let mut sequencer = Sequencer::new(doc, deps.config.sequencer());
+        let mut sequencer = Sequencer::new(doc, deps.config.limits.sequencer());
         let now = deps.clock.now();
         for op in loaded.tail {
             let v = op.version;
@@ -448,7 +448,7 @@ impl Room {
             }
         }
         if let Some(idle) = self.idle_since {
-            consider(idle + self.deps.config.room_idle);
+            consider(idle + self.deps.config.limits.room_idle);
         }
         if let Some(poll) = self.next_store_poll {
             consider(poll);
@@ -462,7 +462,7 @@ impl Room {
     /// Reads the store every `BUS_DOWN_POLL_MS` until the bus is back.
     fn poll_store_from_now(&mut self) {
         if self.next_store_poll.is_none() {
-            self.next_store_poll = Some(Instant::now() + self.deps.config.bus_down_poll);
+            self.next_store_poll = Some(Instant::now() + self.deps.config.bus.down_poll);
         }
     }
 
@@ -493,7 +493,7 @@ impl Room {
             self.catch_up_logged().await;
         }
         if self.next_store_poll.is_some_and(|p| Instant::now() >= p) {
-            self.next_store_poll = Some(Instant::now() + self.deps.config.bus_down_poll);
+            self.next_store_poll = Some(Instant::now() + self.deps.config.bus.down_poll);
             self.catch_up_logged().await;
         }
     }
@@ -514,7 +514,7 @@ impl Room {
 
     fn idle_expired(&self) -> bool {
         self.idle_since.is_some_and(|t| {
-            self.sessions.is_empty() && Instant::now() >= t + self.deps.config.room_idle
+            self.sessions.is_empty() && Instant::now() >= t + self.deps.config.limits.room_idle
         })
     }
 

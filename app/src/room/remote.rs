@@ -18,7 +18,7 @@ impl Room {
             BusMessage::Ops { ops } => {
                 // Once the bus is quiet, check the store once: if the last
                 // message was lost, nothing on the bus would show the gap.
-                self.settle_check = Some(Instant::now() + self.deps.config.bus_down_poll);
+                self.settle_check = Some(Instant::now() + self.deps.config.bus.down_poll);
                 let mut applied = Vec::new();
                 for op in ops {
                     if op.version <= self.sequencer.version() {
