@@ -155,28 +155,10 @@ impl Config {
         Config::from_lookup(|k| std::env::var(k).ok())
     }
 
-    /// Reads variables through `get` (tests pass a map): each set,
-    /// non-empty variable is handed to clap as its flag, so the map is
-    /// parsed exactly as the environment is.
+    /// Reads variables through `get` (tests pass a map), as the
+    /// environment is read: a blank variable is unset.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        use clap::{CommandFactory, FromArgMatches};
-        let command = SettingsOnly::command();
-        let mut args = vec!["relay".to_owned()];
-        for arg in command.get_arguments() {
-            let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
-                continue;
-            };
-            if let Some(v) = env.to_str().and_then(&get).filter(|v| !v.trim().is_empty()) {
-                args.push(format!("--{long}={v}"));
-            }
-        }
-        let matches = command
-            .no_binary_name(false)
-            .try_get_matches_from(args)
-            .map_err(|e| ConfigError::from_clap(&e))?;
-        let only =
-            SettingsOnly::from_arg_matches(&matches).map_err(|e| ConfigError::from_clap(&e))?;
-        only.settings.into_config()
+        Settings::from_lookup(get)?.into_config()
     }
 
     /// Whether Relay runs on in-memory adapters with a development key.
@@ -421,8 +403,8 @@ pub fn describe(get: impl Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// [`Settings`] alone, for parsing a map or the environment outside the
-/// binary's command line.
+/// [`Settings`] alone: its variables' definitions outside the binary's
+/// command line.
 #[derive(clap::Parser, Debug)]
 #[command(name = "relay", disable_help_flag = true, disable_version_flag = true)]
 struct SettingsOnly {
@@ -431,25 +413,27 @@ struct SettingsOnly {
 }
 
 impl ConfigError {
-    /// A clap error, naming the variable (every value name is the
-    /// variable's).
-    pub fn from_clap(e: &clap::Error) -> ConfigError {
-        use clap::error::{ContextKind, ContextValue};
-        let variable = match e.get(ContextKind::InvalidArg) {
-            Some(ContextValue::String(arg)) => arg
-                .split_once('<')
-                .and_then(|(_, rest)| rest.split_once('>'))
-                .map_or_else(|| arg.clone(), |(name, _)| name.to_owned()),
-            _ => "configuration".to_owned(),
+    /// A value `variable` had that its parser refused, from clap's error
+    /// context: the value, why, and what is expected.
+    fn from_clap(variable: &str, e: &clap::Error) -> ConfigError {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        let value = match e.get(ContextKind::InvalidValue) {
+            Some(ContextValue::String(v)) => format!("invalid value '{v}'"),
+            _ => "invalid value".to_owned(),
         };
-        let problem = e
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("invalid value")
-            .trim_start_matches("error: ")
-            .to_owned();
-        ConfigError { variable, problem }
+        let problem = match (e.kind(), e.get(ContextKind::ValidValue)) {
+            (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+                format!("{value}: expected one of {}", valid.join(", "))
+            }
+            _ => match std::error::Error::source(e) {
+                Some(why) => format!("{value}: {why}"),
+                None => format!("{value}: {}", e.kind()),
+            },
+        };
+        ConfigError {
+            variable: variable.to_owned(),
+            problem,
+        }
     }
 }
 
@@ -505,6 +489,7 @@ mod tests {
         assert!(e.problem.contains("greater than 0"), "{}", e.problem);
         let e = with(&[("LOG_FORMAT", "xml")]).unwrap_err();
         assert!(e.problem.contains("xml"), "{}", e.problem);
+        assert!(e.problem.contains("text, json"), "{}", e.problem);
         assert!(
             with(&[("RUN_MIGRATIONS", "true")])
                 .unwrap()

@@ -4,7 +4,8 @@
 //! parse is refused naming the variable and the expected form.
 
 use super::{Config, ConfigError};
-use clap::{Args, ValueEnum};
+use clap::builder::TypedValueParser;
+use clap::{Args, CommandFactory, ValueEnum};
 use std::net::SocketAddr;
 
 /// LOG_FORMAT.
@@ -300,5 +301,121 @@ impl Settings {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         super::validate::settings(&self)?;
         Ok(Config::from_settings(self))
+    }
+
+    /// Each variable read through `get` (a set, non-blank value, else the
+    /// default) and parsed by the value parser its flag has, with no
+    /// command line in between.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        use clap::builder::{BoolValueParser, EnumValueParser, StringValueParser};
+        use clap::value_parser;
+        let vars = Vars::new(get);
+        let text = StringValueParser::new;
+        let whole = |s: &str| s.parse::<usize>();
+        Ok(Settings {
+            bind_address: vars.value("BIND_ADDRESS", |s: &str| s.parse::<SocketAddr>())?,
+            metrics_port: vars.value("METRICS_PORT", value_parser!(u16))?,
+            metrics_document_series: vars.value("METRICS_DOCUMENT_SERIES", positive::<usize>)?,
+            rust_log: vars.value("RUST_LOG", text())?,
+            rust_backtrace: vars.value("RUST_BACKTRACE", text())?,
+            log_format: vars.value("LOG_FORMAT", EnumValueParser::<LogFormat>::new())?,
+            database_url: vars.optional("DATABASE_URL", url)?,
+            redis_url: vars.optional("REDIS_URL", url)?,
+            jwt_public_key_url: vars.optional("JWT_PUBLIC_KEY_URL", text())?,
+            jwt_issuer: vars.optional("JWT_ISSUER", text())?,
+            jwt_audience: vars.optional("JWT_AUDIENCE", text())?,
+            jwt_leeway_secs: vars.value("JWT_LEEWAY_SECS", value_parser!(u64))?,
+            jwks_refresh_secs: vars.value("JWKS_REFRESH_SECS", positive::<u64>)?,
+            jwks_cooldown_secs: vars.value("JWKS_COOLDOWN_SECS", value_parser!(u64))?,
+            allowed_origins: vars.optional("ALLOWED_ORIGINS", text())?,
+            max_connections: vars.value("MAX_CONNECTIONS", positive::<usize>)?,
+            max_message_bytes: vars.value("MAX_MESSAGE_BYTES", positive::<usize>)?,
+            auth_timeout_secs: vars.value("AUTH_TIMEOUT_SECS", positive::<u64>)?,
+            heartbeat_interval_secs: vars.value("HEARTBEAT_INTERVAL_SECS", positive::<u64>)?,
+            heartbeat_timeout_secs: vars.value("HEARTBEAT_TIMEOUT_SECS", positive::<u64>)?,
+            presence_ttl_secs: vars.optional("PRESENCE_TTL_SECS", positive::<u64>)?,
+            cursor_throttle_ms: vars.value("CURSOR_THROTTLE_MS", value_parser!(u64))?,
+            typing_debounce_ms: vars.value("TYPING_DEBOUNCE_MS", positive::<u64>)?,
+            operation_batch_size: vars.value("OPERATION_BATCH_SIZE", positive::<usize>)?,
+            operation_history_ttl: vars.value("OPERATION_HISTORY_TTL", positive::<u64>)?,
+            operation_history_max: vars.value("OPERATION_HISTORY_MAX", positive::<usize>)?,
+            operation_history_bytes: vars.value("OPERATION_HISTORY_BYTES", positive::<usize>)?,
+            permission_source: vars.optional(
+                "PERMISSION_SOURCE",
+                EnumValueParser::<PermissionSourceKind>::new(),
+            )?,
+            permission_cache_ttl: vars.value("PERMISSION_CACHE_TTL", value_parser!(u64))?,
+            redis_pool_size: vars.value("REDIS_POOL_SIZE", positive::<usize>)?,
+            redis_history_ops: vars.value("REDIS_HISTORY_OPS", whole)?,
+            db_pool_size: vars.value("DB_POOL_SIZE", positive::<usize>)?,
+            db_max_lifetime_secs: vars.value("DB_MAX_LIFETIME_SECS", positive::<u64>)?,
+            db_idle_timeout_secs: vars.value("DB_IDLE_TIMEOUT_SECS", positive::<u64>)?,
+            db_statement_timeout_ms: vars.value("DB_STATEMENT_TIMEOUT_MS", positive::<u64>)?,
+            snapshot_every: vars.value("SNAPSHOT_EVERY", positive::<u64>)?,
+            run_migrations: vars.value("RUN_MIGRATIONS", BoolValueParser::new())?,
+            max_document_chars: vars.value("MAX_DOCUMENT_CHARS", positive::<usize>)?,
+            max_document_bytes: vars.optional("MAX_DOCUMENT_BYTES", positive::<usize>)?,
+            outbound_queue: vars.value("OUTBOUND_QUEUE", positive::<usize>)?,
+            room_idle_secs: vars.value("ROOM_IDLE_SECS", value_parser!(u64))?,
+            bus_down_poll_ms: vars.value("BUS_DOWN_POLL_MS", positive::<u64>)?,
+            shutdown_grace_secs: vars.value("SHUTDOWN_GRACE_SECS", value_parser!(u64))?,
+            submit_rate_per_sec: vars.value("SUBMIT_RATE_PER_SEC", positive::<u32>)?,
+            submit_burst: vars.value("SUBMIT_BURST", positive::<u32>)?,
+            presence_rate_per_sec: vars.value("PRESENCE_RATE_PER_SEC", positive::<u32>)?,
+            presence_burst: vars.value("PRESENCE_BURST", positive::<u32>)?,
+            tokio_worker_threads: vars.optional("TOKIO_WORKER_THREADS", positive::<usize>)?,
+        })
+    }
+}
+
+/// The variables of [`Settings`] read through a lookup: each parsed with
+/// clap's value parser against its own `Arg` (its default, and what a
+/// refusal names).
+struct Vars<G> {
+    command: clap::Command,
+    get: G,
+}
+
+impl<G: Fn(&str) -> Option<String>> Vars<G> {
+    fn new(get: G) -> Self {
+        let mut command = super::SettingsOnly::command();
+        command.build();
+        Vars { command, get }
+    }
+
+    /// The variable, or its default; `None` when neither is there.
+    fn optional<P: TypedValueParser>(
+        &self,
+        variable: &str,
+        parser: P,
+    ) -> Result<Option<P::Value>, ConfigError> {
+        let arg = self
+            .command
+            .get_arguments()
+            .find(|a| a.get_env() == Some(std::ffi::OsStr::new(variable)))
+            .unwrap_or_else(|| panic!("{variable} is a variable of Settings"));
+        let raw = (self.get)(variable)
+            .filter(|v| !v.trim().is_empty())
+            .map(std::ffi::OsString::from)
+            .or_else(|| {
+                arg.get_default_values().first().map(|d| {
+                    let d: &std::ffi::OsStr = d;
+                    d.to_owned()
+                })
+            });
+        raw.map(|raw| parser.parse_ref(&self.command, Some(arg), &raw))
+            .transpose()
+            .map_err(|e| ConfigError::from_clap(variable, &e))
+    }
+
+    /// A variable that has a default.
+    fn value<P: TypedValueParser>(
+        &self,
+        variable: &str,
+        parser: P,
+    ) -> Result<P::Value, ConfigError> {
+        Ok(self
+            .optional(variable, parser)?
+            .unwrap_or_else(|| panic!("{variable} has a default")))
     }
 }
