@@ -285,6 +285,14 @@ impl Config {
     }
 }
 
+impl Settings {
+    /// The validated configuration (an error names the variable).
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        validate::settings(&self)?;
+        Ok(Config::from_settings(self))
+    }
+}
+
 impl Auth {
     /// The JWKS verifier's settings, when keys come from
     /// JWT_PUBLIC_KEY_URL.

@@ -3,7 +3,7 @@
 //! `relay serve --help` list each with its default; a value that does not
 //! parse is refused naming the variable and the expected form.
 
-use super::{Config, ConfigError};
+use super::ConfigError;
 use clap::builder::TypedValueParser;
 use clap::{Args, CommandFactory, ValueEnum};
 use std::net::SocketAddr;
@@ -297,12 +297,6 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl Settings {
-    /// The validated configuration (an error names the variable).
-    pub fn into_config(self) -> Result<Config, ConfigError> {
-        super::validate::settings(&self)?;
-        Ok(Config::from_settings(self))
-    }
-
     /// Each variable read through `get` (a set, non-blank value, else the
     /// default) and parsed by the value parser its flag has, with no
     /// command line in between.
