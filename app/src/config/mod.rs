@@ -1,18 +1,23 @@
 //! Configuration from the environment: every variable of the deployment
 //! document, with its default, validated at start with a message naming the
 //! variable.
+//!
+//! - `settings.rs`: the variables as clap defines them (`relay --help`,
+//!   `relay config --markdown`), and their reading through a lookup.
+//! - `validate.rs`: every rule between variables.
+//! - here: [`Config`], grouped by consumer, each adapter's settings built.
 
 mod settings;
+mod validate;
 
 pub use settings::{LogFormat, PermissionSourceKind, SECRET_URLS, Settings, redact_url};
-mod validate;
+pub use validate::serving as check_serving;
 
 use relay_adapter_jwt::{JwksConfig, JwtConfig};
 use relay_adapter_postgres::PoolSettings;
 use relay_adapter_redis::RedisSettings;
 use std::net::SocketAddr;
 use std::time::Duration;
-pub use validate::serving as check_serving;
 
 /// Most bytes one `presence` entry takes as JSON: a user id, a client id
 /// and a display name of at most 256 characters (each up to 6 bytes

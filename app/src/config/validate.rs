@@ -88,3 +88,43 @@ pub fn serving(config: &Config, development_keys: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(config: &Config, development_keys: bool) -> String {
+        serving(config, development_keys)
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn serving_rules_name_the_variables() {
+        let mut config = Config::default();
+        assert!(serving(&config, true).is_ok());
+        assert_eq!(
+            refusal(&config, false),
+            "JWT_PUBLIC_KEY_URL is required when DATABASE_URL or REDIS_URL is set"
+        );
+        config.auth.permission_source = PermissionSourceKind::Database;
+        assert_eq!(
+            refusal(&config, true),
+            "PERMISSION_SOURCE=database needs DATABASE_URL"
+        );
+        config.bus.redis_url = Some("redis://127.0.0.1:1".into());
+        assert!(refusal(&config, true).starts_with("REDIS_URL needs DATABASE_URL: "));
+        config.store.database_url = Some("postgres://127.0.0.1:1/relay".into());
+        assert!(serving(&config, true).is_ok());
+    }
+
+    #[test]
+    fn the_jwt_url_scheme_is_checked_when_read() {
+        let e = Config::from_lookup(|k| {
+            (k == "JWT_PUBLIC_KEY_URL").then(|| "ftp://id.example/jwks.json".to_owned())
+        })
+        .unwrap_err();
+        assert_eq!(e.variable, "JWT_PUBLIC_KEY_URL");
+        assert!(e.problem.contains("http(s) URL"), "{}", e.problem);
+    }
+}
