@@ -42,9 +42,7 @@ pub(crate) struct Deps {
 impl Deps {
     /// How long a presence entry lives without a refresh.
     pub(crate) fn presence_ttl(&self) -> Duration {
-        self.config
-            .presence_ttl
-            .unwrap_or(self.config.heartbeat_timeout * 2)
+        self.config.presence_ttl()
     }
 
     /// How often this instance refreshes its entries.

@@ -28,10 +28,8 @@ fn submit(seq: u64, base: u64, text: &str) -> ClientMessage {
 #[tokio::test(start_paused = true)]
 async fn a_revoked_or_downgraded_permission_applies_to_open_sessions_within_the_cache_ttl() {
     let keys = DevKeys::from_seed([4; 32]);
-    let config = Config {
-        permission_cache_ttl: Duration::from_secs(300),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.auth.permission_cache_ttl = Duration::from_secs(300);
     let (mut adapters, _) = wiring::memory_adapters(wiring::dev_verifier(&config, &keys));
     let permissions = MemoryPermissions::new();
     adapters.permissions = Arc::new(permissions.clone());

@@ -61,11 +61,9 @@ fn typing(msgs: &[ServerMessage]) -> Vec<bool> {
 
 fn setup() -> (crate::Relay, DevKeys) {
     let keys = DevKeys::from_seed([3; 32]);
-    let config = Config {
-        cursor_throttle_ms: 50,
-        typing_debounce_ms: 500,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.presence.cursor_throttle_ms = 50;
+    config.presence.typing_debounce_ms = 500;
     (wiring::in_memory(config, &keys).relay, keys)
 }
 
@@ -238,11 +236,9 @@ async fn a_flood_of_cursors_is_throttled_before_it_is_rebased() {
 #[tokio::test(start_paused = true)]
 async fn cursor_and_typing_messages_over_the_rate_are_dropped_and_said_once() {
     let keys = DevKeys::from_seed([3; 32]);
-    let config = Config {
-        presence_rate_per_sec: 10,
-        presence_burst: 5,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.presence.rate_per_sec = 10;
+    config.presence.burst = 5;
     let relay = wiring::in_memory(config, &keys).relay;
     let doc = DocumentId::new(Uuid::new_v4());
     let (mut a, mut a_rx) = join(&relay, &keys, doc, "a").await;

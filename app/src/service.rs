@@ -75,7 +75,7 @@ impl Relay {
                 rooms: Registry::default(),
                 permissions: adapters.permissions,
                 verifier: adapters.verifier,
-                connections: Arc::new(Semaphore::new(config.max_connections)),
+                connections: Arc::new(Semaphore::new(config.limits.max_connections)),
                 left: Arc::new(tokio::sync::Notify::new()),
                 draining: AtomicBool::new(false),
                 next_session: AtomicU64::new(1),
@@ -111,7 +111,7 @@ impl Relay {
             documents = inner.rooms.len(),
             "draining: refusing new connections and asking clients to reconnect"
         );
-        let grace = inner.deps.config.shutdown_grace;
+        let grace = inner.deps.config.shutdown.grace;
         let spread = u64::try_from(grace.as_millis() / 2)
             .unwrap_or(u64::MAX)
             .min(SHUTDOWN_RECONNECT_SPREAD_MS);
@@ -167,7 +167,7 @@ impl Relay {
     }
 
     fn active_connections(&self) -> usize {
-        self.inner.deps.config.max_connections - self.inner.connections.available_permits()
+        self.inner.deps.config.limits.max_connections - self.inner.connections.available_permits()
     }
 }
 
@@ -292,8 +292,10 @@ impl Relay {
         // A room that closes between our lookup and our join drops the
         // message; start a fresh one and try again (bounded).
         for _ in 0..3 {
-            let (sink, outbound, close_rx) =
-                Sink::new(inner.deps.config.outbound_queue, inner.deps.metrics.clone());
+            let (sink, outbound, close_rx) = Sink::new(
+                inner.deps.config.limits.outbound_queue,
+                inner.deps.metrics.clone(),
+            );
             let (room_tx, start) = inner.rooms.get_or_create(document);
             if let Some(Start { mailbox, lease }) = start {
                 room::spawn(document, inner.deps.clone(), mailbox, lease);
@@ -327,8 +329,8 @@ impl Relay {
                         },
                         left: false,
                         presence_limiter: RateLimiter::new(
-                            inner.deps.config.presence_burst,
-                            inner.deps.config.presence_rate_per_sec,
+                            inner.deps.config.presence.burst,
+                            inner.deps.config.presence.rate_per_sec,
                         ),
                         presence_limited: false,
                         _slot: slot,

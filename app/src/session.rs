@@ -48,7 +48,7 @@ impl RelaySession {
     /// is older than PERMISSION_CACHE_TTL, so a revoked permission applies
     /// to open sessions too.
     async fn current_role(&mut self) -> Result<Option<Role>, ()> {
-        if self.role_checked.elapsed() < self.ctx.deps.config.permission_cache_ttl {
+        if self.role_checked.elapsed() < self.ctx.deps.config.auth.permission_cache_ttl {
             self.ctx.deps.metrics.permission_lookup(true);
             return Ok(Some(self.role));
         }
@@ -186,7 +186,7 @@ impl Session for RelaySession {
         let now_ms = self.ctx.deps.clock.now().as_millis();
         // Closed when the verifier would refuse the token: past exp plus the
         // leeway (otherwise a client could loop: accepted, closed, accepted).
-        let leeway = self.ctx.deps.config.jwt_leeway_secs;
+        let leeway = self.ctx.deps.config.auth.jwt.leeway_secs;
         let exp_ms = self
             .claims
             .expires_at

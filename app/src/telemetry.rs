@@ -94,7 +94,7 @@ where
 pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let otlp = OtlpSettings::from_env(|k| std::env::var(k).ok());
     let metrics = Arc::new(OtelMetrics::new(&OtelSettings {
-        document_series: config.metrics_document_series,
+        document_series: config.listen.metrics_document_series,
         otlp: otlp.clone(),
     })?);
     let export = match &otlp {
@@ -107,11 +107,11 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
             .with_filter(FilterFn::new(|m| m.target() == SUBMIT_SPANS))
             .with_filter(LevelFilter::INFO)
     });
-    let filter =
-        EnvFilter::try_new(&config.rust_log).map_err(|e| anyhow::anyhow!("RUST_LOG: {e}"))?;
+    let filter = EnvFilter::try_new(&config.listen.rust_log)
+        .map_err(|e| anyhow::anyhow!("RUST_LOG: {e}"))?;
     let hint = filter.max_level_hint();
     tracing_subscriber::registry()
-        .with(fmt_layer(config.log_json, filter))
+        .with(fmt_layer(config.listen.log_json, filter))
         .with(spans)
         .try_init()
         .map_err(|e| anyhow::anyhow!("logging: {e}"))?;

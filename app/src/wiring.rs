@@ -1,18 +1,16 @@
 //! The composition root: which adapter serves each port for a given
 //! configuration.
 
-use crate::config::{Config, PermissionSourceKind};
+use crate::config::{self, Config, PermissionSourceKind};
 use crate::deps::Adapters;
 use crate::service::{Check, Relay};
-use relay_adapter_jwt::{DevKeys, JwksConfig, JwksVerifier, JwtConfig, JwtVerifier};
+use relay_adapter_jwt::{DevKeys, JwksVerifier, JwtVerifier};
 use relay_adapter_memory::{
     ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, MemoryStore, TokioClock,
 };
-use relay_adapter_postgres::{PgPermissions, PgPool, PgStore, PoolSettings};
-use relay_adapter_redis::RedisSettings;
+use relay_adapter_postgres::{PgPermissions, PgPool, PgStore};
 use relay_ports::{Metrics, TokenVerifier};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A wired service and what the transport needs besides.
 pub struct Wired {
@@ -79,12 +77,7 @@ pub fn memory_adapters(verifier: Arc<dyn TokenVerifier>) -> (Adapters, Arc<Memor
 
 /// A verifier for tokens signed by the development key.
 pub fn dev_verifier(config: &Config, dev: &DevKeys) -> Arc<JwtVerifier> {
-    // Development tokens carry no `iss` or `aud`: JWT_ISSUER / JWT_AUDIENCE
-    // apply to a real identity provider's keys only.
-    let verifier = JwtVerifier::new(JwtConfig {
-        leeway_secs: config.jwt_leeway_secs,
-        ..JwtConfig::default()
-    });
+    let verifier = JwtVerifier::new(config.auth.development_jwt());
     verifier.set_keys(dev.key_set());
     Arc::new(verifier)
 }
@@ -106,18 +99,11 @@ pub fn in_memory(config: Config, dev: &DevKeys) -> Wired {
 /// The database pool a configuration asks for (DATABASE_URL and the pool
 /// variables).
 pub fn pg_pool(config: &Config) -> anyhow::Result<Option<PgPool>> {
-    let Some(url) = &config.database_url else {
+    let Some(url) = &config.store.database_url else {
         return Ok(None);
     };
-    let settings = PoolSettings {
-        size: config.db_pool_size,
-        max_lifetime: config.db_max_lifetime,
-        idle_timeout: config.db_idle_timeout,
-        statement_timeout: config.db_statement_timeout,
-        ..PoolSettings::default()
-    };
     Ok(Some(
-        PgPool::new(url, &settings).map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?,
+        PgPool::new(url, &config.store.pool).map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?,
     ))
 }
 
@@ -170,50 +156,22 @@ pub async fn build_with(
     dev: Option<&DevKeys>,
     metrics: Arc<dyn Metrics>,
 ) -> anyhow::Result<Wired> {
-    if config.redis_url.is_some() && config.database_url.is_none() {
-        anyhow::bail!(
-            "REDIS_URL needs DATABASE_URL: several instances share a document through PostgreSQL (Redis only carries what was committed there)"
-        );
-    }
+    config::check_serving(&config, dev.is_some())?;
     let pool = pg_pool(&config)?;
-    if config.permission_source == PermissionSourceKind::Database && pool.is_none() {
-        anyhow::bail!("PERMISSION_SOURCE=database needs DATABASE_URL");
-    }
     if let Some(pool) = &pool {
-        ensure_schema(pool, config.run_migrations).await?;
+        ensure_schema(pool, config.store.run_migrations).await?;
     }
     let background = Background::default();
     let mut jwks_verifier = None;
     let mut jwks = None;
-    let verifier: Arc<dyn TokenVerifier> = match config.jwt_public_key_url.clone() {
-        None => {
-            let dev = dev.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "JWT_PUBLIC_KEY_URL is required when DATABASE_URL or REDIS_URL is set"
-                )
-            })?;
+    let verifier: Arc<dyn TokenVerifier> = match (config.auth.jwks(), dev) {
+        (None, None) => unreachable!("config::check_serving refuses no keys at all"),
+        (None, Some(dev)) => {
             jwks = Some(dev.jwks_json().into());
             dev_verifier(&config, dev)
         }
-        Some(url) => {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                anyhow::bail!("JWT_PUBLIC_KEY_URL: expected an http(s) URL, got {url:?}");
-            }
-            let v = JwksVerifier::new(
-                JwksConfig {
-                    url,
-                    issuer: config.jwt_issuer.clone(),
-                    refresh: Duration::from_secs(config.jwks_refresh_secs),
-                    cooldown: Duration::from_secs(config.jwks_cooldown_secs),
-                    ..JwksConfig::new("")
-                },
-                JwtConfig {
-                    issuer: config.jwt_issuer.clone(),
-                    audience: config.jwt_audience.clone(),
-                    leeway_secs: config.jwt_leeway_secs,
-                    ..JwtConfig::default()
-                },
-            );
+        (Some(jwks_config), _) => {
+            let v = JwksVerifier::new(jwks_config, config.auth.jwt.clone());
             v.record_to(metrics.clone());
             background
                 .tasks
@@ -228,7 +186,7 @@ pub async fn build_with(
     if let Some(pool) = pool {
         let store = Arc::new(PgStore::new(pool.clone()));
         adapters.store = store.clone();
-        if config.permission_source == PermissionSourceKind::Database {
+        if config.auth.permission_source == PermissionSourceKind::Database {
             adapters.permissions = Arc::new(PgPermissions::new(pool.clone()));
         }
         // The store's ping: the database answers and the committers are not
@@ -240,17 +198,14 @@ pub async fn build_with(
         });
         checks.push(("database", check));
     }
-    if let Some(url) = &config.redis_url {
-        let settings = RedisSettings {
-            connections: config.redis_pool_size.min(8),
-            history_ops: config.redis_history_ops,
-            history_ttl: config.operation_history_ttl,
-            ..RedisSettings::default()
-        };
-        let (bus, presence) =
-            relay_adapter_redis::connect_with_metrics(url, settings, metrics.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+    if let Some(url) = &config.bus.redis_url {
+        let (bus, presence) = relay_adapter_redis::connect_with_metrics(
+            url,
+            config.bus.redis.clone(),
+            metrics.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
         let bus = Arc::new(bus);
         adapters.bus = bus.clone();
         adapters.presence = Arc::new(presence);

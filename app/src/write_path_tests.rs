@@ -895,7 +895,7 @@ async fn while_the_bus_is_down_other_instances_ops_arrive_from_the_store() {
     let b = relay_on(store, &keys);
     let document = DocumentId::new(Uuid::new_v4());
     let mut watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
-    let poll = Config::default().bus_down_poll;
+    let poll = Config::default().bus.down_poll;
 
     // The bus is up but says nothing (B is not on it): A does not read
     // the store on its own, so nothing arrives.
@@ -934,7 +934,7 @@ async fn a_lost_last_message_is_found_in_the_store_once_the_bus_is_quiet() {
     let b = relay_on(store.clone(), &keys);
     let document = DocumentId::new(Uuid::new_v4());
     let mut watcher = commit_all(&a, &keys, document, "watcher", &[]).await;
-    let poll = Config::default().bus_down_poll;
+    let poll = Config::default().bus.down_poll;
     // B commits two ops; the bus brings A the first only.
     let _writer = commit_all(&b, &keys, document, "writer", &["a", "b"]).await;
     let ops = store.read(document, Version::ZERO, 10).await.unwrap();

@@ -151,7 +151,7 @@ pub struct JwksApp {
 /// Starts the app with `config` (its `jwt_public_key_url` must be set).
 pub async fn spawn_jwks_app(config: Config) -> JwksApp {
     assert!(
-        config.jwt_public_key_url.is_some(),
+        config.auth.jwt_public_key_url.is_some(),
         "set jwt_public_key_url"
     );
     let wired = wiring::build(config.clone(), None).await.expect("wiring");

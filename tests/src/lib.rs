@@ -81,7 +81,7 @@ impl TestApp {
         metrics: Arc<MemoryMetrics>,
     ) -> TestApp {
         let service: Arc<dyn CollaborationService> = Arc::new(relay.clone());
-        let routes = ws::routes(service, metrics.clone(), config.ws(), jwks);
+        let routes = ws::routes(service, metrics.clone(), config.limits.ws(), jwks);
         let (listener, addr) = ws::bind("127.0.0.1:0".parse().expect("address"))
             .await
             .expect("bind");

@@ -20,11 +20,11 @@ pub fn database_url() -> String {
     testdb::test_database()
 }
 
-/// The app on PostgreSQL at `config.database_url` (this process's test
+/// The app on PostgreSQL at `config.store.database_url` (this process's test
 /// database if unset), tokens signed by the usual test key.
 pub async fn spawn_pg_app(mut config: Config) -> TestApp {
-    if config.database_url.is_none() {
-        config.database_url = Some(database_url());
+    if config.store.database_url.is_none() {
+        config.store.database_url = Some(database_url());
     }
     let keys = DevKeys::from_seed([7; 32]);
     let wired = wiring::build(config.clone(), Some(&keys))

@@ -40,12 +40,13 @@ struct Env {
 impl Env {
     async fn start(adjust: impl FnOnce(&mut Config)) -> Env {
         let jwks = JwksServer::start("jwks-first.json").await;
-        let mut config = Config {
-            jwt_public_key_url: Some(jwks.url()),
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.auth.jwt_public_key_url = Some(jwks.url());
         adjust(&mut config);
-        let (issuer, audience) = (config.jwt_issuer.clone(), config.jwt_audience.clone());
+        let (issuer, audience) = (
+            config.auth.jwt.issuer.clone(),
+            config.auth.jwt.audience.clone(),
+        );
         let relay = spawn_jwks_app(config).await;
         wait_for_keys(&relay).await;
         Env {
@@ -60,8 +61,8 @@ impl Env {
     /// With JWT_ISSUER and JWT_AUDIENCE set.
     async fn with_issuer_and_audience() -> Env {
         Env::start(|c| {
-            c.jwt_issuer = Some(ISSUER.into());
-            c.jwt_audience = Some(AUDIENCE.into());
+            c.auth.jwt.issuer = Some(ISSUER.into());
+            c.auth.jwt.audience = Some(AUDIENCE.into());
         })
         .await
     }
@@ -309,7 +310,7 @@ async fn a_token_signed_with_a_key_not_in_the_jwks_is_refused_with_4401() {
 
 #[tokio::test]
 async fn a_flood_of_made_up_kids_causes_at_most_one_jwks_fetch_per_cooldown() {
-    let env = Env::start(|c| c.jwks_cooldown_secs = 3600).await;
+    let env = Env::start(|c| c.auth.jwks_cooldown_secs = 3600).await;
     let mut healthy = env.healthy_editor().await;
     let (hits, fetches) = (env.jwks.hits(), env.relay.verifier.fetch_count());
     let rsa = Signer::fixture("rsa-a");
@@ -351,7 +352,7 @@ async fn an_expired_token_is_refused_with_4401() {
 
 #[tokio::test]
 async fn a_token_not_valid_before_a_time_beyond_the_leeway_is_refused_with_4401() {
-    let env = Env::start(|c| c.jwt_leeway_secs = 30).await;
+    let env = Env::start(|c| c.auth.jwt.leeway_secs = 30).await;
     let mut healthy = env.healthy_editor().await;
     let signer = Signer::fixture("ed-a");
     let mut c = env.claims(Uuid::new_v4(), editor_docs());
@@ -694,9 +695,10 @@ async fn a_token_in_the_url_query_is_refused_with_400_and_a_bearer_header_works(
 async fn with_the_jwks_down_at_start_ready_is_503_and_joins_close_1013_until_it_is_back() {
     let jwks = JwksServer::start("jwks-first.json").await;
     jwks.set_up(false);
-    let relay = spawn_jwks_app(Config {
-        jwt_public_key_url: Some(jwks.url()),
-        ..Config::default()
+    let relay = spawn_jwks_app({
+        let mut config = Config::default();
+        config.auth.jwt_public_key_url = Some(jwks.url());
+        config
     })
     .await;
     let doc = new_document();
@@ -748,7 +750,7 @@ async fn with_the_jwks_down_at_start_ready_is_503_and_joins_close_1013_until_it_
 
 #[tokio::test]
 async fn connected_sessions_survive_a_key_rotation_and_tokens_from_the_new_keys_are_accepted() {
-    let env = Env::start(|c| c.jwks_cooldown_secs = 0).await;
+    let env = Env::start(|c| c.auth.jwks_cooldown_secs = 0).await;
     let (ua, ub, uc, ud) = (
         Uuid::new_v4(),
         Uuid::new_v4(),
@@ -835,7 +837,7 @@ async fn connected_sessions_survive_a_key_rotation_and_tokens_from_the_new_keys_
 #[tokio::test]
 async fn a_session_is_closed_with_4401_when_its_token_expires_and_resumes_with_a_fresh_token_losing_nothing()
  {
-    let env = Env::start(|c| c.jwt_leeway_secs = 0).await;
+    let env = Env::start(|c| c.auth.jwt.leeway_secs = 0).await;
     let mut healthy = env.healthy_editor().await;
     let signer = Signer::fixture("ec-a");
     let user = Uuid::new_v4();

@@ -261,7 +261,7 @@ fn short(m: &ServerMessage) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_frames_are_split_by_bytes_as_well_as_count() {
     let config = Config::default();
-    let budget = config.max_message_bytes;
+    let budget = config.limits.max_message_bytes;
     let app = TestApp::spawn_with(config).await;
     let doc = new_document();
     let (mut listener, _) = joined(&app, doc, "listener").await;

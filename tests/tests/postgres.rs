@@ -31,10 +31,8 @@ async fn fresh_text(app: &TestApp, doc: DocumentId) -> (String, Version) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_editors_converge_and_every_acked_op_survives_a_restart() {
     let doc = new_document();
-    let config = Config {
-        shutdown_grace: Duration::ZERO,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.shutdown.grace = Duration::ZERO;
     let app = spawn_pg_app(config.clone()).await;
     let (ua, ub) = (Uuid::new_v4(), Uuid::new_v4());
     let mut a = Editor::join(&app, doc, ua, "tab-a", &app.editor_token(ua)).await;
@@ -71,10 +69,8 @@ async fn concurrent_editors_converge_and_every_acked_op_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_reopen_from_the_latest_snapshot_plus_the_tail() {
     let doc = new_document();
-    let config = Config {
-        snapshot_every: 5,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.store.snapshot_every = 5;
     let app = spawn_pg_app(config.clone()).await;
     let user = Uuid::new_v4();
     let mut e = Editor::join(&app, doc, user, "tab", &app.editor_token(user)).await;
@@ -101,10 +97,8 @@ async fn documents_reopen_from_the_latest_snapshot_plus_the_tail() {
 async fn with_the_database_unreachable_nothing_is_acknowledged_and_service_resumes_when_it_returns()
 {
     let (proxy, url) = Proxy::to_test_database().await;
-    let config = Config {
-        database_url: Some(url),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.store.database_url = Some(url);
     let app = spawn_pg_app(config).await;
     let doc = new_document();
     let user = Uuid::new_v4();
@@ -184,11 +178,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_stops_answering_mid_append_is_never_reported_as_nothing_committed() {
     let (proxy, url) = Proxy::to_test_database().await;
-    let config = Config {
-        database_url: Some(url),
-        db_statement_timeout: Duration::from_millis(300),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.store.database_url = Some(url);
+    config.store.pool.statement_timeout = Duration::from_millis(300);
     let app = spawn_pg_app(config).await;
     let doc = new_document();
     let user = Uuid::new_v4();

@@ -171,10 +171,8 @@ const PIECES: &[&str] = &[
 async fn eight_clients_editing_one_document_at_random_converge_on_the_replay_of_the_op_log() {
     // Odd seeds: ops frames of at most 2 ops, so group commits span frames.
     let app = TestApp::spawn_with(Config::default()).await;
-    let small_batches = Config {
-        operation_batch_size: 2,
-        ..Config::default()
-    };
+    let mut small_batches = Config::default();
+    small_batches.limits.operation_batch_size = 2;
     let small_batches = TestApp::spawn_with(small_batches).await;
     // RELAY_SEED=<n> replays one seed, RELAY_SEEDS=<n> runs more.
     let seeds: Vec<u64> = match std::env::var("RELAY_SEED") {
@@ -586,11 +584,9 @@ async fn the_next_submit_right_after_a_resent_one_seen_committed_in_ops_is_not_i
 async fn a_submit_never_committed_before_the_drop_is_committed_once_when_resent_after_the_rejoin() {
     // One submit per second per connection: the second is refused
     // (`rate_limited`: nothing committed) and stays in flight.
-    let config = Config {
-        submit_burst: 1,
-        submit_rate_per_sec: 1,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.limits.submit_burst = 1;
+    config.limits.submit_rate_per_sec = 1;
     let app = TestApp::spawn_with(config).await;
     let doc = new_document();
     let (ua, ub) = (Uuid::new_v4(), Uuid::new_v4());
@@ -621,10 +617,8 @@ async fn a_submit_never_committed_before_the_drop_is_committed_once_when_resent_
 
 #[tokio::test]
 async fn a_resent_submit_is_deduplicated_by_the_store_after_the_document_was_closed_and_reopened() {
-    let config = Config {
-        room_idle: Duration::ZERO,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.limits.room_idle = Duration::ZERO;
     let app = TestApp::spawn_with(config).await;
     let doc = new_document();
     let token = app.editor_token(Uuid::new_v4());
@@ -729,10 +723,8 @@ async fn a_join_with_since_gets_the_ops_after_it_and_no_content() {
 
 #[tokio::test]
 async fn a_join_with_since_older_than_the_kept_history_still_gets_every_op_from_the_store() {
-    let config = Config {
-        operation_history_max: 2,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.limits.operation_history_max = 2;
     let app = TestApp::spawn_with(config).await;
     let doc = new_document();
     let ua = Uuid::new_v4();
@@ -754,12 +746,10 @@ async fn a_join_with_since_too_far_behind_gets_the_content_and_a_stale_resend_is
     // docs/protocol.md: `joined.ops` comes from memory or, up to 10,000 ops, from the
     // store; past that `content` is sent.
     const FROM_STORE: u64 = 10_000;
-    let config = Config {
-        operation_history_max: 50,
-        submit_rate_per_sec: 1_000_000,
-        submit_burst: 1_000_000,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.limits.operation_history_max = 50;
+    config.limits.submit_rate_per_sec = 1_000_000;
+    config.limits.submit_burst = 1_000_000;
     let app = TestApp::spawn_with(config).await;
     let doc = new_document();
     let token = app.editor_token(Uuid::new_v4());
@@ -842,10 +832,8 @@ async fn a_join_with_since_ahead_of_the_document_gets_the_content() {
 
 #[tokio::test]
 async fn a_base_older_than_the_kept_history_is_answered_stale_base() {
-    let config = Config {
-        operation_history_max: 3,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.limits.operation_history_max = 3;
     let app = TestApp::spawn_with(config).await;
     let doc = new_document();
     let ua = Uuid::new_v4();
@@ -1048,10 +1036,8 @@ async fn a_join_without_any_token_is_closed_4401() {
 
 #[tokio::test]
 async fn no_join_within_the_auth_timeout_is_closed_4408() {
-    let config = Config {
-        auth_timeout: Duration::from_secs(1),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.limits.auth_timeout = Duration::from_secs(1);
     let app = TestApp::spawn_with(config).await;
     let mut c = Conn::connect(&app.url(new_document())).await;
     assert_eq!(c.recv().await, Received::Closed(Some(4408)));

@@ -193,12 +193,13 @@ async fn offering_no_subprotocol_is_accepted_and_none_is_selected() {
 
 #[tokio::test]
 async fn with_allowed_origins_a_foreign_origin_is_refused_with_403_and_an_allowed_one_works() {
-    let app = TestApp::spawn_with(Config {
-        allowed_origins: Some(vec![
+    let app = TestApp::spawn_with({
+        let mut config = Config::default();
+        config.limits.allowed_origins = Some(vec![
             "https://app.example".to_owned(),
             "https://other.example".to_owned(),
-        ]),
-        ..Config::default()
+        ]);
+        config
     })
     .await;
     let url = app.url(new_document());
@@ -248,9 +249,10 @@ async fn a_token_in_the_url_query_is_refused_with_400() {
 
 #[tokio::test]
 async fn at_max_connections_the_next_upgrade_gets_503_with_retry_after_until_one_closes() {
-    let app = TestApp::spawn_with(Config {
-        max_connections: 2,
-        ..Config::default()
+    let app = TestApp::spawn_with({
+        let mut config = Config::default();
+        config.limits.max_connections = 2;
+        config
     })
     .await;
     let doc = new_document();
@@ -315,10 +317,9 @@ async fn a_draining_server_refuses_upgrades_with_503_and_is_not_ready() {
 // 2. Frames
 
 fn small_frames() -> Config {
-    Config {
-        max_message_bytes: 4096,
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.limits.max_message_bytes = 4096;
+    config
 }
 
 /// A text frame of valid JSON that is `bytes` long.
@@ -419,10 +420,11 @@ async fn the_frame_rules_hold_for_the_first_frame_too() {
 
 #[tokio::test]
 async fn a_client_that_stops_answering_pings_is_closed_with_1008_while_a_live_one_stays() {
-    let app = TestApp::spawn_with(Config {
-        heartbeat_interval: Duration::from_secs(1),
-        heartbeat_timeout: Duration::from_secs(2),
-        ..Config::default()
+    let app = TestApp::spawn_with({
+        let mut config = Config::default();
+        config.limits.heartbeat_interval = Duration::from_secs(1);
+        config.limits.heartbeat_timeout = Duration::from_secs(2);
+        config
     })
     .await;
     let doc = new_document();
@@ -459,9 +461,10 @@ async fn a_client_that_stops_answering_pings_is_closed_with_1008_while_a_live_on
 
 #[tokio::test]
 async fn health_reports_exactly_the_seed_keys_with_live_counts() {
-    let app = TestApp::spawn_with(Config {
-        room_idle: Duration::from_secs(1),
-        ..Config::default()
+    let app = TestApp::spawn_with({
+        let mut config = Config::default();
+        config.limits.room_idle = Duration::from_secs(1);
+        config
     })
     .await;
     let r = app.get("/health").await;
@@ -666,9 +669,10 @@ async fn next_cursor(conn: &mut Conn, client_id: &str) -> (u64, Option<usize>, O
 #[tokio::test]
 async fn a_burst_of_cursors_reaches_others_throttled_and_ends_on_the_last_selection() {
     let throttle = Duration::from_millis(1000);
-    let app = TestApp::spawn_with(Config {
-        cursor_throttle_ms: throttle.as_millis() as u64,
-        ..Config::default()
+    let app = TestApp::spawn_with({
+        let mut config = Config::default();
+        config.presence.cursor_throttle_ms = throttle.as_millis() as u64;
+        config
     })
     .await;
     let doc = new_document();
@@ -735,9 +739,10 @@ async fn a_cursor_sent_at_an_older_version_is_transformed_through_later_ops() {
 
 #[tokio::test]
 async fn typing_starts_once_and_stops_after_the_debounce() {
-    let app = TestApp::spawn_with(Config {
-        typing_debounce_ms: 400,
-        ..Config::default()
+    let app = TestApp::spawn_with({
+        let mut config = Config::default();
+        config.presence.typing_debounce_ms = 400;
+        config
     })
     .await;
     let doc = new_document();
@@ -803,9 +808,10 @@ async fn a_viewer_may_send_cursors_and_typing() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_cut_off_with_1013_without_slowing_the_others_and_resumes() {
-    let app = TestApp::spawn_with(Config {
-        outbound_queue: 8,
-        ..Config::default()
+    let app = TestApp::spawn_with({
+        let mut config = Config::default();
+        config.limits.outbound_queue = 8;
+        config
     })
     .await;
     let doc = new_document();
@@ -925,11 +931,12 @@ async fn a_slow_consumer_is_cut_off_with_1013_without_slowing_the_others_and_res
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_even_if_it_never_reads_again() {
-    let app = TestApp::spawn_with(Config {
-        outbound_queue: 8,
-        heartbeat_interval: Duration::from_secs(1),
-        heartbeat_timeout: Duration::from_secs(3),
-        ..Config::default()
+    let app = TestApp::spawn_with({
+        let mut config = Config::default();
+        config.limits.outbound_queue = 8;
+        config.limits.heartbeat_interval = Duration::from_secs(1);
+        config.limits.heartbeat_timeout = Duration::from_secs(3);
+        config
     })
     .await;
     let doc = new_document();

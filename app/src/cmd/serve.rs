@@ -27,10 +27,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let telemetry = telemetry::init(&config)?;
-    raise_fd_limit(config.max_connections);
+    raise_fd_limit(config.limits.max_connections);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("relay-worker");
-    if let Some(n) = config.worker_threads {
+    if let Some(n) = config.listen.worker_threads {
         runtime.worker_threads(n);
     }
     let runtime = runtime.build().context("starting the runtime")?;
@@ -89,10 +89,10 @@ async fn serve(
     } else {
         None
     };
-    let ws_config = config.ws();
+    let ws_config = config.limits.ws();
     let connections = ws_config.connections.clone();
-    let bind = config.bind_address;
-    let metrics_addr = std::net::SocketAddr::new(bind.ip(), config.metrics_port);
+    let bind = config.listen.bind_address;
+    let metrics_addr = std::net::SocketAddr::new(bind.ip(), config.listen.metrics_port);
     let wired = wiring::build_with(config, dev.as_ref().map(|d| &d.0), metrics.clone()).await?;
     let relay = wired.relay.clone();
     let service: Arc<dyn CollaborationService> = Arc::new(wired.relay.clone());
@@ -123,7 +123,7 @@ async fn serve(
     info!(%addr, "relay listening");
     if let Some((keys, path)) = &dev {
         announce_development(keys, path, addr)?;
-    } else if relay.config().database_url.is_none() {
+    } else if relay.config().store.database_url.is_none() {
         warn!(
             "no DATABASE_URL: operations are kept in memory and nothing persists across restarts"
         );

@@ -1,21 +1,23 @@
 //! Configuration from the environment: every variable of the deployment
 //! document, with its default, validated at start with a message naming the
 //! variable.
+//!
+//! - `settings.rs`: the variables as clap defines them (`relay --help`,
+//!   `relay config --markdown`), and their reading through a lookup.
+//! - `validate.rs`: every rule between variables.
+//! - here: [`Config`], grouped by consumer, each adapter's settings built.
 
 mod settings;
+mod validate;
 
-pub use settings::{LogFormat, PermissionSourceArg, SECRET_URLS, Settings, redact_url};
+pub use settings::{LogFormat, PermissionSourceKind, SECRET_URLS, Settings, redact_url};
+pub use validate::serving as check_serving;
+
+use relay_adapter_jwt::{JwksConfig, JwtConfig};
+use relay_adapter_postgres::PoolSettings;
+use relay_adapter_redis::RedisSettings;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// Where permissions come from (PERMISSION_SOURCE).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PermissionSourceKind {
-    /// The token's `docs` claim.
-    Claims,
-    /// The database's `document_permissions` and document owners.
-    Database,
-}
 
 /// Most bytes one `presence` entry takes as JSON: a user id, a client id
 /// and a display name of at most 256 characters (each up to 6 bytes
@@ -26,10 +28,27 @@ pub const PRESENCE_ENTRY_BYTES: usize = 2048;
 /// `name` claims are cut).
 pub const MAX_NAME_CHARS: usize = 256;
 
-/// Relay's configuration.
-#[derive(Clone, Debug, PartialEq)]
+/// Relay's configuration, grouped by the part of Relay that reads it. Each
+/// adapter's settings type is built here (a field when its variables are
+/// its own, a method when it combines variables another group reads too),
+/// so the wiring only connects.
+#[derive(Clone, Debug)]
 pub struct Config {
+    pub listen: Listen,
+    pub store: Store,
+    pub bus: Bus,
+    pub auth: Auth,
+    pub limits: Limits,
+    pub presence: Presence,
+    pub shutdown: Shutdown,
+}
+
+/// Where the process listens, what it logs, its threads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listen {
+    /// BIND_ADDRESS: WebSocket, /health and /ready.
     pub bind_address: SocketAddr,
+    /// METRICS_PORT: GET /metrics on the same address.
     pub metrics_port: u16,
     /// METRICS_DOCUMENT_SERIES: at most this many `document_id` series of
     /// `materi_websocket_connections_active` (the largest documents), the
@@ -39,55 +58,92 @@ pub struct Config {
     pub log_json: bool,
     /// RUST_LOG: the log filter.
     pub rust_log: String,
+    /// TOKIO_WORKER_THREADS; the CPU cores when unset.
+    pub worker_threads: Option<usize>,
+}
+
+/// The operation store (PostgreSQL when DATABASE_URL is set).
+#[derive(Clone, Debug)]
+pub struct Store {
     pub database_url: Option<String>,
+    /// DB_POOL_SIZE, DB_MAX_LIFETIME_SECS, DB_IDLE_TIMEOUT_SECS,
+    /// DB_STATEMENT_TIMEOUT_MS.
+    pub pool: PoolSettings,
+    /// RUN_MIGRATIONS.
+    pub run_migrations: bool,
+    /// SNAPSHOT_EVERY: ops between snapshots.
+    pub snapshot_every: u64,
+}
+
+/// The fan-out bus between instances (Redis when REDIS_URL is set).
+#[derive(Clone, Debug)]
+pub struct Bus {
     pub redis_url: Option<String>,
+    /// REDIS_POOL_SIZE (at most 8 connections), REDIS_HISTORY_OPS (recent
+    /// ops Redis keeps per document for catch-up, each at most 8 KB as
+    /// JSON; 0 keeps none), OPERATION_HISTORY_TTL.
+    pub redis: RedisSettings,
+    /// BUS_DOWN_POLL_MS: how often an open document reads the store's head
+    /// while the bus is down (other instances' ops arrive this way
+    /// meanwhile).
+    pub down_poll: Duration,
+}
+
+/// Tokens and permissions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Auth {
+    /// JWT_PUBLIC_KEY_URL: the identity service's JWKS; unset means
+    /// development mode.
     pub jwt_public_key_url: Option<String>,
-    pub jwt_issuer: Option<String>,
-    pub jwt_audience: Option<String>,
-    pub jwt_leeway_secs: u64,
+    /// JWT_ISSUER, JWT_AUDIENCE, JWT_LEEWAY_SECS.
+    pub jwt: JwtConfig,
     pub jwks_refresh_secs: u64,
     pub jwks_cooldown_secs: u64,
-    pub allowed_origins: Option<Vec<String>>,
+    pub permission_source: PermissionSourceKind,
+    pub permission_cache_ttl: Duration,
+}
+
+/// What one connection, one message and one document may take: the
+/// sequencer's and the WebSocket transport's inputs, and the submit rate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
     pub max_connections: usize,
     pub max_message_bytes: usize,
     pub auth_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
-    /// How long a presence entry lives without a refresh (instances
-    /// refresh theirs every third of it): a crashed instance's users are
-    /// gone from the others within it. Default 2 x heartbeat_timeout.
-    pub presence_ttl: Option<Duration>,
-    pub cursor_throttle_ms: u64,
-    pub typing_debounce_ms: u64,
+    pub allowed_origins: Option<Vec<String>>,
     pub operation_batch_size: usize,
     pub operation_history_ttl: Duration,
     pub operation_history_max: usize,
     pub operation_history_bytes: usize,
-    pub permission_source: PermissionSourceKind,
-    pub permission_cache_ttl: Duration,
-    pub redis_pool_size: usize,
-    /// Recent ops Redis keeps per document for catch-up (each at most
-    /// 8 KB as JSON; 0 keeps none).
-    pub redis_history_ops: usize,
-    pub db_pool_size: usize,
-    pub db_max_lifetime: Duration,
-    pub db_idle_timeout: Duration,
-    pub db_statement_timeout: Duration,
-    pub snapshot_every: u64,
-    pub run_migrations: bool,
     pub max_document_chars: usize,
     pub max_document_bytes: usize,
     pub outbound_queue: usize,
     pub room_idle: Duration,
-    /// How often an open document reads the store's head while the bus is
-    /// down (other instances' ops arrive this way meanwhile).
-    pub bus_down_poll: Duration,
-    pub shutdown_grace: Duration,
     pub submit_rate_per_sec: u32,
     pub submit_burst: u32,
-    pub presence_rate_per_sec: u32,
-    pub presence_burst: u32,
-    pub worker_threads: Option<usize>,
+}
+
+/// Cursors, typing and the presence registry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Presence {
+    /// How long a presence entry lives without a refresh (instances
+    /// refresh theirs every third of it): a crashed instance's users are
+    /// gone from the others within it. Default 2 x heartbeat_timeout
+    /// ([`Config::presence_ttl`]).
+    pub ttl: Option<Duration>,
+    pub cursor_throttle_ms: u64,
+    pub typing_debounce_ms: u64,
+    pub rate_per_sec: u32,
+    pub burst: u32,
+}
+
+/// Draining.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shutdown {
+    /// SHUTDOWN_GRACE_SECS: how long draining waits for clients.
+    pub grace: Duration,
 }
 
 /// A configuration error, naming the variable.
@@ -104,36 +160,169 @@ impl Config {
         Config::from_lookup(|k| std::env::var(k).ok())
     }
 
-    /// Reads variables through `get` (tests pass a map): each set,
-    /// non-empty variable is handed to clap as its flag, so the map is
-    /// parsed exactly as the environment is.
+    /// Reads variables through `get` (tests pass a map), as the
+    /// environment is read: a blank variable is unset.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        use clap::{CommandFactory, FromArgMatches};
-        let command = SettingsOnly::command();
-        let mut args = vec!["relay".to_owned()];
-        for arg in command.get_arguments() {
-            let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
-                continue;
-            };
-            if let Some(v) = env.to_str().and_then(&get).filter(|v| !v.trim().is_empty()) {
-                args.push(format!("--{long}={v}"));
-            }
-        }
-        let matches = command
-            .no_binary_name(false)
-            .try_get_matches_from(args)
-            .map_err(|e| ConfigError::from_clap(&e))?;
-        let only =
-            SettingsOnly::from_arg_matches(&matches).map_err(|e| ConfigError::from_clap(&e))?;
-        only.settings.into_config()
+        Settings::from_lookup(get)?.into_config()
     }
 
     /// Whether Relay runs on in-memory adapters with a development key.
     pub fn is_development(&self) -> bool {
-        self.database_url.is_none() && self.redis_url.is_none() && self.jwt_public_key_url.is_none()
+        self.store.database_url.is_none()
+            && self.bus.redis_url.is_none()
+            && self.auth.jwt_public_key_url.is_none()
     }
 
-    /// The sequencer's limits from this configuration.
+    /// How long a presence entry lives without a refresh: PRESENCE_TTL_SECS,
+    /// or twice HEARTBEAT_TIMEOUT_SECS.
+    pub fn presence_ttl(&self) -> Duration {
+        self.presence
+            .ttl
+            .unwrap_or(self.limits.heartbeat_timeout * 2)
+    }
+
+    /// The limits announced in `joined`.
+    pub fn joined_limits(&self) -> relay_ports::protocol::Limits {
+        relay_ports::protocol::Limits {
+            max_message_bytes: self.limits.max_message_bytes,
+            operation_batch_size: self.limits.operation_batch_size,
+            cursor_throttle_ms: self.presence.cursor_throttle_ms,
+            typing_debounce_ms: self.presence.typing_debounce_ms,
+            heartbeat_interval_secs: self.limits.heartbeat_interval.as_secs(),
+        }
+    }
+}
+
+impl Config {
+    /// The groups from parsed (and validated) settings.
+    fn from_settings(s: Settings) -> Config {
+        // By default any text of MAX_DOCUMENT_CHARS characters fits, with
+        // room for formatting.
+        let max_document_bytes = s.max_document_bytes.unwrap_or_else(|| {
+            relay_domain::json_size::max_document_bytes_for(s.max_document_chars)
+        });
+        // PERMISSION_SOURCE defaults to the database when there is one.
+        let permission_source = match s.permission_source {
+            Some(kind) => kind,
+            None if s.database_url.is_some() => PermissionSourceKind::Database,
+            None => PermissionSourceKind::Claims,
+        };
+        Config {
+            listen: Listen {
+                bind_address: s.bind_address,
+                metrics_port: s.metrics_port,
+                metrics_document_series: s.metrics_document_series,
+                log_json: s.log_format == LogFormat::Json,
+                rust_log: s.rust_log,
+                worker_threads: s.tokio_worker_threads,
+            },
+            store: Store {
+                database_url: s.database_url,
+                pool: PoolSettings {
+                    size: s.db_pool_size,
+                    max_lifetime: Duration::from_secs(s.db_max_lifetime_secs),
+                    idle_timeout: Duration::from_secs(s.db_idle_timeout_secs),
+                    statement_timeout: Duration::from_millis(s.db_statement_timeout_ms),
+                    ..PoolSettings::default()
+                },
+                run_migrations: s.run_migrations,
+                snapshot_every: s.snapshot_every,
+            },
+            bus: Bus {
+                redis_url: s.redis_url,
+                redis: RedisSettings {
+                    connections: s.redis_pool_size.min(8),
+                    history_ops: s.redis_history_ops,
+                    history_ttl: Duration::from_secs(s.operation_history_ttl),
+                    ..RedisSettings::default()
+                },
+                down_poll: Duration::from_millis(s.bus_down_poll_ms),
+            },
+            auth: Auth {
+                jwt_public_key_url: s.jwt_public_key_url,
+                jwt: JwtConfig {
+                    issuer: s.jwt_issuer,
+                    audience: s.jwt_audience,
+                    leeway_secs: s.jwt_leeway_secs,
+                    ..JwtConfig::default()
+                },
+                jwks_refresh_secs: s.jwks_refresh_secs,
+                jwks_cooldown_secs: s.jwks_cooldown_secs,
+                permission_source,
+                permission_cache_ttl: Duration::from_secs(s.permission_cache_ttl),
+            },
+            limits: Limits {
+                max_connections: s.max_connections,
+                max_message_bytes: s.max_message_bytes,
+                auth_timeout: Duration::from_secs(s.auth_timeout_secs),
+                heartbeat_interval: Duration::from_secs(s.heartbeat_interval_secs),
+                heartbeat_timeout: Duration::from_secs(s.heartbeat_timeout_secs),
+                allowed_origins: s.allowed_origins.map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().trim_end_matches('/').to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                }),
+                operation_batch_size: s.operation_batch_size,
+                operation_history_ttl: Duration::from_secs(s.operation_history_ttl),
+                operation_history_max: s.operation_history_max,
+                operation_history_bytes: s.operation_history_bytes,
+                max_document_chars: s.max_document_chars,
+                max_document_bytes,
+                outbound_queue: s.outbound_queue,
+                room_idle: Duration::from_secs(s.room_idle_secs),
+                submit_rate_per_sec: s.submit_rate_per_sec,
+                submit_burst: s.submit_burst,
+            },
+            presence: Presence {
+                ttl: s.presence_ttl_secs.map(Duration::from_secs),
+                cursor_throttle_ms: s.cursor_throttle_ms,
+                typing_debounce_ms: s.typing_debounce_ms,
+                rate_per_sec: s.presence_rate_per_sec,
+                burst: s.presence_burst,
+            },
+            shutdown: Shutdown {
+                grace: Duration::from_secs(s.shutdown_grace_secs),
+            },
+        }
+    }
+}
+
+impl Settings {
+    /// The validated configuration (an error names the variable).
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        validate::settings(&self)?;
+        Ok(Config::from_settings(self))
+    }
+}
+
+impl Auth {
+    /// The JWKS verifier's settings, when keys come from
+    /// JWT_PUBLIC_KEY_URL.
+    pub fn jwks(&self) -> Option<JwksConfig> {
+        let url = self.jwt_public_key_url.clone()?;
+        Some(JwksConfig {
+            url,
+            issuer: self.jwt.issuer.clone(),
+            refresh: Duration::from_secs(self.jwks_refresh_secs),
+            cooldown: Duration::from_secs(self.jwks_cooldown_secs),
+            ..JwksConfig::new("")
+        })
+    }
+
+    /// The verifier's settings for development tokens: they carry no `iss`
+    /// or `aud`, so JWT_ISSUER / JWT_AUDIENCE apply to a real identity
+    /// provider's keys only.
+    pub fn development_jwt(&self) -> JwtConfig {
+        JwtConfig {
+            leeway_secs: self.jwt.leeway_secs,
+            ..JwtConfig::default()
+        }
+    }
+}
+
+impl Limits {
+    /// The sequencer's limits.
     pub fn sequencer(&self) -> relay_domain::SequencerConfig {
         relay_domain::SequencerConfig {
             max_history: self.operation_history_max,
@@ -157,7 +346,7 @@ impl Config {
     /// The largest frame Relay may send: `joined` with a document of
     /// MAX_DOCUMENT_BYTES (or the ops a rejoin needs, never larger) and the
     /// presence of MAX_CONNECTIONS clients (display names are cut to 256
-    /// characters), or one op of [`Config::max_op_bytes`]; plus the
+    /// characters), or one op of [`Limits::max_op_bytes`]; plus the
     /// envelope. Client authors size their receive buffers by it.
     pub fn max_outbound_frame_bytes(&self) -> usize {
         let presence = self.max_connections.saturating_mul(PRESENCE_ENTRY_BYTES);
@@ -177,17 +366,6 @@ impl Config {
             allowed_origins: self.allowed_origins.clone(),
             max_outbound_frame_bytes: self.max_outbound_frame_bytes(),
             ..relay_adapter_ws::WsConfig::default()
-        }
-    }
-
-    /// The limits announced in `joined`.
-    pub fn limits(&self) -> relay_ports::protocol::Limits {
-        relay_ports::protocol::Limits {
-            max_message_bytes: self.max_message_bytes,
-            operation_batch_size: self.operation_batch_size,
-            cursor_throttle_ms: self.cursor_throttle_ms,
-            typing_debounce_ms: self.typing_debounce_ms,
-            heartbeat_interval_secs: self.heartbeat_interval.as_secs(),
         }
     }
 }
@@ -236,8 +414,8 @@ pub fn describe(get: impl Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// [`Settings`] alone, for parsing a map or the environment outside the
-/// binary's command line.
+/// [`Settings`] alone: its variables' definitions outside the binary's
+/// command line.
 #[derive(clap::Parser, Debug)]
 #[command(name = "relay", disable_help_flag = true, disable_version_flag = true)]
 struct SettingsOnly {
@@ -246,25 +424,27 @@ struct SettingsOnly {
 }
 
 impl ConfigError {
-    /// A clap error, naming the variable (every value name is the
-    /// variable's).
-    pub fn from_clap(e: &clap::Error) -> ConfigError {
-        use clap::error::{ContextKind, ContextValue};
-        let variable = match e.get(ContextKind::InvalidArg) {
-            Some(ContextValue::String(arg)) => arg
-                .split_once('<')
-                .and_then(|(_, rest)| rest.split_once('>'))
-                .map_or_else(|| arg.clone(), |(name, _)| name.to_owned()),
-            _ => "configuration".to_owned(),
+    /// A value `variable` had that its parser refused, from clap's error
+    /// context: the value, why, and what is expected.
+    fn from_clap(variable: &str, e: &clap::Error) -> ConfigError {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        let value = match e.get(ContextKind::InvalidValue) {
+            Some(ContextValue::String(v)) => format!("invalid value '{v}'"),
+            _ => "invalid value".to_owned(),
         };
-        let problem = e
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("invalid value")
-            .trim_start_matches("error: ")
-            .to_owned();
-        ConfigError { variable, problem }
+        let problem = match (e.kind(), e.get(ContextKind::ValidValue)) {
+            (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+                format!("{value}: expected one of {}", valid.join(", "))
+            }
+            _ => match std::error::Error::source(e) {
+                Some(why) => format!("{value}: {why}"),
+                None => format!("{value}: {}", e.kind()),
+            },
+        };
+        ConfigError {
+            variable: variable.to_owned(),
+            problem,
+        }
     }
 }
 
@@ -284,30 +464,35 @@ mod tests {
     #[test]
     fn defaults_are_the_deployment_documents() {
         let c = Config::default();
-        assert_eq!(c.bind_address, "0.0.0.0:8081".parse().unwrap());
-        assert_eq!(c.metrics_port, 9090);
-        assert_eq!(c.metrics_document_series, 500);
-        assert!(!c.log_json);
-        assert_eq!(c.max_connections, 10_000);
-        assert_eq!(c.redis_pool_size, 50);
-        assert_eq!(c.redis_history_ops, 200);
-        assert_eq!(c.permission_cache_ttl, Duration::from_secs(300));
-        assert_eq!(c.operation_history_ttl, Duration::from_secs(600));
-        assert_eq!(c.cursor_throttle_ms, 50);
-        assert_eq!(c.typing_debounce_ms, 500);
-        assert_eq!(c.operation_batch_size, 100);
-        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
-        assert_eq!(c.heartbeat_timeout, Duration::from_secs(60));
-        assert_eq!(c.max_message_bytes, 1 << 20);
-        assert_eq!(c.auth_timeout, Duration::from_secs(10));
-        assert_eq!(c.permission_source, PermissionSourceKind::Claims);
+        assert_eq!(c.listen.bind_address, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(c.listen.metrics_port, 9090);
+        assert_eq!(c.listen.metrics_document_series, 500);
+        assert!(!c.listen.log_json);
+        assert_eq!(c.limits.max_connections, 10_000);
+        // REDIS_POOL_SIZE is 50, of which Redis opens at most 8.
+        assert!(describe(|_| None).contains("REDIS_POOL_SIZE=50  # default"));
+        assert_eq!(c.bus.redis.connections, 8);
+        assert_eq!(c.bus.redis.history_ops, 200);
+        assert_eq!(c.auth.permission_cache_ttl, Duration::from_secs(300));
+        assert_eq!(c.limits.operation_history_ttl, Duration::from_secs(600));
+        assert_eq!(c.presence.cursor_throttle_ms, 50);
+        assert_eq!(c.presence.typing_debounce_ms, 500);
+        assert_eq!(c.limits.operation_batch_size, 100);
+        assert_eq!(c.limits.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.limits.heartbeat_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.max_message_bytes, 1 << 20);
+        assert_eq!(c.limits.auth_timeout, Duration::from_secs(10));
+        assert_eq!(c.auth.permission_source, PermissionSourceKind::Claims);
         assert!(c.is_development());
     }
 
     #[test]
     fn an_empty_variable_is_unset_and_clap_errors_name_the_variable() {
         assert_eq!(
-            with(&[("MAX_CONNECTIONS", "  ")]).unwrap().max_connections,
+            with(&[("MAX_CONNECTIONS", "  ")])
+                .unwrap()
+                .limits
+                .max_connections,
             10_000
         );
         let e = with(&[("MAX_CONNECTIONS", "0")]).unwrap_err();
@@ -315,7 +500,13 @@ mod tests {
         assert!(e.problem.contains("greater than 0"), "{}", e.problem);
         let e = with(&[("LOG_FORMAT", "xml")]).unwrap_err();
         assert!(e.problem.contains("xml"), "{}", e.problem);
-        assert!(with(&[("RUN_MIGRATIONS", "true")]).unwrap().run_migrations);
+        assert!(e.problem.contains("text, json"), "{}", e.problem);
+        assert!(
+            with(&[("RUN_MIGRATIONS", "true")])
+                .unwrap()
+                .store
+                .run_migrations
+        );
         assert_eq!(
             with(&[("DATABASE_URL", "nowhere")]).unwrap_err().variable,
             "DATABASE_URL"
@@ -371,10 +562,11 @@ mod tests {
         }
         let clash = with(&[("BIND_ADDRESS", "0.0.0.0:9090")]).unwrap_err();
         assert_eq!(clash.variable, "METRICS_PORT");
-        assert!(with(&[("LOG_FORMAT", "json")]).unwrap().log_json);
+        assert!(with(&[("LOG_FORMAT", "json")]).unwrap().listen.log_json);
         assert_eq!(
             with(&[("METRICS_DOCUMENT_SERIES", "1900")])
                 .unwrap()
+                .listen
                 .metrics_document_series,
             1900
         );
@@ -415,7 +607,7 @@ mod tests {
     fn origins_are_a_comma_separated_list() {
         let c = with(&[("ALLOWED_ORIGINS", "https://a.example, https://b.example/")]).unwrap();
         assert_eq!(
-            c.allowed_origins,
+            c.limits.allowed_origins,
             Some(vec![
                 "https://a.example".to_owned(),
                 "https://b.example".to_owned()

@@ -3,10 +3,10 @@
 //! `relay serve --help` list each with its default; a value that does not
 //! parse is refused naming the variable and the expected form.
 
-use super::{Config, ConfigError, PermissionSourceKind};
-use clap::{Args, ValueEnum};
+use super::ConfigError;
+use clap::builder::TypedValueParser;
+use clap::{Args, CommandFactory, ValueEnum};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 /// LOG_FORMAT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -15,34 +15,32 @@ pub enum LogFormat {
     Json,
 }
 
-/// PERMISSION_SOURCE.
+/// Where permissions come from (PERMISSION_SOURCE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PermissionSourceArg {
+pub enum PermissionSourceKind {
+    // The token's `docs` claim.
     Claims,
+    // The database's `document_permissions` and document owners.
     Database,
 }
 
-fn positive_usize(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(0) => Err("must be greater than 0".into()),
+/// A whole number greater than 0, of any unsigned integer type.
+fn positive<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr<Err = std::num::ParseIntError>
+        + Default
+        + PartialEq
+        + std::ops::Not<Output = T>
+        + std::fmt::Display,
+{
+    match s.trim().parse::<T>() {
+        Ok(n) if n == T::default() => Err("must be greater than 0".into()),
         Ok(n) => Ok(n),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Err(format!(
+            "expected a whole number up to {}: {e}",
+            !T::default()
+        )),
         Err(e) => Err(format!("expected a whole number: {e}")),
-    }
-}
-
-fn positive_u64(s: &str) -> Result<u64, String> {
-    match s.trim().parse::<u64>() {
-        Ok(0) => Err("must be greater than 0".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("expected a whole number: {e}")),
-    }
-}
-
-fn positive_u32(s: &str) -> Result<u32, String> {
-    match s.trim().parse::<u32>() {
-        Ok(0) => Err("must be greater than 0".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("expected a whole number up to {}: {e}", u32::MAX)),
     }
 }
 
@@ -76,7 +74,7 @@ pub struct Settings {
     )]
     pub metrics_port: u16,
     /// Named document_id series of materi_websocket_connections_active, 1 to 1900.
-    #[arg(long, env = "METRICS_DOCUMENT_SERIES", value_name = "METRICS_DOCUMENT_SERIES", default_value = "500", value_parser = positive_usize)]
+    #[arg(long, env = "METRICS_DOCUMENT_SERIES", value_name = "METRICS_DOCUMENT_SERIES", default_value = "500", value_parser = positive::<usize>)]
     pub metrics_document_series: usize,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(
@@ -128,7 +126,7 @@ pub struct Settings {
     )]
     pub jwt_leeway_secs: u64,
     /// JWKS refresh period, seconds.
-    #[arg(long, env = "JWKS_REFRESH_SECS", value_name = "JWKS_REFRESH_SECS", default_value = "300", value_parser = positive_u64)]
+    #[arg(long, env = "JWKS_REFRESH_SECS", value_name = "JWKS_REFRESH_SECS", default_value = "300", value_parser = positive::<u64>)]
     pub jwks_refresh_secs: u64,
     /// Least time between two JWKS fetches caused by unknown kids, seconds.
     #[arg(
@@ -142,22 +140,22 @@ pub struct Settings {
     #[arg(long, env = "ALLOWED_ORIGINS", value_name = "ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
     /// Connections per instance; more get 503 with Retry-After.
-    #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS", default_value = "10000", value_parser = positive_usize)]
+    #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS", default_value = "10000", value_parser = positive::<usize>)]
     pub max_connections: usize,
     /// Largest client frame (at least 1024); larger closes with 1009.
-    #[arg(long, env = "MAX_MESSAGE_BYTES", value_name = "MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = positive_usize)]
+    #[arg(long, env = "MAX_MESSAGE_BYTES", value_name = "MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = positive::<usize>)]
     pub max_message_bytes: usize,
     /// Seconds to send `join`; then 4408.
-    #[arg(long, env = "AUTH_TIMEOUT_SECS", value_name = "AUTH_TIMEOUT_SECS", default_value = "10", value_parser = positive_u64)]
+    #[arg(long, env = "AUTH_TIMEOUT_SECS", value_name = "AUTH_TIMEOUT_SECS", default_value = "10", value_parser = positive::<u64>)]
     pub auth_timeout_secs: u64,
     /// Seconds between server pings.
-    #[arg(long, env = "HEARTBEAT_INTERVAL_SECS", value_name = "HEARTBEAT_INTERVAL_SECS", default_value = "30", value_parser = positive_u64)]
+    #[arg(long, env = "HEARTBEAT_INTERVAL_SECS", value_name = "HEARTBEAT_INTERVAL_SECS", default_value = "30", value_parser = positive::<u64>)]
     pub heartbeat_interval_secs: u64,
     /// Seconds of silence before closing (greater than the interval).
-    #[arg(long, env = "HEARTBEAT_TIMEOUT_SECS", value_name = "HEARTBEAT_TIMEOUT_SECS", default_value = "60", value_parser = positive_u64)]
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_SECS", value_name = "HEARTBEAT_TIMEOUT_SECS", default_value = "60", value_parser = positive::<u64>)]
     pub heartbeat_timeout_secs: u64,
     /// Lifetime of a presence entry in the registry; default 2 x HEARTBEAT_TIMEOUT_SECS.
-    #[arg(long, env = "PRESENCE_TTL_SECS", value_name = "PRESENCE_TTL_SECS", value_parser = positive_u64)]
+    #[arg(long, env = "PRESENCE_TTL_SECS", value_name = "PRESENCE_TTL_SECS", value_parser = positive::<u64>)]
     pub presence_ttl_secs: Option<u64>,
     /// At most one cursor per client per this many ms.
     #[arg(
@@ -168,19 +166,19 @@ pub struct Settings {
     )]
     pub cursor_throttle_ms: u64,
     /// Typing ends after this quiet period, ms.
-    #[arg(long, env = "TYPING_DEBOUNCE_MS", value_name = "TYPING_DEBOUNCE_MS", default_value = "500", value_parser = positive_u64)]
+    #[arg(long, env = "TYPING_DEBOUNCE_MS", value_name = "TYPING_DEBOUNCE_MS", default_value = "500", value_parser = positive::<u64>)]
     pub typing_debounce_ms: u64,
     /// Most ops per `ops` frame and per group commit.
-    #[arg(long, env = "OPERATION_BATCH_SIZE", value_name = "OPERATION_BATCH_SIZE", default_value = "100", value_parser = positive_usize)]
+    #[arg(long, env = "OPERATION_BATCH_SIZE", value_name = "OPERATION_BATCH_SIZE", default_value = "100", value_parser = positive::<usize>)]
     pub operation_batch_size: usize,
     /// Seconds ops stay in memory for rebasing and catch-up.
-    #[arg(long, env = "OPERATION_HISTORY_TTL", value_name = "OPERATION_HISTORY_TTL", default_value = "600", value_parser = positive_u64)]
+    #[arg(long, env = "OPERATION_HISTORY_TTL", value_name = "OPERATION_HISTORY_TTL", default_value = "600", value_parser = positive::<u64>)]
     pub operation_history_ttl: u64,
     /// Most ops kept in memory per document.
-    #[arg(long, env = "OPERATION_HISTORY_MAX", value_name = "OPERATION_HISTORY_MAX", default_value = "10000", value_parser = positive_usize)]
+    #[arg(long, env = "OPERATION_HISTORY_MAX", value_name = "OPERATION_HISTORY_MAX", default_value = "10000", value_parser = positive::<usize>)]
     pub operation_history_max: usize,
     /// Most bytes of ops kept in memory per document.
-    #[arg(long, env = "OPERATION_HISTORY_BYTES", value_name = "OPERATION_HISTORY_BYTES", default_value = "8388608", value_parser = positive_usize)]
+    #[arg(long, env = "OPERATION_HISTORY_BYTES", value_name = "OPERATION_HISTORY_BYTES", default_value = "8388608", value_parser = positive::<usize>)]
     pub operation_history_bytes: usize,
     /// claims or database; default database when DATABASE_URL is set.
     #[arg(
@@ -189,7 +187,7 @@ pub struct Settings {
         value_name = "PERMISSION_SOURCE",
         value_enum
     )]
-    pub permission_source: Option<PermissionSourceArg>,
+    pub permission_source: Option<PermissionSourceKind>,
     /// Seconds a role is cached, for open sessions too.
     #[arg(
         long,
@@ -199,7 +197,7 @@ pub struct Settings {
     )]
     pub permission_cache_ttl: u64,
     /// Redis command connections (at most 8 are opened: each multiplexes).
-    #[arg(long, env = "REDIS_POOL_SIZE", value_name = "REDIS_POOL_SIZE", default_value = "50", value_parser = positive_usize)]
+    #[arg(long, env = "REDIS_POOL_SIZE", value_name = "REDIS_POOL_SIZE", default_value = "50", value_parser = positive::<usize>)]
     pub redis_pool_size: usize,
     /// Recent ops Redis keeps per document for catch-up; 0 keeps none.
     #[arg(
@@ -210,31 +208,31 @@ pub struct Settings {
     )]
     pub redis_history_ops: usize,
     /// PostgreSQL pool size.
-    #[arg(long, env = "DB_POOL_SIZE", value_name = "DB_POOL_SIZE", default_value = "20", value_parser = positive_usize)]
+    #[arg(long, env = "DB_POOL_SIZE", value_name = "DB_POOL_SIZE", default_value = "20", value_parser = positive::<usize>)]
     pub db_pool_size: usize,
     /// Seconds a pooled connection lives.
-    #[arg(long, env = "DB_MAX_LIFETIME_SECS", value_name = "DB_MAX_LIFETIME_SECS", default_value = "1800", value_parser = positive_u64)]
+    #[arg(long, env = "DB_MAX_LIFETIME_SECS", value_name = "DB_MAX_LIFETIME_SECS", default_value = "1800", value_parser = positive::<u64>)]
     pub db_max_lifetime_secs: u64,
     /// Seconds an idle pooled connection is kept.
-    #[arg(long, env = "DB_IDLE_TIMEOUT_SECS", value_name = "DB_IDLE_TIMEOUT_SECS", default_value = "600", value_parser = positive_u64)]
+    #[arg(long, env = "DB_IDLE_TIMEOUT_SECS", value_name = "DB_IDLE_TIMEOUT_SECS", default_value = "600", value_parser = positive::<u64>)]
     pub db_idle_timeout_secs: u64,
     /// PostgreSQL statement_timeout, ms.
-    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", value_name = "DB_STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = positive_u64)]
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", value_name = "DB_STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = positive::<u64>)]
     pub db_statement_timeout_ms: u64,
     /// Ops between snapshots.
-    #[arg(long, env = "SNAPSHOT_EVERY", value_name = "SNAPSHOT_EVERY", default_value = "500", value_parser = positive_u64)]
+    #[arg(long, env = "SNAPSHOT_EVERY", value_name = "SNAPSHOT_EVERY", default_value = "500", value_parser = positive::<u64>)]
     pub snapshot_every: u64,
     /// Apply pending migrations at start (true/false).
     #[arg(long, env = "RUN_MIGRATIONS", value_name = "RUN_MIGRATIONS", default_value = "false", action = clap::ArgAction::Set)]
     pub run_migrations: bool,
     /// Largest document, characters.
-    #[arg(long, env = "MAX_DOCUMENT_CHARS", value_name = "MAX_DOCUMENT_CHARS", default_value = "10000000", value_parser = positive_usize)]
+    #[arg(long, env = "MAX_DOCUMENT_CHARS", value_name = "MAX_DOCUMENT_CHARS", default_value = "10000000", value_parser = positive::<usize>)]
     pub max_document_chars: usize,
     /// Largest document content as JSON; default 9 x MAX_DOCUMENT_CHARS + 64 MiB.
-    #[arg(long, env = "MAX_DOCUMENT_BYTES", value_name = "MAX_DOCUMENT_BYTES", value_parser = positive_usize)]
+    #[arg(long, env = "MAX_DOCUMENT_BYTES", value_name = "MAX_DOCUMENT_BYTES", value_parser = positive::<usize>)]
     pub max_document_bytes: Option<usize>,
     /// Frames queued per client before it is closed with 1013.
-    #[arg(long, env = "OUTBOUND_QUEUE", value_name = "OUTBOUND_QUEUE", default_value = "256", value_parser = positive_usize)]
+    #[arg(long, env = "OUTBOUND_QUEUE", value_name = "OUTBOUND_QUEUE", default_value = "256", value_parser = positive::<usize>)]
     pub outbound_queue: usize,
     /// Seconds an open document with no client stays open.
     #[arg(
@@ -245,7 +243,7 @@ pub struct Settings {
     )]
     pub room_idle_secs: u64,
     /// While the bus is down, each open document reads the store this often, ms.
-    #[arg(long, env = "BUS_DOWN_POLL_MS", value_name = "BUS_DOWN_POLL_MS", default_value = "1000", value_parser = positive_u64)]
+    #[arg(long, env = "BUS_DOWN_POLL_MS", value_name = "BUS_DOWN_POLL_MS", default_value = "1000", value_parser = positive::<u64>)]
     pub bus_down_poll_ms: u64,
     /// Seconds draining waits for clients before closing with 1001.
     #[arg(
@@ -256,19 +254,19 @@ pub struct Settings {
     )]
     pub shutdown_grace_secs: u64,
     /// Submits per second per connection.
-    #[arg(long, env = "SUBMIT_RATE_PER_SEC", value_name = "SUBMIT_RATE_PER_SEC", default_value = "200", value_parser = positive_u32)]
+    #[arg(long, env = "SUBMIT_RATE_PER_SEC", value_name = "SUBMIT_RATE_PER_SEC", default_value = "200", value_parser = positive::<u32>)]
     pub submit_rate_per_sec: u32,
     /// Submit burst per connection.
-    #[arg(long, env = "SUBMIT_BURST", value_name = "SUBMIT_BURST", default_value = "400", value_parser = positive_u32)]
+    #[arg(long, env = "SUBMIT_BURST", value_name = "SUBMIT_BURST", default_value = "400", value_parser = positive::<u32>)]
     pub submit_burst: u32,
     /// Cursor and typing messages per second per connection.
-    #[arg(long, env = "PRESENCE_RATE_PER_SEC", value_name = "PRESENCE_RATE_PER_SEC", default_value = "100", value_parser = positive_u32)]
+    #[arg(long, env = "PRESENCE_RATE_PER_SEC", value_name = "PRESENCE_RATE_PER_SEC", default_value = "100", value_parser = positive::<u32>)]
     pub presence_rate_per_sec: u32,
     /// Cursor and typing burst per connection.
-    #[arg(long, env = "PRESENCE_BURST", value_name = "PRESENCE_BURST", default_value = "200", value_parser = positive_u32)]
+    #[arg(long, env = "PRESENCE_BURST", value_name = "PRESENCE_BURST", default_value = "200", value_parser = positive::<u32>)]
     pub presence_burst: u32,
     /// Runtime worker threads; default the CPU cores.
-    #[arg(long, env = "TOKIO_WORKER_THREADS", value_name = "TOKIO_WORKER_THREADS", value_parser = positive_usize)]
+    #[arg(long, env = "TOKIO_WORKER_THREADS", value_name = "TOKIO_WORKER_THREADS", value_parser = positive::<usize>)]
     pub tokio_worker_threads: Option<usize>,
 }
 
@@ -299,129 +297,119 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl Settings {
-    /// The validated configuration: cross-variable rules (an error names
-    /// the variable).
-    pub fn into_config(self) -> Result<Config, ConfigError> {
-        let err = |variable: &str, problem: String| {
-            Err(ConfigError {
-                variable: variable.to_owned(),
-                problem,
-            })
-        };
-        // By default any text of MAX_DOCUMENT_CHARS characters fits, with
-        // room for formatting.
-        let max_document_bytes = self.max_document_bytes.unwrap_or_else(|| {
-            relay_domain::json_size::max_document_bytes_for(self.max_document_chars)
-        });
-        if self.metrics_document_series > relay_adapter_otel::MAX_DOCUMENT_SERIES {
-            return err(
-                "METRICS_DOCUMENT_SERIES",
-                format!(
-                    "must be at most {} (the metrics SDK keeps 2,000 series per metric)",
-                    relay_adapter_otel::MAX_DOCUMENT_SERIES
-                ),
-            );
-        }
-        if self.metrics_port != 0 && self.metrics_port == self.bind_address.port() {
-            return err(
-                "METRICS_PORT",
-                format!(
-                    "must differ from BIND_ADDRESS's port ({})",
-                    self.bind_address.port()
-                ),
-            );
-        }
-        if self.heartbeat_timeout_secs <= self.heartbeat_interval_secs {
-            return err(
-                "HEARTBEAT_TIMEOUT_SECS",
-                format!(
-                    "must be greater than HEARTBEAT_INTERVAL_SECS ({}s)",
-                    self.heartbeat_interval_secs
-                ),
-            );
-        }
-        if self.database_url.is_some()
-            && self.max_document_chars > usize::try_from(i32::MAX).unwrap_or(usize::MAX)
-        {
-            // The seed's `operations.position` column is an INTEGER.
-            return err(
-                "MAX_DOCUMENT_CHARS",
-                format!("must be at most {} with DATABASE_URL", i32::MAX),
-            );
-        }
-        if self.max_document_chars > relay_domain::ids::MAX_LEN {
-            return err("MAX_DOCUMENT_CHARS", "must be at most 2^53 - 1".into());
-        }
-        if self.max_message_bytes < 1024 {
-            return err("MAX_MESSAGE_BYTES", "must be at least 1024".into());
-        }
-        if let Some(url) = &self.jwt_public_key_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return err(
-                "JWT_PUBLIC_KEY_URL",
-                format!("expected an http(s) URL, got {url:?}"),
-            );
-        }
-        let permission_source = match self.permission_source {
-            Some(PermissionSourceArg::Claims) => PermissionSourceKind::Claims,
-            Some(PermissionSourceArg::Database) => PermissionSourceKind::Database,
-            None if self.database_url.is_some() => PermissionSourceKind::Database,
-            None => PermissionSourceKind::Claims,
-        };
-        Ok(Config {
-            bind_address: self.bind_address,
-            metrics_port: self.metrics_port,
-            metrics_document_series: self.metrics_document_series,
-            log_json: self.log_format == LogFormat::Json,
-            rust_log: self.rust_log,
-            database_url: self.database_url,
-            redis_url: self.redis_url,
-            jwt_public_key_url: self.jwt_public_key_url,
-            jwt_issuer: self.jwt_issuer,
-            jwt_audience: self.jwt_audience,
-            jwt_leeway_secs: self.jwt_leeway_secs,
-            jwks_refresh_secs: self.jwks_refresh_secs,
-            jwks_cooldown_secs: self.jwks_cooldown_secs,
-            allowed_origins: self.allowed_origins.map(|v| {
-                v.split(',')
-                    .map(|o| o.trim().trim_end_matches('/').to_owned())
-                    .filter(|o| !o.is_empty())
-                    .collect()
-            }),
-            max_connections: self.max_connections,
-            max_message_bytes: self.max_message_bytes,
-            auth_timeout: Duration::from_secs(self.auth_timeout_secs),
-            heartbeat_interval: Duration::from_secs(self.heartbeat_interval_secs),
-            heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs),
-            presence_ttl: self.presence_ttl_secs.map(Duration::from_secs),
-            cursor_throttle_ms: self.cursor_throttle_ms,
-            typing_debounce_ms: self.typing_debounce_ms,
-            operation_batch_size: self.operation_batch_size,
-            operation_history_ttl: Duration::from_secs(self.operation_history_ttl),
-            operation_history_max: self.operation_history_max,
-            operation_history_bytes: self.operation_history_bytes,
-            permission_source,
-            permission_cache_ttl: Duration::from_secs(self.permission_cache_ttl),
-            redis_pool_size: self.redis_pool_size,
-            redis_history_ops: self.redis_history_ops,
-            db_pool_size: self.db_pool_size,
-            db_max_lifetime: Duration::from_secs(self.db_max_lifetime_secs),
-            db_idle_timeout: Duration::from_secs(self.db_idle_timeout_secs),
-            db_statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
-            snapshot_every: self.snapshot_every,
-            run_migrations: self.run_migrations,
-            max_document_chars: self.max_document_chars,
-            max_document_bytes,
-            outbound_queue: self.outbound_queue,
-            room_idle: Duration::from_secs(self.room_idle_secs),
-            bus_down_poll: Duration::from_millis(self.bus_down_poll_ms),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
-            submit_rate_per_sec: self.submit_rate_per_sec,
-            submit_burst: self.submit_burst,
-            presence_rate_per_sec: self.presence_rate_per_sec,
-            presence_burst: self.presence_burst,
-            worker_threads: self.tokio_worker_threads,
+    /// Each variable read through `get` (a set, non-blank value, else the
+    /// default) and parsed by the value parser its flag has, with no
+    /// command line in between.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        use clap::builder::{BoolValueParser, EnumValueParser, StringValueParser};
+        use clap::value_parser;
+        let vars = Vars::new(get);
+        let text = StringValueParser::new;
+        let whole = |s: &str| s.parse::<usize>();
+        Ok(Settings {
+            bind_address: vars.value("BIND_ADDRESS", |s: &str| s.parse::<SocketAddr>())?,
+            metrics_port: vars.value("METRICS_PORT", value_parser!(u16))?,
+            metrics_document_series: vars.value("METRICS_DOCUMENT_SERIES", positive::<usize>)?,
+            rust_log: vars.value("RUST_LOG", text())?,
+            rust_backtrace: vars.value("RUST_BACKTRACE", text())?,
+            log_format: vars.value("LOG_FORMAT", EnumValueParser::<LogFormat>::new())?,
+            database_url: vars.optional("DATABASE_URL", url)?,
+            redis_url: vars.optional("REDIS_URL", url)?,
+            jwt_public_key_url: vars.optional("JWT_PUBLIC_KEY_URL", text())?,
+            jwt_issuer: vars.optional("JWT_ISSUER", text())?,
+            jwt_audience: vars.optional("JWT_AUDIENCE", text())?,
+            jwt_leeway_secs: vars.value("JWT_LEEWAY_SECS", value_parser!(u64))?,
+            jwks_refresh_secs: vars.value("JWKS_REFRESH_SECS", positive::<u64>)?,
+            jwks_cooldown_secs: vars.value("JWKS_COOLDOWN_SECS", value_parser!(u64))?,
+            allowed_origins: vars.optional("ALLOWED_ORIGINS", text())?,
+            max_connections: vars.value("MAX_CONNECTIONS", positive::<usize>)?,
+            max_message_bytes: vars.value("MAX_MESSAGE_BYTES", positive::<usize>)?,
+            auth_timeout_secs: vars.value("AUTH_TIMEOUT_SECS", positive::<u64>)?,
+            heartbeat_interval_secs: vars.value("HEARTBEAT_INTERVAL_SECS", positive::<u64>)?,
+            heartbeat_timeout_secs: vars.value("HEARTBEAT_TIMEOUT_SECS", positive::<u64>)?,
+            presence_ttl_secs: vars.optional("PRESENCE_TTL_SECS", positive::<u64>)?,
+            cursor_throttle_ms: vars.value("CURSOR_THROTTLE_MS", value_parser!(u64))?,
+            typing_debounce_ms: vars.value("TYPING_DEBOUNCE_MS", positive::<u64>)?,
+            operation_batch_size: vars.value("OPERATION_BATCH_SIZE", positive::<usize>)?,
+            operation_history_ttl: vars.value("OPERATION_HISTORY_TTL", positive::<u64>)?,
+            operation_history_max: vars.value("OPERATION_HISTORY_MAX", positive::<usize>)?,
+            operation_history_bytes: vars.value("OPERATION_HISTORY_BYTES", positive::<usize>)?,
+            permission_source: vars.optional(
+                "PERMISSION_SOURCE",
+                EnumValueParser::<PermissionSourceKind>::new(),
+            )?,
+            permission_cache_ttl: vars.value("PERMISSION_CACHE_TTL", value_parser!(u64))?,
+            redis_pool_size: vars.value("REDIS_POOL_SIZE", positive::<usize>)?,
+            redis_history_ops: vars.value("REDIS_HISTORY_OPS", whole)?,
+            db_pool_size: vars.value("DB_POOL_SIZE", positive::<usize>)?,
+            db_max_lifetime_secs: vars.value("DB_MAX_LIFETIME_SECS", positive::<u64>)?,
+            db_idle_timeout_secs: vars.value("DB_IDLE_TIMEOUT_SECS", positive::<u64>)?,
+            db_statement_timeout_ms: vars.value("DB_STATEMENT_TIMEOUT_MS", positive::<u64>)?,
+            snapshot_every: vars.value("SNAPSHOT_EVERY", positive::<u64>)?,
+            run_migrations: vars.value("RUN_MIGRATIONS", BoolValueParser::new())?,
+            max_document_chars: vars.value("MAX_DOCUMENT_CHARS", positive::<usize>)?,
+            max_document_bytes: vars.optional("MAX_DOCUMENT_BYTES", positive::<usize>)?,
+            outbound_queue: vars.value("OUTBOUND_QUEUE", positive::<usize>)?,
+            room_idle_secs: vars.value("ROOM_IDLE_SECS", value_parser!(u64))?,
+            bus_down_poll_ms: vars.value("BUS_DOWN_POLL_MS", positive::<u64>)?,
+            shutdown_grace_secs: vars.value("SHUTDOWN_GRACE_SECS", value_parser!(u64))?,
+            submit_rate_per_sec: vars.value("SUBMIT_RATE_PER_SEC", positive::<u32>)?,
+            submit_burst: vars.value("SUBMIT_BURST", positive::<u32>)?,
+            presence_rate_per_sec: vars.value("PRESENCE_RATE_PER_SEC", positive::<u32>)?,
+            presence_burst: vars.value("PRESENCE_BURST", positive::<u32>)?,
+            tokio_worker_threads: vars.optional("TOKIO_WORKER_THREADS", positive::<usize>)?,
         })
+    }
+}
+
+/// The variables of [`Settings`] read through a lookup: each parsed with
+/// clap's value parser against its own `Arg` (its default, and what a
+/// refusal names).
+struct Vars<G> {
+    command: clap::Command,
+    get: G,
+}
+
+impl<G: Fn(&str) -> Option<String>> Vars<G> {
+    fn new(get: G) -> Self {
+        let mut command = super::SettingsOnly::command();
+        command.build();
+        Vars { command, get }
+    }
+
+    /// The variable, or its default; `None` when neither is there.
+    fn optional<P: TypedValueParser>(
+        &self,
+        variable: &str,
+        parser: P,
+    ) -> Result<Option<P::Value>, ConfigError> {
+        let arg = self
+            .command
+            .get_arguments()
+            .find(|a| a.get_env() == Some(std::ffi::OsStr::new(variable)))
+            .unwrap_or_else(|| panic!("{variable} is a variable of Settings"));
+        let raw = (self.get)(variable)
+            .filter(|v| !v.trim().is_empty())
+            .map(std::ffi::OsString::from)
+            .or_else(|| {
+                arg.get_default_values().first().map(|d| {
+                    let d: &std::ffi::OsStr = d;
+                    d.to_owned()
+                })
+            });
+        raw.map(|raw| parser.parse_ref(&self.command, Some(arg), &raw))
+            .transpose()
+            .map_err(|e| ConfigError::from_clap(variable, &e))
+    }
+
+    /// A variable that has a default.
+    fn value<P: TypedValueParser>(
+        &self,
+        variable: &str,
+        parser: P,
+    ) -> Result<P::Value, ConfigError> {
+        Ok(self
+            .optional(variable, parser)?
+            .unwrap_or_else(|| panic!("{variable} has a default")))
     }
 }

@@ -75,8 +75,8 @@ impl Room {
         }
         let fanout = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "fanout", document = %self.document, ops = ops.len(), ours).entered();
         let encoded: Vec<String> = ops.iter().map(encode_op).collect();
-        let batch = self.deps.config.operation_batch_size;
-        let budget = self.deps.config.max_message_bytes;
+        let batch = self.deps.config.limits.operation_batch_size;
+        let budget = self.deps.config.limits.max_message_bytes;
         let now = Instant::now();
         let mut dead = Vec::new();
         for (id, s) in self.sessions.iter_mut() {

@@ -204,7 +204,7 @@ impl Room {
         // stay `stale_base`, as PROTOCOL.md says - the limit is the same
         // whichever instance the client lands on.
         let behind = usize::try_from(self.sequencer.version().since(base)).unwrap_or(usize::MAX);
-        if behind > self.deps.config.operation_history_max {
+        if behind > self.deps.config.limits.operation_history_max {
             return None;
         }
         let ops = match self.deps.store.read(self.document, base, missing).await {

@@ -42,7 +42,9 @@ impl Room {
                     .iter()
                     .map(|op| encode_op(op).len() + 1)
                     .fold(0usize, usize::saturating_add);
-                if ops_bytes <= self.deps.config.max_op_bytes() || ops_bytes <= doc.len_bytes() {
+                if ops_bytes <= self.deps.config.limits.max_op_bytes()
+                    || ops_bytes <= doc.len_bytes()
+                {
                     (None, Some(ops))
                 } else if ops_bytes > doc.content_json_bound() {
                     (Some(doc.to_delta()), None)
@@ -84,7 +86,7 @@ impl Room {
             content,
             ops,
             presence,
-            limits: self.deps.config.limits(),
+            limits: self.deps.config.joined_limits(),
         };
         if !sink.send(joined.encode().into()) {
             return Ok(());
@@ -95,9 +97,12 @@ impl Room {
             sink,
             awaiting: None,
             duplicate_acked: None,
-            limiter: RateLimiter::new(config.submit_burst, config.submit_rate_per_sec),
-            cursor: CursorThrottle::new(config.cursor_throttle_ms),
-            typing: TypingDebounce::new(config.typing_debounce_ms),
+            limiter: RateLimiter::new(
+                config.limits.submit_burst,
+                config.limits.submit_rate_per_sec,
+            ),
+            cursor: CursorThrottle::new(config.presence.cursor_throttle_ms),
+            typing: TypingDebounce::new(config.presence.typing_debounce_ms),
             member,
         };
         self.sessions.insert(local.member.id, local);

@@ -278,7 +278,7 @@ impl Room {
             ),
             None => (Document::new(), Version::ZERO),
         };
-        let mut sequencer = Sequencer::new(doc, deps.config.sequencer());
+        let mut sequencer = Sequencer::new(doc, deps.config.limits.sequencer());
         let now = deps.clock.now();
         for op in loaded.tail {
             let v = op.version;
@@ -295,7 +295,7 @@ impl Room {
         debug!(%document, version = %sequencer.version(), "room opened");
         let mut deadlines = Deadlines::default();
         deadlines.set_in(Timer::PresenceRefresh, deps.presence_refresh());
-        deadlines.set_in(Timer::Idle, deps.config.room_idle);
+        deadlines.set_in(Timer::Idle, deps.config.limits.room_idle);
         Ok(Room {
             document,
             deadlines,
@@ -406,7 +406,7 @@ impl Room {
     /// Reads the store every `BUS_DOWN_POLL_MS` until the bus is back.
     fn poll_store_from_now(&mut self) {
         self.deadlines
-            .set_in_unless_set(Timer::StorePoll, self.deps.config.bus_down_poll);
+            .set_in_unless_set(Timer::StorePoll, self.deps.config.bus.down_poll);
     }
 
     async fn fire_timers(&mut self) {
@@ -438,7 +438,7 @@ impl Room {
         }
         if self.deadlines.due(Timer::StorePoll) {
             self.deadlines
-                .set_in(Timer::StorePoll, self.deps.config.bus_down_poll);
+                .set_in(Timer::StorePoll, self.deps.config.bus.down_poll);
             self.catch_up_logged().await;
         }
     }

@@ -166,7 +166,7 @@ impl Room {
         }
         if self.sessions.is_empty() {
             self.deadlines
-                .set_in(Timer::Idle, self.deps.config.room_idle);
+                .set_in(Timer::Idle, self.deps.config.limits.room_idle);
         }
     }
 

@@ -18,7 +18,7 @@ impl Room {
                 // Once the bus is quiet, check the store once: if the last
                 // message was lost, nothing on the bus would show the gap.
                 self.deadlines
-                    .set_in(Timer::SettleCheck, self.deps.config.bus_down_poll);
+                    .set_in(Timer::SettleCheck, self.deps.config.bus.down_poll);
                 let mut applied = Vec::new();
                 for op in ops {
                     if op.version <= self.sequencer.version() {

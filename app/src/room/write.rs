@@ -96,7 +96,7 @@ impl Room {
 
     /// Commits the batch in chunks of at most OPERATION_BATCH_SIZE.
     pub(super) async fn commit_batches(&mut self, mut batch: Vec<Pending>) {
-        let size = self.deps.config.operation_batch_size;
+        let size = self.deps.config.limits.operation_batch_size;
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(size));
             let span = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "sequence", document = %self.document, submits = batch.len());
@@ -265,7 +265,7 @@ impl Room {
 
     pub(super) async fn maybe_snapshot(&mut self, closing: bool) {
         let version = self.sequencer.version();
-        let due = version.since(self.last_snapshot) >= self.deps.config.snapshot_every;
+        let due = version.since(self.last_snapshot) >= self.deps.config.store.snapshot_every;
         if !(due || (closing && version > self.last_snapshot)) {
             return;
         }

@@ -211,12 +211,10 @@ async fn scenario(
     timeline: bool,
 ) {
     let keys = Arc::new(DevKeys::from_seed([5; 32]));
-    let config = Config {
-        submit_rate_per_sec: 1_000_000,
-        submit_burst: 1_000_000,
-        outbound_queue: 4096,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.limits.submit_rate_per_sec = 1_000_000;
+    config.limits.submit_burst = 1_000_000;
+    config.limits.outbound_queue = 4096;
     let store = Arc::new(Tapped {
         inner: PgStore::new(PgPool::new(url, &PoolSettings::default()).expect("pool")),
         tap: Counting::default(),

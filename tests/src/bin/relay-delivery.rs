@@ -73,15 +73,13 @@ fn args() -> Args {
 
 /// Serves the app on 127.0.0.1:0; `nodelay` as `ws::bind` sets it, or not.
 async fn serve(nodelay: bool, keys: &DevKeys) -> SocketAddr {
-    let config = Config {
-        // A client typing 40 edits/s never meets the submit limit.
-        submit_rate_per_sec: 1000,
-        submit_burst: 1000,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    // A client typing 40 edits/s never meets the submit limit.
+    config.limits.submit_rate_per_sec = 1000;
+    config.limits.submit_burst = 1000;
     let wired = relay_app::wiring::in_memory(config.clone(), keys);
     let service: Arc<dyn CollaborationService> = Arc::new(wired.relay);
-    let routes = ws::routes(service, wired.metrics, config.ws(), wired.jwks);
+    let routes = ws::routes(service, wired.metrics, config.limits.ws(), wired.jwks);
     let listener = if nodelay {
         ws::bind("127.0.0.1:0".parse().expect("addr"))
             .await
