@@ -12,7 +12,6 @@
 //!   is set; never printed as logs.
 
 use crate::config::Config;
-use anyhow::Context as _;
 use relay_adapter_otel::otlp::{OtlpSettings, SpanExport};
 use relay_adapter_otel::{OtelMetrics, OtelSettings};
 use relay_adapter_ws as ws;
@@ -26,6 +25,23 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// The target of the submit path's spans.
 pub const SUBMIT_SPANS: &str = "relay::submit";
+
+/// Why logging, metrics or span export could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("RUST_LOG: {0}")]
+    Filter(tracing_subscriber::filter::ParseError),
+    #[error("logging: {0}")]
+    Logging(tracing_subscriber::util::TryInitError),
+    #[error(transparent)]
+    Otel(#[from] relay_adapter_otel::OtelError),
+    #[error("METRICS_PORT: cannot bind {addr}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// What [`init`] set up; [`Telemetry::shutdown`] flushes it.
 pub struct Telemetry {
@@ -91,7 +107,7 @@ where
 /// Logging, metrics and (with an OTLP endpoint) span export, from the
 /// configuration and the standard OTEL_* variables. Call before the
 /// runtime starts: the OTLP exporters run on threads of their own.
-pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
+pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     let otlp = OtlpSettings::from_env(|k| std::env::var(k).ok());
     let metrics = Arc::new(OtelMetrics::new(&OtelSettings {
         document_series: config.listen.metrics_document_series,
@@ -107,14 +123,13 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
             .with_filter(FilterFn::new(|m| m.target() == SUBMIT_SPANS))
             .with_filter(LevelFilter::INFO)
     });
-    let filter = EnvFilter::try_new(&config.listen.rust_log)
-        .map_err(|e| anyhow::anyhow!("RUST_LOG: {e}"))?;
+    let filter = EnvFilter::try_new(&config.listen.rust_log).map_err(TelemetryError::Filter)?;
     let hint = filter.max_level_hint();
     tracing_subscriber::registry()
         .with(fmt_layer(config.listen.log_json, filter))
         .with(spans)
         .try_init()
-        .map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+        .map_err(TelemetryError::Logging)?;
     cap_log_crate(hint);
     if let Some(o) = &otlp {
         tracing::info!(metrics = o.metrics, traces = o.traces, "OTLP export on");
@@ -144,10 +159,10 @@ pub async fn serve_metrics(
     metrics: Arc<OtelMetrics>,
     addr: std::net::SocketAddr,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(std::net::SocketAddr, impl std::future::Future<Output = ()>)> {
+) -> Result<(std::net::SocketAddr, impl std::future::Future<Output = ()>), TelemetryError> {
     let (listener, bound) = ws::bind(addr)
         .await
-        .with_context(|| format!("METRICS_PORT: cannot bind {addr}"))?;
+        .map_err(|source| TelemetryError::Bind { addr, source })?;
     let routes = ws::metrics::routes(Arc::new(move || metrics.prometheus_text()));
     Ok((bound, ws::serve(listener, routes, stop)))
 }

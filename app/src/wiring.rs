@@ -1,14 +1,15 @@
 //! The composition root: which adapter serves each port for a given
 //! configuration.
 
-use crate::config::{self, Config, PermissionSourceKind};
+use crate::config::{self, Config, PermissionSourceKind, ServingRefusal};
 use crate::deps::Adapters;
 use crate::service::{Check, Relay};
 use relay_adapter_jwt::{DevKeys, JwksVerifier, JwtVerifier};
 use relay_adapter_memory::{
     ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, MemoryStore, TokioClock,
 };
-use relay_adapter_postgres::{PgPermissions, PgPool, PgStore};
+use relay_adapter_postgres::{PgError, PgPermissions, PgPool, PgStore};
+use relay_adapter_redis::RedisError;
 use relay_ports::{Metrics, TokenVerifier};
 use std::sync::Arc;
 
@@ -96,38 +97,56 @@ pub fn in_memory(config: Config, dev: &DevKeys) -> Wired {
     }
 }
 
+/// Why the adapters a configuration asks for could not be built. Each
+/// names the variable to look at, with the adapter's error.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    #[error(transparent)]
+    Serving(#[from] ServingRefusal),
+    #[error("DATABASE_URL: {0}")]
+    Pool(PgError),
+    #[error("DATABASE_URL: cannot read the schema version: {0}")]
+    SchemaVersion(PgError),
+    #[error(
+        "the database schema is out of date ({} pending: {}): run `relay migrate`, or set RUN_MIGRATIONS=true",
+        .0.len(),
+        .0.join(", ")
+    )]
+    SchemaOutOfDate(Vec<String>),
+    #[error("RUN_MIGRATIONS: {0}")]
+    Migrations(PgError),
+    #[error("REDIS_URL: {0}")]
+    Redis(RedisError),
+}
+
 /// The database pool a configuration asks for (DATABASE_URL and the pool
 /// variables).
-pub fn pg_pool(config: &Config) -> anyhow::Result<Option<PgPool>> {
+pub fn pg_pool(config: &Config) -> Result<Option<PgPool>, WiringError> {
     let Some(url) = &config.store.database_url else {
         return Ok(None);
     };
     Ok(Some(
-        PgPool::new(url, &config.store.pool).map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?,
+        PgPool::new(url, &config.store.pool).map_err(WiringError::Pool)?,
     ))
 }
 
 /// Checks the schema is current; applies pending migrations only when
 /// RUN_MIGRATIONS=true.
-pub async fn ensure_schema(pool: &PgPool, run_migrations: bool) -> anyhow::Result<()> {
+pub async fn ensure_schema(pool: &PgPool, run_migrations: bool) -> Result<(), WiringError> {
     let pending = pool
         .pending_migrations()
         .await
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL: cannot read the schema version: {e}"))?;
+        .map_err(WiringError::SchemaVersion)?;
     if pending.is_empty() {
         return Ok(());
     }
     if !run_migrations {
-        anyhow::bail!(
-            "the database schema is out of date ({} pending: {}): run `relay migrate`, or set RUN_MIGRATIONS=true",
-            pending.len(),
-            pending.join(", ")
-        );
+        return Err(WiringError::SchemaOutOfDate(pending));
     }
     let applied = pool
         .run_migrations()
         .await
-        .map_err(|e| anyhow::anyhow!("RUN_MIGRATIONS: {e}"))?;
+        .map_err(WiringError::Migrations)?;
     tracing::info!(?applied, "migrations applied");
     Ok(())
 }
@@ -143,7 +162,7 @@ pub async fn ensure_schema(pool: &PgPool, run_migrations: bool) -> anyhow::Resul
 ///   fan-out bus and the presence registry, REDIS_POOL_SIZE command
 ///   connections, at most 8); it needs DATABASE_URL, since the store is
 ///   what instances agree on.
-pub async fn build(config: Config, dev: Option<&DevKeys>) -> anyhow::Result<Wired> {
+pub async fn build(config: Config, dev: Option<&DevKeys>) -> Result<Wired, WiringError> {
     let metrics = Arc::new(MemoryMetrics::new());
     let mut wired = build_with(config, dev, metrics.clone()).await?;
     wired.memory_metrics = Some(metrics);
@@ -155,7 +174,7 @@ pub async fn build_with(
     config: Config,
     dev: Option<&DevKeys>,
     metrics: Arc<dyn Metrics>,
-) -> anyhow::Result<Wired> {
+) -> Result<Wired, WiringError> {
     config::check_serving(&config, dev.is_some())?;
     let pool = pg_pool(&config)?;
     if let Some(pool) = &pool {
@@ -205,7 +224,7 @@ pub async fn build_with(
             metrics.clone(),
         )
         .await
-        .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+        .map_err(WiringError::Redis)?;
         let bus = Arc::new(bus);
         adapters.bus = bus.clone();
         adapters.presence = Arc::new(presence);

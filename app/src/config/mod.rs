@@ -11,7 +11,7 @@ mod settings;
 mod validate;
 
 pub use settings::{LogFormat, PermissionSourceKind, SECRET_URLS, Settings, redact_url};
-pub use validate::serving as check_serving;
+pub use validate::{ServingRefusal, serving as check_serving};
 
 use relay_adapter_jwt::{JwksConfig, JwtConfig};
 use relay_adapter_postgres::PoolSettings;

@@ -73,20 +73,31 @@ pub(super) fn settings(s: &Settings) -> Result<(), ConfigError> {
 /// database committed, roles from the database need one, and without a
 /// JWKS the tokens must be development tokens (`development_keys`: the
 /// caller has a development key).
-pub fn serving(config: &Config, development_keys: bool) -> anyhow::Result<()> {
+pub fn serving(config: &Config, development_keys: bool) -> Result<(), ServingRefusal> {
     let database = config.store.database_url.is_some();
     if config.bus.redis_url.is_some() && !database {
-        anyhow::bail!(
-            "REDIS_URL needs DATABASE_URL: several instances share a document through PostgreSQL (Redis only carries what was committed there)"
-        );
+        return Err(ServingRefusal::RedisWithoutDatabase);
     }
     if config.auth.permission_source == PermissionSourceKind::Database && !database {
-        anyhow::bail!("PERMISSION_SOURCE=database needs DATABASE_URL");
+        return Err(ServingRefusal::DatabasePermissionsWithoutDatabase);
     }
     if config.auth.jwt_public_key_url.is_none() && !development_keys {
-        anyhow::bail!("JWT_PUBLIC_KEY_URL is required when DATABASE_URL or REDIS_URL is set");
+        return Err(ServingRefusal::NoTokenKeys);
     }
     Ok(())
+}
+
+/// A configuration that parses but cannot serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServingRefusal {
+    #[error(
+        "REDIS_URL needs DATABASE_URL: several instances share a document through PostgreSQL (Redis only carries what was committed there)"
+    )]
+    RedisWithoutDatabase,
+    #[error("PERMISSION_SOURCE=database needs DATABASE_URL")]
+    DatabasePermissionsWithoutDatabase,
+    #[error("JWT_PUBLIC_KEY_URL is required when DATABASE_URL or REDIS_URL is set")]
+    NoTokenKeys,
 }
 
 #[cfg(test)]

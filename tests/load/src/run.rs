@@ -1,5 +1,10 @@
 //! A whole run: connect N clients over M documents, type, stop, check
 //! every client against a late joiner, and report.
+//!
+//! Size: about 790 lines of code; an operator tool, not the server. One
+//! run is one sequence (start servers, connect, warm up, type, churn,
+//! stop, late joiners, report) whose stages share the run's state; each
+//! stage is its own function here.
 
 use crate::client::{self, Final, Phase, Report, Shared, Spec};
 use crate::procfs::{self, FdLimit};
