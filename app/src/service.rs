@@ -12,8 +12,8 @@ use relay_domain::{DocumentId, RateLimiter};
 use relay_ports::Chain;
 
 use relay_ports::{
-    AuthError, CollaborationService, ConnectionSlot, Health, InstanceId, Join, JoinRefusal,
-    PermissionSource, Readiness, Refusal, Started, TokenVerifier,
+    AuthError, CollaborationService, ConnectionSlot, Dependency, Health, InstanceId, Join,
+    JoinRefusal, PermissionSource, Readiness, Refusal, Started, TokenVerifier,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,8 +35,8 @@ pub(crate) struct Inner {
     draining: AtomicBool,
     next_session: AtomicU64,
     started: Instant,
-    /// Extra readiness checks (e.g. `database`, `redis`) beyond `jwt_keys`.
-    checks: Vec<(&'static str, Check)>,
+    /// Readiness checks of the outside dependencies beyond the token keys.
+    checks: Vec<(Dependency, Check)>,
 }
 
 /// A readiness check of a dependency.
@@ -57,7 +57,7 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// A service on these adapters. `checks` are the readiness checks of
     /// the outside dependencies, by the names `/ready` reports.
-    pub fn new(config: Config, adapters: Adapters, checks: Vec<(&'static str, Check)>) -> Relay {
+    pub fn new(config: Config, adapters: Adapters, checks: Vec<(Dependency, Check)>) -> Relay {
         let config = Arc::new(config);
         let deps = Arc::new(Deps {
             store: adapters.store,
@@ -239,10 +239,10 @@ impl CollaborationService for Relay {
 
     async fn readiness(&self) -> Readiness {
         let mut checks = Vec::with_capacity(self.inner.checks.len() + 1);
-        for (name, check) in &self.inner.checks {
-            checks.push((*name, check().await));
+        for (dependency, check) in &self.inner.checks {
+            checks.push((*dependency, check().await));
         }
-        checks.push(("jwt_keys", self.inner.verifier.has_keys()));
+        checks.push((Dependency::JwtKeys, self.inner.verifier.has_keys()));
         Readiness {
             checks,
             draining: self.inner.draining.load(Ordering::SeqCst),

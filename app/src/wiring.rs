@@ -10,7 +10,7 @@ use relay_adapter_memory::{
 };
 use relay_adapter_postgres::{PgError, PgPermissions, PgPool, PgStore};
 use relay_adapter_redis::RedisError;
-use relay_ports::{Metrics, TokenVerifier};
+use relay_ports::{Dependency, Metrics, TokenVerifier};
 use std::sync::Arc;
 
 /// A wired service and what the transport needs besides.
@@ -201,7 +201,7 @@ pub async fn build_with(
     };
     let (mut adapters, _) = memory_adapters(verifier);
     adapters.metrics = metrics.clone();
-    let mut checks: Vec<(&'static str, Check)> = Vec::new();
+    let mut checks: Vec<(Dependency, Check)> = Vec::new();
     if let Some(pool) = pool {
         let store = Arc::new(PgStore::new(pool.clone()));
         adapters.store = store.clone();
@@ -215,7 +215,7 @@ pub async fn build_with(
             let store = store.clone();
             Box::pin(async move { relay_ports::OperationStore::ping(&*store).await.is_ok() })
         });
-        checks.push(("database", check));
+        checks.push((Dependency::Database, check));
     }
     if let Some(url) = &config.bus.redis_url {
         let (bus, presence) = relay_adapter_redis::connect_with_metrics(
@@ -232,7 +232,7 @@ pub async fn build_with(
             let bus = bus.clone();
             Box::pin(async move { relay_ports::FanOut::ping(&*bus).await.is_ok() })
         });
-        checks.push(("redis", check));
+        checks.push((Dependency::Redis, check));
     }
     Ok(Wired {
         relay: Relay::new(config, adapters, checks),

@@ -167,10 +167,32 @@ pub struct Health {
     pub active_documents: usize,
 }
 
-/// `/ready` checks, by name (`database`, `redis`, `jwt_keys`).
+/// What `/ready` checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dependency {
+    /// The operation store (PostgreSQL) answers and its writes progress.
+    Database,
+    /// The fan-out bus (Redis) answers.
+    Redis,
+    /// A usable token verification key is loaded.
+    JwtKeys,
+}
+
+impl Dependency {
+    /// Its name in `/ready`'s `checks`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dependency::Database => "database",
+            Dependency::Redis => "redis",
+            Dependency::JwtKeys => "jwt_keys",
+        }
+    }
+}
+
+/// `/ready` checks, each dependency with whether it is healthy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Readiness {
-    pub checks: Vec<(&'static str, bool)>,
+    pub checks: Vec<(Dependency, bool)>,
     pub draining: bool,
 }
 

@@ -42,8 +42,8 @@ pub use bus::{BusError, BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subs
 pub use clock::Clock;
 pub use error::{Cause, Chain};
 pub use inbound::{
-    CloseOrder, CollaborationService, ConnectionSlot, Health, JoinRefusal, Outbound, Readiness,
-    Refusal, Session, Started,
+    CloseOrder, CollaborationService, ConnectionSlot, Dependency, Health, JoinRefusal, Outbound,
+    Readiness, Refusal, Session, Started,
 };
 pub use metrics::{Metrics, NoMetrics, OpStatus, OperationType};
 pub use presence::{PresenceError, PresenceRegistry};

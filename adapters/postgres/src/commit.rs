@@ -48,10 +48,42 @@ const QUEUE: usize = 4096;
 /// before it calls the outcome unknown.
 const GRACE: Duration = Duration::from_secs(1);
 
-/// Where a request is.
-const QUEUED: u8 = 0;
-const TAKEN: u8 = 1;
-const WITHDRAWN: u8 = 2;
+/// Where a request is: the caller withdraws it, or a committer takes it,
+/// whichever comes first, and the loser learns which.
+#[derive(Debug)]
+struct RequestState(AtomicU8);
+
+impl RequestState {
+    const QUEUED: u8 = 0;
+    const TAKEN: u8 = 1;
+    const WITHDRAWN: u8 = 2;
+
+    fn queued() -> RequestState {
+        RequestState(AtomicU8::new(Self::QUEUED))
+    }
+
+    /// A committer takes it for its statement; `false` if the caller
+    /// withdrew it first.
+    fn take(&self) -> bool {
+        self.move_from_queued(Self::TAKEN)
+    }
+
+    /// The caller gives up waiting; `false` if a committer took it first
+    /// (its statement is under way).
+    fn withdraw(&self) -> bool {
+        self.move_from_queued(Self::WITHDRAWN)
+    }
+
+    fn taken(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::TAKEN
+    }
+
+    fn move_from_queued(&self, to: u8) -> bool {
+        self.0
+            .compare_exchange(Self::QUEUED, to, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+}
 
 /// One document's batch, waiting for a committer.
 pub(super) struct Request {
@@ -59,7 +91,7 @@ pub(super) struct Request {
     pub(super) rows: Rows,
     pub(super) ops: Vec<CommittedOp>,
     reply: oneshot::Sender<Result<Append, StoreError>>,
-    state: Arc<AtomicU8>,
+    state: Arc<RequestState>,
 }
 
 impl Request {
@@ -172,7 +204,7 @@ impl Pipeline {
         ops: Vec<CommittedOp>,
     ) -> Result<Append, StoreError> {
         let (reply, mut answer) = oneshot::channel();
-        let state = Arc::new(AtomicU8::new(QUEUED));
+        let state = Arc::new(RequestState::queued());
         let request = Request {
             document,
             rows,
@@ -194,10 +226,7 @@ impl Pipeline {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(lost(&state)),
             Err(_) => {
-                if state
-                    .compare_exchange(QUEUED, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
+                if state.withdraw() {
                     return Err(StoreError::Unavailable(Cause::msg(
                         "the database did not take the append in time; nothing was written",
                     )));
@@ -211,8 +240,8 @@ impl Pipeline {
 }
 
 /// The answer when a committer dropped a request without replying.
-fn lost(state: &AtomicU8) -> StoreError {
-    if state.load(Ordering::SeqCst) == TAKEN {
+fn lost(state: &RequestState) -> StoreError {
+    if state.taken() {
         StoreError::Unknown(Cause::msg("the committer stopped while writing"))
     } else {
         StoreError::Unavailable(Cause::msg("the commit pipeline stopped"))
@@ -238,10 +267,7 @@ async fn committer(
             let mut next = Some(first);
             while let Some(r) = next.take() {
                 // Withdrawn by a caller that stopped waiting: never sent.
-                if r.state
-                    .compare_exchange(QUEUED, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
+                if r.state.take() {
                     batch.push(r);
                 } else {
                     health.finished(1);

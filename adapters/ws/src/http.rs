@@ -43,7 +43,12 @@ pub(super) fn ready(
                 let checks: serde_json::Map<String, serde_json::Value> = r
                     .checks
                     .iter()
-                    .map(|(name, ok)| ((*name).to_owned(), json!(if *ok { "ok" } else { "error" })))
+                    .map(|(dependency, ok)| {
+                        (
+                            dependency.name().to_owned(),
+                            json!(if *ok { "ok" } else { "error" }),
+                        )
+                    })
                     .collect();
                 let ready = r.is_ready();
                 let mut body = json!({
