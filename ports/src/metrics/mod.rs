@@ -7,6 +7,7 @@
 //! Recording is on the hot path (every op, every frame): implementations
 //! must not serialise connections on one lock.
 
+pub mod names;
 pub mod samples;
 
 use relay_domain::DocumentId;
