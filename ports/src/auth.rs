@@ -18,6 +18,15 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// When a session on this token must end and the token be refused, in
+    /// milliseconds since the Unix epoch: `exp` plus the verifier's leeway
+    /// (saturating, so a far-future `exp` never wraps).
+    pub fn expires_at_ms(&self, leeway_secs: u64) -> u64 {
+        self.expires_at
+            .saturating_add(leeway_secs)
+            .saturating_mul(1000)
+    }
+
     /// The role the `docs` claim grants on `document`: its own entry wins
     /// over `*`; absent means no access.
     pub fn role_from_docs(&self, document: DocumentId) -> Option<Role> {

@@ -156,7 +156,7 @@ impl JwtVerifier {
             return Err(invalid(InvalidToken::IssuerMismatch));
         }
         let claims = read_claims(&claims)?;
-        if expired(claims.expires_at, self.config.leeway_secs) {
+        if expired(claims.expires_at_ms(self.config.leeway_secs)) {
             return Err(AuthError::Expired);
         }
         Ok(claims)
@@ -168,11 +168,11 @@ impl JwtVerifier {
 /// seconds and still accepts `exp == now`, up to a second past `exp`; a
 /// session is closed at `exp` to the millisecond, and the token that was
 /// just found expired there must not open a new one.
-fn expired(expires_at: u64, leeway_secs: u64) -> bool {
+fn expired(expires_at_ms: u64) -> bool {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    now_ms >= u128::from(expires_at.saturating_add(leeway_secs)) * 1000
+    now_ms >= u128::from(expires_at_ms)
 }
 
 #[async_trait]
