@@ -4,7 +4,7 @@ use relay_domain::DocumentId;
 use relay_ports::Metrics;
 use relay_ports::metrics::names::{self, Histogram};
 use relay_ports::metrics::samples::{Sample, Samples};
-use relay_ports::metrics::{GapSource, OpStatus, OperationType, RejectReason};
+use relay_ports::metrics::{GapSource, OpStatus, OperationType, RejectReason, seconds};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -70,14 +70,11 @@ impl MemoryMetrics {
         *self.values().entry((name, labels)).or_insert(0.0) += v;
     }
 
+    /// One observation of `histogram` (clamped as every histogram's values
+    /// are, [`seconds`]).
     fn observe(&self, histogram: Histogram, v: f64) {
-        let v = if v.is_finite() {
-            v.clamp(0.0, 1.0e6)
-        } else {
-            0.0
-        };
         self.add(histogram.count, Vec::new(), 1.0);
-        self.add(histogram.sum, Vec::new(), v);
+        self.add(histogram.sum, Vec::new(), seconds(v));
     }
 
     fn connections_by(&self, document: DocumentId, delta: f64) {

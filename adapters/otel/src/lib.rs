@@ -34,7 +34,7 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use relay_domain::DocumentId;
 use relay_ports::Metrics;
 use relay_ports::metrics::names::{self, Counter, Histogram};
-use relay_ports::metrics::{GapSource, OpStatus, OperationType, RejectReason};
+use relay_ports::metrics::{GapSource, OpStatus, OperationType, RejectReason, seconds};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,16 +56,6 @@ pub const MAX_DOCUMENT_SERIES: usize = 1_900;
 /// The most bytes one message counts for (a bound far above any frame
 /// Relay accepts or sends), so byte counters cannot wrap.
 const MAX_FRAME_BYTES: usize = 1 << 32;
-
-/// A latency in seconds as recorded: never negative or NaN, and bounded
-/// so sums stay finite.
-fn seconds(s: f64) -> f64 {
-    if s.is_finite() {
-        s.clamp(0.0, 1.0e6)
-    } else {
-        0.0
-    }
-}
 
 /// How the metrics are set up.
 #[derive(Clone, Debug)]
