@@ -13,8 +13,18 @@ pub struct Claims {
     pub name: Option<String>,
     /// Expiry, seconds since the Unix epoch.
     pub expires_at: u64,
-    /// The `docs` claim: document UUID (or `*`) to role, if present.
-    pub docs: Option<BTreeMap<String, Role>>,
+    /// The `docs` claim, if present.
+    pub docs: Option<DocsClaim>,
+}
+
+/// The `docs` claim, parsed: a role on every document (its `*` entry) and
+/// roles on named documents, which win over it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DocsClaim {
+    /// The `*` entry.
+    pub every: Option<Role>,
+    /// The documents named by their UUID.
+    pub each: BTreeMap<DocumentId, Role>,
 }
 
 impl Claims {
@@ -31,9 +41,7 @@ impl Claims {
     /// over `*`; absent means no access.
     pub fn role_from_docs(&self, document: DocumentId) -> Option<Role> {
         let docs = self.docs.as_ref()?;
-        docs.get(&document.to_string())
-            .or_else(|| docs.get("*"))
-            .copied()
+        docs.each.get(&document).copied().or(docs.every)
     }
 }
 
