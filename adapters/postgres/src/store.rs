@@ -62,6 +62,15 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// [`PgPool::with_conn`], for the store's calls: every failure to reach
+    /// the database is `Unavailable`.
+    async fn with_conn<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut diesel_async::AsyncPgConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.pool.with_conn(f).await
+    }
 }
 
 #[async_trait]
@@ -88,39 +97,38 @@ impl OperationStore for PgStore {
     async fn load(&self, document: DocumentId) -> Result<Loaded, StoreError> {
         use diesel_async::RunQueryDsl;
         let doc = *document.as_uuid();
-        self.pool
-            .with_conn(async |conn| {
-                let snap: Option<(i64, Value)> = snapshots::table
-                    .filter(snapshots::document_id.eq(doc))
-                    .order(snapshots::version.desc())
-                    .select((snapshots::version, snapshots::content))
-                    .first(conn)
-                    .await
-                    .optional()
-                    .map_err(unavailable)?;
-                let after = snap.as_ref().map_or(0, |s| s.0);
-                let rows: Vec<OpRow> = operations::table
-                    .filter(operations::document_id.eq(doc))
-                    .filter(operations::version.gt(after))
-                    .order(operations::version.asc())
-                    .select(OP_COLUMNS)
-                    .load(conn)
-                    .await
-                    .map_err(unavailable)?;
-                let snapshot = match snap {
-                    Some((v, content)) => Some(Snapshot {
-                        version: Version::try_from(v).map_err(corrupt)?,
-                        content: Delta::from_json(&content).map_err(corrupt)?,
-                    }),
-                    None => None,
-                };
-                let tail = rows
-                    .into_iter()
-                    .map(OpRow::into_op)
-                    .collect::<Result<_, _>>()?;
-                Ok(Loaded { snapshot, tail })
-            })
-            .await
+        self.with_conn(async |conn| {
+            let snap: Option<(i64, Value)> = snapshots::table
+                .filter(snapshots::document_id.eq(doc))
+                .order(snapshots::version.desc())
+                .select((snapshots::version, snapshots::content))
+                .first(conn)
+                .await
+                .optional()
+                .map_err(unavailable)?;
+            let after = snap.as_ref().map_or(0, |s| s.0);
+            let rows: Vec<OpRow> = operations::table
+                .filter(operations::document_id.eq(doc))
+                .filter(operations::version.gt(after))
+                .order(operations::version.asc())
+                .select(OP_COLUMNS)
+                .load(conn)
+                .await
+                .map_err(unavailable)?;
+            let snapshot = match snap {
+                Some((v, content)) => Some(Snapshot {
+                    version: Version::try_from(v).map_err(corrupt)?,
+                    content: Delta::from_json(&content).map_err(corrupt)?,
+                }),
+                None => None,
+            };
+            let tail = rows
+                .into_iter()
+                .map(OpRow::into_op)
+                .collect::<Result<_, _>>()?;
+            Ok(Loaded { snapshot, tail })
+        })
+        .await
     }
 
     async fn read(
@@ -133,25 +141,23 @@ impl OperationStore for PgStore {
         let doc = *document.as_uuid();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let after = i64::from(after);
-        self.pool
-            .with_conn(async |conn| {
-                let rows: Vec<OpRow> = operations::table
-                    .filter(operations::document_id.eq(doc))
-                    .filter(operations::version.gt(after))
-                    .order(operations::version.asc())
-                    .limit(limit)
-                    .select(OP_COLUMNS)
-                    .load(conn)
-                    .await
-                    .map_err(unavailable)?;
-                rows.into_iter().map(OpRow::into_op).collect()
-            })
-            .await
+        self.with_conn(async |conn| {
+            let rows: Vec<OpRow> = operations::table
+                .filter(operations::document_id.eq(doc))
+                .filter(operations::version.gt(after))
+                .order(operations::version.asc())
+                .limit(limit)
+                .select(OP_COLUMNS)
+                .load(conn)
+                .await
+                .map_err(unavailable)?;
+            rows.into_iter().map(OpRow::into_op).collect()
+        })
+        .await
     }
 
     async fn head(&self, document: DocumentId) -> Result<Version, StoreError> {
-        self.pool
-            .with_conn(async |conn| head(conn, *document.as_uuid()).await)
+        self.with_conn(async |conn| head(conn, *document.as_uuid()).await)
             .await
     }
 
@@ -164,21 +170,20 @@ impl OperationStore for PgStore {
     ) -> Result<Option<Version>, StoreError> {
         use diesel_async::RunQueryDsl;
         let (doc, client) = (*document.as_uuid(), client_id.as_str().to_owned());
-        self.pool
-            .with_conn(async |conn| {
-                let v: Option<i64> = operations::table
-                    .filter(operations::document_id.eq(doc))
-                    .filter(operations::actor_id.eq(*user.as_uuid()))
-                    .filter(operations::client_id.eq(&client))
-                    .filter(operations::seq.eq(i64::from(seq)))
-                    .select(operations::version)
-                    .first(conn)
-                    .await
-                    .optional()
-                    .map_err(unavailable)?;
-                v.map(Version::try_from).transpose().map_err(corrupt)
-            })
-            .await
+        self.with_conn(async |conn| {
+            let v: Option<i64> = operations::table
+                .filter(operations::document_id.eq(doc))
+                .filter(operations::actor_id.eq(*user.as_uuid()))
+                .filter(operations::client_id.eq(&client))
+                .filter(operations::seq.eq(i64::from(seq)))
+                .select(operations::version)
+                .first(conn)
+                .await
+                .optional()
+                .map_err(unavailable)?;
+            v.map(Version::try_from).transpose().map_err(corrupt)
+        })
+        .await
     }
 
     async fn last_seq(
@@ -189,28 +194,24 @@ impl OperationStore for PgStore {
     ) -> Result<Option<(Seq, Version)>, StoreError> {
         use diesel_async::RunQueryDsl;
         let (doc, client) = (*document.as_uuid(), client_id.as_str().to_owned());
-        self.pool
-            .with_conn(async |conn| {
-                let row: Option<(i64, i64)> = operations::table
-                    .filter(operations::document_id.eq(doc))
-                    .filter(operations::actor_id.eq(*user.as_uuid()))
-                    .filter(operations::client_id.eq(&client))
-                    .order(operations::seq.desc())
-                    .select((operations::seq, operations::version))
-                    .first(conn)
-                    .await
-                    .optional()
-                    .map_err(unavailable)?;
-                row.map(|(s, v)| {
-                    Ok::<_, relay_domain::ids::OutOfRange>((
-                        Seq::try_from(s)?,
-                        Version::try_from(v)?,
-                    ))
-                })
-                .transpose()
-                .map_err(corrupt)
+        self.with_conn(async |conn| {
+            let row: Option<(i64, i64)> = operations::table
+                .filter(operations::document_id.eq(doc))
+                .filter(operations::actor_id.eq(*user.as_uuid()))
+                .filter(operations::client_id.eq(&client))
+                .order(operations::seq.desc())
+                .select((operations::seq, operations::version))
+                .first(conn)
+                .await
+                .optional()
+                .map_err(unavailable)?;
+            row.map(|(s, v)| {
+                Ok::<_, relay_domain::ids::OutOfRange>((Seq::try_from(s)?, Version::try_from(v)?))
             })
-            .await
+            .transpose()
+            .map_err(corrupt)
+        })
+        .await
     }
 
     async fn save_snapshot(
@@ -222,41 +223,40 @@ impl OperationStore for PgStore {
         let doc = *document.as_uuid();
         let content = serde_json::to_value(&snapshot.content).map_err(corrupt)?;
         let version = i64::from(snapshot.version);
-        self.pool
-            .with_conn(async |conn| {
-                if snapshot.version > head(conn, doc).await? {
-                    return Err(corrupt_msg("a snapshot past the head"));
-                }
-                let latest: Option<i64> = snapshots::table
-                    .filter(snapshots::document_id.eq(doc))
-                    .select(diesel::dsl::max(snapshots::version))
-                    .first(conn)
-                    .await
-                    .map_err(unavailable)?;
-                if latest.is_some_and(|l| l >= version) {
-                    return Ok(());
-                }
-                if version == 0 {
-                    diesel::insert_into(documents::table)
-                        .values(documents::id.eq(doc))
-                        .on_conflict_do_nothing()
-                        .execute(conn)
-                        .await
-                        .map_err(unavailable)?;
-                }
-                diesel::insert_into(snapshots::table)
-                    .values((
-                        snapshots::document_id.eq(doc),
-                        snapshots::version.eq(version),
-                        snapshots::content.eq(&content),
-                    ))
+        self.with_conn(async |conn| {
+            if snapshot.version > head(conn, doc).await? {
+                return Err(corrupt_msg("a snapshot past the head"));
+            }
+            let latest: Option<i64> = snapshots::table
+                .filter(snapshots::document_id.eq(doc))
+                .select(diesel::dsl::max(snapshots::version))
+                .first(conn)
+                .await
+                .map_err(unavailable)?;
+            if latest.is_some_and(|l| l >= version) {
+                return Ok(());
+            }
+            if version == 0 {
+                diesel::insert_into(documents::table)
+                    .values(documents::id.eq(doc))
                     .on_conflict_do_nothing()
                     .execute(conn)
                     .await
                     .map_err(unavailable)?;
-                Ok(())
-            })
-            .await
+            }
+            diesel::insert_into(snapshots::table)
+                .values((
+                    snapshots::document_id.eq(doc),
+                    snapshots::version.eq(version),
+                    snapshots::content.eq(&content),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
