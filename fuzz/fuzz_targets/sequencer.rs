@@ -1,7 +1,7 @@
 //! One sequencer, up to four clients and a remote instance, driven through
 //! arbitrary submits, commits, aborts and remote ops. Every answer of
 //! `propose` is predicted by a reference model of the rules in
-//! sequencer.rs's documentation (dedup, order, base window, limits, rebase
+//! the sequencer module's documentation (dedup, order, base window, limits, rebase
 //! op by op as `Side::Right`); a refused submit changes nothing; after
 //! every commit the document is the replay of the committed log.
 
