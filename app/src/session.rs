@@ -187,11 +187,7 @@ impl Session for RelaySession {
         // Closed when the verifier would refuse the token: past exp plus the
         // leeway (otherwise a client could loop: accepted, closed, accepted).
         let leeway = self.ctx.deps.config.auth.jwt.leeway_secs;
-        let exp_ms = self
-            .claims
-            .expires_at
-            .saturating_add(leeway)
-            .saturating_mul(1000);
+        let exp_ms = self.claims.expires_at_ms(leeway);
         Some(Duration::from_millis(exp_ms.saturating_sub(now_ms)))
     }
 

@@ -116,9 +116,10 @@ mod tests {
             Some(1013)
         );
         assert!(!sink.send("d".into()));
-        let closes = metrics
-            .samples()
-            .sum("materi_outbound_queue_closes_total", &[]);
+        let closes = metrics.samples().sum(
+            relay_ports::metrics::names::OUTBOUND_QUEUE_CLOSES.exported,
+            &[],
+        );
         assert_eq!(closes, 1.0, "counted once");
         assert_eq!(rx.try_recv().unwrap(), Outbound::Text("a".into()));
     }

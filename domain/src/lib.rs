@@ -26,6 +26,8 @@
 //!   counters ([`Version`], [`Seq`]), [`Timestamp`] and [`Role`].
 //! - [`wire_name`]: the name serde gives an enum's unit variant, for
 //!   `as_str` methods that must say what the wire says.
+//! - `testing` (feature `testing`): checks shared by the domain's tests
+//!   and the fuzz targets (`testing::assert_normal`).
 
 pub mod attributes;
 pub mod client;
@@ -37,6 +39,8 @@ pub mod ot;
 pub mod presence;
 pub mod selection;
 pub mod sequencer;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod throttle;
 pub mod wire_name;
 

@@ -13,6 +13,7 @@
 //! and characters outside the Basic Multilingual Plane, and with formatting.
 
 use proptest::prelude::*;
+use relay_domain::testing::assert_normal;
 use relay_domain::{Attributes, Bias, Component, Delta, Document, Side, Version};
 use serde_json::{Value, json};
 
@@ -166,23 +167,6 @@ fn content(doc: &Document) -> Delta {
     doc.to_delta()
 }
 
-/// No zero lengths, no mergeable neighbours, never a delete before an insert.
-fn is_normal(d: &Delta) -> bool {
-    let c = d.components();
-    c.iter().all(|x| !x.is_empty())
-        && c.windows(2).all(|w| match (&w[0], &w[1]) {
-            (Component::Retain { attributes: a, .. }, Component::Retain { attributes: b, .. }) => {
-                a != b
-            }
-            (Component::Insert { attributes: a, .. }, Component::Insert { attributes: b, .. }) => {
-                a != b
-            }
-            (Component::Delete { .. }, Component::Delete { .. }) => false,
-            (Component::Delete { .. }, Component::Insert { .. }) => false,
-            _ => true,
-        })
-}
-
 proptest! {
     #![proptest_config(config())]
 
@@ -194,7 +178,7 @@ proptest! {
         let after_a = applied(&doc, &a);
         let b = build(&sb, after_a.len());
         let ab = a.compose(&b).unwrap();
-        prop_assert!(is_normal(&ab));
+        assert_normal(&ab, "a composition");
         prop_assert_eq!(content(&applied(&doc, &ab)), content(&applied(&after_a, &b)));
     }
 
@@ -204,7 +188,8 @@ proptest! {
         let b = build(&sb, doc.len());
         let a2 = a.transform(&b, Side::Left).unwrap();
         let b2 = b.transform(&a, Side::Right).unwrap();
-        prop_assert!(is_normal(&a2) && is_normal(&b2));
+        assert_normal(&a2, "a transformed");
+        assert_normal(&b2, "b transformed");
         let via_a = applied(&applied(&doc, &a), &b2);
         let via_b = applied(&applied(&doc, &b), &a2);
         prop_assert_eq!(content(&via_a), content(&via_b));
@@ -308,7 +293,7 @@ proptest! {
     #[test]
     fn the_wire_form_round_trips(doc in document(), sa in steps()) {
         let a = build(&sa, doc.len());
-        prop_assert!(is_normal(&a));
+        assert_normal(&a, "built");
         let wire = serde_json::to_value(&a).unwrap();
         let back = Delta::from_json(&wire).unwrap().fit(doc.len()).unwrap();
         prop_assert_eq!(back, a);
@@ -364,7 +349,7 @@ proptest! {
         let Ok(d) = Delta::from_json(&wire) else { return Ok(()) };
         let max = usize::try_from(relay_domain::ids::MAX_WIRE_INT).unwrap();
         prop_assert!(d.base_len() <= max && d.target_len() <= max);
-        prop_assert!(is_normal(&d));
+        assert_normal(&d, "parsed");
         prop_assert!(d.check_storable().is_ok());
         // Lengths are what the components say, summed without wrapping.
         let spans: u128 = wire.as_array().unwrap().iter().map(|c| {

@@ -5,21 +5,23 @@
 
 use libfuzzer_sys::fuzz_target;
 use relay_domain::{Component, Delta};
-use relay_fuzz::{MAX_WIRE, assert_shape, assert_wire_round_trip};
+use relay_domain::ids::MAX_WIRE_INT;
+use relay_domain::testing::assert_normal;
+use relay_fuzz::assert_wire_round_trip;
 use relay_ports::protocol::{ClientMessage, ErrorCode};
 
 /// What every delta that came off the wire must be.
 fn check_wire_delta(d: &Delta, what: &str) {
     assert!(d.check_storable().is_ok(), "{what}: not storable: {d:?}");
-    assert!(d.base_len() as u64 <= MAX_WIRE, "{what}: base length");
-    assert!(d.target_len() as u64 <= MAX_WIRE, "{what}: target length");
+    assert!(d.base_len() as u64 <= MAX_WIRE_INT, "{what}: base length");
+    assert!(d.target_len() as u64 <= MAX_WIRE_INT, "{what}: target length");
     assert!(
         !d.components()
             .windows(2)
             .any(|w| matches!(w, [Component::Delete { .. }, Component::Insert { .. }])),
         "{what}: a delete directly followed by an insert: {d:?}"
     );
-    assert_shape(d, what);
+    assert_normal(d, what);
     // The wire form spans exactly what its components span.
     assert_eq!(d.spanned(), d.base_len(), "{what}: from_json spans its components");
     assert_wire_round_trip(d, what);
@@ -36,19 +38,19 @@ fuzz_target!(|data: &[u8]| {
         Ok(msg) => {
             match &msg {
                 ClientMessage::Submit { seq, base, delta } => {
-                    assert!(seq.get() <= MAX_WIRE && base.get() <= MAX_WIRE);
+                    assert!(seq.get() <= MAX_WIRE_INT && base.get() <= MAX_WIRE_INT);
                     check_wire_delta(delta, "submit");
                 }
                 ClientMessage::Cursor { version, selection } => {
-                    assert!(version.get() <= MAX_WIRE);
+                    assert!(version.get() <= MAX_WIRE_INT);
                     if let Some((a, h)) = selection {
-                        assert!(*a as u64 <= MAX_WIRE && *h as u64 <= MAX_WIRE);
+                        assert!(*a as u64 <= MAX_WIRE_INT && *h as u64 <= MAX_WIRE_INT);
                     }
                 }
                 ClientMessage::Join(j) => {
                     let n = j.client_id.as_str().chars().count();
                     assert!((1..=64).contains(&n) && !j.client_id.as_str().contains('\0'));
-                    assert!(j.since.is_none_or(|v| v.get() <= MAX_WIRE));
+                    assert!(j.since.is_none_or(|v| v.get() <= MAX_WIRE_INT));
                 }
                 ClientMessage::Typing | ClientMessage::Leave => {}
             }

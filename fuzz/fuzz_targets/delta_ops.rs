@@ -9,8 +9,10 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use relay_domain::{Delta, DeltaError, Document, Side, Version};
+use relay_domain::ids::MAX_WIRE_INT;
+use relay_domain::testing::assert_normal;
 use relay_fuzz::{
-    AttrChoice, MAX_WIRE, MStep, Model, Raw, Step, Text, assert_doc, assert_positions, assert_shape,
+    AttrChoice, MStep, Model, Raw, Step, Text, assert_doc, assert_positions,
     assert_wire_round_trip, build, decide, has_delete_then_insert, model_apply,
     model_apply_steps, model_of_content, raw_wire, wire,
 };
@@ -32,9 +34,9 @@ struct Input {
 fn make(steps: &[Step], m: &Model, what: &str) -> (Delta, Vec<MStep>) {
     let ms = decide(steps, m.len(), true, 16);
     let built = build(&ms);
-    assert_shape(&built, what);
+    assert_normal(&built, what);
     let d = built.clone().fit(m.len()).expect("clamped steps fit");
-    assert_shape(&d, what);
+    assert_normal(&d, what);
     assert_eq!(d, built.clone().fit(m.len()).unwrap());
     // The same steps written on the wire: refused exactly when a delete is
     // directly followed by an insert, else the builder's delta.
@@ -70,7 +72,7 @@ fn maybe_compact(d: &Delta, yes: bool) -> Delta {
     if yes {
         c.compact();
         assert_eq!(&c, d, "compact changes what the delta does");
-        assert_shape(&c, "compacted");
+        assert_normal(&c, "compacted");
         assert_eq!(c.base_len(), d.base_len());
     }
     c
@@ -79,7 +81,7 @@ fn maybe_compact(d: &Delta, yes: bool) -> Delta {
 /// Checks a delta Relay computed: its shape, bounds, wire form and
 /// positions, and that the document applies it as the model does.
 fn check_result(d: &Delta, doc: &Document, m: &Model, what: &str) -> (Document, Model) {
-    assert_shape(d, what);
+    assert_normal(d, what);
     assert!(d.check_storable().is_ok(), "{what}: not storable");
     assert_wire_round_trip(d, what);
     assert_positions(d, what);
@@ -194,8 +196,8 @@ fuzz_target!(|input: Input| {
     let r2 = Delta::from_json(&raw2);
     for r in [&r1, &r2].into_iter().flatten() {
         assert!(r.check_storable().is_ok(), "parsed delta not storable");
-        assert!(r.base_len() as u64 <= MAX_WIRE && r.target_len() as u64 <= MAX_WIRE);
-        assert_shape(r, "raw");
+        assert!(r.base_len() as u64 <= MAX_WIRE_INT && r.target_len() as u64 <= MAX_WIRE_INT);
+        assert_normal(r, "raw");
         assert_wire_round_trip(r, "raw");
         let _ = r.apply_to_str(&doc.text());
         let _ = r.transform_position(usize::MAX, relay_domain::Bias::After);
@@ -230,8 +232,8 @@ fuzz_target!(|input: Input| {
             for side in [Side::Left, Side::Right] {
                 let x2 = x.transform(&y, side).unwrap();
                 let y2 = y.transform(&x, side.other()).unwrap();
-                assert_shape(&x2, "huge transform");
-                assert_shape(&y2, "huge transform");
+                assert_normal(&x2, "huge transform");
+                assert_normal(&y2, "huge transform");
                 assert_eq!(x2.base_len(), y.target_len());
                 assert_eq!(y2.base_len(), x.target_len());
                 assert_eq!(x2.target_len(), y2.target_len(), "TP1 lengths");
@@ -250,7 +252,7 @@ fuzz_target!(|input: Input| {
         }
         if let Ok(y) = y.clone().fit(x.target_len()) {
             let c = x.compose(&y).unwrap();
-            assert_shape(&c, "huge compose");
+            assert_normal(&c, "huge compose");
             assert_eq!((c.base_len(), c.target_len()), (x.base_len(), y.target_len()));
         }
     }

@@ -1,7 +1,7 @@
 //! One sequencer, up to four clients and a remote instance, driven through
 //! arbitrary submits, commits, aborts and remote ops. Every answer of
 //! `propose` is predicted by a reference model of the rules in
-//! sequencer.rs's documentation (dedup, order, base window, limits, rebase
+//! the sequencer module's documentation (dedup, order, base window, limits, rebase
 //! op by op as `Side::Right`); a refused submit changes nothing; after
 //! every commit the document is the replay of the committed log.
 
@@ -13,7 +13,8 @@ use relay_domain::{
     ClientId, CommittedOp, Delta, Document, Proposed, RemoteError, Seq, Sequencer,
     SequencerConfig, Side, Submission, Timestamp, UserId, Version,
 };
-use relay_fuzz::{AttrChoice, MAX_WIRE, Raw, Step, Text, build, decide, raw_wire};
+use relay_domain::ids::MAX_WIRE_INT;
+use relay_fuzz::{AttrChoice, Raw, Step, Text, build, decide, raw_wire};
 
 #[derive(Arbitrary, Debug)]
 struct Config {
@@ -347,9 +348,9 @@ fuzz_target!(|input: Input| {
                     SeqChoice::Repeat => last,
                     SeqChoice::Smaller(x) => last.saturating_sub(1 + u64::from(x % 4)),
                     SeqChoice::Jump(x) => last + 2 + u64::from(*x),
-                    SeqChoice::NearMax(x) => MAX_WIRE - u64::from(x % 3),
+                    SeqChoice::NearMax(x) => MAX_WIRE_INT - u64::from(x % 3),
                 }
-                .min(MAX_WIRE);
+                .min(MAX_WIRE_INT);
                 last_seq[k] = last.max(n);
                 let base = Version::new(u64::from(*base) % (s.version().get() + 3)).unwrap();
                 let Some(mut delta) = w.delta(delta, w.len_at(base)) else {

@@ -1,14 +1,13 @@
 //! Helpers shared by the fuzz targets: a naive reference model of a
 //! formatted document, the small alphabets the structured inputs draw from,
-//! and the shape every delta Relay hands out must have.
+//! and checks of what the domain hands out (the normal form of a delta is
+//! the domain's `testing::assert_normal`).
 
 use arbitrary::Arbitrary;
+use relay_domain::ids::MAX_WIRE_INT;
 use relay_domain::{Attributes, Component, Delta, Document};
 use serde_json::{Map as JsonMap, Value, json};
 use std::collections::BTreeMap;
-
-/// 2^53 - 1, the largest length or counter on the wire.
-pub const MAX_WIRE: u64 = (1 << 53) - 1;
 
 /// Characters texts are made of: ASCII, a newline, two BMP characters of
 /// two and three UTF-8 bytes, and two outside the BMP (four bytes, a
@@ -90,10 +89,10 @@ impl Len {
     pub fn get(&self) -> u64 {
         match self {
             Len::Small(n) => u64::from(*n),
-            Len::Max => MAX_WIRE,
-            Len::BelowMax(n) => MAX_WIRE - u64::from(*n),
+            Len::Max => MAX_WIRE_INT,
+            Len::BelowMax(n) => MAX_WIRE_INT - u64::from(*n),
             Len::TwoToThe53 => 1 << 53,
-            Len::AboveMax(n) => MAX_WIRE + 1 + u64::from(*n),
+            Len::AboveMax(n) => MAX_WIRE_INT + 1 + u64::from(*n),
             Len::U32Max => u64::from(u32::MAX),
             Len::U64Max => u64::MAX,
             Len::Any(n) => *n,
@@ -369,50 +368,6 @@ pub fn assert_doc(doc: &Document, m: &Model, what: &str) {
         run_count(m),
         "{what}: content delta components"
     );
-}
-
-/// Asserts the normal form of a delta: no empty component, neighbours of
-/// the same kind and formatting merged, never a delete directly before an
-/// insert, and lengths that add up.
-pub fn assert_shape(d: &Delta, what: &str) {
-    let ops = d.components();
-    let mut spanned = 0usize;
-    let mut target = 0usize;
-    for (i, c) in ops.iter().enumerate() {
-        assert!(!c.is_empty(), "{what}: empty component {i} in {ops:?}");
-        match c {
-            Component::Retain { len, .. } => {
-                spanned += len;
-                target += len;
-            }
-            Component::Insert { text, .. } => {
-                target += text.chars().count();
-            }
-            Component::Delete { len } => spanned += len,
-        }
-        if i > 0 {
-            let merged = match (&ops[i - 1], c) {
-                (
-                    Component::Retain { attributes: a, .. },
-                    Component::Retain { attributes: b, .. },
-                )
-                | (
-                    Component::Insert { attributes: a, .. },
-                    Component::Insert { attributes: b, .. },
-                ) => a == b,
-                (Component::Delete { .. }, Component::Delete { .. }) => true,
-                (Component::Delete { .. }, Component::Insert { .. }) => {
-                    panic!("{what}: delete directly followed by an insert: {ops:?}")
-                }
-                _ => false,
-            };
-            assert!(!merged, "{what}: neighbours {} and {i} not merged: {ops:?}", i - 1);
-        }
-    }
-    assert_eq!(spanned, d.spanned(), "{what}: spanned");
-    assert!(spanned <= d.base_len(), "{what}: spans past its base");
-    let tail = d.base_len() - spanned;
-    assert_eq!(target + tail, d.target_len(), "{what}: target length");
 }
 
 /// Asserts that the wire form parses back to the same delta (once fitted

@@ -13,18 +13,35 @@ pub struct Claims {
     pub name: Option<String>,
     /// Expiry, seconds since the Unix epoch.
     pub expires_at: u64,
-    /// The `docs` claim: document UUID (or `*`) to role, if present.
-    pub docs: Option<BTreeMap<String, Role>>,
+    /// The `docs` claim, if present.
+    pub docs: Option<DocsClaim>,
+}
+
+/// The `docs` claim, parsed: a role on every document (its `*` entry) and
+/// roles on named documents, which win over it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DocsClaim {
+    /// The `*` entry.
+    pub every: Option<Role>,
+    /// The documents named by their UUID.
+    pub each: BTreeMap<DocumentId, Role>,
 }
 
 impl Claims {
+    /// When a session on this token must end and the token be refused, in
+    /// milliseconds since the Unix epoch: `exp` plus the verifier's leeway
+    /// (saturating, so a far-future `exp` never wraps).
+    pub fn expires_at_ms(&self, leeway_secs: u64) -> u64 {
+        self.expires_at
+            .saturating_add(leeway_secs)
+            .saturating_mul(1000)
+    }
+
     /// The role the `docs` claim grants on `document`: its own entry wins
     /// over `*`; absent means no access.
     pub fn role_from_docs(&self, document: DocumentId) -> Option<Role> {
         let docs = self.docs.as_ref()?;
-        docs.get(&document.to_string())
-            .or_else(|| docs.get("*"))
-            .copied()
+        docs.each.get(&document).copied().or(docs.every)
     }
 }
 

@@ -36,7 +36,8 @@ pub mod protocol;
 pub mod store;
 
 pub use auth::{
-    AuthError, ClaimName, Claims, InvalidToken, PermissionError, PermissionSource, TokenVerifier,
+    AuthError, ClaimName, Claims, DocsClaim, InvalidToken, PermissionError, PermissionSource,
+    TokenVerifier,
 };
 pub use bus::{BusError, BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subscription};
 pub use clock::Clock;

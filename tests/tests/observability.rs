@@ -5,6 +5,8 @@
 //! and an OTLP/HTTP receiver inside the test that must receive Relay's
 //! metrics and submit spans.
 
+use relay_ports::metrics::names;
+use relay_ports::metrics::{OpStatus, OperationType};
 use relay_tests::instances::{Cluster, free_port};
 use relay_tests::{Editor, http_get, new_document};
 use std::net::SocketAddr;
@@ -230,23 +232,31 @@ async fn prometheus_scrapes_relay_and_every_panel_and_alert_evaluates() {
 
     // Active connections equal the clients open now.
     let active = prometheus
-        .value("sum(materi_websocket_connections_active)")
+        .value(&format!("sum({})", names::WEBSOCKET_CONNECTIONS_ACTIVE))
         .await;
     assert_eq!(active, Some(editors.len() as f64), "connections");
-    let per_doc = prometheus
-        .query("materi_websocket_connections_active")
-        .await;
+    let per_doc = prometheus.query(names::WEBSOCKET_CONNECTIONS_ACTIVE).await;
     assert_eq!(per_doc.len(), 2, "one series per document: {per_doc:?}");
     assert!(per_doc.iter().all(|(_, v)| *v == 3.0));
 
     // The counter holds exactly the acked ops (status ok).
     let ok = prometheus
-        .value("sum(materi_operations_processed_total{status=\"ok\",operation_type=\"insert\"})")
+        .value(&format!(
+            "sum({}{{{}=\"{}\",{}=\"{}\"}})",
+            names::OPERATIONS_PROCESSED.exported,
+            names::STATUS,
+            OpStatus::Ok.as_str(),
+            names::OPERATION_TYPE,
+            OperationType::Insert.as_str()
+        ))
         .await;
     assert_eq!(ok, Some(acked as f64), "every acked op counted once");
     // Operations/s over a window inside the load: within the driven rate.
     let rate = prometheus
-        .value("sum(rate(materi_operations_processed_total[8s] offset 3s))")
+        .value(&format!(
+            "sum(rate({}[8s] offset 3s))",
+            names::OPERATIONS_PROCESSED.exported
+        ))
         .await
         .expect("a rate");
     // (A ratio within one run, wide: the machine is shared.)
@@ -257,22 +267,27 @@ async fn prometheus_scrapes_relay_and_every_panel_and_alert_evaluates() {
     // Every acked op is one latency observation; p95 comes from the
     // buckets (no bound on the time itself: the machine is shared).
     let observed = prometheus
-        .value("sum(materi_operation_latency_seconds_count)")
+        .value(&format!("sum({})", names::OPERATION_LATENCY.count))
         .await;
     assert_eq!(observed, Some(acked as f64), "one latency per acked op");
     let p95 = prometheus
-        .value("histogram_quantile(0.95, sum by (le) (rate(materi_operation_latency_seconds_bucket[1m])))")
+        .value(&format!(
+            "histogram_quantile(0.95, sum by (le) (rate({}[1m])))",
+            names::OPERATION_LATENCY.bucket
+        ))
         .await
         .expect("p95");
     assert!(p95 > 0.0 && p95 <= 0.5, "p95 {p95} within the buckets");
     let bus_lag = prometheus
-        .value("sum(materi_bus_lag_seconds_count)")
+        .value(&format!("sum({})", names::BUS_LAG.count))
         .await
         .unwrap_or(0.0);
     // This instance's own messages come back through Redis too (a batch of
     // ops, or a presence change, per message).
     assert!(bus_lag > 0.0, "messages came back through Redis: {bus_lag}");
-    let documents = prometheus.value("sum(materi_documents_open)").await;
+    let documents = prometheus
+        .value(&format!("sum({})", names::DOCUMENTS_OPEN))
+        .await;
     assert_eq!(documents, Some(2.0));
     let rss = prometheus
         .value("process_resident_memory_bytes")
@@ -342,9 +357,7 @@ async fn prometheus_scrapes_relay_and_every_panel_and_alert_evaluates() {
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let series = prometheus
-            .query("materi_websocket_connections_active")
-            .await;
+        let series = prometheus.query(names::WEBSOCKET_CONNECTIONS_ACTIVE).await;
         if series.is_empty() {
             break;
         }
@@ -502,9 +515,9 @@ async fn with_an_otlp_endpoint_metrics_and_submit_spans_are_pushed() {
         };
         let has_metric = |name: &str| metrics.iter().any(|b| contains(b, name));
         let has_span = |name: &str| traces.iter().any(|b| contains(b, name));
-        let done = has_metric("materi_operations_processed")
-            && has_metric("materi_operation_latency_seconds")
-            && has_metric("materi_websocket_connections_active")
+        let done = has_metric(names::OPERATIONS_PROCESSED.instrument)
+            && has_metric(names::OPERATION_LATENCY.name)
+            && has_metric(names::WEBSOCKET_CONNECTIONS_ACTIVE)
             && has_metric("relay-under-test")
             && ["receive", "sequence", "commit", "fanout"]
                 .iter()
@@ -518,7 +531,7 @@ async fn with_an_otlp_endpoint_metrics_and_submit_spans_are_pushed() {
             "after 20 s: {} metrics posts, {} trace posts; metrics ok: {}, spans ok: {}",
             metrics.len(),
             traces.len(),
-            has_metric("materi_operations_processed"),
+            has_metric(names::OPERATIONS_PROCESSED.instrument),
             ["receive", "sequence", "commit", "fanout"]
                 .iter()
                 .all(|s| has_span(s))

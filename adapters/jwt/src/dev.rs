@@ -237,7 +237,16 @@ mod tests {
         let claims = verifier.verify(&token).await.unwrap();
         assert_eq!(*claims.user.as_uuid(), Uuid::from_u128(0x1234));
         assert_eq!(claims.name.as_deref(), Some("Ada"));
-        assert_eq!(claims.docs, Some(request().docs));
+        assert_eq!(
+            claims.docs,
+            Some(relay_ports::DocsClaim {
+                every: Some(Role::Viewer),
+                each: BTreeMap::from([(
+                    relay_domain::DocumentId::new(Uuid::from_u128(7)),
+                    Role::Owner
+                )]),
+            })
+        );
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()

@@ -7,10 +7,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
-use relay_domain::{Role, UserId};
-use relay_ports::{AuthError, ClaimName, Claims, InvalidToken, TokenVerifier};
+use relay_domain::{DocumentId, Role, UserId};
+use relay_ports::{AuthError, ClaimName, Claims, DocsClaim, InvalidToken, TokenVerifier};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -156,7 +155,7 @@ impl JwtVerifier {
             return Err(invalid(InvalidToken::IssuerMismatch));
         }
         let claims = read_claims(&claims)?;
-        if expired(claims.expires_at, self.config.leeway_secs) {
+        if expired(claims.expires_at_ms(self.config.leeway_secs)) {
             return Err(AuthError::Expired);
         }
         Ok(claims)
@@ -168,11 +167,11 @@ impl JwtVerifier {
 /// seconds and still accepts `exp == now`, up to a second past `exp`; a
 /// session is closed at `exp` to the millisecond, and the token that was
 /// just found expired there must not open a new one.
-fn expired(expires_at: u64, leeway_secs: u64) -> bool {
+fn expired(expires_at_ms: u64) -> bool {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    now_ms >= u128::from(expires_at.saturating_add(leeway_secs)) * 1000
+    now_ms >= u128::from(expires_at_ms)
 }
 
 #[async_trait]
@@ -307,23 +306,27 @@ fn read_claims(claims: &Map<String, Value>) -> Result<Claims, AuthError> {
     })
 }
 
-/// `docs`: document UUID (stored in the canonical hyphenated lowercase
-/// form, as `Claims::role_from_docs` looks it up) or `*`, to a role.
-fn read_docs(entries: &Map<String, Value>) -> Result<BTreeMap<String, Role>, AuthError> {
-    let mut docs = BTreeMap::new();
+/// `docs`: document UUID (in any case) or `*`, to a role. Any other key,
+/// an unknown role or a document named twice refuses the token.
+fn read_docs(entries: &Map<String, Value>) -> Result<DocsClaim, AuthError> {
+    let mut docs = DocsClaim::default();
     for (key, value) in entries {
-        let key = if key == "*" {
-            key.clone()
+        // `None` is `*`.
+        let document = if key == "*" {
+            None
         } else {
-            Uuid::try_parse(key)
-                .map_err(|_| invalid(InvalidToken::DocsBadKey))?
-                .to_string()
+            let id = Uuid::try_parse(key).map_err(|_| invalid(InvalidToken::DocsBadKey))?;
+            Some(DocumentId::new(id))
         };
         let role = value
             .as_str()
             .and_then(|role| Role::from_str(role).ok())
             .ok_or_else(|| invalid(InvalidToken::DocsUnknownRole))?;
-        if docs.insert(key, role).is_some() {
+        let repeated = match document {
+            None => docs.every.replace(role).is_some(),
+            Some(document) => docs.each.insert(document, role).is_some(),
+        };
+        if repeated {
             return Err(invalid(InvalidToken::DocsRepeated));
         }
     }

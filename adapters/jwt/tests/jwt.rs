@@ -9,13 +9,17 @@ use common::{JWKS, USER, now, rs256, sign, user};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use relay_adapter_jwt::{DevKeys, JwtConfig, JwtVerifier, KeySet, TokenRequest};
 use relay_ports::protocol::Role;
-use relay_ports::{AuthError, Claims, TokenVerifier};
+use relay_ports::{AuthError, Claims, DocsClaim, TokenVerifier};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
 const RSA_PUBLIC: &str = include_str!("fixtures/rsa-2048.pub.pem");
 const DOC: &str = "6f1c0a52-3b7e-4d8f-a1c2-9e8d7c6b5a40";
+
+fn doc() -> relay_domain::DocumentId {
+    relay_domain::DocumentId::new(Uuid::parse_str(DOC).unwrap())
+}
 
 fn fixture_keys(issuer: Option<&str>) -> KeySet {
     KeySet::from_jwks_json(JWKS.as_bytes(), issuer.map(str::to_owned)).unwrap()
@@ -62,10 +66,10 @@ fn expected_claims(exp: u64) -> Claims {
         user: user(),
         name: Some("Ada".into()),
         expires_at: exp,
-        docs: Some(BTreeMap::from([
-            (DOC.to_owned(), Role::Editor),
-            ("*".to_owned(), Role::Viewer),
-        ])),
+        docs: Some(DocsClaim {
+            every: Some(Role::Viewer),
+            each: BTreeMap::from([(doc(), Role::Editor)]),
+        }),
     }
 }
 
@@ -125,10 +129,7 @@ async fn dev_token_verifies() {
     let claims = verifier.verify(&token).await.unwrap();
     assert_eq!(claims.user.to_string(), USER);
     assert_eq!(claims.name, None);
-    assert_eq!(
-        claims.role_from_docs(relay_domain::DocumentId::new(Uuid::parse_str(DOC).unwrap())),
-        Some(Role::Owner)
-    );
+    assert_eq!(claims.role_from_docs(doc()), Some(Role::Owner));
 }
 
 #[tokio::test]
@@ -430,6 +431,16 @@ async fn name_and_docs_are_checked() {
         ),
         (
             "docs",
+            json!({"all": "owner"}),
+            "docs key is not a document UUID or \"*\"",
+        ),
+        (
+            "docs",
+            json!({"": "owner"}),
+            "docs key is not a document UUID or \"*\"",
+        ),
+        (
+            "docs",
             json!({DOC: "viewer", DOC.to_uppercase(): "owner"}),
             "docs names a document twice",
         ),
@@ -444,7 +455,8 @@ async fn name_and_docs_are_checked() {
     let mut upper = claims();
     upper["docs"] = json!({ DOC.to_uppercase(): "owner" });
     let docs = verifier.verify(&rs256(&upper)).await.unwrap().docs.unwrap();
-    assert_eq!(docs, BTreeMap::from([(DOC.to_owned(), Role::Owner)]));
+    assert_eq!(docs.each, BTreeMap::from([(doc(), Role::Owner)]));
+    assert_eq!(docs.every, None);
 }
 
 #[tokio::test]

@@ -2,8 +2,9 @@
 
 use relay_domain::DocumentId;
 use relay_ports::Metrics;
+use relay_ports::metrics::names::{self, Histogram};
 use relay_ports::metrics::samples::{Sample, Samples};
-use relay_ports::metrics::{GapSource, OpStatus, OperationType, RejectReason};
+use relay_ports::metrics::{GapSource, OpStatus, OperationType, RejectReason, seconds};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -44,18 +45,18 @@ impl MemoryMetrics {
     /// Open connections on `document`.
     pub fn connections(&self, document: DocumentId) -> f64 {
         self.samples().sum(
-            "materi_websocket_connections_active",
-            &[("document_id", &document.to_string())],
+            names::WEBSOCKET_CONNECTIONS_ACTIVE,
+            &[(names::DOCUMENT_ID, &document.to_string())],
         )
     }
 
     /// Operations counted with these labels.
     pub fn operations(&self, operation_type: OperationType, status: OpStatus) -> f64 {
         self.samples().sum(
-            "materi_operations_processed_total",
+            names::OPERATIONS_PROCESSED.exported,
             &[
-                ("operation_type", operation_type.as_str()),
-                ("status", status.as_str()),
+                (names::OPERATION_TYPE, operation_type.as_str()),
+                (names::STATUS, status.as_str()),
             ],
         )
     }
@@ -69,35 +70,17 @@ impl MemoryMetrics {
         *self.values().entry((name, labels)).or_insert(0.0) += v;
     }
 
-    fn observe(&self, name: &'static str, v: f64) {
-        let v = if v.is_finite() {
-            v.clamp(0.0, 1.0e6)
-        } else {
-            0.0
-        };
-        let (count, sum) = match name {
-            "materi_operation_latency_seconds" => (
-                "materi_operation_latency_seconds_count",
-                "materi_operation_latency_seconds_sum",
-            ),
-            "materi_commit_latency_seconds" => (
-                "materi_commit_latency_seconds_count",
-                "materi_commit_latency_seconds_sum",
-            ),
-            "materi_commit_batch_ops" => (
-                "materi_commit_batch_ops_count",
-                "materi_commit_batch_ops_sum",
-            ),
-            _ => ("materi_bus_lag_seconds_count", "materi_bus_lag_seconds_sum"),
-        };
-        self.add(count, Vec::new(), 1.0);
-        self.add(sum, Vec::new(), v);
+    /// One observation of `histogram` (clamped as every histogram's values
+    /// are, [`seconds`]).
+    fn observe(&self, histogram: Histogram, v: f64) {
+        self.add(histogram.count, Vec::new(), 1.0);
+        self.add(histogram.sum, Vec::new(), seconds(v));
     }
 
     fn connections_by(&self, document: DocumentId, delta: f64) {
         let key = (
-            "materi_websocket_connections_active",
-            vec![("document_id", document.to_string())],
+            names::WEBSOCKET_CONNECTIONS_ACTIVE,
+            vec![(names::DOCUMENT_ID, document.to_string())],
         );
         let mut values = self.values();
         match values.get_mut(&key) {
@@ -126,104 +109,104 @@ impl Metrics for MemoryMetrics {
 
     fn operation(&self, operation_type: OperationType, status: OpStatus) {
         self.add(
-            "materi_operations_processed_total",
+            names::OPERATIONS_PROCESSED.exported,
             vec![
-                ("operation_type", operation_type.as_str().to_owned()),
-                ("status", status.as_str().to_owned()),
+                (names::OPERATION_TYPE, operation_type.as_str().to_owned()),
+                (names::STATUS, status.as_str().to_owned()),
             ],
             1.0,
         );
     }
 
     fn operation_latency(&self, seconds: f64) {
-        self.observe("materi_operation_latency_seconds", seconds);
+        self.observe(names::OPERATION_LATENCY, seconds);
     }
 
     fn presence_broadcast(&self) {
-        self.add("materi_presence_broadcasts_total", Vec::new(), 1.0);
+        self.add(names::PRESENCE_BROADCASTS.exported, Vec::new(), 1.0);
     }
 
     fn connection_rejected(&self, reason: RejectReason) {
         self.add(
-            "materi_connections_rejected_total",
-            vec![("reason", reason.as_str().to_owned())],
+            names::CONNECTIONS_REJECTED.exported,
+            vec![(names::REASON, reason.as_str().to_owned())],
             1.0,
         );
     }
 
     fn message_received(&self, bytes: usize) {
-        self.add("materi_websocket_messages_received_total", Vec::new(), 1.0);
+        self.add(names::WEBSOCKET_MESSAGES_RECEIVED.exported, Vec::new(), 1.0);
         self.add(
-            "materi_websocket_received_bytes_total",
+            names::WEBSOCKET_RECEIVED_BYTES.exported,
             Vec::new(),
             bytes as f64,
         );
     }
 
     fn message_sent(&self, bytes: usize) {
-        self.add("materi_websocket_messages_sent_total", Vec::new(), 1.0);
+        self.add(names::WEBSOCKET_MESSAGES_SENT.exported, Vec::new(), 1.0);
         self.add(
-            "materi_websocket_sent_bytes_total",
+            names::WEBSOCKET_SENT_BYTES.exported,
             Vec::new(),
             bytes as f64,
         );
     }
 
     fn commit(&self, ops: usize, seconds: f64) {
-        self.observe("materi_commit_latency_seconds", seconds);
-        self.observe("materi_commit_batch_ops", ops as f64);
+        self.observe(names::COMMIT_LATENCY, seconds);
+        self.observe(names::COMMIT_BATCH_OPS, ops as f64);
     }
 
     fn commit_conflict(&self, retried: bool) {
-        self.add("materi_commit_conflicts_total", Vec::new(), 1.0);
+        self.add(names::COMMIT_CONFLICTS.exported, Vec::new(), 1.0);
         if retried {
-            self.add("materi_commit_retries_total", Vec::new(), 1.0);
+            self.add(names::COMMIT_RETRIES.exported, Vec::new(), 1.0);
         }
     }
 
     fn bus_lag(&self, seconds: f64) {
-        self.observe("materi_bus_lag_seconds", seconds);
+        self.observe(names::BUS_LAG, seconds);
     }
 
     fn gap_repair(&self, source: GapSource) {
         self.add(
-            "materi_bus_gap_repairs_total",
-            vec![("source", source.as_str().to_owned())],
+            names::BUS_GAP_REPAIRS.exported,
+            vec![(names::SOURCE, source.as_str().to_owned())],
             1.0,
         );
     }
 
     fn outbound_queue_closed(&self) {
-        self.add("materi_outbound_queue_closes_total", Vec::new(), 1.0);
+        self.add(names::OUTBOUND_QUEUE_CLOSES.exported, Vec::new(), 1.0);
     }
 
     fn jwks_refresh(&self, ok: bool) {
-        let result = if ok { "ok" } else { "error" };
+        let result = if ok { names::OK } else { names::ERROR };
         self.add(
-            "materi_jwks_refreshes_total",
-            vec![("result", result.to_owned())],
+            names::JWKS_REFRESHES.exported,
+            vec![(names::RESULT, result.to_owned())],
             1.0,
         );
     }
 
     fn permission_lookup(&self, hit: bool) {
-        let result = if hit { "hit" } else { "miss" };
+        let result = if hit { names::HIT } else { names::MISS };
         self.add(
-            "materi_permission_cache_lookups_total",
-            vec![("result", result.to_owned())],
+            names::PERMISSION_CACHE_LOOKUPS.exported,
+            vec![(names::RESULT, result.to_owned())],
             1.0,
         );
     }
 
     fn document_opened(&self) {
-        self.add("materi_documents_open", Vec::new(), 1.0);
+        self.add(names::DOCUMENTS_OPEN, Vec::new(), 1.0);
     }
 
     fn document_closed(&self) {
-        self.add("materi_documents_open", Vec::new(), -1.0);
+        self.add(names::DOCUMENTS_OPEN, Vec::new(), -1.0);
     }
 
     fn room_failed(&self) {
-        self.add("materi_rooms_failed_total", Vec::new(), 1.0);
+        self.add(names::ROOMS_FAILED.exported, Vec::new(), 1.0);
     }
 }

@@ -33,7 +33,8 @@ use opentelemetry::metrics::{
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use relay_domain::DocumentId;
 use relay_ports::Metrics;
-use relay_ports::metrics::{GapSource, OpStatus, OperationType, RejectReason};
+use relay_ports::metrics::names::{self, Counter, Histogram};
+use relay_ports::metrics::{GapSource, OpStatus, OperationType, RejectReason, seconds};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,16 +56,6 @@ pub const MAX_DOCUMENT_SERIES: usize = 1_900;
 /// The most bytes one message counts for (a bound far above any frame
 /// Relay accepts or sends), so byte counters cannot wrap.
 const MAX_FRAME_BYTES: usize = 1 << 32;
-
-/// A latency in seconds as recorded: never negative or NaN, and bounded
-/// so sums stay finite.
-fn seconds(s: f64) -> f64 {
-    if s.is_finite() {
-        s.clamp(0.0, 1.0e6)
-    } else {
-        0.0
-    }
-}
 
 /// How the metrics are set up.
 #[derive(Clone, Debug)]
@@ -127,10 +118,13 @@ impl std::fmt::Debug for OtelMetrics {
 
 fn counter(
     meter: &Meter,
-    name: &'static str,
+    name: Counter,
     help: &'static str,
 ) -> opentelemetry::metrics::Counter<u64> {
-    meter.u64_counter(name).with_description(help).build()
+    meter
+        .u64_counter(name.instrument)
+        .with_description(help)
+        .build()
 }
 
 impl OtelMetrics {
@@ -172,20 +166,20 @@ impl OtelMetrics {
         let observed = connections.clone();
         // Kept alive by the provider once built; the handle is not needed.
         let _gauge = meter
-            .i64_observable_gauge("materi_websocket_connections_active")
+            .i64_observable_gauge(names::WEBSOCKET_CONNECTIONS_ACTIVE)
             .with_description("Active WebSocket connections")
             .with_callback(move |observer| {
                 let series = observed.series(limit);
                 for (document, n) in series.named {
                     observer.observe(
                         i64::try_from(n).unwrap_or(i64::MAX),
-                        &[KeyValue::new("document_id", document.to_string())],
+                        &[KeyValue::new(names::DOCUMENT_ID, document.to_string())],
                     );
                 }
                 if let Some(n) = series.other {
                     observer.observe(
                         i64::try_from(n).unwrap_or(i64::MAX),
-                        &[KeyValue::new("document_id", "other")],
+                        &[KeyValue::new(names::DOCUMENT_ID, names::OTHER_DOCUMENTS)],
                     );
                 }
             })
@@ -193,7 +187,7 @@ impl OtelMetrics {
 
         let processed = counter(
             &meter,
-            "materi_operations_processed",
+            names::OPERATIONS_PROCESSED,
             "Total operations processed",
         );
         let operations = OperationType::ALL
@@ -203,16 +197,16 @@ impl OtelMetrics {
                     .iter()
                     .map(|s| {
                         processed.bind(&[
-                            KeyValue::new("operation_type", t.as_str()),
-                            KeyValue::new("status", s.as_str()),
+                            KeyValue::new(names::OPERATION_TYPE, t.as_str()),
+                            KeyValue::new(names::STATUS, s.as_str()),
                         ])
                     })
                     .collect()
             })
             .collect();
-        let histogram = |name: &'static str, help: &'static str, buckets: &[f64]| {
+        let histogram = |name: Histogram, help: &'static str, buckets: &[f64]| {
             meter
-                .f64_histogram(name)
+                .f64_histogram(name.name)
                 .with_description(help)
                 .with_boundaries(buckets.to_vec())
                 .build()
@@ -220,110 +214,110 @@ impl OtelMetrics {
         };
         let rejected_counter = counter(
             &meter,
-            "materi_connections_rejected",
+            names::CONNECTIONS_REJECTED,
             "Connections refused, by reason",
         );
         let gap_counter = counter(
             &meter,
-            "materi_bus_gap_repairs",
+            names::BUS_GAP_REPAIRS,
             "Gaps in another instance's ops filled, by where from",
         );
-        let jwks = counter(&meter, "materi_jwks_refreshes", "JWKS fetches, by result");
+        let jwks = counter(&meter, names::JWKS_REFRESHES, "JWKS fetches, by result");
         let permission = counter(
             &meter,
-            "materi_permission_cache_lookups",
+            names::PERMISSION_CACHE_LOOKUPS,
             "Open sessions' permission checks, answered from the cache (hit) or the source (miss)",
         );
         let metrics = OtelMetrics {
             operation_latency: histogram(
-                "materi_operation_latency_seconds",
+                names::OPERATION_LATENCY,
                 "Operation processing latency",
                 &LATENCY_BUCKETS,
             ),
             presence: counter(
                 &meter,
-                "materi_presence_broadcasts",
+                names::PRESENCE_BROADCASTS,
                 "Total presence broadcast events",
             )
             .bind(&[]),
             rejected: RejectReason::ALL
                 .iter()
-                .map(|r| rejected_counter.bind(&[KeyValue::new("reason", r.as_str())]))
+                .map(|r| rejected_counter.bind(&[KeyValue::new(names::REASON, r.as_str())]))
                 .collect(),
             messages_in: counter(
                 &meter,
-                "materi_websocket_messages_received",
+                names::WEBSOCKET_MESSAGES_RECEIVED,
                 "WebSocket messages received",
             )
             .bind(&[]),
             bytes_in: counter(
                 &meter,
-                "materi_websocket_received_bytes",
+                names::WEBSOCKET_RECEIVED_BYTES,
                 "WebSocket payload bytes received",
             )
             .bind(&[]),
             messages_out: counter(
                 &meter,
-                "materi_websocket_messages_sent",
+                names::WEBSOCKET_MESSAGES_SENT,
                 "WebSocket messages sent",
             )
             .bind(&[]),
             bytes_out: counter(
                 &meter,
-                "materi_websocket_sent_bytes",
+                names::WEBSOCKET_SENT_BYTES,
                 "WebSocket payload bytes sent",
             )
             .bind(&[]),
             commit_latency: histogram(
-                "materi_commit_latency_seconds",
+                names::COMMIT_LATENCY,
                 "Time of one append to the operation store",
                 &LATENCY_BUCKETS,
             ),
             commit_batch: meter
-                .u64_histogram("materi_commit_batch_ops")
+                .u64_histogram(names::COMMIT_BATCH_OPS.name)
                 .with_description("Ops committed per append to the operation store")
                 .with_boundaries(BATCH_BUCKETS.to_vec())
                 .build()
                 .bind(&[]),
             conflicts: counter(
                 &meter,
-                "materi_commit_conflicts",
+                names::COMMIT_CONFLICTS,
                 "Appends that lost the race for a version to another writer",
             )
             .bind(&[]),
             retries: counter(
                 &meter,
-                "materi_commit_retries",
+                names::COMMIT_RETRIES,
                 "Batches rebased and appended again after a lost race",
             )
             .bind(&[]),
             bus_lag: histogram(
-                "materi_bus_lag_seconds",
+                names::BUS_LAG,
                 "Published on another instance to received here",
                 &BUS_LAG_BUCKETS,
             ),
             gaps: GapSource::ALL
                 .iter()
-                .map(|s| gap_counter.bind(&[KeyValue::new("source", s.as_str())]))
+                .map(|s| gap_counter.bind(&[KeyValue::new(names::SOURCE, s.as_str())]))
                 .collect(),
             outbound_closes: counter(
                 &meter,
-                "materi_outbound_queue_closes",
+                names::OUTBOUND_QUEUE_CLOSES,
                 "Sessions closed because their outbound queue was full",
             )
             .bind(&[]),
-            jwks_ok: jwks.bind(&[KeyValue::new("result", "ok")]),
-            jwks_error: jwks.bind(&[KeyValue::new("result", "error")]),
-            permission_hit: permission.bind(&[KeyValue::new("result", "hit")]),
-            permission_miss: permission.bind(&[KeyValue::new("result", "miss")]),
+            jwks_ok: jwks.bind(&[KeyValue::new(names::RESULT, names::OK)]),
+            jwks_error: jwks.bind(&[KeyValue::new(names::RESULT, names::ERROR)]),
+            permission_hit: permission.bind(&[KeyValue::new(names::RESULT, names::HIT)]),
+            permission_miss: permission.bind(&[KeyValue::new(names::RESULT, names::MISS)]),
             documents_open: meter
-                .i64_up_down_counter("materi_documents_open")
+                .i64_up_down_counter(names::DOCUMENTS_OPEN)
                 .with_description("Documents open on this instance")
                 .build()
                 .bind(&[]),
             rooms_failed: counter(
                 &meter,
-                "materi_rooms_failed",
+                names::ROOMS_FAILED,
                 "Document rooms that failed (panicked)",
             )
             .bind(&[]),

@@ -22,6 +22,7 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use relay_ports::{Cause, PermissionError, StoreError};
 use std::time::Duration;
 
 /// The SQL migrations of `migrations/`, compiled in.
@@ -73,6 +74,36 @@ impl std::fmt::Debug for PgPool {
         f.debug_struct("PgPool")
             .field("status", &self.pool.status())
             .finish()
+    }
+}
+
+/// Why one timed call ([`PgPool::with_conn`]) did not get its answer.
+#[derive(Debug)]
+pub(crate) enum PgCallError {
+    /// No connection from the pool.
+    Pool(PoolError),
+    /// Checkout and call took longer than the call timeout.
+    Timeout,
+}
+
+impl From<PgCallError> for Cause {
+    fn from(e: PgCallError) -> Cause {
+        match e {
+            PgCallError::Pool(e) => Cause::new(e),
+            PgCallError::Timeout => Cause::msg("database call timed out"),
+        }
+    }
+}
+
+impl From<PgCallError> for StoreError {
+    fn from(e: PgCallError) -> StoreError {
+        StoreError::Unavailable(e.into())
+    }
+}
+
+impl From<PgCallError> for PermissionError {
+    fn from(e: PgCallError) -> PermissionError {
+        PermissionError::Unavailable(e.into())
     }
 }
 
@@ -132,6 +163,30 @@ impl PgPool {
 
     pub(crate) async fn get(&self) -> Result<PooledConnection, PoolError> {
         self.pool.get().await
+    }
+
+    /// Runs `f` with a connection, checkout and call together bounded by
+    /// the call timeout. Failing to get a connection in time is
+    /// [`PgCallError`], which the caller's error turns into its
+    /// `Unavailable`.
+    pub(crate) async fn with_conn<T, E: From<PgCallError>>(
+        &self,
+        f: impl AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let deadline = tokio::time::Instant::now() + self.call_timeout;
+        let mut conn = tokio::time::timeout_at(deadline, self.get())
+            .await
+            .map_err(|_| PgCallError::Timeout)?
+            .map_err(PgCallError::Pool)?;
+        match tokio::time::timeout_at(deadline, f(&mut conn)).await {
+            Ok(r) => r,
+            Err(_) => {
+                // A connection that stopped answering goes nowhere but
+                // away: back in the pool it would hang the next call too.
+                drop(Object::take(conn));
+                Err(PgCallError::Timeout.into())
+            }
+        }
     }
 
     /// `SELECT 1` (for `/ready`).

@@ -90,49 +90,40 @@ impl PermissionSource for PgPermissions {
     ) -> Result<Option<Role>, PermissionError> {
         use diesel_async::RunQueryDsl;
         let user = *claims.user.as_uuid();
-        let work = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| PermissionError::Unavailable(Cause::new(e)))?;
-            let err = |e: diesel::result::Error| PermissionError::Unavailable(Cause::new(e));
-            let owner: Option<Option<uuid::Uuid>> = documents::table
-                .find(*document.as_uuid())
-                .select(documents::owner_id)
-                .first(&mut *conn)
-                .await
-                .optional()
-                .map_err(err)?;
-            if owner.flatten() == Some(user) {
-                return Ok(Some(Role::Owner));
-            }
-            let role: Option<String> = document_permissions::table
-                .find((*document.as_uuid(), user))
-                .select(document_permissions::role)
-                .first(&mut *conn)
-                .await
-                .optional()
-                .map_err(err)?;
-            // A role the schema's check should have refused: no access
-            // (fail closed), and said loudly.
-            Ok(role.and_then(|r| match r.parse() {
-                Ok(role) => Some(role),
-                Err(_) => {
-                    tracing::error!(
-                        %document,
-                        role = %r.escape_debug(),
-                        "document_permissions holds an unknown role: no access"
-                    );
-                    None
+        self.pool
+            .with_conn(async |conn| {
+                let err = |e: diesel::result::Error| PermissionError::Unavailable(Cause::new(e));
+                let owner: Option<Option<uuid::Uuid>> = documents::table
+                    .find(*document.as_uuid())
+                    .select(documents::owner_id)
+                    .first(conn)
+                    .await
+                    .optional()
+                    .map_err(err)?;
+                if owner.flatten() == Some(user) {
+                    return Ok(Some(Role::Owner));
                 }
-            }))
-        };
-        match tokio::time::timeout(self.pool.call_timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(PermissionError::Unavailable(Cause::msg(
-                "database call timed out",
-            ))),
-        }
+                let role: Option<String> = document_permissions::table
+                    .find((*document.as_uuid(), user))
+                    .select(document_permissions::role)
+                    .first(conn)
+                    .await
+                    .optional()
+                    .map_err(err)?;
+                // A role the schema's check should have refused: no access
+                // (fail closed), and said loudly.
+                Ok(role.and_then(|r| match r.parse() {
+                    Ok(role) => Some(role),
+                    Err(_) => {
+                        tracing::error!(
+                            %document,
+                            role = %r.escape_debug(),
+                            "document_permissions holds an unknown role: no access"
+                        );
+                        None
+                    }
+                }))
+            })
+            .await
     }
 }

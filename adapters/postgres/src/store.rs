@@ -63,27 +63,13 @@ impl PgStore {
         &self.pool
     }
 
-    /// Runs `f` with a connection, bounded by the call timeout; every
-    /// failure to reach the database is `Unavailable`.
+    /// [`PgPool::with_conn`], for the store's calls: every failure to reach
+    /// the database is `Unavailable`.
     async fn with_conn<T>(
         &self,
         f: impl AsyncFnOnce(&mut diesel_async::AsyncPgConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let deadline = tokio::time::Instant::now() + self.pool.call_timeout;
-        let timed_out = || StoreError::Unavailable(Cause::msg("database call timed out"));
-        let mut conn = tokio::time::timeout_at(deadline, self.pool.get())
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|e| StoreError::Unavailable(Cause::new(e)))?;
-        match tokio::time::timeout_at(deadline, f(&mut conn)).await {
-            Ok(r) => r,
-            Err(_) => {
-                // A connection that stopped answering goes nowhere but
-                // away: back in the pool it would hang the next call too.
-                drop(deadpool::managed::Object::take(conn));
-                Err(timed_out())
-            }
-        }
+        self.pool.with_conn(f).await
     }
 }
 

@@ -22,6 +22,7 @@ pub use bus::RedisBus;
 pub use presence::RedisPresence;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use relay_ports::Cause;
 use std::time::Duration;
 
 /// How Relay talks to Redis.
@@ -105,6 +106,38 @@ impl Commands {
     pub(crate) fn get(&self) -> ConnectionManager {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.connections[i % self.connections.len()].clone()
+    }
+
+    /// Runs `pipe` on the next connection, failing after `call_timeout`.
+    /// The caller maps the failure to its port's error (through [`Cause`]).
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisCallError> {
+        let mut conn = self.get();
+        match tokio::time::timeout(self.call_timeout, pipe.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(RedisCallError::Redis(e)),
+            Err(_) => Err(RedisCallError::Timeout),
+        }
+    }
+}
+
+/// Why one timed Redis call failed.
+#[derive(Debug)]
+pub(crate) enum RedisCallError {
+    /// Redis (or the connection to it) answered with an error.
+    Redis(redis::RedisError),
+    /// No answer within `call_timeout`.
+    Timeout,
+}
+
+impl From<RedisCallError> for Cause {
+    fn from(e: RedisCallError) -> Cause {
+        match e {
+            RedisCallError::Redis(e) => Cause::new(e),
+            RedisCallError::Timeout => Cause::msg("redis did not answer in time"),
+        }
     }
 }
 

@@ -31,16 +31,10 @@ impl RedisPresence {
         &self,
         pipe: redis::Pipeline,
     ) -> Result<T, PresenceError> {
-        let mut conn = self.commands.get();
-        match tokio::time::timeout(self.commands.call_timeout, pipe.query_async::<T>(&mut conn))
+        self.commands
+            .query(&pipe)
             .await
-        {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(PresenceError::Unavailable(Cause::new(e))),
-            Err(_) => Err(PresenceError::Unavailable(Cause::msg(
-                "redis did not answer in time",
-            ))),
-        }
+            .map_err(|e| PresenceError::Unavailable(e.into()))
     }
 }
 

@@ -8,6 +8,7 @@
 //! or histogram never recorded may be absent (read as 0).
 
 use crate::Metrics;
+use crate::metrics::names::{self, Histogram};
 pub use crate::metrics::samples::{Sample, Samples};
 use crate::metrics::{GapSource, OpStatus, OperationType, RejectReason};
 use relay_domain::DocumentId;
@@ -22,8 +23,8 @@ pub fn run_all<M: Metrics>(metrics: &M, read: &dyn Fn(&M) -> Samples) {
     no_value_panics(metrics);
 }
 
-const CONNECTIONS: &str = "materi_websocket_connections_active";
-const OPERATIONS: &str = "materi_operations_processed_total";
+const CONNECTIONS: &str = names::WEBSOCKET_CONNECTIONS_ACTIVE;
+const OPERATIONS: &str = names::OPERATIONS_PROCESSED.exported;
 
 fn doc() -> DocumentId {
     DocumentId::new(uuid::Uuid::new_v4())
@@ -37,22 +38,30 @@ pub fn connections_are_counted_per_document<M: Metrics>(m: &M, read: &dyn Fn(&M)
     m.connection_opened(a);
     m.connection_opened(b);
     let s = read(m);
-    assert_eq!(s.sum(CONNECTIONS, &[("document_id", &sa)]), 2.0, "two on a");
-    assert_eq!(s.sum(CONNECTIONS, &[("document_id", &sb)]), 1.0, "one on b");
+    assert_eq!(
+        s.sum(CONNECTIONS, &[(names::DOCUMENT_ID, &sa)]),
+        2.0,
+        "two on a"
+    );
+    assert_eq!(
+        s.sum(CONNECTIONS, &[(names::DOCUMENT_ID, &sb)]),
+        1.0,
+        "one on b"
+    );
     assert_eq!(s.sum(CONNECTIONS, &[]) - before, 3.0, "the sum is exact");
     m.connection_closed(a);
     m.connection_closed(b);
     let s = read(m);
-    assert_eq!(s.sum(CONNECTIONS, &[("document_id", &sa)]), 1.0);
+    assert_eq!(s.sum(CONNECTIONS, &[(names::DOCUMENT_ID, &sa)]), 1.0);
     assert!(
-        !s.has(CONNECTIONS, &[("document_id", &sb)]),
+        !s.has(CONNECTIONS, &[(names::DOCUMENT_ID, &sb)]),
         "a document's series disappears with its last connection"
     );
     m.connection_closed(a);
     // A stray close (never opened) neither goes below zero nor shows up.
     m.connection_closed(a);
     let s = read(m);
-    assert!(!s.has(CONNECTIONS, &[("document_id", &sa)]));
+    assert!(!s.has(CONNECTIONS, &[(names::DOCUMENT_ID, &sa)]));
     assert_eq!(s.sum(CONNECTIONS, &[]), before);
 }
 
@@ -70,7 +79,10 @@ pub fn operations_are_counted_by_kind_and_status<M: Metrics>(m: &M, read: &dyn F
     let after = read(m);
     for (i, t) in OperationType::ALL.iter().enumerate() {
         for (j, s) in OpStatus::ALL.iter().enumerate() {
-            let labels = [("operation_type", t.as_str()), ("status", s.as_str())];
+            let labels = [
+                (names::OPERATION_TYPE, t.as_str()),
+                (names::STATUS, s.as_str()),
+            ];
             assert_eq!(
                 after.sum(OPERATIONS, &labels) - before.sum(OPERATIONS, &labels),
                 (i * 5 + j + 1) as f64,
@@ -84,32 +96,36 @@ pub fn operations_are_counted_by_kind_and_status<M: Metrics>(m: &M, read: &dyn F
     );
     for s in after.matching(OPERATIONS, &[]) {
         let keys: Vec<&str> = s.labels.keys().map(String::as_str).collect();
-        assert_eq!(keys, ["operation_type", "status"], "only the seed's labels");
+        assert_eq!(
+            keys,
+            [names::OPERATION_TYPE, names::STATUS],
+            "only the seed's labels"
+        );
     }
 }
 
 pub fn histograms_count_and_sum<M: Metrics>(m: &M, read: &dyn Fn(&M) -> Samples) {
-    let delta = |name: &str, f: &dyn Fn()| {
+    let delta = |h: Histogram, f: &dyn Fn()| {
         let before = read(m);
         f();
         let after = read(m);
         (
-            after.sum(&format!("{name}_count"), &[]) - before.sum(&format!("{name}_count"), &[]),
-            after.sum(&format!("{name}_sum"), &[]) - before.sum(&format!("{name}_sum"), &[]),
+            after.sum(h.count, &[]) - before.sum(h.count, &[]),
+            after.sum(h.sum, &[]) - before.sum(h.sum, &[]),
         )
     };
-    let (count, sum) = delta("materi_operation_latency_seconds", &|| {
+    let (count, sum) = delta(names::OPERATION_LATENCY, &|| {
         m.operation_latency(0.002);
         m.operation_latency(0.2);
     });
     assert_eq!(count, 2.0);
     assert!((sum - 0.202).abs() < 1e-9, "{sum}");
-    let (count, sum) = delta("materi_commit_latency_seconds", &|| m.commit(7, 0.004));
+    let (count, sum) = delta(names::COMMIT_LATENCY, &|| m.commit(7, 0.004));
     assert_eq!(count, 1.0);
     assert!((sum - 0.004).abs() < 1e-9);
-    let (count, sum) = delta("materi_commit_batch_ops", &|| m.commit(7, 0.004));
+    let (count, sum) = delta(names::COMMIT_BATCH_OPS, &|| m.commit(7, 0.004));
     assert_eq!((count, sum), (1.0, 7.0));
-    let (count, sum) = delta("materi_bus_lag_seconds", &|| m.bus_lag(0.003));
+    let (count, sum) = delta(names::BUS_LAG, &|| m.bus_lag(0.003));
     assert_eq!(count, 1.0);
     assert!((sum - 0.003).abs() < 1e-9);
 }
@@ -144,55 +160,76 @@ pub fn operator_counters_count<M: Metrics>(m: &M, read: &dyn Fn(&M) -> Samples) 
     let after = read(m);
     let d =
         |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
-    assert_eq!(d("materi_presence_broadcasts_total", &[]), 1.0);
+    assert_eq!(d(names::PRESENCE_BROADCASTS.exported, &[]), 1.0);
     for (i, r) in RejectReason::ALL.iter().enumerate() {
         assert_eq!(
             d(
-                "materi_connections_rejected_total",
-                &[("reason", r.as_str())]
+                names::CONNECTIONS_REJECTED.exported,
+                &[(names::REASON, r.as_str())]
             ),
             (i + 1) as f64
         );
     }
-    assert_eq!(d("materi_websocket_messages_received_total", &[]), 2.0);
-    assert_eq!(d("materi_websocket_received_bytes_total", &[]), 15.0);
-    assert_eq!(d("materi_websocket_messages_sent_total", &[]), 1.0);
-    assert_eq!(d("materi_websocket_sent_bytes_total", &[]), 100.0);
-    assert_eq!(d("materi_commit_conflicts_total", &[]), 2.0);
-    assert_eq!(d("materi_commit_retries_total", &[]), 1.0);
-    assert_eq!(d("materi_bus_gap_repairs_total", &[("source", "bus")]), 1.0);
-    assert_eq!(
-        d("materi_bus_gap_repairs_total", &[("source", "store")]),
-        2.0
-    );
-    assert_eq!(d("materi_outbound_queue_closes_total", &[]), 1.0);
-    assert_eq!(d("materi_jwks_refreshes_total", &[("result", "ok")]), 1.0);
-    assert_eq!(
-        d("materi_jwks_refreshes_total", &[("result", "error")]),
-        2.0
-    );
+    assert_eq!(d(names::WEBSOCKET_MESSAGES_RECEIVED.exported, &[]), 2.0);
+    assert_eq!(d(names::WEBSOCKET_RECEIVED_BYTES.exported, &[]), 15.0);
+    assert_eq!(d(names::WEBSOCKET_MESSAGES_SENT.exported, &[]), 1.0);
+    assert_eq!(d(names::WEBSOCKET_SENT_BYTES.exported, &[]), 100.0);
+    assert_eq!(d(names::COMMIT_CONFLICTS.exported, &[]), 2.0);
+    assert_eq!(d(names::COMMIT_RETRIES.exported, &[]), 1.0);
     assert_eq!(
         d(
-            "materi_permission_cache_lookups_total",
-            &[("result", "hit")]
+            names::BUS_GAP_REPAIRS.exported,
+            &[(names::SOURCE, GapSource::Bus.as_str())]
         ),
         1.0
     );
     assert_eq!(
         d(
-            "materi_permission_cache_lookups_total",
-            &[("result", "miss")]
+            names::BUS_GAP_REPAIRS.exported,
+            &[(names::SOURCE, GapSource::Store.as_str())]
         ),
         2.0
     );
-    assert_eq!(d("materi_documents_open", &[]), 1.0);
-    assert_eq!(d("materi_rooms_failed_total", &[]), 1.0);
+    assert_eq!(d(names::OUTBOUND_QUEUE_CLOSES.exported, &[]), 1.0);
+    assert_eq!(
+        d(
+            names::JWKS_REFRESHES.exported,
+            &[(names::RESULT, names::OK)]
+        ),
+        1.0
+    );
+    assert_eq!(
+        d(
+            names::JWKS_REFRESHES.exported,
+            &[(names::RESULT, names::ERROR)]
+        ),
+        2.0
+    );
+    assert_eq!(
+        d(
+            names::PERMISSION_CACHE_LOOKUPS.exported,
+            &[(names::RESULT, names::HIT)]
+        ),
+        1.0
+    );
+    assert_eq!(
+        d(
+            names::PERMISSION_CACHE_LOOKUPS.exported,
+            &[(names::RESULT, names::MISS)]
+        ),
+        2.0
+    );
+    assert_eq!(d(names::DOCUMENTS_OPEN, &[]), 1.0);
+    assert_eq!(d(names::ROOMS_FAILED.exported, &[]), 1.0);
     m.document_closed();
 }
 
 pub fn many_threads_lose_nothing<M: Metrics>(m: &M, read: &dyn Fn(&M) -> Samples) {
     let docs: Vec<DocumentId> = (0..8).map(|_| doc()).collect();
-    let labels = [("operation_type", "insert"), ("status", "ok")];
+    let labels = [
+        (names::OPERATION_TYPE, OperationType::Insert.as_str()),
+        (names::STATUS, OpStatus::Ok.as_str()),
+    ];
     let before = read(m);
     std::thread::scope(|s| {
         for t in 0..8 {
@@ -211,11 +248,11 @@ pub fn many_threads_lose_nothing<M: Metrics>(m: &M, read: &dyn Fn(&M) -> Samples
         after.sum(OPERATIONS, &labels) - before.sum(OPERATIONS, &labels),
         8000.0
     );
-    let sent = "materi_websocket_sent_bytes_total";
+    let sent = names::WEBSOCKET_SENT_BYTES.exported;
     assert_eq!(after.sum(sent, &[]) - before.sum(sent, &[]), 8000.0);
     for d in &docs {
         assert_eq!(
-            after.sum(CONNECTIONS, &[("document_id", &d.to_string())]),
+            after.sum(CONNECTIONS, &[(names::DOCUMENT_ID, &d.to_string())]),
             1000.0
         );
         for _ in 0..1000 {

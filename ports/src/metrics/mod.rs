@@ -7,6 +7,7 @@
 //! Recording is on the hot path (every op, every frame): implementations
 //! must not serialise connections on one lock.
 
+pub mod names;
 pub mod samples;
 
 use relay_domain::DocumentId;
@@ -111,6 +112,16 @@ impl GapSource {
     }
 }
 
+/// A duration in seconds as a histogram records it: never negative or
+/// NaN, and bounded so sums stay finite.
+pub fn seconds(s: f64) -> f64 {
+    if s.is_finite() {
+        s.clamp(0.0, 1.0e6)
+    } else {
+        0.0
+    }
+}
+
 #[cfg_attr(feature = "mocks", mockall::automock)]
 pub trait Metrics: Send + Sync + 'static {
     /// `materi_websocket_connections_active{document_id}` goes up.
@@ -204,5 +215,15 @@ mod tests {
         names(OpStatus::ALL.iter().map(|t| t.as_str()).collect());
         names(RejectReason::ALL.iter().map(|t| t.as_str()).collect());
         names(GapSource::ALL.iter().map(|t| t.as_str()).collect());
+    }
+
+    #[test]
+    fn seconds_are_finite_and_never_negative() {
+        assert_eq!(seconds(0.25), 0.25);
+        assert_eq!(seconds(-1.0), 0.0);
+        assert_eq!(seconds(f64::NAN), 0.0);
+        assert_eq!(seconds(f64::INFINITY), 0.0);
+        assert_eq!(seconds(f64::NEG_INFINITY), 0.0);
+        assert_eq!(seconds(1e300), 1.0e6);
     }
 }

@@ -105,14 +105,10 @@ async fn query<T: redis::FromRedisValue>(
     commands: &Commands,
     pipe: &redis::Pipeline,
 ) -> Result<T, BusError> {
-    let mut conn = commands.get();
-    match tokio::time::timeout(commands.call_timeout, pipe.query_async::<T>(&mut conn)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(BusError::Unavailable(Cause::new(e))),
-        Err(_) => Err(BusError::Unavailable(Cause::msg(
-            "redis did not answer in time",
-        ))),
-    }
+    commands
+        .query(pipe)
+        .await
+        .map_err(|e| BusError::Unavailable(e.into()))
 }
 
 impl RedisBus {

@@ -14,14 +14,27 @@
 //!
 //! History is kept for a bounded number of ops and a bounded age; a base
 //! older than that is `stale_base` (the client rejoins).
+//!
+//! # Layout
+//!
+//! - this file: the types, and propose, commit, abort_pending and
+//!   apply_remote;
+//! - `clients`: what is remembered of each client's last commit (`Known`),
+//!   for dedup beyond history, and how that memory is bounded;
+//! - `history`: the committed ops kept (`Entry`), and how they are pruned.
+
+mod clients;
+mod history;
 
 use crate::delta::{Component, Delta, DeltaError};
 use crate::document::Document;
 use crate::ids::{ClientId, MAX_LEN, Seq, Timestamp, UserId, Version};
 use crate::json_size;
 use crate::ot::{Bias, Side};
+use clients::{Clients, Known};
+use history::Entry;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// An operation with its place in the document's history: the wire shape of
 /// an entry of `ops` (PROTOCOL.md).
@@ -143,39 +156,6 @@ impl Default for SequencerConfig {
     }
 }
 
-#[derive(Clone, Debug)]
-struct ClientRecord {
-    /// The client's last committed seq and its version; `None` once the
-    /// store said it has committed nothing.
-    last: Option<(Seq, Version)>,
-    seen: Timestamp,
-}
-
-/// The users seen with one client id (almost always one).
-type ClientRecords = Vec<(UserId, ClientRecord)>;
-
-#[derive(Debug)]
-struct Entry {
-    op: CommittedOp,
-    at: Timestamp,
-}
-
-impl Entry {
-    /// An entry for history: the op's delta compacted (no trailing retain,
-    /// no spare capacity) and boxed, so the deque holds pointers and its
-    /// spare slots cost 8 bytes, not an entry's size.
-    fn new(mut op: CommittedOp, at: Timestamp) -> Box<Entry> {
-        op.delta.compact();
-        Box::new(Entry { op, at })
-    }
-
-    /// What the history budget counts for it.
-    fn bytes(&self) -> usize {
-        self.op.memory_bytes() + std::mem::size_of::<Entry>() - std::mem::size_of::<CommittedOp>()
-            + std::mem::size_of::<Box<Entry>>()
-    }
-}
-
 /// The sequencer of one document. See the module documentation.
 #[derive(Debug)]
 pub struct Sequencer {
@@ -188,7 +168,7 @@ pub struct Sequencer {
     pending_growth: Vec<usize>,
     /// Document length once every pending op applies.
     pending_len: usize,
-    clients: HashMap<ClientId, ClientRecords>,
+    clients: Clients,
     config: SequencerConfig,
 }
 
@@ -205,7 +185,7 @@ impl Sequencer {
             pending: Vec::new(),
             pending_growth: Vec::new(),
             pending_len,
-            clients: HashMap::new(),
+            clients: Clients::default(),
             config,
         }
     }
@@ -263,20 +243,20 @@ impl Sequencer {
         {
             return Ok(Proposed::Pending(p.version));
         }
-        match self.record(sub.user, &sub.client_id).map(|r| r.last) {
-            Some(Some((last, version))) if last == sub.seq => {
+        match self.clients.known(sub.user, &sub.client_id) {
+            Known::Last(last, version) if last == sub.seq => {
                 return Ok(Proposed::Duplicate(version));
             }
-            Some(Some((last, _))) if sub.seq < last => {
+            Known::Last(last, _) if sub.seq < last => {
                 return match self.find_committed(sub.user, &sub.client_id, sub.seq) {
                     Some(v) => Ok(Proposed::Duplicate(v)),
                     None => Err(Rejection::OutOfOrder { seq: sub.seq, last }),
                 };
             }
-            Some(Some(_)) => {}
+            Known::Last(..) => {}
             // Not remembered (new, or forgotten), or nothing committed as
             // far as the store knew: history may still know it.
-            Some(None) | None => {
+            Known::Unseen | Known::NothingCommitted => {
                 if let Some(v) = self.find_committed(sub.user, &sub.client_id, sub.seq) {
                     return Ok(Proposed::Duplicate(v));
                 }
@@ -390,26 +370,6 @@ impl Sequencer {
         Ok(Proposed::New(at))
     }
 
-    /// Seeds what the store knows of a client the sequencer has not seen:
-    /// its last committed seq and that op's version, or `None` if it has
-    /// committed nothing. Duplicates and out-of-order seqs from before this
-    /// sequencer's history are then caught, and the client counts as known
-    /// (see [`Sequencer::knows_client`]). Never moves a record back.
-    pub fn remember_client(
-        &mut self,
-        user: UserId,
-        client_id: &ClientId,
-        last: Option<(Seq, Version)>,
-        now: Timestamp,
-    ) {
-        Self::remember(&mut self.clients, user, client_id, last, now);
-    }
-
-    /// Whether the sequencer knows the client's last committed seq.
-    pub fn knows_client(&self, user: UserId, client_id: &ClientId) -> bool {
-        self.record(user, client_id).is_some()
-    }
-
     /// The store made every pending op up to `through` durable: they become
     /// history and apply to the document. Returns how many were committed.
     pub fn commit(&mut self, through: Version, now: Timestamp) -> usize {
@@ -424,13 +384,8 @@ impl Sequencer {
             self.doc
                 .apply(&op.delta)
                 .expect("a pending op was rebased onto the document it now applies to");
-            Self::remember(
-                &mut self.clients,
-                op.user,
-                &op.client_id,
-                Some((op.seq, op.version)),
-                now,
-            );
+            self.clients
+                .remember(op.user, &op.client_id, Some((op.seq, op.version)), now);
             self.push_history(Entry::new(op, now));
         }
         self.prune(now);
@@ -482,13 +437,8 @@ impl Sequencer {
                 source,
             })?;
         self.pending_len = self.doc.len();
-        Self::remember(
-            &mut self.clients,
-            op.user,
-            &op.client_id,
-            Some((op.seq, op.version)),
-            now,
-        );
+        self.clients
+            .remember(op.user, &op.client_id, Some((op.seq, op.version)), now);
         self.push_history(Entry::new(op, now));
         self.prune(now);
         Ok(true)
@@ -508,38 +458,6 @@ impl Sequencer {
             pos = op.delta.transform_position(pos, bias);
         }
         Some(pos.min(self.doc.len()))
-    }
-
-    fn record(&self, user: UserId, client_id: &ClientId) -> Option<&ClientRecord> {
-        let records = self.clients.get(client_id.as_str())?;
-        records.iter().find(|(u, _)| *u == user).map(|(_, r)| r)
-    }
-
-    fn find_committed(&self, user: UserId, client_id: &ClientId, seq: Seq) -> Option<Version> {
-        self.history
-            .iter()
-            .rev()
-            .find(|e| e.op.seq == seq && e.op.user == user && e.op.client_id == *client_id)
-            .map(|e| e.op.version)
-    }
-
-    fn remember(
-        clients: &mut HashMap<ClientId, ClientRecords>,
-        user: UserId,
-        client_id: &ClientId,
-        last: Option<(Seq, Version)>,
-        now: Timestamp,
-    ) {
-        let rec = ClientRecord { last, seen: now };
-        let records = match clients.get_mut(client_id.as_str()) {
-            Some(r) => r,
-            None => clients.entry(client_id.clone()).or_default(),
-        };
-        match records.iter_mut().find(|(u, _)| *u == user) {
-            Some((_, r)) if r.last.map(|l| l.0) > last.map(|l| l.0) => r.seen = now,
-            Some((_, r)) => *r = rec,
-            None => records.push((user, rec)),
-        }
     }
 
     /// A bound of how much `delta` (rebased onto the pending ops) can add
@@ -593,58 +511,6 @@ impl Sequencer {
         growth
     }
 
-    fn push_history(&mut self, entry: Box<Entry>) {
-        self.history_bytes += entry.bytes();
-        self.history.push_back(entry);
-    }
-
-    /// Bytes of history kept ([`SequencerConfig::max_history_bytes`]).
-    pub fn history_bytes(&self) -> usize {
-        self.history_bytes
-    }
-
-    /// Ops kept in history.
-    pub fn history_len(&self) -> usize {
-        self.history.len()
-    }
-
-    fn prune(&mut self, now: Timestamp) {
-        while let Some(front) = self.history.front() {
-            let too_many = self.history.len() > self.config.max_history;
-            let too_old = now.since(front.at) > self.config.max_history_age_ms;
-            let too_big =
-                self.history_bytes > self.config.max_history_bytes && self.history.len() > 1;
-            if !(too_many || too_old || too_big) {
-                break;
-            }
-            if let Some(gone) = self.history.pop_front() {
-                self.history_bytes -= gone.bytes();
-            }
-        }
-        if self.clients.len() > self.config.max_clients {
-            // Forget the least recently seen tenth at once, so the selection
-            // is paid rarely.
-            let mut seen: Vec<Timestamp> = self
-                .clients
-                .values()
-                .map(|rs| rs.iter().map(|(_, r)| r.seen).max().unwrap_or_default())
-                .collect();
-            let cut = self.clients.len() - self.config.max_clients * 9 / 10;
-            seen.select_nth_unstable(cut.saturating_sub(1));
-            let threshold = seen[cut.saturating_sub(1)];
-            let mut dropped = 0;
-            self.clients.retain(|_, rs| {
-                let latest = rs.iter().map(|(_, r)| r.seen).max().unwrap_or_default();
-                if dropped < cut && latest <= threshold {
-                    dropped += 1;
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-    }
-
     /// Length the next proposal must produce from (after pending ops).
     pub fn pending_len(&self) -> usize {
         self.pending_len
@@ -667,15 +533,15 @@ fn json_len_within(delta: &Delta, limit: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use uuid::Uuid;
 
-    fn user(n: u128) -> UserId {
+    pub(super) fn user(n: u128) -> UserId {
         UserId::new(Uuid::from_u128(n))
     }
 
-    fn sub(u: u128, client: &str, seq: u64, base: u64, delta: Delta) -> Submission {
+    pub(super) fn sub(u: u128, client: &str, seq: u64, base: u64, delta: Delta) -> Submission {
         Submission {
             user: user(u),
             client_id: ClientId::new(client).unwrap(),
@@ -685,13 +551,13 @@ mod tests {
         }
     }
 
-    fn ins(pos: usize, text: &str) -> Delta {
+    pub(super) fn ins(pos: usize, text: &str) -> Delta {
         let mut d = Delta::new();
         d.retain(pos).insert(text);
         d
     }
 
-    fn commit_one(s: &mut Sequencer, submission: Submission) -> CommittedOp {
+    pub(super) fn commit_one(s: &mut Sequencer, submission: Submission) -> CommittedOp {
         match s.propose(&submission).unwrap() {
             Proposed::New(v) => {
                 let op = s.pending()[0].clone();
@@ -732,45 +598,6 @@ mod tests {
         assert_eq!(again, Ok(Proposed::Duplicate(Version::from(1))));
         assert_eq!(s.version(), Version::from(2));
         assert_eq!(s.pending().len(), 0);
-    }
-
-    #[test]
-    fn a_client_the_store_knows_nothing_of_is_known_and_its_commits_win() {
-        let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
-        let (user, client) = (UserId::new(Uuid::from_u128(1)), ClientId::new("a").unwrap());
-        assert!(!s.knows_client(user, &client));
-        s.remember_client(user, &client, None, Timestamp::from_millis(0));
-        assert!(
-            s.knows_client(user, &client),
-            "no committed op is knowledge too"
-        );
-        // Any seq is new; once committed, it is remembered over `None`.
-        commit_one(&mut s, sub(1, "a", 3, 0, ins(0, "x")));
-        s.remember_client(user, &client, None, Timestamp::from_millis(1));
-        assert_eq!(
-            s.propose(&sub(1, "a", 3, 1, ins(0, "again"))),
-            Ok(Proposed::Duplicate(Version::from(1))),
-            "a stale `None` must not move the record back"
-        );
-        assert_eq!(
-            s.propose(&sub(1, "a", 2, 1, ins(0, "old"))),
-            Err(Rejection::OutOfOrder {
-                seq: Seq::from(2),
-                last: Seq::from(3)
-            })
-        );
-        // The store's answer for a client seeds duplicates before history.
-        let other = ClientId::new("b").unwrap();
-        s.remember_client(
-            user,
-            &other,
-            Some((Seq::from(9), Version::from(1))),
-            Timestamp::from_millis(2),
-        );
-        assert_eq!(
-            s.propose(&sub(1, "b", 9, 1, ins(0, "y"))),
-            Ok(Proposed::Duplicate(Version::from(1)))
-        );
     }
 
     #[test]
@@ -838,24 +665,6 @@ mod tests {
         // Base 1 is still inside the window: the delta spans the document
         // as it was at version 1.
         assert!(matches!(r(&mut s, 1, 1, ins(1, "y")), Ok(Proposed::New(_))));
-    }
-
-    #[test]
-    fn history_is_bounded_by_age() {
-        let config = SequencerConfig {
-            max_history_age_ms: 1_000,
-            ..SequencerConfig::default()
-        };
-        let mut s = Sequencer::new(Document::new(), config);
-        let p = s.propose(&sub(1, "a", 1, 0, ins(0, "x"))).unwrap();
-        let Proposed::New(v) = p else { panic!() };
-        s.commit(v, Timestamp::from_millis(0));
-        assert!(s.ops_since(Version::from(0)).is_some());
-        let p = s.propose(&sub(1, "a", 2, 1, ins(0, "y"))).unwrap();
-        let Proposed::New(v) = p else { panic!() };
-        s.commit(v, Timestamp::from_millis(5_000));
-        assert!(s.ops_since(Version::from(0)).is_none());
-        assert_eq!(s.ops_since(Version::from(1)).map(|o| o.len()), Some(1));
     }
 
     #[test]
@@ -945,37 +754,6 @@ mod tests {
     }
 
     #[test]
-    fn history_is_bounded_by_bytes_oldest_first() {
-        let config = SequencerConfig {
-            max_history_bytes: 100_000,
-            ..SequencerConfig::default()
-        };
-        let mut s = Sequencer::new(Document::new(), config);
-        let big = "x".repeat(30_000);
-        for i in 1..=10u64 {
-            commit_one(&mut s, sub(1, "a", i, i - 1, ins(0, &big)));
-            assert!(s.history_bytes() <= 100_000, "{} bytes", s.history_bytes());
-        }
-        // Three 30 KB ops fit, a fourth would not.
-        assert_eq!(s.history_len(), 3);
-        assert_eq!(s.oldest_base(), Version::from(7));
-        assert!(s.ops_since(Version::from(6)).is_none());
-        assert_eq!(s.ops_since(Version::from(7)).map(|o| o.len()), Some(3));
-        assert_eq!(
-            s.propose(&sub(2, "b", 1, 6, ins(0, "y"))),
-            Err(Rejection::StaleBase {
-                base: Version::from(6),
-                oldest: Version::from(7)
-            })
-        );
-        // One op over the whole budget is still kept, alone.
-        let huge = "z".repeat(200_000);
-        commit_one(&mut s, sub(1, "a", 11, 10, ins(0, &huge)));
-        assert_eq!(s.history_len(), 1);
-        assert_eq!(s.oldest_base(), Version::from(10));
-    }
-
-    #[test]
     fn documents_and_ops_are_bounded_in_bytes() {
         let config = SequencerConfig {
             max_document_bytes: 2_000,
@@ -1010,19 +788,5 @@ mod tests {
             "{r:?}"
         );
         assert!(s.pending().is_empty());
-    }
-
-    #[test]
-    fn forgotten_clients_are_bounded() {
-        let config = SequencerConfig {
-            max_clients: 10,
-            max_history: 5,
-            ..SequencerConfig::default()
-        };
-        let mut s = Sequencer::new(Document::new(), config);
-        for i in 0..50u64 {
-            commit_one(&mut s, sub(1, &format!("tab-{i}"), 1, i, ins(0, "x")));
-        }
-        assert!(s.clients.len() <= 10);
     }
 }
