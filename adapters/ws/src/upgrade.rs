@@ -216,6 +216,7 @@ fn handshake(
     let config = config.clone();
     let metrics = metrics.clone();
     let connections = config.connections.clone();
+    let stop = connections.stop_token();
     connections.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -236,7 +237,13 @@ fn handshake(
             .max_frame_size(Some(config.max_message_bytes));
         let io = hyper_util::rt::TokioIo::new(upgraded);
         let stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-        connection::run(stream, service, &config, &*metrics, document, bearer, slot).await;
+        // The connection's future is made here, inside the select, so the
+        // task stores it once.
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {}
+            () = connection::run(stream, service, &config, &*metrics, document, bearer, slot) => {}
+        }
     });
     let mut r = Response::new(warp::hyper::body::Bytes::new().into());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
