@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use relay_domain::{Component, Delta};
 use relay_domain::ids::MAX_WIRE_INT;
 use relay_domain::testing::assert_normal;
-use relay_domain::{Component, Delta};
 use relay_fuzz::assert_wire_round_trip;
 use relay_ports::protocol::{ClientMessage, ErrorCode};
 
@@ -14,10 +14,7 @@ use relay_ports::protocol::{ClientMessage, ErrorCode};
 fn check_wire_delta(d: &Delta, what: &str) {
     assert!(d.check_storable().is_ok(), "{what}: not storable: {d:?}");
     assert!(d.base_len() as u64 <= MAX_WIRE_INT, "{what}: base length");
-    assert!(
-        d.target_len() as u64 <= MAX_WIRE_INT,
-        "{what}: target length"
-    );
+    assert!(d.target_len() as u64 <= MAX_WIRE_INT, "{what}: target length");
     assert!(
         !d.components()
             .windows(2)
@@ -26,11 +23,7 @@ fn check_wire_delta(d: &Delta, what: &str) {
     );
     assert_normal(d, what);
     // The wire form spans exactly what its components span.
-    assert_eq!(
-        d.spanned(),
-        d.base_len(),
-        "{what}: from_json spans its components"
-    );
+    assert_eq!(d.spanned(), d.base_len(), "{what}: from_json spans its components");
     assert_wire_round_trip(d, what);
 }
 

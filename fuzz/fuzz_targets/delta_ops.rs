@@ -8,13 +8,13 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use relay_domain::{Delta, DeltaError, Document, Side, Version};
 use relay_domain::ids::MAX_WIRE_INT;
 use relay_domain::testing::assert_normal;
-use relay_domain::{Delta, DeltaError, Document, Side, Version};
 use relay_fuzz::{
     AttrChoice, MStep, Model, Raw, Step, Text, assert_doc, assert_positions,
-    assert_wire_round_trip, build, decide, has_delete_then_insert, model_apply, model_apply_steps,
-    model_of_content, raw_wire, wire,
+    assert_wire_round_trip, build, decide, has_delete_then_insert, model_apply,
+    model_apply_steps, model_of_content, raw_wire, wire,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -42,10 +42,7 @@ fn make(steps: &[Step], m: &Model, what: &str) -> (Delta, Vec<MStep>) {
     // directly followed by an insert, else the builder's delta.
     match Delta::from_json(&wire(&ms)) {
         Ok(parsed) => {
-            assert!(
-                !has_delete_then_insert(&ms),
-                "{what}: non-canonical accepted"
-            );
+            assert!(!has_delete_then_insert(&ms), "{what}: non-canonical accepted");
             assert_eq!(parsed, built, "{what}: wire and builder disagree");
         }
         Err(DeltaError::MalformedComponent { reason, .. })
@@ -99,12 +96,7 @@ fuzz_target!(|input: Input| {
         .doc
         .iter()
         .take(8)
-        .map(|(t, a)| {
-            (
-                t.string(),
-                a.as_ref().map(AttrChoice::map).unwrap_or_default(),
-            )
-        })
+        .map(|(t, a)| (t.string(), a.as_ref().map(AttrChoice::map).unwrap_or_default()))
         .collect();
     let mut content = Delta::new();
     for (t, a) in &pieces {
@@ -133,11 +125,7 @@ fuzz_target!(|input: Input| {
 
     // Compose.
     let ab = ac.compose(&b_seqc).expect("lengths match");
-    assert_eq!(
-        ab,
-        a.compose(&b_seq).unwrap(),
-        "compose of compacted deltas"
-    );
+    assert_eq!(ab, a.compose(&b_seq).unwrap(), "compose of compacted deltas");
     let (d_ab, m_ab) = check_result(&ab, &doc, &m0, "a.compose(b)");
     let (d_a_b, m_a_b) = check_result(&b_seqc, &da, &ma, "b after a");
     assert_eq!(m_ab, m_a_b, "compose law (model)");
@@ -157,16 +145,8 @@ fuzz_target!(|input: Input| {
     for (first, second) in [(Side::Left, Side::Right), (Side::Right, Side::Left)] {
         let a2 = ac.transform(&bc, first).expect("same base");
         let b2 = bc.transform(&ac, second).expect("same base");
-        assert_eq!(
-            a2,
-            a.transform(&b, first).unwrap(),
-            "transform of compacted"
-        );
-        assert_eq!(
-            b2,
-            b.transform(&a, second).unwrap(),
-            "transform of compacted"
-        );
+        assert_eq!(a2, a.transform(&b, first).unwrap(), "transform of compacted");
+        assert_eq!(b2, b.transform(&a, second).unwrap(), "transform of compacted");
         let (x, mx) = check_result(&a2, &db, &mb, "a transformed over b");
         let (y, my) = check_result(&b2, &da, &ma, "b transformed over a");
         assert_eq!(mx, my, "TP1 (model), a as {first:?}");
@@ -181,11 +161,7 @@ fuzz_target!(|input: Input| {
         );
     }
     // Transforming over the identity changes nothing.
-    assert_eq!(
-        a.transform(&Delta::identity(a.base_len()), Side::Left)
-            .unwrap(),
-        a
-    );
+    assert_eq!(a.transform(&Delta::identity(a.base_len()), Side::Left).unwrap(), a);
 
     // Invert.
     let inv = ac.invert(&doc).expect("a spans the document");
@@ -195,15 +171,7 @@ fuzz_target!(|input: Input| {
     // change of such a key removes it, as quill-delta's invert does).
     let no_nulls = |m: &relay_fuzz::Model| -> relay_fuzz::Model {
         m.iter()
-            .map(|(c, a)| {
-                (
-                    *c,
-                    a.iter()
-                        .filter(|(_, v)| !v.is_null())
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                )
-            })
+            .map(|(c, a)| (*c, a.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect()))
             .collect()
     };
     assert_eq!(no_nulls(&m_back), no_nulls(&m0), "invert law (model)");
@@ -273,7 +241,8 @@ fuzz_target!(|input: Input| {
                 let q = x.compose(&y2).unwrap();
                 assert_eq!(p.base_len(), q.base_len());
                 assert_eq!(p.target_len(), q.target_len());
-                if p.check_storable().is_ok() && p.base_len() <= 4096 && p.target_len() <= 4096 {
+                if p.check_storable().is_ok() && p.base_len() <= 4096 && p.target_len() <= 4096
+                {
                     // Small enough to check on text.
                     let s: String = std::iter::repeat_n('a', p.base_len()).collect();
                     assert_eq!(p.apply_to_str(&s).unwrap(), q.apply_to_str(&s).unwrap());
@@ -284,10 +253,7 @@ fuzz_target!(|input: Input| {
         if let Ok(y) = y.clone().fit(x.target_len()) {
             let c = x.compose(&y).unwrap();
             assert_normal(&c, "huge compose");
-            assert_eq!(
-                (c.base_len(), c.target_len()),
-                (x.base_len(), y.target_len())
-            );
+            assert_eq!((c.base_len(), c.target_len()), (x.base_len(), y.target_len()));
         }
     }
 });

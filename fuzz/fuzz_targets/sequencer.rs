@@ -9,11 +9,11 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use relay_domain::ids::MAX_WIRE_INT;
 use relay_domain::{
-    ClientId, CommittedOp, Delta, Document, Proposed, RemoteError, Seq, Sequencer, SequencerConfig,
-    Side, Submission, Timestamp, UserId, Version,
+    ClientId, CommittedOp, Delta, Document, Proposed, RemoteError, Seq, Sequencer,
+    SequencerConfig, Side, Submission, Timestamp, UserId, Version,
 };
+use relay_domain::ids::MAX_WIRE_INT;
 use relay_fuzz::{AttrChoice, Raw, Step, Text, build, decide, raw_wire};
 
 #[derive(Arbitrary, Debug)]
@@ -155,11 +155,7 @@ impl World {
     }
 
     /// The answer `propose` must give, and for a new op its delta.
-    fn predict(
-        &self,
-        s: &Sequencer,
-        sub: &Submission,
-    ) -> Result<(Proposed, Option<Delta>), &'static str> {
+    fn predict(&self, s: &Sequencer, sub: &Submission) -> Result<(Proposed, Option<Delta>), &'static str> {
         let same = |op: &CommittedOp| op.user == sub.user && op.client_id == sub.client_id;
         if let Some(p) = s.pending().iter().find(|p| same(p) && p.seq == sub.seq) {
             return Ok((Proposed::Pending(p.version), None));
@@ -206,7 +202,11 @@ impl World {
             return Err("invalid_delta");
         };
         let skip = usize::try_from(sub.base.since(self.v0)).unwrap();
-        for other in self.log[skip..].iter().chain(s.pending()).map(|o| &o.delta) {
+        for other in self.log[skip..]
+            .iter()
+            .chain(s.pending())
+            .map(|o| &o.delta)
+        {
             d = d.transform(other, Side::Right).expect("lengths follow");
         }
         if d.target_len() > self.config.max_document_chars && d.target_len() > d.base_len() {
@@ -216,17 +216,11 @@ impl World {
         Ok((Proposed::New(at), Some(d)))
     }
 
-    fn propose(
-        &self,
-        s: &mut Sequencer,
-        sub: &Submission,
-    ) -> Result<Proposed, relay_domain::Rejection> {
+    fn propose(&self, s: &mut Sequencer, sub: &Submission) -> Result<Proposed, relay_domain::Rejection> {
         let before = snapshot(s);
         let expected = self.predict(s, sub);
         let got = s.propose(sub);
-        let got_code = got
-            .clone()
-            .map_err(|r| relay_ports::ErrorCode::of(&r).as_str());
+        let got_code = got.clone().map_err(|r| relay_ports::ErrorCode::of(&r).as_str());
         assert_eq!(
             got_code,
             expected.as_ref().map(|(p, _)| *p).map_err(|c| *c),
@@ -241,10 +235,7 @@ impl World {
                 assert_eq!(after.pending.len(), before.pending.len() + 1);
                 let op = after.pending.last().unwrap();
                 assert_eq!(op.version, v);
-                assert_eq!(
-                    (op.user, &op.client_id, op.seq),
-                    (sub.user, &sub.client_id, sub.seq)
-                );
+                assert_eq!((op.user, &op.client_id, op.seq), (sub.user, &sub.client_id, sub.seq));
                 let want = expected.unwrap().1.unwrap();
                 assert_eq!(op.delta, want, "rebased delta");
                 assert_eq!(op.delta.base_len(), before.pending_len);
@@ -252,11 +243,7 @@ impl World {
                 assert!(op.delta.check_storable().is_ok());
             }
             // Answered without a new op, or refused: nothing changes.
-            _ => assert_eq!(
-                snapshot(s),
-                before,
-                "a submit that made no op changed the state"
-            ),
+            _ => assert_eq!(snapshot(s), before, "a submit that made no op changed the state"),
         }
         got
     }
@@ -308,10 +295,7 @@ impl World {
         if let Some(prev) = oldest.prev() {
             assert!(s.ops_since(prev).is_none(), "a pruned base is not kept");
         }
-        let pending_len = s
-            .pending()
-            .last()
-            .map_or(s.document().len(), |p| p.delta.target_len());
+        let pending_len = s.pending().last().map_or(s.document().len(), |p| p.delta.target_len());
         assert_eq!(s.pending_len(), pending_len);
     }
 }
@@ -327,19 +311,11 @@ fuzz_target!(|input: Input| {
     let c = &input.config;
     let d = SequencerConfig::default();
     let config = SequencerConfig {
-        max_history: c
-            .max_history
-            .map_or(d.max_history, |n| 1 + usize::from(n % 8)),
+        max_history: c.max_history.map_or(d.max_history, |n| 1 + usize::from(n % 8)),
         max_history_age_ms: c.max_history_age_ms.map_or(d.max_history_age_ms, u64::from),
-        max_history_bytes: c
-            .max_history_bytes
-            .map_or(d.max_history_bytes, |n| usize::from(n) * 16),
-        max_document_chars: c
-            .max_document_chars
-            .map_or(d.max_document_chars, |n| 8 + usize::from(n)),
-        max_delta_components: c
-            .max_delta_components
-            .map_or(d.max_delta_components, |n| 1 + usize::from(n % 16)),
+        max_history_bytes: c.max_history_bytes.map_or(d.max_history_bytes, |n| usize::from(n) * 16),
+        max_document_chars: c.max_document_chars.map_or(d.max_document_chars, |n| 8 + usize::from(n)),
+        max_delta_components: c.max_delta_components.map_or(d.max_delta_components, |n| 1 + usize::from(n % 16)),
         max_clients: d.max_clients,
         max_document_bytes: d.max_document_bytes,
         max_op_bytes: d.max_op_bytes,
@@ -364,13 +340,7 @@ fuzz_target!(|input: Input| {
 
     for action in input.actions.iter().take(48) {
         match action {
-            Action::Submit {
-                client,
-                seq,
-                base,
-                delta,
-                compact,
-            } => {
+            Action::Submit { client, seq, base, delta, compact } => {
                 let k = usize::from(*client) % n_clients;
                 let last = last_seq[k];
                 let n = match seq {
@@ -390,13 +360,7 @@ fuzz_target!(|input: Input| {
                     delta.compact();
                 }
                 let (user, client_id) = clients[k].clone();
-                let sub = Submission {
-                    user,
-                    client_id,
-                    seq: Seq::new(n).unwrap(),
-                    base,
-                    delta,
-                };
+                let sub = Submission { user, client_id, seq: Seq::new(n).unwrap(), base, delta };
                 let _ = w.propose(&mut s, &sub);
             }
             Action::Resubmit { index, base, delta } => {
@@ -422,16 +386,9 @@ fuzz_target!(|input: Input| {
                     .any(|o| o.user == op.user && o.client_id == op.client_id && o.seq > op.seq);
                 let got = w.propose(&mut s, &sub);
                 if kept || latest {
-                    assert_eq!(
-                        got,
-                        Ok(Proposed::Duplicate(op.version)),
-                        "resubmit of {op:?}"
-                    );
+                    assert_eq!(got, Ok(Proposed::Duplicate(op.version)), "resubmit of {op:?}");
                 }
-                assert!(
-                    !matches!(got, Ok(Proposed::New(_))),
-                    "a committed seq became new"
-                );
+                assert!(!matches!(got, Ok(Proposed::New(_))), "a committed seq became new");
                 w.check(&s);
             }
             Action::Commit { through, dt } => {
@@ -451,14 +408,7 @@ fuzz_target!(|input: Input| {
                 assert_eq!(s.pending_len(), s.document().len());
                 w.check(&s);
             }
-            Action::Remote {
-                steps,
-                fitting,
-                compact,
-                abort_first,
-                version,
-                dt,
-            } => {
+            Action::Remote { steps, fitting, compact, abort_first, version, dt } => {
                 w.now += u64::from(*dt);
                 if *abort_first {
                     s.abort_pending();
@@ -468,8 +418,7 @@ fuzz_target!(|input: Input| {
                 let len = s.document().len();
                 let mut op = if *fitting {
                     // Made by another instance that has the same history.
-                    let mut replica =
-                        Sequencer::new(s.document().clone(), SequencerConfig::default());
+                    let mut replica = Sequencer::new(s.document().clone(), SequencerConfig::default());
                     let sub = Submission {
                         user: remote_user,
                         client_id: remote_client.clone(),
@@ -477,9 +426,7 @@ fuzz_target!(|input: Input| {
                         base: s.version(),
                         delta: build(&decide(steps, len, true, 12)),
                     };
-                    let p = replica
-                        .propose(&sub)
-                        .expect("a fitting delta on the replica");
+                    let p = replica.propose(&sub).expect("a fitting delta on the replica");
                     assert_eq!(p, Proposed::New(s.version().next().unwrap()));
                     replica.pending()[0].clone()
                 } else {
@@ -505,13 +452,7 @@ fuzz_target!(|input: Input| {
                 if op.version < expected_version {
                     assert_eq!(got, Ok(false));
                 } else if op.version > expected_version {
-                    assert_eq!(
-                        got,
-                        Err(RemoteError::Gap {
-                            expected: expected_version,
-                            got: op.version
-                        })
-                    );
+                    assert_eq!(got, Err(RemoteError::Gap { expected: expected_version, got: op.version }));
                 } else if !before.pending.is_empty() {
                     assert_eq!(got, Err(RemoteError::PendingProposals));
                 } else if op.delta.base_len() > len {
@@ -524,17 +465,10 @@ fuzz_target!(|input: Input| {
                 }
                 // Not applied: nothing changed (pruning aside, which only
                 // happens when an op is applied).
-                assert_eq!(
-                    snapshot(&s),
-                    before,
-                    "a remote op that was not applied changed the state"
-                );
+                assert_eq!(snapshot(&s), before, "a remote op that was not applied changed the state");
             }
         }
-        let pending_len = s
-            .pending()
-            .last()
-            .map_or(s.document().len(), |p| p.delta.target_len());
+        let pending_len = s.pending().last().map_or(s.document().len(), |p| p.delta.target_len());
         assert_eq!(s.pending_len(), pending_len);
     }
     // Everything pending commits, and the whole log replays onto the start.
@@ -543,9 +477,7 @@ fuzz_target!(|input: Input| {
     }
     let mut replay = w.start.clone();
     for op in &w.log {
-        replay
-            .apply(&op.delta.clone().fit(replay.len()).unwrap())
-            .unwrap();
+        replay.apply(&op.delta.clone().fit(replay.len()).unwrap()).unwrap();
     }
     assert_eq!(s.document(), &replay);
 });

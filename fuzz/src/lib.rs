@@ -374,8 +374,8 @@ pub fn assert_doc(doc: &Document, m: &Model, what: &str) {
 /// to its base length again). Only for deltas within the wire's bounds.
 pub fn assert_wire_round_trip(d: &Delta, what: &str) {
     let v = serde_json::to_value(d).expect("a delta serialises");
-    let back =
-        Delta::from_json(&v).unwrap_or_else(|e| panic!("{what}: own wire form {v} refused: {e}"));
+    let back = Delta::from_json(&v)
+        .unwrap_or_else(|e| panic!("{what}: own wire form {v} refused: {e}"));
     let back = back
         .fit(d.base_len())
         .unwrap_or_else(|e| panic!("{what}: own wire form {v} does not fit: {e}"));
@@ -397,17 +397,10 @@ pub fn assert_positions(d: &Delta, what: &str) {
         let mut last = 0;
         for p in 0..=d.base_len() {
             let q = d.transform_position(p, bias);
-            assert!(
-                q <= d.target_len(),
-                "{what}: position {p} -> {q} past the end"
-            );
+            assert!(q <= d.target_len(), "{what}: position {p} -> {q} past the end");
             assert!(q >= last, "{what}: positions reordered at {p}");
             last = q;
         }
-        assert_eq!(
-            d.transform_position(usize::MAX, bias),
-            last,
-            "{what}: clamp"
-        );
+        assert_eq!(d.transform_position(usize::MAX, bias), last, "{what}: clamp");
     }
 }
