@@ -8,9 +8,8 @@ use crate::wiring;
 use relay_adapter_jwt::DevKeys;
 use relay_domain::{ClientId, DocumentId, Selection, UserId, Version};
 use relay_ports::protocol::{Join, ServerMessage};
-use relay_ports::{ClientMessage, CollaborationService, Outbound, Session, Started};
+use relay_ports::{ClientMessage, CollaborationService, Session, Started};
 use std::time::Duration;
-use tokio::sync::mpsc::Receiver;
 use uuid::Uuid;
 
 async fn join(
@@ -18,7 +17,7 @@ async fn join(
     keys: &DevKeys,
     doc: DocumentId,
     client: &str,
-) -> (Box<dyn Session>, Receiver<Outbound>) {
+) -> (Box<dyn Session>, relay_ports::OutboundQueue) {
     let token = keys.editor_token(UserId::new(Uuid::new_v4()), Duration::from_secs(3600));
     let join = Join {
         client_id: ClientId::new(client).unwrap(),

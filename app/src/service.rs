@@ -294,6 +294,7 @@ impl Relay {
         for _ in 0..3 {
             let (sink, outbound, close_rx) = Sink::new(
                 inner.deps.config.limits.outbound_queue,
+                inner.deps.config.limits.outbound_queue_bytes,
                 inner.deps.metrics.clone(),
             );
             let (room_tx, start) = inner.rooms.get_or_create(document);

@@ -1,17 +1,18 @@
-//! A session's outbound side as the room and the session see it: a bounded
-//! queue of frames and a close order. A client that cannot keep up (its
-//! queue is full) is ordered closed with 1013 and resumes later; it never
-//! stalls the room or grows memory.
+//! A session's outbound side as the room and the session see it: a queue
+//! bounded in frames (OUTBOUND_QUEUE) and in bytes of frames that are its
+//! alone (OUTBOUND_QUEUE_BYTES), and a close order. A client that cannot
+//! keep up (its queue is full) is ordered closed with 1013 and resumes
+//! later; it never stalls the room or grows memory.
 
 use relay_domain::Seq;
 use relay_ports::protocol::{CloseCode, ErrorCode, ServerMessage};
-use relay_ports::{CloseOrder, Metrics, Outbound};
+use relay_ports::{CloseOrder, Metrics, Outbound, OutboundQueue, OutboundSender, QueueRefusal};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 #[derive(Clone)]
 pub(crate) struct Sink {
-    tx: mpsc::Sender<Outbound>,
+    tx: OutboundSender,
     close: Arc<watch::Sender<Option<CloseOrder>>>,
     /// Counts the closes for a full queue.
     metrics: Arc<dyn Metrics>,
@@ -24,16 +25,14 @@ impl std::fmt::Debug for Sink {
 }
 
 impl Sink {
-    /// A sink with room for `capacity` frames, and the transport's ends.
+    /// A sink with room for `frames` frames and `bytes` bytes, and the
+    /// transport's ends.
     pub(crate) fn new(
-        capacity: usize,
+        frames: usize,
+        bytes: usize,
         metrics: Arc<dyn Metrics>,
-    ) -> (
-        Sink,
-        mpsc::Receiver<Outbound>,
-        watch::Receiver<Option<CloseOrder>>,
-    ) {
-        let (tx, rx) = mpsc::channel(capacity);
+    ) -> (Sink, OutboundQueue, watch::Receiver<Option<CloseOrder>>) {
+        let (tx, rx) = relay_ports::outbound_queue(frames, bytes);
         let (close, close_rx) = watch::channel(None);
         (
             Sink {
@@ -49,12 +48,18 @@ impl Sink {
     /// Queues a frame. `false` if the connection is gone or was just
     /// ordered closed for falling behind: the caller drops the session.
     pub(crate) fn send(&self, frame: Arc<str>) -> bool {
+        self.send_item(Outbound::Text(frame))
+    }
+
+    /// Queues any text item (a `joined` with shared content): as
+    /// [`Sink::send`].
+    pub(crate) fn send_item(&self, item: Outbound) -> bool {
         if self.close.borrow().is_some() {
             return false;
         }
-        match self.tx.try_send(Outbound::Text(frame)) {
+        match self.tx.try_send(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(QueueRefusal::Full) => {
                 if self.order_close(
                     CloseCode::TryAgainLater,
                     "slow consumer: reconnect and resume",
@@ -63,7 +68,7 @@ impl Sink {
                 }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(QueueRefusal::Closed) => false,
         }
     }
 
@@ -107,7 +112,7 @@ mod tests {
     #[test]
     fn a_full_queue_orders_a_1013_close_and_refuses_more() {
         let metrics = Arc::new(relay_adapter_memory::MemoryMetrics::new());
-        let (sink, mut rx, close_rx) = Sink::new(2, metrics.clone());
+        let (sink, mut rx, close_rx) = Sink::new(2, 1 << 20, metrics.clone());
         assert!(sink.send("a".into()));
         assert!(sink.send("b".into()));
         assert!(!sink.send("c".into()));
@@ -122,5 +127,17 @@ mod tests {
         );
         assert_eq!(closes, 1.0, "counted once");
         assert_eq!(rx.try_recv().unwrap(), Outbound::Text("a".into()));
+    }
+
+    #[test]
+    fn a_queue_over_its_bytes_orders_a_1013_close() {
+        let metrics = Arc::new(relay_adapter_memory::MemoryMetrics::new());
+        let (sink, _rx, close_rx) = Sink::new(100, 10, metrics);
+        assert!(sink.send("12345678".into()));
+        assert!(!sink.send("123".into()), "8 + 3 bytes are over 10");
+        assert_eq!(
+            close_rx.borrow().as_ref().map(|c| c.code.as_u16()),
+            Some(1013)
+        );
     }
 }

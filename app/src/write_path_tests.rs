@@ -412,8 +412,8 @@ async fn first_submit_with(
         loop {
             tokio::select! {
                 frame = a.outbound.recv() => match frame {
-                    Some(Outbound::Text(t)) => {
-                        let m = ServerMessage::decode(&t).unwrap();
+                    Some(item @ (Outbound::Text(_) | Outbound::Joined(_))) => {
+                        let m = ServerMessage::decode(&item.text().unwrap()).unwrap();
                         let done = matches!(m, ServerMessage::Ack { .. } | ServerMessage::Error { .. });
                         told.push(m);
                         if done { return None; }
@@ -875,8 +875,10 @@ async fn receives_op(s: &mut relay_ports::Started, wait: Duration) -> Option<Ver
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         match tokio::time::timeout_at(deadline, s.outbound.recv()).await {
-            Ok(Some(Outbound::Text(t))) => {
-                if let ServerMessage::Ops { ops } = ServerMessage::decode(&t).unwrap() {
+            Ok(Some(item @ (Outbound::Text(_) | Outbound::Joined(_)))) => {
+                if let ServerMessage::Ops { ops } =
+                    ServerMessage::decode(&item.text().unwrap()).unwrap()
+                {
                     return ops.last().map(|o| o.version);
                 }
             }

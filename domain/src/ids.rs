@@ -193,8 +193,10 @@ pub const CLIENT_ID_MAX_CHARS: usize = 64;
 pub enum InvalidClientId {
     #[error("client_id must be 1 to {CLIENT_ID_MAX_CHARS} characters, got {0}")]
     Length(usize),
-    #[error("client_id must not contain U+0000")]
-    Nul,
+    /// U+0000-U+001F or U+007F-U+009F (PROTOCOL.md): a `client_id` reaches
+    /// log lines and other clients' screens.
+    #[error("client_id must not contain control characters")]
+    Control,
 }
 
 impl ClientId {
@@ -204,8 +206,8 @@ impl ClientId {
         if n == 0 || n > CLIENT_ID_MAX_CHARS {
             return Err(InvalidClientId::Length(n));
         }
-        if id.contains('\0') {
-            return Err(InvalidClientId::Nul);
+        if id.chars().any(char::is_control) {
+            return Err(InvalidClientId::Control);
         }
         Ok(ClientId(id.into()))
     }
@@ -330,7 +332,22 @@ mod tests {
             ClientId::new("t".repeat(65)),
             Err(InvalidClientId::Length(65))
         );
-        assert_eq!(ClientId::new("a\0b"), Err(InvalidClientId::Nul));
+        for control in [
+            "a\0b",
+            "a\nb",
+            "\r",
+            "\u{1b}[31m",
+            "\u{7f}",
+            "\u{85}",
+            "\u{9f}",
+        ] {
+            assert_eq!(
+                ClientId::new(control),
+                Err(InvalidClientId::Control),
+                "{control:?}"
+            );
+        }
+        assert!(ClientId::new("\u{a0}caf\u{e9} \u{4e2d}").is_ok());
         let parsed: Result<ClientId, _> = serde_json::from_str("\"\"");
         assert!(parsed.is_err());
     }

@@ -43,8 +43,9 @@ pub use bus::{BusError, BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subs
 pub use clock::Clock;
 pub use error::{Cause, Chain};
 pub use inbound::{
-    CloseOrder, CollaborationService, ConnectionSlot, Dependency, Health, JoinRefusal, Outbound,
-    Readiness, Refusal, Session, Started,
+    CloseOrder, CollaborationService, ConnectionSlot, Dependency, Health, JoinRefusal, JoinedFrame,
+    Outbound, OutboundQueue, OutboundSender, QueueRefusal, Readiness, Refusal, Session, Started,
+    outbound_queue,
 };
 pub use metrics::{Metrics, NoMetrics, OpStatus, OperationType};
 pub use presence::{PresenceError, PresenceRegistry};

@@ -37,6 +37,9 @@ pub enum CloseCode {
     Forbidden,
     /// 4408: no `join` within AUTH_TIMEOUT_SECS.
     JoinTimeout,
+    /// 4429: too many connections or joins for this user; retry later,
+    /// with backoff.
+    TooManyRequests,
 }
 
 impl CloseCode {
@@ -54,6 +57,7 @@ impl CloseCode {
             CloseCode::Unauthenticated => 4401,
             CloseCode::Forbidden => 4403,
             CloseCode::JoinTimeout => 4408,
+            CloseCode::TooManyRequests => 4429,
         }
     }
 }
@@ -85,6 +89,7 @@ pub mod close {
     pub const UNAUTHENTICATED: u16 = CloseCode::Unauthenticated.as_u16();
     pub const FORBIDDEN: u16 = CloseCode::Forbidden.as_u16();
     pub const JOIN_TIMEOUT: u16 = CloseCode::JoinTimeout.as_u16();
+    pub const TOO_MANY_REQUESTS: u16 = CloseCode::TooManyRequests.as_u16();
 }
 
 /// Error codes of `error` messages.
@@ -167,11 +172,71 @@ impl DecodeError {
     fn bad(message: impl Into<String>, seq: Option<Seq>) -> DecodeError {
         DecodeError {
             code: ErrorCode::BadMessage,
-            message: message.into(),
+            message: bound_echoes(&message.into()),
             seq,
         }
     }
 }
+
+/// Most characters of one piece of client text an error message repeats
+/// (PROTOCOL.md, "Before the join").
+pub const MAX_ECHO_CHARS: usize = 64;
+
+/// `message` with every quoted piece (`"..."` or `` `...` ``, where serde
+/// and `Debug` put client text) cut to [`MAX_ECHO_CHARS`] characters, an
+/// escape sequence counting as one; and the whole message cut to
+/// [`MAX_ERROR_CHARS`], so no answer grows with what the client sent.
+pub fn bound_echoes(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(512));
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' && c != '`' {
+            continue;
+        }
+        let close = c;
+        let mut kept = 0;
+        let mut cut = false;
+        while let Some(q) = chars.next() {
+            if q == close {
+                break;
+            }
+            // One unit: a character, or an escape (`\n`, `\"`, `\u{85}`).
+            let mut unit = String::from(q);
+            if q == '\\' {
+                if let Some(e) = chars.next() {
+                    unit.push(e);
+                    if e == 'u' && chars.as_str().starts_with('{') {
+                        for h in chars.by_ref() {
+                            unit.push(h);
+                            if h == '}' {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if kept < MAX_ECHO_CHARS {
+                out.push_str(&unit);
+                kept += 1;
+            } else {
+                cut = true;
+            }
+        }
+        if cut {
+            out.push_str("...");
+        }
+        out.push(close);
+    }
+    if let Some((at, _)) = out.char_indices().nth(MAX_ERROR_CHARS) {
+        out.truncate(at);
+        out.push_str("...");
+    }
+    out
+}
+
+/// Most characters of an `error` message about a client's frame.
+pub const MAX_ERROR_CHARS: usize = 1024;
 
 #[derive(Deserialize)]
 struct JoinFields {
@@ -244,7 +309,7 @@ impl ClientMessage {
                 let f: SubmitFields = serde_json::from_value(value.clone()).map_err(fields)?;
                 let delta = Delta::from_json(&f.delta).map_err(|e| DecodeError {
                     code: ErrorCode::InvalidDelta,
-                    message: e.to_string(),
+                    message: bound_echoes(&e.to_string()),
                     seq: Some(f.seq),
                 })?;
                 Ok(ClientMessage::Submit {
@@ -272,10 +337,13 @@ impl ClientMessage {
             }
             "typing" => Ok(ClientMessage::Typing),
             "leave" => Ok(ClientMessage::Leave),
-            other => Err(DecodeError::bad(
-                format!("unknown message type {other:?}"),
-                seq,
-            )),
+            other => {
+                let shown: String = other.chars().take(MAX_ECHO_CHARS + 1).collect();
+                Err(DecodeError::bad(
+                    format!("unknown message type {shown:?}"),
+                    seq,
+                ))
+            }
         }
     }
 
@@ -618,5 +686,71 @@ mod tests {
             ServerMessage::decode(&frame).unwrap(),
             ServerMessage::Ops { ops: vec![op] }
         );
+    }
+
+    #[test]
+    fn an_error_never_repeats_more_than_64_characters_of_the_client_text() {
+        let long = "\u{85}".repeat(100_000);
+        let unknown = ClientMessage::decode(&format!(r#"{{"type":"{long}"}}"#)).unwrap_err();
+        assert!(
+            unknown.message.starts_with("unknown message type"),
+            "{}",
+            unknown.message
+        );
+        assert_eq!(
+            unknown.message.matches("\\u{85}").count(),
+            MAX_ECHO_CHARS,
+            "{}",
+            unknown.message
+        );
+        let x = "x".repeat(100_000);
+        for frame in [
+            format!(r#"{{"type":"join","client_id":"t","since":"{x}"}}"#),
+            format!(r#"{{"type":"submit","seq":"{x}","base":0,"delta":[]}}"#),
+            format!(r#"{{"type":"cursor","version":1,"anchor":"{x}","head":0}}"#),
+            format!(
+                r#"{{"type":"submit","seq":1,"base":0,"delta":[{{"insert":"a","attributes":{{"{x}":1}}}}]}}"#
+            ),
+            format!(r#"{{"type":"join","client_id":"{x}"}}"#),
+            format!("{{\"type\":\"join\",\"client_id\":\"{x}"),
+        ] {
+            let e = ClientMessage::decode(&frame).unwrap_err();
+            let longest_run = e
+                .message
+                .split(|c: char| c != 'x')
+                .map(str::len)
+                .max()
+                .unwrap_or(0);
+            assert!(
+                longest_run <= MAX_ECHO_CHARS && e.message.chars().count() <= MAX_ERROR_CHARS + 3,
+                "{} chars, a run of {longest_run}: {}",
+                e.message.len(),
+                &e.message[..e.message.len().min(200)]
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_id_with_a_control_character_is_a_bad_message() {
+        for bad in [
+            "a\\nb",
+            "a\\rb",
+            "\\u001b[31m",
+            "a\\u007fb",
+            "a\\u0085b",
+            "a\\u009fb",
+            "\\u0000",
+        ] {
+            let e = ClientMessage::decode(&format!(r#"{{"type":"join","client_id":"{bad}"}}"#))
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadMessage, "{bad}");
+        }
+        for good in ["tab-1", "a b", "caf\\u00e9", "\\u00a0x", "\\u4e2d"] {
+            assert!(
+                ClientMessage::decode(&format!(r#"{{"type":"join","client_id":"{good}"}}"#))
+                    .is_ok(),
+                "{good}"
+            );
+        }
     }
 }

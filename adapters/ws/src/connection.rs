@@ -11,7 +11,8 @@ use relay_domain::DocumentId;
 use relay_ports::metrics::RejectReason;
 use relay_ports::protocol::{CloseCode, ErrorCode, ServerMessage};
 use relay_ports::{
-    ClientMessage, CollaborationService, ConnectionSlot, Metrics, Outbound, Session, Started,
+    ClientMessage, CollaborationService, ConnectionSlot, Metrics, Outbound, OutboundQueue, Session,
+    Started,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -276,7 +277,7 @@ where
 async fn pump<S>(
     stream: &mut WebSocketStream<S>,
     session: &mut dyn Session,
-    outbound: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    outbound: &mut OutboundQueue,
     close_rx: &mut tokio::sync::watch::Receiver<Option<relay_ports::CloseOrder>>,
     config: &WsConfig,
     metrics: &dyn Metrics,
@@ -387,7 +388,7 @@ const STALLED: &str = "write stalled: the client is not reading";
 /// Returns a reason if the connection ended.
 async fn write_guarded<S>(
     stream: &mut WebSocketStream<S>,
-    outbound: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    outbound: &mut OutboundQueue,
     first: Outbound,
     close_rx: &mut tokio::sync::watch::Receiver<Option<relay_ports::CloseOrder>>,
     stall: Duration,
@@ -430,7 +431,7 @@ async fn close_ordered(
 /// if the connection ended.
 async fn write_batch<S>(
     stream: &mut WebSocketStream<S>,
-    outbound: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    outbound: &mut OutboundQueue,
     first: Outbound,
     stall: Duration,
     metrics: &dyn Metrics,
@@ -444,7 +445,8 @@ where
     let mut written = 0;
     while let Some(out) = next.take() {
         match out {
-            Outbound::Text(frame) => {
+            Outbound::Text(_) | Outbound::Joined(_) => {
+                let frame = out.text().unwrap_or_default();
                 match timeout(stall, stream.feed(Message::text(frame.as_ref()))).await {
                     Ok(Ok(())) => {
                         metrics.message_sent(frame.len());
@@ -464,7 +466,7 @@ where
         }
         written += 1;
         if written < WRITE_BATCH {
-            next = outbound.try_recv().ok();
+            next = outbound.try_recv();
         }
     }
     match timeout(stall, stream.flush()).await {

@@ -108,6 +108,18 @@ pub struct Auth {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
     pub max_connections: usize,
+    /// HEADER_TIMEOUT_SECS: a request head must arrive within it; an idle
+    /// HTTP connection is closed after it.
+    pub header_timeout: Duration,
+    /// MAX_PENDING_PER_IP: connections from one address not yet joined.
+    pub max_pending_per_ip: usize,
+    /// TRUSTED_PROXIES: peers exempt from MAX_PENDING_PER_IP.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// MAX_CONNECTIONS_PER_USER: joined connections per user here.
+    pub max_connections_per_user: usize,
+    /// JOIN_RATE_PER_SEC, JOIN_BURST: joins per user here.
+    pub join_rate_per_sec: u32,
+    pub join_burst: u32,
     pub max_message_bytes: usize,
     pub auth_timeout: Duration,
     pub heartbeat_interval: Duration,
@@ -120,6 +132,8 @@ pub struct Limits {
     pub max_document_chars: usize,
     pub max_document_bytes: usize,
     pub outbound_queue: usize,
+    /// OUTBOUND_QUEUE_BYTES: bytes of frames queued for one client alone.
+    pub outbound_queue_bytes: usize,
     pub room_idle: Duration,
     pub submit_rate_per_sec: u32,
     pub submit_burst: u32,
@@ -253,6 +267,12 @@ impl Config {
             },
             limits: Limits {
                 max_connections: s.max_connections,
+                header_timeout: Duration::from_secs(s.header_timeout_secs),
+                max_pending_per_ip: s.max_pending_per_ip,
+                trusted_proxies: s.trusted_proxies.unwrap_or_default(),
+                max_connections_per_user: s.max_connections_per_user,
+                join_rate_per_sec: s.join_rate_per_sec,
+                join_burst: s.join_burst,
                 max_message_bytes: s.max_message_bytes,
                 auth_timeout: Duration::from_secs(s.auth_timeout_secs),
                 heartbeat_interval: Duration::from_secs(s.heartbeat_interval_secs),
@@ -270,6 +290,7 @@ impl Config {
                 max_document_chars: s.max_document_chars,
                 max_document_bytes,
                 outbound_queue: s.outbound_queue,
+                outbound_queue_bytes: s.outbound_queue_bytes,
                 room_idle: Duration::from_secs(s.room_idle_secs),
                 submit_rate_per_sec: s.submit_rate_per_sec,
                 submit_burst: s.submit_burst,

@@ -44,6 +44,21 @@ where
     }
 }
 
+/// Comma-separated CIDRs (`10.0.0.0/8, 192.168.1.7/32`); a bare address
+/// is one host.
+fn cidrs(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| format!("expected comma-separated CIDRs (10.0.0.0/8), got {c:?}"))
+        })
+        .collect()
+}
+
 fn url(s: &str) -> Result<String, String> {
     let s = s.trim();
     if s.contains("://") {
@@ -142,6 +157,24 @@ pub struct Settings {
     /// Connections per instance; more get 503 with Retry-After.
     #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS", default_value = "10000", value_parser = positive::<usize>)]
     pub max_connections: usize,
+    /// Seconds a request head may take to arrive; also how long an idle HTTP connection is kept.
+    #[arg(long, env = "HEADER_TIMEOUT_SECS", value_name = "HEADER_TIMEOUT_SECS", default_value = "10", value_parser = positive::<u64>)]
+    pub header_timeout_secs: u64,
+    /// Connections from one address that have not joined yet; more are closed at once.
+    #[arg(long, env = "MAX_PENDING_PER_IP", value_name = "MAX_PENDING_PER_IP", default_value = "64", value_parser = positive::<usize>)]
+    pub max_pending_per_ip: usize,
+    /// Comma-separated CIDRs of proxies exempt from MAX_PENDING_PER_IP.
+    #[arg(long, env = "TRUSTED_PROXIES", value_name = "TRUSTED_PROXIES", value_parser = cidrs)]
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// Joined connections per user on this instance; more are closed with 4429.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", value_name = "MAX_CONNECTIONS_PER_USER", default_value = "100", value_parser = positive::<usize>)]
+    pub max_connections_per_user: usize,
+    /// Joins per second per user on this instance; faster ones are closed with 4429.
+    #[arg(long, env = "JOIN_RATE_PER_SEC", value_name = "JOIN_RATE_PER_SEC", default_value = "10", value_parser = positive::<u32>)]
+    pub join_rate_per_sec: u32,
+    /// Join burst per user on this instance.
+    #[arg(long, env = "JOIN_BURST", value_name = "JOIN_BURST", default_value = "50", value_parser = positive::<u32>)]
+    pub join_burst: u32,
     /// Largest client frame (at least 1024); larger closes with 1009.
     #[arg(long, env = "MAX_MESSAGE_BYTES", value_name = "MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = positive::<usize>)]
     pub max_message_bytes: usize,
@@ -234,6 +267,9 @@ pub struct Settings {
     /// Frames queued per client before it is closed with 1013.
     #[arg(long, env = "OUTBOUND_QUEUE", value_name = "OUTBOUND_QUEUE", default_value = "256", value_parser = positive::<usize>)]
     pub outbound_queue: usize,
+    /// Bytes of frames queued for one client alone (a shared `joined` content is not counted); more closes it with 1013.
+    #[arg(long, env = "OUTBOUND_QUEUE_BYTES", value_name = "OUTBOUND_QUEUE_BYTES", default_value = "8388608", value_parser = positive::<usize>)]
+    pub outbound_queue_bytes: usize,
     /// Seconds an open document with no client stays open.
     #[arg(
         long,
@@ -323,6 +359,12 @@ impl Settings {
             jwks_cooldown_secs: vars.value("JWKS_COOLDOWN_SECS", value_parser!(u64))?,
             allowed_origins: vars.optional("ALLOWED_ORIGINS", text())?,
             max_connections: vars.value("MAX_CONNECTIONS", positive::<usize>)?,
+            header_timeout_secs: vars.value("HEADER_TIMEOUT_SECS", positive::<u64>)?,
+            max_pending_per_ip: vars.value("MAX_PENDING_PER_IP", positive::<usize>)?,
+            trusted_proxies: vars.optional("TRUSTED_PROXIES", cidrs)?,
+            max_connections_per_user: vars.value("MAX_CONNECTIONS_PER_USER", positive::<usize>)?,
+            join_rate_per_sec: vars.value("JOIN_RATE_PER_SEC", positive::<u32>)?,
+            join_burst: vars.value("JOIN_BURST", positive::<u32>)?,
             max_message_bytes: vars.value("MAX_MESSAGE_BYTES", positive::<usize>)?,
             auth_timeout_secs: vars.value("AUTH_TIMEOUT_SECS", positive::<u64>)?,
             heartbeat_interval_secs: vars.value("HEARTBEAT_INTERVAL_SECS", positive::<u64>)?,
@@ -350,6 +392,7 @@ impl Settings {
             max_document_chars: vars.value("MAX_DOCUMENT_CHARS", positive::<usize>)?,
             max_document_bytes: vars.optional("MAX_DOCUMENT_BYTES", positive::<usize>)?,
             outbound_queue: vars.value("OUTBOUND_QUEUE", positive::<usize>)?,
+            outbound_queue_bytes: vars.value("OUTBOUND_QUEUE_BYTES", positive::<usize>)?,
             room_idle_secs: vars.value("ROOM_IDLE_SECS", value_parser!(u64))?,
             bus_down_poll_ms: vars.value("BUS_DOWN_POLL_MS", positive::<u64>)?,
             shutdown_grace_secs: vars.value("SHUTDOWN_GRACE_SECS", value_parser!(u64))?,

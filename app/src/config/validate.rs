@@ -58,6 +58,21 @@ pub(super) fn settings(s: &Settings) -> Result<(), ConfigError> {
     if s.max_message_bytes < 1024 {
         return refuse("MAX_MESSAGE_BYTES", "must be at least 1024");
     }
+    // One op of the largest size (four times MAX_MESSAGE_BYTES as JSON,
+    // see `Limits::max_op_bytes`) in its `ops` frame must fit a client's
+    // queue, or an honest client would be closed for receiving it.
+    let least_queue = s
+        .max_message_bytes
+        .saturating_mul(4)
+        .saturating_add(64 << 10);
+    if s.outbound_queue_bytes < least_queue {
+        return refuse(
+            "OUTBOUND_QUEUE_BYTES",
+            format!(
+                "must be at least 4 x MAX_MESSAGE_BYTES + 64 KiB ({least_queue}): one op of the largest size must fit"
+            ),
+        );
+    }
     if let Some(url) = &s.jwt_public_key_url
         && !(url.starts_with("https://") || url.starts_with("http://"))
     {
@@ -127,6 +142,42 @@ mod tests {
         assert!(refusal(&config, true).starts_with("REDIS_URL needs DATABASE_URL: "));
         config.store.database_url = Some("postgres://127.0.0.1:1/relay".into());
         assert!(serving(&config, true).is_ok());
+    }
+
+    #[test]
+    fn the_outbound_byte_budget_must_hold_the_largest_op() {
+        let e =
+            Config::from_lookup(|k| (k == "OUTBOUND_QUEUE_BYTES").then(|| "4194304".to_owned()))
+                .unwrap_err();
+        assert_eq!(e.variable, "OUTBOUND_QUEUE_BYTES");
+        let ok = Config::from_lookup(|k| match k {
+            "OUTBOUND_QUEUE_BYTES" => Some("4194304".to_owned()),
+            "MAX_MESSAGE_BYTES" => Some("65536".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(ok.limits.outbound_queue_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses() {
+        let c = Config::from_lookup(|k| {
+            (k == "TRUSTED_PROXIES").then(|| "10.0.0.0/8, 192.168.1.7 ,fd00::/8".to_owned())
+        })
+        .unwrap();
+        let shown: Vec<String> = c
+            .limits
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
+        assert!(Config::default().limits.trusted_proxies.is_empty());
+        let e =
+            Config::from_lookup(|k| (k == "TRUSTED_PROXIES").then(|| "10.0.0.0/8,nope".to_owned()))
+                .unwrap_err();
+        assert_eq!(e.variable, "TRUSTED_PROXIES");
+        assert!(e.problem.contains("\"nope\""), "{}", e.problem);
     }
 
     #[test]

@@ -69,15 +69,19 @@ pub enum RejectReason {
     /// Draining, or a dependency (keys, permissions, store) unavailable
     /// (503, 1013).
     Unavailable,
+    /// Over a per-address or per-user limit (pending connections, joined
+    /// connections, join rate: closed at once, or 4429).
+    RateLimited,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::Unauthorized,
         RejectReason::Forbidden,
         RejectReason::Capacity,
         RejectReason::BadRequest,
         RejectReason::Unavailable,
+        RejectReason::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +91,7 @@ impl RejectReason {
             RejectReason::Capacity => "capacity",
             RejectReason::BadRequest => "bad_request",
             RejectReason::Unavailable => "unavailable",
+            RejectReason::RateLimited => "rate_limited",
         }
     }
 }

@@ -194,9 +194,11 @@ struct FrameOp {
     version: u64,
 }
 
-async fn next(rx: &mut tokio::sync::mpsc::Receiver<Outbound>) -> Frame {
+async fn next(rx: &mut relay_ports::OutboundQueue) -> Frame {
     match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
-        Ok(Some(Outbound::Text(t))) => serde_json::from_str(&t).expect("decode"),
+        Ok(Some(item @ (Outbound::Text(_) | Outbound::Joined(_)))) => {
+            serde_json::from_str(&item.text().expect("a text")).expect("decode")
+        }
         other => panic!("expected a frame, got {other:?}"),
     }
 }
