@@ -1053,8 +1053,11 @@ async fn recover(
     }
     let waited_secs = began.elapsed().as_secs_f64();
     // The allocator returns freed pages on its own schedule (jemalloc's
-    // decay, 10 s): give it that long before reading RSS.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // decay, 10 s): give it that long before reading RSS (a server that
+    // did not drain has failed already).
+    if drained {
+        tokio::time::sleep(Duration::from_secs(12)).await;
+    }
     let rss_kib_after = procfs::rss_kib_sum(pids);
     let fds_after = procfs::fd_count_sum(pids);
     let rss_ratio = match (rss_kib_after, rss_kib_warm) {
