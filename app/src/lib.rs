@@ -17,6 +17,8 @@
 pub mod config;
 mod deps;
 #[cfg(test)]
+mod join_cost_tests;
+#[cfg(test)]
 mod permission_tests;
 #[cfg(test)]
 mod presence_tests;

@@ -118,6 +118,11 @@ pub(crate) struct Room {
     /// room's publisher task, so a slow or unreachable bus never holds up
     /// the room (a full queue drops: other instances find the gap).
     publisher: mpsc::Sender<Envelope>,
+    /// The content as JSON at a version (the current one, or stale and
+    /// replaced at the next join): shared by every `joined` at it.
+    content_cache: Option<(Version, Arc<str>)>,
+    /// The recent ops' lengths as JSON (for measuring a join's catch-up).
+    op_lens: catch_up::OpLengths,
 }
 
 /// Envelopes a room's publisher holds before it drops new ones.
@@ -307,6 +312,8 @@ impl Room {
             last_snapshot,
             stopping: false,
             discarded: false,
+            content_cache: None,
+            op_lens: Default::default(),
         })
     }
 
