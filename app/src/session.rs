@@ -11,7 +11,6 @@ use relay_ports::protocol::{CloseCode, ErrorCode, Role};
 use relay_ports::{Claims, ClientMessage, ConnectionSlot, DecodeError, PermissionSource, Session};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -30,7 +29,7 @@ pub(crate) struct RelaySession {
     pub(crate) client_id: ClientId,
     pub(crate) role: Role,
     pub(crate) role_checked: Instant,
-    pub(crate) room: mpsc::Sender<Command>,
+    pub(crate) room: crate::registry::Mailbox<Command>,
     pub(crate) sink: Sink,
     pub(crate) ctx: SessionContext,
     pub(crate) left: bool,
