@@ -127,6 +127,10 @@ impl Room {
             typing: TypingDebounce::new(config.presence.typing_debounce_ms),
             member,
         };
+        *self
+            .local_clients
+            .entry((local.member.user, local.member.client_id.clone()))
+            .or_default() += 1;
         self.sessions.insert(local.member.id, local);
         self.deadlines.clear(Timer::Idle);
         self.roster.join(entry.clone());

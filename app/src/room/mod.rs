@@ -124,6 +124,9 @@ pub(crate) struct Room {
     content_cache: Option<(Version, Arc<str>)>,
     /// The recent ops' lengths as JSON (for measuring a join's catch-up).
     op_lens: catch_up::OpLengths,
+    /// How many local sessions each client (user, client id) has here: its
+    /// presence ends with its last one.
+    local_clients: HashMap<(UserId, ClientId), usize>,
 }
 
 /// Envelopes a room's publisher holds before it drops new ones...
@@ -374,6 +377,7 @@ impl Room {
             discarded: false,
             content_cache: None,
             op_lens: Default::default(),
+            local_clients: HashMap::new(),
         })
     }
 
