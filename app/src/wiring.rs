@@ -151,15 +151,22 @@ pub async fn ensure_schema(pool: &PgPool, run_migrations: bool) -> Result<(), Wi
     Ok(())
 }
 
-/// What a configuration that verifies tokens against a JWKS should not
-/// leave as it is, logged as warnings at start: a plain-HTTP key set
-/// (loopback excepted) and tokens whose audience or issuer nobody checks.
-/// Development mode (no JWT_PUBLIC_KEY_URL) has none.
+/// What a production configuration should not leave as it is, logged as
+/// warnings at start: a Redis without a password, a plain-HTTP key set,
+/// and tokens whose audience or issuer nobody checks (hosts on this machine
+/// excepted: tests, sidecars). Development mode has none of them.
 pub fn startup_warnings(config: &Config) -> Vec<String> {
+    let mut warnings: Vec<String> = config
+        .bus
+        .redis_url
+        .as_deref()
+        .and_then(relay_adapter_redis::url_weakness)
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
     let Some(jwks) = config.auth.jwks() else {
-        return Vec::new();
+        return warnings;
     };
-    let mut warnings = Vec::new();
     if jwks.is_plain_http_to_another_host() {
         warnings.push(
             "JWT_PUBLIC_KEY_URL is plain http://: whoever can answer in the identity service's \
@@ -295,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_http_jwks_or_an_unchecked_audience_or_issuer_is_warned_about() {
+    fn weak_production_settings_are_warned_about_at_start() {
         // Development mode: nothing to warn about.
         assert!(startup_warnings(&config(&[])).is_empty());
         // What production should look like: no warning.
@@ -321,5 +328,13 @@ mod tests {
         assert!(startup_warnings(&config(&http)).is_empty());
         warned(&good[..2], "JWT_AUDIENCE");
         warned(&[good[0], good[2]], "JWT_ISSUER");
+        let database = ("DATABASE_URL", "postgresql://relay:secret@db:5432/relay");
+        let [a, b, c] = good;
+        warned(
+            &[a, b, c, database, ("REDIS_URL", "redis://redis:6379")],
+            "REDIS_URL",
+        );
+        let with_password = ("REDIS_URL", "rediss://relay:secret@redis:6379/0");
+        assert!(startup_warnings(&config(&[a, b, c, database, with_password])).is_empty());
     }
 }

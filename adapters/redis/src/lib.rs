@@ -240,3 +240,41 @@ fn client(url: &str, settings: &RedisSettings) -> Result<redis::Client, RedisErr
     )
     .map_err(|e| RedisError(format!("REDIS_CA_FILE {}: {e}", ca_file.display())))
 }
+
+/// What a `REDIS_URL` leaves open, for a warning at start: `None` when it
+/// names a password, or a host on this machine; otherwise why not.
+pub fn url_weakness(url: &str) -> Option<&'static str> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().ok()?;
+    let host = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => host,
+        _ => return None,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback || info.redis_settings().password().is_some() {
+        return None;
+    }
+    Some(
+        "REDIS_URL names no password: whoever can reach Redis can inject operations \
+         that every instance applies; use redis://user:password@host (or rediss://)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_weakness;
+
+    #[test]
+    fn a_redis_url_without_a_password_is_flagged_unless_on_this_machine() {
+        assert!(url_weakness("redis://redis:6379").is_some());
+        assert!(url_weakness("rediss://redis.internal:6379/0").is_some());
+        assert!(url_weakness("redis://:secret@redis:6379").is_none());
+        assert!(url_weakness("rediss://relay:secret@redis:6379/0").is_none());
+        assert!(url_weakness("redis://127.0.0.1:6379").is_none());
+        assert!(url_weakness("redis://localhost:6379").is_none());
+    }
+}
