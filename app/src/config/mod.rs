@@ -248,6 +248,7 @@ impl Config {
                     connections: s.redis_pool_size.min(8),
                     history_ops: s.redis_history_ops,
                     history_ttl: Duration::from_secs(s.operation_history_ttl),
+                    tls_ca_file: s.redis_ca_file,
                     ..RedisSettings::default()
                 },
                 down_poll: Duration::from_millis(s.bus_down_poll_ms),
