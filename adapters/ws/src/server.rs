@@ -11,8 +11,10 @@
 //!   (at capacity, or draining), the connection is still served - so
 //!   `/health` and `/ready` answer and an upgrade gets `503` with
 //!   `Retry-After`, as PROTOCOL.md says - but only as one of at most
-//!   [`OVERFLOW_CONNECTIONS`], without keep-alive; beyond those it is
-//!   closed at once (counted as `capacity`).
+//!   [`OVERFLOW_CONNECTIONS`], for one request, whose head must arrive
+//!   within [`OVERFLOW_HEADER_TIMEOUT`] (a probe or an honest client sends
+//!   it at once; an attacker filling the overflow is cycled out quickly);
+//!   beyond those it is closed at once (counted as `capacity`).
 //! - is served HTTP/1.1 only, by hyper's own HTTP/1 connection (no version
 //!   sniffing, which would read the first bytes without a deadline, and no
 //!   h2c: an HTTP/2 preface is a parse error that closes the connection):
@@ -52,6 +54,9 @@ pub const MAX_HEAD_BYTES: usize = 16 << 10;
 /// or draining), one request each: enough for probes and for `503`s to
 /// reach clients, small enough to cost nothing.
 pub const OVERFLOW_CONNECTIONS: usize = 64;
+
+/// The header timeout of a connection served without a slot.
+pub const OVERFLOW_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for HTTP connections to finish before cutting
 /// them.
@@ -167,7 +172,9 @@ pub async fn serve<F>(
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let mut one_request = http.clone();
-    one_request.keep_alive(false);
+    one_request
+        .keep_alive(false)
+        .header_read_timeout(port.header_timeout.min(OVERFLOW_HEADER_TIMEOUT));
     let routes = TowerToHyperService::new(warp::service(port.filter));
     let tasks = TaskTracker::new();
     let finish = CancellationToken::new();
