@@ -11,6 +11,9 @@
 //!   (U+0085, as in the review's F1), sent after `--pings` pings, from
 //!   sockets with a 4 KiB receive buffer that never read.
 //! - `pongs`: N upgrades that send `--pings` pings and never read nor join.
+//! - `joined` (with a token: the cost of a large `joined`, F3): one writer
+//!   fills a document with `--doc-mib` MiB, then N clients with a 4 KiB
+//!   receive buffer join it and never read.
 //!
 //! ```text
 //! cargo build --profile ci-release --workspace
@@ -33,6 +36,7 @@ struct Args {
     seconds: u64,
     pings: usize,
     max_connections: usize,
+    doc_mib: usize,
     env: Vec<(String, String)>,
 }
 
@@ -45,6 +49,7 @@ fn args() -> anyhow::Result<Args> {
         seconds: 30,
         pings: 0,
         max_connections: 200,
+        doc_mib: 8,
         env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -58,6 +63,7 @@ fn args() -> anyhow::Result<Args> {
             "--seconds" => a.seconds = v.parse()?,
             "--pings" => a.pings = v.parse()?,
             "--max-connections" => a.max_connections = v.parse()?,
+            "--doc-mib" => a.doc_mib = v.parse()?,
             "--env" => {
                 let (k, v) = v.split_once('=').context("--env NAME=value")?;
                 a.env.push((k.to_owned(), v.to_owned()));
@@ -86,16 +92,19 @@ impl Drop for Relay {
     }
 }
 
-async fn start(a: &Args) -> anyhow::Result<(Relay, SocketAddr)> {
+async fn start(a: &Args) -> anyhow::Result<(Relay, SocketAddr, std::path::PathBuf)> {
     let port = free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let key = std::env::temp_dir().join(format!("relay-prejoin-attack-{port}.pem"));
+    let big = (a.doc_mib + 1) << 20;
     let child = Command::new(&a.relay)
         .env_clear()
         .env("BIND_ADDRESS", addr.to_string())
         .env("METRICS_PORT", free_port()?.to_string())
         .env("MAX_CONNECTIONS", a.max_connections.to_string())
         .env("RUST_LOG", "error")
+        .env("MAX_MESSAGE_BYTES", big.to_string())
+        .env("OUTBOUND_QUEUE_BYTES", (4 * big + (64 << 10)).to_string())
         .envs(a.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .arg("serve")
         .arg("--dev-key-file")
@@ -112,7 +121,70 @@ async fn start(a: &Args) -> anyhow::Result<(Relay, SocketAddr)> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok((relay, addr))
+    Ok((relay, addr, key))
+}
+
+/// An editor token for every document, from the development key.
+fn token(relay: &str, key: &std::path::Path) -> anyhow::Result<String> {
+    let out = Command::new(relay)
+        .args([
+            "token",
+            "--sub",
+            &uuid::Uuid::new_v4().to_string(),
+            "--doc",
+            "*",
+        ])
+        .args(["--role", "editor", "--key-file"])
+        .arg(key)
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    text.lines()
+        .last()
+        .map(|l| l.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .context("relay token printed nothing")
+}
+
+/// Fills `document` with `mib` MiB of text (one submit) and waits for its
+/// ack.
+async fn fill(
+    addr: SocketAddr,
+    document: uuid::Uuid,
+    token: &str,
+    mib: usize,
+) -> anyhow::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+        format!("ws://{addr}/collab/{document}"),
+        Some(config),
+        false,
+    )
+    .await?;
+    let join =
+        serde_json::json!({"type": "join", "client_id": "writer", "token": token, "since": null});
+    ws.send(Message::text(join.to_string())).await?;
+    let text = "lorem ipsum ".repeat((mib << 20) / 12);
+    let mut sent = false;
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await? {
+        let Message::Text(t) = m? else { continue };
+        let v: serde_json::Value = serde_json::from_str(t.as_str())?;
+        match v["type"].as_str() {
+            Some("joined") if !sent => {
+                let submit = serde_json::json!({"type": "submit", "seq": 1, "base": v["version"],
+                                                "delta": [{"insert": text}]});
+                ws.send(Message::text(submit.to_string())).await?;
+                sent = true;
+            }
+            Some("ack") => return Ok(()),
+            Some("error") => bail!("the fill was refused: {t}"),
+            _ => {}
+        }
+    }
+    bail!("closed before the fill was acknowledged")
 }
 
 /// `/health`'s `active_connections` (asked from 127.0.0.1).
@@ -168,8 +240,9 @@ async fn attack_one(
     from: Ipv4Addr,
     to: SocketAddr,
     pings: usize,
+    join: Option<(uuid::Uuid, String)>,
 ) -> anyhow::Result<TcpStream> {
-    let document = uuid::Uuid::new_v4();
+    let document = join.as_ref().map_or_else(uuid::Uuid::new_v4, |(d, _)| *d);
     match kind {
         "slowloris" => {
             let mut s = connect(from, to, false).await?;
@@ -177,7 +250,7 @@ async fn attack_one(
                 .await?;
             Ok(s)
         }
-        "bad-first" | "pongs" => {
+        "bad-first" | "pongs" | "joined" => {
             let mut s = connect(from, to, true).await?;
             s.write_all(
                 format!(
@@ -212,6 +285,11 @@ async fn attack_one(
             if kind == "bad-first" {
                 let payload = format!("{{\"type\":\"{}\"}}", "\u{85}".repeat(524_000));
                 bytes.extend(frame(0x1, payload.as_bytes()));
+            }
+            if let Some((_, token)) = &join {
+                let join = serde_json::json!({"type": "join", "client_id": "reader",
+                                              "token": token, "since": null});
+                bytes.extend(frame(0x1, join.to_string().as_bytes()));
             }
             // The server may stop reading: written in the background, at
             // most 10 s.
@@ -256,7 +334,15 @@ fn still_open(sockets: &mut [Option<TcpStream>]) -> usize {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
-    let (relay, addr) = start(&a).await?;
+    let (relay, addr, key) = start(&a).await?;
+    let join = if a.attack == "joined" {
+        let token = token(&a.relay, &key)?;
+        let document = uuid::Uuid::new_v4();
+        fill(addr, document, &token, a.doc_mib).await?;
+        Some((document, token))
+    } else {
+        None
+    };
     let pid = relay.0.id();
     let rss = || relay_load::procfs::rss_kib(pid).unwrap_or(0) / 1024;
     let rss_before = rss();
@@ -270,8 +356,9 @@ async fn main() -> anyhow::Result<()> {
         let from = Ipv4Addr::new(127, 0, 1, 1 + (i % usize::from(a.addresses)) as u8);
         let kind = a.attack.clone();
         let pings = a.pings;
+        let join = join.clone();
         attempts.push(tokio::spawn(async move {
-            attack_one(&kind, from, addr, pings).await
+            attack_one(&kind, from, addr, pings, join).await
         }));
     }
     let mut sockets = Vec::new();
