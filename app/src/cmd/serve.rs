@@ -86,6 +86,7 @@ async fn serve(
         None
     };
     let ws_config = config.limits.ws();
+    let header_timeout = ws_config.header_timeout;
     let connections = ws_config.connections.clone();
     let bind = config.listen.bind_address;
     let metrics_addr = std::net::SocketAddr::new(bind.ip(), config.listen.metrics_port);
@@ -106,7 +107,7 @@ async fn serve(
     let stop_metrics = CancellationToken::new();
     let (metrics_addr, metrics_server) = {
         let stop = stop_metrics.clone();
-        telemetry::serve_metrics(metrics.clone(), metrics_addr, async move {
+        telemetry::serve_metrics(metrics.clone(), metrics_addr, header_timeout, async move {
             stop.cancelled().await;
         })
         .await?

@@ -386,7 +386,9 @@ impl Limits {
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
             allowed_origins: self.allowed_origins.clone(),
-            max_outbound_frame_bytes: self.max_outbound_frame_bytes(),
+            header_timeout: self.header_timeout,
+            max_pending_per_ip: self.max_pending_per_ip,
+            trusted_proxies: self.trusted_proxies.clone(),
             ..relay_adapter_ws::WsConfig::default()
         }
     }
