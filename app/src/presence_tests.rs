@@ -43,7 +43,9 @@ async fn idle() {
 fn cursors(msgs: &[ServerMessage]) -> Vec<(Option<usize>, Option<usize>)> {
     msgs.iter()
         .filter_map(|m| match m {
-            ServerMessage::Cursor { anchor, head, .. } => Some((*anchor, *head)),
+            ServerMessage::Cursor { selection, .. } => {
+                Some((selection.map(|s| s.anchor), selection.map(|s| s.head)))
+            }
             _ => None,
         })
         .collect()
@@ -178,11 +180,12 @@ async fn a_cursor_taken_before_a_concurrent_edit_is_moved_through_it() {
         got.iter()
             .filter_map(|m| match m {
                 ServerMessage::Cursor {
-                    version,
-                    anchor,
-                    head,
-                    ..
-                } => Some((*version, *anchor, *head)),
+                    version, selection, ..
+                } => Some((
+                    *version,
+                    selection.map(|s| s.anchor),
+                    selection.map(|s| s.head),
+                )),
                 _ => None,
             })
             .collect::<Vec<_>>(),

@@ -99,8 +99,7 @@ impl Room {
             user: member.user,
             client_id: member.client_id.clone(),
             name: member.name.clone(),
-            anchor: None,
-            head: None,
+            selection: None,
             version,
         };
         let presence: Vec<PresenceEntry> = self

@@ -233,8 +233,7 @@ pub(super) fn cursor_message(e: &PresenceEntry) -> ServerMessage {
         user: e.user,
         client_id: e.client_id.clone(),
         version: e.version,
-        anchor: e.anchor,
-        head: e.head,
+        selection: e.selection,
     }
 }
 
