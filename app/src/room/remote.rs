@@ -10,7 +10,7 @@ use tracing::warn;
 
 impl Room {
     pub(super) async fn remote(&mut self, env: Envelope) {
-        if env.origin == self.deps.instance || env.document != self.document {
+        if env.origin == self.instance.id || env.document != self.document {
             return;
         }
         match env.message {
@@ -18,7 +18,7 @@ impl Room {
                 // Once the bus is quiet, check the store once: if the last
                 // message was lost, nothing on the bus would show the gap.
                 self.deadlines
-                    .set_in(Timer::SettleCheck, self.deps.config.bus.down_poll);
+                    .set_in(Timer::SettleCheck, self.instance.config.bus.down_poll);
                 let mut applied = Vec::new();
                 for op in ops {
                     if op.version <= self.sequencer.version() {
