@@ -4,7 +4,7 @@
 //! read closed at its byte budget.
 
 use crate::config::Config;
-use crate::deps::Adapters;
+use crate::ports::Ports;
 use crate::service::Relay;
 use crate::test_support::{drain, next_frame, next_message};
 use relay_adapter_jwt::{DevKeys, JwtConfig, JwtVerifier};
@@ -100,7 +100,7 @@ fn relay(config: Config, store: Arc<dyn OperationStore>, keys: &DevKeys) -> Rela
     verifier.set_keys(keys.key_set());
     Relay::new(
         config,
-        Adapters {
+        Ports {
             store,
             bus: Arc::new(MemoryBus::new()),
             presence: Arc::new(MemoryPresence::new(clock.clone())),

@@ -14,17 +14,23 @@
 //! - `room`: one task per open document owning its sequencer - the write
 //!   path with group commit and the compare-and-set loop, fan-out, presence,
 //!   cursor throttle and typing debounce.
-//! - `rooms`: the registry of open rooms.
+//! - `registry`: the registry of open rooms.
 //! - `sink`: a session's bounded outbound queue and close order.
-//! - [`wiring`]: builds the adapters a configuration asks for.
+//! - `ports`: [`Ports`], the adapter behind each outbound port, and the
+//!   `Instance` rooms and sessions share (the ports, this instance's id,
+//!   the configuration, the room tasks).
+//! - [`wiring`]: builds the ports a configuration asks for, and the service
+//!   on them.
+//! - `testing` (feature `testing`): the in-memory ports tests build by
+//!   hand, with a handle on their metrics.
 
 pub mod config;
-mod deps;
 #[cfg(test)]
 mod join_cost_tests;
 #[cfg(test)]
 mod permission_tests;
 mod permissions;
+mod ports;
 #[cfg(test)]
 mod presence_tests;
 mod registry;
@@ -35,10 +41,12 @@ mod sink;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod users;
 pub mod wiring;
 #[cfg(test)]
 mod write_path_tests;
 
-pub use deps::Adapters;
+pub use ports::Ports;
 pub use service::{Check, Relay};

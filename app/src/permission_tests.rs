@@ -5,7 +5,7 @@
 use crate::config::{Config, PermissionSourceKind};
 use crate::service::Relay;
 use crate::test_support::{drain, next_frame, next_message};
-use crate::wiring;
+use crate::{testing, wiring};
 use async_trait::async_trait;
 use relay_adapter_jwt::{DevKeys, TokenRequest};
 use relay_adapter_memory::{MemoryPermissions, MemoryPresence, MemoryStore};
@@ -114,15 +114,15 @@ fn setup(config: Config) -> Setup {
     setup_with(config, |_| {})
 }
 
-fn setup_with(mut config: Config, adapt: impl FnOnce(&mut crate::Adapters)) -> Setup {
+fn setup_with(mut config: Config, adapt: impl FnOnce(&mut crate::Ports)) -> Setup {
     let keys = DevKeys::from_seed([4; 32]);
     config.auth.permission_source = PermissionSourceKind::Database;
-    let (mut adapters, _) = wiring::memory_adapters(wiring::dev_verifier(&config, &keys));
+    let (mut ports, _) = testing::memory_ports(wiring::dev_verifier(&config, &keys));
     let source = Counting::default();
-    adapters.permissions = Arc::new(source.clone());
-    adapt(&mut adapters);
+    ports.permissions = Arc::new(source.clone());
+    adapt(&mut ports);
     Setup {
-        relay: Relay::new(config, adapters, Vec::new()),
+        relay: Relay::new(config, ports, Vec::new()),
         keys: Arc::new(keys),
         source,
     }
@@ -448,12 +448,12 @@ async fn a_submit_flood_from_many_connections_is_answered_before_the_room_mailbo
     let (open, _) = tokio::sync::watch::channel(true);
     let open = Arc::new(open);
     let gate = open.clone();
-    let s = setup_with(config, move |adapters| {
-        adapters.presence = Arc::new(Gated {
-            inner: MemoryPresence::new(adapters.clock.clone()),
+    let s = setup_with(config, move |ports| {
+        ports.presence = Arc::new(Gated {
+            inner: MemoryPresence::new(ports.clock.clone()),
             open: gate,
         });
-        adapters.store = Arc::new(MemoryStore::new());
+        ports.store = Arc::new(MemoryStore::new());
     });
     let (user, d) = (Uuid::new_v4(), doc());
     s.grant(user, d, Role::Editor);

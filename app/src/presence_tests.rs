@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::test_support::drain;
-use crate::wiring;
+use crate::testing;
 use relay_adapter_jwt::DevKeys;
 use relay_domain::{ClientId, DocumentId, Selection, UserId, Version};
 use relay_ports::protocol::{Join, ServerMessage};
@@ -43,7 +43,9 @@ async fn idle() {
 fn cursors(msgs: &[ServerMessage]) -> Vec<(Option<usize>, Option<usize>)> {
     msgs.iter()
         .filter_map(|m| match m {
-            ServerMessage::Cursor { anchor, head, .. } => Some((*anchor, *head)),
+            ServerMessage::Cursor { selection, .. } => {
+                Some((selection.map(|s| s.anchor), selection.map(|s| s.head)))
+            }
             _ => None,
         })
         .collect()
@@ -63,7 +65,7 @@ fn setup() -> (crate::Relay, DevKeys) {
     let mut config = Config::default();
     config.presence.cursor_throttle_ms = 50;
     config.presence.typing_debounce_ms = 500;
-    (wiring::in_memory(config, &keys).relay, keys)
+    (testing::in_memory(config, &keys).0.relay, keys)
 }
 
 #[tokio::test(start_paused = true)]
@@ -178,11 +180,12 @@ async fn a_cursor_taken_before_a_concurrent_edit_is_moved_through_it() {
         got.iter()
             .filter_map(|m| match m {
                 ServerMessage::Cursor {
-                    version,
-                    anchor,
-                    head,
-                    ..
-                } => Some((*version, *anchor, *head)),
+                    version, selection, ..
+                } => Some((
+                    *version,
+                    selection.map(|s| s.anchor),
+                    selection.map(|s| s.head),
+                )),
                 _ => None,
             })
             .collect::<Vec<_>>(),
@@ -238,7 +241,7 @@ async fn cursor_and_typing_messages_over_the_rate_are_dropped_and_said_once() {
     let mut config = Config::default();
     config.presence.rate_per_sec = 10;
     config.presence.burst = 5;
-    let relay = wiring::in_memory(config, &keys).relay;
+    let relay = testing::in_memory(config, &keys).0.relay;
     let doc = DocumentId::new(Uuid::new_v4());
     let (mut a, mut a_rx) = join(&relay, &keys, doc, "a").await;
     let (_b, mut b_rx) = join(&relay, &keys, doc, "b").await;
@@ -352,7 +355,7 @@ async fn a_room_refreshes_all_of_its_presence_entries_in_one_call_to_the_registr
     config.presence.ttl = Some(Duration::from_secs(3));
     let relay = crate::Relay::new(
         config,
-        crate::Adapters {
+        crate::Ports {
             store: std::sync::Arc::new(relay_adapter_memory::MemoryStore::new()),
             bus: std::sync::Arc::new(relay_adapter_memory::MemoryBus::new()),
             presence: presence.clone(),

@@ -3,8 +3,8 @@
 
 use crate::config::Config;
 use crate::config::PermissionSourceKind;
-use crate::deps::{Adapters, Deps};
 use crate::permissions::{Permissions, RoleCell};
+use crate::ports::{Instance, Ports};
 use crate::registry::{Registry, Start};
 use crate::room::{self, Command, JoinError, Member, SessionId};
 use crate::session::{INVALID_MESSAGES_PER_SEC, RelaySession, SessionContext};
@@ -16,7 +16,7 @@ use relay_ports::Chain;
 
 use relay_ports::{
     AuthError, CollaborationService, ConnectionSlot, Dependency, Health, InstanceId, Join,
-    JoinRefusal, Readiness, Refusal, Started, TokenVerifier,
+    JoinRefusal, Readiness, Refusal, Started,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,14 +27,13 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 pub(crate) struct Inner {
-    pub(crate) deps: Arc<Deps>,
+    pub(crate) instance: Arc<Instance>,
     /// The open rooms (the service owns them; a room holds only its lease).
     rooms: Registry<Command>,
     /// Roles at join (cached) and for open sessions (re-checked).
     pub(crate) permissions: Arc<Permissions>,
     /// Each user's connections and joins on this instance.
     users: Arc<Users>,
-    pub(crate) verifier: Arc<dyn TokenVerifier>,
     connections: Arc<Semaphore>,
     /// Woken whenever a connection's slot is freed (shutdown waits on it).
     left: Arc<tokio::sync::Notify>,
@@ -61,13 +60,13 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    /// A service on these adapters. `checks` are the readiness checks of
+    /// A service on these ports. `checks` are the readiness checks of
     /// the outside dependencies, by the names `/ready` reports.
-    pub fn new(config: Config, adapters: Adapters, checks: Vec<(Dependency, Check)>) -> Relay {
+    pub fn new(config: Config, ports: Ports, checks: Vec<(Dependency, Check)>) -> Relay {
         let config = Arc::new(config);
         let permissions = Permissions::new(
-            adapters.permissions,
-            adapters.metrics.clone(),
+            ports.permissions.clone(),
+            ports.metrics.clone(),
             config.auth.permission_cache_ttl,
             // The token's roles may differ between two tokens of one user:
             // only the database's answers are shared.
@@ -77,25 +76,20 @@ impl Relay {
             config.limits.max_connections_per_user,
             config.limits.join_rate_per_sec,
             config.limits.join_burst,
-            adapters.clock.clone(),
+            ports.clock.clone(),
         );
-        let deps = Arc::new(Deps {
-            store: adapters.store,
-            bus: adapters.bus,
-            presence: adapters.presence,
-            metrics: adapters.metrics,
-            clock: adapters.clock,
-            instance: InstanceId::from_uuid(Uuid::new_v4()),
+        let instance = Arc::new(Instance {
+            ports: Arc::new(ports),
+            id: InstanceId::from_uuid(Uuid::new_v4()),
             config: config.clone(),
             tasks: tokio_util::task::TaskTracker::new(),
         });
         Relay {
             inner: Arc::new(Inner {
-                deps,
+                instance,
                 rooms: Registry::default(),
                 permissions,
                 users,
-                verifier: adapters.verifier,
                 connections: Arc::new(Semaphore::new(config.limits.max_connections)),
                 left: Arc::new(tokio::sync::Notify::new()),
                 draining: AtomicBool::new(false),
@@ -107,7 +101,7 @@ impl Relay {
     }
 
     pub fn config(&self) -> &Config {
-        &self.inner.deps.config
+        &self.inner.instance.config
     }
 
     /// Graceful shutdown as the deployment document describes it:
@@ -132,7 +126,7 @@ impl Relay {
             documents = inner.rooms.len(),
             "draining: refusing new connections and asking clients to reconnect"
         );
-        let grace = inner.deps.config.shutdown.grace;
+        let grace = inner.instance.config.shutdown.grace;
         let spread = u64::try_from(grace.as_millis() / 2)
             .unwrap_or(u64::MAX)
             .min(SHUTDOWN_RECONNECT_SPREAD_MS);
@@ -168,8 +162,8 @@ impl Relay {
             let _ = room.send(Command::CloseAll).await;
             let _ = room.send(Command::Stop).await;
         }
-        inner.deps.tasks.close();
-        if tokio::time::timeout(ROOMS_STOP_WAIT, inner.deps.tasks.wait())
+        inner.instance.tasks.close();
+        if tokio::time::timeout(ROOMS_STOP_WAIT, inner.instance.tasks.wait())
             .await
             .is_err()
         {
@@ -194,7 +188,8 @@ impl Relay {
     }
 
     fn active_connections(&self) -> usize {
-        self.inner.deps.config.limits.max_connections - self.inner.connections.available_permits()
+        self.inner.instance.config.limits.max_connections
+            - self.inner.connections.available_permits()
     }
 }
 
@@ -248,7 +243,8 @@ impl CollaborationService for Relay {
         let joined = self.join_session(slot, document, bearer, join).await;
         if let Err(refusal) = &joined {
             self.inner
-                .deps
+                .instance
+                .ports
                 .metrics
                 .connection_rejected(refusal.reject_reason());
         }
@@ -269,7 +265,10 @@ impl CollaborationService for Relay {
         for (dependency, check) in &self.inner.checks {
             checks.push((*dependency, check().await));
         }
-        checks.push((Dependency::JwtKeys, self.inner.verifier.has_keys()));
+        checks.push((
+            Dependency::JwtKeys,
+            self.inner.instance.ports.verifier.has_keys(),
+        ));
         Readiness {
             checks,
             draining: self.inner.draining.load(Ordering::SeqCst),
@@ -291,7 +290,7 @@ impl Relay {
         let Some(token) = bearer.or(join.token) else {
             return Err(JoinRefusal::NoToken);
         };
-        let claims = match inner.verifier.verify(&token).await {
+        let claims = match inner.instance.ports.verifier.verify(&token).await {
             Ok(c) => c,
             Err(AuthError::Unavailable) => return Err(JoinRefusal::KeysUnavailable),
             Err(e) => return Err(JoinRefusal::Token(e)),
@@ -326,13 +325,13 @@ impl Relay {
         // message; start a fresh one and try again (bounded).
         for _ in 0..3 {
             let (sink, outbound, close_rx) = Sink::new(
-                inner.deps.config.limits.outbound_queue,
-                inner.deps.config.limits.outbound_queue_bytes,
-                inner.deps.metrics.clone(),
+                inner.instance.config.limits.outbound_queue,
+                inner.instance.config.limits.outbound_queue_bytes,
+                inner.instance.ports.metrics.clone(),
             );
             let (room_tx, start) = inner.rooms.get_or_create(document);
             if let Some(Start { mailbox, lease }) = start {
-                room::spawn(document, inner.deps.clone(), mailbox, lease);
+                room::spawn(document, inner.instance.clone(), mailbox, lease);
             }
             let (reply_tx, reply_rx) = oneshot::channel();
             let cmd = Command::Join {
@@ -346,9 +345,9 @@ impl Relay {
             }
             match reply_rx.await {
                 Ok(Ok(())) => {
-                    inner.deps.metrics.connection_opened(document);
+                    inner.instance.ports.metrics.connection_opened(document);
                     let (user, client_id) = (claims.user, join.client_id.clone());
-                    let limits = &inner.deps.config.limits;
+                    let limits = &inner.instance.config.limits;
                     let role = RoleCell::new(answer);
                     let watch = inner.permissions.watch(
                         id,
@@ -366,7 +365,7 @@ impl Relay {
                         room: room_tx,
                         sink,
                         ctx: SessionContext {
-                            deps: inner.deps.clone(),
+                            instance: inner.instance.clone(),
                             permissions: inner.permissions.clone(),
                         },
                         left: false,
@@ -375,8 +374,8 @@ impl Relay {
                             limits.submit_rate_per_sec,
                         ),
                         presence_limiter: RateLimiter::new(
-                            inner.deps.config.presence.burst,
-                            inner.deps.config.presence.rate_per_sec,
+                            inner.instance.config.presence.burst,
+                            inner.instance.config.presence.rate_per_sec,
                         ),
                         presence_limited: false,
                         invalid_limiter: RateLimiter::new(

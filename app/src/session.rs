@@ -1,8 +1,8 @@
 //! One connection's session: checks what the client may do and forwards it
 //! to the document's room.
 
-use crate::deps::Deps;
 use crate::permissions::{Permissions, RoleCell, Watch};
+use crate::ports::Instance;
 use crate::room::{Command, SessionId};
 use crate::sink::Sink;
 use crate::users::UserLease;
@@ -21,7 +21,7 @@ use tracing::warn;
 /// nothing of the service's own state.
 #[derive(Clone)]
 pub(crate) struct SessionContext {
-    pub(crate) deps: Arc<Deps>,
+    pub(crate) instance: Arc<Instance>,
     pub(crate) permissions: Arc<Permissions>,
 }
 
@@ -71,7 +71,7 @@ impl RelaySession {
             return Ok(None);
         };
         if answer.at.elapsed() < self.ctx.permissions.ttl() {
-            self.ctx.deps.metrics.permission_lookup(true);
+            self.ctx.instance.ports.metrics.permission_lookup(true);
             return Ok(Some(role));
         }
         match self.ctx.permissions.ask(&self.claims, self.document).await {
@@ -89,7 +89,10 @@ impl RelaySession {
     /// Whether a submit may go on to the room: over SUBMIT_RATE_PER_SEC it
     /// is answered `rate_limited` here and never reaches the mailbox.
     fn submit_allowed(&mut self, seq: relay_domain::Seq, kind: OperationType) -> bool {
-        if self.submit_limiter.try_acquire(self.ctx.deps.clock.now()) {
+        if self
+            .submit_limiter
+            .try_acquire(self.ctx.instance.ports.clock.now())
+        {
             return true;
         }
         self.sink.error(
@@ -97,7 +100,11 @@ impl RelaySession {
             "too many submits: slow down",
             Some(seq),
         );
-        self.ctx.deps.metrics.operation(kind, OpStatus::Rejected);
+        self.ctx
+            .instance
+            .ports
+            .metrics
+            .operation(kind, OpStatus::Rejected);
         false
     }
 
@@ -105,7 +112,10 @@ impl RelaySession {
     /// rate it is dropped, and the first one dropped is answered
     /// `rate_limited` so the client knows.
     fn presence_allowed(&mut self) -> bool {
-        if self.presence_limiter.try_acquire(self.ctx.deps.clock.now()) {
+        if self
+            .presence_limiter
+            .try_acquire(self.ctx.instance.ports.clock.now())
+        {
             self.presence_limited = false;
             return true;
         }
@@ -216,7 +226,10 @@ impl Session for RelaySession {
     }
 
     fn reject(&mut self, error: DecodeError) {
-        if !self.invalid_limiter.try_acquire(self.ctx.deps.clock.now()) {
+        if !self
+            .invalid_limiter
+            .try_acquire(self.ctx.instance.ports.clock.now())
+        {
             self.sink
                 .order_close(CloseCode::Policy, "too many invalid messages");
             return;
@@ -225,10 +238,10 @@ impl Session for RelaySession {
     }
 
     fn until_expiry(&self) -> Option<Duration> {
-        let now_ms = self.ctx.deps.clock.now().as_millis();
+        let now_ms = self.ctx.instance.ports.clock.now().as_millis();
         // Closed when the verifier would refuse the token: past exp plus the
         // leeway (otherwise a client could loop: accepted, closed, accepted).
-        let leeway = self.ctx.deps.config.auth.jwt.leeway_secs;
+        let leeway = self.ctx.instance.config.auth.jwt.leeway_secs;
         let exp_ms = self.claims.expires_at_ms(leeway);
         Some(Duration::from_millis(exp_ms.saturating_sub(now_ms)))
     }
@@ -242,7 +255,11 @@ impl Session for RelaySession {
             };
             let _ = self.room.send(cmd).await;
         }
-        self.ctx.deps.metrics.connection_closed(self.document);
+        self.ctx
+            .instance
+            .ports
+            .metrics
+            .connection_closed(self.document);
         tracing::debug!(document = %self.document, user = %self.claims.user, client_id = %self.client_id, reason, "session left its room");
     }
 }

@@ -2,15 +2,15 @@
 //! configuration.
 
 use crate::config::{self, Config, PermissionSourceKind, ServingRefusal};
-use crate::deps::Adapters;
+use crate::ports::Ports;
 use crate::service::{Check, Relay};
 use relay_adapter_jwt::{DevKeys, JwksVerifier, JwtVerifier};
-use relay_adapter_memory::{
-    ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, MemoryStore, TokioClock,
-};
+use relay_adapter_memory::{ClaimsPermissions, MemoryBus, MemoryPresence, MemoryStore, TokioClock};
 use relay_adapter_postgres::{PgError, PgPermissions, PgPool, PgStore};
 use relay_adapter_redis::RedisError;
-use relay_ports::{Dependency, Metrics, TokenVerifier};
+use relay_ports::{
+    Dependency, FanOut, Metrics, OperationStore, PermissionSource, PresenceRegistry, TokenVerifier,
+};
 use std::sync::Arc;
 
 /// A wired service and what the transport needs besides.
@@ -20,9 +20,10 @@ pub struct Wired {
     pub jwks: Option<Arc<str>>,
     /// What the service records to (the binary's: OpenTelemetry).
     pub metrics: Arc<dyn Metrics>,
-    /// The same, when they are in-memory metrics tests can read.
-    pub memory_metrics: Option<Arc<MemoryMetrics>>,
-    /// The JWKS verifier, when keys come from JWT_PUBLIC_KEY_URL.
+    /// The JWKS verifier, when keys come from JWT_PUBLIC_KEY_URL: the one
+    /// port a test needs as its concrete type (to see its fetches), which
+    /// the service holds only as a `dyn TokenVerifier`.
+    #[cfg(any(test, feature = "testing"))]
     pub jwks_verifier: Option<Arc<JwksVerifier>>,
     /// Background tasks (the JWKS refresher), stopped when dropped.
     pub background: Background,
@@ -59,42 +60,11 @@ impl Drop for Background {
     }
 }
 
-/// The in-memory adapters around a token verifier. Tests swap fields (the
-/// permission source, the clock) before building a [`Relay`].
-pub fn memory_adapters(verifier: Arc<dyn TokenVerifier>) -> (Adapters, Arc<MemoryMetrics>) {
-    let clock = Arc::new(TokioClock::new());
-    let metrics = Arc::new(MemoryMetrics::default());
-    let adapters = Adapters {
-        store: Arc::new(MemoryStore::new()),
-        bus: Arc::new(MemoryBus::new()),
-        presence: Arc::new(MemoryPresence::new(clock.clone())),
-        permissions: Arc::new(ClaimsPermissions),
-        verifier,
-        metrics: metrics.clone(),
-        clock,
-    };
-    (adapters, metrics)
-}
-
 /// A verifier for tokens signed by the development key.
 pub fn dev_verifier(config: &Config, dev: &DevKeys) -> Arc<JwtVerifier> {
     let verifier = JwtVerifier::new(config.auth.development_jwt());
     verifier.set_keys(dev.key_set());
     Arc::new(verifier)
-}
-
-/// Everything in memory, tokens signed by `dev` (the development mode, and
-/// what most end-to-end tests run against).
-pub fn in_memory(config: Config, dev: &DevKeys) -> Wired {
-    let (adapters, metrics) = memory_adapters(dev_verifier(&config, dev));
-    Wired {
-        relay: Relay::new(config, adapters, Vec::new()),
-        jwks: Some(dev.jwks_json().into()),
-        metrics: metrics.clone(),
-        memory_metrics: Some(metrics),
-        jwks_verifier: None,
-        background: Background::default(),
-    }
 }
 
 /// Why the adapters a configuration asks for could not be built. Each
@@ -191,8 +161,9 @@ pub fn startup_warnings(config: &Config) -> Vec<String> {
     warnings
 }
 
-/// The adapters the configuration asks for. Must be called inside the
-/// runtime (it starts the JWKS refresher).
+/// The service on the ports the configuration asks for, recording to
+/// `metrics`. Must be called inside the runtime (it starts the JWKS
+/// refresher).
 ///
 /// - DATABASE_URL set: operations in PostgreSQL (the schema must be current,
 ///   see [`ensure_schema`]); PERMISSION_SOURCE=database reads roles there.
@@ -202,14 +173,9 @@ pub fn startup_warnings(config: &Config) -> Vec<String> {
 ///   fan-out bus and the presence registry, REDIS_POOL_SIZE command
 ///   connections, at most 8); it needs DATABASE_URL, since the store is
 ///   what instances agree on.
-pub async fn build(config: Config, dev: Option<&DevKeys>) -> Result<Wired, WiringError> {
-    let metrics = Arc::new(MemoryMetrics::new());
-    let mut wired = build_with(config, dev, metrics.clone()).await?;
-    wired.memory_metrics = Some(metrics);
-    Ok(wired)
-}
-
-/// [`build`], recording to `metrics`.
+///
+/// Whatever is not set is in memory: operations, the bus and presence on
+/// this instance alone, roles from the token's claims.
 pub async fn build_with(
     config: Config,
     dev: Option<&DevKeys>,
@@ -224,6 +190,7 @@ pub async fn build_with(
         ensure_schema(pool, config.store.run_migrations).await?;
     }
     let background = Background::default();
+    #[cfg(any(test, feature = "testing"))]
     let mut jwks_verifier = None;
     let mut jwks = None;
     let verifier: Arc<dyn TokenVerifier> = match (config.auth.jwks(), dev) {
@@ -238,50 +205,65 @@ pub async fn build_with(
             background
                 .tasks
                 .spawn(v.refresher(background.stop.child_token()));
-            jwks_verifier = Some(v.clone());
+            #[cfg(any(test, feature = "testing"))]
+            {
+                jwks_verifier = Some(v.clone());
+            }
             v
         }
     };
-    let (mut adapters, _) = memory_adapters(verifier);
-    adapters.metrics = metrics.clone();
+    let clock = Arc::new(TokioClock::new());
+    let mut store: Arc<dyn OperationStore> = Arc::new(MemoryStore::new());
+    let mut permissions: Arc<dyn PermissionSource> = Arc::new(ClaimsPermissions);
+    let mut bus: Arc<dyn FanOut> = Arc::new(MemoryBus::new());
+    let mut presence: Arc<dyn PresenceRegistry> = Arc::new(MemoryPresence::new(clock.clone()));
     let mut checks: Vec<(Dependency, Check)> = Vec::new();
     if let Some(pool) = pool {
-        let store = Arc::new(PgStore::new(pool.clone()));
-        adapters.store = store.clone();
+        let pg = Arc::new(PgStore::new(pool.clone()));
+        store = pg.clone();
         if config.auth.permission_source == PermissionSourceKind::Database {
-            adapters.permissions = Arc::new(PgPermissions::new(pool.clone()));
+            permissions = Arc::new(PgPermissions::new(pool.clone()));
         }
         // The store's ping: the database answers and the committers are not
         // stuck (appends waiting with none finished in the statement
         // timeout).
         let check: Check = Arc::new(move || {
-            let store = store.clone();
-            Box::pin(async move { relay_ports::OperationStore::ping(&*store).await.is_ok() })
+            let pg = pg.clone();
+            Box::pin(async move { OperationStore::ping(&*pg).await.is_ok() })
         });
         checks.push((Dependency::Database, check));
     }
     if let Some(url) = &config.bus.redis_url {
-        let (bus, presence) = relay_adapter_redis::connect_with_metrics(
+        let (redis_bus, redis_presence) = relay_adapter_redis::connect_with_metrics(
             url,
             config.bus.redis.clone(),
             metrics.clone(),
         )
         .await
         .map_err(WiringError::Redis)?;
-        let bus = Arc::new(bus);
-        adapters.bus = bus.clone();
-        adapters.presence = Arc::new(presence);
+        let redis_bus = Arc::new(redis_bus);
+        bus = redis_bus.clone();
+        presence = Arc::new(redis_presence);
         let check: Check = Arc::new(move || {
-            let bus = bus.clone();
-            Box::pin(async move { relay_ports::FanOut::ping(&*bus).await.is_ok() })
+            let redis_bus = redis_bus.clone();
+            Box::pin(async move { FanOut::ping(&*redis_bus).await.is_ok() })
         });
         checks.push((Dependency::Redis, check));
     }
+    let ports = Ports {
+        store,
+        bus,
+        presence,
+        permissions,
+        verifier,
+        metrics: metrics.clone(),
+        clock,
+    };
     Ok(Wired {
-        relay: Relay::new(config, adapters, checks),
+        relay: Relay::new(config, ports, checks),
         jwks,
         metrics,
-        memory_metrics: None,
+        #[cfg(any(test, feature = "testing"))]
         jwks_verifier,
         background,
     })

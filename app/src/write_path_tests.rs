@@ -3,7 +3,7 @@
 //! version. (End-to-end behaviour is tested in `tests/`.)
 
 use crate::config::Config;
-use crate::deps::Adapters;
+use crate::ports::Ports;
 use crate::service::Relay;
 use crate::test_support::{drain, next_message};
 use mockall::predicate::always;
@@ -1061,7 +1061,7 @@ fn relay_on_bus(
     verifier.set_keys(keys.key_set());
     Relay::new(
         Config::default(),
-        Adapters {
+        Ports {
             store,
             bus,
             presence: Arc::new(MemoryPresence::new(clock.clone())),

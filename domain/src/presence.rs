@@ -17,10 +17,11 @@ pub struct PresenceEntry {
     pub user: UserId,
     pub client_id: ClientId,
     pub name: Option<String>,
-    /// `None` hides the caret.
-    pub anchor: Option<usize>,
-    pub head: Option<usize>,
-    /// The version `anchor` and `head` refer to.
+    /// `None` hides the caret. On the wire: `anchor` and `head`, both
+    /// `null` when hidden.
+    #[serde(flatten, with = "crate::selection::fields")]
+    pub selection: Option<Selection>,
+    /// The version the selection refers to.
     pub version: Version,
 }
 
@@ -37,25 +38,10 @@ impl PresenceEntry {
         } else {
             Bias::Before
         };
-        if let Some(s) = self.selection() {
-            self.set_selection(Some(s.transform(&op.delta, bias)));
+        if let Some(s) = self.selection {
+            self.selection = Some(s.transform(&op.delta, bias));
         }
         self.version = op.version;
-    }
-
-    /// The selection, or `None` when the caret is hidden (or only half
-    /// known).
-    pub fn selection(&self) -> Option<Selection> {
-        Some(Selection {
-            anchor: self.anchor?,
-            head: self.head?,
-        })
-    }
-
-    /// Sets (or, with `None`, hides) the selection.
-    pub fn set_selection(&mut self, selection: Option<Selection>) {
-        self.anchor = selection.map(|s| s.anchor);
-        self.head = selection.map(|s| s.head);
     }
 }
 
@@ -95,17 +81,16 @@ impl Roster {
     }
 
     /// Records a selection (already rebased to `version`). Returns the entry,
-    /// or `None` if the client is not present. The room passes the
-    /// `(anchor, head)` pair it carries; both convert.
+    /// or `None` if the client is not present.
     pub fn set_selection(
         &mut self,
         user: UserId,
         client_id: &ClientId,
-        selection: Option<impl Into<Selection>>,
+        selection: Option<Selection>,
         version: Version,
     ) -> Option<&PresenceEntry> {
         let e = self.entries.get_mut(&(user, client_id.clone()))?;
-        e.set_selection(selection.map(Into::into));
+        e.selection = selection;
         e.version = version;
         Some(e)
     }
@@ -141,8 +126,7 @@ mod tests {
             user: UserId::new(Uuid::from_u128(u)),
             client_id: ClientId::new(c).unwrap(),
             name: None,
-            anchor: Some(at),
-            head: Some(at),
+            selection: Some(Selection::caret(at)),
             version: Version::new(version).unwrap(),
         }
     }
@@ -175,8 +159,9 @@ mod tests {
             )
             .unwrap();
         // The author's caret follows its own typing; the other stays put.
-        assert_eq!((a.head, a.version), (Some(5), Version::from(1)));
-        assert_eq!((b.head, b.version), (Some(3), Version::from(1)));
+        let head = |e: &PresenceEntry| e.selection.map(|s| s.head);
+        assert_eq!((head(a), a.version), (Some(5), Version::from(1)));
+        assert_eq!((head(b), b.version), (Some(3), Version::from(1)));
     }
 
     #[test]

@@ -42,16 +42,38 @@ impl Selection {
     }
 }
 
-/// `(anchor, head)`, as the app's room code still carries it.
-impl From<(usize, usize)> for Selection {
-    fn from((anchor, head): (usize, usize)) -> Selection {
-        Selection { anchor, head }
-    }
-}
+/// Serde for an `Option<Selection>` flattened into its object as the two
+/// nullable fields `anchor` and `head` (both written, as `null` when the
+/// caret is hidden): `#[serde(flatten, with = "relay_domain::selection::fields")]`.
+/// A field left out reads as `null`; a selection with only one end known
+/// reads as hidden.
+pub mod fields {
+    use super::Selection;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-impl From<Selection> for (usize, usize) {
-    fn from(s: Selection) -> (usize, usize) {
-        (s.anchor, s.head)
+    #[derive(Serialize, Deserialize)]
+    struct Fields {
+        anchor: Option<usize>,
+        head: Option<usize>,
+    }
+
+    pub fn serialize<S: Serializer>(
+        selection: &Option<Selection>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        Fields {
+            anchor: selection.map(|x| x.anchor),
+            head: selection.map(|x| x.head),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Selection>, D::Error> {
+        let f = Fields::deserialize(d)?;
+        Ok(match (f.anchor, f.head) {
+            (Some(anchor), Some(head)) => Some(Selection { anchor, head }),
+            _ => None,
+        })
     }
 }
 
@@ -69,8 +91,6 @@ mod tests {
         );
         let back: Selection = serde_json::from_value(json!({"anchor": 1, "head": 3})).unwrap();
         assert_eq!(back, s);
-        assert_eq!(Selection::from((1, 3)), s);
-        assert_eq!(<(usize, usize)>::from(s), (1, 3));
     }
 
     #[test]

@@ -410,8 +410,10 @@ pub enum ServerMessage {
         user: UserId,
         client_id: ClientId,
         version: Version,
-        anchor: Option<usize>,
-        head: Option<usize>,
+        /// `None` hides the caret. On the wire: `anchor` and `head`, both
+        /// `null` when hidden.
+        #[serde(flatten, with = "relay_domain::selection::fields")]
+        selection: Option<Selection>,
     },
     Presence {
         joined: Vec<PresenceEntry>,
@@ -728,6 +730,74 @@ mod tests {
                 &e.message[..e.message.len().min(200)]
             );
         }
+    }
+
+    /// The selection's wire form, byte for byte: `anchor` and `head` as
+    /// two top-level fields, written (as `null`s) even when the caret is
+    /// hidden, in `presence` entries and `cursor` messages alike.
+    #[test]
+    fn selections_keep_their_wire_form() {
+        let user = UserId::new(uuid::Uuid::from_u128(7));
+        let entry = |selection: Option<Selection>| PresenceEntry {
+            user,
+            client_id: ClientId::new("tab-1").unwrap(),
+            name: Some("Ada".to_owned()),
+            selection,
+            version: Version::from(4),
+        };
+        let cursor = |selection: Option<Selection>| ServerMessage::Cursor {
+            user,
+            client_id: ClientId::new("tab-1").unwrap(),
+            version: Version::from(4),
+            selection,
+        };
+        let shown = Some(Selection { anchor: 1, head: 3 });
+        let presence = ServerMessage::Presence {
+            joined: vec![entry(shown), entry(None)],
+            left: vec![],
+        };
+        let presence_text = concat!(
+            r#"{"type":"presence","joined":["#,
+            r#"{"user":"00000000-0000-0000-0000-000000000007","client_id":"tab-1","name":"Ada","anchor":1,"head":3,"version":4},"#,
+            r#"{"user":"00000000-0000-0000-0000-000000000007","client_id":"tab-1","name":"Ada","anchor":null,"head":null,"version":4}"#,
+            r#"],"left":[]}"#
+        );
+        let shown_text = concat!(
+            r#"{"type":"cursor","user":"00000000-0000-0000-0000-000000000007","#,
+            r#""client_id":"tab-1","version":4,"anchor":1,"head":3}"#
+        );
+        let hidden_text = concat!(
+            r#"{"type":"cursor","user":"00000000-0000-0000-0000-000000000007","#,
+            r#""client_id":"tab-1","version":4,"anchor":null,"head":null}"#
+        );
+        assert_eq!(presence.encode(), presence_text);
+        assert_eq!(cursor(shown).encode(), shown_text);
+        assert_eq!(cursor(None).encode(), hidden_text);
+        // What was written decodes back to the same values...
+        assert_eq!(ServerMessage::decode(presence_text).unwrap(), presence);
+        assert_eq!(ServerMessage::decode(shown_text).unwrap(), cursor(shown));
+        assert_eq!(ServerMessage::decode(hidden_text).unwrap(), cursor(None));
+        assert_eq!(
+            serde_json::from_str::<PresenceEntry>(
+                r#"{"user":"00000000-0000-0000-0000-000000000007","client_id":"tab-1","name":"Ada","anchor":1,"head":3,"version":4}"#
+            )
+            .unwrap(),
+            entry(shown)
+        );
+        // ...and so do the forms the fields allowed before: in another
+        // order, left out (a hidden caret), or only half known (hidden too,
+        // as `PresenceEntry::selection` read it).
+        let reordered = r#"{"head":3,"version":4,"anchor":1,"client_id":"tab-1","user":"00000000-0000-0000-0000-000000000007","type":"cursor"}"#;
+        assert_eq!(ServerMessage::decode(reordered).unwrap(), cursor(shown));
+        let omitted = r#"{"type":"cursor","user":"00000000-0000-0000-0000-000000000007","client_id":"tab-1","version":4}"#;
+        assert_eq!(ServerMessage::decode(omitted).unwrap(), cursor(None));
+        let half = r#"{"type":"cursor","user":"00000000-0000-0000-0000-000000000007","client_id":"tab-1","version":4,"anchor":1,"head":null}"#;
+        assert_eq!(ServerMessage::decode(half).unwrap(), cursor(None));
+        let half_entry = r#"{"user":"00000000-0000-0000-0000-000000000007","client_id":"tab-1","name":"Ada","anchor":null,"head":3,"version":4}"#;
+        assert_eq!(
+            serde_json::from_str::<PresenceEntry>(half_entry).unwrap(),
+            entry(None)
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use crate::TestApp;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use relay_adapter_jwt::{DevKeys, JwksVerifier};
+use relay_adapter_memory::MemoryMetrics;
 use relay_app::config::Config;
 use relay_app::wiring::{self, Background};
 use serde_json::{Value, json};
@@ -154,13 +155,16 @@ pub async fn spawn_jwks_app(config: Config) -> JwksApp {
         config.auth.jwt_public_key_url.is_some(),
         "set jwt_public_key_url"
     );
-    let wired = wiring::build(config.clone(), None).await.expect("wiring");
+    let metrics = Arc::new(MemoryMetrics::new());
+    let wired = wiring::build_with(config.clone(), None, metrics.clone())
+        .await
+        .expect("wiring");
     let app = TestApp::serve(
         &config,
         wired.relay,
         None,
         DevKeys::from_seed([0; 32]),
-        wired.memory_metrics.expect("in-memory metrics"),
+        metrics,
     )
     .await;
     JwksApp {

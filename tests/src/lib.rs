@@ -61,15 +61,8 @@ impl TestApp {
             return pg::spawn_pg_app(config).await;
         }
         let keys = DevKeys::from_seed([7; 32]);
-        let wired = relay_app::wiring::in_memory(config.clone(), &keys);
-        TestApp::serve(
-            &config,
-            wired.relay,
-            wired.jwks,
-            keys,
-            wired.memory_metrics.expect("in-memory metrics"),
-        )
-        .await
+        let (wired, metrics) = relay_app::testing::in_memory(config.clone(), &keys);
+        TestApp::serve(&config, wired.relay, wired.jwks, keys, metrics).await
     }
 
     /// Serves `relay` on 127.0.0.1:0 with `config`'s transport settings.

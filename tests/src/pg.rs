@@ -4,6 +4,7 @@
 
 use crate::TestApp;
 use relay_adapter_jwt::DevKeys;
+use relay_adapter_memory::MemoryMetrics;
 use relay_adapter_postgres::{PgPool, PgStore, PoolSettings, testdb};
 use relay_app::config::Config;
 use relay_app::wiring;
@@ -27,17 +28,11 @@ pub async fn spawn_pg_app(mut config: Config) -> TestApp {
         config.store.database_url = Some(database_url());
     }
     let keys = DevKeys::from_seed([7; 32]);
-    let wired = wiring::build(config.clone(), Some(&keys))
+    let metrics = Arc::new(MemoryMetrics::new());
+    let wired = wiring::build_with(config.clone(), Some(&keys), metrics.clone())
         .await
         .expect("wiring");
-    TestApp::serve(
-        &config,
-        wired.relay,
-        wired.jwks,
-        keys,
-        wired.memory_metrics.expect("in-memory metrics"),
-    )
-    .await
+    TestApp::serve(&config, wired.relay, wired.jwks, keys, metrics).await
 }
 
 /// Every op of `document` in the PostgreSQL store at `database_url`, from

@@ -600,10 +600,11 @@ async fn presence_crosses_instances_with_throttling_and_debounce_intact() {
         .filter_map(|m| match m {
             ServerMessage::Cursor {
                 client_id,
-                anchor,
-                head,
+                selection,
                 ..
-            } if client_id.as_str() == "tab-a" => Some((*anchor, *head)),
+            } if client_id.as_str() == "tab-a" => {
+                Some((selection.map(|s| s.anchor), selection.map(|s| s.head)))
+            }
             _ => None,
         })
         .collect();

@@ -124,11 +124,11 @@ async fn joins_of_one_user_and_document_within_the_ttl_cost_one_lookup() {
     let mut config = Config::default();
     config.auth.permission_source = PermissionSourceKind::Database;
     let keys = DevKeys::from_seed([7; 32]);
-    let (mut adapters, metrics) =
-        relay_app::wiring::memory_adapters(relay_app::wiring::dev_verifier(&config, &keys));
+    let (mut ports, metrics) =
+        relay_app::testing::memory_ports(relay_app::wiring::dev_verifier(&config, &keys));
     let source = Counting::default();
-    adapters.permissions = Arc::new(source.clone());
-    let relay = relay_app::Relay::new(config.clone(), adapters, Vec::new());
+    ports.permissions = Arc::new(source.clone());
+    let relay = relay_app::Relay::new(config.clone(), ports, Vec::new());
     let jwks = Some(keys.jwks_json().into());
     let app = TestApp::serve(&config, relay, jwks, keys, metrics).await;
     let (user, stranger, doc) = (Uuid::new_v4(), Uuid::new_v4(), new_document());

@@ -657,10 +657,13 @@ async fn next_cursor(conn: &mut Conn, client_id: &str) -> (u64, Option<usize>, O
         ServerMessage::Cursor {
             client_id: c,
             version,
-            anchor,
-            head,
+            selection,
             ..
-        } if c.as_str() == client_id => Some((version.get(), *anchor, *head)),
+        } if c.as_str() == client_id => Some((
+            version.get(),
+            selection.map(|s| s.anchor),
+            selection.map(|s| s.head),
+        )),
         _ => None,
     })
     .await

@@ -150,8 +150,7 @@ mod tests {
             user: UserId::new(Uuid::nil()),
             client_id: ClientId::new(client_id).unwrap(),
             name: None,
-            anchor: None,
-            head: None,
+            selection: None,
             version: Version::ZERO,
         }
     }

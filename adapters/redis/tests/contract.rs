@@ -238,8 +238,7 @@ async fn subscribing_while_redis_is_unreachable_starts_disconnected() {
         user: UserId::new(Uuid::new_v4()),
         client_id: ClientId::new("tab").unwrap(),
         name: None,
-        anchor: None,
-        head: None,
+        selection: None,
         version: Version::ZERO,
     };
     assert!(

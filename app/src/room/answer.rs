@@ -42,7 +42,8 @@ impl Room {
     pub(super) fn fail(&mut self, pending: &[Pending], code: ErrorCode, message: &str) {
         if code == ErrorCode::Unavailable {
             for p in pending {
-                self.deps
+                self.instance
+                    .ports
                     .metrics
                     .operation(OperationType::of(&p.submission.delta), OpStatus::Error);
             }
@@ -81,8 +82,8 @@ impl Room {
             ops.iter().zip(encoded.iter().map(|json| json.len() + 1)),
             self.sequencer.oldest_base(),
         );
-        let batch = self.deps.config.limits.operation_batch_size;
-        let budget = self.deps.config.limits.max_message_bytes;
+        let batch = self.instance.config.limits.operation_batch_size;
+        let budget = self.instance.config.limits.max_message_bytes;
         let now = Instant::now();
         let mut dead = Vec::new();
         for (id, s) in self.sessions.iter_mut() {
@@ -97,7 +98,8 @@ impl Room {
                     alive &= flush(&s.sink, &mut run);
                     run_bytes = 0;
                     let (_, received) = s.awaiting.take().expect("checked");
-                    self.deps
+                    self.instance
+                        .ports
                         .metrics
                         .operation_latency(now.duration_since(received).as_secs_f64());
                     alive &= s.sink.send(
@@ -129,7 +131,8 @@ impl Room {
         drop(fanout);
         if ours {
             for op in ops {
-                self.deps
+                self.instance
+                    .ports
                     .metrics
                     .operation(OperationType::of(&op.delta), OpStatus::Ok);
             }

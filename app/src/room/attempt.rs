@@ -67,14 +67,15 @@ impl Room {
         let started = std::time::Instant::now();
         let span = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "commit", document = %self.document, ops = self.sequencer.pending().len());
         let outcome = self
-            .deps
+            .instance
+            .ports
             .store
             .append(self.document, self.sequencer.pending())
             .instrument(span)
             .await;
         match outcome {
             Ok(Append::Committed) => {
-                self.deps.metrics.commit(
+                self.instance.ports.metrics.commit(
                     self.sequencer.pending().len(),
                     started.elapsed().as_secs_f64(),
                 );
@@ -99,7 +100,8 @@ impl Room {
             }
             Ok(Append::Conflict { .. }) | Ok(Append::Duplicate { .. }) => {
                 self.sequencer.abort_pending();
-                self.deps
+                self.instance
+                    .ports
                     .metrics
                     .commit_conflict(attempt < MAX_APPEND_ATTEMPTS);
                 debug!(document = %self.document, attempt, "lost the race for a version; catching up");
@@ -144,7 +146,8 @@ impl Room {
         self.sequencer.abort_pending();
         warn!(document = %self.document, "gave up after {MAX_APPEND_ATTEMPTS} conflicting appends");
         for p in &batch {
-            self.deps
+            self.instance
+                .ports
                 .metrics
                 .operation(OperationType::of(&p.submission.delta), OpStatus::Conflict);
         }

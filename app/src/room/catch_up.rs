@@ -95,11 +95,16 @@ impl Room {
         &mut self,
         op: CommittedOp,
     ) -> Result<Option<CommittedOp>, RemoteError> {
-        Ok(if self.sequencer.apply_remote(op, self.deps.clock.now())? {
-            self.sequencer.last_committed().cloned()
-        } else {
-            None
-        })
+        Ok(
+            if self
+                .sequencer
+                .apply_remote(op, self.instance.ports.clock.now())?
+            {
+                self.sequencer.last_committed().cloned()
+            } else {
+                None
+            },
+        )
     }
 
     /// The ops after `since` for a join, with their size as JSON (an upper
@@ -146,7 +151,8 @@ impl Room {
             .min(left);
             let after = ops.last().map_or(since, |op| op.version);
             let read = self
-                .deps
+                .instance
+                .ports
                 .store
                 .read(self.document, after, chunk)
                 .await
@@ -190,7 +196,8 @@ impl Room {
                 .min(max_ops - ops_read)
                 .min(STORE_CHUNK as u64);
             let ops = self
-                .deps
+                .instance
+                .ports
                 .store
                 .read(self.document, self.sequencer.version(), want as usize)
                 .await?;
@@ -211,7 +218,7 @@ impl Room {
         if self.sequencer.version() < target {
             // Whatever the store has beyond what was read: soon, once.
             self.deadlines
-                .set_in_unless_set(Timer::SettleCheck, self.deps.config.bus.down_poll);
+                .set_in_unless_set(Timer::SettleCheck, self.instance.config.bus.down_poll);
         }
         Ok(())
     }
@@ -231,7 +238,8 @@ impl Room {
         let mut found = Vec::new();
         loop {
             let ops = self
-                .deps
+                .instance
+                .ports
                 .store
                 .read(self.document, self.sequencer.version(), 1000)
                 .await?;
@@ -275,7 +283,8 @@ impl Room {
             return true;
         }
         let ops = match self
-            .deps
+            .instance
+            .ports
             .bus
             .recent(self.document, self.sequencer.version(), through)
             .await
@@ -306,7 +315,7 @@ impl Room {
         let before = self.sequencer.version();
         match self.catch_up().await {
             Ok(_) if self.sequencer.version() > before => {
-                self.deps.metrics.gap_repair(GapSource::Store);
+                self.instance.ports.metrics.gap_repair(GapSource::Store);
             }
             Ok(_) => {}
             Err(e) => {
@@ -331,7 +340,7 @@ impl Room {
             && Some(next) == self.sequencer.version().next();
         debug!(document = %self.document, %from, %next, filled, "a gap on the bus");
         if filled {
-            self.deps.metrics.gap_repair(GapSource::Bus);
+            self.instance.ports.metrics.gap_repair(GapSource::Bus);
         }
         filled
     }
@@ -355,10 +364,16 @@ impl Room {
         // stay `stale_base`, as PROTOCOL.md says - the limit is the same
         // whichever instance the client lands on.
         let behind = usize::try_from(self.sequencer.version().since(base)).unwrap_or(usize::MAX);
-        if behind > self.deps.config.limits.operation_history_max {
+        if behind > self.instance.config.limits.operation_history_max {
             return None;
         }
-        let ops = match self.deps.store.read(self.document, base, missing).await {
+        let ops = match self
+            .instance
+            .ports
+            .store
+            .read(self.document, base, missing)
+            .await
+        {
             Ok(ops) => ops,
             Err(e) => {
                 warn!(document = %self.document, error = %Chain(&e), "cannot read the ops to rebase a stale base");

@@ -62,7 +62,7 @@ impl Room {
             && since > self.sequencer.version()
         {
             if since.since(self.sequencer.version()) <= JOIN_AHEAD_OPS {
-                let max_bytes = self.deps.config.limits.operation_history_bytes;
+                let max_bytes = self.instance.config.limits.operation_history_bytes;
                 if let Err(e) = self.catch_up_within(since, JOIN_AHEAD_OPS, max_bytes).await {
                     warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a joining client's version");
                 }
@@ -71,7 +71,7 @@ impl Room {
                 // content); if the room is really that far behind, one
                 // catch-up soon finds out, however many such joins come.
                 self.deadlines
-                    .set_in_unless_set(Timer::SettleCheck, self.deps.config.bus.down_poll);
+                    .set_in_unless_set(Timer::SettleCheck, self.instance.config.bus.down_poll);
             }
         }
         let version = self.sequencer.version();
@@ -79,7 +79,7 @@ impl Room {
             Some(v) if v <= version => {
                 // Ops beyond the largest op and the content's bound would
                 // be sent as the content anyway: not read past that.
-                let worth = (self.deps.config.limits.max_op_bytes())
+                let worth = (self.instance.config.limits.max_op_bytes())
                     .max(self.sequencer.document().content_json_bound());
                 self.catch_up_ops(v, self.join_ops_budget().min(worth))
                     .await?
@@ -99,8 +99,7 @@ impl Room {
             user: member.user,
             client_id: member.client_id.clone(),
             name: member.name.clone(),
-            anchor: None,
-            head: None,
+            selection: None,
             version,
         };
         let presence: Vec<PresenceEntry> = self
@@ -114,7 +113,7 @@ impl Room {
             return Ok(());
         }
         info!(document = %self.document, user = %member.user, client_id = %member.client_id, role = member.role.as_str(), "joined");
-        let config = &self.deps.config;
+        let config = &self.instance.config;
         let local = Local {
             sink,
             awaiting: None,
@@ -138,9 +137,10 @@ impl Room {
             Some(entry_key(&entry)),
         );
         if let Err(e) = self
-            .deps
+            .instance
+            .ports
             .presence
-            .upsert(self.document, entry.clone(), self.deps.presence_ttl())
+            .upsert(self.document, entry.clone(), self.instance.presence_ttl())
             .await
         {
             warn!(document = %self.document, error = %Chain(&e), "presence registry");
@@ -155,7 +155,7 @@ impl Room {
     /// OUTBOUND_QUEUE_BYTES (the rest is for the frames that follow before
     /// the client reads).
     pub(super) fn join_ops_budget(&self) -> usize {
-        self.deps.config.limits.outbound_queue_bytes / 2
+        self.instance.config.limits.outbound_queue_bytes / 2
     }
 
     /// Whether ops of `ops_bytes` (as JSON) are sent rather than the
@@ -164,7 +164,7 @@ impl Room {
     /// from the shared encoding a content `joined` would use anyway).
     fn ops_rather_than_content(&mut self, ops_bytes: usize) -> bool {
         let doc = self.sequencer.document();
-        if ops_bytes <= self.deps.config.limits.max_op_bytes() || ops_bytes <= doc.len_bytes() {
+        if ops_bytes <= self.instance.config.limits.max_op_bytes() || ops_bytes <= doc.len_bytes() {
             return true;
         }
         if ops_bytes > doc.content_json_bound() {
@@ -203,7 +203,7 @@ impl Room {
             id: member.user,
             name: member.name.clone(),
         };
-        let limits = self.deps.config.joined_limits();
+        let limits = self.instance.config.joined_limits();
         if let Some(ops) = ops {
             let joined = ServerMessage::Joined {
                 session,

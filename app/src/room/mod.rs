@@ -43,7 +43,7 @@ use presence::{cursor_message, entry_key};
 use relay_ports::Cause;
 use relay_ports::Chain;
 
-use crate::deps::Deps;
+use crate::ports::Instance;
 use crate::registry::{Inbox, RoomLease};
 use crate::sink::Sink;
 use deadlines::{Deadlines, Timer};
@@ -103,7 +103,7 @@ struct Pending {
 
 pub(crate) struct Room {
     document: DocumentId,
-    deps: Arc<Deps>,
+    instance: Arc<Instance>,
     sequencer: Sequencer,
     roster: Roster,
     sessions: HashMap<SessionId, Local>,
@@ -206,19 +206,19 @@ impl Publisher {
 /// afresh from the store.
 pub(crate) fn spawn(
     document: DocumentId,
-    deps: Arc<Deps>,
+    instance: Arc<Instance>,
     mailbox: Inbox<Command>,
     lease: RoomLease<Command>,
 ) {
     use futures::FutureExt;
-    let tasks = deps.tasks.clone();
+    let tasks = instance.tasks.clone();
     tasks.spawn(async move {
-        deps.metrics.document_opened();
-        let room = std::panic::AssertUnwindSafe(run(document, deps.clone(), mailbox, lease));
+        instance.ports.metrics.document_opened();
+        let room = std::panic::AssertUnwindSafe(run(document, instance.clone(), mailbox, lease));
         let ended = room.catch_unwind().await;
-        deps.metrics.document_closed();
+        instance.ports.metrics.document_closed();
         if let Err(panic) = ended {
-            deps.metrics.room_failed();
+            instance.ports.metrics.room_failed();
             let cause = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
@@ -235,11 +235,11 @@ pub(crate) fn spawn(
 /// registry entry.
 async fn run(
     document: DocumentId,
-    deps: Arc<Deps>,
+    instance: Arc<Instance>,
     mut mailbox: Inbox<Command>,
     mut lease: RoomLease<Command>,
 ) {
-    let mut room = match Room::open(document, deps.clone()).await {
+    let mut room = match Room::open(document, instance.clone()).await {
         Ok(room) => room,
         Err(e) => {
             warn!(%document, error = %Chain(&e), "cannot open document");
@@ -254,7 +254,7 @@ async fn run(
             return;
         }
     };
-    let mut bus = match deps.bus.subscribe(document).await {
+    let mut bus = match instance.ports.bus.subscribe(document).await {
         Ok(s) => Some(s),
         Err(e) => {
             warn!(%document, error = %Chain(&e), "bus subscription failed; this room reads other instances' ops from the store");
@@ -330,8 +330,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Room {
-    async fn open(document: DocumentId, deps: Arc<Deps>) -> Result<Room, StoreError> {
-        let loaded = deps.store.load(document).await?;
+    async fn open(document: DocumentId, instance: Arc<Instance>) -> Result<Room, StoreError> {
+        let loaded = instance.ports.store.load(document).await?;
         let (doc, last_snapshot) = match &loaded.snapshot {
             Some(s) => (
                 Document::from_content(&s.content, s.version)
@@ -340,8 +340,8 @@ impl Room {
             ),
             None => (Document::new(), Version::ZERO),
         };
-        let mut sequencer = Sequencer::new(doc, deps.config.limits.sequencer());
-        let now = deps.clock.now();
+        let mut sequencer = Sequencer::new(doc, instance.config.limits.sequencer());
+        let now = instance.ports.clock.now();
         for op in loaded.tail {
             let v = op.version;
             sequencer
@@ -349,25 +349,25 @@ impl Room {
                 .map_err(|e| StoreError::Corrupt(Cause::msg(format!("op {v}: {e}"))))?;
         }
         let mut roster = Roster::new();
-        if let Ok(entries) = deps.presence.list(document).await {
+        if let Ok(entries) = instance.ports.presence.list(document).await {
             for e in entries {
                 roster.join(e);
             }
         }
         debug!(%document, version = %sequencer.version(), "room opened");
         let mut deadlines = Deadlines::default();
-        deadlines.set_in(Timer::PresenceRefresh, deps.presence_refresh());
-        deadlines.set_in(Timer::Idle, deps.config.limits.room_idle);
+        deadlines.set_in(Timer::PresenceRefresh, instance.presence_refresh());
+        deadlines.set_in(Timer::Idle, instance.config.limits.room_idle);
         Ok(Room {
             document,
             deadlines,
             publisher: Publisher::spawn(
-                deps.bus.clone(),
-                &deps.tasks,
+                instance.ports.bus.clone(),
+                &instance.tasks,
                 document,
                 (PUBLISH_QUEUE, PUBLISH_QUEUE_BYTES),
             ),
-            deps,
+            instance,
             sequencer,
             roster,
             sessions: HashMap::new(),
@@ -381,7 +381,7 @@ impl Room {
     }
 
     fn now(&self) -> Timestamp {
-        self.deps.clock.now()
+        self.instance.ports.clock.now()
     }
 
     async fn handle(&mut self, cmd: Command, batch: &mut Vec<Pending>) {
@@ -448,7 +448,7 @@ impl Room {
 
     async fn publish(&mut self, message: BusMessage) {
         let env = Envelope {
-            origin: self.deps.instance,
+            origin: self.instance.id,
             document: self.document,
             message,
         };
@@ -476,7 +476,7 @@ impl Room {
     /// Reads the store every `BUS_DOWN_POLL_MS` until the bus is back.
     fn poll_store_from_now(&mut self) {
         self.deadlines
-            .set_in_unless_set(Timer::StorePoll, self.deps.config.bus.down_poll);
+            .set_in_unless_set(Timer::StorePoll, self.instance.config.bus.down_poll);
     }
 
     async fn fire_timers(&mut self) {
@@ -499,7 +499,7 @@ impl Room {
         }
         if self.deadlines.due(Timer::PresenceRefresh) {
             self.deadlines
-                .set_in(Timer::PresenceRefresh, self.deps.presence_refresh());
+                .set_in(Timer::PresenceRefresh, self.instance.presence_refresh());
             self.refresh_presence().await;
         }
         if self.deadlines.due(Timer::SettleCheck) {
@@ -508,7 +508,7 @@ impl Room {
         }
         if self.deadlines.due(Timer::StorePoll) {
             self.deadlines
-                .set_in(Timer::StorePoll, self.deps.config.bus.down_poll);
+                .set_in(Timer::StorePoll, self.instance.config.bus.down_poll);
             self.catch_up_logged().await;
         }
     }

@@ -84,7 +84,7 @@ impl Room {
             return;
         };
         self.broadcast_local(&cursor_message(&entry), Some(entry_key(&entry)));
-        self.deps.metrics.presence_broadcast();
+        self.instance.ports.metrics.presence_broadcast();
         self.publish(BusMessage::Cursor { entry }).await;
     }
 
@@ -111,7 +111,7 @@ impl Room {
             },
             Some((user, client_id.clone())),
         );
-        self.deps.metrics.presence_broadcast();
+        self.instance.ports.metrics.presence_broadcast();
         self.publish(BusMessage::Typing {
             user,
             client_id,
@@ -163,7 +163,8 @@ impl Room {
                 None,
             );
             if let Err(e) = self
-                .deps
+                .instance
+                .ports
                 .presence
                 .remove(self.document, s.member.user, &s.member.client_id)
                 .await
@@ -174,7 +175,7 @@ impl Room {
         }
         if self.sessions.is_empty() {
             self.deadlines
-                .set_in(Timer::Idle, self.deps.config.limits.room_idle);
+                .set_in(Timer::Idle, self.instance.config.limits.room_idle);
         }
     }
 
@@ -182,7 +183,7 @@ impl Room {
     /// the registry: one round trip to Redis, not one per client) and
     /// forgets remote entries whose instance stopped refreshing them.
     pub(super) async fn refresh_presence(&mut self) {
-        let ttl = self.deps.presence_ttl();
+        let ttl = self.instance.presence_ttl();
         let local: Vec<PresenceEntry> = self
             .local_clients
             .keys()
@@ -190,7 +191,8 @@ impl Room {
             .collect();
         if !local.is_empty()
             && let Err(e) = self
-                .deps
+                .instance
+                .ports
                 .presence
                 .upsert_many(self.document, local, ttl)
                 .await
@@ -198,7 +200,7 @@ impl Room {
             warn!(document = %self.document, error = %Chain(&e), "presence refresh");
             return;
         }
-        if let Ok(listed) = self.deps.presence.list(self.document).await {
+        if let Ok(listed) = self.instance.ports.presence.list(self.document).await {
             let listed: HashSet<(UserId, &ClientId)> =
                 listed.iter().map(|l| (l.user, &l.client_id)).collect();
             let gone: Vec<PresenceEntry> = self
@@ -233,8 +235,7 @@ pub(super) fn cursor_message(e: &PresenceEntry) -> ServerMessage {
         user: e.user,
         client_id: e.client_id.clone(),
         version: e.version,
-        anchor: e.anchor,
-        head: e.head,
+        selection: e.selection,
     }
 }
 

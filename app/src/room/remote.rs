@@ -2,7 +2,7 @@
 //! filled from the store) and their clients' presence.
 
 use super::{Room, Timer, cursor_message};
-use relay_domain::PresenceEntry;
+use relay_domain::{PresenceEntry, Selection};
 use relay_ports::Chain;
 use relay_ports::bus::{BusMessage, Envelope};
 use relay_ports::protocol::ServerMessage;
@@ -10,7 +10,7 @@ use tracing::warn;
 
 impl Room {
     pub(super) async fn remote(&mut self, env: Envelope) {
-        if env.origin == self.deps.instance || env.document != self.document {
+        if env.origin == self.instance.id || env.document != self.document {
             return;
         }
         match env.message {
@@ -18,7 +18,7 @@ impl Room {
                 // Once the bus is quiet, check the store once: if the last
                 // message was lost, nothing on the bus would show the gap.
                 self.deadlines
-                    .set_in(Timer::SettleCheck, self.deps.config.bus.down_poll);
+                    .set_in(Timer::SettleCheck, self.instance.config.bus.down_poll);
                 let mut applied = Vec::new();
                 for op in ops {
                     if op.version <= self.sequencer.version() {
@@ -95,22 +95,16 @@ impl Room {
         if entry.version >= current {
             return;
         }
-        let moved = |p: Option<usize>| {
-            p.and_then(|p| {
-                self.sequencer
-                    .rebase_position(p, entry.version, relay_domain::Bias::Before)
-            })
+        let moved = |p: usize| {
+            self.sequencer
+                .rebase_position(p, entry.version, relay_domain::Bias::Before)
         };
-        match (moved(entry.anchor), moved(entry.head)) {
-            (Some(a), Some(h)) => {
-                entry.anchor = Some(a);
-                entry.head = Some(h);
-            }
-            _ => {
-                entry.anchor = None;
-                entry.head = None;
-            }
-        }
+        entry.selection = entry.selection.and_then(|s| {
+            Some(Selection {
+                anchor: moved(s.anchor)?,
+                head: moved(s.head)?,
+            })
+        });
         entry.version = current;
     }
 }

@@ -72,7 +72,7 @@ impl Room {
 
     /// Commits the batch in chunks of at most OPERATION_BATCH_SIZE.
     pub(super) async fn commit_batches(&mut self, mut batch: Vec<Pending>) {
-        let size = self.deps.config.limits.operation_batch_size;
+        let size = self.instance.config.limits.operation_batch_size;
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(size));
             let span = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "sequence", document = %self.document, submits = batch.len());
@@ -133,7 +133,7 @@ impl Room {
     /// "nothing committed", so such a client is not looked up again.
     /// Returns the first failure.
     pub(super) async fn learn(&mut self, clients: &[(UserId, ClientId)]) -> Result<(), StoreError> {
-        let (store, document) = (&self.deps.store, self.document);
+        let (store, document) = (&self.instance.ports.store, self.document);
         let mut answers = Vec::with_capacity(clients.len());
         for chunk in clients.chunks(LOOKUPS_AT_ONCE) {
             answers.extend(
@@ -191,7 +191,10 @@ impl Room {
                 Proposal::Behind
             }
             Ok(Proposed::Duplicate(version)) => {
-                self.deps.metrics.operation(kind, OpStatus::Duplicate);
+                self.instance
+                    .ports
+                    .metrics
+                    .operation(kind, OpStatus::Duplicate);
                 self.ack(p.session, sub.seq, version);
                 Proposal::Answered
             }
@@ -199,7 +202,8 @@ impl Room {
                 // An older op that left the in-memory history: the store
                 // still knows whether it was committed.
                 match self
-                    .deps
+                    .instance
+                    .ports
                     .store
                     .find(self.document, sub.user, &sub.client_id, seq)
                     .await
@@ -208,11 +212,17 @@ impl Room {
                         return Proposal::Behind;
                     }
                     Ok(Some(version)) => {
-                        self.deps.metrics.operation(kind, OpStatus::Duplicate);
+                        self.instance
+                            .ports
+                            .metrics
+                            .operation(kind, OpStatus::Duplicate);
                         self.ack(p.session, seq, version);
                     }
                     Ok(None) => {
-                        self.deps.metrics.operation(kind, OpStatus::Rejected);
+                        self.instance
+                            .ports
+                            .metrics
+                            .operation(kind, OpStatus::Rejected);
                         let r = Rejection::OutOfOrder { seq, last };
                         self.fail(
                             std::slice::from_ref(p),
@@ -232,7 +242,10 @@ impl Room {
                 Proposal::Answered
             }
             Err(r) => {
-                self.deps.metrics.operation(kind, OpStatus::Rejected);
+                self.instance
+                    .ports
+                    .metrics
+                    .operation(kind, OpStatus::Rejected);
                 self.fail(std::slice::from_ref(p), ErrorCode::of(&r), &r.to_string());
                 Proposal::Answered
             }
@@ -241,7 +254,7 @@ impl Room {
 
     pub(super) async fn maybe_snapshot(&mut self, closing: bool) {
         let version = self.sequencer.version();
-        let due = version.since(self.last_snapshot) >= self.deps.config.store.snapshot_every;
+        let due = version.since(self.last_snapshot) >= self.instance.config.store.snapshot_every;
         if !(due || (closing && version > self.last_snapshot)) {
             return;
         }
@@ -249,7 +262,13 @@ impl Room {
             version,
             content: self.sequencer.document().to_delta(),
         };
-        match self.deps.store.save_snapshot(self.document, snapshot).await {
+        match self
+            .instance
+            .ports
+            .store
+            .save_snapshot(self.document, snapshot)
+            .await
+        {
             Ok(()) => self.last_snapshot = version,
             Err(e) => warn!(document = %self.document, error = %Chain(&e), "snapshot not saved"),
         }
@@ -278,7 +297,8 @@ impl Room {
         match self.catch_up_finding(ours).await {
             Ok(found) if !found.is_empty() => {
                 for op in &found {
-                    self.deps
+                    self.instance
+                        .ports
                         .metrics
                         .operation(OperationType::of(&op.delta), OpStatus::Ok);
                 }
@@ -301,7 +321,8 @@ impl Room {
                 .get(&p.session)
                 .is_some_and(|s| s.awaiting.map(|a| a.0) == Some(p.submission.seq))
             {
-                self.deps
+                self.instance
+                    .ports
                     .metrics
                     .operation(OperationType::of(&p.submission.delta), OpStatus::Error);
             }

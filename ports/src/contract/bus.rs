@@ -7,7 +7,7 @@
 
 use super::{client, fresh_document, fresh_user, within};
 use crate::bus::{BusEvent, BusMessage, Envelope, FanOut, InstanceId, Subscription};
-use relay_domain::{CommittedOp, Delta, DocumentId, PresenceEntry, Seq, Version};
+use relay_domain::{CommittedOp, Delta, DocumentId, PresenceEntry, Selection, Seq, Version};
 
 /// The most messages [`a_subscriber_that_does_not_read_is_told_it_lagged`]
 /// will publish.
@@ -64,8 +64,10 @@ fn envelope(origin: InstanceId, document: DocumentId, n: usize) -> Envelope {
                 user,
                 client_id,
                 name: Some(format!("User {n}")),
-                anchor: Some(n),
-                head: Some(n + 1),
+                selection: Some(Selection {
+                    anchor: n,
+                    head: n + 1,
+                }),
                 version: Version::new(n as u64).unwrap(),
             },
         },

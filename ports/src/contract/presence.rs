@@ -8,7 +8,7 @@
 
 use super::{client, fresh_document, fresh_user};
 use crate::presence::PresenceRegistry;
-use relay_domain::{ClientId, DocumentId, PresenceEntry, UserId, Version};
+use relay_domain::{ClientId, DocumentId, PresenceEntry, Selection, UserId, Version};
 use std::time::Duration;
 
 /// A TTL no case outlives.
@@ -34,8 +34,10 @@ fn entry(user: UserId, client_id: &ClientId, anchor: usize) -> PresenceEntry {
         user,
         client_id: client_id.clone(),
         name: Some(format!("{user}")),
-        anchor: Some(anchor),
-        head: Some(anchor + 2),
+        selection: Some(Selection {
+            anchor,
+            head: anchor + 2,
+        }),
         version: Version::new(anchor as u64).unwrap(),
     }
 }
@@ -70,8 +72,7 @@ pub async fn entries_are_listed_in_user_then_client_order<P: PresenceRegistry>(
     // An entry without a caret or name is stored as it is.
     let mut hidden = entry(users[1], &tab_c, 0);
     hidden.name = None;
-    hidden.anchor = None;
-    hidden.head = None;
+    hidden.selection = None;
     let expected = vec![
         entry(users[0], &tab_a, 5),
         entry(users[0], &tab_b, 4),

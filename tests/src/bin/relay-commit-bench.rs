@@ -30,7 +30,7 @@ use relay_adapter_jwt::{DevKeys, TokenRequest};
 use relay_adapter_postgres::{PgPool, PgStore, PoolSettings, testdb};
 use relay_app::Relay;
 use relay_app::config::Config;
-use relay_app::wiring;
+use relay_app::{testing, wiring};
 use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, Version};
 use relay_load::procfs;
 use relay_load::stats::Percentiles;
@@ -222,10 +222,10 @@ async fn scenario(
         tap: Counting::default(),
     });
     let counts = &store.tap;
-    let (mut adapters, _) = wiring::memory_adapters(wiring::dev_verifier(&config, &keys));
-    adapters.store = store.clone();
-    adapters.metrics = bench_metrics();
-    let relay = Relay::new(config, adapters, Vec::new());
+    let (mut ports, _) = testing::memory_ports(wiring::dev_verifier(&config, &keys));
+    ports.store = store.clone();
+    ports.metrics = bench_metrics();
+    let relay = Relay::new(config, ports, Vec::new());
     let docs: Vec<DocumentId> = (0..documents)
         .map(|_| DocumentId::new(Uuid::new_v4()))
         .collect();

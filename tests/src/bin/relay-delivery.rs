@@ -77,7 +77,7 @@ async fn serve(nodelay: bool, keys: &DevKeys) -> SocketAddr {
     // A client typing 40 edits/s never meets the submit limit.
     config.limits.submit_rate_per_sec = 1000;
     config.limits.submit_burst = 1000;
-    let wired = relay_app::wiring::in_memory(config.clone(), keys);
+    let (wired, _) = relay_app::testing::in_memory(config.clone(), keys);
     let service: Arc<dyn CollaborationService> = Arc::new(wired.relay);
     let routes = ws::routes(service, wired.metrics, config.limits.ws(), wired.jwks);
     let listener = if nodelay {

@@ -1,5 +1,6 @@
-//! What the application is wired with: the outbound ports and the
-//! configuration.
+//! What rooms and sessions are wired with: the outbound [`Ports`], and the
+//! [`Instance`] around them (who this instance is, its configuration and
+//! the tracker of its room tasks).
 
 use crate::config::Config;
 use relay_ports::{
@@ -9,9 +10,10 @@ use relay_ports::{
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The adapters behind each outbound port.
+/// The adapter behind each outbound port: what the wiring builds from the
+/// configuration (and what a test builds by hand).
 #[derive(Clone)]
-pub struct Adapters {
+pub struct Ports {
     pub store: Arc<dyn OperationStore>,
     pub bus: Arc<dyn FanOut>,
     pub presence: Arc<dyn PresenceRegistry>,
@@ -21,25 +23,24 @@ pub struct Adapters {
     pub clock: Arc<dyn Clock>,
 }
 
-impl std::fmt::Debug for Adapters {
+impl std::fmt::Debug for Ports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Adapters")
+        f.write_str("Ports")
     }
 }
 
-pub(crate) struct Deps {
-    pub store: Arc<dyn OperationStore>,
-    pub bus: Arc<dyn FanOut>,
-    pub presence: Arc<dyn PresenceRegistry>,
-    pub metrics: Arc<dyn Metrics>,
-    pub clock: Arc<dyn Clock>,
+/// This instance, as its rooms and sessions share it: the ports, and what
+/// is not a port.
+pub(crate) struct Instance {
+    pub ports: Arc<Ports>,
+    /// Who this instance is on the bus (its own envelopes come back).
+    pub id: InstanceId,
     pub config: Arc<Config>,
-    pub instance: InstanceId,
     /// Every room task, so shutdown can wait for them.
     pub tasks: tokio_util::task::TaskTracker,
 }
 
-impl Deps {
+impl Instance {
     /// How long a presence entry lives without a refresh.
     pub(crate) fn presence_ttl(&self) -> Duration {
         self.config.presence_ttl()
