@@ -96,3 +96,51 @@ fn the_recovery_check_passes_once_every_document_closed() {
     assert!(ok, "{text}");
     assert!(text.contains("recovery OK"), "{text}");
 }
+
+/// A binary of the tests crate built beside `relay` (`--all-targets` builds
+/// them all).
+fn sibling_binary(name: &str) -> std::path::PathBuf {
+    let relay = relay_tests::instances::relay_binary();
+    let path = relay.with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build with `cargo test --workspace --all-targets` (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// The soak of docs/performance.md ("Soak"), two minutes instead of thirty:
+/// two instances on PostgreSQL and a Redis of the test's own, 200 clients
+/// with churn, the attack suite's soak slice running beside it against
+/// both instances. Every client converges, no honest client is refused
+/// anything, the attacker's every outcome is the protocol's, and after the
+/// documents close memory and descriptors come back.
+#[test]
+fn a_two_minute_soak_on_two_instances_with_an_attacker_beside() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let redis = runtime.block_on(relay_tests::instances::RedisServer::start());
+    let database = relay_tests::pg::database_url();
+    let attacker = sibling_binary("relay-attack-loop");
+    let out = tempfile::tempdir().unwrap();
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/8-soak.toml");
+    let database_env = format!("DATABASE_URL={database}");
+    let redis_env = format!("REDIS_URL={}", redis.url());
+    let beside = attacker.display().to_string();
+    let (ok, text) = relay_load(
+        out.path(),
+        &[
+            "--scenario", scenario, "--instances", "2",
+            "--duration", "120", "--warmup", "20", "--recover", "90",
+            "--relay-env", &database_env, "--relay-env", "RUN_MIGRATIONS=true",
+            "--relay-env", &redis_env, "--relay-env", "ROOM_IDLE_SECS=5",
+            "--beside", &beside,
+        ],
+        Duration::from_secs(600),
+    );
+    drop(redis);
+    assert!(ok, "{text}");
+    for line in ["check    OK", "recovery OK", "beside   OK"] {
+        assert!(text.contains(line), "`{line}` missing:\n{text}");
+    }
+}
