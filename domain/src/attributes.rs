@@ -50,6 +50,23 @@ impl PartialEq for Attributes {
 
 impl Eq for Attributes {}
 
+/// Why an `attributes` object is refused (PROTOCOL.md, "Bounds").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidAttributes {
+    #[error("attributes must be an object")]
+    NotAnObject,
+    #[error("attributes: at most 32 names")]
+    TooManyNames,
+    #[error("attribute names are 1 to 64 characters")]
+    NameLength,
+    #[error("attribute names must not contain U+0000")]
+    NulInName,
+    #[error("attribute values must not contain U+0000")]
+    NulInValue,
+    #[error("an attribute value is at most 4096 bytes as JSON")]
+    ValueTooLarge,
+}
+
 impl Attributes {
     /// No attributes.
     pub const fn new() -> Self {
@@ -191,27 +208,27 @@ impl Attributes {
 
     /// Parses a JSON object within the bounds of the module documentation;
     /// anything else is refused with a description.
-    pub(crate) fn from_json(value: &Value) -> Result<Attributes, &'static str> {
+    pub(crate) fn from_json(value: &Value) -> Result<Attributes, InvalidAttributes> {
         let Value::Object(map) = value else {
-            return Err("attributes must be an object");
+            return Err(InvalidAttributes::NotAnObject);
         };
         if map.len() > MAX_KEYS {
-            return Err("attributes: at most 32 names");
+            return Err(InvalidAttributes::TooManyNames);
         }
         let mut out = Map::new();
         for (k, v) in map {
             let n = k.chars().count();
             if n == 0 || n > MAX_KEY_CHARS {
-                return Err("attribute names are 1 to 64 characters");
+                return Err(InvalidAttributes::NameLength);
             }
             if k.contains('\0') {
-                return Err("attribute names must not contain U+0000");
+                return Err(InvalidAttributes::NulInName);
             }
             if has_nul(v) {
-                return Err("attribute values must not contain U+0000");
+                return Err(InvalidAttributes::NulInValue);
             }
             if !json_size::fits(v, MAX_VALUE_BYTES) {
-                return Err("an attribute value is at most 4096 bytes as JSON");
+                return Err(InvalidAttributes::ValueTooLarge);
             }
             out.insert(k.as_str().into(), Arc::new(v.clone()));
         }
@@ -319,7 +336,7 @@ mod tests {
             (0..33).map(|i| (format!("k{i}"), json!(true))).collect();
         assert_eq!(
             Attributes::from_json(&Value::Object(many.clone())),
-            Err("attributes: at most 32 names")
+            Err(InvalidAttributes::TooManyNames)
         );
         let ok: serde_json::Map<String, Value> = many.into_iter().take(32).collect();
         assert_eq!(Attributes::from_json(&Value::Object(ok)).unwrap().len(), 32);
@@ -330,11 +347,11 @@ mod tests {
         assert!(Attributes::from_json(&json!({"v": "x".repeat(4094)})).is_ok());
         assert_eq!(
             Attributes::from_json(&json!({"v": "x".repeat(4095)})),
-            Err("an attribute value is at most 4096 bytes as JSON")
+            Err(InvalidAttributes::ValueTooLarge)
         );
         assert_eq!(
             Attributes::from_json(&json!({"v": {"deep": ["a\u{0}b"]}})),
-            Err("attribute values must not contain U+0000")
+            Err(InvalidAttributes::NulInValue)
         );
         assert!(Attributes::from_json(&json!({"v": {"a\u{0}": 1}})).is_err());
         assert!(Attributes::from_json(&json!({"a\u{0}": 1})).is_err());

@@ -145,7 +145,7 @@ impl Document {
             if !matches!(c, Component::Insert { .. }) {
                 return Err(DeltaError::MalformedComponent {
                     index,
-                    reason: "document content holds inserts only",
+                    reason: crate::delta::MalformedReason::NotContent,
                 });
             }
         }

@@ -46,7 +46,7 @@ fn make(steps: &[Step], m: &Model, what: &str) -> (Delta, Vec<MStep>) {
             assert_eq!(parsed, built, "{what}: wire and builder disagree");
         }
         Err(DeltaError::MalformedComponent { reason, .. })
-            if reason == relay_domain::delta::NOT_CANONICAL =>
+            if reason == relay_domain::delta::MalformedReason::NotCanonical =>
         {
             assert!(has_delete_then_insert(&ms), "{what}: canonical refused");
         }

@@ -80,9 +80,53 @@ pub enum DeltaError {
     #[error("cannot transform deltas made on documents of {left} and {right} characters")]
     TransformLengthMismatch { left: usize, right: usize },
     #[error("component {index}: {reason}")]
-    MalformedComponent { index: usize, reason: &'static str },
+    MalformedComponent {
+        index: usize,
+        reason: MalformedReason,
+    },
     #[error("a delta must be a JSON array of components")]
     NotAnArray,
+}
+
+/// Why one component of a delta (or of a document's content) is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedReason {
+    #[error("a component must be an object")]
+    NotAnObject,
+    #[error("a retain has only `retain` and `attributes`")]
+    RetainFields,
+    #[error("an insert has only `insert` and `attributes`")]
+    InsertFields,
+    #[error("a delete has only `delete`")]
+    DeleteFields,
+    #[error("unknown component: expected retain, insert or delete")]
+    UnknownComponent,
+    /// A `delete` directly followed by an `insert` (PROTOCOL.md,
+    /// "Canonical form").
+    #[error(
+        "a delete directly followed by an insert is not canonical: where an insert and a delete meet, the insert comes first ([{{\"retain\":2}},{{\"insert\":\"ab\"}},{{\"delete\":3}}])"
+    )]
+    NotCanonical,
+    #[error("`insert` must be a string (embeds are not supported)")]
+    InsertNotText,
+    #[error("zero-length insert")]
+    EmptyInsert,
+    #[error("inserted text must not contain U+0000")]
+    NulInText,
+    #[error("the delta spans more than 2^53 - 1 characters")]
+    SpansTooMuch,
+    #[error("the delta produces more than 2^53 - 1 characters")]
+    ProducesTooMuch,
+    #[error("zero length")]
+    ZeroLength,
+    #[error("length is over 2^53 - 1")]
+    LengthOverMax,
+    #[error("length must be a positive integer")]
+    LengthNotInteger,
+    #[error("{0}")]
+    Attributes(#[from] crate::attributes::InvalidAttributes),
+    #[error("document content holds inserts only")]
+    NotContent,
 }
 
 /// `total + n`, checked. Lengths that come from outside are at most
@@ -433,51 +477,51 @@ impl Delta {
                     .ok_or(bad(reason))?;
                 Ok::<(), DeltaError>(())
             };
-            let obj = item
-                .as_object()
-                .ok_or(bad("a component must be an object"))?;
+            let obj = item.as_object().ok_or(bad(MalformedReason::NotAnObject))?;
             let attributes = match obj.get("attributes") {
                 None => Attributes::new(),
-                Some(v) => Attributes::from_json(v).map_err(bad)?,
+                Some(v) => Attributes::from_json(v).map_err(|e| bad(e.into()))?,
             };
             let allowed = |n: usize| obj.len() == n + usize::from(obj.contains_key("attributes"));
             if let Some(v) = obj.get("retain") {
                 if !allowed(1) {
-                    return Err(bad("a retain has only `retain` and `attributes`"));
+                    return Err(bad(MalformedReason::RetainFields));
                 }
                 let n = positive(v).map_err(bad)?;
-                grow(&mut base, n, SPANS_TOO_MUCH)?;
-                grow(&mut target, n, PRODUCES_TOO_MUCH)?;
+                grow(&mut base, n, MalformedReason::SpansTooMuch)?;
+                grow(&mut target, n, MalformedReason::ProducesTooMuch)?;
                 delta.retain_with(n, attributes);
                 after_delete = false;
             } else if let Some(v) = obj.get("insert") {
                 if !allowed(1) {
-                    return Err(bad("an insert has only `insert` and `attributes`"));
+                    return Err(bad(MalformedReason::InsertFields));
                 }
                 if after_delete {
-                    return Err(bad(NOT_CANONICAL));
+                    return Err(bad(MalformedReason::NotCanonical));
                 }
-                let text = v
-                    .as_str()
-                    .ok_or(bad("`insert` must be a string (embeds are not supported)"))?;
+                let text = v.as_str().ok_or(bad(MalformedReason::InsertNotText))?;
                 if text.is_empty() {
-                    return Err(bad("zero-length insert"));
+                    return Err(bad(MalformedReason::EmptyInsert));
                 }
                 if text.contains('\0') {
-                    return Err(bad("inserted text must not contain U+0000"));
+                    return Err(bad(MalformedReason::NulInText));
                 }
-                grow(&mut target, text.chars().count(), PRODUCES_TOO_MUCH)?;
+                grow(
+                    &mut target,
+                    text.chars().count(),
+                    MalformedReason::ProducesTooMuch,
+                )?;
                 delta.insert_with(text, attributes);
             } else if let Some(v) = obj.get("delete") {
                 if obj.len() != 1 {
-                    return Err(bad("a delete has only `delete`"));
+                    return Err(bad(MalformedReason::DeleteFields));
                 }
                 let n = positive(v).map_err(bad)?;
-                grow(&mut base, n, SPANS_TOO_MUCH)?;
+                grow(&mut base, n, MalformedReason::SpansTooMuch)?;
                 delta.delete(n);
                 after_delete = true;
             } else {
-                return Err(bad("unknown component: expected retain, insert or delete"));
+                return Err(bad(MalformedReason::UnknownComponent));
             }
         }
         Ok(delta)
@@ -490,20 +534,13 @@ impl Delta {
     }
 }
 
-/// Why a `delete` directly followed by an `insert` is refused.
-pub const NOT_CANONICAL: &str = "a delete directly followed by an insert is not canonical: \
-     where an insert and a delete meet, the insert comes first \
-     ([{\"retain\":2},{\"insert\":\"ab\"},{\"delete\":3}])";
-const SPANS_TOO_MUCH: &str = "the delta spans more than 2^53 - 1 characters";
-const PRODUCES_TOO_MUCH: &str = "the delta produces more than 2^53 - 1 characters";
-
 /// A length on the wire: an integer from 1 to 2^53 - 1.
-fn positive(v: &Value) -> Result<usize, &'static str> {
+fn positive(v: &Value) -> Result<usize, MalformedReason> {
     match v.as_u64() {
-        Some(0) => Err("zero length"),
-        Some(n) if n > MAX_WIRE_INT => Err("length is over 2^53 - 1"),
-        Some(n) => usize::try_from(n).map_err(|_| "length out of range"),
-        None => Err("length must be a positive integer"),
+        Some(0) => Err(MalformedReason::ZeroLength),
+        Some(n) if n > MAX_WIRE_INT => Err(MalformedReason::LengthOverMax),
+        Some(n) => usize::try_from(n).map_err(|_| MalformedReason::LengthOverMax),
+        None => Err(MalformedReason::LengthNotInteger),
     }
 }
 
@@ -696,6 +733,16 @@ impl Delta {
 
 #[cfg(test)]
 mod tests {
+    /// A refused component's index and reason as the client reads it.
+    fn malformed(r: Result<Delta, DeltaError>) -> Option<(usize, String)> {
+        match r {
+            Err(DeltaError::MalformedComponent { index, reason }) => {
+                Some((index, reason.to_string()))
+            }
+            _ => None,
+        }
+    }
+
     use super::*;
     use serde_json::json;
 
@@ -833,8 +880,8 @@ mod tests {
         ];
         for (wire, index, reason) in cases {
             assert_eq!(
-                Delta::from_json(&wire),
-                Err(DeltaError::MalformedComponent { index, reason }),
+                malformed(Delta::from_json(&wire)),
+                Some((index, reason.to_string())),
                 "{wire}"
             );
         }
@@ -848,10 +895,14 @@ mod tests {
             Delta::from_json(&wire),
             Err(DeltaError::MalformedComponent {
                 index: 2,
-                reason: NOT_CANONICAL
+                reason: MalformedReason::NotCanonical
             })
         );
-        assert!(NOT_CANONICAL.contains(r#"[{"retain":2},{"insert":"ab"},{"delete":3}]"#));
+        assert!(
+            MalformedReason::NotCanonical
+                .to_string()
+                .contains(r#"[{"retain":2},{"insert":"ab"},{"delete":3}]"#)
+        );
         let canonical = json!([{"retain": 2}, {"insert": "ab"}, {"delete": 3}]);
         assert!(Delta::from_json(&canonical).is_ok());
         // A retain in between makes them different positions: fine.
@@ -875,16 +926,20 @@ mod tests {
                 0,
                 "length is over 2^53 - 1",
             ),
-            (json!([{ "retain": max }, {"retain": 1}]), 1, SPANS_TOO_MUCH),
+            (
+                json!([{ "retain": max }, {"retain": 1}]),
+                1,
+                "the delta spans more than 2^53 - 1 characters",
+            ),
             (
                 json!([{ "delete": max }, {"retain": 2, "attributes": {"b": true}}]),
                 1,
-                SPANS_TOO_MUCH,
+                "the delta spans more than 2^53 - 1 characters",
             ),
             (
                 json!([{ "retain": max }, {"insert": "x"}]),
                 1,
-                PRODUCES_TOO_MUCH,
+                "the delta produces more than 2^53 - 1 characters",
             ),
             (
                 json!([{ "retain": -1 }]),
@@ -898,8 +953,8 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                Delta::from_json(&wire),
-                Err(DeltaError::MalformedComponent { index, reason }),
+                malformed(Delta::from_json(&wire)),
+                Some((index, reason.to_string())),
                 "{wire}"
             );
         }
@@ -911,7 +966,7 @@ mod tests {
             Delta::from_json(&json!([{"insert": "a\u{0}b"}])),
             Err(DeltaError::MalformedComponent {
                 index: 0,
-                reason: "inserted text must not contain U+0000"
+                reason: MalformedReason::NulInText
             })
         );
         assert!(Delta::from_json(&json!([{"insert": "a", "attributes": {"c": "\u{0}"}}])).is_err());

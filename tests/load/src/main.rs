@@ -105,6 +105,19 @@ struct Args {
     settle: Option<f64>,
     #[arg(long)]
     sample: Option<f64>,
+    /// After the run: wait up to this many seconds for the servers to close
+    /// every document, then check their memory and descriptors recovered
+    /// (a soak; 0: no check).
+    #[arg(long)]
+    recover: Option<f64>,
+    /// Fail the run on any `error` an honest client receives.
+    #[arg(long)]
+    no_errors: bool,
+    /// A shell command run beside the load while it types (with RELAY_URLS
+    /// and RELAY_KEY_FILE), stopped when typing ends; its failure fails the
+    /// run.
+    #[arg(long)]
+    beside: Option<String>,
     /// Where result.json, the plots and the started relay's log go.
     #[arg(long, default_value = "target/relay-load")]
     out: PathBuf,
@@ -132,6 +145,7 @@ fn scenario(a: &Args) -> anyhow::Result<Scenario> {
         connect_concurrency = a.connect_concurrency,
         source_addresses = a.source_addresses,
         rate = a.rate,
+        recover_secs = a.recover,
         duration_secs = a.duration,
         warmup_secs = a.warmup,
         settle_secs = a.settle,
@@ -152,6 +166,9 @@ fn scenario(a: &Args) -> anyhow::Result<Scenario> {
     }
     if a.no_verify {
         s.verify = false;
+    }
+    if a.no_errors {
+        s.no_errors = true;
     }
     if a.no_cursors {
         s.cursors = false;
@@ -243,6 +260,7 @@ fn main() -> anyhow::Result<()> {
         server_pids,
         progress: !a.no_progress && std::io::stderr().is_terminal(),
         corrupt_slot: None,
+        beside: a.beside.clone(),
     }))?;
     drop(servers);
     drop(jwks);

@@ -18,6 +18,21 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("VmRSS value")
 }
 
+/// Open file descriptors (entries of `/proc/<pid>/fd`).
+pub fn fd_count(pid: u32) -> anyhow::Result<u64> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("reading /proc/{pid}/fd"))?
+        .count() as u64)
+}
+
+/// Descriptors summed over `pids`.
+pub fn fd_count_sum(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| fd_count(*p).ok()).sum()
+}
+
 /// User plus system CPU time in seconds.
 pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -82,6 +82,39 @@ pub struct Options {
     pub progress: bool,
     /// See [`Shared::corrupt_slot`].
     pub corrupt_slot: Option<usize>,
+    /// A shell command run beside the load while it types (a soak's
+    /// attacker), with RELAY_URLS (the instances' ws:// URLs, comma
+    /// separated) and RELAY_KEY_FILE (the key that signs this run's
+    /// tokens, when the tool mints them) in its environment. It is sent
+    /// SIGTERM when typing ends; exiting on its own with a failure before
+    /// then fails the run.
+    pub beside: Option<String>,
+}
+
+/// What the command beside the load did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Beside {
+    pub command: String,
+    /// Its exit code when it ended on its own before the end of typing.
+    pub failed_with: Option<i32>,
+    pub ran_secs: f64,
+}
+
+/// A soak's recovery check (see [`Scenario::recover_secs`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Recovery {
+    /// Seconds until every server reported no connection and no open
+    /// document (or the wait ran out).
+    pub waited_secs: f64,
+    pub drained: bool,
+    pub rss_kib_warm: Option<u64>,
+    pub rss_kib_after: Option<u64>,
+    /// After over warm; at most 1.10 passes.
+    pub rss_ratio: Option<f64>,
+    pub fds_before: Option<u64>,
+    pub fds_after: Option<u64>,
+    pub ok: bool,
+    pub problems: Vec<String>,
 }
 
 /// One sample of the time series.
@@ -194,6 +227,8 @@ pub struct RunResult {
     pub server_cpu: Option<Cpu>,
     pub tool_cpu: Cpu,
     pub check: Check,
+    pub recovery: Option<Recovery>,
+    pub beside: Option<Beside>,
     /// When typing started, the measurement began and typing stopped, in
     /// the series' seconds.
     pub typing_from: f64,
@@ -502,6 +537,8 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         server_rss_kib_before: procfs::rss_kib_sum(&opts.server_pids),
         ..Default::default()
     };
+    let fds_before = procfs::fd_count_sum(&opts.server_pids);
+    let mut rss_kib_warm = None;
 
     // Connect.
     let connect_began = Instant::now();
@@ -598,6 +635,10 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     let measure_from = start + Duration::from_secs_f64(s.warmup_secs);
     let end = start + Duration::from_secs_f64(s.duration_secs);
     let _ = phase_tx.send(Phase::Run { start, until: end });
+    let mut beside = match &opts.beside {
+        Some(command) => Some(BesideProcess::start(command, &servers, &opts.tokens)?),
+        None => None,
+    };
     let mut retired: Vec<Handle> = Vec::new();
     let mut churned = 0u64;
     let mut next_churn =
@@ -610,6 +651,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
             break;
         }
         if now >= measure_from && tool_cpu_m0.is_none() {
+            rss_kib_warm = procfs::rss_kib_sum(&opts.server_pids);
             server_cpu_m0 = procfs::cpu_secs_sum(&opts.server_pids);
             tool_cpu_m0 = Some(procfs::cpu_secs(std::process::id()).unwrap_or(0.0));
         }
@@ -661,6 +703,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         }
     }
     let _ = phase_tx.send(Phase::Stop);
+    let beside = beside.take().map(BesideProcess::stop);
     let measured_secs = (end - measure_from).as_secs_f64();
     let server_cpu1 = procfs::cpu_secs_sum(&opts.server_pids);
     let tool_cpu1 = procfs::cpu_secs(std::process::id()).unwrap_or(0.0);
@@ -730,6 +773,21 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
     }
     sampler.stop.notify_one();
     let _ = sampler.task.await;
+    bar.set_prefix("recover");
+    let recovery = (s.recover_secs > 0.0 && !opts.server_pids.is_empty()).then_some(());
+    let recovery = match recovery {
+        Some(()) => Some(
+            recover(
+                &servers,
+                &opts.server_pids,
+                s.recover_secs,
+                rss_kib_warm,
+                fds_before,
+            )
+            .await,
+        ),
+        None => None,
+    };
     bar.finish_and_clear();
 
     // Results.
@@ -774,6 +832,23 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         problems.push(format!(
             "{all_deliveries} deliveries arrived where {e} were expected (every committed op to every other client of its document)"
         ));
+    }
+    if s.no_errors && !totals.errors.is_empty() {
+        problems.push(format!(
+            "honest clients received errors: {:?}",
+            totals.errors
+        ));
+    }
+    if let Some(b) = &beside
+        && let Some(code) = b.failed_with
+    {
+        problems.push(format!(
+            "the command beside the load failed (exit {code}) after {:.0} s",
+            b.ran_secs
+        ));
+    }
+    if let Some(r) = &recovery {
+        problems.extend(r.problems.iter().cloned());
     }
     let check = Check {
         documents: check_docs.len(),
@@ -852,11 +927,175 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
         server_cpu: cpu(server_cpu_m0, server_cpu1),
         tool_cpu: cpu(tool_cpu_m0, Some(tool_cpu1)).unwrap_or_default(),
         check,
+        recovery,
+        beside,
         typing_from,
         measured_from: typing_from + s.warmup_secs,
         typing_until: typing_from + s.duration_secs,
         series: all,
     })
+}
+
+/// The command beside the load, running.
+struct BesideProcess {
+    command: String,
+    child: std::process::Child,
+    began: Instant,
+    _key_file: Option<tempfile::TempPath>,
+}
+
+impl BesideProcess {
+    fn start(
+        command: &str,
+        servers: &[(SocketAddr, String)],
+        tokens: &Tokens,
+    ) -> anyhow::Result<BesideProcess> {
+        let urls: Vec<&str> = servers.iter().map(|(_, u)| u.as_str()).collect();
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(command).env("RELAY_URLS", urls.join(","));
+        let key_file = match tokens {
+            Tokens::Keys(k) => {
+                let mut f = tempfile::NamedTempFile::new()?;
+                std::io::Write::write_all(&mut f, k.to_pem().as_bytes())?;
+                let path = f.into_temp_path();
+                cmd.env("RELAY_KEY_FILE", &*path);
+                Some(path)
+            }
+            Tokens::Fixed(_) => None,
+        };
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting beside the load: {command}"))?;
+        Ok(BesideProcess {
+            command: command.to_owned(),
+            child,
+            began: Instant::now(),
+            _key_file: key_file,
+        })
+    }
+
+    /// SIGTERM (to the shell and its children), then SIGKILL after 10 s.
+    fn stop(mut self) -> Beside {
+        let ran_secs = self.began.elapsed().as_secs_f64();
+        let failed_with = match self.child.try_wait() {
+            Ok(Some(status)) if !status.success() => Some(status.code().unwrap_or(-1)),
+            _ => None,
+        };
+        let _ = std::process::Command::new("pkill")
+            .args(["-TERM", "-P", &self.child.id().to_string()])
+            .status();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Beside {
+            command: self.command,
+            failed_with,
+            ran_secs,
+        }
+    }
+}
+
+/// `/health`'s connection and document counts of the server at `addr`.
+async fn health_counts(addr: SocketAddr) -> Option<(u64, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out);
+        let body = text.split_once("\r\n\r\n")?.1;
+        let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+        Some((
+            v["active_connections"].as_u64()?,
+            v["active_documents"].as_u64()?,
+        ))
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Waits for every server to drain, then compares its memory and
+/// descriptors with the warm-up's and the start's.
+async fn recover(
+    servers: &[(SocketAddr, String)],
+    pids: &[u32],
+    within_secs: f64,
+    rss_kib_warm: Option<u64>,
+    fds_before: Option<u64>,
+) -> Recovery {
+    let began = Instant::now();
+    let deadline = began + Duration::from_secs_f64(within_secs);
+    let mut drained = false;
+    while Instant::now() < deadline {
+        let mut all = true;
+        for (addr, _) in servers {
+            all &= health_counts(*addr).await == Some((0, 0));
+        }
+        if all {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let waited_secs = began.elapsed().as_secs_f64();
+    // The allocator returns freed pages on its own schedule (jemalloc's
+    // decay, 10 s): give it that long before reading RSS (a server that
+    // did not drain has failed already).
+    if drained {
+        tokio::time::sleep(Duration::from_secs(12)).await;
+    }
+    let rss_kib_after = procfs::rss_kib_sum(pids);
+    let fds_after = procfs::fd_count_sum(pids);
+    let rss_ratio = match (rss_kib_after, rss_kib_warm) {
+        (Some(a), Some(w)) if w > 0 => Some(a as f64 / w as f64),
+        _ => None,
+    };
+    let mut problems = Vec::new();
+    if !drained {
+        problems.push(format!(
+            "the servers still had connections or open documents {within_secs} s after the run"
+        ));
+    }
+    match rss_ratio {
+        Some(r) if r > 1.10 => problems.push(format!(
+            "RSS after the documents closed is {r:.3} x its level after the warm-up (at most 1.10)"
+        )),
+        Some(_) => {}
+        None => problems.push("RSS could not be read".into()),
+    }
+    let allowance = crate::scenario::FD_POOL_ALLOWANCE * pids.len() as u64;
+    match (fds_before, fds_after) {
+        (Some(b), Some(a)) if a > b + allowance => problems.push(format!(
+            "{a} file descriptors open after the run, {b} before (allowance {allowance} for pooled connections)"
+        )),
+        (Some(_), Some(_)) => {}
+        _ => problems.push("file descriptors could not be counted".into()),
+    }
+    Recovery {
+        waited_secs,
+        drained,
+        rss_kib_warm,
+        rss_kib_after,
+        rss_ratio,
+        fds_before,
+        fds_after,
+        ok: problems.is_empty(),
+        problems,
+    }
 }
 
 async fn wait_joined(shared: &Shared, n: usize, bar: &ProgressBar) {

@@ -69,7 +69,23 @@ pub struct Scenario {
     pub settle_secs: f64,
     /// Seconds between samples of the time series (and of /proc).
     pub sample_secs: f64,
+    /// A soak's recovery check (0: none): after the run, wait up to this
+    /// long for every server to report no connection and no open document
+    /// (`/health`), then its RSS must be within 10% of its level after the
+    /// warm-up and its open file descriptors back at their level before the
+    /// run (plus the pools' connections opened meanwhile, see
+    /// [`FD_POOL_ALLOWANCE`]).
+    pub recover_secs: f64,
+    /// Every `error` an honest client receives fails the run (a soak: the
+    /// load itself must never be refused).
+    pub no_errors: bool,
 }
+
+/// Descriptors a server may hold after a soak beyond its count before the
+/// run: pooled connections opened during the run and kept idle (the
+/// PostgreSQL pool's default 20 and Redis's at most 8), which are reused,
+/// not leaked.
+pub const FD_POOL_ALLOWANCE: u64 = 28;
 
 impl Default for Scenario {
     fn default() -> Self {
@@ -94,6 +110,8 @@ impl Default for Scenario {
             verify: true,
             settle_secs: 30.0,
             sample_secs: 1.0,
+            recover_secs: 0.0,
+            no_errors: false,
         }
     }
 }
@@ -170,6 +188,7 @@ impl Scenario {
         nonneg("warmup_secs", self.warmup_secs, self.duration_secs)?;
         nonneg("churn.per_sec", self.churn.per_sec, 1e5)?;
         nonneg("settle_secs", self.settle_secs, 3600.0)?;
+        nonneg("recover_secs", self.recover_secs, 3600.0)?;
         if !(0.05..=60.0).contains(&self.sample_secs) {
             bail!("sample_secs must be 0.05 to 60, got {}", self.sample_secs);
         }

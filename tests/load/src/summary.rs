@@ -133,5 +133,31 @@ pub fn summary(r: &RunResult) -> (String, bool) {
             let _ = writeln!(s, "         {problem}");
         }
     }
+    if let Some(r) = &r.recovery {
+        let _ = writeln!(
+            s,
+            "recovery {}: drained in {:.1} s; RSS {} KiB after warm-up, {} KiB after (x{}); fds {} before, {} after",
+            if r.ok { "OK" } else { "FAILED" },
+            r.waited_secs,
+            r.rss_kib_warm.map_or("?".into(), |v| v.to_string()),
+            r.rss_kib_after.map_or("?".into(), |v| v.to_string()),
+            r.rss_ratio.map_or("?".into(), |v| format!("{v:.3}")),
+            r.fds_before.map_or("?".into(), |v| v.to_string()),
+            r.fds_after.map_or("?".into(), |v| v.to_string()),
+        );
+    }
+    if let Some(b) = &r.beside {
+        let _ = writeln!(
+            s,
+            "beside   {}: `{}` ran {:.0} s",
+            if b.failed_with.is_none() {
+                "OK"
+            } else {
+                "FAILED"
+            },
+            b.command,
+            b.ran_secs
+        );
+    }
     (s, pass)
 }

@@ -39,6 +39,7 @@ async fn go(app: &TestApp, scenario: Scenario, corrupt_slot: Option<usize>) -> R
         server_pids: vec![std::process::id()],
         progress: false,
         corrupt_slot,
+        beside: None,
     });
     tokio::time::timeout(RUN_BOUND, run)
         .await
@@ -227,6 +228,7 @@ async fn refused_joins_are_counted_and_fail_the_run() {
         server_pids: Vec::new(),
         progress: false,
         corrupt_slot: None,
+        beside: None,
     })
     .await
     .expect("run");

@@ -118,6 +118,7 @@ async fn row(args: &Args, rate: u32, nodelay: bool) {
         server_pids: Vec::new(),
         progress: false,
         corrupt_slot: None,
+        beside: None,
     })
     .await
     .expect("run");
