@@ -92,6 +92,17 @@ fn standard_claims(user: Uuid) -> Value {
            "iss": ISSUER, "aud": AUDIENCE, "docs": {"*": "editor"}})
 }
 
+/// The memory figures of a case, on its output (`--nocapture`).
+fn report_rss(ctx: &Ctx, base: u64, peak: u64, bound: u64) {
+    eprintln!(
+        "{}: RSS {:.1} MiB before, peak {:.1} MiB during (bound {:.1} MiB)",
+        ctx.name,
+        base as f64 / MIB as f64,
+        peak as f64 / MIB as f64,
+        bound as f64 / MIB as f64
+    );
+}
+
 /// Peak resident memory of the target while `f` runs, sampled every 50 ms.
 async fn peak_rss_during<F: Future<Output = T>, T>(target: &Target, f: F) -> (T, u64) {
     let mut f = std::pin::pin!(f);
@@ -362,6 +373,7 @@ async fn a_1_mib_unknown_type_first_frame_from_never_reading_clients_frees_the_s
         })
         .await;
         let bound = base + n * MIB / 4 + 32 * MIB;
+        report_rss(ctx, base, peak, bound);
         assert!(
             peak <= bound,
             "RSS peaked at {} MiB (from {} MiB; bound {} MiB)",
@@ -944,6 +956,7 @@ async fn many_non_reading_joiners_of_a_large_document_share_one_encoding() {
         // alone (its head and tail, buffers).
         const PER_JOINER: u64 = 256 * 1024;
         let bound = base + 2 * doc_chars + n * PER_JOINER + 24 * MIB;
+        report_rss(ctx, base, peak, bound);
         assert!(
             peak <= bound,
             "RSS peaked at {} MiB with {n} joiners (from {} MiB, bound {} MiB)",
@@ -984,6 +997,7 @@ async fn a_non_reading_client_of_a_large_document_is_closed_once_over_its_outbou
         })
         .await;
         let bound = base + 2 * 3_000_000 + 4 * budget + 24 * MIB;
+        report_rss(ctx, base, peak, bound);
         assert!(
             peak <= bound,
             "RSS peaked at {} MiB (from {} MiB, bound {} MiB)",
