@@ -6,7 +6,11 @@
 //! - [`config`]: every variable of the deployment document, validated.
 //! - `service`: [`Relay`] - admission, authentication, routing sessions to
 //!   rooms, readiness, graceful shutdown.
-//! - `session`: one connection's session (permission checks, forwarding).
+//! - `session`: one connection's session (permission checks, the submit
+//!   and presence rates, forwarding).
+//! - `users`: each user's connections and joins on this instance.
+//! - `permissions`: the join cache of roles, and the re-checks of open
+//!   sessions' roles.
 //! - `room`: one task per open document owning its sequencer - the write
 //!   path with group commit and the compare-and-set loop, fan-out, presence,
 //!   cursor throttle and typing debounce.
@@ -18,6 +22,7 @@ pub mod config;
 mod deps;
 #[cfg(test)]
 mod permission_tests;
+mod permissions;
 #[cfg(test)]
 mod presence_tests;
 mod registry;
@@ -28,6 +33,7 @@ mod sink;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+mod users;
 pub mod wiring;
 #[cfg(test)]
 mod write_path_tests;

@@ -2,18 +2,21 @@
 //! routes each session to its document's room, and drains on shutdown.
 
 use crate::config::Config;
+use crate::config::PermissionSourceKind;
 use crate::deps::{Adapters, Deps};
+use crate::permissions::{Permissions, RoleCell};
 use crate::registry::{Registry, Start};
 use crate::room::{self, Command, JoinError, Member, SessionId};
-use crate::session::{RelaySession, SessionContext};
+use crate::session::{INVALID_MESSAGES_PER_SEC, RelaySession, SessionContext};
 use crate::sink::Sink;
+use crate::users::Users;
 use async_trait::async_trait;
 use relay_domain::{DocumentId, RateLimiter};
 use relay_ports::Chain;
 
 use relay_ports::{
     AuthError, CollaborationService, ConnectionSlot, Dependency, Health, InstanceId, Join,
-    JoinRefusal, PermissionSource, Readiness, Refusal, Started, TokenVerifier,
+    JoinRefusal, Readiness, Refusal, Started, TokenVerifier,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +30,10 @@ pub(crate) struct Inner {
     pub(crate) deps: Arc<Deps>,
     /// The open rooms (the service owns them; a room holds only its lease).
     rooms: Registry<Command>,
-    pub(crate) permissions: Arc<dyn PermissionSource>,
+    /// Roles at join (cached) and for open sessions (re-checked).
+    pub(crate) permissions: Arc<Permissions>,
+    /// Each user's connections and joins on this instance.
+    users: Arc<Users>,
     pub(crate) verifier: Arc<dyn TokenVerifier>,
     connections: Arc<Semaphore>,
     /// Woken whenever a connection's slot is freed (shutdown waits on it).
@@ -59,6 +65,20 @@ impl Relay {
     /// the outside dependencies, by the names `/ready` reports.
     pub fn new(config: Config, adapters: Adapters, checks: Vec<(Dependency, Check)>) -> Relay {
         let config = Arc::new(config);
+        let permissions = Permissions::new(
+            adapters.permissions,
+            adapters.metrics.clone(),
+            config.auth.permission_cache_ttl,
+            // The token's roles may differ between two tokens of one user:
+            // only the database's answers are shared.
+            config.auth.permission_source == PermissionSourceKind::Database,
+        );
+        let users = Users::new(
+            config.limits.max_connections_per_user,
+            config.limits.join_rate_per_sec,
+            config.limits.join_burst,
+            adapters.clock.clone(),
+        );
         let deps = Arc::new(Deps {
             store: adapters.store,
             bus: adapters.bus,
@@ -73,7 +93,8 @@ impl Relay {
             inner: Arc::new(Inner {
                 deps,
                 rooms: Registry::default(),
-                permissions: adapters.permissions,
+                permissions,
+                users,
                 verifier: adapters.verifier,
                 connections: Arc::new(Semaphore::new(config.limits.max_connections)),
                 left: Arc::new(tokio::sync::Notify::new()),
@@ -164,6 +185,12 @@ impl Relay {
     /// Whether [`Relay::shutdown`] has begun.
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Open sessions whose role is re-checked (tests).
+    #[cfg(test)]
+    pub(crate) fn watched_sessions(&self) -> usize {
+        self.inner.permissions.watched()
     }
 
     fn active_connections(&self) -> usize {
@@ -269,14 +296,20 @@ impl Relay {
             Err(AuthError::Unavailable) => return Err(JoinRefusal::KeysUnavailable),
             Err(e) => return Err(JoinRefusal::Token(e)),
         };
-        let role = match inner.permissions.role(&claims, document).await {
-            Ok(Some(role)) => role,
-            Ok(None) => return Err(JoinRefusal::Forbidden),
+        // The user's budgets first: a user over them costs no lookup and
+        // no room work. Counted until the session ends (or the join fails).
+        let user_lease = inner.users.admit(claims.user)?;
+        let answer = match inner.permissions.at_join(&claims, document).await {
+            Ok(answer) => answer,
             Err(e) => {
                 warn!(%document, error = %Chain(&e), "permission source");
                 return Err(JoinRefusal::PermissionsUnavailable);
             }
         };
+        let Some(role) = answer.role else {
+            return Err(JoinRefusal::Forbidden);
+        };
+        let claims = Arc::new(claims);
         let id = SessionId::new(inner.next_session.fetch_add(1, Ordering::Relaxed));
         let member = Member {
             id,
@@ -315,13 +348,21 @@ impl Relay {
                 Ok(Ok(())) => {
                     inner.deps.metrics.connection_opened(document);
                     let (user, client_id) = (claims.user, join.client_id.clone());
+                    let limits = &inner.deps.config.limits;
+                    let role = RoleCell::new(answer);
+                    let watch = inner.permissions.watch(
+                        id,
+                        claims.clone(),
+                        document,
+                        role.clone(),
+                        sink.clone(),
+                    );
                     let session = RelaySession {
                         id,
                         document,
                         claims,
                         client_id: join.client_id,
                         role,
-                        role_checked: Instant::now(),
                         room: room_tx,
                         sink,
                         ctx: SessionContext {
@@ -329,11 +370,21 @@ impl Relay {
                             permissions: inner.permissions.clone(),
                         },
                         left: false,
+                        submit_limiter: RateLimiter::new(
+                            limits.submit_burst,
+                            limits.submit_rate_per_sec,
+                        ),
                         presence_limiter: RateLimiter::new(
                             inner.deps.config.presence.burst,
                             inner.deps.config.presence.rate_per_sec,
                         ),
                         presence_limited: false,
+                        invalid_limiter: RateLimiter::new(
+                            INVALID_MESSAGES_PER_SEC,
+                            INVALID_MESSAGES_PER_SEC,
+                        ),
+                        _watch: watch,
+                        _user: user_lease,
                         _slot: slot,
                     };
                     return Ok(Started {

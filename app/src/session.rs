@@ -2,69 +2,104 @@
 //! to the document's room.
 
 use crate::deps::Deps;
+use crate::permissions::{Permissions, RoleCell, Watch};
 use crate::room::{Command, SessionId};
 use crate::sink::Sink;
+use crate::users::UserLease;
 use async_trait::async_trait;
 use relay_domain::{ClientId, DocumentId, RateLimiter, Submission};
-use relay_ports::Chain;
 use relay_ports::protocol::{CloseCode, ErrorCode, Role};
-use relay_ports::{Claims, ClientMessage, ConnectionSlot, DecodeError, PermissionSource, Session};
+use relay_ports::{
+    Chain, Claims, ClientMessage, ConnectionSlot, DecodeError, OpStatus, OperationType, Session,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 
-/// What a session needs of the service: the ports and the permission
-/// source, nothing of the service's own state.
+/// What a session needs of the service: the ports and the permissions,
+/// nothing of the service's own state.
 #[derive(Clone)]
 pub(crate) struct SessionContext {
     pub(crate) deps: Arc<Deps>,
-    pub(crate) permissions: Arc<dyn PermissionSource>,
+    pub(crate) permissions: Arc<Permissions>,
 }
 
 pub(crate) struct RelaySession {
     pub(crate) id: SessionId,
     pub(crate) document: DocumentId,
-    pub(crate) claims: Claims,
+    pub(crate) claims: Arc<Claims>,
     pub(crate) client_id: ClientId,
-    pub(crate) role: Role,
-    pub(crate) role_checked: Instant,
+    /// The role, kept current by the permission re-checks.
+    pub(crate) role: Arc<RoleCell>,
     pub(crate) room: mpsc::Sender<Command>,
     pub(crate) sink: Sink,
     pub(crate) ctx: SessionContext,
     pub(crate) left: bool,
+    /// Submits allowed (SUBMIT_RATE_PER_SEC, burst SUBMIT_BURST): checked
+    /// here, so a submit over the rate never takes a place in the room's
+    /// mailbox.
+    pub(crate) submit_limiter: RateLimiter,
     /// Cursor and typing messages allowed (PRESENCE_RATE_PER_SEC, burst
     /// PRESENCE_BURST): checked here, before the room does any work.
     pub(crate) presence_limiter: RateLimiter,
     /// Whether the client was told it is over the presence rate (it is told
     /// once, until a message is accepted again).
     pub(crate) presence_limited: bool,
+    /// Frames that did not decode allowed (INVALID_MESSAGES_PER_SEC a
+    /// second, as a burst too): past it the connection is closed with 1008.
+    pub(crate) invalid_limiter: RateLimiter,
+    /// The sweeper's re-checks of this session, until it ends.
+    pub(crate) _watch: Option<Watch>,
+    /// This connection in its user's MAX_CONNECTIONS_PER_USER.
+    pub(crate) _user: UserLease,
     pub(crate) _slot: ConnectionSlot,
 }
 
+/// Frames that do not decode a connection may send a second (and at once)
+/// before it is closed with 1008: a client in error, or one probing.
+pub(crate) const INVALID_MESSAGES_PER_SEC: u32 = 20;
+
 impl RelaySession {
-    /// The role, re-read from the permission source once the cached answer
-    /// is older than PERMISSION_CACHE_TTL, so a revoked permission applies
-    /// to open sessions too.
+    /// The role: the re-checks' latest answer, or the permission source's
+    /// own once that answer is older than PERMISSION_CACHE_TTL (the
+    /// re-checks failed, or there are none: the claims source).
     async fn current_role(&mut self) -> Result<Option<Role>, ()> {
-        if self.role_checked.elapsed() < self.ctx.deps.config.auth.permission_cache_ttl {
+        let answer = self.role.get();
+        let Some(role) = answer.role else {
+            // Revoked by a re-check (which closed the session).
+            return Ok(None);
+        };
+        if answer.at.elapsed() < self.ctx.permissions.ttl() {
             self.ctx.deps.metrics.permission_lookup(true);
-            return Ok(Some(self.role));
+            return Ok(Some(role));
         }
-        self.ctx.deps.metrics.permission_lookup(false);
-        match self.ctx.permissions.role(&self.claims, self.document).await {
-            Ok(Some(role)) => {
-                self.role = role;
-                self.role_checked = Instant::now();
-                Ok(Some(role))
+        match self.ctx.permissions.ask(&self.claims, self.document).await {
+            Ok(answer) => {
+                self.role.set(answer);
+                Ok(answer.role)
             }
-            Ok(None) => Ok(None),
             Err(e) => {
                 warn!(document = %self.document, error = %Chain(&e), "permission source");
                 Err(())
             }
         }
+    }
+
+    /// Whether a submit may go on to the room: over SUBMIT_RATE_PER_SEC it
+    /// is answered `rate_limited` here and never reaches the mailbox.
+    fn submit_allowed(&mut self, seq: relay_domain::Seq, kind: OperationType) -> bool {
+        if self.submit_limiter.try_acquire(self.ctx.deps.clock.now()) {
+            return true;
+        }
+        self.sink.error(
+            ErrorCode::RateLimited,
+            "too many submits: slow down",
+            Some(seq),
+        );
+        self.ctx.deps.metrics.operation(kind, OpStatus::Rejected);
+        false
     }
 
     /// Whether a cursor or typing message may go on to the room; over the
@@ -100,6 +135,9 @@ impl Session for RelaySession {
     async fn handle(&mut self, message: ClientMessage) {
         match message {
             ClientMessage::Submit { seq, base, delta } => {
+                if !self.submit_allowed(seq, OperationType::of(&delta)) {
+                    return;
+                }
                 match self.current_role().await {
                     Ok(Some(role)) if role.can_edit() => {}
                     Ok(Some(_)) => {
@@ -179,6 +217,11 @@ impl Session for RelaySession {
     }
 
     fn reject(&mut self, error: DecodeError) {
+        if !self.invalid_limiter.try_acquire(self.ctx.deps.clock.now()) {
+            self.sink
+                .order_close(CloseCode::Policy, "too many invalid messages");
+            return;
+        }
         self.sink.error(error.code, &error.message, error.seq);
     }
 

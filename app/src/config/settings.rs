@@ -221,7 +221,7 @@ pub struct Settings {
         value_enum
     )]
     pub permission_source: Option<PermissionSourceKind>,
-    /// Seconds a role is cached, for open sessions too.
+    /// Seconds a role is cached for joins; every open session's role is re-checked at least this often (0: no cache, re-checked every second).
     #[arg(
         long,
         env = "PERMISSION_CACHE_TTL",

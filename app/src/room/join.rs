@@ -4,7 +4,7 @@
 
 use super::{JoinError, Local, Member, Room, Timer, entry_key};
 use crate::sink::Sink;
-use relay_domain::{CursorThrottle, PresenceEntry, RateLimiter, TypingDebounce, Version};
+use relay_domain::{CursorThrottle, PresenceEntry, TypingDebounce, Version};
 use relay_ports::Chain;
 use relay_ports::bus::BusMessage;
 use relay_ports::protocol::{ServerMessage, UserInfo, encode_op};
@@ -97,10 +97,6 @@ impl Room {
             sink,
             awaiting: None,
             duplicate_acked: None,
-            limiter: RateLimiter::new(
-                config.limits.submit_burst,
-                config.limits.submit_rate_per_sec,
-            ),
             cursor: CursorThrottle::new(config.presence.cursor_throttle_ms),
             typing: TypingDebounce::new(config.presence.typing_debounce_ms),
             member,

@@ -49,8 +49,8 @@ use crate::sink::Sink;
 use deadlines::{Deadlines, Timer};
 pub(crate) use mailbox::{Command, JoinError, Member, SessionId};
 use relay_domain::{
-    ClientId, CursorThrottle, Document, DocumentId, RateLimiter, Roster, Selection, Seq, Sequencer,
-    Submission, Timestamp, TypingDebounce, UserId, Version,
+    ClientId, CursorThrottle, Document, DocumentId, Roster, Selection, Seq, Sequencer, Submission,
+    Timestamp, TypingDebounce, UserId, Version,
 };
 use relay_ports::StoreError;
 use relay_ports::bus::{BusEvent, BusMessage, Envelope};
@@ -84,7 +84,6 @@ struct Local {
     awaiting: Option<(Seq, Instant)>,
     /// The last submit answered `ack` as a duplicate (already committed).
     duplicate_acked: Option<Seq>,
-    limiter: RateLimiter,
     /// Holds the latest cursor as received (version and positions at that
     /// version) until its turn: it is rebased only when it is sent.
     cursor: CursorThrottle<(Version, Option<Selection>)>,

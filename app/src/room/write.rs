@@ -21,7 +21,6 @@ impl Room {
         received: Instant,
         batch: &mut Vec<Pending>,
     ) {
-        let now = self.now();
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -40,17 +39,6 @@ impl Room {
             });
             return;
         }
-        if !s.limiter.try_acquire(now) {
-            s.sink.error(
-                ErrorCode::RateLimited,
-                "too many submits: slow down",
-                Some(submission.seq),
-            );
-            self.deps
-                .metrics
-                .operation(OperationType::of(&submission.delta), OpStatus::Rejected);
-            return;
-        }
         s.awaiting = Some((submission.seq, received));
         batch.push(Pending {
             session,
@@ -63,12 +51,11 @@ impl Room {
     /// A submit that arrived while the session's previous one (`after`) was
     /// unanswered: if that one has just been acked as a duplicate, this one
     /// becomes the session's submit (`true`); otherwise it is answered
-    /// `in_flight` (or `rate_limited`).
+    /// `in_flight`.
     pub(super) fn admit_deferred(&mut self, p: &mut Pending) -> bool {
         let Some(after) = p.after else {
             return true;
         };
-        let now = self.now();
         let Some(s) = self.sessions.get_mut(&p.session) else {
             return false;
         };
@@ -76,17 +63,6 @@ impl Room {
         if s.awaiting.is_some() || s.duplicate_acked != Some(after) {
             let msg = format!("seq {after} is not acknowledged yet: one submit at a time");
             s.sink.error(ErrorCode::InFlight, &msg, Some(seq));
-            return false;
-        }
-        if !s.limiter.try_acquire(now) {
-            s.sink.error(
-                ErrorCode::RateLimited,
-                "too many submits: slow down",
-                Some(seq),
-            );
-            self.deps
-                .metrics
-                .operation(OperationType::of(&p.submission.delta), OpStatus::Rejected);
             return false;
         }
         s.awaiting = Some((seq, p.received));
