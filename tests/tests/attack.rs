@@ -1190,6 +1190,28 @@ async fn integers_past_two_to_the_53_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_undecodable_messages_is_closed_1008() {
+    run("invalid flood", Setup::memory(), async |ctx| {
+        let (mut ws, _, _) = attacker_joined(ctx).await;
+        let mut sent = 0;
+        for i in 0..1000 {
+            if !ws.send_text(format!("{{\"type\":\"nonsense{i}\"}}")).await {
+                break;
+            }
+            sent += 1;
+        }
+        let (errors, code) = ws.errors_then_close(Duration::from_secs(5)).await;
+        assert_eq!(code, Some(1008), "after {sent} undecodable messages");
+        assert!(
+            errors.len() < 100,
+            "{} errors answered before the close",
+            errors.len()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leave_spam_is_closed_1000_once() {
     run("leave spam", Setup::memory(), async |ctx| {
         let (mut ws, _, _) = attacker_joined(ctx).await;
