@@ -18,7 +18,7 @@ use relay_tests::attack::net::{exchange, read_until_closed, tcp_from, upgrade};
 use relay_tests::attack::soak::{self, h2_preface, status_of};
 use relay_tests::attack::target::{AUDIENCE, ISSUER};
 use relay_tests::attack::{
-    ATTACKER, ATTACKER_2, Ctx, Ending, Got, Raw, Setup, Target, Ws, op, run,
+    ATTACKER, ATTACKER_2, Ctx, Ending, Got, HONEST, Raw, Setup, Target, Ws, op, run,
 };
 use relay_tests::auth::{Signer, now};
 use serde_json::{Value, json};
@@ -947,7 +947,31 @@ async fn many_non_reading_joiners_of_a_large_document_share_one_encoding() {
                 raw.text(&join.to_string()).await;
                 socks.push(raw);
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The room takes joins in order: once a reading client has
+            // seen every joiner in the presence, every joined was queued.
+            let (mut reader, joined) = ctx
+                .joined(HONEST, "counter", &ctx.target.viewer(Uuid::new_v4()))
+                .await;
+            let ServerMessage::Joined { presence, .. } = joined else {
+                unreachable!()
+            };
+            let mut seen: std::collections::BTreeSet<String> = presence
+                .iter()
+                .map(|p| p.client_id.as_str().to_owned())
+                .collect();
+            let want = |seen: &std::collections::BTreeSet<String>| {
+                (0..n).all(|i| seen.contains(&format!("r{i}")))
+            };
+            while !want(&seen) {
+                match reader.recv().await {
+                    Got::Msg(ServerMessage::Presence { joined, .. }) => {
+                        seen.extend(joined.iter().map(|p| p.client_id.as_str().to_owned()))
+                    }
+                    Got::Msg(_) => {}
+                    Got::Closed(c, r) => panic!("the counting reader was closed: {c:?} {r}"),
+                }
+            }
+            reader.close().await;
             socks
         })
         .await;
@@ -1123,9 +1147,27 @@ async fn an_editor_downgraded_to_viewer_is_refused_its_next_submit() {
         ctx.target
             .grant(user, ctx.doc, relay_domain::Role::Viewer)
             .await;
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        ws.send_text(submit(2, 0, json!([{"insert": "E"}]))).await;
-        assert_eq!(ws.answer().await, Err("forbidden".to_owned()));
+        // Submits until one is refused: within PERMISSION_CACHE_TTL (1 s)
+        // and a little.
+        let changed = Instant::now();
+        let mut seq = 1;
+        loop {
+            seq += 1;
+            ws.send_text(submit(seq, 0, json!([{"insert": "E"}]))).await;
+            match ws.answer().await {
+                Ok(_) => {}
+                Err(code) => {
+                    assert_eq!(code, "forbidden");
+                    break;
+                }
+            }
+            assert!(
+                changed.elapsed() < Duration::from_secs(3),
+                "the downgraded editor still commits after {:?}",
+                changed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
 }
