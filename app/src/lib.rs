@@ -21,6 +21,8 @@
 pub mod config;
 mod deps;
 #[cfg(test)]
+mod join_cost_tests;
+#[cfg(test)]
 mod permission_tests;
 mod permissions;
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::wiring;
 use relay_adapter_jwt::DevKeys;
 use relay_domain::{ClientId, DocumentId, Selection, UserId, Version};
 use relay_ports::protocol::{Join, ServerMessage};
-use relay_ports::{ClientMessage, CollaborationService, Session, Started};
+use relay_ports::{ClientMessage, CollaborationService, PresenceRegistry, Session, Started};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -283,4 +283,138 @@ async fn cursor_and_typing_messages_over_the_rate_are_dropped_and_said_once() {
     .await;
     idle().await;
     assert!(drain(&mut a_rx).is_empty());
+}
+
+/// The in-memory registry, counting single upserts and batches.
+struct CountingPresence {
+    inner: relay_adapter_memory::MemoryPresence,
+    upserts: std::sync::atomic::AtomicUsize,
+    batches: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl relay_ports::PresenceRegistry for CountingPresence {
+    async fn upsert(
+        &self,
+        document: DocumentId,
+        entry: relay_domain::PresenceEntry,
+        ttl: Duration,
+    ) -> Result<(), relay_ports::PresenceError> {
+        self.upserts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.upsert(document, entry, ttl).await
+    }
+
+    async fn upsert_many(
+        &self,
+        document: DocumentId,
+        entries: Vec<relay_domain::PresenceEntry>,
+        ttl: Duration,
+    ) -> Result<(), relay_ports::PresenceError> {
+        self.batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(entries.len());
+        self.inner.upsert_many(document, entries, ttl).await
+    }
+
+    async fn remove(
+        &self,
+        document: DocumentId,
+        user: UserId,
+        client_id: &ClientId,
+    ) -> Result<(), relay_ports::PresenceError> {
+        self.inner.remove(document, user, client_id).await
+    }
+
+    async fn list(
+        &self,
+        document: DocumentId,
+    ) -> Result<Vec<relay_domain::PresenceEntry>, relay_ports::PresenceError> {
+        self.inner.list(document).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_refreshes_all_of_its_presence_entries_in_one_call_to_the_registry() {
+    const CLIENTS: usize = 30;
+    let keys = DevKeys::from_seed([7; 32]);
+    let clock = std::sync::Arc::new(relay_adapter_memory::TokioClock::new());
+    let presence = std::sync::Arc::new(CountingPresence {
+        inner: relay_adapter_memory::MemoryPresence::new(clock.clone()),
+        upserts: Default::default(),
+        batches: Default::default(),
+    });
+    let verifier = relay_adapter_jwt::JwtVerifier::new(relay_adapter_jwt::JwtConfig::default());
+    verifier.set_keys(keys.key_set());
+    let mut config = Config::default();
+    // Refreshed every second.
+    config.presence.ttl = Some(Duration::from_secs(3));
+    let relay = crate::Relay::new(
+        config,
+        crate::Adapters {
+            store: std::sync::Arc::new(relay_adapter_memory::MemoryStore::new()),
+            bus: std::sync::Arc::new(relay_adapter_memory::MemoryBus::new()),
+            presence: presence.clone(),
+            permissions: std::sync::Arc::new(relay_adapter_memory::ClaimsPermissions),
+            verifier: std::sync::Arc::new(verifier),
+            metrics: std::sync::Arc::new(relay_adapter_memory::MemoryMetrics::default()),
+            clock,
+        },
+        Vec::new(),
+    );
+    let doc = DocumentId::new(Uuid::new_v4());
+    let user = UserId::new(Uuid::new_v4());
+    let join_as = async |client: &str| {
+        let join = Join {
+            client_id: ClientId::new(client).unwrap(),
+            token: Some(keys.editor_token(user, Duration::from_secs(3600))),
+            since: None,
+        };
+        let started = relay
+            .join(relay.admit().unwrap(), doc, None, join)
+            .await
+            .unwrap();
+        (started.session, started.outbound)
+    };
+    let mut sessions = Vec::new();
+    for i in 0..CLIENTS {
+        sessions.push(join_as(&format!("tab-{i}")).await);
+    }
+    // A second connection of one tab: still one entry.
+    sessions.push(join_as("tab-0").await);
+    idle().await;
+    let joined = presence.upserts.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(joined, CLIENTS + 1, "each join upserts its entry");
+    let batches = || {
+        presence
+            .batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    };
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while batches().is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the room refreshed its entries within the refresh interval");
+    assert_eq!(batches(), vec![CLIENTS], "one call with every client once");
+    assert_eq!(
+        presence.upserts.load(std::sync::atomic::Ordering::SeqCst),
+        joined,
+        "no upsert per entry on the refresh"
+    );
+    // The tab with two connections leaves only with the second.
+    let (s, _) = sessions.pop().expect("the second tab-0");
+    s.close("test").await;
+    idle().await;
+    let listed = presence.inner.list(doc).await.expect("list");
+    assert_eq!(listed.len(), CLIENTS, "tab-0 is still here");
+    let (s, _) = sessions.swap_remove(0);
+    s.close("test").await;
+    idle().await;
+    let listed = presence.inner.list(doc).await.expect("list");
+    assert_eq!(listed.len(), CLIENTS - 1, "tab-0 has left");
 }

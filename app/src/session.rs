@@ -14,7 +14,6 @@ use relay_ports::{
 };
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -33,7 +32,7 @@ pub(crate) struct RelaySession {
     pub(crate) client_id: ClientId,
     /// The role, kept current by the permission re-checks.
     pub(crate) role: Arc<RoleCell>,
-    pub(crate) room: mpsc::Sender<Command>,
+    pub(crate) room: crate::registry::Mailbox<Command>,
     pub(crate) sink: Sink,
     pub(crate) ctx: SessionContext,
     pub(crate) left: bool,

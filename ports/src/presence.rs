@@ -23,6 +23,22 @@ pub trait PresenceRegistry: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<(), PresenceError>;
 
+    /// Adds or refreshes several entries of a document, each expiring `ttl`
+    /// after this call: in one round trip where the registry can (a room
+    /// refreshes all of its entries at once). The default upserts them one
+    /// by one and stops at the first failure.
+    async fn upsert_many(
+        &self,
+        document: DocumentId,
+        entries: Vec<PresenceEntry>,
+        ttl: Duration,
+    ) -> Result<(), PresenceError> {
+        for entry in entries {
+            self.upsert(document, entry, ttl).await?;
+        }
+        Ok(())
+    }
+
     /// Removes an entry; removing an absent one is `Ok`.
     async fn remove(
         &self,

@@ -113,7 +113,7 @@ fn every_counter_is_exported_at_zero_from_the_start() {
     );
     assert_eq!(
         s.matching("materi_connections_rejected_total", &[]).count(),
-        5
+        relay_ports::metrics::RejectReason::ALL.len()
     );
 }
 

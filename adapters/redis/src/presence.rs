@@ -89,6 +89,47 @@ impl PresenceRegistry for RedisPresence {
         self.run::<()>(pipe).await
     }
 
+    /// One transaction for every entry: an `HSET` and a `ZADD` of them all,
+    /// then the keys' expiry (a room refreshing its clients costs one round
+    /// trip, not one per client).
+    async fn upsert_many(
+        &self,
+        document: DocumentId,
+        entries: Vec<PresenceEntry>,
+        ttl: Duration,
+    ) -> Result<(), PresenceError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (data, expiry) = keys(document);
+        let expires = now_ms().saturating_add(millis(ttl));
+        let keep = millis(ttl).saturating_add(1000);
+        let mut fields = Vec::with_capacity(entries.len());
+        let mut scores = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let f = field(entry.user, &entry.client_id);
+            let json = serde_json::to_string(entry)
+                .map_err(|e| PresenceError::Unavailable(Cause::new(e)))?;
+            scores.push((expires, f.clone()));
+            fields.push((f, json));
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(&data, &fields)
+            .ignore()
+            .zadd_multiple(&expiry, &scores)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&data)
+            .arg(keep)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&expiry)
+            .arg(keep)
+            .ignore();
+        self.run::<()>(pipe).await
+    }
+
     async fn remove(
         &self,
         document: DocumentId,

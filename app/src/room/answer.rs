@@ -75,6 +75,12 @@ impl Room {
         }
         let fanout = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "fanout", document = %self.document, ops = ops.len(), ours).entered();
         let encoded: Vec<String> = ops.iter().map(encode_op).collect();
+        // The content cached for the version before is stale now.
+        self.content_cache = None;
+        self.op_lens.record(
+            ops.iter().zip(encoded.iter().map(|json| json.len() + 1)),
+            self.sequencer.oldest_base(),
+        );
         let batch = self.deps.config.limits.operation_batch_size;
         let budget = self.deps.config.limits.max_message_bytes;
         let now = Instant::now();

@@ -15,11 +15,70 @@
 //! Every op is applied by [`Room::apply_one`]; a read from the store counts
 //! only when it is [`contiguous_from`] the version asked.
 
-use super::{JoinError, MAX_CATCH_UP_FROM_STORE, Room};
+use super::{JoinError, MAX_CATCH_UP_FROM_STORE, Room, Timer};
 use relay_domain::{CommittedOp, RemoteError, Side, Submission, Version};
 use relay_ports::metrics::GapSource;
 use relay_ports::{Cause, Chain, StoreError};
 use tracing::{debug, warn};
+
+/// The first store read of a join's catch-up, in ops (the next ones are
+/// sized by the bytes seen).
+const FIRST_STORE_CHUNK: usize = 64;
+/// The most ops one store read of a join's catch-up asks for.
+const STORE_CHUNK: usize = 1000;
+
+/// An op's length in an `ops` list: its JSON and a comma.
+pub(super) fn op_json_len(op: &CommittedOp) -> usize {
+    relay_ports::protocol::encode_op(op).len() + 1
+}
+
+/// Each recent op's length as JSON in an `ops` list (its encoding and a
+/// comma), recorded when it is fanned out (encoded then anyway), so a
+/// join measures its catch-up without encoding it again. Kept for the ops
+/// the sequencer's history holds; an op without a length (applied when the
+/// room opened) is measured when asked.
+#[derive(Default)]
+pub(super) struct OpLengths {
+    /// Consecutive versions from the first one's.
+    lens: std::collections::VecDeque<(Version, usize)>,
+}
+
+impl OpLengths {
+    /// Records the lengths of ops applied in order after those recorded;
+    /// forgets those before `oldest` (the history's oldest base).
+    pub(super) fn record<'a>(
+        &mut self,
+        ops: impl IntoIterator<Item = (&'a CommittedOp, usize)>,
+        oldest: Version,
+    ) {
+        for (op, len) in ops {
+            if self
+                .lens
+                .back()
+                .is_some_and(|(v, _)| v.next() != Some(op.version))
+            {
+                self.lens.clear();
+            }
+            self.lens.push_back((op.version, len));
+        }
+        while self.lens.front().is_some_and(|(v, _)| *v <= oldest) {
+            self.lens.pop_front();
+        }
+    }
+
+    /// `op`'s length as JSON in an `ops` list: cached, or measured.
+    pub(super) fn get(&self, op: &CommittedOp) -> usize {
+        let cached = self.lens.front().and_then(|(first, _)| {
+            let i = usize::try_from(op.version.since(*first)).ok()?;
+            (op.version >= *first)
+                .then(|| self.lens.get(i))
+                .flatten()
+                .filter(|(v, _)| *v == op.version)
+                .map(|(_, len)| *len)
+        });
+        cached.unwrap_or_else(|| op_json_len(op))
+    }
+}
 
 /// Whether `ops` are exactly the `count` ops after `base`, in order.
 pub(super) fn contiguous_from(base: Version, count: usize, ops: &[CommittedOp]) -> bool {
@@ -43,26 +102,118 @@ impl Room {
         })
     }
 
-    /// The ops after `since`, from memory or the store; `None` if too many
-    /// or no longer available (then `joined` carries the content).
+    /// The ops after `since` for a join, with their size as JSON (an upper
+    /// bound), from memory or the store; `None` if they are more than
+    /// MAX_CATCH_UP_FROM_STORE ops or `max_bytes`, or no longer available
+    /// (then `joined` carries the content).
+    ///
+    /// In memory they are measured by the lengths cached when they were
+    /// fanned out, before anything is copied. From the store they are read
+    /// in chunks sized by what is left of `max_bytes` over the largest op
+    /// seen so far, and the reading stops as soon as they pass it.
     pub(super) async fn catch_up_ops(
         &mut self,
         since: Version,
-    ) -> Result<Option<Vec<CommittedOp>>, JoinError> {
+        max_bytes: usize,
+    ) -> Result<Option<(Vec<CommittedOp>, usize)>, JoinError> {
         if let Some(ops) = self.sequencer.ops_since(since) {
-            return Ok(Some(ops.cloned().collect()));
+            let mut bytes = 0usize;
+            for op in ops {
+                bytes = bytes.saturating_add(self.op_lens.get(op));
+                if bytes > max_bytes {
+                    return Ok(None);
+                }
+            }
+            let ops = self
+                .sequencer
+                .ops_since(since)
+                .map(|ops| ops.cloned().collect());
+            return Ok(ops.map(|ops| (ops, bytes)));
         }
         let missing = usize::try_from(self.sequencer.version().since(since)).unwrap_or(usize::MAX);
         if missing > MAX_CATCH_UP_FROM_STORE {
             return Ok(None);
         }
-        let ops = self
-            .deps
-            .store
-            .read(self.document, since, missing)
-            .await
-            .map_err(JoinError::Unavailable)?;
-        Ok(contiguous_from(since, missing, &ops).then_some(ops))
+        let mut ops: Vec<CommittedOp> = Vec::new();
+        let (mut bytes, mut largest) = (0usize, 0usize);
+        while ops.len() < missing {
+            let left = missing - ops.len();
+            let chunk = if ops.is_empty() {
+                FIRST_STORE_CHUNK
+            } else {
+                (max_bytes.saturating_sub(bytes) / largest.max(1)).clamp(1, STORE_CHUNK)
+            }
+            .min(left);
+            let after = ops.last().map_or(since, |op| op.version);
+            let read = self
+                .deps
+                .store
+                .read(self.document, after, chunk)
+                .await
+                .map_err(JoinError::Unavailable)?;
+            if !contiguous_from(after, chunk, &read) {
+                return Ok(None);
+            }
+            for op in &read {
+                let len = op_json_len(op);
+                largest = largest.max(len);
+                bytes = bytes.saturating_add(len);
+            }
+            if bytes > max_bytes {
+                return Ok(None);
+            }
+            ops.extend(read);
+        }
+        Ok(Some((ops, bytes)))
+    }
+
+    /// Catches up toward `target` (a version a joining client showed),
+    /// reading at most `max_ops` ops and `max_bytes` of them (in memory)
+    /// from the bus's recent history or the store; the rest, if any, is
+    /// left to the room's next catch-up.
+    pub(super) async fn catch_up_within(
+        &mut self,
+        target: Version,
+        max_ops: u64,
+        max_bytes: usize,
+    ) -> Result<(), StoreError> {
+        let mut applied = Vec::new();
+        let from_bus = self.apply_from_bus(target, &mut applied).await;
+        self.committed(&applied, false).await;
+        if from_bus {
+            return Ok(());
+        }
+        let (mut ops_read, mut bytes_read) = (0u64, 0usize);
+        while self.sequencer.version() < target && ops_read < max_ops && bytes_read <= max_bytes {
+            let want = target
+                .since(self.sequencer.version())
+                .min(max_ops - ops_read)
+                .min(STORE_CHUNK as u64);
+            let ops = self
+                .deps
+                .store
+                .read(self.document, self.sequencer.version(), want as usize)
+                .await?;
+            if ops.is_empty() {
+                break;
+            }
+            ops_read += ops.len() as u64;
+            let mut applied = Vec::with_capacity(ops.len());
+            for op in ops {
+                bytes_read = bytes_read.saturating_add(op.memory_bytes());
+                match self.apply_one(op) {
+                    Ok(op) => applied.extend(op),
+                    Err(e) => return Err(StoreError::Corrupt(Cause::new(e))),
+                }
+            }
+            self.committed(&applied, false).await;
+        }
+        if self.sequencer.version() < target {
+            // Whatever the store has beyond what was read: soon, once.
+            self.deadlines
+                .set_in_unless_set(Timer::SettleCheck, self.deps.config.bus.down_poll);
+        }
+        Ok(())
     }
 
     /// Reads and applies every op the store has after our version.

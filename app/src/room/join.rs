@@ -1,14 +1,52 @@
 //! Joins and catch-up: what a joining client is sent (`ops` after its
 //! `since`, or the content), and reading what the room missed from the
 //! store.
+//!
+//! What a join costs is bounded whatever `since` says:
+//! - a `since` ahead of the room is caught up on the join's turn only when
+//!   it is at most [`JOIN_AHEAD_OPS`] ahead (at most that many ops and
+//!   OPERATION_HISTORY_BYTES of them read); further ahead, nothing is read
+//!   for the join - the room checks the store once, soon, whatever the
+//!   number of such joins - and the client gets the content;
+//! - a `since` behind gets the ops after it only while they fit half of
+//!   OUTBOUND_QUEUE_BYTES (they are the client's alone in its queue):
+//!   measured from the lengths cached when the ops were fanned out, or read
+//!   from the store in chunks that stop at that budget; otherwise the
+//!   content;
+//! - the content is encoded once per version and shared by every client
+//!   joining at it ([`Outbound::Joined`]); only the head (session, user,
+//!   presence, limits) is the client's own.
 
 use super::{JoinError, Local, Member, Room, Timer, entry_key};
 use crate::sink::Sink;
+use relay_domain::CommittedOp;
 use relay_domain::{CursorThrottle, PresenceEntry, TypingDebounce, Version};
-use relay_ports::Chain;
 use relay_ports::bus::BusMessage;
-use relay_ports::protocol::{ServerMessage, UserInfo, encode_op};
+use relay_ports::protocol::{Limits, Role, ServerMessage, UserInfo};
+use relay_ports::{Chain, JoinedFrame, Outbound};
+use serde::Serialize;
+use std::sync::Arc;
 use tracing::{info, warn};
+
+/// How far ahead of the room a join's `since` may be and still be caught
+/// up on the join's turn (a client that saw ops of another instance the
+/// bus has not brought yet is a few ops ahead, not thousands).
+pub(super) const JOIN_AHEAD_OPS: u64 = 1_000;
+
+/// `joined` without its content, which follows it: `head` is this
+/// serialised without its closing brace.
+#[derive(Serialize)]
+struct JoinedHead<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    session: &'a str,
+    user: &'a UserInfo,
+    role: Role,
+    version: Version,
+    ops: Option<&'a [CommittedOp]>,
+    presence: &'a [PresenceEntry],
+    limits: &'a Limits,
+}
 
 impl Room {
     pub(super) async fn join(
@@ -19,47 +57,43 @@ impl Room {
     ) -> Result<(), JoinError> {
         // A client that saw versions this room has not (on another
         // instance): the store is the source of truth, catch up first so the
-        // document never goes backwards for it.
+        // document never goes backwards for it - within bounds.
         if let Some(since) = since
             && since > self.sequencer.version()
-            && let Err(e) = self.catch_up_to(since).await
         {
-            warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a joining client's version");
+            if since.since(self.sequencer.version()) <= JOIN_AHEAD_OPS {
+                let max_bytes = self.deps.config.limits.operation_history_bytes;
+                if let Err(e) = self.catch_up_within(since, JOIN_AHEAD_OPS, max_bytes).await {
+                    warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a joining client's version");
+                }
+            } else {
+                // Far ahead: nothing is read for this join (it gets the
+                // content); if the room is really that far behind, one
+                // catch-up soon finds out, however many such joins come.
+                self.deadlines
+                    .set_in_unless_set(Timer::SettleCheck, self.deps.config.bus.down_poll);
+            }
         }
         let version = self.sequencer.version();
         let catch_up = match since {
-            Some(v) if v <= version => self.catch_up_ops(v).await?,
+            Some(v) if v <= version => {
+                // Ops beyond the largest op and the content's bound would
+                // be sent as the content anyway: not read past that.
+                let worth = (self.deps.config.limits.max_op_bytes())
+                    .max(self.sequencer.document().content_json_bound());
+                self.catch_up_ops(v, self.join_ops_budget().min(worth))
+                    .await?
+            }
             _ => None,
         };
         // The ops unless they are larger than both 4 x MAX_MESSAGE_BYTES
         // and the content, so `joined` is never larger than a document
         // Relay accepts (a client that missed most of a large document gets
-        // the document), while an ordinary catch-up stays ops.
-        let (content, ops) = match catch_up {
-            Some(ops) => {
-                let doc = self.sequencer.document();
-                let ops_bytes = ops
-                    .iter()
-                    .map(|op| encode_op(op).len() + 1)
-                    .fold(0usize, usize::saturating_add);
-                if ops_bytes <= self.deps.config.limits.max_op_bytes()
-                    || ops_bytes <= doc.len_bytes()
-                {
-                    (None, Some(ops))
-                } else if ops_bytes > doc.content_json_bound() {
-                    (Some(doc.to_delta()), None)
-                } else {
-                    // In between the bounds: measure the content.
-                    let content = doc.to_delta();
-                    let content_bytes = serde_json::to_string(&content).map_or(0, |s| s.len());
-                    if ops_bytes <= content_bytes {
-                        (None, Some(ops))
-                    } else {
-                        (Some(content), None)
-                    }
-                }
-            }
-            None => (Some(self.sequencer.document().to_delta()), None),
+        // the document), while an ordinary catch-up stays ops - and only
+        // while they fit the client's queue (catch_up_ops measured them).
+        let ops = match catch_up {
+            Some((ops, ops_bytes)) if self.ops_rather_than_content(ops_bytes) => Some(ops),
+            _ => None,
         };
         let entry = PresenceEntry {
             user: member.user,
@@ -69,26 +103,14 @@ impl Room {
             head: None,
             version,
         };
-        let presence = self
+        let presence: Vec<PresenceEntry> = self
             .roster
             .entries()
             .filter(|e| !(e.user == member.user && e.client_id == member.client_id))
             .cloned()
             .collect();
-        let joined = ServerMessage::Joined {
-            session: format!("{:016x}", member.id),
-            user: UserInfo {
-                id: member.user,
-                name: member.name.clone(),
-            },
-            role: member.role,
-            version,
-            content,
-            ops,
-            presence,
-            limits: self.deps.config.joined_limits(),
-        };
-        if !sink.send(joined.encode().into()) {
+        let frame = self.joined_frame(&member, version, ops, presence);
+        if !sink.send_item(frame) {
             return Ok(());
         }
         info!(document = %self.document, user = %member.user, client_id = %member.client_id, role = member.role.as_str(), "joined");
@@ -101,6 +123,10 @@ impl Room {
             typing: TypingDebounce::new(config.presence.typing_debounce_ms),
             member,
         };
+        *self
+            .local_clients
+            .entry((local.member.user, local.member.client_id.clone()))
+            .or_default() += 1;
         self.sessions.insert(local.member.id, local);
         self.deadlines.clear(Timer::Idle);
         self.roster.join(entry.clone());
@@ -121,5 +147,94 @@ impl Room {
         }
         self.publish(BusMessage::Joined { entry }).await;
         Ok(())
+    }
+}
+
+impl Room {
+    /// What a join's catch-up `ops` may take of the client's queue: half of
+    /// OUTBOUND_QUEUE_BYTES (the rest is for the frames that follow before
+    /// the client reads).
+    pub(super) fn join_ops_budget(&self) -> usize {
+        self.deps.config.limits.outbound_queue_bytes / 2
+    }
+
+    /// Whether ops of `ops_bytes` (as JSON) are sent rather than the
+    /// content: when no larger than the largest op, or than the document,
+    /// or than its content as JSON (measured only in between the bounds,
+    /// from the shared encoding a content `joined` would use anyway).
+    fn ops_rather_than_content(&mut self, ops_bytes: usize) -> bool {
+        let doc = self.sequencer.document();
+        if ops_bytes <= self.deps.config.limits.max_op_bytes() || ops_bytes <= doc.len_bytes() {
+            return true;
+        }
+        if ops_bytes > doc.content_json_bound() {
+            return false;
+        }
+        ops_bytes <= self.shared_content().len()
+    }
+
+    /// The document's content as JSON at the current version, encoded once
+    /// per version and shared by every client joining at it.
+    pub(super) fn shared_content(&mut self) -> Arc<str> {
+        let version = self.sequencer.version();
+        if let Some((v, content)) = &self.content_cache
+            && *v == version
+        {
+            return content.clone();
+        }
+        let json = serde_json::to_string(&self.sequencer.document().to_delta())
+            .expect("a delta always serialises");
+        let content: Arc<str> = json.into();
+        self.content_cache = Some((version, content.clone()));
+        content
+    }
+
+    /// The `joined` frame: with `ops`, the client's own text; otherwise
+    /// its own head and tail around the shared content.
+    fn joined_frame(
+        &mut self,
+        member: &Member,
+        version: Version,
+        ops: Option<Vec<CommittedOp>>,
+        presence: Vec<PresenceEntry>,
+    ) -> Outbound {
+        let session = format!("{:016x}", member.id);
+        let user = UserInfo {
+            id: member.user,
+            name: member.name.clone(),
+        };
+        let limits = self.deps.config.joined_limits();
+        if let Some(ops) = ops {
+            let joined = ServerMessage::Joined {
+                session,
+                user,
+                role: member.role,
+                version,
+                content: None,
+                ops: Some(ops),
+                presence,
+                limits,
+            };
+            return Outbound::Text(joined.encode().into());
+        }
+        let mut head = serde_json::to_string(&JoinedHead {
+            kind: "joined",
+            session: &session,
+            user: &user,
+            role: member.role,
+            version,
+            ops: None,
+            presence: &presence,
+            limits: &limits,
+        })
+        .expect("a joined head always serialises");
+        // `{...}` becomes `{...,"content":` + content + `}`.
+        head.pop();
+        head.push_str(r#","content":"#);
+        Outbound::Joined(Box::new(JoinedFrame {
+            head,
+            shared: self.shared_content(),
+            tail: "}".to_owned(),
+        }))
     }
 }

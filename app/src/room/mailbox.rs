@@ -83,3 +83,21 @@ pub(crate) enum Command {
     /// Snapshot and stop (the server is shutting down).
     Stop,
 }
+
+/// What a command holds in memory while it waits in the mailbox: a
+/// submit's delta (up to MAX_MESSAGE_BYTES of JSON), a few bytes else.
+impl crate::registry::Weigh for Command {
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Command>()
+            + match self {
+                Command::Submit { submission, .. } => {
+                    submission.delta.heap_bytes() + submission.client_id.as_str().len()
+                }
+                Command::Join { member, .. } => {
+                    member.client_id.as_str().len() + member.name.as_ref().map_or(0, String::len)
+                }
+                Command::Leave { reason, .. } => reason.len(),
+                _ => 0,
+            }
+    }
+}

@@ -44,10 +44,11 @@ use relay_ports::Cause;
 use relay_ports::Chain;
 
 use crate::deps::Deps;
-use crate::registry::RoomLease;
+use crate::registry::{Inbox, RoomLease};
 use crate::sink::Sink;
 use deadlines::{Deadlines, Timer};
 pub(crate) use mailbox::{Command, JoinError, Member, SessionId};
+use relay_domain::CommittedOp;
 use relay_domain::{
     ClientId, CursorThrottle, Document, DocumentId, Roster, Selection, Seq, Sequencer, Submission,
     Timestamp, TypingDebounce, UserId, Version,
@@ -116,25 +117,87 @@ pub(crate) struct Room {
     /// Envelopes on their way to the bus, published in order by the
     /// room's publisher task, so a slow or unreachable bus never holds up
     /// the room (a full queue drops: other instances find the gap).
-    publisher: mpsc::Sender<Envelope>,
+    publisher: Publisher,
+    /// The content as JSON at a version (the current one, or stale and
+    /// replaced at the next join): shared by every `joined` at it.
+    content_cache: Option<(Version, Arc<str>)>,
+    /// The recent ops' lengths as JSON (for measuring a join's catch-up).
+    op_lens: catch_up::OpLengths,
+    /// How many local sessions each client (user, client id) has here: its
+    /// presence ends with its last one.
+    local_clients: HashMap<(UserId, ClientId), usize>,
 }
 
-/// Envelopes a room's publisher holds before it drops new ones.
+/// Envelopes a room's publisher holds before it drops new ones...
 const PUBLISH_QUEUE: usize = 1024;
+/// ...and the bytes they may hold (their ops in memory, see
+/// [`envelope_bytes`]), the one being published included: 16 MiB, some
+/// four ops of the largest size or thousands of ordinary ones. Past
+/// either bound new envelopes are dropped; other instances find the gap.
+const PUBLISH_QUEUE_BYTES: usize = 16 << 20;
 
-/// Publishes a room's envelopes one after another, in order, until the
-/// room is gone and the queue is empty.
-fn spawn_publisher(deps: &Arc<Deps>, document: DocumentId) -> mpsc::Sender<Envelope> {
-    let (tx, mut rx) = mpsc::channel::<Envelope>(PUBLISH_QUEUE);
-    let bus = deps.bus.clone();
-    deps.tasks.spawn(async move {
-        while let Some(env) = rx.recv().await {
-            if let Err(e) = bus.publish(env).await {
-                debug!(%document, error = %Chain(&e), "bus publish failed; other instances will catch up from the store");
-            }
+/// What an envelope holds in memory, for [`PUBLISH_QUEUE_BYTES`].
+fn envelope_bytes(message: &BusMessage) -> usize {
+    let entry = |e: &relay_domain::PresenceEntry| {
+        e.client_id.as_str().len() + e.name.as_ref().map_or(0, String::len)
+    };
+    std::mem::size_of::<Envelope>()
+        + match message {
+            BusMessage::Ops { ops } => ops.iter().map(CommittedOp::memory_bytes).sum(),
+            BusMessage::Joined { entry: e } | BusMessage::Cursor { entry: e } => entry(e),
+            BusMessage::Left { departed } => departed.client_id.as_str().len(),
+            BusMessage::Typing { client_id, .. } => client_id.as_str().len(),
         }
-    });
-    tx
+}
+
+/// A room's queue to the bus: bounded in envelopes and in bytes, drained
+/// in order by its own task, so a slow or unreachable bus never holds up
+/// the room.
+struct Publisher {
+    tx: mpsc::Sender<(Envelope, tokio::sync::OwnedSemaphorePermit)>,
+    bytes: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+impl Publisher {
+    /// Publishes envelopes one after another, in order, until the room is
+    /// gone and the queue is empty.
+    fn spawn(
+        bus: Arc<dyn relay_ports::FanOut>,
+        tasks: &tokio_util::task::TaskTracker,
+        document: DocumentId,
+        (envelopes, bytes): (usize, usize),
+    ) -> Publisher {
+        let (tx, mut rx) =
+            mpsc::channel::<(Envelope, tokio::sync::OwnedSemaphorePermit)>(envelopes.max(1));
+        let limit = bytes.clamp(1, u32::MAX as usize);
+        tasks.spawn(async move {
+            while let Some((env, _bytes)) = rx.recv().await {
+                if let Err(e) = bus.publish(env).await {
+                    debug!(%document, error = %Chain(&e), "bus publish failed; other instances will catch up from the store");
+                }
+            }
+        });
+        Publisher {
+            tx,
+            bytes: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// Queues an envelope; `false` if the queue is full (in envelopes or
+    /// bytes) and it was dropped.
+    fn try_send(&self, env: Envelope) -> bool {
+        let weight = envelope_bytes(&env.message).min(self.limit);
+        let Ok(bytes) = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(u32::try_from(weight).unwrap_or(u32::MAX))
+        else {
+            return false;
+        };
+        self.tx.try_send((env, bytes)).is_ok()
+    }
 }
 
 /// Starts a room on the service's task tracker, supervised: a room that
@@ -144,7 +207,7 @@ fn spawn_publisher(deps: &Arc<Deps>, document: DocumentId) -> mpsc::Sender<Envel
 pub(crate) fn spawn(
     document: DocumentId,
     deps: Arc<Deps>,
-    mailbox: mpsc::Receiver<Command>,
+    mailbox: Inbox<Command>,
     lease: RoomLease<Command>,
 ) {
     use futures::FutureExt;
@@ -173,7 +236,7 @@ pub(crate) fn spawn(
 async fn run(
     document: DocumentId,
     deps: Arc<Deps>,
-    mut mailbox: mpsc::Receiver<Command>,
+    mut mailbox: Inbox<Command>,
     mut lease: RoomLease<Command>,
 ) {
     let mut room = match Room::open(document, deps.clone()).await {
@@ -183,8 +246,8 @@ async fn run(
             lease.release();
             // Answer whoever is waiting, then stop.
             mailbox.close();
-            while let Some(cmd) = mailbox.recv().await {
-                if let Command::Join { reply, .. } = cmd {
+            while let Some(letter) = mailbox.recv().await {
+                if let Command::Join { reply, .. } = letter.open() {
                     let _ = reply.send(Err(JoinError::Unavailable(e.clone())));
                 }
             }
@@ -204,12 +267,12 @@ async fn run(
         let mut batch = Vec::new();
         tokio::select! {
             cmd = mailbox.recv() => {
-                let Some(cmd) = cmd else { break };
-                room.handle(cmd, &mut batch).await;
+                let Some(letter) = cmd else { break };
+                room.handle(letter.open(), &mut batch).await;
                 // Everything that queued up while we were busy joins this turn.
                 for _ in 0..MAILBOX_TURN {
                     match mailbox.try_recv() {
-                        Ok(cmd) => room.handle(cmd, &mut batch).await,
+                        Ok(letter) => room.handle(letter.open(), &mut batch).await,
                         Err(_) => break,
                     }
                 }
@@ -298,7 +361,12 @@ impl Room {
         Ok(Room {
             document,
             deadlines,
-            publisher: spawn_publisher(&deps, document),
+            publisher: Publisher::spawn(
+                deps.bus.clone(),
+                &deps.tasks,
+                document,
+                (PUBLISH_QUEUE, PUBLISH_QUEUE_BYTES),
+            ),
             deps,
             sequencer,
             roster,
@@ -306,6 +374,9 @@ impl Room {
             last_snapshot,
             stopping: false,
             discarded: false,
+            content_cache: None,
+            op_lens: Default::default(),
+            local_clients: HashMap::new(),
         })
     }
 
@@ -381,7 +452,7 @@ impl Room {
             document: self.document,
             message,
         };
-        if self.publisher.try_send(env).is_err() {
+        if !self.publisher.try_send(env) {
             debug!(document = %self.document, "bus publish queue full; other instances will catch up from the store");
         }
     }
@@ -479,5 +550,70 @@ impl Drop for Room {
                     .order_close(CloseCode::Internal, "internal error: reconnect to resume");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_domain::{Delta, Seq};
+    use relay_ports::{BusError, FanOut, InstanceId, Subscription};
+
+    /// A bus whose publishes never finish.
+    struct StalledBus;
+
+    #[async_trait::async_trait]
+    impl FanOut for StalledBus {
+        async fn publish(&self, _envelope: Envelope) -> Result<(), BusError> {
+            std::future::pending().await
+        }
+        async fn subscribe(&self, _document: DocumentId) -> Result<Subscription, BusError> {
+            std::future::pending().await
+        }
+        async fn ping(&self) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    fn ops_of(bytes: usize, version: u32) -> Envelope {
+        let mut delta = Delta::new();
+        delta.insert(&"x".repeat(bytes));
+        Envelope {
+            origin: InstanceId::new_v4(),
+            document: DocumentId::new(uuid::Uuid::nil()),
+            message: BusMessage::Ops {
+                ops: vec![CommittedOp {
+                    version: Version::from(version),
+                    user: UserId::new(uuid::Uuid::nil()),
+                    client_id: ClientId::new("tab").unwrap(),
+                    seq: Seq::from(version),
+                    delta,
+                }],
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn the_publish_queue_is_bounded_in_bytes_as_well_as_envelopes() {
+        const BYTES: usize = 64 << 10;
+        let tasks = tokio_util::task::TaskTracker::new();
+        let publisher = Publisher::spawn(
+            Arc::new(StalledBus),
+            &tasks,
+            DocumentId::new(uuid::Uuid::nil()),
+            (1024, BYTES),
+        );
+        let weight = envelope_bytes(&ops_of(4000, 1).message);
+        assert!(weight >= 4000);
+        let mut accepted = 0;
+        for v in 1..=100 {
+            if publisher.try_send(ops_of(4000, v)) {
+                accepted += 1;
+            }
+        }
+        // The one being published holds its bytes too.
+        assert_eq!(accepted, BYTES / weight, "as many as fit {BYTES} bytes");
+        assert!(accepted < 100, "not bounded by the count alone");
+        tasks.close();
     }
 }

@@ -7,6 +7,7 @@ use relay_domain::{ClientId, PresenceEntry, Selection, UserId, Version};
 use relay_ports::Chain;
 use relay_ports::bus::BusMessage;
 use relay_ports::protocol::{Departed, ErrorCode, ServerMessage};
+use std::collections::HashSet;
 use tracing::{info, warn};
 
 impl Room {
@@ -137,10 +138,17 @@ impl Room {
         }
         // Another connection of the same tab may still be here (a reconnect
         // racing the old connection's close): then it has not left.
-        let still_here = self
-            .sessions
-            .values()
-            .any(|o| o.member.user == s.member.user && o.member.client_id == s.member.client_id);
+        let key = (s.member.user, s.member.client_id.clone());
+        let still_here = match self.local_clients.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            _ => {
+                self.local_clients.remove(&key);
+                false
+            }
+        };
         if !still_here {
             self.roster.leave(s.member.user, &s.member.client_id);
             let departed = Departed {
@@ -170,31 +178,33 @@ impl Room {
         }
     }
 
-    /// Keeps this instance's registry entries alive and forgets remote
-    /// entries whose instance stopped refreshing them.
+    /// Keeps this instance's registry entries alive (all in one call to
+    /// the registry: one round trip to Redis, not one per client) and
+    /// forgets remote entries whose instance stopped refreshing them.
     pub(super) async fn refresh_presence(&mut self) {
         let ttl = self.deps.presence_ttl();
-        let mut local = Vec::new();
-        for s in self.sessions.values() {
-            if let Some(e) = self.roster.get(s.member.user, &s.member.client_id) {
-                local.push(e.clone());
-            }
-        }
-        for e in local {
-            if let Err(e) = self.deps.presence.upsert(self.document, e, ttl).await {
-                warn!(document = %self.document, error = %Chain(&e), "presence refresh");
-                return;
-            }
+        let local: Vec<PresenceEntry> = self
+            .local_clients
+            .keys()
+            .filter_map(|(user, client_id)| self.roster.get(*user, client_id).cloned())
+            .collect();
+        if !local.is_empty()
+            && let Err(e) = self
+                .deps
+                .presence
+                .upsert_many(self.document, local, ttl)
+                .await
+        {
+            warn!(document = %self.document, error = %Chain(&e), "presence refresh");
+            return;
         }
         if let Ok(listed) = self.deps.presence.list(self.document).await {
+            let listed: HashSet<(UserId, &ClientId)> =
+                listed.iter().map(|l| (l.user, &l.client_id)).collect();
             let gone: Vec<PresenceEntry> = self
                 .roster
                 .entries()
-                .filter(|e| {
-                    !listed
-                        .iter()
-                        .any(|l| l.user == e.user && l.client_id == e.client_id)
-                })
+                .filter(|e| !listed.contains(&(e.user, &e.client_id)))
                 .cloned()
                 .collect();
             for e in gone {

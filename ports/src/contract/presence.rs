@@ -26,6 +26,7 @@ pub async fn run_all<P: PresenceRegistry>(
     documents_are_isolated(make).await;
     entries_expire_after_their_ttl(make, advance, ttl).await;
     refreshing_an_entry_extends_its_ttl(make, advance, ttl).await;
+    upserting_many_adds_or_refreshes_each_with_its_ttl(make, advance, ttl).await;
 }
 
 fn entry(user: UserId, client_id: &ClientId, anchor: usize) -> PresenceEntry {
@@ -136,6 +137,39 @@ pub async fn documents_are_isolated<P: PresenceRegistry>(make: &impl AsyncFn() -
         "removing from one document leaves the other"
     );
     assert_eq!(list(&registry, fresh_document()).await, vec![]);
+}
+
+pub async fn upserting_many_adds_or_refreshes_each_with_its_ttl<P: PresenceRegistry>(
+    make: &impl AsyncFn() -> P,
+    advance: &impl AsyncFn(Duration),
+    ttl: Duration,
+) {
+    let registry = make().await;
+    let document = fresh_document();
+    let user = fresh_user();
+    let (a, b) = (client("a"), client("b"));
+    upsert(&registry, document, &entry(user, &a, 1), LONG).await;
+    let many = vec![entry(user, &a, 5), entry(user, &b, 6)];
+    registry
+        .upsert_many(document, many.clone(), ttl)
+        .await
+        .expect("upsert_many must not fail on a reachable registry");
+    assert_eq!(
+        registry.upsert_many(document, vec![], ttl).await,
+        Ok(()),
+        "nothing to refresh"
+    );
+    assert_eq!(
+        list(&registry, document).await,
+        many,
+        "each is added or replaced"
+    );
+    advance(ttl * 6 / 5).await;
+    assert_eq!(
+        list(&registry, document).await,
+        vec![],
+        "each expires with the TTL given (the earlier, longer one is replaced)"
+    );
 }
 
 pub async fn entries_expire_after_their_ttl<P: PresenceRegistry>(
