@@ -153,17 +153,20 @@ impl Telemetry {
     }
 }
 
-/// Serves `/metrics` on `addr` until `stop` completes; returns the bound
-/// address (port 0 picks one).
+/// Serves `/metrics` on `addr` until `stop` completes (HTTP/1.1 only, a
+/// request head within `header_timeout`, as on the public port); returns
+/// the bound address (port 0 picks one).
 pub async fn serve_metrics(
     metrics: Arc<OtelMetrics>,
     addr: std::net::SocketAddr,
+    header_timeout: std::time::Duration,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(std::net::SocketAddr, impl std::future::Future<Output = ()>), TelemetryError> {
     let (listener, bound) = ws::bind(addr)
         .await
         .map_err(|source| TelemetryError::Bind { addr, source })?;
-    let routes = ws::metrics::routes(Arc::new(move || metrics.prometheus_text()));
+    let routes = ws::metrics::routes(Arc::new(move || metrics.prometheus_text()))
+        .header_timeout(header_timeout);
     Ok((bound, ws::serve(listener, routes, stop)))
 }
 

@@ -151,6 +151,46 @@ pub async fn ensure_schema(pool: &PgPool, run_migrations: bool) -> Result<(), Wi
     Ok(())
 }
 
+/// What a production configuration should not leave as it is, logged as
+/// warnings at start: a Redis without a password, a plain-HTTP key set,
+/// and tokens whose audience or issuer nobody checks (hosts on this machine
+/// excepted: tests, sidecars). Development mode has none of them.
+pub fn startup_warnings(config: &Config) -> Vec<String> {
+    let mut warnings: Vec<String> = config
+        .bus
+        .redis_url
+        .as_deref()
+        .and_then(relay_adapter_redis::url_weakness)
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    let Some(jwks) = config.auth.jwks() else {
+        return warnings;
+    };
+    if jwks.is_plain_http_to_another_host() {
+        warnings.push(
+            "JWT_PUBLIC_KEY_URL is plain http://: whoever can answer in the identity service's \
+             place can hand out keys and mint valid tokens; use https://"
+                .to_owned(),
+        );
+    }
+    if config.auth.jwt.audience.is_none() {
+        warnings.push(
+            "JWT_AUDIENCE is unset: any token the identity service issued, for any client \
+             (ID tokens included), is accepted; set it to the audience of Relay's tokens"
+                .to_owned(),
+        );
+    }
+    if config.auth.jwt.issuer.is_none() {
+        warnings.push(
+            "JWT_ISSUER is unset: tokens are not checked for their issuer; set it to the \
+             identity service's issuer"
+                .to_owned(),
+        );
+    }
+    warnings
+}
+
 /// The adapters the configuration asks for. Must be called inside the
 /// runtime (it starts the JWKS refresher).
 ///
@@ -176,6 +216,9 @@ pub async fn build_with(
     metrics: Arc<dyn Metrics>,
 ) -> Result<Wired, WiringError> {
     config::check_serving(&config, dev.is_some())?;
+    for warning in startup_warnings(&config) {
+        tracing::warn!("{warning}");
+    }
     let pool = pg_pool(&config)?;
     if let Some(pool) = &pool {
         ensure_schema(pool, config.store.run_migrations).await?;
@@ -242,4 +285,56 @@ pub async fn build_with(
         jwks_verifier,
         background,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::startup_warnings;
+    use crate::config::Config;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn weak_production_settings_are_warned_about_at_start() {
+        // Development mode: nothing to warn about.
+        assert!(startup_warnings(&config(&[])).is_empty());
+        // What production should look like: no warning.
+        let good = [
+            (
+                "JWT_PUBLIC_KEY_URL",
+                "https://idp.example/.well-known/jwks.json",
+            ),
+            ("JWT_ISSUER", "https://idp.example"),
+            ("JWT_AUDIENCE", "relay"),
+        ];
+        assert!(startup_warnings(&config(&good)).is_empty());
+        let warned = |vars: &[(&str, &str)], variable: &str| {
+            let warnings = startup_warnings(&config(vars));
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(warnings[0].starts_with(variable), "{warnings:?}");
+        };
+        let mut http = good;
+        http[0].1 = "http://idp.internal/.well-known/jwks.json";
+        warned(&http, "JWT_PUBLIC_KEY_URL");
+        // A key set on this machine (tests, a sidecar) is not flagged.
+        http[0].1 = "http://127.0.0.1:8081/.well-known/jwks.json";
+        assert!(startup_warnings(&config(&http)).is_empty());
+        warned(&good[..2], "JWT_AUDIENCE");
+        warned(&[good[0], good[2]], "JWT_ISSUER");
+        let database = ("DATABASE_URL", "postgresql://relay:secret@db:5432/relay");
+        let [a, b, c] = good;
+        warned(
+            &[a, b, c, database, ("REDIS_URL", "redis://redis:6379")],
+            "REDIS_URL",
+        );
+        let with_password = ("REDIS_URL", "rediss://relay:secret@redis:6379/0");
+        assert!(startup_warnings(&config(&[a, b, c, database, with_password])).is_empty());
+    }
 }

@@ -203,15 +203,15 @@ pub fn bound_echoes(message: &str) -> String {
             }
             // One unit: a character, or an escape (`\n`, `\"`, `\u{85}`).
             let mut unit = String::from(q);
-            if q == '\\' {
-                if let Some(e) = chars.next() {
-                    unit.push(e);
-                    if e == 'u' && chars.as_str().starts_with('{') {
-                        for h in chars.by_ref() {
-                            unit.push(h);
-                            if h == '}' {
-                                break;
-                            }
+            if q == '\\'
+                && let Some(e) = chars.next()
+            {
+                unit.push(e);
+                if e == 'u' && chars.as_str().starts_with('{') {
+                    for h in chars.by_ref() {
+                        unit.push(h);
+                        if h == '}' {
+                            break;
                         }
                     }
                 }

@@ -347,3 +347,39 @@ mod tests {
         );
     }
 }
+
+/// Why a development key file may not be used: someone other than this
+/// process's user could have written it (planted a key whose tokens they
+/// can mint) or can read it (and mint tokens themselves).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFileRefusal {
+    #[error("it belongs to user {owner}, not to this process's user {me}")]
+    NotOwned { owner: u32, me: u32 },
+    #[error("other users may read or write it (mode {mode:03o}, 600 expected)")]
+    OpenToOthers { mode: u32 },
+    #[error("it is not a regular file")]
+    NotAFile,
+}
+
+/// Checks the metadata of an opened development key file: a regular file,
+/// owned by this process's (effective) user, with no permission for the
+/// group or others.
+#[cfg(unix)]
+pub fn check_private_file(meta: &std::fs::Metadata) -> Result<(), KeyFileRefusal> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !meta.is_file() {
+        return Err(KeyFileRefusal::NotAFile);
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(KeyFileRefusal::NotOwned {
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileRefusal::OpenToOthers { mode });
+    }
+    Ok(())
+}

@@ -1,18 +1,32 @@
 //! Keys from the identity service's JWKS endpoint (JWT_PUBLIC_KEY_URL).
 //!
 //! The key set is fetched at start, refreshed every JWKS_REFRESH_SECS, and
-//! refetched when a token names an unknown `kid` - at most once per cooldown,
-//! with a negative cache, so a flood of made-up kids costs at most one fetch
-//! per cooldown. A failed or unusable fetch keeps the last good keys; until a
-//! first usable set arrives every token is refused as `Unavailable` (fail
-//! closed) and `/ready` reports `jwt_keys: error`. The URL comes from
-//! configuration only: nothing in a token is used to build a request.
+//! refetched when a token names an unknown `kid`:
+//!
+//! - a kid that a fetch did not find is remembered as missing (the negative
+//!   cache): tokens naming it again are refused without a fetch until
+//!   JWKS_COOLDOWN_SECS have passed since that fetch;
+//! - any other unknown kid - one never looked up, or whose miss is older
+//!   than the cooldown - gets a fetch of its own, so a key the identity
+//!   provider starts using the moment it publishes it is found at once,
+//!   however many made-up kids an attacker sends;
+//! - but fetches caused by unknown kids are at most one per tenth of the
+//!   cooldown (3 s by default) after the last fetch of any kind: a flood
+//!   of made-up kids costs at most ten fetches per cooldown. A kid refused
+//!   by that bound is not remembered, so its next token fetches.
+//!
+//! A failed or unusable fetch keeps the last good keys; until a first usable
+//! set arrives every token is refused as `Unavailable` (fail closed) and
+//! `/ready` reports `jwt_keys: error`. The URL comes from configuration
+//! only: nothing in a token is used to build a request, and a redirect is
+//! followed (at most 3) only while it does not leave `https` for another
+//! scheme.
 
 use super::keys::KeySet;
 use super::verifier::{JwtConfig, JwtVerifier};
 use async_trait::async_trait;
 use relay_ports::{AuthError, Claims, InvalidToken, TokenVerifier};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,6 +35,12 @@ use tracing::{info, warn};
 
 /// The least time the refresher waits between two fetches.
 const MIN_RETRY: Duration = Duration::from_secs(1);
+
+/// Redirects followed, at most.
+const MAX_REDIRECTS: usize = 3;
+
+/// Kids remembered as missing, at most.
+const MAX_MISSING: usize = 10_000;
 
 /// Where and how often to fetch.
 #[derive(Clone, Debug)]
@@ -40,6 +60,27 @@ pub struct JwksConfig {
 }
 
 impl JwksConfig {
+    /// Whether the URL is plain `http://` to a host other than the loopback
+    /// interface: whoever can answer in the identity service's place could
+    /// then hand out keys and mint valid tokens.
+    pub fn is_plain_http_to_another_host(&self) -> bool {
+        let Ok(url) = reqwest::Url::parse(&self.url) else {
+            return false;
+        };
+        if url.scheme() != "http" {
+            return false;
+        }
+        let Some(host) = url.host_str() else {
+            return true;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        !loopback
+    }
+
     pub fn new(url: impl Into<String>) -> Self {
         JwksConfig {
             url: url.into(),
@@ -69,8 +110,29 @@ pub enum JwksError {
 
 struct FetchState {
     last_attempt: Option<Instant>,
-    /// Kids looked for and not found since the last successful fetch.
-    missing: HashSet<String>,
+    /// Kids a successful fetch made for them did not find, with the time
+    /// of that fetch (the negative cache).
+    missing: HashMap<String, Instant>,
+}
+
+/// Whether a redirect from the chain `previous` (the first is the
+/// configured URL) to `next` may be followed: never from `https` to another
+/// scheme, since whoever answers the plain request could then hand out
+/// keys that mint valid tokens.
+pub(crate) fn redirect_allowed(previous: &[reqwest::Url], next: &reqwest::Url) -> bool {
+    next.scheme() == "https" || previous.iter().all(|u| u.scheme() != "https")
+}
+
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else if !redirect_allowed(attempt.previous(), attempt.url()) {
+            attempt.error("redirect from https to another scheme refused")
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// A token verifier whose keys come from a JWKS URL.
@@ -97,7 +159,7 @@ impl JwksVerifier {
     pub fn new(config: JwksConfig, jwt: JwtConfig) -> Arc<JwksVerifier> {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirect_policy())
             .build()
             .expect("an HTTP client with default TLS settings");
         Arc::new(JwksVerifier {
@@ -106,7 +168,7 @@ impl JwksVerifier {
             client,
             state: tokio::sync::Mutex::new(FetchState {
                 last_attempt: None,
-                missing: HashSet::new(),
+                missing: HashMap::new(),
             }),
             fetches: AtomicU64::new(0),
             metrics: std::sync::OnceLock::new(),
@@ -141,7 +203,6 @@ impl JwksVerifier {
             Ok(keys) => {
                 let n = keys.len();
                 self.verifier.set_keys(keys.clone());
-                state.missing.clear();
                 info!(url = %self.config.url, keys = n, "token keys loaded");
                 Ok(n)
             }
@@ -189,28 +250,40 @@ impl JwksVerifier {
         Ok(keys)
     }
 
-    /// A token named `kid`, which the keys do not have: refetch unless a
-    /// fetch happened within the cooldown. Returns whether the kid is now
-    /// known.
+    /// A token named `kid`, which the keys do not have: refetch unless the
+    /// kid is known to be missing (within the cooldown) or a fetch happened
+    /// within a tenth of the cooldown (module docs). Returns whether the
+    /// kid is now known.
     async fn look_for(&self, kid: &str) -> bool {
         let mut state = self.state.lock().await;
         if self.verifier.keys().get(kid).is_some() {
             // Another request's fetch found it meanwhile.
             return true;
         }
-        let recent = state
-            .last_attempt
-            .is_some_and(|t| t.elapsed() < self.config.cooldown);
-        if recent {
-            if state.missing.len() < 10_000 {
-                state.missing.insert(kid.to_owned());
-            }
+        let cooldown = self.config.cooldown;
+        if state
+            .missing
+            .get(kid)
+            .is_some_and(|at| at.elapsed() < cooldown)
+        {
             return false;
         }
-        let _ = self.refresh_locked(&mut state).await;
+        let recent = state
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < cooldown / 10);
+        if recent {
+            // Not remembered: the kid was not looked for.
+            return false;
+        }
+        let fetched = self.refresh_locked(&mut state).await.is_ok();
         let found = self.verifier.keys().get(kid).is_some();
-        if !found && state.missing.len() < 10_000 {
-            state.missing.insert(kid.to_owned());
+        if fetched && !found {
+            if state.missing.len() >= MAX_MISSING {
+                state.missing.retain(|_, at| at.elapsed() < cooldown);
+            }
+            if state.missing.len() < MAX_MISSING {
+                state.missing.insert(kid.to_owned(), Instant::now());
+            }
         }
         found
     }
@@ -278,5 +351,41 @@ impl TokenVerifier for JwksVerifier {
 
     fn has_keys(&self) -> bool {
         self.verifier.has_keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{JwksConfig, redirect_allowed};
+
+    #[test]
+    fn plain_http_is_flagged_unless_it_stays_on_this_machine() {
+        let flagged = |u: &str| JwksConfig::new(u).is_plain_http_to_another_host();
+        assert!(flagged("http://shield.default.svc.cluster.local/jwks.json"));
+        assert!(flagged("HTTP://10.0.0.1:8000/jwks.json"));
+        assert!(!flagged("https://shield.materi.dev/.well-known/jwks.json"));
+        assert!(!flagged("http://127.0.0.1:8081/.well-known/jwks.json"));
+        assert!(!flagged("http://localhost:8081/.well-known/jwks.json"));
+        assert!(!flagged("http://[::1]:8081/.well-known/jwks.json"));
+    }
+
+    fn urls(list: &[&str]) -> Vec<reqwest::Url> {
+        list.iter().map(|u| u.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_redirect_never_leaves_https() {
+        let next = |u: &str| u.parse::<reqwest::Url>().unwrap();
+        let https = urls(&["https://idp.example/jwks"]);
+        assert!(redirect_allowed(&https, &next("https://cdn.example/jwks")));
+        assert!(!redirect_allowed(&https, &next("http://idp.example/jwks")));
+        assert!(!redirect_allowed(&https, &next("ftp://idp.example/jwks")));
+        // Once https, always https, however many hops later.
+        let chain = urls(&["https://idp.example/a", "https://idp.example/b"]);
+        assert!(!redirect_allowed(&chain, &next("http://idp.example/c")));
+        // A plain-HTTP JWKS (development) may be redirected, to either.
+        let plain = urls(&["http://devkeys:8081/jwks"]);
+        assert!(redirect_allowed(&plain, &next("http://devkeys:8081/other")));
+        assert!(redirect_allowed(&plain, &next("https://idp.example/jwks")));
     }
 }

@@ -16,7 +16,9 @@ pub mod keys;
 pub mod testing;
 pub mod verifier;
 
-pub use dev::{DevKeyError, DevKeys, TokenRequest};
+#[cfg(unix)]
+pub use dev::check_private_file;
+pub use dev::{DevKeyError, DevKeys, KeyFileRefusal, TokenRequest};
 pub use jwks::{JwksConfig, JwksError, JwksVerifier};
 pub use keys::{KeySet, KeySetError, SkippedKey, VerificationKey};
 pub use verifier::{JwtConfig, JwtVerifier};

@@ -159,6 +159,76 @@ async fn an_unknown_kid_flood_fetches_at_most_once_per_cooldown() {
     assert!(verifier.verify(&rs256(&claims())).await.is_ok());
 }
 
+/// Moves the paused-capable clock on by `by` (the verifier's times are
+/// tokio's), then lets real time run again for the HTTP requests.
+async fn advance(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+/// The negative cache (F12): a kid never looked up gets a fetch even
+/// within the cooldown of another kid's fetch - so a made-up kid every
+/// cooldown cannot hide a key the identity provider has just published -
+/// while a kid known to be missing waits for the cooldown, and fetches
+/// caused by unknown kids stay at most one per tenth of the cooldown.
+#[tokio::test]
+async fn a_kid_never_looked_up_gets_a_fetch_and_a_known_missing_kid_waits_for_the_cooldown() {
+    let server = server(JWKS).await;
+    let cooldown = Duration::from_secs(30);
+    let verifier = verifier(server.url(), cooldown);
+    verifier.refresh().await.unwrap();
+    let fetches = |n: u64| {
+        let verifier = verifier.clone();
+        move |what: &str| assert_eq!(verifier.fetch_count(), n, "{what}")
+    };
+    fetches(1)("the first refresh");
+
+    // An attacker's made-up kid, past the cooldown: looked for once.
+    advance(cooldown + Duration::from_secs(1)).await;
+    assert_eq!(verifier.verify(&made_up_kid(1)).await, unknown_kid());
+    fetches(2)("a made-up kid never looked up");
+    assert_eq!(verifier.verify(&made_up_kid(1)).await, unknown_kid());
+    fetches(2)("the same kid again, known to be missing");
+
+    // 4 s later the identity provider publishes a new key and signs with
+    // it at once: its kid was never looked up, so it fetches although the
+    // last fetch is well within the cooldown.
+    advance(Duration::from_secs(4)).await;
+    let new_key = DevKeys::from_seed([7; 32]);
+    let mut both: Value = serde_json::from_str(JWKS).unwrap();
+    both["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::to_value(&new_key.jwks().keys[0]).unwrap());
+    server.answer(200, &both.to_string());
+    let token = new_key.editor_token(user(), Duration::from_secs(300));
+    assert_eq!(verifier.verify(&token).await.unwrap().user, user());
+    fetches(3)("a newly published kid");
+    assert!(verifier.verify(&token).await.is_ok());
+    fetches(3)("a known kid");
+
+    // The known-missing kid still waits for its cooldown.
+    advance(Duration::from_secs(4)).await;
+    assert_eq!(verifier.verify(&made_up_kid(1)).await, unknown_kid());
+    fetches(3)("a known-missing kid within its cooldown");
+
+    // New kids: one fetch per tenth of the cooldown (3 s); a kid refused
+    // by that bound is not remembered and fetches once the bound allows.
+    assert_eq!(verifier.verify(&made_up_kid(2)).await, unknown_kid());
+    fetches(4)("a new kid 4 s after the last fetch");
+    assert_eq!(verifier.verify(&made_up_kid(3)).await, unknown_kid());
+    fetches(4)("another new kid at once: over the global bound");
+    advance(Duration::from_secs(4)).await;
+    assert_eq!(verifier.verify(&made_up_kid(3)).await, unknown_kid());
+    fetches(5)("that kid once the bound allows: it was not remembered");
+
+    // Once its cooldown is over, the missing kid is looked for again.
+    advance(cooldown).await;
+    assert_eq!(verifier.verify(&made_up_kid(1)).await, unknown_kid());
+    fetches(6)("a missing kid past its cooldown");
+}
+
 #[tokio::test]
 async fn with_cooldown_zero_a_rotated_in_kid_is_found() {
     let server = server(JWKS).await;

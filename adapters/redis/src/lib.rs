@@ -14,6 +14,19 @@
 //!   filling a gap without reading PostgreSQL.
 //! - `presence`: [`RedisPresence`] - entries per (document, client) that
 //!   expire unless refreshed.
+//!
+//! # Authentication and TLS
+//!
+//! The URL carries the credentials: `redis://:password@host:6379/0`
+//! (`requirepass`) or `redis://user:password@host:6379/0` (an ACL user).
+//! `rediss://` connects over TLS (rustls) and verifies the server's
+//! certificate and host name against the system's CA certificates (the
+//! image's `ca-certificates`), or - when [`RedisSettings::tls_ca_file`]
+//! (REDIS_CA_FILE) is set - against that CA only, for a Redis with a
+//! certificate from a private CA. Verification cannot be turned off
+//! (`rediss://...#insecure` is refused). [`connect`] sends a `PING` before
+//! it returns, so a wrong password or a server that wants one fails at
+//! start, with Redis's own words (`WRONGPASS`, `NOAUTH`).
 
 mod bus;
 mod presence;
@@ -23,6 +36,7 @@ pub use presence::RedisPresence;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use relay_ports::Cause;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How Relay talks to Redis.
@@ -45,6 +59,10 @@ pub struct RedisSettings {
     /// ...for this long after the document's last publish
     /// (OPERATION_HISTORY_TTL).
     pub history_ttl: Duration,
+    /// REDIS_CA_FILE: with a `rediss://` URL, the PEM file of the CA (or
+    /// CAs) the server's certificate must chain to, instead of the system's
+    /// CA certificates. Refused with a `redis://` URL.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisSettings {
@@ -56,6 +74,7 @@ impl Default for RedisSettings {
             history_ops: 500,
             history_op_bytes: 8192,
             history_ttl: Duration::from_secs(600),
+            tls_ca_file: None,
         }
     }
 }
@@ -64,6 +83,22 @@ impl Default for RedisSettings {
 #[derive(Debug, thiserror::Error)]
 #[error("redis: {0}")]
 pub struct RedisError(String);
+
+impl RedisError {
+    /// Redis's own words, with a hint where the cause is the credentials
+    /// (never the URL itself, which holds the password).
+    fn from_redis(e: redis::RedisError) -> RedisError {
+        let auth = matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
+            || e.code().is_some_and(|c| c == "NOAUTH" || c == "WRONGPASS");
+        if auth {
+            RedisError(format!(
+                "{e} (the user and password of REDIS_URL: redis://user:password@host:port)"
+            ))
+        } else {
+            RedisError(e.to_string())
+        }
+    }
+}
 
 /// Command connections (reconnecting with backoff) used round-robin.
 #[derive(Clone)]
@@ -93,7 +128,7 @@ impl Commands {
             let c = client
                 .get_connection_manager_with_config(config.clone())
                 .await
-                .map_err(|e| RedisError(e.to_string()))?;
+                .map_err(RedisError::from_redis)?;
             connections.push(c);
         }
         Ok(Commands {
@@ -157,11 +192,89 @@ pub async fn connect_with_metrics(
     settings: RedisSettings,
     metrics: std::sync::Arc<dyn relay_ports::Metrics>,
 ) -> Result<(RedisBus, RedisPresence), RedisError> {
-    let client = redis::Client::open(url).map_err(|e| RedisError(e.to_string()))?;
+    let client = client(url, &settings)?;
     let commands = Commands::connect(&client, &settings).await?;
+    // The connection manager connects without asking anything: a missing
+    // or wrong password would only show in the first command.
+    let mut conn = commands.get();
+    match tokio::time::timeout(
+        settings.call_timeout,
+        redis::cmd("PING").query_async::<()>(&mut conn),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(RedisError::from_redis(e)),
+        Err(_) => return Err(RedisError("PING: no answer in time".into())),
+    }
     let bus = RedisBus::start(client, commands.clone(), &settings, metrics);
     if !bus.connected_within(settings.call_timeout).await {
         return Err(RedisError("the pub/sub connection did not come up".into()));
     }
     Ok((bus, RedisPresence::new(commands)))
+}
+
+/// The client for `url`: over TLS for `rediss://`, trusting
+/// `settings.tls_ca_file` when set.
+fn client(url: &str, settings: &RedisSettings) -> Result<redis::Client, RedisError> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| RedisError(e.to_string()))?;
+    let Some(ca_file) = &settings.tls_ca_file else {
+        return redis::Client::open(info).map_err(|e| RedisError(e.to_string()));
+    };
+    if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return Err(RedisError(
+            "REDIS_CA_FILE is set but REDIS_URL is not a rediss:// (TLS) URL".into(),
+        ));
+    }
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| RedisError(format!("REDIS_CA_FILE {}: {e}", ca_file.display())))?;
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+    .map_err(|e| RedisError(format!("REDIS_CA_FILE {}: {e}", ca_file.display())))
+}
+
+/// What a `REDIS_URL` leaves open, for a warning at start: `None` when it
+/// names a password, or a host on this machine; otherwise why not.
+pub fn url_weakness(url: &str) -> Option<&'static str> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().ok()?;
+    let host = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => host,
+        _ => return None,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback || info.redis_settings().password().is_some() {
+        return None;
+    }
+    Some(
+        "REDIS_URL names no password: whoever can reach Redis can inject operations \
+         that every instance applies; use redis://user:password@host (or rediss://)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_weakness;
+
+    #[test]
+    fn a_redis_url_without_a_password_is_flagged_unless_on_this_machine() {
+        assert!(url_weakness("redis://redis:6379").is_some());
+        assert!(url_weakness("rediss://redis.internal:6379/0").is_some());
+        assert!(url_weakness("redis://:secret@redis:6379").is_none());
+        assert!(url_weakness("rediss://relay:secret@redis:6379/0").is_none());
+        assert!(url_weakness("redis://127.0.0.1:6379").is_none());
+        assert!(url_weakness("redis://localhost:6379").is_none());
+    }
 }

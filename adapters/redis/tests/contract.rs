@@ -28,6 +28,7 @@ fn settings() -> RedisSettings {
         history_ops: 100,
         history_op_bytes: 1024,
         history_ttl: Duration::from_secs(60),
+        tls_ca_file: None,
     }
 }
 

@@ -6,6 +6,8 @@
 //! connection (deadlines, stalls, heartbeats, expiry) is read here in order.
 
 use super::WsConfig;
+use crate::admission::PendingPlace;
+use crate::first_frame::{FirstFrameLimit, is_too_big};
 use futures::{SinkExt, StreamExt};
 use relay_domain::DocumentId;
 use relay_ports::metrics::RejectReason;
@@ -19,15 +21,51 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{
+    CloseCode as WsCloseCode, Data, OpCode,
+};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tracing::{debug, info};
 
 /// Frames written per flush at most, so one busy connection cannot hog the
 /// task.
 const WRITE_BATCH: usize = 64;
+
+/// The largest WebSocket frame the server writes: a larger message goes
+/// out as fragments of this size, each written once the previous one is
+/// flushed, so a client that does not read holds at most about one
+/// fragment of its own (a `joined`'s shared content is not copied per
+/// connection).
+pub(super) const FRAGMENT_BYTES: usize = 64 << 10;
+
+/// What tungstenite may buffer beyond its write buffer: one frame of at
+/// most [`FRAGMENT_BYTES`] plus its header, a pong and a close frame.
+pub(super) const MAX_WRITE_AHEAD: usize = FRAGMENT_BYTES + 1024;
+
+/// The longest any single write before the join may take: a client that
+/// does not take a small error or close frame in this time is not reading.
+const PREJOIN_WRITE: Duration = Duration::from_secs(1);
+
+/// What the join phase may take beyond AUTH_TIMEOUT_SECS: to answer the
+/// join (or refuse it) and close.
+const PREJOIN_CLOSE: Duration = Duration::from_secs(2);
+
+/// The WebSocket stream of one connection.
+type Ws<S> = WebSocketStream<FirstFrameLimit<S>>;
+
+/// What an upgraded connection holds until it joins.
+pub(super) struct Admitted {
+    /// Its slot under MAX_CONNECTIONS (the service keeps it once joined).
+    pub(super) slot: ConnectionSlot,
+    /// Its place in its address's pending budget, freed once joined.
+    pub(super) pending: Option<PendingPlace>,
+    /// When the upgrade completed: the join phase's deadlines count from
+    /// here.
+    pub(super) upgraded_at: Instant,
+}
 
 enum First {
     Text(String),
@@ -35,7 +73,7 @@ enum First {
     Fail(CloseCode, &'static str),
 }
 
-async fn first_frame<S>(stream: &mut WebSocketStream<S>) -> First
+async fn first_frame<S>(stream: &mut Ws<S>) -> First
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -60,6 +98,7 @@ fn read_error(e: &WsError) -> First {
         }
         WsError::Utf8(_) => First::Fail(CloseCode::UnsupportedData, "text frame is not UTF-8"),
         WsError::Protocol(_) => First::Fail(CloseCode::Policy, "WebSocket protocol error"),
+        WsError::Io(e) if is_too_big(e) => First::Fail(CloseCode::TooBig, "join too big"),
         _ => First::Closed("connection error"),
     }
 }
@@ -67,12 +106,8 @@ fn read_error(e: &WsError) -> First {
 /// Sends a close frame and waits briefly for the peer's. A peer that does
 /// not take the frame within `stall` (it stopped reading: the socket is
 /// full) is dropped without it.
-async fn send_close<S>(
-    stream: &mut WebSocketStream<S>,
-    code: CloseCode,
-    reason: &str,
-    stall: Duration,
-) where
+async fn send_close<S>(stream: &mut Ws<S>, code: CloseCode, reason: &str, stall: Duration)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // A close reason is limited to 123 bytes.
@@ -127,32 +162,47 @@ struct Counts {
 }
 
 pub(super) async fn run<S>(
-    mut stream: WebSocketStream<S>,
+    mut stream: Ws<S>,
     service: Arc<dyn CollaborationService>,
     config: &WsConfig,
     metrics: &dyn Metrics,
     document: DocumentId,
     bearer: Option<String>,
-    slot: ConnectionSlot,
+    admitted: Admitted,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let opened = Instant::now();
+    // One deadline for the whole join phase, whatever the client reads or
+    // does not: AUTH_TIMEOUT_SECS for the join to arrive, and at most
+    // PREJOIN_CLOSE more to answer or close (PROTOCOL.md, "Before the
+    // join").
+    let end = admitted.upgraded_at + config.auth_timeout + PREJOIN_CLOSE;
+    let pending = admitted.pending;
     // The join phase is boxed: its state (timeouts, close handshakes) is
     // freed once joined instead of sizing every idle connection's task.
-    let Some(started) = Box::pin(join_phase(
+    let phase = Box::pin(join_phase(
         &mut stream,
         &*service,
         config,
         metrics,
         document,
         bearer,
-        slot,
-    ))
-    .await
-    else {
-        return;
+        admitted.slot,
+        admitted.upgraded_at,
+    ));
+    let started = match tokio::time::timeout_at(end, phase).await {
+        Ok(Some(started)) => started,
+        Ok(None) => return,
+        Err(_) => {
+            debug!(%document, "join phase over its deadline: dropped");
+            return;
+        }
     };
+    // Joined: no longer pending, and later messages may be up to
+    // MAX_MESSAGE_BYTES.
+    drop(pending);
+    stream.get_mut().lift();
     let Started {
         mut session,
         mut outbound,
@@ -191,20 +241,25 @@ pub(super) async fn run<S>(
     );
 }
 
-/// Waits for the `join` (within AUTH_TIMEOUT) and hands it to the service.
+/// Waits for the `join` (within AUTH_TIMEOUT of the upgrade) and hands it
+/// to the service. Every write here is bounded by [`PREJOIN_WRITE`]; the
+/// caller bounds the whole by AUTH_TIMEOUT + [`PREJOIN_CLOSE`].
+#[allow(clippy::too_many_arguments)]
 async fn join_phase<S>(
-    stream: &mut WebSocketStream<S>,
+    stream: &mut Ws<S>,
     service: &dyn CollaborationService,
     config: &WsConfig,
     metrics: &dyn Metrics,
     document: DocumentId,
     bearer: Option<String>,
     slot: ConnectionSlot,
+    upgraded_at: Instant,
 ) -> Option<Started>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let first = match tokio::time::timeout(config.auth_timeout, first_frame(stream)).await {
+    let auth_deadline = upgraded_at + config.auth_timeout;
+    let first = match tokio::time::timeout_at(auth_deadline, first_frame(stream)).await {
         Err(_) => First::Fail(CloseCode::JoinTimeout, "no join in time"),
         Ok(f) => f,
     };
@@ -217,7 +272,7 @@ where
         First::Fail(code, why) => {
             debug!(%document, code = code.as_u16(), why, "connection refused before join");
             metrics.connection_rejected(RejectReason::BadRequest);
-            send_close(stream, code, why, config.heartbeat_timeout).await;
+            send_close(stream, code, why, PREJOIN_WRITE).await;
             return None;
         }
     };
@@ -225,32 +280,44 @@ where
     let join = match ClientMessage::decode(&text) {
         Ok(ClientMessage::Join(j)) => j,
         Ok(_) => {
+            drop(text);
             metrics.connection_rejected(RejectReason::BadRequest);
-            bad_first(stream, "the first message must be `join`", config).await;
+            bad_first(stream, "the first message must be `join`").await;
             return None;
         }
         Err(e) => {
+            drop(text);
             metrics.connection_rejected(RejectReason::BadRequest);
-            bad_first(stream, &e.message, config).await;
+            bad_first(stream, &e.message).await;
             return None;
         }
     };
-    match service.join(slot, document, bearer, join).await {
-        Ok(s) => Some(s),
-        Err(refusal) => {
+    drop(text);
+    // The service has until the join phase's end less one write to answer.
+    let answer_by = auth_deadline + PREJOIN_CLOSE - PREJOIN_WRITE;
+    let joined = tokio::time::timeout_at(answer_by, service.join(slot, document, bearer, join));
+    match joined.await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(refusal)) => {
             // Counted by the service, which knows why.
             let reason = refusal.to_string();
             info!(target: "relay::connection", %document, close_code = refusal.close_code().as_u16(), %reason, "join refused");
             if let Some(code) = refusal.error_code() {
                 let frame = ServerMessage::error(code, &reason, None, true).encode();
                 let send = stream.send(Message::text(frame));
-                let _ = tokio::time::timeout(config.heartbeat_timeout, send).await;
+                let _ = tokio::time::timeout(PREJOIN_WRITE, send).await;
             }
+            send_close(stream, refusal.close_code(), &reason, PREJOIN_WRITE).await;
+            None
+        }
+        Err(_) => {
+            info!(target: "relay::connection", %document, "join not answered in time");
+            metrics.connection_rejected(RejectReason::Unavailable);
             send_close(
                 stream,
-                refusal.close_code(),
-                &reason,
-                config.heartbeat_timeout,
+                CloseCode::TryAgainLater,
+                "join not answered in time; try again",
+                PREJOIN_WRITE,
             )
             .await;
             None
@@ -258,24 +325,26 @@ where
     }
 }
 
-async fn bad_first<S>(stream: &mut WebSocketStream<S>, message: &str, config: &WsConfig)
+/// Refuses a first message that is not a valid `join`: an `error`, then
+/// close 4400, each write bounded by [`PREJOIN_WRITE`].
+async fn bad_first<S>(stream: &mut Ws<S>, message: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let frame = ServerMessage::error(ErrorCode::BadMessage, message, None, true).encode();
-    let _ = stream.send(Message::text(frame)).await;
+    let _ = tokio::time::timeout(PREJOIN_WRITE, stream.send(Message::text(frame))).await;
     send_close(
         stream,
         CloseCode::BadFirstMessage,
         "the first message must be a valid join",
-        config.heartbeat_timeout,
+        PREJOIN_WRITE,
     )
     .await;
 }
 
 /// Moves frames until the connection ends; returns why.
 async fn pump<S>(
-    stream: &mut WebSocketStream<S>,
+    stream: &mut Ws<S>,
     session: &mut dyn Session,
     outbound: &mut OutboundQueue,
     close_rx: &mut tokio::sync::watch::Receiver<Option<relay_ports::CloseOrder>>,
@@ -387,7 +456,7 @@ const STALLED: &str = "write stalled: the client is not reading";
 /// then the stuck write is abandoned and the close is sent instead.
 /// Returns a reason if the connection ended.
 async fn write_guarded<S>(
-    stream: &mut WebSocketStream<S>,
+    stream: &mut Ws<S>,
     outbound: &mut OutboundQueue,
     first: Outbound,
     close_rx: &mut tokio::sync::watch::Receiver<Option<relay_ports::CloseOrder>>,
@@ -424,13 +493,16 @@ async fn close_ordered(
 }
 
 /// Writes one outbound item and whatever else is already queued, then
-/// flushes. A write that makes no progress for `stall` means the client
-/// stopped reading (it is not answering pings either, and the heartbeat
-/// cannot fire while a write is pending): the connection is dropped rather
-/// than holding its task, slot and socket buffers forever. Returns a reason
-/// if the connection ended.
+/// flushes. Small messages are fed together and flushed once (one write
+/// for several frames); a message larger than [`FRAGMENT_BYTES`] is written
+/// as fragments, each flushed before the next is taken (see
+/// [`write_fragmented`]). A write that makes no progress for `stall` means
+/// the client stopped reading (it is not answering pings either, and the
+/// heartbeat cannot fire while a write is pending): the connection is
+/// dropped rather than holding its task, slot and socket buffers forever.
+/// Returns a reason if the connection ended.
 async fn write_batch<S>(
-    stream: &mut WebSocketStream<S>,
+    stream: &mut Ws<S>,
     outbound: &mut OutboundQueue,
     first: Outbound,
     stall: Duration,
@@ -444,18 +516,12 @@ where
     let mut next = Some(first);
     let mut written = 0;
     while let Some(out) = next.take() {
+        let len = match &out {
+            Outbound::Text(t) => t.len(),
+            Outbound::Joined(j) => j.len(),
+            Outbound::Close(_) => 0,
+        };
         match out {
-            Outbound::Text(_) | Outbound::Joined(_) => {
-                let frame = out.text().unwrap_or_default();
-                match timeout(stall, stream.feed(Message::text(frame.as_ref()))).await {
-                    Ok(Ok(())) => {
-                        metrics.message_sent(frame.len());
-                        counts.sent += 1;
-                    }
-                    Ok(Err(_)) => return Some(Ended::dropped("connection error")),
-                    Err(_) => return Some(Ended::dropped(STALLED)),
-                }
-            }
             Outbound::Close(order) => {
                 if let Err(_) | Ok(Err(_)) = timeout(stall, stream.flush()).await {
                     return Some(Ended::dropped(order.reason));
@@ -463,7 +529,34 @@ where
                 Box::pin(send_close(stream, order.code, &order.reason, stall)).await;
                 return Some(Ended::sent(order.code, order.reason));
             }
+            out if len > FRAGMENT_BYTES => {
+                let pieces = match out {
+                    Outbound::Text(t) => vec![shared_bytes(t)],
+                    Outbound::Joined(j) => {
+                        let j = *j;
+                        vec![
+                            Bytes::from(j.head),
+                            shared_bytes(j.shared),
+                            Bytes::from(j.tail),
+                        ]
+                    }
+                    Outbound::Close(_) => Vec::new(),
+                };
+                if let Some(ended) = Box::pin(write_fragmented(stream, pieces, stall)).await {
+                    return Some(ended);
+                }
+            }
+            out => {
+                let frame = out.text().unwrap_or_default();
+                match timeout(stall, stream.feed(Message::text(frame.as_ref()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Some(Ended::dropped("connection error")),
+                    Err(_) => return Some(Ended::dropped(STALLED)),
+                }
+            }
         }
+        metrics.message_sent(len);
+        counts.sent += 1;
         written += 1;
         if written < WRITE_BATCH {
             next = outbound.try_recv();
@@ -474,4 +567,60 @@ where
         Ok(Err(_)) => Some(Ended::dropped("connection error")),
         Err(_) => Some(Ended::dropped(STALLED)),
     }
+}
+
+/// A shared text as bytes, without copying it.
+fn shared_bytes(text: Arc<str>) -> Bytes {
+    struct Shared(Arc<str>);
+    impl AsRef<[u8]> for Shared {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+    }
+    Bytes::from_owner(Shared(text))
+}
+
+/// Writes `pieces`, one text message, as fragments of at most
+/// [`FRAGMENT_BYTES`] (RFC 6455 5.4: a text frame without FIN, then
+/// continuation frames, the last with FIN). What was fed before is flushed
+/// first; each fragment is a slice of its piece (no copy but tungstenite's
+/// one of the fragment) and is flushed before the next, each within
+/// `stall`. A fragment may end inside a UTF-8 sequence: clients check the
+/// whole message.
+async fn write_fragmented<S>(
+    stream: &mut Ws<S>,
+    pieces: Vec<Bytes>,
+    stall: Duration,
+) -> Option<Ended>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::time::timeout;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    for piece in pieces {
+        let mut at = 0;
+        while at < piece.len() {
+            let end = (at + FRAGMENT_BYTES).min(piece.len());
+            chunks.push(piece.slice(at..end));
+            at = end;
+        }
+    }
+    if let Err(_) | Ok(Err(_)) = timeout(stall, stream.flush()).await {
+        return Some(Ended::dropped(STALLED));
+    }
+    let last = chunks.len().saturating_sub(1);
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let frame = Frame::message(chunk, opcode, i == last);
+        match timeout(stall, stream.send(Message::Frame(frame))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Some(Ended::dropped("connection error")),
+            Err(_) => return Some(Ended::dropped(STALLED)),
+        }
+    }
+    None
 }

@@ -1,45 +1,86 @@
 //! Plain HTTP routes: `/health`, `/ready`, `/.well-known/jwks.json`.
 
-use relay_ports::CollaborationService;
+use crate::admission::AdmissionCell;
+use relay_ports::{CollaborationService, Readiness};
 use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-/// `/health`: the seed's liveness JSON.
+/// `/health`: the seed's liveness JSON. `active_connections` counts every
+/// connection holding a slot (joined, or accepted and not yet joined)
+/// except the one asking.
 pub(super) fn health(
     service: Arc<dyn CollaborationService>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     warp::path("health")
         .and(warp::path::end())
         .and(warp::get())
-        .map(move || {
+        .and(warp::ext::optional::<AdmissionCell>())
+        .map(move |asker: Option<AdmissionCell>| {
             let h = service.health();
+            let own = usize::from(asker.is_some_and(|a| a.holds_slot()));
             warp::reply::json(&json!({
                 "status": "healthy",
                 "version": h.version,
                 "uptime_seconds": h.uptime_seconds,
-                "active_connections": h.active_connections,
+                "active_connections": h.active_connections.saturating_sub(own),
                 "active_documents": h.active_documents,
             }))
             .into_response()
         })
 }
 
+/// How long one run of `/ready`'s dependency checks answers for.
+pub(super) const READY_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// `/ready`'s dependency checks, run at most once per
+/// [`READY_CHECK_EVERY`]: one request runs them while the others wait for
+/// its result (a public endpoint must not turn each request into a
+/// database query and a Redis round trip).
+struct ReadyChecks {
+    service: Arc<dyn CollaborationService>,
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, Readiness)>>,
+}
+
+impl ReadyChecks {
+    async fn get(&self) -> Readiness {
+        let mut last = self.last.lock().await;
+        if let Some((at, r)) = &*last
+            && at.elapsed() < READY_CHECK_EVERY
+        {
+            return r.clone();
+        }
+        let r = self.service.readiness().await;
+        *last = Some((tokio::time::Instant::now(), r.clone()));
+        r
+    }
+}
+
 /// `/ready`: 200 when every dependency answers and the server is not
-/// draining, 503 otherwise.
+/// draining, 503 otherwise. A connection accepted while the server drains
+/// always sees it draining, whatever the shared result says.
 pub(super) fn ready(
     service: Arc<dyn CollaborationService>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let checks = Arc::new(ReadyChecks {
+        service,
+        last: tokio::sync::Mutex::new(None),
+    });
     warp::path("ready")
         .and(warp::path::end())
         .and(warp::get())
-        .then(move || {
-            let service = service.clone();
+        .and(warp::ext::optional::<AdmissionCell>())
+        .then(move |asker: Option<AdmissionCell>| {
+            let checks = checks.clone();
             async move {
-                let r = service.readiness().await;
+                let mut r = checks.get().await;
+                if asker.is_some_and(|a| a.draining()) {
+                    r.draining = true;
+                }
                 let checks: serde_json::Map<String, serde_json::Value> = r
                     .checks
                     .iter()

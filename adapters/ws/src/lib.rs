@@ -9,18 +9,36 @@
 //! `WebSocketStream::from_raw_socket` and small buffers (see
 //! [`WsConfig::read_buffer_bytes`]).
 //!
+//! The routes are served by Relay's own accept loop ([`serve`]), not
+//! `warp::serve`: HTTP/1.1 only, a header timeout, a head cap, and every
+//! connection admitted (a slot, a place in its address's pending budget)
+//! when it is accepted.
+//!
 //! # Layout
 //!
+//! - `server`: the accept loop: admission at accept, HTTP/1.1 with its
+//!   timeouts, the bounded drain on shutdown.
+//! - `admission`: what a connection holds until it joins (its slot, its
+//!   address's pending place).
 //! - `upgrade`: the handshake: path, subprotocol, origin, admission,
 //!   bearer token, `101 Switching Protocols`.
-//! - `connection`: one connection's loop: join timeout, frames to and from
-//!   the session, heartbeat, token expiry, close codes.
-//! - `http`: `/health`, `/ready`, JWKS.
+//! - `connection`: one connection's loop: the join phase under one
+//!   deadline, frames to and from the session, heartbeat, token expiry,
+//!   close codes, large messages written in fragments.
+//! - `first_frame`: the 16 KiB limit of the first message, read on the
+//!   frame headers as bytes arrive.
+//! - `http`: `/health`, `/ready` (its checks shared, at most once a
+//!   second), JWKS.
 
+mod admission;
 mod connection;
+mod first_frame;
 mod http;
 pub mod metrics;
+mod server;
 mod upgrade;
+
+pub use server::{DRAIN_LIMIT, MAX_HEAD_BYTES, OVERFLOW_CONNECTIONS, Port, serve};
 
 use relay_ports::{CollaborationService, Metrics};
 use std::net::SocketAddr;
@@ -41,14 +59,17 @@ pub struct WsConfig {
     pub heartbeat_timeout: Duration,
     /// ALLOWED_ORIGINS: when set, other origins get 403.
     pub allowed_origins: Option<Vec<String>>,
+    /// HEADER_TIMEOUT_SECS: a request head must be complete within it; an
+    /// idle keep-alive connection is closed after it.
+    pub header_timeout: Duration,
+    /// MAX_PENDING_PER_IP: connections from one address not yet joined.
+    pub max_pending_per_ip: usize,
+    /// TRUSTED_PROXIES: peers exempt from `max_pending_per_ip`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// tungstenite's read buffer per connection.
     pub read_buffer_bytes: usize,
     /// tungstenite's write buffer per connection.
     pub write_buffer_bytes: usize,
-    /// The largest frame the server sends (a `joined` with a whole
-    /// document): tungstenite refuses to queue a larger one. A bound, not
-    /// an allocation.
-    pub max_outbound_frame_bytes: usize,
     /// Where the upgraded connections' tasks run.
     pub connections: Connections,
 }
@@ -110,26 +131,39 @@ impl Default for WsConfig {
             // op and a caret waiting at once. Idle connections never grow
             // the buffer past their largest frame (`joined`).
             write_buffer_bytes: 8 << 10,
-            // The application sets it from its document limits.
-            max_outbound_frame_bytes: 256 << 20,
+            header_timeout: Duration::from_secs(10),
+            max_pending_per_ip: 64,
+            trusted_proxies: Vec::new(),
             connections: Connections::default(),
         }
     }
 }
 
-/// Every route of the public port.
+/// Every route of the public port, admitted as `config` says.
 pub fn routes(
     service: Arc<dyn CollaborationService>,
     metrics: Arc<dyn Metrics>,
     config: WsConfig,
     jwks: Option<Arc<str>>,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
+) -> Port<
+    impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
+    + Clone
+    + Send
+    + Sync
+    + 'static,
+> {
+    let admission = server::PublicAdmission {
+        service: service.clone(),
+        metrics: metrics.clone(),
+        pending: admission::PendingTable::new(
+            config.max_pending_per_ip,
+            config.trusted_proxies.clone(),
+        ),
+        overflow: Arc::new(tokio::sync::Semaphore::new(OVERFLOW_CONNECTIONS)),
+    };
+    let header_timeout = config.header_timeout;
     let config = Arc::new(config);
-    upgrade::collab(service.clone(), config, metrics)
+    let filter = upgrade::collab(service.clone(), config, metrics)
         .or(http::health(service.clone()))
         .unify()
         .or(http::ready(service))
@@ -137,27 +171,12 @@ pub fn routes(
         .or(http::jwks(jwks))
         .unify()
         .recover(http::rejection)
-        .unify()
-}
-
-/// Serves `routes` on `listener` until `shutdown` completes; connections
-/// already upgraded keep running (the service closes them).
-pub async fn serve<F>(
-    listener: tokio::net::TcpListener,
-    routes: F,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) where
-    F: Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-{
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+        .unify();
+    Port {
+        filter,
+        header_timeout,
+        admission: Some(admission),
+    }
 }
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener and

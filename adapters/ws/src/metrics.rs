@@ -12,15 +12,19 @@ pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
 /// The content type of Prometheus's text exposition format 0.0.4.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4";
 
-/// The metrics port's routes.
+/// The metrics port's routes, served like the public port (HTTP/1.1 only,
+/// the header timeout, the head cap) without its admission: the port is
+/// for the monitoring system, not the internet.
 pub fn routes(
     text: MetricsText,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    warp::path("metrics")
+) -> crate::Port<
+    impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
+    + Clone
+    + Send
+    + Sync
+    + 'static,
+> {
+    let filter = warp::path("metrics")
         .and(warp::path::end())
         .and(warp::get())
         .map(move || {
@@ -35,5 +39,10 @@ pub fn routes(
                 .body("not found: the metrics are at /metrics\n".into())
                 .unwrap_or_default()
         }))
-        .unify()
+        .unify();
+    crate::Port {
+        filter,
+        header_timeout: crate::server::DEFAULT_HEADER_TIMEOUT,
+        admission: None,
+    }
 }

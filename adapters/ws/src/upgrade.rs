@@ -2,6 +2,8 @@
 
 use super::WsConfig;
 use super::connection;
+use crate::admission::AdmissionCell;
+use crate::first_frame::{FIRST_MESSAGE_BYTES, FirstFrameLimit};
 use relay_domain::DocumentId;
 use relay_ports::metrics::RejectReason;
 use relay_ports::protocol::SUBPROTOCOL;
@@ -28,11 +30,19 @@ pub(super) fn collab(
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::ext::optional::<AdmissionCell>())
         .map(
-            move |id: String, headers: HeaderMap, query: String, on_upgrade: Option<OnUpgrade>| {
-                match handshake(
-                    &service, &config, &metrics, &id, &headers, &query, on_upgrade,
-                ) {
+            move |id: String,
+                  headers: HeaderMap,
+                  query: String,
+                  on_upgrade: Option<OnUpgrade>,
+                  admission: Option<AdmissionCell>| {
+                let request = Request {
+                    id: &id,
+                    headers: &headers,
+                    query: &query,
+                };
+                match handshake(&service, &config, &metrics, request, on_upgrade, admission) {
                     Ok(switching) => switching,
                     Err(refusal) => {
                         metrics.connection_rejected(refusal.reject_reason());
@@ -134,15 +144,48 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
     })
 }
 
+/// The parts of an upgrade request the handshake reads.
+struct Request<'a> {
+    id: &'a str,
+    headers: &'a HeaderMap,
+    query: &'a str,
+}
+
+/// The connection's slot and pending place, taken at accept (`server`);
+/// asked for now when the connection got no slot then (the service was at
+/// capacity or draining), or when it was not accepted by Relay's loop.
+fn admission(
+    service: &Arc<dyn CollaborationService>,
+    cell: Option<AdmissionCell>,
+) -> Result<
+    (
+        relay_ports::ConnectionSlot,
+        Option<crate::admission::PendingPlace>,
+    ),
+    HandshakeRefusal,
+> {
+    let (slot, pending) = match cell.and_then(|c| c.take()) {
+        Some(a) => (a.slot, a.pending),
+        None => (None, None),
+    };
+    match slot {
+        Some(slot) => Ok((slot, pending)),
+        None => match service.admit() {
+            Ok(slot) => Ok((slot, pending)),
+            Err(refusal) => Err(HandshakeRefusal::Service(refusal)),
+        },
+    }
+}
+
 fn handshake(
     service: &Arc<dyn CollaborationService>,
     config: &Arc<WsConfig>,
     metrics: &Arc<dyn Metrics>,
-    id: &str,
-    headers: &HeaderMap,
-    query: &str,
+    request: Request<'_>,
     on_upgrade: Option<OnUpgrade>,
+    cell: Option<AdmissionCell>,
 ) -> Result<WarpResponse, HandshakeRefusal> {
+    let Request { id, headers, query } = request;
     let Ok(uuid) = uuid::Uuid::parse_str(id) else {
         return Err(HandshakeRefusal::NotAUuid);
     };
@@ -207,10 +250,7 @@ fn handshake(
     let Some(on_upgrade) = on_upgrade else {
         return Err(HandshakeRefusal::NotUpgradable);
     };
-    let slot = match service.admit() {
-        Ok(slot) => slot,
-        Err(refusal) => return Err(HandshakeRefusal::Service(refusal)),
-    };
+    let (slot, pending) = admission(service, cell)?;
     let accept = derive_accept_key(key.as_bytes());
     let service = service.clone();
     let config = config.clone();
@@ -225,24 +265,28 @@ fn handshake(
                 return;
             }
         };
+        let admitted = connection::Admitted {
+            slot,
+            pending,
+            upgraded_at: tokio::time::Instant::now(),
+        };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer_bytes)
             .write_buffer_size(config.write_buffer_bytes)
-            .max_write_buffer_size(
-                config
-                    .max_outbound_frame_bytes
-                    .max(config.write_buffer_bytes + 1),
-            )
+            // What tungstenite may hold beyond `write_buffer_size`: the
+            // writer queues a frame only once the previous ones are
+            // flushed, and no frame is larger than one fragment.
+            .max_write_buffer_size(config.write_buffer_bytes + connection::MAX_WRITE_AHEAD)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
-        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let io = FirstFrameLimit::new(hyper_util::rt::TokioIo::new(upgraded), FIRST_MESSAGE_BYTES);
         let stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
         // The connection's future is made here, inside the select, so the
         // task stores it once.
         tokio::select! {
             biased;
             () = stop.cancelled() => {}
-            () = connection::run(stream, service, &config, &*metrics, document, bearer, slot) => {}
+            () = connection::run(stream, service, &config, &*metrics, document, bearer, admitted) => {}
         }
     });
     let mut r = Response::new(warp::hyper::body::Bytes::new().into());

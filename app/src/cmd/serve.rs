@@ -1,17 +1,13 @@
 //! `relay` / `relay serve`: the server, and the shutdown sequence.
 
 use super::ServeArgs;
-use super::TokenArgs;
 use super::devkey::{default_key_file, dev_key};
 use anyhow::Context;
-use relay_adapter_jwt::DevKeys;
 use relay_adapter_ws as ws;
 use relay_app::config::Config;
 use relay_app::{telemetry, wiring};
 use relay_ports::Chain;
 use relay_ports::CollaborationService;
-use relay_ports::protocol::Role;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +86,7 @@ async fn serve(
         None
     };
     let ws_config = config.limits.ws();
+    let header_timeout = ws_config.header_timeout;
     let connections = ws_config.connections.clone();
     let bind = config.listen.bind_address;
     let metrics_addr = std::net::SocketAddr::new(bind.ip(), config.listen.metrics_port);
@@ -110,7 +107,7 @@ async fn serve(
     let stop_metrics = CancellationToken::new();
     let (metrics_addr, metrics_server) = {
         let stop = stop_metrics.clone();
-        telemetry::serve_metrics(metrics.clone(), metrics_addr, async move {
+        telemetry::serve_metrics(metrics.clone(), metrics_addr, header_timeout, async move {
             stop.cancelled().await;
         })
         .await?
@@ -122,7 +119,7 @@ async fn serve(
         .with_context(|| format!("BIND_ADDRESS: cannot bind {bind}"))?;
     info!(%addr, "relay listening");
     if let Some((keys, path)) = &dev {
-        announce_development(keys, path, addr)?;
+        super::devkey::announce_development(keys, path, addr)?;
     } else if relay.config().store.database_url.is_none() {
         warn!(
             "no DATABASE_URL: operations are kept in memory and nothing persists across restarts"
@@ -153,35 +150,5 @@ async fn serve(
     wired.background.stop().await;
     drop(wired);
     info!("stopped");
-    Ok(())
-}
-
-fn announce_development(
-    keys: &DevKeys,
-    path: &Path,
-    addr: std::net::SocketAddr,
-) -> anyhow::Result<()> {
-    let token = super::token::mint(
-        keys,
-        &TokenArgs {
-            sub: None,
-            doc: "*".into(),
-            role: Role::Editor,
-            name: Some("Developer".into()),
-            ttl_secs: 24 * 3600,
-            key_file: None,
-        },
-    )?;
-    warn!("DEVELOPMENT MODE: in-memory store, bus and presence - nothing persists across restarts");
-    eprintln!(
-        "\nRelay is running in development mode on {addr}.\n\
-         Nothing is persisted: set DATABASE_URL, REDIS_URL and JWT_PUBLIC_KEY_URL for production.\n\
-         Development key: {} (JWKS at http://{addr}/.well-known/jwks.json)\n\n\
-         An editor token for every document (valid 24 h):\n\n{token}\n\n\
-         More tokens: relay token --sub <uuid> --doc <uuid|*> --role <owner|editor|viewer>\n\
-         Connect:     ws://{addr}/collab/<document-uuid>  (subprotocol relay.v1), then send\n\
-         {{\"type\":\"join\",\"client_id\":\"tab-1\",\"token\":\"<token>\",\"since\":null}}\n",
-        path.display()
-    );
     Ok(())
 }

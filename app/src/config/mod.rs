@@ -248,6 +248,7 @@ impl Config {
                     connections: s.redis_pool_size.min(8),
                     history_ops: s.redis_history_ops,
                     history_ttl: Duration::from_secs(s.operation_history_ttl),
+                    tls_ca_file: s.redis_ca_file,
                     ..RedisSettings::default()
                 },
                 down_poll: Duration::from_millis(s.bus_down_poll_ms),
@@ -385,7 +386,9 @@ impl Limits {
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
             allowed_origins: self.allowed_origins.clone(),
-            max_outbound_frame_bytes: self.max_outbound_frame_bytes(),
+            header_timeout: self.header_timeout,
+            max_pending_per_ip: self.max_pending_per_ip,
+            trusted_proxies: self.trusted_proxies.clone(),
             ..relay_adapter_ws::WsConfig::default()
         }
     }

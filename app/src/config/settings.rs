@@ -120,9 +120,14 @@ pub struct Settings {
     /// PostgreSQL operation store; unset keeps operations in memory.
     #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", value_parser = url, hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Redis: fan-out across instances and presence (needs DATABASE_URL).
+    /// Redis: fan-out across instances and presence (needs DATABASE_URL);
+    /// redis://:password@host:6379, or rediss:// for TLS.
     #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL", value_parser = url, hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM file of the CA that a rediss:// server's certificate must chain
+    /// to (instead of the system's CA certificates).
+    #[arg(long, env = "REDIS_CA_FILE", value_name = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// JWKS of the identity service; unset means development mode.
     #[arg(long, env = "JWT_PUBLIC_KEY_URL", value_name = "JWT_PUBLIC_KEY_URL")]
     pub jwt_public_key_url: Option<String>,
@@ -351,6 +356,8 @@ impl Settings {
             log_format: vars.value("LOG_FORMAT", EnumValueParser::<LogFormat>::new())?,
             database_url: vars.optional("DATABASE_URL", url)?,
             redis_url: vars.optional("REDIS_URL", url)?,
+            redis_ca_file: vars
+                .optional("REDIS_CA_FILE", clap::builder::PathBufValueParser::new())?,
             jwt_public_key_url: vars.optional("JWT_PUBLIC_KEY_URL", text())?,
             jwt_issuer: vars.optional("JWT_ISSUER", text())?,
             jwt_audience: vars.optional("JWT_AUDIENCE", text())?,
