@@ -46,6 +46,8 @@ pub struct Bystander {
     /// Typing frames received, by the sender's `client_id`.
     pub typing_from: BTreeMap<String, usize>,
     pub samples: Arc<Mutex<Samples>>,
+    /// The `client_id`s it has seen join (in `presence` frames).
+    pub seen_joined: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Bystander {
@@ -85,6 +87,7 @@ impl Bystander {
             cursors_from: BTreeMap::new(),
             typing_from: BTreeMap::new(),
             samples: Arc::default(),
+            seen_joined: Arc::default(),
         }
     }
 
@@ -189,6 +192,12 @@ impl Bystander {
                     .cursors_from
                     .entry(client_id.as_str().to_owned())
                     .or_default() += 1;
+            }
+            Got::Msg(ServerMessage::Presence { joined, .. }) => {
+                self.seen_joined
+                    .lock()
+                    .expect("seen")
+                    .extend(joined.iter().map(|p| p.client_id.as_str().to_owned()));
             }
             Got::Msg(ServerMessage::Typing { client_id, .. }) => {
                 *self

@@ -79,6 +79,8 @@ struct Running {
     /// When the attack started.
     started: Instant,
     tasks: Vec<(String, Arc<Mutex<Samples>>, JoinHandle<Bystander>)>,
+    /// What the bystander on the attacked document saw join.
+    seen_joined: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Drop for Running {
@@ -225,6 +227,23 @@ impl Ctx {
         );
     }
 
+    /// Waits until the bystander on the attacked document has seen every
+    /// one of `client_ids` join (the room has queued their `joined`: it
+    /// tells the others in the same turn); panics after `within`.
+    pub async fn await_joined(&self, client_ids: &[String], within: Duration) {
+        let seen = self
+            .bystanders
+            .as_ref()
+            .expect("the bystanders are running")
+            .seen_joined
+            .clone();
+        self.eventually(within, "every joiner in the presence", || {
+            let seen = seen.lock().expect("seen");
+            client_ids.iter().all(|c| seen.contains(c))
+        })
+        .await;
+    }
+
     /// Polls `f` every 25 ms until it holds; panics naming `what` after
     /// `within`.
     pub async fn eventually(&self, within: Duration, what: &str, mut f: impl FnMut() -> bool) {
@@ -266,19 +285,47 @@ fn check_latency(case: &str, b: &Bystander) {
 /// bystanders measured before and during it, then the shared checks. The
 /// whole case is bounded by [`CASE_LIMIT`]; a hang fails naming it.
 pub async fn run(name: &'static str, setup: Setup, attack: impl AsyncFnOnce(&mut Ctx)) {
-    tokio::time::timeout(CASE_LIMIT, run_inner(name, setup, attack))
+    run_prepared(name, setup, async |_| {}, async |ctx, ()| attack(ctx).await).await;
+}
+
+/// [`run`] with `prepare` run before the bystanders join (building a large
+/// document, say: setting the stage is not the attack); what it returns is
+/// passed to `attack`.
+pub async fn run_prepared<T>(
+    name: &'static str,
+    setup: Setup,
+    prepare: impl AsyncFnOnce(&mut Ctx) -> T,
+    attack: impl AsyncFnOnce(&mut Ctx, T),
+) {
+    tokio::time::timeout(CASE_LIMIT, run_inner(name, setup, prepare, attack))
         .await
         .unwrap_or_else(|_| panic!("case {name}: did not finish within {CASE_LIMIT:?}"));
 }
 
-async fn run_inner(name: &'static str, setup: Setup, attack: impl AsyncFnOnce(&mut Ctx)) {
+async fn run_inner<T>(
+    name: &'static str,
+    setup: Setup,
+    prepare: impl AsyncFnOnce(&mut Ctx) -> T,
+    attack: impl AsyncFnOnce(&mut Ctx, T),
+) {
     let target = Target::start(setup).await;
     let (doc, other_doc) = (
         DocumentId::new(Uuid::new_v4()),
         DocumentId::new(Uuid::new_v4()),
     );
+    let mut ctx = Ctx {
+        bystanders: None,
+        name,
+        target,
+        doc,
+        other_doc,
+        attacker: Uuid::new_v4(),
+    };
+    let prepared = prepare(&mut ctx).await;
+    let target = &ctx.target;
     let phase = Arc::new(AtomicU8::new(phase::BASELINE));
     let mut tasks = Vec::new();
+    let mut seen_joined = Arc::default();
     for (who, ip, d) in [
         ("by-other", BYSTANDER_OTHER, other_doc),
         ("by-same", BYSTANDER_SAME, doc),
@@ -289,6 +336,7 @@ async fn run_inner(name: &'static str, setup: Setup, attack: impl AsyncFnOnce(&m
         }
         let b = Bystander::join(who, ip, target.addr, d, user, &target.editor(user)).await;
         let samples = b.samples.clone();
+        seen_joined = b.seen_joined.clone();
         tasks.push((who.to_owned(), samples, tokio::spawn(b.run(phase.clone()))));
     }
     // The baseline.
@@ -307,19 +355,12 @@ async fn run_inner(name: &'static str, setup: Setup, attack: impl AsyncFnOnce(&m
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     phase.store(phase::DURING, Ordering::Relaxed);
-    let started = Instant::now();
-    let mut ctx = Ctx {
-        bystanders: Some(Running {
-            phase,
-            started,
-            tasks,
-        }),
-        name,
-        target,
-        doc,
-        other_doc,
-        attacker: Uuid::new_v4(),
-    };
-    attack(&mut ctx).await;
+    ctx.bystanders = Some(Running {
+        phase,
+        started: Instant::now(),
+        tasks,
+        seen_joined,
+    });
+    attack(&mut ctx, prepared).await;
     ctx.finish_bystanders().await;
 }

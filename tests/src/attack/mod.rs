@@ -11,6 +11,6 @@ pub mod net;
 pub mod soak;
 pub mod target;
 
-pub use case::{ATTACKER, ATTACKER_2, CHECKER, Ctx, HONEST, run};
+pub use case::{ATTACKER, ATTACKER_2, CHECKER, Ctx, HONEST, run, run_prepared};
 pub use net::{Ending, Got, Raw, Refused, Ws, op};
 pub use target::{Setup, Target};
