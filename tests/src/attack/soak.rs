@@ -119,16 +119,26 @@ pub async fn round(addr: SocketAddr, ip: Ipv4Addr, later: &mut JoinSet<()>) {
 }
 
 /// Rounds against `addrs` in turn for `soak` (`None`: until the process is
-/// stopped); the number of rounds. Panics with the first failed check.
+/// stopped), one every `RELAY_ATTACK_ROUND_MS` (default 200) at most; the
+/// number of rounds. Panics with the first failed check.
 pub async fn run_loop(addrs: &[SocketAddr], soak: Option<Duration>) -> u64 {
     assert!(!addrs.is_empty(), "no relay to attack");
     let started = Instant::now();
     let mut later = JoinSet::new();
     let mut rounds = 0;
+    let pace = Duration::from_millis(
+        std::env::var("RELAY_ATTACK_ROUND_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200),
+    );
     while soak.is_none_or(|s| started.elapsed() < s) {
+        let began = Instant::now();
         let addr = addrs[rounds as usize % addrs.len()];
         round(addr, soak_address(rounds), &mut later).await;
         rounds += 1;
+        // A steady background, not a flood that only measures the CPU.
+        tokio::time::sleep(pace.saturating_sub(began.elapsed())).await;
         while let Some(done) = later.try_join_next() {
             if let Err(e) = done {
                 std::panic::resume_unwind(e.into_panic());
