@@ -210,6 +210,24 @@ impl DevKeys {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_written_for_relay_passes_its_check_even_over_an_open_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let path =
+            std::env::temp_dir().join(format!("relay-dev-test-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let keys = DevKeys::generate();
+        write_private_key_file(&path, &keys).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let checked = check_private_file(&f.metadata().unwrap());
+        let back = DevKeys::from_pem(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(checked, Ok(()));
+        assert_eq!(back.kid(), keys.kid());
+    }
+
     use super::*;
     use crate::{JwtConfig, JwtVerifier};
     use relay_ports::{AuthError, TokenVerifier};
@@ -359,6 +377,26 @@ pub enum KeyFileRefusal {
     OpenToOthers { mode: u32 },
     #[error("it is not a regular file")]
     NotAFile,
+}
+
+/// Writes `keys` to a new file at `path` readable and writable by this
+/// user only (mode 600), as [`check_private_file`] requires: for tools that
+/// give `relay` a key of their own (`RELAY_DEV_KEY_FILE`). A file already
+/// there is replaced.
+#[cfg(unix)]
+pub fn write_private_key_file(path: &std::path::Path, keys: &DevKeys) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(keys.to_pem().as_bytes())
 }
 
 /// Checks the metadata of an opened development key file: a regular file,

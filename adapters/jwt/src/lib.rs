@@ -16,9 +16,9 @@ pub mod keys;
 pub mod testing;
 pub mod verifier;
 
-#[cfg(unix)]
-pub use dev::check_private_file;
 pub use dev::{DevKeyError, DevKeys, KeyFileRefusal, TokenRequest};
+#[cfg(unix)]
+pub use dev::{check_private_file, write_private_key_file};
 pub use jwks::{JwksConfig, JwksError, JwksVerifier};
 pub use keys::{KeySet, KeySetError, SkippedKey, VerificationKey};
 pub use verifier::{JwtConfig, JwtVerifier};

@@ -70,7 +70,7 @@ impl Server {
         let metrics_port = free_port()?;
         let keys = DevKeys::from_pem(&keys.to_pem())?;
         let key_file = std::env::temp_dir().join(format!("relay-load-{port}.pem"));
-        std::fs::write(&key_file, keys.to_pem())?;
+        relay_adapter_jwt::write_private_key_file(&key_file, &keys)?;
         std::fs::create_dir_all(log_dir)?;
         let log = log_dir.join(format!("relay-{index}.log"));
         let out =

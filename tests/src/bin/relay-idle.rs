@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
         .port();
     let key_file = std::env::temp_dir().join(format!("relay-idle-{port}.pem"));
     let keys = DevKeys::from_seed(rand::random());
-    std::fs::write(&key_file, keys.to_pem())?;
+    relay_adapter_jwt::write_private_key_file(&key_file, &keys)?;
     let child = Command::new(&a.relay)
         .env("BIND_ADDRESS", format!("127.0.0.1:{port}"))
         .env("RELAY_DEV_KEY_FILE", &key_file)
