@@ -6,6 +6,7 @@
 //!
 //! The tests themselves are in `tests/tests/`.
 
+pub mod attack;
 pub mod auth;
 pub mod instances;
 pub mod pg;

@@ -46,7 +46,12 @@ where
 
 /// Comma-separated CIDRs (`10.0.0.0/8, 192.168.1.7/32`); a bare address
 /// is one host.
-fn cidrs(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+/// A list of CIDRs as one value (an alias: clap's derive would take a
+/// `Vec` field for several values of one CIDR each, and panic at start on
+/// this parser's list).
+pub type Cidrs = Vec<ipnet::IpNet>;
+
+fn cidrs(s: &str) -> Result<Cidrs, String> {
     s.split(',')
         .map(str::trim)
         .filter(|c| !c.is_empty())
@@ -170,7 +175,7 @@ pub struct Settings {
     pub max_pending_per_ip: usize,
     /// Comma-separated CIDRs of proxies exempt from MAX_PENDING_PER_IP.
     #[arg(long, env = "TRUSTED_PROXIES", value_name = "TRUSTED_PROXIES", value_parser = cidrs)]
-    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    pub trusted_proxies: Option<Cidrs>,
     /// Joined connections per user on this instance; more are closed with 4429.
     #[arg(long, env = "MAX_CONNECTIONS_PER_USER", value_name = "MAX_CONNECTIONS_PER_USER", default_value = "100", value_parser = positive::<usize>)]
     pub max_connections_per_user: usize,
