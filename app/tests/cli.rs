@@ -299,3 +299,21 @@ fn the_committed_configuration_page_is_what_relay_config_markdown_prints() {
         "docs/configuration.md is out of date: run `relay config --markdown > docs/configuration.md`"
     );
 }
+
+/// TRUSTED_PROXIES is one comma-separated value: reading it must not make
+/// the command line parser panic (it did once, for every `relay` started
+/// with it set, the Kubernetes example's included).
+#[test]
+fn trusted_proxies_as_a_list_are_read_at_start() {
+    let out = relay()
+        .arg("config")
+        .env("TRUSTED_PROXIES", "10.244.0.0/16, 192.168.1.7")
+        .output()
+        .expect("run relay");
+    let text = printed(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("TRUSTED_PROXIES=10.244.0.0/16, 192.168.1.7"),
+        "{text}"
+    );
+}
