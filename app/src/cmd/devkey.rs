@@ -11,9 +11,12 @@
 use super::TokenArgs;
 use anyhow::Context;
 use relay_adapter_jwt::DevKeys;
+use relay_adapter_jwt::TokenRequest;
 use relay_ports::protocol::Role;
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use uuid::Uuid;
 
 /// `$TMPDIR/relay-dev-key.pem`.
 pub fn default_key_file() -> PathBuf {
@@ -95,7 +98,7 @@ fn announce_to(
 ) -> anyhow::Result<()> {
     let path = path.display();
     let token_lines = if terminal {
-        let token = super::token::mint(
+        let token = mint(
             keys,
             &TokenArgs {
                 sub: None,
@@ -127,6 +130,23 @@ fn announce_to(
          {{\"type\":\"join\",\"client_id\":\"tab-1\",\"token\":\"<token>\",\"since\":null}}"
     )?;
     Ok(())
+}
+
+/// A development token for `args` signed with `keys` (`relay token`, and
+/// the one printed at start).
+pub fn mint(keys: &DevKeys, args: &TokenArgs) -> anyhow::Result<String> {
+    if args.doc != "*" {
+        Uuid::parse_str(&args.doc).context("--doc must be a UUID or *")?;
+    }
+    let mut docs = BTreeMap::new();
+    docs.insert(args.doc.clone(), args.role);
+    keys.mint(&TokenRequest {
+        sub: args.sub.unwrap_or_else(Uuid::new_v4),
+        name: args.name.clone(),
+        docs,
+        ttl_secs: args.ttl_secs,
+    })
+    .context("minting the token")
 }
 
 #[cfg(test)]
