@@ -49,7 +49,9 @@ struct Args {
     /// default $TMPDIR/relay-dev-key.pem, where `relay` keeps it.
     #[arg(long)]
     key_file: Option<PathBuf>,
-    /// One token for every client instead (an editor of every document).
+    /// One token for every client instead (an editor of every document):
+    /// one user, so the server's MAX_CONNECTIONS_PER_USER and JOIN_BURST
+    /// must allow the run's connections and joins.
     #[arg(
         long,
         conflicts_with = "key_file",
@@ -110,6 +112,10 @@ struct Args {
     /// (a soak; 0: no check).
     #[arg(long)]
     recover: Option<f64>,
+    /// With --recover: measure and report RSS after the run, without
+    /// holding it to 1.10 x its warm-up level.
+    #[arg(long)]
+    no_rss_check: bool,
     /// Fail the run on any `error` an honest client receives.
     #[arg(long)]
     no_errors: bool,
@@ -169,6 +175,9 @@ fn scenario(a: &Args) -> anyhow::Result<Scenario> {
     }
     if a.no_errors {
         s.no_errors = true;
+    }
+    if a.no_rss_check {
+        s.recover_rss_check = false;
     }
     if a.no_cursors {
         s.cursors = false;

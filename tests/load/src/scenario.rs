@@ -76,6 +76,9 @@ pub struct Scenario {
     /// run (plus the pools' connections opened meanwhile, see
     /// [`FD_POOL_ALLOWANCE`]).
     pub recover_secs: f64,
+    /// Whether the recovery check holds RSS to 1.10 x its warm-up level
+    /// (false: RSS is measured and reported only).
+    pub recover_rss_check: bool,
     /// Every `error` an honest client receives fails the run (a soak: the
     /// load itself must never be refused).
     pub no_errors: bool,
@@ -111,6 +114,7 @@ impl Default for Scenario {
             settle_secs: 30.0,
             sample_secs: 1.0,
             recover_secs: 0.0,
+            recover_rss_check: true,
             no_errors: false,
         }
     }
