@@ -53,6 +53,7 @@ pub use ot::{Bias, Side};
 pub use presence::{Departed, PresenceEntry, Roster};
 pub use selection::Selection;
 pub use sequencer::{
-    CommittedOp, Proposed, Rejection, RemoteError, Sequencer, SequencerConfig, Submission,
+    CommittedOp, OpKey, Proposed, Rejection, RemoteError, Sequencer, SequencerConfig, Submission,
+    rebase_over_log,
 };
 pub use throttle::{CursorThrottle, RateLimiter, TypingDebounce};

@@ -25,6 +25,9 @@
 
 mod clients;
 mod history;
+mod rebase;
+
+pub use rebase::rebase_over_log;
 
 use crate::delta::{Component, Delta, DeltaError};
 use crate::document::Document;
@@ -47,7 +50,26 @@ pub struct CommittedOp {
     pub delta: Delta,
 }
 
+/// What identifies an op forever: its idempotency key. A store that holds
+/// another op at a version than the one a room applied there has lost or
+/// rewritten history.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OpKey {
+    pub user: UserId,
+    pub client_id: ClientId,
+    pub seq: Seq,
+}
+
 impl CommittedOp {
+    /// Its idempotency key.
+    pub fn key(&self) -> OpKey {
+        OpKey {
+            user: self.user,
+            client_id: self.client_id.clone(),
+            seq: self.seq,
+        }
+    }
+
     /// Bytes this op holds in memory: its own size plus what it allocated
     /// (components, text, attribute maps; shared maps and the shared client
     /// id are counted in full, so this is an upper bound). History budgets
