@@ -5,9 +5,13 @@
 //! real wait for Redis), and `ttl`, the TTL the cases use: the shortest the
 //! adapter honours reliably. The cases only look well inside or well past
 //! a TTL (at least a fifth of it away), so real time works too.
+//!
+//! Every entry is owned by an instance: these cases write as one,
+//! `here()`.
 
 use super::{client, fresh_document, fresh_user};
-use crate::presence::PresenceRegistry;
+use crate::bus::InstanceId;
+use crate::presence::{Held, PresenceRegistry};
 use relay_domain::{ClientId, DocumentId, PresenceEntry, Selection, UserId, Version};
 use std::time::Duration;
 
@@ -29,6 +33,25 @@ pub async fn run_all<P: PresenceRegistry>(
     upserting_many_adds_or_refreshes_each_with_its_ttl(make, advance, ttl).await;
 }
 
+/// The one instance of the cases that need only one.
+fn here() -> InstanceId {
+    InstanceId::from_uuid(uuid::Uuid::from_u128(
+        0x5eed_0000_0000_4000_8000_0000_0000_0001,
+    ))
+}
+
+fn held(instance: InstanceId, entry: &PresenceEntry) -> Held {
+    Held {
+        instance,
+        entry: entry.clone(),
+    }
+}
+
+/// `entries` as listed when `here()` holds them all.
+fn held_here(entries: &[PresenceEntry]) -> Vec<Held> {
+    entries.iter().map(|e| held(here(), e)).collect()
+}
+
 fn entry(user: UserId, client_id: &ClientId, anchor: usize) -> PresenceEntry {
     PresenceEntry {
         user,
@@ -42,19 +65,30 @@ fn entry(user: UserId, client_id: &ClientId, anchor: usize) -> PresenceEntry {
     }
 }
 
+/// Upserts as `here()`.
 async fn upsert<P: PresenceRegistry>(
     registry: &P,
     document: DocumentId,
     entry: &PresenceEntry,
     ttl: Duration,
 ) {
+    upsert_as(registry, document, here(), entry, ttl).await;
+}
+
+async fn upsert_as<P: PresenceRegistry>(
+    registry: &P,
+    document: DocumentId,
+    instance: InstanceId,
+    entry: &PresenceEntry,
+    ttl: Duration,
+) {
     registry
-        .upsert(document, entry.clone(), ttl)
+        .upsert(document, instance, entry.clone(), ttl)
         .await
         .expect("upsert must not fail on a reachable registry");
 }
 
-async fn list<P: PresenceRegistry>(registry: &P, document: DocumentId) -> Vec<PresenceEntry> {
+async fn list<P: PresenceRegistry>(registry: &P, document: DocumentId) -> Vec<Held> {
     registry
         .list(document)
         .await
@@ -83,7 +117,7 @@ pub async fn entries_are_listed_in_user_then_client_order<P: PresenceRegistry>(
     for i in [3, 0, 4, 2, 1] {
         upsert(&registry, document, &expected[i], LONG).await;
     }
-    assert_eq!(list(&registry, document).await, expected);
+    assert_eq!(list(&registry, document).await, held_here(&expected));
 }
 
 pub async fn upserting_again_replaces_the_entry<P: PresenceRegistry>(make: &impl AsyncFn() -> P) {
@@ -93,7 +127,7 @@ pub async fn upserting_again_replaces_the_entry<P: PresenceRegistry>(make: &impl
     upsert(&registry, document, &entry(user, &tab, 1), LONG).await;
     let moved = entry(user, &tab, 9);
     upsert(&registry, document, &moved, LONG).await;
-    assert_eq!(list(&registry, document).await, vec![moved]);
+    assert_eq!(list(&registry, document).await, held_here(&[moved]));
 }
 
 pub async fn a_removed_entry_is_no_longer_listed<P: PresenceRegistry>(make: &impl AsyncFn() -> P) {
@@ -104,19 +138,24 @@ pub async fn a_removed_entry_is_no_longer_listed<P: PresenceRegistry>(make: &imp
     upsert(&registry, document, &entry(user, &tab, 1), LONG).await;
     upsert(&registry, document, &stays, LONG).await;
 
-    assert_eq!(registry.remove(document, user, &tab).await, Ok(()));
-    assert_eq!(list(&registry, document).await, vec![stays]);
+    assert_eq!(registry.remove(document, here(), user, &tab).await, Ok(()));
+    assert_eq!(list(&registry, document).await, held_here(&[stays]));
     assert_eq!(
-        registry.remove(document, user, &tab).await,
+        registry.remove(document, here(), user, &tab).await,
         Ok(()),
         "removing an absent entry is Ok"
     );
     assert_eq!(
-        registry.remove(fresh_document(), fresh_user(), &tab).await,
+        registry
+            .remove(fresh_document(), here(), fresh_user(), &tab)
+            .await,
         Ok(()),
         "removing from an unknown document is Ok"
     );
-    assert_eq!(registry.remove(document, user, &other_tab).await, Ok(()));
+    assert_eq!(
+        registry.remove(document, here(), user, &other_tab).await,
+        Ok(())
+    );
     assert_eq!(list(&registry, document).await, vec![]);
 }
 
@@ -128,13 +167,16 @@ pub async fn documents_are_isolated<P: PresenceRegistry>(make: &impl AsyncFn() -
     let on_b = entry(user, &tab, 2);
     upsert(&registry, a, &on_a, LONG).await;
     upsert(&registry, b, &on_b, LONG).await;
-    assert_eq!(list(&registry, a).await, vec![on_a.clone()]);
-    assert_eq!(list(&registry, b).await, vec![on_b]);
-
-    assert_eq!(registry.remove(b, user, &tab).await, Ok(()));
     assert_eq!(
         list(&registry, a).await,
-        vec![on_a],
+        held_here(std::slice::from_ref(&on_a))
+    );
+    assert_eq!(list(&registry, b).await, held_here(&[on_b]));
+
+    assert_eq!(registry.remove(b, here(), user, &tab).await, Ok(()));
+    assert_eq!(
+        list(&registry, a).await,
+        held_here(&[on_a]),
         "removing from one document leaves the other"
     );
     assert_eq!(list(&registry, fresh_document()).await, vec![]);
@@ -152,17 +194,17 @@ pub async fn upserting_many_adds_or_refreshes_each_with_its_ttl<P: PresenceRegis
     upsert(&registry, document, &entry(user, &a, 1), LONG).await;
     let many = vec![entry(user, &a, 5), entry(user, &b, 6)];
     registry
-        .upsert_many(document, many.clone(), ttl)
+        .upsert_many(document, here(), many.clone(), ttl)
         .await
         .expect("upsert_many must not fail on a reachable registry");
     assert_eq!(
-        registry.upsert_many(document, vec![], ttl).await,
+        registry.upsert_many(document, here(), vec![], ttl).await,
         Ok(()),
         "nothing to refresh"
     );
     assert_eq!(
         list(&registry, document).await,
-        many,
+        held_here(&many),
         "each is added or replaced"
     );
     advance(ttl * 6 / 5).await;
@@ -189,13 +231,13 @@ pub async fn entries_expire_after_their_ttl<P: PresenceRegistry>(
     advance(ttl * 4 / 5).await;
     assert_eq!(
         list(&registry, document).await,
-        vec![long.clone(), short],
+        held_here(&[long.clone(), short]),
         "nothing expires before its TTL"
     );
     advance(ttl * 2 / 5).await;
     assert_eq!(
         list(&registry, document).await,
-        vec![long],
+        held_here(&[long]),
         "an entry is gone once its TTL has passed"
     );
 }
@@ -216,7 +258,7 @@ pub async fn refreshing_an_entry_extends_its_ttl<P: PresenceRegistry>(
     advance(ttl * 3 / 5).await;
     assert_eq!(
         list(&registry, document).await,
-        vec![refreshed],
+        held_here(&[refreshed]),
         "a refreshed entry outlives its first TTL"
     );
     advance(ttl * 3 / 5).await;
