@@ -6,8 +6,8 @@
 //! adapter honours reliably. The cases only look well inside or well past
 //! a TTL (at least a fifth of it away), so real time works too.
 //!
-//! Every entry is owned by an instance: these cases write as one,
-//! `here()`.
+//! Every entry is owned by an instance: most cases write as one instance,
+//! `here()`; the cases about ownership write as two.
 
 use super::{client, fresh_document, fresh_user};
 use crate::bus::InstanceId;
@@ -31,6 +31,9 @@ pub async fn run_all<P: PresenceRegistry>(
     entries_expire_after_their_ttl(make, advance, ttl).await;
     refreshing_an_entry_extends_its_ttl(make, advance, ttl).await;
     upserting_many_adds_or_refreshes_each_with_its_ttl(make, advance, ttl).await;
+    a_client_held_by_two_instances_is_listed_twice_and_removed_per_instance(make).await;
+    upserting_many_leaves_another_instances_entries(make, advance, ttl).await;
+    entries_are_listed_in_user_then_client_then_instance_order(make).await;
 }
 
 /// The one instance of the cases that need only one.
@@ -38,6 +41,14 @@ fn here() -> InstanceId {
     InstanceId::from_uuid(uuid::Uuid::from_u128(
         0x5eed_0000_0000_4000_8000_0000_0000_0001,
     ))
+}
+
+/// Two new instances, the first with the smaller UUID (the order `list`
+/// answers in).
+fn two_instances() -> (InstanceId, InstanceId) {
+    let mut two = [InstanceId::new_v4(), InstanceId::new_v4()];
+    two.sort_by_key(|i| *i.as_uuid());
+    (two[0], two[1])
 }
 
 fn held(instance: InstanceId, entry: &PresenceEntry) -> Held {
@@ -267,4 +278,124 @@ pub async fn refreshing_an_entry_extends_its_ttl<P: PresenceRegistry>(
         vec![],
         "a refreshed entry expires a TTL after the refresh"
     );
+}
+
+/// A client that reconnected to another instance is held by both until the
+/// first removes its entry, and that removal leaves the other's entry.
+pub async fn a_client_held_by_two_instances_is_listed_twice_and_removed_per_instance<
+    P: PresenceRegistry,
+>(
+    make: &impl AsyncFn() -> P,
+) {
+    let registry = make().await;
+    let document = fresh_document();
+    let (user, tab) = (fresh_user(), client("tab"));
+    // The client was on the instance with the larger UUID first, then moved.
+    let (moved_to, first_on) = two_instances();
+    let old = entry(user, &tab, 1);
+    let new = entry(user, &tab, 2);
+    upsert_as(&registry, document, first_on, &old, LONG).await;
+    upsert_as(&registry, document, moved_to, &new, LONG).await;
+    assert_eq!(
+        list(&registry, document).await,
+        vec![held(moved_to, &new), held(first_on, &old)],
+        "each instance's entry for the client is listed, ordered by instance"
+    );
+
+    assert_eq!(
+        registry.remove(document, first_on, user, &tab).await,
+        Ok(())
+    );
+    assert_eq!(
+        list(&registry, document).await,
+        vec![held(moved_to, &new)],
+        "removing one instance's entry leaves the other instance's entry"
+    );
+    assert_eq!(
+        registry.remove(document, first_on, user, &tab).await,
+        Ok(()),
+        "removing an entry this instance no longer holds is Ok"
+    );
+    assert_eq!(
+        list(&registry, document).await,
+        vec![held(moved_to, &new)],
+        "and still leaves the other instance's entry"
+    );
+    assert_eq!(
+        registry.remove(document, moved_to, user, &tab).await,
+        Ok(())
+    );
+    assert_eq!(list(&registry, document).await, vec![]);
+}
+
+/// A room refreshing its clients touches only its own instance's entries.
+pub async fn upserting_many_leaves_another_instances_entries<P: PresenceRegistry>(
+    make: &impl AsyncFn() -> P,
+    advance: &impl AsyncFn(Duration),
+    ttl: Duration,
+) {
+    let registry = make().await;
+    let document = fresh_document();
+    let user = fresh_user();
+    let (tab, other_tab) = (client("tab"), client("other-tab"));
+    let (mine, theirs) = two_instances();
+    let their_entry = entry(user, &tab, 7);
+    upsert_as(&registry, document, theirs, &their_entry, ttl * 5).await;
+    let many = vec![entry(user, &other_tab, 1), entry(user, &tab, 2)];
+    registry
+        .upsert_many(document, mine, many.clone(), ttl)
+        .await
+        .expect("upsert_many must not fail on a reachable registry");
+    assert_eq!(
+        list(&registry, document).await,
+        vec![
+            held(mine, &many[0]),
+            held(mine, &many[1]),
+            held(theirs, &their_entry),
+        ],
+        "the other instance's entry for the same client is neither replaced nor hidden"
+    );
+    advance(ttl * 6 / 5).await;
+    assert_eq!(
+        list(&registry, document).await,
+        vec![held(theirs, &their_entry)],
+        "the other instance's entry keeps its own TTL"
+    );
+}
+
+/// Ordered by user, then client_id, then instance (by UUID), whatever the
+/// order of the upserts and of the entries' expiries.
+pub async fn entries_are_listed_in_user_then_client_then_instance_order<P: PresenceRegistry>(
+    make: &impl AsyncFn() -> P,
+) {
+    let registry = make().await;
+    let document = fresh_document();
+    let mut users = [fresh_user(), fresh_user()];
+    users.sort();
+    // Ordered as strings: '-' comes before '/'. A client_id may hold '/'.
+    let clients = [client("a"), client("a-"), client("a/b")];
+    let (first, second) = two_instances();
+    let expected = vec![
+        held(first, &entry(users[0], &clients[0], 1)),
+        held(second, &entry(users[0], &clients[0], 2)),
+        held(second, &entry(users[0], &clients[1], 3)),
+        held(first, &entry(users[0], &clients[2], 4)),
+        held(second, &entry(users[1], &clients[0], 5)),
+        held(first, &entry(users[1], &clients[2], 6)),
+        held(second, &entry(users[1], &clients[2], 7)),
+    ];
+    // The later an entry is listed, the sooner it expires: a registry
+    // answering in expiry order would list them backwards.
+    for i in [4, 1, 6, 0, 3, 5, 2] {
+        let ttl = LONG * u32::try_from(expected.len() * 2 - i).expect("a few entries");
+        upsert_as(
+            &registry,
+            document,
+            expected[i].instance,
+            &expected[i].entry,
+            ttl,
+        )
+        .await;
+    }
+    assert_eq!(list(&registry, document).await, expected);
 }
