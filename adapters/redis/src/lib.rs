@@ -46,7 +46,10 @@ pub struct RedisSettings {
     /// connections (REDIS_POOL_SIZE, at most 8: each one pipelines any
     /// number of concurrent commands), besides the one pub/sub connection.
     pub connections: usize,
-    /// How long a command may take before it fails.
+    /// How long a command may take before it fails. It bounds the pub/sub
+    /// connection's calls too: a SUBSCRIBE or UNSUBSCRIBE not answered
+    /// within it counts as a lost connection; and
+    /// [`relay_ports::FanOut::subscribe`] returns within it.
     pub call_timeout: Duration,
     /// Events one subscription holds before it is told it lagged.
     pub queue: usize,
