@@ -47,8 +47,8 @@ pub struct RedisSettings {
     /// number of concurrent commands), besides the one pub/sub connection.
     pub connections: usize,
     /// How long a command may take before it fails. It bounds the pub/sub
-    /// connection's calls too: a SUBSCRIBE or UNSUBSCRIBE not answered
-    /// within it counts as a lost connection; and
+    /// connection's calls too: a SUBSCRIBE, UNSUBSCRIBE or PING not
+    /// answered within it counts as a lost connection; and
     /// [`relay_ports::FanOut::subscribe`] returns within it.
     pub call_timeout: Duration,
     /// Events one subscription holds before it is told it lagged.
@@ -233,7 +233,9 @@ const PUBSUB_KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
 /// probe a second, three unanswered ones drop it) and, on Linux, a user
 /// timeout of [`PUBSUB_USER_TIMEOUT`]. Without them a link that silently
 /// drops packets (no RST) would keep the connection open for the kernel's
-/// retransmission limit, about 15 minutes.
+/// retransmission limit, about 15 minutes. The bus's own PING on that
+/// connection (every second, answered within the call timeout) notices
+/// such a link sooner; these are the kernel's backstop.
 fn pubsub_tcp() -> redis::io::tcp::TcpSettings {
     use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
     let keepalive = TcpKeepalive::new().with_time(PUBSUB_KEEPALIVE_IDLE);

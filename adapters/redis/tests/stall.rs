@@ -178,6 +178,60 @@ async fn publish_until_received(
     }
 }
 
+/// A stalled link (no RST, no answer) is noticed by the PING on the pub/sub
+/// connection: the subscription gets `Disconnected` within seconds, and
+/// once the link is back `Lagged`, then messages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_link_is_reported_disconnected_within_seconds_and_recovers() {
+    let test = "a_stalled_link_is_reported_disconnected_within_seconds_and_recovers";
+    let Some(upstream) = redis_or_skip(test).await else {
+        return;
+    };
+    let proxy = Proxy::start(upstream).await;
+    let (bus, _) = connect(&proxy.url, settings(Duration::from_secs(2)))
+        .await
+        .expect("redis via the proxy");
+    let direct = direct_bus().await;
+    let document = DocumentId::new(Uuid::new_v4());
+    let mut sub = bus.subscribe(document).await.unwrap();
+    direct.publish(op_envelope(document, 1)).await.unwrap();
+    let first = next_within(&mut sub.events, Duration::from_secs(5), "before the stall").await;
+    assert_eq!(version_of(first), Version::from(1));
+
+    proxy.stall();
+    let stalled_at = Instant::now();
+    assert_eq!(
+        next_within(&mut sub.events, Duration::from_secs(10), "after the stall").await,
+        BusEvent::Disconnected
+    );
+    println!(
+        "{test}: Disconnected {:?} after the stall",
+        stalled_at.elapsed()
+    );
+    // Published while this bus cannot hear it: lost on the bus (the room
+    // reads it from the store on `Lagged`).
+    direct.publish(op_envelope(document, 2)).await.unwrap();
+
+    proxy.restore();
+    assert_eq!(
+        next_within(
+            &mut sub.events,
+            Duration::from_secs(20),
+            "after the restore"
+        )
+        .await,
+        BusEvent::Lagged
+    );
+    publish_until_received(
+        &direct,
+        &mut sub.events,
+        document,
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
 /// While the link is stalled, opening and closing 2,000 documents (a
 /// subscribe, then a drop) never hangs: each subscribe returns within the
 /// call timeout and a little, and the bus works again once the link is

@@ -1,6 +1,7 @@
 //! The fan-out bus on Redis pub/sub: [`RedisBus`] publishes, keeps the
 //! recent history and hands out subscriptions; `subscriber` is the task
-//! that owns the pub/sub connection and routes what arrives.
+//! that owns the pub/sub connection, routes what arrives and PINGs Redis on
+//! that connection so a silent link counts as lost within seconds.
 
 mod subscriber;
 
@@ -28,8 +29,9 @@ use uuid::Uuid;
 /// envelope its origin instance).
 ///
 /// The pub/sub connection is owned by one task. When it is lost (a Redis
-/// restart, a network cut, or a SUBSCRIBE or UNSUBSCRIBE not answered
-/// within the call timeout), every subscription gets
+/// restart, a network cut, or a link that silently stopped carrying
+/// packets: a PING sent on it every second, or a SUBSCRIBE or UNSUBSCRIBE,
+/// not answered within the call timeout), every subscription gets
 /// [`relay_ports::BusEvent::Disconnected`] - its room then polls the store -
 /// and the task reconnects with exponential backoff and jitter,
 /// resubscribes every open document and sends each subscription

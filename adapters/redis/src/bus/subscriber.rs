@@ -4,10 +4,13 @@
 //! connection (every subscription gets `Disconnected`), reconnects with
 //! backoff and jitter, resubscribes and tells every subscription `Lagged`.
 //!
-//! A connection is lost when it closes, and also when a SUBSCRIBE or
-//! UNSUBSCRIBE is not answered within the call timeout: no call on Redis
-//! holds the task longer than that; while it has no connection (connecting
-//! included) it answers every control message at once.
+//! A connection is lost when it closes, and also when it goes silent: a
+//! SUBSCRIBE, UNSUBSCRIBE or PING (sent on this connection every
+//! [`PING_EVERY`]) not answered within the call timeout. So a link that
+//! drops packets without a RST is noticed within a few seconds, and no
+//! call on Redis holds the task longer than the call timeout; while it has
+//! no connection (connecting included) it answers every control message at
+//! once.
 
 use super::{PREFIX, Wire, channel, now_ms};
 use futures::{FutureExt, StreamExt};
@@ -22,6 +25,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
+
+/// How often the task PINGs Redis on the pub/sub connection; an answer
+/// must come within the call timeout, so a link that silently stopped
+/// carrying packets is noticed within this plus the call timeout.
+const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a new pub/sub connection may take (TCP, TLS, AUTH).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -165,6 +173,23 @@ impl Link {
     }
 }
 
+/// PINGs Redis on the pub/sub connection itself every [`PING_EVERY`] and
+/// returns once one is not answered within `wait` (or the connection
+/// failed): the link is dead, though no RST may ever come.
+async fn watchdog(mut sink: PubSubSink, wait: Duration) {
+    let mut every = tokio::time::interval(PING_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if !matches!(
+            tokio::time::timeout(wait, sink.ping::<redis::Value>()).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+    }
+}
+
 /// The envelope in a pub/sub message, if it is one of ours.
 fn envelope(msg: &redis::Msg, metrics: &dyn relay_ports::Metrics) -> Option<Envelope> {
     let document = msg.get_channel_name().strip_prefix(PREFIX)?;
@@ -214,7 +239,7 @@ async fn while_down<F: Future>(
 
 /// Owns the pub/sub connection: subscribes and unsubscribes, routes
 /// messages, reconnects and resubscribes. `wait` (the call timeout) bounds
-/// every SUBSCRIBE and UNSUBSCRIBE on the connection.
+/// every SUBSCRIBE, UNSUBSCRIBE and PING on the connection.
 pub(super) async fn subscriber(
     client: redis::Client,
     mut control: mpsc::Receiver<Control>,
@@ -301,8 +326,11 @@ async fn serve(
     metrics: &dyn relay_ports::Metrics,
     tasks: &TaskTracker,
 ) -> Option<&'static str> {
+    let watchdog = watchdog(link.sink.clone(), link.wait);
+    tokio::pin!(watchdog);
     loop {
         tokio::select! {
+            () = &mut watchdog => return Some("no answer to a PING in time"),
             c = control.recv() => match c {
                 None => return None,
                 Some(Control::Subscribe { document, id, events, done }) => {
