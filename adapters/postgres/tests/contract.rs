@@ -116,17 +116,17 @@ async fn the_head_migration_takes_each_head_from_the_log() {
         }
     };
     assert_eq!(
-        store.append(DocumentId::new(busy), &[next(3)]).await,
+        store.append(DocumentId::new(busy), None, &[next(3)]).await,
         Ok(Append::Conflict {
             current: Version::from(3)
         })
     );
     assert_eq!(
-        store.append(DocumentId::new(busy), &[next(4)]).await,
+        store.append(DocumentId::new(busy), None, &[next(4)]).await,
         Ok(Append::Committed)
     );
     assert_eq!(
-        store.append(DocumentId::new(empty), &[next(1)]).await,
+        store.append(DocumentId::new(empty), None, &[next(1)]).await,
         Ok(Append::Committed)
     );
 }
@@ -178,6 +178,7 @@ async fn each_row_holds_the_seed_columns_derived_from_its_delta() {
         store
             .append(
                 document,
+                None,
                 &[op(1, 7, first), op(2, 8, second), op(3, 9, third)]
             )
             .await,
@@ -264,7 +265,9 @@ async fn with_a_tiny_call_timeout_unavailable_still_means_nothing_was_written() 
                 delta,
             };
             let started = std::time::Instant::now();
-            let answer = store.append(document, std::slice::from_ref(&op)).await;
+            let answer = store
+                .append(document, None, std::slice::from_ref(&op))
+                .await;
             (document, user, answer, started.elapsed())
         }));
     }
@@ -345,7 +348,7 @@ async fn two_instances_committing_overlapping_documents_never_deadlock() {
     // Every document gets a first op, so the rounds update existing rows.
     for d in &documents {
         assert_eq!(
-            one.append(*d, &[op(1, "seed")]).await,
+            one.append(*d, None, &[op(1, "seed")]).await,
             Ok(Append::Committed)
         );
     }
@@ -360,7 +363,9 @@ async fn two_instances_committing_overlapping_documents_never_deadlock() {
             for d in order {
                 let store = store.clone();
                 let o = op(round, who);
-                tasks.push(tokio::spawn(async move { store.append(d, &[o]).await }));
+                tasks.push(tokio::spawn(
+                    async move { store.append(d, None, &[o]).await },
+                ));
             }
         }
         for t in tasks {
@@ -375,7 +380,7 @@ async fn two_instances_committing_overlapping_documents_never_deadlock() {
         for d in &documents {
             let head = one.head(*d).await.expect("head");
             if head < Version::new(round).unwrap() {
-                let _ = one.append(*d, &[op(round, "fill")]).await;
+                let _ = one.append(*d, None, &[op(round, "fill")]).await;
             }
         }
     }

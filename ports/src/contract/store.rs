@@ -66,7 +66,7 @@ fn snapshot(version: u64, text: &str) -> Snapshot {
 
 async fn append<S: OperationStore>(store: &S, document: DocumentId, ops: &[CommittedOp]) -> Append {
     store
-        .append(document, ops)
+        .append(document, None, ops)
         .await
         .expect("append must not fail on a reachable store")
 }
@@ -292,7 +292,7 @@ pub async fn a_retried_op_whose_version_is_taken_writes_nothing<S: OperationStor
             seq,
             version,
         } => *u == user && *c == client_id && *seq == Seq::from(2) && *version == Version::from(2),
-        Append::Committed => false,
+        Append::Committed | Append::Diverged { .. } => false,
     };
     assert!(
         accurate,
@@ -549,7 +549,9 @@ pub async fn exactly_one_concurrent_append_wins<S: OperationStore>(
             let (store, start, results) = (store.clone(), start.clone(), results.clone());
             spawn(Box::pin(async move {
                 start.wait().await;
-                let answer = store.append(document, std::slice::from_ref(&op)).await;
+                let answer = store
+                    .append(document, None, std::slice::from_ref(&op))
+                    .await;
                 let _ = results.send((op, answer)).await;
             }));
         }
@@ -621,7 +623,7 @@ pub async fn concurrent_appends_to_many_documents_each_get_their_own_answer<S: O
             (store.clone(), start.clone(), results.clone(), *document);
         spawn(Box::pin(async move {
             start.wait().await;
-            let answer = store.append(document, &batch).await;
+            let answer = store.append(document, None, &batch).await;
             let _ = results.send((i, batch, answer)).await;
         }));
     }
@@ -720,7 +722,7 @@ pub async fn a_batch_with_data_the_store_cannot_hold_fails_alone<S: OperationSto
             let (store, start, results) = (store.clone(), start.clone(), results.clone());
             spawn(Box::pin(async move {
                 start.wait().await;
-                let answer = store.append(document, &batch).await;
+                let answer = store.append(document, None, &batch).await;
                 let _ = results.send((i, answer)).await;
             }));
         }
