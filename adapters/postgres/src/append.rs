@@ -509,8 +509,157 @@ pub(super) async fn insert(
 
 #[cfg(test)]
 mod tests {
-    use super::rounds;
+    use super::{Batch, Rows, insert, rounds};
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use relay_domain::{ClientId, CommittedOp, Delta, Seq, UserId, Version};
+    use std::time::Duration;
     use uuid::Uuid;
+
+    #[derive(diesel::QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        waiting: bool,
+    }
+
+    fn op(version: u64) -> CommittedOp {
+        let mut delta = Delta::new();
+        delta.retain(version as usize - 1).insert("x");
+        CommittedOp {
+            version: Version::new(version).unwrap(),
+            user: UserId::new(Uuid::new_v4()),
+            client_id: ClientId::new("lock-order").unwrap(),
+            seq: Seq::new(version).unwrap(),
+            delta,
+        }
+    }
+
+    async fn connect() -> AsyncPgConnection {
+        let url = crate::testdb::test_database();
+        let mut c = AsyncPgConnection::establish(&url).await.expect("connect");
+        // Every wait bounded (PostgreSQL's deadlock_timeout is 1 s).
+        diesel::sql_query("SET lock_timeout = '5s'")
+            .execute(&mut c)
+            .await
+            .expect("lock_timeout");
+        c
+    }
+
+    async fn lock(c: &mut AsyncPgConnection, id: Uuid) -> diesel::QueryResult<usize> {
+        diesel::sql_query("SELECT id FROM documents WHERE id = $1 FOR NO KEY UPDATE")
+            .bind::<diesel::sql_types::Uuid, _>(id)
+            .execute(c)
+            .await
+    }
+
+    /// F11: a statement whose batch believes a document is new (its room
+    /// still at head 0) while another instance committed its version 1
+    /// must not lock that row before the other documents of the statement.
+    /// Here `hi` is that document and `lo` one it also appends to
+    /// (`lo < hi`); another writer's statement has locked `lo` and will
+    /// lock `hi` next (id order). Our statement waits for `lo` holding
+    /// nothing, so the other writer gets `hi` at once and both finish -
+    /// before, our statement held `hi` while waiting for `lo`: "deadlock
+    /// detected" after a second, and one of them aborted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_document_believed_new_is_locked_in_id_order_with_the_others() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        let mut setup = connect().await;
+        diesel::sql_query("INSERT INTO documents (id, head) VALUES ($1, 1), ($2, 1)")
+            .bind::<diesel::sql_types::Uuid, _>(lo)
+            .bind::<diesel::sql_types::Uuid, _>(hi)
+            .execute(&mut setup)
+            .await
+            .expect("documents at head 1");
+
+        let mut other = connect().await;
+        diesel::sql_query("BEGIN")
+            .execute(&mut other)
+            .await
+            .expect("begin");
+        assert_eq!(
+            lock(&mut other, lo).await,
+            Ok(1),
+            "the other writer locks lo"
+        );
+
+        let mut ours = connect().await;
+        let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+            .get_result::<Pid>(&mut ours)
+            .await
+            .expect("pid")
+            .pid;
+        let statement = tokio::spawn(async move {
+            let (lo_ops, hi_ops) = (vec![op(2)], vec![op(1)]);
+            let (lo_rows, hi_rows) = (Rows::of(&lo_ops).unwrap(), Rows::of(&hi_ops).unwrap());
+            let batches = [
+                Batch {
+                    document: hi,
+                    rows: &hi_rows,
+                    len: 1,
+                    prev: None,
+                },
+                Batch {
+                    document: lo,
+                    rows: &lo_rows,
+                    len: 1,
+                    prev: None,
+                },
+            ];
+            insert(&mut ours, &batches).await.map(|w| {
+                w.into_iter()
+                    .map(|w| (w.document_id, w.version))
+                    .collect::<Vec<_>>()
+            })
+        });
+        // Until our statement waits for a lock (bounded).
+        let mut waited = false;
+        for _ in 0..100 {
+            let w = diesel::sql_query(
+                "SELECT coalesce(wait_event_type = 'Lock', false) AS waiting
+                 FROM pg_stat_activity WHERE pid = $1",
+            )
+            .bind::<diesel::sql_types::Integer, _>(pid)
+            .get_result::<Waiting>(&mut setup)
+            .await
+            .expect("activity");
+            if w.waiting {
+                waited = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            waited,
+            "our statement must wait for the other writer's lock on lo"
+        );
+
+        let locked_hi = tokio::time::timeout(Duration::from_secs(10), lock(&mut other, hi))
+            .await
+            .expect("bounded by lock_timeout");
+        let committed = diesel::sql_query("COMMIT").execute(&mut other).await;
+        let ours = tokio::time::timeout(Duration::from_secs(10), statement)
+            .await
+            .expect("our statement finishes")
+            .expect("task");
+        assert_eq!(
+            locked_hi,
+            Ok(1),
+            "the other writer must get hi while ours waits for lo (ours: {ours:?})"
+        );
+        assert_eq!(committed, Ok(0));
+        assert_eq!(
+            ours,
+            Ok(vec![(lo, 2)]),
+            "ours commits lo v2; hi is at head 1, not 0: nothing for it"
+        );
+    }
 
     #[test]
     fn rounds_keep_each_document_once_per_statement_and_in_order() {
