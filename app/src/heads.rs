@@ -8,16 +8,15 @@
 //!
 //! One task per instance reads the head of every open document in one
 //! batched query ([`relay_ports::OperationStore::heads`], at most
-//! [`HEADS_PER_QUERY`] documents a query) every HEAD_CHECK_MS, and wakes the
-//! rooms whose document moved past the version they hold; such a room then
-//! reads what it missed from the store (a gap repair). The cost is one
-//! query per period per instance per [`HEADS_PER_QUERY`] open documents,
-//! not one per document: at 10,000 open documents and the default of
-//! 1000 ms, one query a second.
-//!
-//! A room that is itself appending may look behind for a moment (its
-//! commit is in the store before its version here moves): it is woken and
-//! finds nothing to read, which costs one read.
+//! [`HEADS_PER_QUERY`] documents a query) every HEAD_CHECK_MS, and wakes a
+//! room whose document's head was ahead of it at one check and which has
+//! still not reached that head at the next; such a room then reads what it
+//! missed from the store (a gap repair). Ops on their way on the bus, and a
+//! room's own commit not yet counted, arrive within milliseconds and cost
+//! no read. So a commit reaches every room within two periods and a store
+//! read (about 2 s with the default of 1000 ms), and the cost is one query
+//! per period per instance per [`HEADS_PER_QUERY`] open documents, not one
+//! per document: at 10,000 open documents, one query a second.
 
 use relay_domain::{DocumentId, Version};
 use relay_ports::{Chain, OperationStore};
@@ -37,6 +36,11 @@ struct Watched {
     version: Arc<AtomicU64>,
     /// Wakes the room: the store is ahead of it.
     behind: Arc<Notify>,
+    /// The head the last check found ahead of the room, if it did: the
+    /// room is woken only if it still has not reached it a period later
+    /// (ops on their way on the bus arrive within milliseconds, and cost
+    /// no read).
+    ahead: Option<u64>,
 }
 
 /// The open rooms of this instance whose heads are checked.
@@ -126,6 +130,7 @@ impl HeadWatch {
             Watched {
                 version: version.clone(),
                 behind: behind.clone(),
+                ahead: None,
             },
         );
         Registration {
@@ -165,14 +170,23 @@ impl HeadWatch {
                     continue;
                 }
             };
-            let rooms = self.rooms();
+            let mut rooms = self.rooms();
             for (document, head) in chunk.iter().zip(heads) {
-                if let Some(w) = rooms.get(document)
-                    && head.get() > w.version.load(Ordering::Acquire)
-                {
+                let Some(w) = rooms.get_mut(document) else {
+                    continue;
+                };
+                let held = w.version.load(Ordering::Acquire);
+                if head.get() <= held {
+                    w.ahead = None;
+                    continue;
+                }
+                if w.ahead.is_some_and(|seen| held < seen) {
+                    // Still short of what the last check saw: the bus is
+                    // not bringing it.
                     w.behind.notify_one();
                     woken += 1;
                 }
+                w.ahead = Some(head.get());
             }
         }
         woken
@@ -227,17 +241,25 @@ mod tests {
         let watch = HeadWatch::new(store.clone(), Duration::from_secs(3600));
         let ra = watch.register(a, Version::ZERO);
         let rb = watch.register(b, Version::from(1));
-        assert_eq!(watch.check().await, 1, "only a is behind");
+        assert_eq!(watch.check().await, 0, "a is behind: seen once");
+        assert_eq!(watch.check().await, 1, "a is still behind: woken");
         tokio::time::timeout(Duration::from_secs(5), ra.behind())
             .await
             .expect("a was woken");
         ra.holds(Version::from(1));
         assert_eq!(watch.check().await, 0, "both hold their heads");
         store.append(b, Some(op(1).key()), &[op(2)]).await.unwrap();
-        assert_eq!(watch.check().await, 1, "b moved on without its room");
+        assert_eq!(watch.check().await, 0, "b moved on: seen once");
+        assert_eq!(watch.check().await, 1, "b is still short of it");
         tokio::time::timeout(Duration::from_secs(5), rb.behind())
             .await
             .expect("b was woken");
+        // A room that reaches the head it was seen short of between two
+        // checks (the bus brought it) is not woken.
+        store.append(a, Some(op(1).key()), &[op(2)]).await.unwrap();
+        assert_eq!(watch.check().await, 0);
+        ra.holds(Version::from(2));
+        assert_eq!(watch.check().await, 0, "a caught up on its own");
         drop(rb);
         assert_eq!(watch.check().await, 0, "a dropped room is not checked");
         assert_eq!(watch.rooms().len(), 1);
