@@ -254,6 +254,8 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), rb.behind())
             .await
             .expect("b was woken");
+        assert_eq!(watch.check().await, 1, "woken again while still short");
+        rb.holds(Version::from(2));
         // A room that reaches the head it was seen short of between two
         // checks (the bus brought it) is not woken.
         store.append(a, Some(op(1).key()), &[op(2)]).await.unwrap();
