@@ -925,14 +925,14 @@ async fn commits_the_bus_never_brings_reach_another_instance_within_the_head_che
     let check = Config::default().bus.head_check;
     let _writer = commit_all(&b, &keys, document, "writer", &["a"]).await;
     assert_eq!(
-        receives_op(&mut watcher, check * 2).await,
+        receives_op(&mut watcher, check * 3).await,
         Some(Version::from(1)),
         "found by the head check"
     );
     // Not once: every time the store moves on without the bus.
     let _later = commit_all(&b, &keys, document, "later", &["b", "c"]).await;
     assert_eq!(
-        receives_op(&mut watcher, check * 2).await,
+        receives_op(&mut watcher, check * 3).await,
         Some(Version::from(3))
     );
     assert_eq!(receives_op(&mut watcher, check * 5).await, None);
