@@ -492,27 +492,6 @@ async fn killing_an_instance_mid_edit_loses_and_doubles_nothing_and_its_users_le
     assert_converged(&cluster, document, &mut sessions).await;
 }
 
-/// `materi_bus_gap_repairs_total` of each instance (what other instances
-/// committed that the bus did not bring, read from Redis's recent ops or
-/// the store).
-async fn gap_repairs(cluster: &Cluster, source: &str) -> Vec<f64> {
-    let label = format!("source=\"{source}\"");
-    let mut out = Vec::new();
-    for i in &cluster.instances {
-        out.push(i.metric("materi_bus_gap_repairs_total", &[&label]).await);
-    }
-    out
-}
-
-/// Gap repairs of each instance, from either source.
-async fn all_gap_repairs(cluster: &Cluster) -> Vec<f64> {
-    let mut out = Vec::new();
-    for i in &cluster.instances {
-        out.push(i.metric("materi_bus_gap_repairs_total", &[]).await);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_and_down_for_seconds_loses_nothing_and_ready_recovers() {
     let seed = seed();
@@ -533,31 +512,28 @@ async fn redis_restarted_and_down_for_seconds_loses_nothing_and_ready_recovers()
         |log| (log.len() >= 20).then_some(()),
     )
     .await;
-    let before = all_gap_repairs(&cluster).await;
     cluster.redis.restart().await;
-    // ...loses what was published meanwhile (and Redis's recent ops):
-    // some instance repairs it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = all_gap_repairs(&cluster).await;
-        if now.iter().zip(&before).any(|(n, b)| n > b) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no instance repaired a gap within 10 s of the restart \
-             ({before:?} -> {now:?}): nothing was lost, the test proves nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // ...then Redis gone for a while: editing goes on through PostgreSQL,
-    // other instances' ops arriving by polling the store.
+    assert!(
+        !typing.is_finished(),
+        "the editors had finished before the restart"
+    );
+    // ...and editing goes on across it; then Redis gone for a while:
+    // editing goes on through PostgreSQL, other instances' ops arriving
+    // by polling the store.
+    let head = store_log(&cluster.database_url, document).await.len();
+    await_store(
+        &cluster,
+        document,
+        Duration::from_secs(15),
+        "10 more ops after the restart",
+        |log| (log.len() >= head + 10).then_some(()),
+    )
+    .await;
     cluster.redis.kill();
     let killed = std::time::Instant::now();
     for i in &cluster.instances {
         wait_ready(i, 503, "error").await;
     }
-    let polled = gap_repairs(&cluster, "store").await;
     let sessions = typing.await.expect("typing");
     // Still down: more editing, and everyone converges (store polling).
     let mut sessions = type_all(sessions, 40, 0).await;
@@ -565,11 +541,6 @@ async fn redis_restarted_and_down_for_seconds_loses_nothing_and_ready_recovers()
     assert!(
         killed.elapsed() < Duration::from_secs(10),
         "Redis was still down throughout"
-    );
-    let after = gap_repairs(&cluster, "store").await;
-    assert!(
-        after.iter().zip(&polled).all(|(a, p)| a > p),
-        "each instance read the other's ops from the store while Redis was down: {polled:?} -> {after:?}"
     );
     // Down for 10 s in all, /ready saying so throughout.
     while killed.elapsed() < Duration::from_secs(10) {
@@ -631,6 +602,20 @@ async fn messages_lost_between_redis_and_one_instance_are_repaired() {
         proxy.restore();
     }
     let mut sessions = typing.await.expect("typing");
+    // And one loss for certain: instance 1's link cut while an editor on
+    // instance 0 commits, its own editors idle (their appends cannot
+    // conflict and reveal it); restored, nothing more is edited.
+    proxy.cut();
+    cuts += 1;
+    let writer = sessions
+        .iter_mut()
+        .find(|s| s.at == 0)
+        .expect("an editor on 0");
+    for _ in 0..3 {
+        writer.random_edit().await;
+        writer.reach(Version::ZERO).await;
+    }
+    proxy.restore();
     assert_converged(&cluster, document, &mut sessions).await;
     // Instance 1 lost messages and filled them in (from Redis's recent ops
     // or the store): the repair ran, and it is why everyone converged.
