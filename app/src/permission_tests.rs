@@ -12,8 +12,8 @@ use relay_adapter_memory::{MemoryPermissions, MemoryPresence, MemoryStore};
 use relay_domain::{ClientId, Delta, DocumentId, PresenceEntry, Seq, UserId, Version};
 use relay_ports::protocol::{CloseCode, ErrorCode, Join, Role, ServerMessage};
 use relay_ports::{
-    Cause, Claims, ClientMessage, CollaborationService, JoinRefusal, Outbound, PermissionError,
-    PermissionSource, PresenceError, PresenceRegistry, Started,
+    Cause, Claims, ClientMessage, CollaborationService, Held, InstanceId, JoinRefusal, Outbound,
+    PermissionError, PermissionSource, PresenceError, PresenceRegistry, Started,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,23 +80,25 @@ impl PresenceRegistry for Gated {
     async fn upsert(
         &self,
         document: DocumentId,
+        instance: InstanceId,
         entry: PresenceEntry,
         ttl: Duration,
     ) -> Result<(), PresenceError> {
         let _ = self.open.subscribe().wait_for(|open| *open).await;
-        self.inner.upsert(document, entry, ttl).await
+        self.inner.upsert(document, instance, entry, ttl).await
     }
 
     async fn remove(
         &self,
         document: DocumentId,
+        instance: InstanceId,
         user: UserId,
         client_id: &ClientId,
     ) -> Result<(), PresenceError> {
-        self.inner.remove(document, user, client_id).await
+        self.inner.remove(document, instance, user, client_id).await
     }
 
-    async fn list(&self, document: DocumentId) -> Result<Vec<PresenceEntry>, PresenceError> {
+    async fn list(&self, document: DocumentId) -> Result<Vec<Held>, PresenceError> {
         self.inner.list(document).await
     }
 }

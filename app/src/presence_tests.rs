@@ -300,17 +300,19 @@ impl relay_ports::PresenceRegistry for CountingPresence {
     async fn upsert(
         &self,
         document: DocumentId,
+        instance: relay_ports::InstanceId,
         entry: relay_domain::PresenceEntry,
         ttl: Duration,
     ) -> Result<(), relay_ports::PresenceError> {
         self.upserts
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.upsert(document, entry, ttl).await
+        self.inner.upsert(document, instance, entry, ttl).await
     }
 
     async fn upsert_many(
         &self,
         document: DocumentId,
+        instance: relay_ports::InstanceId,
         entries: Vec<relay_domain::PresenceEntry>,
         ttl: Duration,
     ) -> Result<(), relay_ports::PresenceError> {
@@ -318,22 +320,25 @@ impl relay_ports::PresenceRegistry for CountingPresence {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(entries.len());
-        self.inner.upsert_many(document, entries, ttl).await
+        self.inner
+            .upsert_many(document, instance, entries, ttl)
+            .await
     }
 
     async fn remove(
         &self,
         document: DocumentId,
+        instance: relay_ports::InstanceId,
         user: UserId,
         client_id: &ClientId,
     ) -> Result<(), relay_ports::PresenceError> {
-        self.inner.remove(document, user, client_id).await
+        self.inner.remove(document, instance, user, client_id).await
     }
 
     async fn list(
         &self,
         document: DocumentId,
-    ) -> Result<Vec<relay_domain::PresenceEntry>, relay_ports::PresenceError> {
+    ) -> Result<Vec<relay_ports::Held>, relay_ports::PresenceError> {
         self.inner.list(document).await
     }
 }

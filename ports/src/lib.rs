@@ -48,6 +48,6 @@ pub use inbound::{
     outbound_queue,
 };
 pub use metrics::{Metrics, NoMetrics, OpStatus, OperationType};
-pub use presence::{PresenceError, PresenceRegistry};
+pub use presence::{Held, PresenceError, PresenceRegistry};
 pub use protocol::{ClientMessage, DecodeError, ErrorCode, Join, Role, ServerMessage};
 pub use store::{Append, Loaded, OperationStore, Snapshot, StoreError};

@@ -2,17 +2,19 @@
 
 use async_trait::async_trait;
 use relay_domain::{ClientId, DocumentId, PresenceEntry, Timestamp, UserId};
-use relay_ports::{Clock, PresenceError, PresenceRegistry};
+use relay_ports::{Clock, Held, InstanceId, PresenceError, PresenceRegistry};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+use uuid::Uuid;
 
 /// How often, at most, an upsert also sweeps expired entries out of
 /// documents nobody lists any more.
 const SWEEP_EVERY_MS: u64 = 60_000;
 
-/// A [`PresenceRegistry`] for one process: it knows only this instance's
-/// clients, which is all there is when one instance runs.
+/// A [`PresenceRegistry`] for one process: it knows the clients of the
+/// instances sharing it (one, when one instance runs). Each entry is owned
+/// by the instance that wrote it, as in Redis.
 ///
 /// Entries expire `ttl` after their last upsert, by the injected clock
 /// (a [`ManualClock`](super::ManualClock) in tests). Expired entries are
@@ -26,9 +28,16 @@ pub struct MemoryPresence {
 
 #[derive(Default)]
 struct State {
-    /// Ordered by (user, client_id), the order `list` answers in.
-    documents: HashMap<DocumentId, BTreeMap<(UserId, ClientId), Stored>>,
+    /// Ordered by (user, client_id, instance), the order `list` answers in.
+    documents: HashMap<DocumentId, BTreeMap<Key, Stored>>,
     last_sweep: Timestamp,
+}
+
+/// (user, client_id, the holding instance's UUID).
+type Key = (UserId, ClientId, Uuid);
+
+fn key(user: UserId, client_id: &ClientId, instance: InstanceId) -> Key {
+    (user, client_id.clone(), *instance.as_uuid())
 }
 
 struct Stored {
@@ -91,6 +100,7 @@ impl PresenceRegistry for MemoryPresence {
     async fn upsert(
         &self,
         document: DocumentId,
+        instance: InstanceId,
         entry: PresenceEntry,
         ttl: Duration,
     ) -> Result<(), PresenceError> {
@@ -102,7 +112,7 @@ impl PresenceRegistry for MemoryPresence {
             expires_at: now.plus_ms(ttl_ms),
             entry,
         };
-        let key = (stored.entry.user, stored.entry.client_id.clone());
+        let key = key(stored.entry.user, &stored.entry.client_id, instance);
         state
             .documents
             .entry(document)
@@ -114,26 +124,35 @@ impl PresenceRegistry for MemoryPresence {
     async fn remove(
         &self,
         document: DocumentId,
+        instance: InstanceId,
         user: UserId,
         client_id: &ClientId,
     ) -> Result<(), PresenceError> {
         let now = self.clock.now();
         let mut state = self.state();
         if let Some(entries) = state.documents.get_mut(&document) {
-            entries.remove(&(user, client_id.clone()));
+            entries.remove(&key(user, client_id, instance));
         }
         state.prune(document, now);
         Ok(())
     }
 
-    async fn list(&self, document: DocumentId) -> Result<Vec<PresenceEntry>, PresenceError> {
+    async fn list(&self, document: DocumentId) -> Result<Vec<Held>, PresenceError> {
         let now = self.clock.now();
         let mut state = self.state();
         state.prune(document, now);
         Ok(state
             .documents
             .get(&document)
-            .map(|entries| entries.values().map(|s| s.entry.clone()).collect())
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|((_, _, instance), s)| Held {
+                        instance: InstanceId::from_uuid(*instance),
+                        entry: s.entry.clone(),
+                    })
+                    .collect()
+            })
             .unwrap_or_default())
     }
 }
@@ -143,7 +162,10 @@ mod tests {
     use super::*;
     use crate::ManualClock;
     use relay_domain::Version;
-    use uuid::Uuid;
+
+    fn here() -> InstanceId {
+        InstanceId::from_uuid(Uuid::nil())
+    }
 
     fn entry(client_id: &str) -> PresenceEntry {
         PresenceEntry {
@@ -161,7 +183,10 @@ mod tests {
         let presence = MemoryPresence::new(Arc::new(clock.clone()));
         let document = DocumentId::new(Uuid::new_v4());
         let ttl = Duration::from_millis(500);
-        presence.upsert(document, entry("a"), ttl).await.unwrap();
+        presence
+            .upsert(document, here(), entry("a"), ttl)
+            .await
+            .unwrap();
         clock.advance(Duration::from_millis(499));
         assert_eq!(presence.list(document).await.unwrap().len(), 1);
         clock.advance(Duration::from_millis(1));
@@ -179,19 +204,25 @@ mod tests {
         );
         let ttl = Duration::from_secs(30);
         presence
-            .upsert(forgotten, entry("gone"), ttl)
+            .upsert(forgotten, here(), entry("gone"), ttl)
             .await
             .unwrap();
 
         clock.advance(Duration::from_secs(31));
-        presence.upsert(busy, entry("a"), ttl).await.unwrap();
+        presence
+            .upsert(busy, here(), entry("a"), ttl)
+            .await
+            .unwrap();
         assert!(
             presence.state().documents.contains_key(&forgotten),
             "no sweep within a minute of the last"
         );
 
         clock.advance(Duration::from_secs(29));
-        presence.upsert(busy, entry("a"), ttl).await.unwrap();
+        presence
+            .upsert(busy, here(), entry("a"), ttl)
+            .await
+            .unwrap();
         let state = presence.state();
         assert!(!state.documents.contains_key(&forgotten));
         assert!(state.documents.contains_key(&busy));

@@ -46,7 +46,10 @@ pub struct RedisSettings {
     /// connections (REDIS_POOL_SIZE, at most 8: each one pipelines any
     /// number of concurrent commands), besides the one pub/sub connection.
     pub connections: usize,
-    /// How long a command may take before it fails.
+    /// How long a command may take before it fails. It bounds the pub/sub
+    /// connection's calls too: a SUBSCRIBE, UNSUBSCRIBE or PING not
+    /// answered within it counts as a lost connection; and
+    /// [`relay_ports::FanOut::subscribe`] returns within it.
     pub call_timeout: Duration,
     /// Events one subscription holds before it is told it lagged.
     pub queue: usize,
@@ -192,7 +195,8 @@ pub async fn connect_with_metrics(
     settings: RedisSettings,
     metrics: std::sync::Arc<dyn relay_ports::Metrics>,
 ) -> Result<(RedisBus, RedisPresence), RedisError> {
-    let client = client(url, &settings)?;
+    let pubsub = client(url, &settings, Some(pubsub_tcp()))?;
+    let client = client(url, &settings, None)?;
     let commands = Commands::connect(&client, &settings).await?;
     // The connection manager connects without asking anything: a missing
     // or wrong password would only show in the first command.
@@ -207,20 +211,61 @@ pub async fn connect_with_metrics(
         Ok(Err(e)) => return Err(RedisError::from_redis(e)),
         Err(_) => return Err(RedisError("PING: no answer in time".into())),
     }
-    let bus = RedisBus::start(client, commands.clone(), &settings, metrics);
+    let bus = RedisBus::start(pubsub, commands.clone(), &settings, metrics);
     if !bus.connected_within(settings.call_timeout).await {
         return Err(RedisError("the pub/sub connection did not come up".into()));
     }
     Ok((bus, RedisPresence::new(commands)))
 }
 
+/// How long the kernel lets data sent on the pub/sub connection go
+/// unacknowledged before it drops the connection (`TCP_USER_TIMEOUT`,
+/// Linux only).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+const PUBSUB_USER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the pub/sub connection may be idle before TCP keepalive probes
+/// start.
+const PUBSUB_KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+
+/// The pub/sub connection's TCP settings: no Nagle delay (its PINGs and
+/// SUBSCRIBEs are small), keepalive after [`PUBSUB_KEEPALIVE_IDLE`] (then a
+/// probe a second, three unanswered ones drop it) and, on Linux, a user
+/// timeout of [`PUBSUB_USER_TIMEOUT`]. Without them a link that silently
+/// drops packets (no RST) would keep the connection open for the kernel's
+/// retransmission limit, about 15 minutes. The bus's own PING on that
+/// connection (every second, answered within the call timeout) notices
+/// such a link sooner; these are the kernel's backstop.
+fn pubsub_tcp() -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+    let keepalive = TcpKeepalive::new().with_time(PUBSUB_KEEPALIVE_IDLE);
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    let tcp = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(PUBSUB_USER_TIMEOUT);
+    tcp
+}
+
 /// The client for `url`: over TLS for `rediss://`, trusting
-/// `settings.tls_ca_file` when set.
-fn client(url: &str, settings: &RedisSettings) -> Result<redis::Client, RedisError> {
+/// `settings.tls_ca_file` when set, with `tcp` (else the defaults) for its
+/// connections.
+fn client(
+    url: &str,
+    settings: &RedisSettings,
+    tcp: Option<redis::io::tcp::TcpSettings>,
+) -> Result<redis::Client, RedisError> {
     use redis::IntoConnectionInfo;
-    let info = url
+    let mut info = url
         .into_connection_info()
         .map_err(|e| RedisError(e.to_string()))?;
+    if let Some(tcp) = tcp {
+        info = info.set_tcp_settings(tcp);
+    }
     let Some(ca_file) = &settings.tls_ca_file else {
         return redis::Client::open(info).map_err(|e| RedisError(e.to_string()));
     };

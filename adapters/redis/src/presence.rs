@@ -4,19 +4,23 @@ use super::Commands;
 use async_trait::async_trait;
 use relay_domain::{ClientId, DocumentId, PresenceEntry, UserId};
 use relay_ports::Cause;
-use relay_ports::{PresenceError, PresenceRegistry};
+use relay_ports::{Held, InstanceId, PresenceError, PresenceRegistry};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
 
 /// A [`PresenceRegistry`] shared by every instance through Redis.
 ///
 /// A document's entries are a hash, `relay:presence:<uuid>`, from
-/// `user/client_id` to the entry as JSON, beside a sorted set,
+/// `user/client_id/instance` (the instance's UUID: each instance owns its
+/// own field for a client, so removing it leaves another instance's entry
+/// for the same client) to the entry as JSON, beside a sorted set,
 /// `relay:presence:<uuid>:expiry`, scoring each field by when it expires
 /// (ms since the Unix epoch). Listing reads only unexpired fields and
 /// drops expired ones, so the clients of an instance that crashed (and
 /// stopped refreshing) disappear within the TTL. Both keys also expire as a
 /// whole a TTL after the last write, so an abandoned document leaves
-/// nothing behind.
+/// nothing behind. A field of the older `user/client_id` form (no
+/// instance) is never listed; it expires like any other.
 #[derive(Clone, Debug)]
 pub struct RedisPresence {
     commands: Commands,
@@ -44,8 +48,20 @@ fn keys(document: DocumentId) -> (String, String) {
     (data, expiry)
 }
 
-fn field(user: UserId, client_id: &ClientId) -> String {
-    format!("{user}/{client_id}")
+fn field(user: UserId, client_id: &ClientId, instance: InstanceId) -> String {
+    format!("{user}/{client_id}/{}", instance.as_uuid())
+}
+
+/// What a listed field and its value hold, if the field is of the current
+/// form and names the entry it holds. A `client_id` may contain '/', so
+/// the instance is the last segment, and the whole field must be the one
+/// [`field`] makes for the entry: an older `user/client_id` field (whose
+/// `client_id` may itself end in a UUID) is not mistaken for one.
+fn held(f: &str, json: &str) -> Option<Held> {
+    let (_, instance) = f.rsplit_once('/')?;
+    let instance = InstanceId::from_uuid(Uuid::try_parse(instance).ok()?);
+    let entry: PresenceEntry = serde_json::from_str(json).ok()?;
+    (field(entry.user, &entry.client_id, instance) == f).then_some(Held { instance, entry })
 }
 
 fn now_ms() -> u64 {
@@ -63,11 +79,12 @@ impl PresenceRegistry for RedisPresence {
     async fn upsert(
         &self,
         document: DocumentId,
+        instance: InstanceId,
         entry: PresenceEntry,
         ttl: Duration,
     ) -> Result<(), PresenceError> {
         let (data, expiry) = keys(document);
-        let f = field(entry.user, &entry.client_id);
+        let f = field(entry.user, &entry.client_id, instance);
         let json =
             serde_json::to_string(&entry).map_err(|e| PresenceError::Unavailable(Cause::new(e)))?;
         let expires = now_ms().saturating_add(millis(ttl));
@@ -95,6 +112,7 @@ impl PresenceRegistry for RedisPresence {
     async fn upsert_many(
         &self,
         document: DocumentId,
+        instance: InstanceId,
         entries: Vec<PresenceEntry>,
         ttl: Duration,
     ) -> Result<(), PresenceError> {
@@ -107,7 +125,7 @@ impl PresenceRegistry for RedisPresence {
         let mut fields = Vec::with_capacity(entries.len());
         let mut scores = Vec::with_capacity(entries.len());
         for entry in &entries {
-            let f = field(entry.user, &entry.client_id);
+            let f = field(entry.user, &entry.client_id, instance);
             let json = serde_json::to_string(entry)
                 .map_err(|e| PresenceError::Unavailable(Cause::new(e)))?;
             scores.push((expires, f.clone()));
@@ -133,11 +151,12 @@ impl PresenceRegistry for RedisPresence {
     async fn remove(
         &self,
         document: DocumentId,
+        instance: InstanceId,
         user: UserId,
         client_id: &ClientId,
     ) -> Result<(), PresenceError> {
         let (data, expiry) = keys(document);
-        let f = field(user, client_id);
+        let f = field(user, client_id, instance);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hdel(&data, &f)
@@ -147,7 +166,7 @@ impl PresenceRegistry for RedisPresence {
         self.run::<()>(pipe).await
     }
 
-    async fn list(&self, document: DocumentId) -> Result<Vec<PresenceEntry>, PresenceError> {
+    async fn list(&self, document: DocumentId) -> Result<Vec<Held>, PresenceError> {
         let (data, expiry) = keys(document);
         let now = now_ms();
         // Expired fields first go, then the live ones are read.
@@ -185,12 +204,75 @@ impl PresenceRegistry for RedisPresence {
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET").arg(&data).arg(&live);
         let (values,): (Vec<Option<String>>,) = self.run(pipe).await?;
-        let mut entries: Vec<PresenceEntry> = values
-            .into_iter()
-            .flatten()
-            .filter_map(|v| serde_json::from_str(&v).ok())
+        let mut entries: Vec<Held> = live
+            .iter()
+            .zip(values)
+            .filter_map(|(f, v)| held(f, &v?))
             .collect();
-        entries.sort_by(|a, b| (a.user, &a.client_id).cmp(&(b.user, &b.client_id)));
+        entries.sort_by(|a, b| {
+            (a.entry.user, &a.entry.client_id, a.instance.as_uuid()).cmp(&(
+                b.entry.user,
+                &b.entry.client_id,
+                b.instance.as_uuid(),
+            ))
+        });
         Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_domain::Version;
+
+    fn entry(client_id: &str) -> PresenceEntry {
+        PresenceEntry {
+            user: UserId::new(Uuid::new_v4()),
+            client_id: ClientId::new(client_id).unwrap(),
+            name: None,
+            selection: None,
+            version: Version::ZERO,
+        }
+    }
+
+    fn json(entry: &PresenceEntry) -> String {
+        serde_json::to_string(entry).unwrap()
+    }
+
+    #[test]
+    fn a_field_names_its_instance_even_when_the_client_id_has_slashes() {
+        let instance = InstanceId::new_v4();
+        for client_id in ["tab", "a/b", "/", "a//", "x/4b5c-/"] {
+            let e = entry(client_id);
+            let f = field(e.user, &e.client_id, instance);
+            assert_eq!(
+                held(&f, &json(&e)),
+                Some(Held { instance, entry: e }),
+                "{client_id:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_old_field_without_an_instance_is_not_listed() {
+        let e = entry("tab");
+        assert_eq!(held(&format!("{}/tab", e.user), &json(&e)), None);
+        // A client_id ending in a UUID looks like an instance: the field
+        // does not name the entry it holds, so it is still not listed.
+        let uuid = Uuid::new_v4();
+        let e = entry(&format!("tab/{uuid}"));
+        assert_eq!(held(&format!("{}/tab/{uuid}", e.user), &json(&e)), None);
+        let e = entry(&uuid.to_string());
+        assert_eq!(held(&format!("{}/{uuid}", e.user), &json(&e)), None);
+    }
+
+    #[test]
+    fn a_field_that_does_not_match_its_value_is_not_listed() {
+        let instance = InstanceId::new_v4();
+        let (e, other) = (entry("tab"), entry("other"));
+        let f = field(e.user, &e.client_id, instance);
+        assert_eq!(held(&f, &json(&other)), None);
+        assert_eq!(held(&f, "not json"), None);
+        assert_eq!(held(&format!("{}/tab/not-a-uuid", e.user), &json(&e)), None);
     }
 }

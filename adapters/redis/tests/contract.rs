@@ -6,7 +6,7 @@
 use relay_adapter_redis::{RedisBus, RedisPresence, RedisSettings, connect};
 use relay_domain::{ClientId, DocumentId, PresenceEntry, Seq, UserId, Version};
 use relay_ports::contract::{bus, presence};
-use relay_ports::{BusEvent, BusMessage, Envelope, FanOut, InstanceId, PresenceRegistry};
+use relay_ports::{BusEvent, BusMessage, Envelope, FanOut, Held, InstanceId, PresenceRegistry};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -241,9 +241,10 @@ async fn subscribing_while_redis_is_unreachable_starts_disconnected() {
         selection: None,
         version: Version::ZERO,
     };
+    let here = InstanceId::new_v4();
     assert!(
         registry
-            .upsert(document, entry.clone(), Duration::from_secs(5))
+            .upsert(document, here, entry.clone(), Duration::from_secs(5))
             .await
             .is_err(),
         "presence fails while Redis is unreachable"
@@ -266,7 +267,7 @@ async fn subscribing_while_redis_is_unreachable_starts_disconnected() {
     let mut stored = false;
     for _ in 0..100 {
         if registry
-            .upsert(document, entry.clone(), Duration::from_secs(5))
+            .upsert(document, here, entry.clone(), Duration::from_secs(5))
             .await
             .is_ok()
         {
@@ -276,7 +277,13 @@ async fn subscribing_while_redis_is_unreachable_starts_disconnected() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(stored, "presence never recovered");
-    assert_eq!(registry.list(document).await.unwrap(), vec![entry]);
+    assert_eq!(
+        registry.list(document).await.unwrap(),
+        vec![Held {
+            instance: here,
+            entry
+        }]
+    );
 }
 
 /// The history is bounded: an op over `history_op_bytes` is not kept (a

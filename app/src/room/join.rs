@@ -140,7 +140,12 @@ impl Room {
             .instance
             .ports
             .presence
-            .upsert(self.document, entry.clone(), self.instance.presence_ttl())
+            .upsert(
+                self.document,
+                self.instance.id,
+                entry.clone(),
+                self.instance.presence_ttl(),
+            )
             .await
         {
             warn!(document = %self.document, error = %Chain(&e), "presence registry");

@@ -351,7 +351,7 @@ impl Room {
         let mut roster = Roster::new();
         if let Ok(entries) = instance.ports.presence.list(document).await {
             for e in entries {
-                roster.join(e);
+                roster.join(e.entry);
             }
         }
         debug!(%document, version = %sequencer.version(), "room opened");

@@ -166,7 +166,12 @@ impl Room {
                 .instance
                 .ports
                 .presence
-                .remove(self.document, s.member.user, &s.member.client_id)
+                .remove(
+                    self.document,
+                    self.instance.id,
+                    s.member.user,
+                    &s.member.client_id,
+                )
                 .await
             {
                 warn!(document = %self.document, error = %Chain(&e), "presence registry");
@@ -194,15 +199,17 @@ impl Room {
                 .instance
                 .ports
                 .presence
-                .upsert_many(self.document, local, ttl)
+                .upsert_many(self.document, self.instance.id, local, ttl)
                 .await
         {
             warn!(document = %self.document, error = %Chain(&e), "presence refresh");
             return;
         }
         if let Ok(listed) = self.instance.ports.presence.list(self.document).await {
-            let listed: HashSet<(UserId, &ClientId)> =
-                listed.iter().map(|l| (l.user, &l.client_id)).collect();
+            let listed: HashSet<(UserId, &ClientId)> = listed
+                .iter()
+                .map(|l| (l.entry.user, &l.entry.client_id))
+                .collect();
             let gone: Vec<PresenceEntry> = self
                 .roster
                 .entries()

@@ -1,6 +1,7 @@
 //! The fan-out bus on Redis pub/sub: [`RedisBus`] publishes, keeps the
 //! recent history and hands out subscriptions; `subscriber` is the task
-//! that owns the pub/sub connection and routes what arrives.
+//! that owns the pub/sub connection, routes what arrives and PINGs Redis on
+//! that connection so a silent link counts as lost within seconds.
 
 mod subscriber;
 
@@ -27,14 +28,25 @@ use uuid::Uuid;
 /// `PUBLISH` of the envelope as JSON (its ops carry their versions, and the
 /// envelope its origin instance).
 ///
-/// The pub/sub connection is owned by one task. When it drops (a Redis
-/// restart, a network cut), every subscription gets
-/// [`relay_ports::BusEvent::Disconnected`] - its room then polls the store - and the task
-/// reconnects with exponential backoff and jitter, resubscribes every open
-/// document and sends each subscription [`relay_ports::BusEvent::Lagged`], so what was
-/// published meanwhile is read from the store. A subscription whose queue is
-/// full loses messages and gets `Lagged` before the next one it receives.
+/// The pub/sub connection is owned by one task. When it is lost (a Redis
+/// restart, a network cut, or a link that silently stopped carrying
+/// packets: a PING sent on it every second, or a SUBSCRIBE or UNSUBSCRIBE,
+/// not answered within the call timeout), every subscription gets
+/// [`relay_ports::BusEvent::Disconnected`] - its room then polls the store -
+/// and the task reconnects with exponential backoff and jitter,
+/// resubscribes every open document and sends each subscription
+/// [`relay_ports::BusEvent::Lagged`], so what was published meanwhile is
+/// read from the store. The connection also has TCP keepalive and (Linux) a
+/// TCP user timeout of a few seconds. A subscription whose queue is full
+/// loses messages and gets `Lagged` before the next one it receives.
 /// Nothing here is the source of truth.
+///
+/// [`FanOut::subscribe`] returns within the call timeout: confirmed by
+/// Redis; or, while the connection is down, at once, starting with
+/// `Disconnected`; or unconfirmed when the task is behind, and then
+/// `Lagged` follows once the channel is subscribed. If the task cannot
+/// even take the request within the call timeout it fails with
+/// [`BusError::Unavailable`] (the room then polls the store).
 ///
 /// The ops of each document are also kept, by version, in a sorted set
 /// `relay:ops:<uuid>` (written in the publish's transaction; at most
@@ -128,6 +140,7 @@ impl RedisBus {
             up,
             metrics.clone(),
             tasks.clone(),
+            settings.call_timeout,
         )));
         RedisBus {
             _stop: Arc::new(stop.drop_guard()),
@@ -260,19 +273,33 @@ impl FanOut for RedisBus {
         let (events, rx) = mpsc::channel(self.queue);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (done, subscribed) = oneshot::channel();
-        self.control
-            .send(Control::Subscribe {
-                document,
-                id,
-                events,
-                done,
-            })
-            .await
-            .map_err(|_| BusError::Unavailable(Cause::msg("the subscriber task stopped")))?;
+        // Never longer than the call timeout in all: the task waits on
+        // Redis for at most that long, but requests may queue behind it.
+        let deadline = tokio::time::Instant::now() + self.commands.call_timeout;
+        let request = Control::Subscribe {
+            document,
+            id,
+            events,
+            done,
+        };
+        match tokio::time::timeout_at(deadline, self.control.send(request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(BusError::Unavailable(Cause::msg(
+                    "the subscriber task stopped",
+                )));
+            }
+            Err(_) => {
+                return Err(BusError::Unavailable(Cause::msg(
+                    "the bus's subscriber task took no request within the call timeout",
+                )));
+            }
+        }
         // Subscribed once Redis confirmed it, so nothing published after
         // this returns is missed; while Redis is down the subscription is
-        // made on reconnect (and starts with `Disconnected`).
-        let _ = tokio::time::timeout(self.commands.call_timeout, subscribed).await;
+        // made on reconnect (and starts with `Disconnected`). Unconfirmed
+        // by the deadline, the task sends `Lagged` once it has subscribed.
+        let _ = tokio::time::timeout_at(deadline, subscribed).await;
         let release = Release {
             control: self.control.clone(),
             document,
