@@ -11,7 +11,9 @@ use relay_adapter_jwt::{DevKeys, JwtConfig, JwtVerifier};
 use relay_adapter_memory::{
     ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, MemoryStore, TokioClock,
 };
-use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
+use relay_domain::{
+    ClientId, CommittedOp, Delta, DocumentId, OpKey, Seq, Timestamp, UserId, Version,
+};
 use relay_ports::protocol::{Join, ServerMessage};
 use relay_ports::{
     Append, ClientMessage, CollaborationService, Loaded, OperationStore, Outbound, Snapshot,
@@ -44,9 +46,10 @@ impl OperationStore for CountingStore {
     async fn append(
         &self,
         document: DocumentId,
+        prev: Option<OpKey>,
         ops: &[CommittedOp],
     ) -> Result<Append, StoreError> {
-        self.inner.append(document, ops).await
+        self.inner.append(document, prev, ops).await
     }
     async fn load(&self, document: DocumentId) -> Result<Loaded, StoreError> {
         self.inner.load(document).await
@@ -62,8 +65,36 @@ impl OperationStore for CountingStore {
         self.rows.fetch_add(ops.len(), Ordering::SeqCst);
         Ok(ops)
     }
+    async fn read_within(
+        &self,
+        document: DocumentId,
+        after: Version,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<CommittedOp>, StoreError> {
+        let ops = self
+            .inner
+            .read_within(document, after, max_ops, max_bytes)
+            .await?;
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.rows.fetch_add(ops.len(), Ordering::SeqCst);
+        Ok(ops)
+    }
+    async fn snapshot(&self, document: DocumentId) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.snapshot(document).await
+    }
     async fn head(&self, document: DocumentId) -> Result<Version, StoreError> {
         self.inner.head(document).await
+    }
+    async fn heads(&self, documents: &[DocumentId]) -> Result<Vec<Version>, StoreError> {
+        self.inner.heads(documents).await
+    }
+    async fn first_since(
+        &self,
+        document: DocumentId,
+        at: Timestamp,
+    ) -> Result<Option<Version>, StoreError> {
+        self.inner.first_since(document, at).await
     }
     async fn find(
         &self,
@@ -317,7 +348,10 @@ async fn churned_document(store: &CountingStore, document: DocumentId, n: u32) {
             seq: Seq::from(v),
             delta,
         };
-        assert_eq!(store.append(document, &[op]).await, Ok(Append::Committed));
+        assert_eq!(
+            store.append(document, None, &[op]).await,
+            Ok(Append::Committed)
+        );
     }
 }
 

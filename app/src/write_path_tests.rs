@@ -55,8 +55,8 @@ async fn a_store_outage_is_answered_unavailable_and_nothing_is_acknowledged() {
     let mut calls = 0;
     store
         .expect_append()
-        .with(always(), always())
-        .returning(move |_, ops| {
+        .with(always(), always(), always())
+        .returning(move |_, _, ops| {
             calls += 1;
             if calls == 1 {
                 Err(StoreError::Unavailable(Cause::msg("connection refused")))
@@ -123,7 +123,7 @@ async fn losing_a_version_to_another_instance_catches_up_and_commits_at_the_next
     let mut store = MockOperationStore::new();
     empty_document(&mut store);
     let mut calls = 0;
-    store.expect_append().returning(move |_, ops| {
+    store.expect_append().returning(move |_, _, ops| {
         calls += 1;
         match calls {
             1 => Ok(Append::Conflict {
@@ -775,7 +775,7 @@ async fn a_store_behind_the_room_reopens_the_document_from_the_store() {
     store.expect_last_seq().returning(|_, _, _| Ok(None));
     store.expect_save_snapshot().returning(|_, _| Ok(()));
     let mut appends = 0;
-    store.expect_append().returning(move |_, _| {
+    store.expect_append().returning(move |_, _, _| {
         appends += 1;
         // The first commits; then the store is restored to version 0.
         Ok(if appends == 1 {
@@ -1115,7 +1115,7 @@ async fn a_base_older_than_a_fresh_rooms_history_is_rebased_over_the_stores_ops(
         .map(|v| elsewhere(v, &"abcde"[v as usize - 1..v as usize]))
         .collect();
     assert_eq!(
-        store.append(document, &ops).await.unwrap(),
+        store.append(document, None, &ops).await.unwrap(),
         Append::Committed
     );
     let mut content = Delta::new();

@@ -5,7 +5,9 @@
 
 use crate::error::Cause;
 use async_trait::async_trait;
-use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
+use relay_domain::{
+    ClientId, CommittedOp, Delta, DocumentId, OpKey, Seq, Timestamp, UserId, Version,
+};
 
 /// A document's content at a version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +33,13 @@ pub enum Append {
     /// The first op's version is taken (another instance won it) or not the
     /// next one: nothing was written. `current` is the head version.
     Conflict { current: Version },
+    /// The head is the version before the first op, as the caller expected,
+    /// but the op the store holds there is not the one the caller applied
+    /// (its key is not the `prev` given): the store's log is not the
+    /// caller's - it lost or rewrote acknowledged ops (a failover that lost
+    /// commits, a restore). Nothing was written. `current` is the head
+    /// version. The caller must not build on its own view of the document.
+    Diverged { current: Version },
     /// An op of the batch has an idempotency key `(user, client_id, seq)`
     /// that is already committed, at `version`: nothing was written.
     Duplicate {
@@ -115,13 +124,25 @@ pub fn check_storable(ops: &[CommittedOp]) -> Result<(), StoreError> {
 #[async_trait]
 pub trait OperationStore: Send + Sync + 'static {
     /// Appends `ops` (consecutive versions, the first one `head + 1`) in one
-    /// transaction. Adapters must answer (after [`check_batch`] and
-    /// [`check_storable`]):
+    /// transaction, if the op at the head is the one the caller holds there.
+    ///
+    /// `prev` is the key ([`CommittedOp::key`]) of the op at version
+    /// `ops[0].version - 1` as the caller applied it; `None` when the caller
+    /// does not know it (or `ops[0]` is version 1). The compare-and-set
+    /// covers the head's version and, given `prev`, its identity: a store
+    /// that lost or rewrote acknowledged ops is noticed even when its head
+    /// came back to the caller's version. A head without an op the store
+    /// still holds (trimmed, or version 0) passes the identity check.
+    ///
+    /// Adapters must answer (after [`check_batch`] and [`check_storable`]):
     /// - `Committed` when every op was written;
     /// - `Conflict` when `ops[0].version` is not `head + 1` (including when
     ///   another writer took that version first), writing nothing;
+    /// - `Diverged` when the head is `ops[0].version - 1` but the op the
+    ///   store holds there has another key than `prev` (`Some`), writing
+    ///   nothing;
     /// - `Duplicate` when an op's `(user, client_id, seq)` already exists
-    ///   for the document, writing nothing;
+    ///   for the document, writing nothing (the head and `prev` matched);
     /// - `Err(Rejected)` when the store refuses the batch's data, writing
     ///   nothing and affecting no other batch;
     /// - `Err(Unavailable)` when nothing was written: the store could not be
@@ -131,8 +152,12 @@ pub trait OperationStore: Send + Sync + 'static {
     ///   time.
     ///
     /// An empty `ops` is `Committed`.
-    async fn append(&self, document: DocumentId, ops: &[CommittedOp])
-    -> Result<Append, StoreError>;
+    async fn append(
+        &self,
+        document: DocumentId,
+        prev: Option<OpKey>,
+        ops: &[CommittedOp],
+    ) -> Result<Append, StoreError>;
 
     /// The latest snapshot and every op after it (all ops if there is no
     /// snapshot). An unknown document is `Loaded::default()`.
@@ -146,8 +171,47 @@ pub trait OperationStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<CommittedOp>, StoreError>;
 
+    /// Ops with versions `after + 1 ..`, in order: at most `max_ops` of
+    /// them, and no more than fit in `max_bytes` - the total size of their
+    /// deltas as JSON (the wire and storage form) - except that the first
+    /// op comes back whatever its size (so a single large op can be read).
+    /// Nothing beyond that is transferred from the store. An empty answer
+    /// means there is no op after `after` (or `max_ops` is 0).
+    async fn read_within(
+        &self,
+        document: DocumentId,
+        after: Version,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<CommittedOp>, StoreError>;
+
+    /// The latest snapshot, if any (opening a document: this, then the
+    /// tail after it in bounded chunks with [`Self::read_within`]).
+    async fn snapshot(&self, document: DocumentId) -> Result<Option<Snapshot>, StoreError>;
+
     /// The head version (0 for an unknown document).
     async fn head(&self, document: DocumentId) -> Result<Version, StoreError>;
+
+    /// The head of each of `documents`, in the same order (0 for an unknown
+    /// document), in one round trip where the store has round trips. Up to
+    /// at least 10,000 documents per call.
+    async fn heads(&self, documents: &[DocumentId]) -> Result<Vec<Version>, StoreError> {
+        let mut heads = Vec::with_capacity(documents.len());
+        for document in documents {
+            heads.push(self.head(*document).await?);
+        }
+        Ok(heads)
+    }
+
+    /// The lowest version committed at or after the wall-clock time `at`
+    /// (the store's commit time of each op), `None` if none was. Every
+    /// instance gets the same answer, so an age limit on history does not
+    /// depend on which instance holds a document.
+    async fn first_since(
+        &self,
+        document: DocumentId,
+        at: Timestamp,
+    ) -> Result<Option<Version>, StoreError>;
 
     /// The version at which `(user, client_id, seq)` was committed, if it was.
     async fn find(
@@ -218,12 +282,13 @@ impl<S: OperationStore, T: Tap> OperationStore for Tapped<S, T> {
     async fn append(
         &self,
         document: DocumentId,
+        prev: Option<OpKey>,
         ops: &[CommittedOp],
     ) -> Result<Append, StoreError> {
         if let Some(refusal) = self.tap.refuse_append(ops) {
             return Err(refusal);
         }
-        let outcome = self.inner.append(document, ops).await;
+        let outcome = self.inner.append(document, prev, ops).await;
         self.tap.after_append(ops, &outcome);
         self.tap.answer_append(ops, outcome)
     }
@@ -238,8 +303,32 @@ impl<S: OperationStore, T: Tap> OperationStore for Tapped<S, T> {
     ) -> Result<Vec<CommittedOp>, StoreError> {
         self.inner.read(document, after, limit).await
     }
+    async fn read_within(
+        &self,
+        document: DocumentId,
+        after: Version,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<CommittedOp>, StoreError> {
+        self.inner
+            .read_within(document, after, max_ops, max_bytes)
+            .await
+    }
+    async fn snapshot(&self, document: DocumentId) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.snapshot(document).await
+    }
     async fn head(&self, document: DocumentId) -> Result<Version, StoreError> {
         self.inner.head(document).await
+    }
+    async fn heads(&self, documents: &[DocumentId]) -> Result<Vec<Version>, StoreError> {
+        self.inner.heads(documents).await
+    }
+    async fn first_since(
+        &self,
+        document: DocumentId,
+        at: Timestamp,
+    ) -> Result<Option<Version>, StoreError> {
+        self.inner.first_since(document, at).await
     }
     async fn find(
         &self,

@@ -1,12 +1,13 @@
 //! The operation store in process memory.
 
+use crate::clock::SystemClock;
 use async_trait::async_trait;
-use relay_domain::{ClientId, CommittedOp, DocumentId, Seq, UserId, Version};
-use relay_ports::Cause;
+use relay_domain::{ClientId, CommittedOp, DocumentId, OpKey, Seq, Timestamp, UserId, Version};
 use relay_ports::{Append, Loaded, OperationStore, Snapshot, StoreError};
+use relay_ports::{Cause, Clock};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// An [`OperationStore`] in process memory, for development and tests.
 ///
@@ -21,15 +22,34 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 /// held across an `.await` and every critical section is short, so
 /// blocking briefly is cheaper than an async lock (mini-redis does the
 /// same).
-#[derive(Debug, Default)]
+///
+/// Each op's commit time comes from the store's [`Clock`] (the wall clock
+/// unless built [`with_clock`](MemoryStore::with_clock)), as PostgreSQL
+/// stamps each row with its `created_at`.
 pub struct MemoryStore {
     documents: Mutex<HashMap<DocumentId, Log>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::with_clock(Arc::new(SystemClock))
+    }
 }
 
 /// One document's log: `ops[i]` is at version `i + 1`.
 #[derive(Debug, Default)]
 struct Log {
     ops: Vec<CommittedOp>,
+    /// `committed[i]` is when `ops[i]` was committed (never decreasing,
+    /// even if the clock goes back) and the size of its delta as JSON.
+    committed: Vec<(Timestamp, usize)>,
     /// The idempotency keys, as the database's unique index.
     keys: HashMap<(UserId, ClientId, Seq), Version>,
     /// The highest seq of each client and its version.
@@ -44,10 +64,16 @@ impl Log {
     }
 
     /// Decides a batch without changing anything.
-    fn check(&self, ops: &[CommittedOp]) -> Option<Append> {
+    fn check(&self, prev: Option<&OpKey>, ops: &[CommittedOp]) -> Option<Append> {
         let head = self.head();
         if Some(ops[0].version) != head.next() {
             return Some(Append::Conflict { current: head });
+        }
+        // The op at the head, if there is one, must be the caller's.
+        if let (Some(prev), Some(at_head)) = (prev, self.ops.last())
+            && at_head.key() != *prev
+        {
+            return Some(Append::Diverged { current: head });
         }
         ops.iter().find_map(|op| {
             let version = self.keys.get(&key(op))?;
@@ -60,8 +86,14 @@ impl Log {
         })
     }
 
-    fn commit(&mut self, ops: &[CommittedOp]) {
+    fn commit(&mut self, ops: &[CommittedOp], now: Timestamp) {
+        // Commit times never go back within a log, as versions do not.
+        let at = self
+            .committed
+            .last()
+            .map_or(now, |(last, _)| now.max(*last));
         for op in ops {
+            self.committed.push((at, json_size(op)));
             self.keys.insert(key(op), op.version);
             let last = self
                 .last_seqs
@@ -85,9 +117,25 @@ fn key(op: &CommittedOp) -> (UserId, ClientId, Seq) {
     (op.user, op.client_id.clone(), op.seq)
 }
 
+/// The size of an op's delta as JSON, what [`OperationStore::read_within`]
+/// counts.
+fn json_size(op: &CommittedOp) -> usize {
+    serde_json::to_string(&op.delta).map_or(0, |json| json.len())
+}
+
 impl MemoryStore {
+    /// A store stamping commits with the wall clock.
     pub fn new() -> Self {
         MemoryStore::default()
+    }
+
+    /// A store stamping commits with `clock` (the one the application
+    /// reads, so tests that drive time drive commit times too).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        MemoryStore {
+            documents: Mutex::default(),
+            clock,
+        }
     }
 
     /// Every mutation happens after all checks, so a panic while the lock
@@ -113,6 +161,7 @@ impl OperationStore for MemoryStore {
     async fn append(
         &self,
         document: DocumentId,
+        prev: Option<OpKey>,
         ops: &[CommittedOp],
     ) -> Result<Append, StoreError> {
         if ops.is_empty() {
@@ -120,21 +169,22 @@ impl OperationStore for MemoryStore {
         }
         relay_ports::store::check_batch(ops)?;
         relay_ports::store::check_storable(ops)?;
+        let now = self.clock.now();
         let mut documents = self.documents();
         // An unknown document gets a log only when something is written.
         match documents.entry(document) {
             Entry::Occupied(mut log) => {
-                if let Some(refusal) = log.get().check(ops) {
+                if let Some(refusal) = log.get().check(prev.as_ref(), ops) {
                     return Ok(refusal);
                 }
-                log.get_mut().commit(ops);
+                log.get_mut().commit(ops, now);
             }
             Entry::Vacant(vacant) => {
                 let mut log = Log::default();
-                if let Some(refusal) = log.check(ops) {
+                if let Some(refusal) = log.check(prev.as_ref(), ops) {
                     return Ok(refusal);
                 }
-                log.commit(ops);
+                log.commit(ops, now);
                 vacant.insert(log);
             }
         }
@@ -164,8 +214,55 @@ impl OperationStore for MemoryStore {
         }))
     }
 
+    async fn read_within(
+        &self,
+        document: DocumentId,
+        after: Version,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<CommittedOp>, StoreError> {
+        Ok(self.with_log(document, |log| {
+            let start = index(after).min(log.ops.len());
+            let end = start.saturating_add(max_ops).min(log.ops.len());
+            let mut total = 0usize;
+            let within = log.committed[start..end]
+                .iter()
+                .enumerate()
+                .take_while(|(i, (_, size))| {
+                    total = total.saturating_add(*size);
+                    *i == 0 || total <= max_bytes
+                })
+                .count();
+            log.ops[start..start + within].to_vec()
+        }))
+    }
+
+    async fn snapshot(&self, document: DocumentId) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.with_log(document, |log| log.snapshot.clone()))
+    }
+
     async fn head(&self, document: DocumentId) -> Result<Version, StoreError> {
         Ok(self.with_log(document, Log::head))
+    }
+
+    async fn heads(&self, documents: &[DocumentId]) -> Result<Vec<Version>, StoreError> {
+        let logs = self.documents();
+        Ok(documents
+            .iter()
+            .map(|d| logs.get(d).map_or(Version::ZERO, Log::head))
+            .collect())
+    }
+
+    async fn first_since(
+        &self,
+        document: DocumentId,
+        at: Timestamp,
+    ) -> Result<Option<Version>, StoreError> {
+        Ok(self.with_log(document, |log| {
+            // Commit times never decrease along the log.
+            let i = log.committed.partition_point(|(t, _)| *t < at);
+            log.ops.get(i).map(|op| op.version)
+        }))
     }
 
     async fn find(
@@ -246,7 +343,7 @@ mod tests {
         let store = MemoryStore::new();
         let document = document();
         let result = store
-            .append(document, &[op(1, "a", 1), op(3, "a", 2)])
+            .append(document, None, &[op(1, "a", 1), op(3, "a", 2)])
             .await;
         assert!(matches!(result, Err(StoreError::Corrupt(_))), "{result:?}");
         assert_eq!(store.head(document).await, Ok(Version::ZERO));
@@ -257,7 +354,7 @@ mod tests {
         let store = MemoryStore::new();
         let document = document();
         let result = store
-            .append(document, &[op(1, "a", 1), op(2, "a", 1)])
+            .append(document, None, &[op(1, "a", 1), op(2, "a", 1)])
             .await;
         assert!(matches!(result, Err(StoreError::Corrupt(_))), "{result:?}");
         assert_eq!(
@@ -277,7 +374,7 @@ mod tests {
     async fn refused_appends_do_not_create_documents() {
         let store = MemoryStore::new();
         let document = document();
-        let answer = store.append(document, &[op(2, "a", 1)]).await;
+        let answer = store.append(document, None, &[op(2, "a", 1)]).await;
         assert_eq!(
             answer,
             Ok(Append::Conflict {
@@ -298,7 +395,10 @@ mod tests {
         assert_eq!(store.save_snapshot(document, empty.clone()).await, Ok(()));
         assert_eq!(store.load(document).await, Ok(Loaded::default()));
 
-        store.append(document, &[op(1, "a", 1)]).await.unwrap();
+        store
+            .append(document, None, &[op(1, "a", 1)])
+            .await
+            .unwrap();
         assert_eq!(store.save_snapshot(document, empty).await, Ok(()));
         assert_eq!(store.load(document).await.unwrap().snapshot, None);
     }
@@ -308,7 +408,7 @@ mod tests {
         let store = MemoryStore::new();
         let document = document();
         store
-            .append(document, &[op(1, "a", 5), op(2, "a", 3)])
+            .append(document, None, &[op(1, "a", 5), op(2, "a", 3)])
             .await
             .unwrap();
         assert_eq!(

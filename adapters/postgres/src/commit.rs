@@ -20,9 +20,9 @@
 //! are stuck.
 
 use super::PgPool;
-use super::append::{Batch, Rows, Written, explain_refusal, insert, rounds};
+use super::append::{Batch, Row, Rows, Written, explain_refusal, insert, rounds};
 use super::error::{Class, classify, corrupt_msg};
-use relay_domain::CommittedOp;
+use relay_domain::{CommittedOp, OpKey};
 use relay_ports::Cause;
 use relay_ports::{Append, StoreError};
 use std::sync::Arc;
@@ -88,6 +88,8 @@ impl RequestState {
 /// One document's batch, waiting for a committer.
 pub(super) struct Request {
     pub(super) document: Uuid,
+    /// The key of the op the caller holds at the head.
+    pub(super) prev: Option<OpKey>,
     pub(super) rows: Rows,
     pub(super) ops: Vec<CommittedOp>,
     reply: oneshot::Sender<Result<Append, StoreError>>,
@@ -101,6 +103,7 @@ impl Request {
             document: self.document,
             rows: &self.rows,
             len: self.ops.len(),
+            prev: self.prev.as_ref(),
         }
     }
 }
@@ -200,6 +203,7 @@ impl Pipeline {
     pub(super) async fn append(
         &self,
         document: Uuid,
+        prev: Option<OpKey>,
         rows: Rows,
         ops: Vec<CommittedOp>,
     ) -> Result<Append, StoreError> {
@@ -207,6 +211,7 @@ impl Pipeline {
         let state = Arc::new(RequestState::queued());
         let request = Request {
             document,
+            prev,
             rows,
             ops,
             reply,
@@ -387,7 +392,7 @@ async fn write_round(conn: &mut Conn, requests: &[&Request]) -> Vec<Result<Appen
         Outcome::Written(written) => {
             let mut results = Vec::with_capacity(requests.len());
             for r in requests {
-                results.push(settle(conn, r, &written).await);
+                results.push(settle(conn, r, &written, true).await);
             }
             results
         }
@@ -408,8 +413,18 @@ async fn write_round(conn: &mut Conn, requests: &[&Request]) -> Vec<Result<Appen
 /// One request on its own (after its statement hit a committed idempotency
 /// key or refused data).
 async fn write_one(conn: &mut Conn, r: &Request) -> Result<Append, StoreError> {
+    write_alone(conn, r, true).await
+}
+
+/// [`write_one`]; `retry_stale`: whether a head that could not be checked
+/// is tried once more.
+async fn write_alone(
+    conn: &mut Conn,
+    r: &Request,
+    retry_stale: bool,
+) -> Result<Append, StoreError> {
     match run(conn, &[r]).await {
-        Outcome::Written(written) => settle(conn, r, &written).await,
+        Outcome::Written(written) => settle(conn, r, &written, retry_stale).await,
         Outcome::Duplicate => match explain(conn, r).await? {
             duplicate @ Append::Duplicate { .. } => Ok(duplicate),
             // The head matched but a version is taken: the log and the
@@ -422,14 +437,41 @@ async fn write_one(conn: &mut Conn, r: &Request) -> Result<Append, StoreError> {
     }
 }
 
-/// A request's answer from the rows its statement wrote.
-async fn settle(conn: &mut Conn, r: &Request, written: &[Written]) -> Result<Append, StoreError> {
+/// A request's answer from the rows its statement reported: all of its
+/// rows written (`Committed`), its head holding another op than the
+/// caller's (`Diverged`, the head as `current`), none written (the
+/// compare-and-set lost: `explain` says why). A head that reached the
+/// expected version only after the statement's snapshot could not be
+/// checked: that request is written again alone, once (`retry_stale`) -
+/// its new snapshot holds the op at the head, and the head cannot come
+/// back to that version, so a second statement checks it or conflicts.
+async fn settle(
+    conn: &mut Conn,
+    r: &Request,
+    written: &[Written],
+    retry_stale: bool,
+) -> Result<Append, StoreError> {
     let first = r.rows.versions[0];
     let last = r.rows.versions[r.rows.versions.len() - 1];
-    let n = written
-        .iter()
-        .filter(|w| w.document_id == r.document && (first..=last).contains(&w.version))
-        .count();
+    let mut n = 0;
+    for w in written.iter().filter(|w| w.document_id == r.document) {
+        match w.row {
+            Row::Written if (first..=last).contains(&w.version) => n += 1,
+            Row::Written => {}
+            Row::Diverged => {
+                return Ok(Append::Diverged {
+                    current: relay_domain::Version::try_from(w.version)
+                        .map_err(super::error::corrupt)?,
+                });
+            }
+            Row::Stale if retry_stale => return Box::pin(write_alone(conn, r, false)).await,
+            Row::Stale => {
+                return Err(StoreError::Unavailable(Cause::msg(
+                    "the document's head moved under two statements in a row",
+                )));
+            }
+        }
+    }
     match n {
         n if n == r.ops.len() => Ok(Append::Committed),
         // The compare-and-set lost: committed, nothing of this batch.

@@ -15,7 +15,9 @@ use super::error::{corrupt, corrupt_msg, unavailable};
 use super::schema::{documents, operations, snapshots};
 use async_trait::async_trait;
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
-use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
+use relay_domain::{
+    ClientId, CommittedOp, Delta, DocumentId, OpKey, Seq, Timestamp, UserId, Version,
+};
 use relay_ports::Cause;
 use relay_ports::{Append, Loaded, OperationStore, Snapshot, StoreError};
 use serde_json::Value;
@@ -73,11 +75,19 @@ impl PgStore {
     }
 }
 
+/// A version read with `sql_query`.
+#[derive(diesel::QueryableByName)]
+struct Versioned {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    version: i64,
+}
+
 #[async_trait]
 impl OperationStore for PgStore {
     async fn append(
         &self,
         document: DocumentId,
+        prev: Option<OpKey>,
         ops: &[CommittedOp],
     ) -> Result<Append, StoreError> {
         if ops.is_empty() {
@@ -90,7 +100,7 @@ impl OperationStore for PgStore {
         }
         let rows = Rows::of(ops)?;
         self.pipeline
-            .append(*document.as_uuid(), rows, ops.to_vec())
+            .append(*document.as_uuid(), prev, rows, ops.to_vec())
             .await
     }
 
@@ -156,9 +166,141 @@ impl OperationStore for PgStore {
         .await
     }
 
+    async fn read_within(
+        &self,
+        document: DocumentId,
+        after: Version,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<CommittedOp>, StoreError> {
+        use diesel::sql_types::{BigInt, Uuid as SqlUuid};
+        use diesel_async::RunQueryDsl;
+        let doc = *document.as_uuid();
+        let (after, max_ops) = (i64::from(after), i64::try_from(max_ops).unwrap_or(i64::MAX));
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        self.with_conn(async |conn| {
+            // The running size is summed over at most `max_ops` rows, in the
+            // database; only the rows within the budget (and always the
+            // first) are sent.
+            let rows: Vec<OpRow> = diesel::sql_query(
+                "SELECT version, actor_id, client_id, seq, delta FROM (
+                     SELECT o.*,
+                            row_number() OVER w AS n,
+                            sum(octet_length(o.delta::text)) OVER w AS total
+                     FROM (SELECT version, actor_id, client_id, seq, delta
+                           FROM operations
+                           WHERE document_id = $1 AND version > $2
+                           ORDER BY version LIMIT $3) o
+                     WINDOW w AS (ORDER BY o.version)
+                 ) s
+                 WHERE n = 1 OR total <= $4
+                 ORDER BY version",
+            )
+            .bind::<SqlUuid, _>(doc)
+            .bind::<BigInt, _>(after)
+            .bind::<BigInt, _>(max_ops)
+            .bind::<BigInt, _>(max_bytes)
+            .load(conn)
+            .await
+            .map_err(unavailable)?;
+            rows.into_iter().map(OpRow::into_op).collect()
+        })
+        .await
+    }
+
+    async fn snapshot(&self, document: DocumentId) -> Result<Option<Snapshot>, StoreError> {
+        use diesel_async::RunQueryDsl;
+        let doc = *document.as_uuid();
+        self.with_conn(async |conn| {
+            let snap: Option<(i64, Value)> = snapshots::table
+                .filter(snapshots::document_id.eq(doc))
+                .order(snapshots::version.desc())
+                .select((snapshots::version, snapshots::content))
+                .first(conn)
+                .await
+                .optional()
+                .map_err(unavailable)?;
+            snap.map(|(v, content)| {
+                Ok(Snapshot {
+                    version: Version::try_from(v).map_err(corrupt)?,
+                    content: Delta::from_json(&content).map_err(corrupt)?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
     async fn head(&self, document: DocumentId) -> Result<Version, StoreError> {
         self.with_conn(async |conn| head(conn, *document.as_uuid()).await)
             .await
+    }
+
+    async fn heads(&self, documents: &[DocumentId]) -> Result<Vec<Version>, StoreError> {
+        use diesel_async::RunQueryDsl;
+        if documents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<uuid::Uuid> = documents.iter().map(|d| *d.as_uuid()).collect();
+        self.with_conn(async |conn| {
+            // One round trip: `id = ANY($1)`, a primary-key lookup each.
+            let found: Vec<(uuid::Uuid, i64)> = documents::table
+                .filter(documents::id.eq_any(&ids))
+                .select((documents::id, documents::head))
+                .load(conn)
+                .await
+                .map_err(unavailable)?;
+            let found: std::collections::HashMap<uuid::Uuid, i64> = found.into_iter().collect();
+            ids.iter()
+                .map(|id| Version::try_from(found.get(id).copied().unwrap_or(0)).map_err(corrupt))
+                .collect()
+        })
+        .await
+    }
+
+    async fn first_since(
+        &self,
+        document: DocumentId,
+        at: Timestamp,
+    ) -> Result<Option<Version>, StoreError> {
+        use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
+        use diesel_async::RunQueryDsl;
+        let doc = *document.as_uuid();
+        let Some(at) = i64::try_from(at.as_millis())
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+        else {
+            // Past any time the database can hold: nothing was committed
+            // then.
+            return Ok(None);
+        };
+        self.with_conn(async |conn| {
+            // The version after the newest op committed before `at`: the
+            // log's primary key walked back from the head, as far as the
+            // ops committed since `at` (what a history limit keeps anyway),
+            // then one lookup forward. The index on `created_at` alone
+            // would walk every document's ops since `at`.
+            let found: Option<Versioned> = diesel::sql_query(
+                "SELECT o.version FROM operations o
+                 WHERE o.document_id = $1
+                   AND o.version > COALESCE((
+                       SELECT p.version FROM operations p
+                       WHERE p.document_id = $1 AND p.created_at < $2
+                       ORDER BY p.version DESC LIMIT 1), 0)
+                 ORDER BY o.version LIMIT 1",
+            )
+            .bind::<SqlUuid, _>(doc)
+            .bind::<Timestamptz, _>(at)
+            .get_result(conn)
+            .await
+            .optional()
+            .map_err(unavailable)?;
+            found
+                .map(|v| Version::try_from(v.version))
+                .transpose()
+                .map_err(corrupt)
+        })
+        .await
     }
 
     async fn find(

@@ -116,17 +116,17 @@ async fn the_head_migration_takes_each_head_from_the_log() {
         }
     };
     assert_eq!(
-        store.append(DocumentId::new(busy), &[next(3)]).await,
+        store.append(DocumentId::new(busy), None, &[next(3)]).await,
         Ok(Append::Conflict {
             current: Version::from(3)
         })
     );
     assert_eq!(
-        store.append(DocumentId::new(busy), &[next(4)]).await,
+        store.append(DocumentId::new(busy), None, &[next(4)]).await,
         Ok(Append::Committed)
     );
     assert_eq!(
-        store.append(DocumentId::new(empty), &[next(1)]).await,
+        store.append(DocumentId::new(empty), None, &[next(1)]).await,
         Ok(Append::Committed)
     );
 }
@@ -178,6 +178,7 @@ async fn each_row_holds_the_seed_columns_derived_from_its_delta() {
         store
             .append(
                 document,
+                None,
                 &[op(1, 7, first), op(2, 8, second), op(3, 9, third)]
             )
             .await,
@@ -264,7 +265,9 @@ async fn with_a_tiny_call_timeout_unavailable_still_means_nothing_was_written() 
                 delta,
             };
             let started = std::time::Instant::now();
-            let answer = store.append(document, std::slice::from_ref(&op)).await;
+            let answer = store
+                .append(document, None, std::slice::from_ref(&op))
+                .await;
             (document, user, answer, started.elapsed())
         }));
     }
@@ -345,7 +348,7 @@ async fn two_instances_committing_overlapping_documents_never_deadlock() {
     // Every document gets a first op, so the rounds update existing rows.
     for d in &documents {
         assert_eq!(
-            one.append(*d, &[op(1, "seed")]).await,
+            one.append(*d, None, &[op(1, "seed")]).await,
             Ok(Append::Committed)
         );
     }
@@ -360,7 +363,9 @@ async fn two_instances_committing_overlapping_documents_never_deadlock() {
             for d in order {
                 let store = store.clone();
                 let o = op(round, who);
-                tasks.push(tokio::spawn(async move { store.append(d, &[o]).await }));
+                tasks.push(tokio::spawn(
+                    async move { store.append(d, None, &[o]).await },
+                ));
             }
         }
         for t in tasks {
@@ -375,9 +380,160 @@ async fn two_instances_committing_overlapping_documents_never_deadlock() {
         for d in &documents {
             let head = one.head(*d).await.expect("head");
             if head < Version::new(round).unwrap() {
-                let _ = one.append(*d, &[op(round, "fill")]).await;
+                let _ = one.append(*d, None, &[op(round, "fill")]).await;
             }
         }
     }
     assert_eq!(deadlocks, 0, "statements deadlocked {deadlocks} times");
+}
+
+fn keyed_op(version: u64, client: &str) -> relay_domain::CommittedOp {
+    use relay_domain::{ClientId, CommittedOp, Delta, Seq, Version};
+    let mut delta = Delta::new();
+    delta
+        .retain(usize::try_from(version - 1).unwrap())
+        .insert("x");
+    CommittedOp {
+        version: Version::new(version).unwrap(),
+        user: UserId::new(uuid::Uuid::from_u128(7)),
+        client_id: ClientId::new(client).unwrap(),
+        seq: Seq::new(version).unwrap(),
+        delta,
+    }
+}
+
+/// A head whose op row is gone (trimmed) passes the identity check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_whose_op_was_trimmed_passes_the_identity_check() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use relay_domain::{ClientId, OpKey, Seq, Version};
+    use relay_ports::{Append, OperationStore};
+    let store = PgStore::new(pool());
+    let document = DocumentId::new(uuid::Uuid::new_v4());
+    let ops = [keyed_op(1, "trim"), keyed_op(2, "trim")];
+    assert_eq!(
+        store.append(document, None, &ops).await,
+        Ok(Append::Committed)
+    );
+    let mut conn = AsyncPgConnection::establish(&testdb::test_database())
+        .await
+        .expect("connect");
+    diesel::sql_query("DELETE FROM operations WHERE document_id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(*document.as_uuid())
+        .execute(&mut conn)
+        .await
+        .expect("trim");
+    let stranger = OpKey {
+        user: UserId::new(uuid::Uuid::new_v4()),
+        client_id: ClientId::new("stranger").unwrap(),
+        seq: Seq::from(1),
+    };
+    assert_eq!(
+        store
+            .append(document, Some(stranger), &[keyed_op(3, "trim")])
+            .await,
+        Ok(Append::Committed)
+    );
+    assert_eq!(store.head(document).await, Ok(Version::from(3)));
+}
+
+/// Our append waits on the document's row lock while another writer
+/// commits the very version our batch builds on: our statement's snapshot
+/// predates that op's row, so it cannot check it there. The document is
+/// written again alone with a fresh snapshot, which finds the other
+/// writer's op is not the one we name: `Diverged`, nothing written -
+/// never `Committed` on an unchecked head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_committed_at_the_head_while_waiting_for_the_lock_is_still_checked() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use relay_domain::Version;
+    use relay_ports::{Append, OperationStore};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    let store = Arc::new(PgStore::new(pool()));
+    let document = DocumentId::new(uuid::Uuid::new_v4());
+    let doc = *document.as_uuid();
+    assert_eq!(
+        store.append(document, None, &[keyed_op(1, "ours")]).await,
+        Ok(Append::Committed)
+    );
+    let (ours_at_2, theirs_at_2) = (keyed_op(2, "ours"), keyed_op(2, "theirs"));
+
+    // The other writer: version 2 in an open transaction, the row locked.
+    let url = testdb::test_database();
+    let mut other = AsyncPgConnection::establish(&url).await.expect("connect");
+    diesel::sql_query("BEGIN")
+        .execute(&mut other)
+        .await
+        .expect("begin");
+    diesel::sql_query("UPDATE documents SET head = 2 WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(doc)
+        .execute(&mut other)
+        .await
+        .expect("head");
+    diesel::sql_query(
+        "INSERT INTO operations (id, document_id, version, actor_id, client_id, seq,
+                                 operation_type, position, vector_clock, delta)
+         VALUES (gen_random_uuid(), $1, 2, $2, 'theirs', 2, 'insert', 1, '{}',
+                 '[{\"retain\":1},{\"insert\":\"x\"}]')",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(doc)
+    .bind::<diesel::sql_types::Uuid, _>(*theirs_at_2.user.as_uuid())
+    .execute(&mut other)
+    .await
+    .expect("their op");
+
+    // Ours: version 3 on our version 2, which the store does not hold.
+    let append = {
+        let store = store.clone();
+        let prev = Some(ours_at_2.key());
+        tokio::spawn(async move { store.append(document, prev, &[keyed_op(3, "ours")]).await })
+    };
+    let mut watcher = AsyncPgConnection::establish(&url).await.expect("connect");
+    let mut waiting = false;
+    for _ in 0..200 {
+        let c: Count = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE 'WITH b AS%'",
+        )
+        .get_result(&mut watcher)
+        .await
+        .expect("activity");
+        if c.n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        waiting,
+        "our append must wait for the other writer's row lock"
+    );
+    diesel::sql_query("COMMIT")
+        .execute(&mut other)
+        .await
+        .expect("commit");
+
+    let answer = tokio::time::timeout(Duration::from_secs(10), append)
+        .await
+        .expect("bounded")
+        .expect("task");
+    assert_eq!(
+        answer,
+        Ok(Append::Diverged {
+            current: Version::from(2)
+        })
+    );
+    assert_eq!(store.head(document).await, Ok(Version::from(2)));
+    let held = store.read(document, Version::ZERO, 10).await.expect("read");
+    assert_eq!(held.len(), 2);
+    assert_eq!(held[1].key(), theirs_at_2.key());
 }

@@ -70,7 +70,11 @@ impl Room {
             .instance
             .ports
             .store
-            .append(self.document, self.sequencer.pending())
+            .append(
+                self.document,
+                self.sequencer.last_committed().map(|op| op.key()),
+                self.sequencer.pending(),
+            )
             .instrument(span)
             .await;
         match outcome {
@@ -90,6 +94,19 @@ impl Room {
                 // what the room holds is not the document any more.
                 self.sequencer.abort_pending();
                 tracing::error!(document = %self.document, store = %current, room = %self.sequencer.version(), "the store's head is behind the room: reopening the document from the store");
+                self.fail(
+                    &proposed,
+                    ErrorCode::Unavailable,
+                    "the document is reopening: nothing was committed; retry the same submit",
+                );
+                self.reopen();
+                Attempt::Done
+            }
+            Ok(Append::Diverged { current }) => {
+                // The store holds another op at the room's head: it lost or
+                // rewrote acknowledged ops. As above: reopen.
+                self.sequencer.abort_pending();
+                tracing::error!(document = %self.document, store = %current, room = %self.sequencer.version(), "the store's op at the room's head is not the room's: reopening the document from the store");
                 self.fail(
                     &proposed,
                     ErrorCode::Unavailable,

@@ -7,7 +7,10 @@
 
 use super::{PATIENCE, Spawn, client, fresh_document, fresh_user, within};
 use crate::store::{Append, Loaded, OperationStore, Snapshot, StoreError};
-use relay_domain::{ClientId, CommittedOp, Delta, DocumentId, Seq, UserId, Version};
+use relay_domain::{
+    ClientId, CommittedOp, Delta, Document, DocumentId, OpKey, Seq, Side, Timestamp, UserId,
+    Version, rebase_over_log,
+};
 use std::sync::Arc;
 use tokio::sync::{Barrier, mpsc};
 
@@ -30,6 +33,12 @@ pub async fn run_all<S: OperationStore>(make: &impl AsyncFn() -> S, spawn: &Spaw
     saving_a_snapshot_at_or_below_the_latest_changes_nothing(make).await;
     a_snapshot_past_the_head_is_corrupt(make).await;
     ping_answers(make).await;
+    the_op_at_the_head_must_be_the_one_the_caller_applied(make).await;
+    heads_answer_each_document_in_order(make).await;
+    reads_within_a_budget_stop_at_the_ops_or_bytes_limit(make).await;
+    the_latest_snapshot_is_read_alone(make).await;
+    first_since_finds_the_first_version_committed_at_or_after_a_time(make).await;
+    ops_read_back_from_the_store_rebase_a_stale_base_in_the_middle_of_a_document(make).await;
     exactly_one_concurrent_append_wins(make, spawn).await;
     concurrent_appends_to_many_documents_each_get_their_own_answer(make, spawn).await;
     a_batch_with_data_the_store_cannot_hold_fails_alone(make, spawn).await;
@@ -66,7 +75,7 @@ fn snapshot(version: u64, text: &str) -> Snapshot {
 
 async fn append<S: OperationStore>(store: &S, document: DocumentId, ops: &[CommittedOp]) -> Append {
     store
-        .append(document, ops)
+        .append(document, None, ops)
         .await
         .expect("append must not fail on a reachable store")
 }
@@ -292,7 +301,7 @@ pub async fn a_retried_op_whose_version_is_taken_writes_nothing<S: OperationStor
             seq,
             version,
         } => *u == user && *c == client_id && *seq == Seq::from(2) && *version == Version::from(2),
-        Append::Committed => false,
+        Append::Committed | Append::Diverged { .. } => false,
     };
     assert!(
         accurate,
@@ -519,6 +528,341 @@ pub async fn ping_answers<S: OperationStore>(make: &impl AsyncFn() -> S) {
     assert_eq!(make().await.ping().await, Ok(()));
 }
 
+/// The compare-and-set covers the identity of the op at the head: with
+/// `prev` naming the op the caller applied there, a matching one commits,
+/// another one is `Diverged` (the head as `current`) and writes nothing;
+/// no `prev` or no op at the head passes. A wrong version is still a
+/// `Conflict` and a committed key still a `Duplicate`.
+pub async fn the_op_at_the_head_must_be_the_one_the_caller_applied<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
+    let store = make().await;
+    let (document, user, client_id, mut ops) = document_with(&store, 2).await;
+    let stranger = OpKey {
+        user: fresh_user(),
+        client_id: client("stranger"),
+        seq: Seq::from(2),
+    };
+
+    let next = op(3, user, &client_id, 3);
+    assert_eq!(
+        store
+            .append(document, Some(ops[1].key()), std::slice::from_ref(&next))
+            .await,
+        Ok(Append::Committed),
+        "the op at the head is the caller's: the append commits"
+    );
+    ops.push(next);
+
+    for other in [stranger.clone(), ops[1].key()] {
+        let batch = vec![op(4, user, &client_id, 4), op(5, user, &client_id, 5)];
+        assert_eq!(
+            store.append(document, Some(other.clone()), &batch).await,
+            Ok(Append::Diverged {
+                current: Version::from(3)
+            }),
+            "the head is at the expected version but holds another op than {other:?}"
+        );
+        assert_eq!(
+            all(&store, document).await,
+            ops,
+            "a diverged append writes nothing"
+        );
+        assert_eq!(head(&store, document).await, Version::from(3));
+        assert_eq!(
+            store.find(document, user, &client_id, Seq::from(4)).await,
+            Ok(None)
+        );
+    }
+
+    // A wrong version is a conflict whatever the prev; a committed key
+    // with the right prev is a duplicate.
+    assert_eq!(
+        store
+            .append(
+                document,
+                Some(stranger.clone()),
+                &[op(3, user, &client_id, 9)]
+            )
+            .await,
+        Ok(Append::Conflict {
+            current: Version::from(3)
+        })
+    );
+    assert_eq!(
+        store
+            .append(
+                document,
+                Some(ops[2].key()),
+                &[op_with(4, user, &client_id, 1, "again")]
+            )
+            .await,
+        Ok(Append::Duplicate {
+            user,
+            client_id: client_id.clone(),
+            seq: Seq::from(1),
+            version: Version::from(1),
+        })
+    );
+
+    let next = op(4, user, &client_id, 4);
+    assert_eq!(
+        store
+            .append(document, None, std::slice::from_ref(&next))
+            .await,
+        Ok(Append::Committed),
+        "without a prev only the version is checked"
+    );
+    ops.push(next);
+    assert_eq!(all(&store, document).await, ops);
+
+    // No op at the head (version 0): nothing to check.
+    let fresh = fresh_document();
+    let first = op(1, user, &client_id, 1);
+    assert_eq!(
+        store
+            .append(fresh, Some(stranger), std::slice::from_ref(&first))
+            .await,
+        Ok(Append::Committed),
+        "a head without an op passes the identity check"
+    );
+    assert_eq!(all(&store, fresh).await, vec![first]);
+}
+
+pub async fn heads_answer_each_document_in_order<S: OperationStore>(make: &impl AsyncFn() -> S) {
+    let store = make().await;
+    let (three, ..) = document_with(&store, 3).await;
+    let (one, ..) = document_with(&store, 1).await;
+    let unknown = fresh_document();
+    assert_eq!(
+        store.heads(&[three, unknown, one, three]).await,
+        Ok(vec![
+            Version::from(3),
+            Version::ZERO,
+            Version::from(1),
+            Version::from(3)
+        ]),
+        "each document's head in the order asked, 0 for an unknown one"
+    );
+    assert_eq!(store.heads(&[]).await, Ok(vec![]));
+    let many: Vec<DocumentId> = (0..2_000)
+        .map(|i| if i % 2 == 0 { one } else { fresh_document() })
+        .collect();
+    let answer = store.heads(&many).await.expect("heads of many documents");
+    assert_eq!(answer.len(), many.len());
+    for (i, h) in answer.iter().enumerate() {
+        let expected = if i % 2 == 0 { 1 } else { 0 };
+        assert_eq!(
+            *h,
+            Version::from(expected),
+            "document {i} of {}",
+            many.len()
+        );
+    }
+}
+
+/// A document of five ops, each inserting 1,000 characters (so each
+/// delta is a bit over 1,000 bytes as JSON, however the store formats it).
+pub async fn reads_within_a_budget_stop_at_the_ops_or_bytes_limit<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
+    let store = make().await;
+    let document = fresh_document();
+    let (user, client_id) = (fresh_user(), client("large"));
+    let ops: Vec<CommittedOp> = (1..=5u64)
+        .map(|v| {
+            let text: String = std::iter::repeat_n(char::from(b'a' + v as u8), 1_000).collect();
+            let mut delta = Delta::new();
+            delta.retain((v as usize - 1) * 1_000).insert(&text);
+            CommittedOp {
+                version: Version::new(v).unwrap(),
+                user,
+                client_id: client_id.clone(),
+                seq: Seq::new(v).unwrap(),
+                delta,
+            }
+        })
+        .collect();
+    assert_eq!(append(&store, document, &ops).await, Append::Committed);
+    let cases: [(u64, usize, usize, std::ops::Range<usize>); 9] = [
+        (0, 10, usize::MAX, 0..5),
+        (0, 2, usize::MAX, 0..2),
+        (0, 10, 2_500, 0..2),
+        (1, 10, 2_500, 1..3),
+        (0, 10, 3_500, 0..3),
+        (0, 1, 3_500, 0..1),
+        // The first op comes back even when it alone is over the budget.
+        (0, 10, 500, 0..1),
+        (3, 10, 0, 3..4),
+        (5, 10, usize::MAX, 5..5),
+    ];
+    for (after, max_ops, max_bytes, expected) in cases {
+        assert_eq!(
+            store
+                .read_within(document, Version::new(after).unwrap(), max_ops, max_bytes)
+                .await,
+            Ok(ops[expected].to_vec()),
+            "read_within(after {after}, {max_ops} ops, {max_bytes} bytes)"
+        );
+    }
+    assert_eq!(
+        store
+            .read_within(document, Version::ZERO, 0, usize::MAX)
+            .await,
+        Ok(vec![])
+    );
+    assert_eq!(
+        store
+            .read_within(fresh_document(), Version::ZERO, 10, 10_000)
+            .await,
+        Ok(vec![])
+    );
+}
+
+pub async fn the_latest_snapshot_is_read_alone<S: OperationStore>(make: &impl AsyncFn() -> S) {
+    let store = make().await;
+    assert_eq!(store.snapshot(fresh_document()).await, Ok(None));
+    let (document, ..) = document_with(&store, 4).await;
+    assert_eq!(store.snapshot(document).await, Ok(None));
+    for v in [2, 3] {
+        store
+            .save_snapshot(document, snapshot(v, &"x".repeat(v as usize)))
+            .await
+            .expect("save");
+    }
+    assert_eq!(
+        store.snapshot(document).await,
+        Ok(Some(snapshot(3, "xxx"))),
+        "the latest snapshot"
+    );
+}
+
+fn wall_clock() -> Timestamp {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_millis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Commit times are the store's (the wall clock here, a database's own
+/// clock there): the gap between the two appends is wide enough for a
+/// store on another host with a clock a little off.
+pub async fn first_since_finds_the_first_version_committed_at_or_after_a_time<S: OperationStore>(
+    make: &impl AsyncFn() -> S,
+) {
+    const GAP: std::time::Duration = std::time::Duration::from_millis(300);
+    let store = make().await;
+    let before = wall_clock();
+    let (document, user, client_id, _) = document_with(&store, 2).await;
+    assert_eq!(
+        store.first_since(document, before.plus_ms(0)).await,
+        Ok(Some(Version::from(1)))
+    );
+    tokio::time::sleep(GAP).await;
+    let between = wall_clock();
+    assert_eq!(
+        store.first_since(document, between).await,
+        Ok(None),
+        "nothing committed since"
+    );
+    tokio::time::sleep(GAP).await;
+    let later = vec![op(3, user, &client_id, 3), op(4, user, &client_id, 4)];
+    assert_eq!(append(&store, document, &later).await, Append::Committed);
+    assert_eq!(
+        store.first_since(document, between).await,
+        Ok(Some(Version::from(3))),
+        "the first op committed after {between:?}"
+    );
+    assert_eq!(
+        store.first_since(document, Timestamp::from_millis(0)).await,
+        Ok(Some(Version::from(1)))
+    );
+    assert_eq!(
+        store
+            .first_since(document, wall_clock().plus_ms(60_000))
+            .await,
+        Ok(None)
+    );
+    assert_eq!(
+        store
+            .first_since(document, Timestamp::from_millis(u64::MAX))
+            .await,
+        Ok(None)
+    );
+    assert_eq!(store.first_since(fresh_document(), before).await, Ok(None));
+}
+
+/// A client's delta made at version 1 of "hello world", re-sent after three
+/// others inserted in the middle of the text (as clients send them: no
+/// trailing retain). Rebased over the ops read back from the store, given
+/// the length now, it must be what rebasing over the full-length originals
+/// gives, and land where the text says. A store may give deltas back
+/// without their trailing retain, so the first op's `base_len` is not the
+/// document's length: rebasing must not take it as one.
+pub async fn ops_read_back_from_the_store_rebase_a_stale_base_in_the_middle_of_a_document<
+    S: OperationStore,
+>(
+    make: &impl AsyncFn() -> S,
+) {
+    let store = make().await;
+    let document = fresh_document();
+    let (user, client_id) = (fresh_user(), client("middle"));
+    let at = |version: u64, delta: Delta| CommittedOp {
+        version: Version::new(version).unwrap(),
+        user,
+        client_id: client_id.clone(),
+        seq: Seq::new(version).unwrap(),
+        delta,
+    };
+    let mut first = Delta::new();
+    first.insert("hello world");
+    let mut big = Delta::new();
+    big.retain(5).insert(" big");
+    let mut bad = Delta::new();
+    bad.retain(9).insert(" bad");
+    let mut xx = Delta::new();
+    xx.retain(2).insert("XX");
+    let middle = vec![at(2, big), at(3, bad), at(4, xx)];
+    assert_eq!(
+        append(&store, document, &[at(1, first.clone())]).await,
+        Append::Committed
+    );
+    assert_eq!(append(&store, document, &middle).await, Append::Committed);
+
+    let mut text = Document::new();
+    text.apply(&first).expect("first");
+    let mut full = Vec::new();
+    for op in &middle {
+        let fitted = op.delta.clone().fit(text.len()).expect("fits the document");
+        text.apply(&fitted).expect("applies");
+        full.push(fitted);
+    }
+    let len_after = text.len();
+    assert_eq!(text.text(), "heXXllo big bad world");
+
+    let mut client_delta = Delta::new();
+    client_delta.retain(6).insert("dear ");
+    let mut expected = client_delta.clone().fit(11).expect("client delta");
+    for op in &full {
+        expected = expected.transform(op, Side::Right).expect("transform");
+    }
+
+    let read_back = store
+        .read(document, Version::from(1), 10)
+        .await
+        .expect("read");
+    assert_eq!(read_back.len(), 3);
+    for (got, sent) in read_back.iter().zip(&middle) {
+        assert_eq!(got.key(), sent.key());
+        assert_eq!(got.version, sent.version);
+    }
+    let rebased = rebase_over_log(client_delta, &read_back, len_after)
+        .expect("ops read back from the store rebase a base in the middle");
+    assert_eq!(rebased, expected, "the same as over the full-length ops");
+    text.apply(&rebased).expect("the rebased delta applies");
+    assert_eq!(text.text(), "heXXllo big bad dear world");
+}
+
 /// How many tasks race for each version.
 pub const RACERS: usize = 8;
 /// How many versions they race for.
@@ -549,7 +893,9 @@ pub async fn exactly_one_concurrent_append_wins<S: OperationStore>(
             let (store, start, results) = (store.clone(), start.clone(), results.clone());
             spawn(Box::pin(async move {
                 start.wait().await;
-                let answer = store.append(document, std::slice::from_ref(&op)).await;
+                let answer = store
+                    .append(document, None, std::slice::from_ref(&op))
+                    .await;
                 let _ = results.send((op, answer)).await;
             }));
         }
@@ -621,7 +967,7 @@ pub async fn concurrent_appends_to_many_documents_each_get_their_own_answer<S: O
             (store.clone(), start.clone(), results.clone(), *document);
         spawn(Box::pin(async move {
             start.wait().await;
-            let answer = store.append(document, &batch).await;
+            let answer = store.append(document, None, &batch).await;
             let _ = results.send((i, batch, answer)).await;
         }));
     }
@@ -720,7 +1066,7 @@ pub async fn a_batch_with_data_the_store_cannot_hold_fails_alone<S: OperationSto
             let (store, start, results) = (store.clone(), start.clone(), results.clone());
             spawn(Box::pin(async move {
                 start.wait().await;
-                let answer = store.append(document, &batch).await;
+                let answer = store.append(document, None, &batch).await;
                 let _ = results.send((i, answer)).await;
             }));
         }
