@@ -25,6 +25,7 @@
 //!   hand, with a handle on their metrics.
 
 pub mod config;
+mod heads;
 #[cfg(test)]
 mod join_cost_tests;
 #[cfg(test)]

@@ -68,8 +68,22 @@ impl PermissionSource for Counting {
     }
 }
 
-/// A presence registry whose `upsert` waits while the gate is shut: a room
-/// that joins a client then waits on it, busy, reading nothing.
+/// A store whose lookups of a client's last seq wait while the gate is
+/// shut: a room with a new client's submit waits on it, busy, reading
+/// nothing.
+struct GatedLookups {
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+#[async_trait]
+impl relay_ports::store::Tap for GatedLookups {
+    async fn before_last_seq(&self) {
+        let _ = self.open.subscribe().wait_for(|open| *open).await;
+    }
+}
+
+/// A presence registry whose `upsert` waits while the gate is shut (a
+/// stalled Redis).
 struct Gated {
     inner: MemoryPresence,
     open: Arc<tokio::sync::watch::Sender<bool>>,
@@ -440,10 +454,11 @@ async fn joins_past_the_burst_are_refused_4429_until_the_rate_allows_one() {
 
 #[tokio::test(start_paused = true)]
 async fn a_submit_flood_from_many_connections_is_answered_before_the_room_mailbox() {
-    // The room is busy (waiting on the presence registry for a join) and
-    // reads nothing: submits over the rate are answered `rate_limited` by
-    // the sessions meanwhile, and only the burst of each connection waits
-    // in the room's mailbox (1,024 places), so none of the flooders blocks.
+    // The room is busy (waiting on the store for a new client's last seq)
+    // and reads nothing: submits over the rate are answered `rate_limited`
+    // by the sessions meanwhile, and only the burst of each connection
+    // waits in the room's mailbox (1,024 places), so none of the flooders
+    // blocks.
     let mut config = config_ttl(TTL);
     config.limits.submit_burst = 10;
     config.limits.submit_rate_per_sec = 1;
@@ -451,11 +466,10 @@ async fn a_submit_flood_from_many_connections_is_answered_before_the_room_mailbo
     let open = Arc::new(open);
     let gate = open.clone();
     let s = setup_with(config, move |ports| {
-        ports.presence = Arc::new(Gated {
-            inner: MemoryPresence::new(ports.clock.clone()),
-            open: gate,
+        ports.store = Arc::new(relay_ports::store::Tapped {
+            inner: MemoryStore::new(),
+            tap: GatedLookups { open: gate },
         });
-        ports.store = Arc::new(MemoryStore::new());
     });
     let (user, d) = (Uuid::new_v4(), doc());
     s.grant(user, d, Role::Editor);
@@ -464,11 +478,6 @@ async fn a_submit_flood_from_many_connections_is_answered_before_the_room_mailbo
         flooders.push(s.join(user, d).await);
     }
     open.send_replace(false);
-    let blocker = Uuid::new_v4();
-    s.grant(blocker, d, Role::Viewer);
-    let joining = s.clone();
-    let busy = tokio::spawn(async move { joining.try_join(blocker, d).await.map(|_| ()) });
-    tokio::task::yield_now().await;
     const SUBMITS: u32 = 200;
     let flood = async {
         for f in &mut flooders {
@@ -496,7 +505,6 @@ async fn a_submit_flood_from_many_connections_is_answered_before_the_room_mailbo
         assert_eq!(limited, expected, "answered by the session, room busy");
     }
     open.send_replace(true);
-    busy.await.unwrap().expect("the busy join completes");
     let first = &mut flooders[0];
     loop {
         match next_frame(&mut first.outbound).await {
@@ -529,4 +537,45 @@ async fn a_connection_sending_too_many_invalid_messages_is_closed_1008() {
         closed_within(&mut started, Duration::from_millis(1)).await,
         Some(1008)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_presence_registry_that_never_answers_holds_up_no_join_leave_or_ack() {
+    // Every registry write waits for good (Redis stalled, DEBUG SLEEP):
+    // the room's calls to it run beside its loop, so joins, leaves and the
+    // editor's acks go on as if it were not there.
+    let (open, _) = tokio::sync::watch::channel(false);
+    let gate = Arc::new(open);
+    let s = setup_with(config_ttl(TTL), move |ports| {
+        ports.presence = Arc::new(Gated {
+            inner: MemoryPresence::new(ports.clock.clone()),
+            open: gate,
+        });
+    });
+    let d = doc();
+    let editor = Uuid::new_v4();
+    s.grant(editor, d, Role::Editor);
+    let mut writer = s.join(editor, d).await;
+    let mut base = 0;
+    for round in 0..5u64 {
+        let guest = Uuid::new_v4();
+        s.grant(guest, d, Role::Viewer);
+        let visitor = tokio::time::timeout(Duration::from_secs(1), s.join(guest, d))
+            .await
+            .expect("a join was held up by the registry");
+        writer.session.handle(submit(round + 1, base, "x")).await;
+        let acked = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                if let ServerMessage::Ack { version, .. } = next_message(&mut writer.outbound).await
+                {
+                    return version;
+                }
+            }
+        })
+        .await
+        .expect("an ack was held up by the registry");
+        base = acked.get();
+        visitor.session.close("leaving").await;
+    }
+    assert_eq!(base, 5);
 }

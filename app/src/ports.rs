@@ -38,6 +38,9 @@ pub(crate) struct Instance {
     pub config: Arc<Config>,
     /// Every room task, so shutdown can wait for them.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The check of every open room against its document's head in the
+    /// store (bounded staleness).
+    pub heads: Arc<crate::heads::HeadWatch>,
 }
 
 impl Instance {

@@ -426,3 +426,195 @@ async fn a_room_refreshes_all_of_its_presence_entries_in_one_call_to_the_registr
     let listed = presence.inner.list(doc).await.expect("list");
     assert_eq!(listed.len(), CLIENTS - 1, "tab-0 has left");
 }
+
+/// Two instances of one deployment: one store and one registry, and either
+/// one bus or a bus each (then nothing crosses on the bus: presence can
+/// only come through the registry).
+fn two_instances(keys: &DevKeys, config: Config, one_bus: bool) -> (crate::Relay, crate::Relay) {
+    use relay_adapter_memory::{
+        ClaimsPermissions, MemoryBus, MemoryMetrics, MemoryPresence, MemoryStore, TokioClock,
+    };
+    use std::sync::Arc;
+    let clock = Arc::new(TokioClock::new());
+    let store = Arc::new(MemoryStore::new());
+    let presence = Arc::new(MemoryPresence::new(clock.clone()));
+    let shared_bus: Arc<MemoryBus> = Arc::new(MemoryBus::new());
+    let relay = |bus: Arc<MemoryBus>| {
+        let verifier = relay_adapter_jwt::JwtVerifier::new(relay_adapter_jwt::JwtConfig::default());
+        verifier.set_keys(keys.key_set());
+        crate::Relay::new(
+            config.clone(),
+            crate::Ports {
+                store: store.clone(),
+                bus,
+                presence: presence.clone(),
+                permissions: Arc::new(ClaimsPermissions),
+                verifier: Arc::new(verifier),
+                metrics: Arc::new(MemoryMetrics::default()),
+                clock: clock.clone(),
+            },
+            Vec::new(),
+        )
+    };
+    let a = relay(shared_bus.clone());
+    let b = relay(if one_bus {
+        shared_bus
+    } else {
+        Arc::new(MemoryBus::new())
+    });
+    (a, b)
+}
+
+async fn join_as_user(
+    relay: &crate::Relay,
+    keys: &DevKeys,
+    doc: DocumentId,
+    user: UserId,
+    client: &str,
+) -> (
+    Box<dyn Session>,
+    relay_ports::OutboundQueue,
+    Vec<(UserId, ClientId)>,
+) {
+    let join = Join {
+        client_id: ClientId::new(client).unwrap(),
+        token: Some(keys.editor_token(user, Duration::from_secs(3600))),
+        since: None,
+    };
+    let Started {
+        session,
+        mut outbound,
+        ..
+    } = relay
+        .join(relay.admit().unwrap(), doc, None, join)
+        .await
+        .unwrap();
+    let listed = match drain(&mut outbound).first() {
+        Some(ServerMessage::Joined { presence, .. }) => presence
+            .iter()
+            .map(|e| (e.user, e.client_id.clone()))
+            .collect(),
+        other => panic!("expected joined, got {other:?}"),
+    };
+    (session, outbound, listed)
+}
+
+fn left_of(msgs: &[ServerMessage]) -> Vec<ClientId> {
+    msgs.iter()
+        .flat_map(|m| match m {
+            ServerMessage::Presence { left, .. } => {
+                left.iter().map(|d| d.client_id.clone()).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn joined_of(msgs: &[ServerMessage]) -> Vec<ClientId> {
+    msgs.iter()
+        .flat_map(|m| match m {
+            ServerMessage::Presence { joined, .. } => {
+                joined.iter().map(|e| e.client_id.clone()).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_moves_to_another_instance_stays_listed_everywhere() {
+    let keys = DevKeys::from_seed([21; 32]);
+    let (a, b) = two_instances(&keys, Config::default(), true);
+    let doc = DocumentId::new(Uuid::new_v4());
+    let (_o, mut o_rx, _) =
+        join_as_user(&a, &keys, doc, UserId::new(Uuid::new_v4()), "observer").await;
+    let mover = UserId::new(Uuid::new_v4());
+    let (c_on_a, _c_a_rx, _) = join_as_user(&a, &keys, doc, mover, "tab-1").await;
+    // Its second socket, to the other instance (a reconnect racing the old
+    // socket's close).
+    let (mut c_on_b, mut c_b_rx, listed) = join_as_user(&b, &keys, doc, mover, "tab-1").await;
+    assert!(listed.iter().any(|(_, c)| c.as_str() == "observer"));
+    idle().await;
+    drain(&mut o_rx);
+    drain(&mut c_b_rx);
+    // The old socket closes: the client is still connected, on B.
+    c_on_a.close("network change").await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let seen_by_o = drain(&mut o_rx);
+    let seen_by_c = drain(&mut c_b_rx);
+    assert!(
+        !left_of(&seen_by_o).iter().any(|c| c.as_str() == "tab-1"),
+        "the observer was told the client left: {seen_by_o:?}"
+    );
+    assert!(
+        !left_of(&seen_by_c).iter().any(|c| c.as_str() == "tab-1"),
+        "the client was told it left: {seen_by_c:?}"
+    );
+    // Listed for new joiners on both instances, and its cursor still
+    // reaches the observer.
+    for relay in [&a, &b] {
+        let (_s, _rx, listed) =
+            join_as_user(relay, &keys, doc, UserId::new(Uuid::new_v4()), "late").await;
+        assert!(
+            listed
+                .iter()
+                .any(|(u, c)| *u == mover && c.as_str() == "tab-1"),
+            "a late joiner does not list the moved client: {listed:?}"
+        );
+    }
+    c_on_b
+        .handle(ClientMessage::Cursor {
+            version: Version::ZERO,
+            selection: Some(Selection::caret(0)),
+        })
+        .await;
+    idle().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen_by_o = drain(&mut o_rx);
+    assert!(
+        seen_by_o
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Cursor { client_id, .. } if client_id.as_str() == "tab-1")),
+        "the moved client's cursor did not reach the observer: {seen_by_o:?}"
+    );
+    // When its last connection closes, it leaves, everywhere.
+    c_on_b.close("gone").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        left_of(&drain(&mut o_rx))
+            .iter()
+            .any(|c| c.as_str() == "tab-1"),
+        "the client left for good and the observer was not told"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn presence_the_bus_never_brought_is_added_from_the_registry_within_the_ttl() {
+    let keys = DevKeys::from_seed([22; 32]);
+    let mut config = Config::default();
+    config.presence.ttl = Some(Duration::from_secs(3));
+    // No bus between the two: only the registry tells them of each other.
+    let (a, b) = two_instances(&keys, config, false);
+    let doc = DocumentId::new(Uuid::new_v4());
+    let (_x, mut x_rx, _) = join_as_user(&a, &keys, doc, UserId::new(Uuid::new_v4()), "x").await;
+    let (_y, mut y_rx, y_listed) =
+        join_as_user(&b, &keys, doc, UserId::new(Uuid::new_v4()), "y").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        joined_of(&drain(&mut x_rx))
+            .iter()
+            .any(|c| c.as_str() == "y"),
+        "x never heard of y"
+    );
+    assert!(
+        y_listed.iter().any(|(_, c)| c.as_str() == "x")
+            || joined_of(&drain(&mut y_rx))
+                .iter()
+                .any(|c| c.as_str() == "x"),
+        "y never heard of x (listed when y joined, or joined since)"
+    );
+    // And nobody leaves while both are here.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(left_of(&drain(&mut x_rx)).is_empty());
+    assert!(left_of(&drain(&mut y_rx)).is_empty());
+}

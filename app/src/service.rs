@@ -78,7 +78,9 @@ impl Relay {
             config.limits.join_burst,
             ports.clock.clone(),
         );
+        let heads = crate::heads::HeadWatch::new(ports.store.clone(), config.bus.head_check);
         let instance = Arc::new(Instance {
+            heads,
             ports: Arc::new(ports),
             id: InstanceId::from_uuid(Uuid::new_v4()),
             config: config.clone(),

@@ -168,10 +168,12 @@ impl Session for RelaySession {
                         return;
                     }
                     Err(()) => {
-                        self.sink.error(
-                            ErrorCode::Unavailable,
-                            "permissions cannot be checked right now; retry the same submit",
-                            Some(seq),
+                        // Not `unavailable`: this may be the re-sent copy of
+                        // an op committed before, which nothing here can
+                        // tell. The client resumes and re-sends.
+                        self.sink.order_close(
+                            CloseCode::TryAgainLater,
+                            "permissions cannot be checked right now: reconnect and re-send",
                         );
                         return;
                     }

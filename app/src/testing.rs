@@ -21,7 +21,7 @@ pub fn memory_ports(verifier: Arc<dyn TokenVerifier>) -> (Ports, Arc<MemoryMetri
     let clock = Arc::new(TokioClock::new());
     let metrics = Arc::new(MemoryMetrics::default());
     let ports = Ports {
-        store: Arc::new(MemoryStore::new()),
+        store: Arc::new(MemoryStore::with_clock(clock.clone())),
         bus: Arc::new(MemoryBus::new()),
         presence: Arc::new(MemoryPresence::new(clock.clone())),
         permissions: Arc::new(ClaimsPermissions),

@@ -213,7 +213,7 @@ pub async fn build_with(
         }
     };
     let clock = Arc::new(TokioClock::new());
-    let mut store: Arc<dyn OperationStore> = Arc::new(MemoryStore::new());
+    let mut store: Arc<dyn OperationStore> = Arc::new(MemoryStore::with_clock(clock.clone()));
     let mut permissions: Arc<dyn PermissionSource> = Arc::new(ClaimsPermissions);
     let mut bus: Arc<dyn FanOut> = Arc::new(MemoryBus::new());
     let mut presence: Arc<dyn PresenceRegistry> = Arc::new(MemoryPresence::new(clock.clone()));

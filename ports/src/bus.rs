@@ -32,9 +32,14 @@ impl InstanceId {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BusMessage {
-    /// Ops committed by the publisher, consecutive versions.
+    /// Ops committed by the publisher, consecutive versions; `prev` is the
+    /// identity of the op before the first, as the publisher holds it
+    /// (absent when it no longer does): a subscriber whose history holds
+    /// another op there knows the store lost or rewrote acknowledged ops.
     Ops {
         ops: Vec<CommittedOp>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prev: Option<relay_domain::OpKey>,
     },
     Joined {
         entry: PresenceEntry,

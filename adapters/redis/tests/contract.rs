@@ -131,6 +131,7 @@ fn op_envelope(origin: InstanceId, document: DocumentId, version: u64) -> Envelo
                 seq: Seq::new(version).unwrap(),
                 delta,
             }],
+            prev: None,
         },
     }
 }
@@ -187,7 +188,7 @@ async fn a_cut_connection_is_reported_and_the_bus_resubscribes_by_itself() {
         .unwrap();
     match next(&mut sub.events, "after resubscribing").await {
         BusEvent::Message(Envelope {
-            message: BusMessage::Ops { ops },
+            message: BusMessage::Ops { ops, prev: None },
             ..
         }) => assert_eq!(ops[0].version, Version::from(3)),
         other => panic!("expected version 3, got {other:?}"),
@@ -205,7 +206,7 @@ async fn a_cut_connection_is_reported_and_the_bus_resubscribes_by_itself() {
     bus.publish(op_envelope(origin, document, 4)).await.unwrap();
     match next(&mut sub.events, "a publish of its own").await {
         BusEvent::Message(Envelope {
-            message: BusMessage::Ops { ops },
+            message: BusMessage::Ops { ops, prev: None },
             ..
         }) => assert_eq!(ops[0].version, Version::from(4)),
         other => panic!("expected version 4, got {other:?}"),
@@ -259,7 +260,7 @@ async fn subscribing_while_redis_is_unreachable_starts_disconnected() {
         .unwrap();
     match next(&mut sub.events, "after resubscribing").await {
         BusEvent::Message(Envelope {
-            message: BusMessage::Ops { ops },
+            message: BusMessage::Ops { ops, prev: None },
             ..
         }) => assert_eq!(ops[0].version, Version::from(7)),
         other => panic!("expected version 7, got {other:?}"),
@@ -295,7 +296,7 @@ async fn the_redis_history_is_bounded_in_size_and_count() {
     let origin = InstanceId::new_v4();
     let v = |n: u64| Version::new(n).unwrap();
     let mut big = op_envelope(origin, document, 1);
-    if let BusMessage::Ops { ops } = &mut big.message {
+    if let BusMessage::Ops { ops, .. } = &mut big.message {
         let mut delta = relay_domain::Delta::new();
         delta.insert(&"x".repeat(2000));
         ops[0].delta = delta;

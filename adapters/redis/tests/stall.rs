@@ -124,6 +124,7 @@ fn op_envelope(document: DocumentId, version: u64) -> Envelope {
                 seq: Seq::new(version).unwrap(),
                 delta,
             }],
+            prev: None,
         },
     }
 }
@@ -143,7 +144,7 @@ async fn next_within(
 fn version_of(event: BusEvent) -> Version {
     match event {
         BusEvent::Message(Envelope {
-            message: BusMessage::Ops { ops },
+            message: BusMessage::Ops { ops, .. },
             ..
         }) => ops[0].version,
         other => panic!("expected a message, got {other:?}"),

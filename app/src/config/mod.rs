@@ -73,6 +73,9 @@ pub struct Store {
     pub run_migrations: bool,
     /// SNAPSHOT_EVERY: ops between snapshots.
     pub snapshot_every: u64,
+    /// RELAY_TEST_PAUSE_AFTER_COMMIT (tests only): a room stops for good
+    /// after its first commit, before acknowledging or publishing it.
+    pub pause_after_commit: bool,
 }
 
 /// The fan-out bus between instances (Redis when REDIS_URL is set).
@@ -87,6 +90,10 @@ pub struct Bus {
     /// while the bus is down (other instances' ops arrive this way
     /// meanwhile).
     pub down_poll: Duration,
+    /// HEAD_CHECK_MS: how often this instance reads the heads of all its
+    /// open documents (one batched query) to find rooms the bus left
+    /// behind.
+    pub head_check: Duration,
 }
 
 /// Tokens and permissions.
@@ -241,6 +248,7 @@ impl Config {
                 },
                 run_migrations: s.run_migrations,
                 snapshot_every: s.snapshot_every,
+                pause_after_commit: s.relay_test_pause_after_commit,
             },
             bus: Bus {
                 redis_url: s.redis_url,
@@ -252,6 +260,7 @@ impl Config {
                     ..RedisSettings::default()
                 },
                 down_poll: Duration::from_millis(s.bus_down_poll_ms),
+                head_check: Duration::from_millis(s.head_check_ms),
             },
             auth: Auth {
                 jwt_public_key_url: s.jwt_public_key_url,

@@ -265,6 +265,9 @@ pub struct Settings {
     /// Ops between snapshots.
     #[arg(long, env = "SNAPSHOT_EVERY", value_name = "SNAPSHOT_EVERY", default_value = "500", value_parser = positive::<u64>)]
     pub snapshot_every: u64,
+    /// For tests only (true/false): every room stops for good right after its first commit, before it acknowledges or publishes it, so a test can kill the instance between a commit and its publish.
+    #[arg(long, env = "RELAY_TEST_PAUSE_AFTER_COMMIT", value_name = "RELAY_TEST_PAUSE_AFTER_COMMIT", default_value = "false", action = clap::ArgAction::Set)]
+    pub relay_test_pause_after_commit: bool,
     /// Apply pending migrations at start (true/false).
     #[arg(long, env = "RUN_MIGRATIONS", value_name = "RUN_MIGRATIONS", default_value = "false", action = clap::ArgAction::Set)]
     pub run_migrations: bool,
@@ -291,6 +294,9 @@ pub struct Settings {
     /// While the bus is down, each open document reads the store this often, ms.
     #[arg(long, env = "BUS_DOWN_POLL_MS", value_name = "BUS_DOWN_POLL_MS", default_value = "1000", value_parser = positive::<u64>)]
     pub bus_down_poll_ms: u64,
+    /// Every open document's head is read from the store this often, ms, in one batched query per instance: the bound on how stale a client can be whatever the bus does.
+    #[arg(long, env = "HEAD_CHECK_MS", value_name = "HEAD_CHECK_MS", default_value = "1000", value_parser = positive::<u64>)]
+    pub head_check_ms: u64,
     /// Seconds draining waits for clients before closing with 1001.
     #[arg(
         long,
@@ -401,12 +407,15 @@ impl Settings {
             db_statement_timeout_ms: vars.value("DB_STATEMENT_TIMEOUT_MS", positive::<u64>)?,
             snapshot_every: vars.value("SNAPSHOT_EVERY", positive::<u64>)?,
             run_migrations: vars.value("RUN_MIGRATIONS", BoolValueParser::new())?,
+            relay_test_pause_after_commit: vars
+                .value("RELAY_TEST_PAUSE_AFTER_COMMIT", BoolValueParser::new())?,
             max_document_chars: vars.value("MAX_DOCUMENT_CHARS", positive::<usize>)?,
             max_document_bytes: vars.optional("MAX_DOCUMENT_BYTES", positive::<usize>)?,
             outbound_queue: vars.value("OUTBOUND_QUEUE", positive::<usize>)?,
             outbound_queue_bytes: vars.value("OUTBOUND_QUEUE_BYTES", positive::<usize>)?,
             room_idle_secs: vars.value("ROOM_IDLE_SECS", value_parser!(u64))?,
             bus_down_poll_ms: vars.value("BUS_DOWN_POLL_MS", positive::<u64>)?,
+            head_check_ms: vars.value("HEAD_CHECK_MS", positive::<u64>)?,
             shutdown_grace_secs: vars.value("SHUTDOWN_GRACE_SECS", value_parser!(u64))?,
             submit_rate_per_sec: vars.value("SUBMIT_RATE_PER_SEC", positive::<u32>)?,
             submit_burst: vars.value("SUBMIT_BURST", positive::<u32>)?,

@@ -136,12 +136,26 @@ impl Room {
                     .metrics
                     .operation(OperationType::of(&op.delta), OpStatus::Ok);
             }
-            self.publish(BusMessage::Ops { ops: ops.to_vec() }).await;
+            self.publish_ops(ops.to_vec()).await;
             self.maybe_snapshot(false).await;
         }
         for id in dead {
             self.leave(id, "slow consumer").await;
         }
+    }
+}
+
+impl Room {
+    /// Publishes committed ops for other instances, with the identity of
+    /// the op before them (so a room whose history holds another op there
+    /// sees the contradiction), when history still holds it.
+    pub(super) async fn publish_ops(&mut self, ops: Vec<CommittedOp>) {
+        let prev = ops
+            .first()
+            .and_then(|op| op.version.prev())
+            .and_then(|v| self.sequencer.op_at(v))
+            .map(CommittedOp::key);
+        self.publish(BusMessage::Ops { ops, prev }).await;
     }
 }
 

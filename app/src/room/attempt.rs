@@ -2,7 +2,7 @@
 //! version, and say what came of it. [`Room::commit_batch`] runs rounds
 //! until one is [`Attempt::Done`], at most MAX_APPEND_ATTEMPTS.
 
-use super::{MAX_APPEND_ATTEMPTS, Pending, Room, STORE_UNAVAILABLE};
+use super::{MAX_APPEND_ATTEMPTS, Pending, Room, UNSURE};
 use relay_ports::protocol::ErrorCode;
 use relay_ports::{Append, Chain, OpStatus, OperationType, StoreError};
 use tracing::{Instrument, debug, warn};
@@ -23,14 +23,25 @@ pub(super) enum Attempt {
     /// Every submit of the batch is answered (acked, refused, failed or
     /// sent away).
     Done,
-    /// The room caught up (a lost race, or a duplicate ahead of the room):
-    /// propose these again.
+    /// The room caught up to a duplicate ahead of it: propose these again.
     Again(Vec<Pending>),
+    /// Another writer won the version; the room caught up: propose these
+    /// again after a short random pause (see [`Room::commit_batch`]).
+    Lost(Vec<Pending>),
 }
 
 impl Room {
     /// Proposes `batch` and appends what the sequencer holds pending.
     pub(super) async fn append_once(&mut self, batch: Vec<Pending>, attempt: usize) -> Attempt {
+        if self.discarded {
+            // The room gave up its view of the document (reopening):
+            // nothing more is appended onto it.
+            self.send_away(
+                &batch,
+                "the document is reopening from the store: reconnect and re-send",
+            );
+            return Attempt::Done;
+        }
         let mut proposed = Vec::with_capacity(batch.len());
         let mut behind = false;
         for mut p in batch {
@@ -66,15 +77,17 @@ impl Room {
         }
         let started = std::time::Instant::now();
         let span = tracing::info_span!(target: crate::telemetry::SUBMIT_SPANS, "commit", document = %self.document, ops = self.sequencer.pending().len());
+        // The op this room holds at the head: the store checks it is the
+        // one it holds there too.
+        let prev = self
+            .sequencer
+            .op_at(self.sequencer.version())
+            .map(|op| op.key());
         let outcome = self
             .instance
             .ports
             .store
-            .append(
-                self.document,
-                self.sequencer.last_committed().map(|op| op.key()),
-                self.sequencer.pending(),
-            )
+            .append(self.document, prev, self.sequencer.pending())
             .instrument(span)
             .await;
         match outcome {
@@ -83,6 +96,12 @@ impl Room {
                     self.sequencer.pending().len(),
                     started.elapsed().as_secs_f64(),
                 );
+                if self.instance.config.store.pause_after_commit {
+                    // RELAY_TEST_PAUSE_AFTER_COMMIT: committed, neither
+                    // acknowledged nor published - until the process dies.
+                    tracing::warn!(document = %self.document, "RELAY_TEST_PAUSE_AFTER_COMMIT: this room stops after its commit");
+                    std::future::pending::<()>().await;
+                }
                 let ops = self.sequencer.pending().to_vec();
                 let through = ops.last().map_or(self.sequencer.version(), |o| o.version);
                 self.sequencer.commit(through, self.now());
@@ -94,25 +113,22 @@ impl Room {
                 // what the room holds is not the document any more.
                 self.sequencer.abort_pending();
                 tracing::error!(document = %self.document, store = %current, room = %self.sequencer.version(), "the store's head is behind the room: reopening the document from the store");
-                self.fail(
+                self.send_away(
                     &proposed,
-                    ErrorCode::Unavailable,
-                    "the document is reopening: nothing was committed; retry the same submit",
+                    "the document is reopening from the store: reconnect and re-send",
                 );
                 self.reopen();
                 Attempt::Done
             }
             Ok(Append::Diverged { current }) => {
-                // The store holds another op at the room's head: it lost or
-                // rewrote acknowledged ops. As above: reopen.
+                // The store's head is where the room's is, with another op:
+                // it lost or rewrote acknowledged ops.
                 self.sequencer.abort_pending();
-                tracing::error!(document = %self.document, store = %current, room = %self.sequencer.version(), "the store's op at the room's head is not the room's: reopening the document from the store");
-                self.fail(
+                self.send_away(
                     &proposed,
-                    ErrorCode::Unavailable,
-                    "the document is reopening: nothing was committed; retry the same submit",
+                    "the document is reopening from the store: reconnect and re-send",
                 );
-                self.reopen();
+                self.contradicted(current, "the store's op at the head");
                 Attempt::Done
             }
             Ok(Append::Conflict { .. }) | Ok(Append::Duplicate { .. }) => {
@@ -125,11 +141,13 @@ impl Room {
                 // From the store: the winner published moments ago at
                 // best, so Redis would rarely have it yet.
                 if let Err(e) = self.catch_up().await {
+                    // What the winner committed is unread: it may hold
+                    // these very ops (sent before, on another connection).
                     warn!(document = %self.document, error = %Chain(&e), "cannot catch up after a lost race");
-                    self.fail(&proposed, ErrorCode::Unavailable, STORE_UNAVAILABLE);
+                    self.send_away(&proposed, UNSURE);
                     return Attempt::Done;
                 }
-                Attempt::Again(proposed)
+                Attempt::Lost(proposed)
             }
             Err(StoreError::Rejected(reason)) => {
                 self.sequencer.abort_pending();

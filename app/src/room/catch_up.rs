@@ -3,20 +3,23 @@
 //!
 //! - In memory: the sequencer's history answers a join's `since` and a
 //!   client's base when it still holds them.
-//! - The bus's recent history ([`Room::apply_from_bus`]): a gap on the bus
-//!   ([`Room::fill_gap_from_bus`]) or a target a client showed
-//!   ([`Room::catch_up_to`]) is filled from it when it holds every op.
-//! - The store, the source of truth, for everything else:
+//! - The bus brings other instances' ops as they commit (`remote`).
+//! - The store, the source of truth, for everything else - a gap on the
+//!   bus, a lag, the bus down, the head watch finding the room behind, a
+//!   client showing a version the room has not reached:
 //!   [`Room::catch_up`] reads to its head; [`Room::catch_up_finding`] also
 //!   returns the ops an append whose answer was lost had written;
 //!   [`Room::catch_up_ops`] serves a join; [`Room::rebase_from_store`]
 //!   rebases a base older than the history.
 //!
-//! Every op is applied by [`Room::apply_one`]; a read from the store counts
-//! only when it is [`contiguous_from`] the version asked.
+//! Every read is bounded in ops and bytes ([`STORE_CHUNK`],
+//! [`STORE_CHUNK_BYTES`]); every op is applied by [`Room::apply_one`]; a
+//! read counts only when it is [`contiguous_from`] the version asked, and
+//! starts one op early where the room holds that op, so a log that
+//! contradicts the room's history is seen ([`Room::contradicted`]).
 
 use super::{JoinError, MAX_CATCH_UP_FROM_STORE, Room, Timer};
-use relay_domain::{CommittedOp, RemoteError, Side, Submission, Version};
+use relay_domain::{CommittedOp, RemoteError, Submission, Version};
 use relay_ports::metrics::GapSource;
 use relay_ports::{Cause, Chain, StoreError};
 use tracing::{debug, warn};
@@ -24,8 +27,10 @@ use tracing::{debug, warn};
 /// The first store read of a join's catch-up, in ops (the next ones are
 /// sized by the bytes seen).
 const FIRST_STORE_CHUNK: usize = 64;
-/// The most ops one store read of a join's catch-up asks for.
+/// The most ops one store read asks for...
 const STORE_CHUNK: usize = 1000;
+/// ...and the most bytes of them (at least one op, however large).
+const STORE_CHUNK_BYTES: usize = 8 << 20;
 
 /// An op's length in an `ops` list: its JSON and a comma.
 pub(super) fn op_json_len(op: &CommittedOp) -> usize {
@@ -150,13 +155,16 @@ impl Room {
             }
             .min(left);
             let after = ops.last().map_or(since, |op| op.version);
+            // At most what is left of the budget (and one op past it, which
+            // ends the reading).
             let read = self
                 .instance
                 .ports
                 .store
-                .read(self.document, after, chunk)
+                .read_within(self.document, after, chunk, max_bytes.saturating_sub(bytes))
                 .await
                 .map_err(JoinError::Unavailable)?;
+            // Fewer than asked (cut by the budget, or gone): not all fit.
             if !contiguous_from(after, chunk, &read) {
                 return Ok(None);
             }
@@ -175,45 +183,29 @@ impl Room {
 
     /// Catches up toward `target` (a version a joining client showed),
     /// reading at most `max_ops` ops and `max_bytes` of them (in memory)
-    /// from the bus's recent history or the store; the rest, if any, is
-    /// left to the room's next catch-up.
+    /// from the store; the rest, if any, is left to the room's next
+    /// catch-up.
     pub(super) async fn catch_up_within(
         &mut self,
         target: Version,
         max_ops: u64,
         max_bytes: usize,
     ) -> Result<(), StoreError> {
-        let mut applied = Vec::new();
-        let from_bus = self.apply_from_bus(target, &mut applied).await;
-        self.committed(&applied, false).await;
-        if from_bus {
-            return Ok(());
-        }
         let (mut ops_read, mut bytes_read) = (0u64, 0usize);
         while self.sequencer.version() < target && ops_read < max_ops && bytes_read <= max_bytes {
             let want = target
                 .since(self.sequencer.version())
                 .min(max_ops - ops_read)
                 .min(STORE_CHUNK as u64);
-            let ops = self
-                .instance
-                .ports
-                .store
-                .read(self.document, self.sequencer.version(), want as usize)
-                .await?;
-            if ops.is_empty() {
+            let Some(ops) = self
+                .read_checked(want as usize, max_bytes - bytes_read)
+                .await?
+            else {
                 break;
-            }
+            };
             ops_read += ops.len() as u64;
-            let mut applied = Vec::with_capacity(ops.len());
-            for op in ops {
-                bytes_read = bytes_read.saturating_add(op.memory_bytes());
-                match self.apply_one(op) {
-                    Ok(op) => applied.extend(op),
-                    Err(e) => return Err(StoreError::Corrupt(Cause::new(e))),
-                }
-            }
-            self.committed(&applied, false).await;
+            bytes_read = bytes_read.saturating_add(ops.iter().map(CommittedOp::memory_bytes).sum());
+            self.apply_read(ops).await?;
         }
         if self.sequencer.version() < target {
             // Whatever the store has beyond what was read: soon, once.
@@ -221,6 +213,74 @@ impl Room {
                 .set_in_unless_set(Timer::SettleCheck, self.instance.config.bus.down_poll);
         }
         Ok(())
+    }
+
+    /// The next ops after the room's version from the store (at most
+    /// `max_ops` and `max_bytes`), `None` when there are none. The read
+    /// starts at the op the room holds last, when history has it: if the
+    /// store holds another op there, the room's history is contradicted
+    /// (reopened, and an error).
+    async fn read_checked(
+        &mut self,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<CommittedOp>>, StoreError> {
+        let version = self.sequencer.version();
+        let ours = self.sequencer.op_at(version).map(CommittedOp::key);
+        let after = match (&ours, version.prev()) {
+            (Some(_), Some(before)) => before,
+            _ => version,
+        };
+        let extra = usize::from(after != version);
+        let mut ops = self
+            .instance
+            .ports
+            .store
+            .read_within(self.document, after, max_ops + extra, max_bytes)
+            .await?;
+        if !contiguous_from(after, ops.len(), &ops) {
+            return Err(StoreError::Corrupt(Cause::msg(format!(
+                "the store's ops after {after} are not consecutive"
+            ))));
+        }
+        if extra == 1 {
+            match ops.first() {
+                Some(first) if Some(first.key()) == ours => {
+                    ops.remove(0);
+                }
+                Some(_) => {
+                    self.contradicted(version, "the store's op at the room's version");
+                    return Err(StoreError::Corrupt(Cause::msg(format!(
+                        "the store holds another op at version {version} than this room applied"
+                    ))));
+                }
+                // Not there any more (or never was): the head moved back.
+                None => {}
+            }
+        }
+        Ok((!ops.is_empty()).then_some(ops))
+    }
+
+    /// Applies ops read from the store and fans them out; ops applied
+    /// before one that fails are fanned out too (no local session is left
+    /// with a gap).
+    async fn apply_read(&mut self, ops: Vec<CommittedOp>) -> Result<Vec<CommittedOp>, StoreError> {
+        let mut applied = Vec::with_capacity(ops.len());
+        let mut failed = None;
+        for op in ops {
+            match self.apply_one(op) {
+                Ok(op) => applied.extend(op),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        self.committed(&applied, false).await;
+        match failed {
+            Some(e) => Err(StoreError::Corrupt(Cause::new(e))),
+            None => Ok(applied),
+        }
     }
 
     /// Reads and applies every op the store has after our version.
@@ -236,81 +296,27 @@ impl Room {
         mine: impl Fn(&CommittedOp) -> bool,
     ) -> Result<Vec<CommittedOp>, StoreError> {
         let mut found = Vec::new();
-        loop {
-            let ops = self
-                .instance
-                .ports
-                .store
-                .read(self.document, self.sequencer.version(), 1000)
-                .await?;
-            if ops.is_empty() {
-                return Ok(found);
-            }
-            let mut applied = Vec::with_capacity(ops.len());
-            for op in ops {
-                match self.apply_one(op) {
-                    Ok(op) => applied.extend(op),
-                    Err(e) => return Err(StoreError::Corrupt(Cause::new(e))),
-                }
-            }
-            found.extend(applied.iter().filter(|op| mine(op)).cloned());
-            self.committed(&applied, false).await;
+        while let Some(ops) = self.read_checked(STORE_CHUNK, STORE_CHUNK_BYTES).await? {
+            let applied = self.apply_read(ops).await?;
+            found.extend(applied.into_iter().filter(|op| mine(op)));
         }
+        Ok(found)
     }
 
     /// Catches up to at least `target` (a version a client or the store
-    /// showed): from the bus's recent ops when it holds every one up to
-    /// it, else from the store.
+    /// showed), from the store.
     pub(super) async fn catch_up_to(&mut self, target: Version) -> Result<(), StoreError> {
-        let mut applied = Vec::new();
-        let from_bus = self.apply_from_bus(target, &mut applied).await;
-        self.committed(&applied, false).await;
-        if from_bus {
+        if target <= self.sequencer.version() {
             return Ok(());
         }
         self.catch_up().await
     }
 
-    /// Applies the ops after the room's version through `through` from the
-    /// bus's recent history, onto `applied`; whether the room reached
-    /// `through` (if not, the store has the rest).
-    pub(super) async fn apply_from_bus(
-        &mut self,
-        through: Version,
-        applied: &mut Vec<CommittedOp>,
-    ) -> bool {
-        if through <= self.sequencer.version() {
-            return true;
-        }
-        let ops = match self
-            .instance
-            .ports
-            .bus
-            .recent(self.document, self.sequencer.version(), through)
-            .await
-        {
-            Ok(Some(ops)) => ops,
-            Ok(None) => return false,
-            Err(e) => {
-                debug!(document = %self.document, error = %Chain(&e), "bus history unavailable; reading the store");
-                return false;
-            }
-        };
-        for op in ops {
-            match self.apply_one(op) {
-                Ok(op) => applied.extend(op),
-                Err(e) => {
-                    warn!(document = %self.document, error = %Chain(&e), "an op from the bus history was refused; reading the store");
-                    return false;
-                }
-            }
-        }
-        self.sequencer.version() >= through
-    }
-
     /// Catches up with what others committed that the bus did not bring
-    /// (a gap, a lag, the bus down, the settle check); one that finds ops
-    /// counts as a gap repair from the store.
+    /// (a gap, a lag, the bus down, the settle check, the head watch); one
+    /// that finds ops counts as a gap repair from the store. One that fails
+    /// is tried again after BUS_DOWN_POLL_MS (and the head watch keeps
+    /// waking the room while it is behind).
     pub(super) async fn catch_up_logged(&mut self) {
         let before = self.sequencer.version();
         match self.catch_up().await {
@@ -319,59 +325,57 @@ impl Room {
             }
             Ok(_) => {}
             Err(e) => {
-                warn!(document = %self.document, error = %Chain(&e), "catch-up from the store failed");
+                warn!(document = %self.document, error = %Chain(&e), "catch-up from the store failed; trying again");
+                self.deadlines
+                    .set_in_unless_set(Timer::SettleCheck, self.instance.config.bus.down_poll);
             }
         }
     }
 
-    /// A gap before `next`: the ops between come from the bus's recent
-    /// history if it holds them all (applied onto `applied`); `false` if
-    /// it does not (the caller reads the store).
-    pub(super) async fn fill_gap_from_bus(
-        &mut self,
-        next: Version,
-        applied: &mut Vec<CommittedOp>,
-    ) -> bool {
-        let Some(through) = next.prev() else {
-            return false;
-        };
-        let from = self.sequencer.version();
-        let filled = self.apply_from_bus(through, applied).await
-            && Some(next) == self.sequencer.version().next();
-        debug!(document = %self.document, %from, %next, filled, "a gap on the bus");
-        if filled {
-            self.instance.ports.metrics.gap_repair(GapSource::Bus);
-        }
-        filled
-    }
-
     /// `sub` rebased from `base` to `oldest` over the store's ops in
-    /// between (each transformed with the committed op first, as the
-    /// sequencer does); `None` if the store cannot give them all (the
-    /// submit is then refused `stale_base`).
+    /// between (each fitted to the document's length at its base, worked
+    /// back from the length at `oldest`, and transformed over as the
+    /// sequencer does); `None` if the base is not within the kept history
+    /// as the log defines it, or the store cannot give the ops (the submit
+    /// is then refused `stale_base`).
+    ///
+    /// The kept history is the same on every instance whatever this room
+    /// holds in memory: the last OPERATION_HISTORY_MAX ops, committed no
+    /// longer than OPERATION_HISTORY_TTL ago (by the log's commit times),
+    /// and at most OPERATION_HISTORY_BYTES of them.
     pub(super) async fn rebase_from_store(
         &mut self,
         sub: &Submission,
         base: Version,
         oldest: Version,
     ) -> Option<Submission> {
+        let limits = &self.instance.config.limits;
         let missing = usize::try_from(oldest.since(base)).ok()?;
-        if missing == 0 || missing > MAX_CATCH_UP_FROM_STORE {
-            return None;
-        }
-        // Only a base the history would still hold had this room been open
-        // all along (within OPERATION_HISTORY_MAX of the head): older bases
-        // stay `stale_base`, as PROTOCOL.md says - the limit is the same
-        // whichever instance the client lands on.
         let behind = usize::try_from(self.sequencer.version().since(base)).unwrap_or(usize::MAX);
-        if behind > self.instance.config.limits.operation_history_max {
+        if missing == 0
+            || missing > MAX_CATCH_UP_FROM_STORE
+            || behind > limits.operation_history_max
+        {
             return None;
         }
-        let ops = match self
-            .instance
-            .ports
-            .store
-            .read(self.document, base, missing)
+        let in_memory = self.sequencer.history_bytes();
+        let budget = limits.operation_history_bytes.checked_sub(in_memory)?;
+        let len_at_oldest = self.sequencer.len_at(oldest)?;
+        let ttl = u64::try_from(limits.operation_history_ttl.as_millis()).unwrap_or(u64::MAX);
+        let cutoff =
+            relay_domain::Timestamp::from_millis(self.now().as_millis().saturating_sub(ttl));
+        let store = self.instance.ports.store.clone();
+        match store.first_since(self.document, cutoff).await {
+            // The op right after `base` must be young enough.
+            Ok(Some(first)) if Some(first) <= base.next() => {}
+            Ok(_) => return None,
+            Err(e) => {
+                warn!(document = %self.document, error = %Chain(&e), "cannot read the log's age to rebase a stale base");
+                return None;
+            }
+        }
+        let ops = match store
+            .read_within(self.document, base, missing, budget)
             .await
         {
             Ok(ops) => ops,
@@ -380,14 +384,12 @@ impl Room {
                 return None;
             }
         };
-        if !contiguous_from(base, missing, &ops) {
+        if !contiguous_from(base, missing, &ops)
+            || ops.iter().map(CommittedOp::memory_bytes).sum::<usize>() > budget
+        {
             return None;
         }
-        let first_len = ops.first()?.delta.base_len();
-        let mut delta = sub.delta.clone().fit(first_len).ok()?;
-        for op in &ops {
-            delta = delta.transform(&op.delta, Side::Right).ok()?;
-        }
+        let delta = relay_domain::rebase_over_log(sub.delta.clone(), &ops, len_at_oldest).ok()?;
         debug!(document = %self.document, %base, %oldest, "rebased a stale base over the store's ops");
         Some(Submission {
             base: oldest,

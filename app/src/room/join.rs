@@ -128,28 +128,19 @@ impl Room {
             .or_default() += 1;
         self.sessions.insert(local.member.id, local);
         self.deadlines.clear(Timer::Idle);
-        self.roster.join(entry.clone());
-        self.broadcast_local(
-            &ServerMessage::Presence {
-                joined: vec![entry.clone()],
-                left: vec![],
-            },
-            Some(entry_key(&entry)),
-        );
-        if let Err(e) = self
-            .instance
-            .ports
-            .presence
-            .upsert(
-                self.document,
-                self.instance.id,
-                entry.clone(),
-                self.instance.presence_ttl(),
-            )
-            .await
-        {
-            warn!(document = %self.document, error = %Chain(&e), "presence registry");
+        // A client is listed once however many connections it has, here or
+        // on other instances: the others hear of it only if it is new.
+        if self.roster.get(entry.user, &entry.client_id).is_none() {
+            self.roster.join(entry.clone());
+            self.broadcast_local(
+                &ServerMessage::Presence {
+                    joined: vec![entry.clone()],
+                    left: vec![],
+                },
+                Some(entry_key(&entry)),
+            );
         }
+        self.registry.upsert(entry.clone());
         self.publish(BusMessage::Joined { entry }).await;
         Ok(())
     }

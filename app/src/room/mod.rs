@@ -25,7 +25,9 @@
 //!   name a room's mail without the room.
 //! - `join`: joins.
 //! - `remote`: what other instances publish on the bus.
-//! - `presence`: local clients' cursors, typing and departures.
+//! - `presence`: local clients' cursors, typing and departures, and who
+//!   holds each client (this instance, others), reconciled with the
+//!   registry; `registry_writer`: the registry calls, beside the loop.
 
 mod answer;
 mod attempt;
@@ -34,6 +36,7 @@ mod deadlines;
 mod join;
 mod mailbox;
 mod presence;
+mod registry_writer;
 mod remote;
 mod write;
 
@@ -54,7 +57,7 @@ use relay_domain::{
     Timestamp, TypingDebounce, UserId, Version,
 };
 use relay_ports::StoreError;
-use relay_ports::bus::{BusEvent, BusMessage, Envelope};
+use relay_ports::bus::{BusEvent, BusMessage, Envelope, InstanceId};
 use relay_ports::protocol::{CloseCode, ServerMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,14 +69,23 @@ use tracing::{debug, warn};
 /// What a client is told when the store could not be used and nothing was
 /// committed (the cause goes to the log, never to the client).
 const STORE_UNAVAILABLE: &str = "storage unavailable: nothing was committed; retry the same submit";
+/// Why a session is closed with 1013 when the store could not tell whether
+/// its submit is committed (PROTOCOL.md: `unavailable` only when nothing
+/// was): it reconnects and re-sends, which commits exactly once.
+const UNSURE: &str =
+    "the store cannot tell whether your submit is committed: reconnect and re-send it";
 /// How many times a batch is retried after losing the race for a version.
-const MAX_APPEND_ATTEMPTS: usize = 8;
+const MAX_APPEND_ATTEMPTS: usize = 16;
 /// Catch-up ops beyond the in-memory history are read from the store up to
 /// this many; past it `joined` carries the content instead.
 const MAX_CATCH_UP_FROM_STORE: usize = 10_000;
 /// How many store lookups of new clients a room has in flight at once
 /// (a few: more only open pool connections).
 const LOOKUPS_AT_ONCE: usize = 4;
+/// Opening a document reads its tail in chunks of at most this many ops...
+const LOAD_CHUNK_OPS: usize = 1000;
+/// ...and this many bytes of them (at least one op, however large).
+const LOAD_CHUNK_BYTES: usize = 8 << 20;
 /// How many commands are taken from the mailbox per turn (the group-commit
 /// window is whatever arrived during the previous append).
 const MAILBOX_TURN: usize = 512;
@@ -126,6 +138,12 @@ pub(crate) struct Room {
     /// How many local sessions each client (user, client id) has here: its
     /// presence ends with its last one.
     local_clients: HashMap<(UserId, ClientId), usize>,
+    /// The other instances that hold each remote client, and when this room
+    /// last heard of each (a bus message or the registry): a client leaves
+    /// when no instance holds it any more.
+    holders: HashMap<(UserId, ClientId), HashMap<InstanceId, Instant>>,
+    /// The registry calls, made beside the loop in order.
+    registry: registry_writer::RegistryWriter,
 }
 
 /// Envelopes a room's publisher holds before it drops new ones...
@@ -143,7 +161,7 @@ fn envelope_bytes(message: &BusMessage) -> usize {
     };
     std::mem::size_of::<Envelope>()
         + match message {
-            BusMessage::Ops { ops } => ops.iter().map(CommittedOp::memory_bytes).sum(),
+            BusMessage::Ops { ops, .. } => ops.iter().map(CommittedOp::memory_bytes).sum(),
             BusMessage::Joined { entry: e } | BusMessage::Cursor { entry: e } => entry(e),
             BusMessage::Left { departed } => departed.client_id.as_str().len(),
             BusMessage::Typing { client_id, .. } => client_id.as_str().len(),
@@ -239,7 +257,13 @@ async fn run(
     mut mailbox: Inbox<Command>,
     mut lease: RoomLease<Command>,
 ) {
-    let mut room = match Room::open(document, instance.clone()).await {
+    // Subscribed before the load, so whatever another instance commits
+    // after the load has begun reaches the room on the bus; what the bus
+    // loses the head watch finds. Bounded: a bus that does not answer
+    // leaves the room reading the store.
+    let wait = instance.config.bus.redis.call_timeout + Duration::from_secs(1);
+    let subscribed = tokio::time::timeout(wait, instance.ports.bus.subscribe(document)).await;
+    let (mut room, mut listed) = match Room::open(document, instance.clone()).await {
         Ok(room) => room,
         Err(e) => {
             warn!(%document, error = %Chain(&e), "cannot open document");
@@ -254,14 +278,20 @@ async fn run(
             return;
         }
     };
-    let mut bus = match instance.ports.bus.subscribe(document).await {
-        Ok(s) => Some(s),
-        Err(e) => {
+    let mut bus = match subscribed {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
             warn!(%document, error = %Chain(&e), "bus subscription failed; this room reads other instances' ops from the store");
             room.poll_store_from_now();
             None
         }
+        Err(_) => {
+            warn!(%document, "no bus subscription in time; this room reads other instances' ops from the store");
+            room.poll_store_from_now();
+            None
+        }
     };
+    let watch = instance.heads.register(document, room.sequencer.version());
     loop {
         let deadline = room.next_deadline();
         let mut batch = Vec::new();
@@ -294,10 +324,17 @@ async fn run(
                     }
                 }
             }
+            () = watch.behind() => {
+                // The store's head passed this room: something the bus did
+                // not bring.
+                room.catch_up_logged().await;
+            }
+            Some(held) = listed.recv() => room.reconcile(held),
             _ = sleep_until(deadline) => {}
         }
         room.commit_batches(batch).await;
         room.fire_timers().await;
+        watch.holds(room.sequencer.version());
         if room.stopping {
             break;
         }
@@ -330,9 +367,19 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Room {
-    async fn open(document: DocumentId, instance: Arc<Instance>) -> Result<Room, StoreError> {
-        let loaded = instance.ports.store.load(document).await?;
-        let (doc, last_snapshot) = match &loaded.snapshot {
+    /// Opens the document: its latest snapshot, then the ops after it in
+    /// chunks bounded in ops and bytes ([`LOAD_CHUNK_OPS`],
+    /// [`LOAD_CHUNK_BYTES`]: each read is short, so a document with a long
+    /// tail can always be opened), the registry's presence, and the
+    /// room's registry task. A tail longer than SNAPSHOT_EVERY is
+    /// snapshotted at once, so the next open reads less.
+    async fn open(
+        document: DocumentId,
+        instance: Arc<Instance>,
+    ) -> Result<(Room, registry_writer::Listed), StoreError> {
+        let store = &instance.ports.store;
+        let snapshot = store.snapshot(document).await?;
+        let (doc, last_snapshot) = match &snapshot {
             Some(s) => (
                 Document::from_content(&s.content, s.version)
                     .map_err(|e| StoreError::Corrupt(Cause::new(e)))?,
@@ -340,25 +387,69 @@ impl Room {
             ),
             None => (Document::new(), Version::ZERO),
         };
+        drop(snapshot);
         let mut sequencer = Sequencer::new(doc, instance.config.limits.sequencer());
         let now = instance.ports.clock.now();
-        for op in loaded.tail {
-            let v = op.version;
-            sequencer
-                .apply_remote(op, now)
-                .map_err(|e| StoreError::Corrupt(Cause::msg(format!("op {v}: {e}"))))?;
+        loop {
+            let after = sequencer.version();
+            let chunk = store
+                .read_within(document, after, LOAD_CHUNK_OPS, LOAD_CHUNK_BYTES)
+                .await?;
+            if !catch_up::contiguous_from(after, chunk.len(), &chunk) {
+                return Err(StoreError::Corrupt(Cause::msg(format!(
+                    "the ops after {after} are not consecutive"
+                ))));
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            for op in chunk {
+                let v = op.version;
+                sequencer
+                    .apply_remote(op, now)
+                    .map_err(|e| StoreError::Corrupt(Cause::msg(format!("op {v}: {e}"))))?;
+            }
+        }
+        // History is kept by the log's time, the same on every instance: ops
+        // committed longer than OPERATION_HISTORY_TTL ago are not history
+        // here either (those loaded are otherwise as old as this room).
+        let ttl = instance.config.limits.operation_history_ttl;
+        let cutoff = Timestamp::from_millis(
+            now.as_millis()
+                .saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        );
+        match store.first_since(document, cutoff).await? {
+            Some(first) => sequencer.forget_before(first),
+            None => sequencer.forget_before(Version::MAX),
         }
         let mut roster = Roster::new();
-        if let Ok(entries) = instance.ports.presence.list(document).await {
-            for e in entries {
-                roster.join(e.entry);
+        let mut holders: HashMap<(UserId, ClientId), HashMap<InstanceId, Instant>> = HashMap::new();
+        let listed = tokio::time::timeout(
+            instance.config.bus.redis.call_timeout,
+            instance.ports.presence.list(document),
+        )
+        .await;
+        if let Ok(Ok(held)) = listed {
+            for h in held.into_iter().filter(|h| h.instance != instance.id) {
+                holders
+                    .entry((h.entry.user, h.entry.client_id.clone()))
+                    .or_default()
+                    .insert(h.instance, Instant::now());
+                roster.join(h.entry);
             }
         }
         debug!(%document, version = %sequencer.version(), "room opened");
         let mut deadlines = Deadlines::default();
         deadlines.set_in(Timer::PresenceRefresh, instance.presence_refresh());
         deadlines.set_in(Timer::Idle, instance.config.limits.room_idle);
-        Ok(Room {
+        let (registry, listed) = registry_writer::RegistryWriter::spawn(
+            instance.ports.presence.clone(),
+            &instance.tasks,
+            document,
+            instance.id,
+            instance.presence_ttl(),
+        );
+        let mut room = Room {
             document,
             deadlines,
             publisher: Publisher::spawn(
@@ -377,7 +468,13 @@ impl Room {
             content_cache: None,
             op_lens: Default::default(),
             local_clients: HashMap::new(),
-        })
+            holders,
+            registry,
+        };
+        // A long tail (snapshots failed, or the room that wrote them died):
+        // snapshot now rather than read it all again next time.
+        room.maybe_snapshot(false).await;
+        Ok((room, listed))
     }
 
     fn now(&self) -> Timestamp {
@@ -500,7 +597,7 @@ impl Room {
         if self.deadlines.due(Timer::PresenceRefresh) {
             self.deadlines
                 .set_in(Timer::PresenceRefresh, self.instance.presence_refresh());
-            self.refresh_presence().await;
+            self.refresh_presence();
         }
         if self.deadlines.due(Timer::SettleCheck) {
             self.deadlines.clear(Timer::SettleCheck);
@@ -589,6 +686,7 @@ mod tests {
                     seq: Seq::from(version),
                     delta,
                 }],
+                prev: None,
             },
         }
     }

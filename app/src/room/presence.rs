@@ -4,11 +4,12 @@
 
 use super::{Room, SessionId, Timer};
 use relay_domain::{ClientId, PresenceEntry, Selection, UserId, Version};
-use relay_ports::Chain;
-use relay_ports::bus::BusMessage;
+use relay_ports::Held;
+use relay_ports::bus::{BusMessage, InstanceId};
 use relay_ports::protocol::{Departed, ErrorCode, ServerMessage};
 use std::collections::HashSet;
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::info;
 
 impl Room {
     /// A cursor from a local client: checked, then throttled before any
@@ -150,33 +151,28 @@ impl Room {
             }
         };
         if !still_here {
-            self.roster.leave(s.member.user, &s.member.client_id);
             let departed = Departed {
                 user: s.member.user,
                 client_id: s.member.client_id.clone(),
             };
-            self.broadcast_local(
-                &ServerMessage::Presence {
-                    joined: vec![],
-                    left: vec![departed.clone()],
-                },
-                None,
-            );
-            if let Err(e) = self
-                .instance
-                .ports
-                .presence
-                .remove(
-                    self.document,
-                    self.instance.id,
-                    s.member.user,
-                    &s.member.client_id,
-                )
-                .await
-            {
-                warn!(document = %self.document, error = %Chain(&e), "presence registry");
+            // This instance's entry only: another instance may hold the
+            // same client (it moved there), and its entry stays.
+            self.registry
+                .remove(departed.user, departed.client_id.clone());
+            self.publish(BusMessage::Left {
+                departed: departed.clone(),
+            })
+            .await;
+            if !self.held_elsewhere(&key) {
+                self.roster.leave(departed.user, &departed.client_id);
+                self.broadcast_local(
+                    &ServerMessage::Presence {
+                        joined: vec![],
+                        left: vec![departed],
+                    },
+                    None,
+                );
             }
-            self.publish(BusMessage::Left { departed }).await;
         }
         if self.sessions.is_empty() {
             self.deadlines
@@ -184,51 +180,125 @@ impl Room {
         }
     }
 
-    /// Keeps this instance's registry entries alive (all in one call to
-    /// the registry: one round trip to Redis, not one per client) and
-    /// forgets remote entries whose instance stopped refreshing them.
-    pub(super) async fn refresh_presence(&mut self) {
-        let ttl = self.instance.presence_ttl();
+    /// Keeps this instance's registry entries alive (one call to the
+    /// registry for all of them, beside the loop) and then lists every
+    /// instance's: the listing comes back to [`Room::reconcile`].
+    pub(super) fn refresh_presence(&mut self) {
         let local: Vec<PresenceEntry> = self
             .local_clients
             .keys()
-            .filter_map(|(user, client_id)| self.roster.get(*user, client_id).cloned())
+            .filter_map(|(user, client_id)| {
+                self.roster.get(*user, client_id).cloned().or_else(|| {
+                    // Never without its entry, but if it were, it is
+                    // listed again rather than lost.
+                    self.sessions
+                        .values()
+                        .find(|s| s.member.user == *user && s.member.client_id == *client_id)
+                        .map(|s| PresenceEntry {
+                            user: *user,
+                            client_id: client_id.clone(),
+                            name: s.member.name.clone(),
+                            selection: None,
+                            version: self.sequencer.version(),
+                        })
+                })
+            })
             .collect();
-        if !local.is_empty()
-            && let Err(e) = self
-                .instance
-                .ports
-                .presence
-                .upsert_many(self.document, self.instance.id, local, ttl)
-                .await
-        {
-            warn!(document = %self.document, error = %Chain(&e), "presence refresh");
-            return;
+        self.registry.refresh(local);
+    }
+
+    /// Whether another instance holds this client.
+    pub(super) fn held_elsewhere(&self, key: &(UserId, ClientId)) -> bool {
+        self.holders.get(key).is_some_and(|h| !h.is_empty())
+    }
+
+    /// Another instance holds a client (it said so on the bus, or the
+    /// registry lists it); `true` if the client is new to this room.
+    pub(super) fn held_by(&mut self, instance: InstanceId, entry: &PresenceEntry) -> bool {
+        let key = entry_key(entry);
+        self.holders
+            .entry(key)
+            .or_default()
+            .insert(instance, Instant::now());
+        if self.roster.get(entry.user, &entry.client_id).is_some() {
+            return false;
         }
-        if let Ok(listed) = self.instance.ports.presence.list(self.document).await {
-            let listed: HashSet<(UserId, &ClientId)> = listed
-                .iter()
-                .map(|l| (l.entry.user, &l.entry.client_id))
-                .collect();
-            let gone: Vec<PresenceEntry> = self
-                .roster
-                .entries()
-                .filter(|e| !listed.contains(&(e.user, &e.client_id)))
-                .cloned()
-                .collect();
-            for e in gone {
-                self.roster.leave(e.user, &e.client_id);
-                self.broadcast_local(
-                    &ServerMessage::Presence {
-                        joined: vec![],
-                        left: vec![Departed {
-                            user: e.user,
-                            client_id: e.client_id,
-                        }],
-                    },
-                    None,
-                );
+        let mut entry = entry.clone();
+        self.rebase_entry(&mut entry);
+        self.roster.join(entry);
+        true
+    }
+
+    /// Another instance no longer holds a client; `true` if no instance
+    /// does any more (then it left this room's roster).
+    pub(super) fn released_by(&mut self, instance: InstanceId, key: &(UserId, ClientId)) -> bool {
+        if let Some(h) = self.holders.get_mut(key) {
+            h.remove(&instance);
+            if h.is_empty() {
+                self.holders.remove(key);
             }
+        }
+        if self.held_elsewhere(key) || self.local_clients.contains_key(key) {
+            return false;
+        }
+        self.roster.leave(key.0, &key.1).is_some()
+    }
+
+    /// Reconciles the roster with what the registry lists (every
+    /// instance's entries): clients it lists that the roster lacks join
+    /// (presence lost on the bus, or in the registry and restored since);
+    /// remote clients no instance holds any more leave. A holder the
+    /// listing lacks but the bus spoke for within a refresh period stays
+    /// (its registry write may be on its way).
+    pub(super) fn reconcile(&mut self, listed: Vec<Held>) {
+        let now = Instant::now();
+        let fresh = self.instance.presence_refresh();
+        let mut joined = Vec::new();
+        let mut listed_keys: HashSet<((UserId, ClientId), InstanceId)> = HashSet::new();
+        for h in listed {
+            if h.instance == self.instance.id {
+                continue;
+            }
+            listed_keys.insert((entry_key(&h.entry), h.instance));
+            if self.held_by(h.instance, &h.entry)
+                && let Some(e) = self.roster.get(h.entry.user, &h.entry.client_id)
+            {
+                joined.push(e.clone());
+            }
+        }
+        let mut left = Vec::new();
+        let keys: Vec<(UserId, ClientId)> = self.holders.keys().cloned().collect();
+        for key in keys {
+            let gone: Vec<InstanceId> = self.holders[&key]
+                .iter()
+                .filter(|(i, at)| {
+                    !listed_keys.contains(&(key.clone(), **i)) && now.duration_since(**at) >= fresh
+                })
+                .map(|(i, _)| *i)
+                .collect();
+            for instance in gone {
+                if self.released_by(instance, &key) {
+                    left.push(Departed {
+                        user: key.0,
+                        client_id: key.1.clone(),
+                    });
+                }
+            }
+        }
+        // Remote entries no instance holds (none should remain; a bus
+        // message that named no holder): they leave too.
+        let orphans: Vec<(UserId, ClientId)> = self
+            .roster
+            .entries()
+            .map(entry_key)
+            .filter(|k| !self.local_clients.contains_key(k) && !self.held_elsewhere(k))
+            .collect();
+        for (user, client_id) in orphans {
+            self.roster.leave(user, &client_id);
+            left.push(Departed { user, client_id });
+        }
+        if !joined.is_empty() || !left.is_empty() {
+            self.broadcast_local(&ServerMessage::Presence { joined, left }, None);
         }
     }
 }

@@ -5,9 +5,10 @@
 //! against the store before anyone is answered.
 
 use super::attempt::{Attempt, Proposal};
-use super::{LOOKUPS_AT_ONCE, MAX_APPEND_ATTEMPTS, Pending, Room, STORE_UNAVAILABLE, SessionId};
+use super::{
+    LOOKUPS_AT_ONCE, MAX_APPEND_ATTEMPTS, Pending, Room, STORE_UNAVAILABLE, SessionId, UNSURE,
+};
 use relay_domain::{ClientId, CommittedOp, Proposed, Rejection, Submission, UserId};
-use relay_ports::bus::BusMessage;
 use relay_ports::protocol::ErrorCode;
 use relay_ports::{Chain, OpStatus, OperationType, StoreError};
 use tokio::time::Instant;
@@ -94,14 +95,25 @@ impl Room {
             let (ahead, rest): (Vec<Pending>, Vec<Pending>) = batch
                 .into_iter()
                 .partition(|p| p.submission.base > self.sequencer.version());
+            // The op may be committed already (the client saw that base on
+            // the instance that committed it): no answer would be true.
             warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a client's base");
-            self.fail(&ahead, ErrorCode::Unavailable, STORE_UNAVAILABLE);
+            self.send_away(&ahead, UNSURE);
             batch = rest;
         }
         for attempt in 1..=MAX_APPEND_ATTEMPTS {
             match self.append_once(batch, attempt).await {
                 Attempt::Done => return,
                 Attempt::Again(rest) => batch = rest,
+                Attempt::Lost(rest) => {
+                    // Another instance's room is appending to this document
+                    // too. Trying again at once would meet its next append
+                    // in flight (it holds the row lock) every time it is
+                    // busy; a random pause, growing with each loss, lets the
+                    // two take turns.
+                    tokio::time::sleep(lost_race_pause(attempt)).await;
+                    batch = rest;
+                }
             }
         }
         self.give_up(batch);
@@ -162,12 +174,10 @@ impl Room {
         if !self.sequencer.knows_client(sub.user, &sub.client_id)
             && let Err(e) = self.learn(&[(sub.user, sub.client_id.clone())]).await
         {
+            // Whether this seq is committed is exactly what could not be
+            // read.
             warn!(document = %self.document, error = %Chain(&e), "cannot read a client's last seq");
-            self.fail(
-                std::slice::from_ref(p),
-                ErrorCode::Unavailable,
-                STORE_UNAVAILABLE,
-            );
+            self.send_away(std::slice::from_ref(p), UNSURE);
             return Proposal::Answered;
         }
         let mut proposed = self.sequencer.propose(&p.submission);
@@ -232,11 +242,7 @@ impl Room {
                     }
                     Err(e) => {
                         warn!(document = %self.document, error = %Chain(&e), "cannot look up an out-of-order submit");
-                        self.fail(
-                            std::slice::from_ref(p),
-                            ErrorCode::Unavailable,
-                            STORE_UNAVAILABLE,
-                        );
+                        self.send_away(std::slice::from_ref(p), UNSURE);
                     }
                 }
                 Proposal::Answered
@@ -294,24 +300,30 @@ impl Room {
                     && p.submission.seq == op.seq
             })
         };
-        match self.catch_up_finding(ours).await {
-            Ok(found) if !found.is_empty() => {
+        let read = match self.catch_up_finding(ours).await {
+            Ok(found) => {
                 for op in &found {
                     self.instance
                         .ports
                         .metrics
                         .operation(OperationType::of(&op.delta), OpStatus::Ok);
                 }
-                self.publish(BusMessage::Ops { ops: found }).await;
+                if !found.is_empty() {
+                    self.publish_ops(found).await;
+                }
+                true
             }
-            Ok(_) => {}
             Err(e) => {
                 warn!(document = %self.document, error = %Chain(&e), "the store cannot be read either");
+                false
             }
-        }
+        };
         // Whoever is still waiting was not found committed (`fail` and the
-        // loop below skip the sessions the catch-up acknowledged).
-        if nothing_written {
+        // loop below skip the sessions the catch-up acknowledged) - known
+        // only if the store could be read to its head: an earlier attempt
+        // of the same seq (on another connection or instance) may have
+        // committed it.
+        if nothing_written && read {
             self.fail(proposed, ErrorCode::Unavailable, STORE_UNAVAILABLE);
             return;
         }
@@ -332,4 +344,12 @@ impl Room {
             "the outcome of your submit is unknown: reconnect and re-send it",
         );
     }
+}
+
+/// The pause after losing the race for a version `attempt` times in a row:
+/// random, up to 1 ms doubled each time (at most 64 ms).
+fn lost_race_pause(attempt: usize) -> std::time::Duration {
+    use rand::Rng;
+    let ceiling_us = 1000u64 << attempt.min(6);
+    std::time::Duration::from_micros(rand::rng().random_range(0..=ceiling_us))
 }

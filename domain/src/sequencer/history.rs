@@ -57,6 +57,27 @@ impl Sequencer {
         self.history.len()
     }
 
+    /// Forgets the ops before `version` (a room opened from the store
+    /// drops what the log says is older than the history's age, rather
+    /// than age it from the moment it was loaded).
+    pub fn forget_before(&mut self, version: Version) {
+        while self.history.front().is_some_and(|e| e.op.version < version) {
+            if let Some(gone) = self.history.pop_front() {
+                self.history_bytes -= gone.bytes();
+            }
+        }
+    }
+
+    /// The op committed at `version`, if history still holds it.
+    pub fn op_at(&self, version: Version) -> Option<&CommittedOp> {
+        let first = self.history.front()?.op.version;
+        let i = usize::try_from(version.get().checked_sub(first.get())?).ok()?;
+        self.history
+            .get(i)
+            .map(|e| &e.op)
+            .filter(|op| op.version == version)
+    }
+
     pub(super) fn prune(&mut self, now: Timestamp) {
         while let Some(front) = self.history.front() {
             let too_many = self.history.len() > self.config.max_history;
@@ -96,6 +117,26 @@ mod tests {
         s.commit(v, Timestamp::from_millis(5_000));
         assert!(s.ops_since(Version::from(0)).is_none());
         assert_eq!(s.ops_since(Version::from(1)).map(|o| o.len()), Some(1));
+    }
+
+    #[test]
+    fn history_before_a_version_is_forgotten_and_ops_are_found_by_version() {
+        let mut s = Sequencer::new(Document::new(), SequencerConfig::default());
+        for i in 1..=4u64 {
+            commit_one(&mut s, sub(1, "a", i, i - 1, ins(0, "x")));
+        }
+        assert_eq!(
+            s.op_at(Version::from(3)).map(|op| op.version),
+            Some(Version::from(3))
+        );
+        assert!(s.op_at(Version::from(5)).is_none());
+        s.forget_before(Version::from(3));
+        assert_eq!(s.history_len(), 2);
+        assert_eq!(s.oldest_base(), Version::from(2));
+        assert!(s.op_at(Version::from(2)).is_none());
+        assert!(s.history_bytes() > 0);
+        s.forget_before(Version::MAX);
+        assert_eq!((s.history_len(), s.history_bytes()), (0, 0));
     }
 
     #[test]

@@ -57,6 +57,7 @@ fn envelope(origin: InstanceId, document: DocumentId, n: usize) -> Envelope {
                     seq: Seq::new(n as u64).unwrap(),
                     delta,
                 }],
+                prev: None,
             }
         }
         1 => BusMessage::Cursor {
@@ -87,7 +88,7 @@ fn envelope(origin: InstanceId, document: DocumentId, n: usize) -> Envelope {
 /// Which test envelope this is, from its client id.
 fn index_of(envelope: &Envelope) -> Option<usize> {
     let client_id = match &envelope.message {
-        BusMessage::Ops { ops } => &ops.first()?.client_id,
+        BusMessage::Ops { ops, .. } => &ops.first()?.client_id,
         BusMessage::Cursor { entry } => &entry.client_id,
         BusMessage::Typing { client_id, .. } => client_id,
         BusMessage::Joined { .. } | BusMessage::Left { .. } => return None,
@@ -309,7 +310,7 @@ fn ops_envelope(
     Envelope {
         origin,
         document,
-        message: BusMessage::Ops { ops },
+        message: BusMessage::Ops { ops, prev: None },
     }
 }
 
@@ -317,7 +318,7 @@ fn ops_of(envelopes: &[&Envelope]) -> Vec<CommittedOp> {
     envelopes
         .iter()
         .flat_map(|e| match &e.message {
-            BusMessage::Ops { ops } => ops.clone(),
+            BusMessage::Ops { ops, .. } => ops.clone(),
             _ => Vec::new(),
         })
         .collect()

@@ -360,7 +360,7 @@ impl Live {
                     Ok(next) => {
                         if was == Some(seq) {
                             if let Some(due) = self.inflight_due.take() {
-                                shared.recorder.ack(self.shard, due, at);
+                                shared.recorder.ack(self.shard, self.instance, due, at);
                             }
                             self.retries = 0;
                             self.retry_at = None;
@@ -402,7 +402,7 @@ impl Live {
                                 && self.client.inflight().map(|i| i.seq) != was
                                 && let Some(due) = self.inflight_due.take()
                             {
-                                shared.recorder.ack(self.shard, due, at);
+                                shared.recorder.ack(self.shard, self.instance, due, at);
                             }
                             if let Some(out) = next {
                                 let due = self.buffer_due.take().unwrap_or(at);
@@ -423,6 +423,9 @@ impl Live {
                 code, seq, fatal, ..
             } => {
                 shared.recorder.error(self.shard, code.as_str());
+                if code == ErrorCode::Unavailable {
+                    shared.recorder.unavailable(self.shard, self.instance);
+                }
                 let ours = seq.is_some() && self.client.inflight().map(|i| i.seq) == seq;
                 match code {
                     ErrorCode::Unavailable | ErrorCode::RateLimited if ours => {

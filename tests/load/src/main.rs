@@ -41,6 +41,11 @@ struct Args {
     /// spread over them round robin.
     #[arg(long, default_value_t = 1, requires = "relay")]
     instances: usize,
+    /// With several instances: how many of each document's clients each
+    /// instance takes in turn, comma separated (1,50: one client on the
+    /// first instance for every fifty on the second).
+    #[arg(long, value_delimiter = ',')]
+    instance_weights: Option<Vec<usize>>,
     /// The server's process id on this machine, to read its RSS and CPU;
     /// repeat it for several instances (summed).
     #[arg(long)]
@@ -184,6 +189,9 @@ fn scenario(a: &Args) -> anyhow::Result<Scenario> {
     }
     if a.no_typing {
         s.typing = false;
+    }
+    if let Some(w) = &a.instance_weights {
+        s.instance_weights = w.clone();
     }
     if s.warmup_secs > s.duration_secs {
         s.warmup_secs = 0.0;

@@ -193,6 +193,12 @@ pub struct Typing {
     /// on the sender's instance, or on another.
     pub delivery_same_instance: Option<Percentiles>,
     pub delivery_other_instance: Option<Percentiles>,
+    /// With several instances: `ack` by the submitter's instance, and the
+    /// `unavailable` answers there (a fair share of a hot document).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ack_by_instance: Vec<Percentiles>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unavailable_by_instance: Vec<u64>,
     pub errors: BTreeMap<String, u64>,
     pub closes: BTreeMap<String, u64>,
     /// Whole run, warm-up and end included.
@@ -940,6 +946,26 @@ pub async fn run(opts: Options) -> anyhow::Result<RunResult> {
             }),
             delivery_other_instance: (servers.len() > 1)
                 .then(|| Percentiles::of(&totals.delivery_other_instance)),
+            ack_by_instance: if servers.len() > 1 {
+                (0..servers.len())
+                    .map(|i| {
+                        totals
+                            .ack_by_instance
+                            .get(&i)
+                            .map(Percentiles::of)
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            unavailable_by_instance: if servers.len() > 1 {
+                (0..servers.len())
+                    .map(|i| totals.unavailable_by_instance.get(&i).copied().unwrap_or(0))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             errors: totals.errors.clone(),
             closes: totals.closes.clone(),
             all_deliveries,

@@ -82,6 +82,10 @@ pub struct Scenario {
     /// Every `error` an honest client receives fails the run (a soak: the
     /// load itself must never be refused).
     pub no_errors: bool,
+    /// With several instances: how many of each document's clients each
+    /// instance takes in turn (`[1, 50]`: one on the first for every fifty
+    /// on the second). Empty: one each, round robin.
+    pub instance_weights: Vec<usize>,
 }
 
 /// Descriptors a server may hold after a soak beyond its count before the
@@ -116,6 +120,7 @@ impl Default for Scenario {
             recover_secs: 0.0,
             recover_rss_check: true,
             no_errors: false,
+            instance_weights: Vec::new(),
         }
     }
 }
@@ -222,7 +227,20 @@ impl Scenario {
     /// document's clients take the instances in turn. A replacement (churn)
     /// keeps its slot's instance.
     pub fn instance_of(&self, slot: usize, instances: usize) -> usize {
-        (slot / self.documents.max(1)) % instances.max(1)
+        let k = slot / self.documents.max(1);
+        let weights = &self.instance_weights;
+        let total: usize = weights.iter().sum();
+        if weights.len() != instances || total == 0 {
+            return k % instances.max(1);
+        }
+        let mut at = k % total;
+        for (i, w) in weights.iter().enumerate() {
+            if at < *w {
+                return i;
+            }
+            at -= w;
+        }
+        unreachable!("at is below the total of the weights")
     }
 
     /// Editors among a document's `n` clients: the rest watch. At least one
@@ -366,6 +384,21 @@ mod tests {
         let on: Vec<usize> = (0..5).map(|i| hot.instance_of(i, 2)).collect();
         assert_eq!(on, [0, 1, 0, 1, 0]);
         assert_eq!(hot.instance_of(3, 1), 0);
+    }
+
+    #[test]
+    fn instance_weights_share_a_documents_clients_unevenly() {
+        let s = Scenario {
+            connections: 12,
+            documents: 2,
+            instance_weights: vec![1, 2],
+            ..Default::default()
+        };
+        // Document 0's clients are slots 0, 2, 4, ...
+        let on: Vec<usize> = (0..12).step_by(2).map(|i| s.instance_of(i, 2)).collect();
+        assert_eq!(on, [0, 1, 1, 0, 1, 1]);
+        // Weights for another number of instances are not used.
+        assert_eq!(s.instance_of(2, 3), 1);
     }
 
     #[test]

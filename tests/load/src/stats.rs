@@ -39,6 +39,10 @@ pub struct Window {
     pub presence_received: u64,
     pub errors: BTreeMap<String, u64>,
     pub closes: BTreeMap<String, u64>,
+    /// `ack` by the submitter's instance (kept in the totals only).
+    pub ack_by_instance: BTreeMap<usize, Histogram<u64>>,
+    /// `unavailable` answers by the submitter's instance.
+    pub unavailable_by_instance: BTreeMap<usize, u64>,
 }
 
 impl Default for Window {
@@ -57,6 +61,8 @@ impl Default for Window {
             presence_received: 0,
             errors: BTreeMap::new(),
             closes: BTreeMap::new(),
+            ack_by_instance: BTreeMap::new(),
+            unavailable_by_instance: BTreeMap::new(),
         }
     }
 }
@@ -81,6 +87,16 @@ impl Window {
         }
         for (k, v) in &other.closes {
             *self.closes.entry(k.clone()).or_default() += v;
+        }
+        for (k, h) in &other.ack_by_instance {
+            self.ack_by_instance
+                .entry(*k)
+                .or_insert_with(histogram)
+                .add(h)
+                .expect("same bounds");
+        }
+        for (k, v) in &other.unavailable_by_instance {
+            *self.unavailable_by_instance.entry(*k).or_default() += v;
         }
     }
 }
@@ -177,7 +193,8 @@ impl Recorder {
         f(series, Some(totals));
     }
 
-    pub fn ack(&self, shard: usize, due: Instant, at: Instant) {
+    /// An ack to a client on `instance`.
+    pub fn ack(&self, shard: usize, instance: usize, due: Instant, at: Instant) {
         let measured = self.measured(due);
         let l = us(at.saturating_duration_since(due));
         self.with(shard, |s, t| {
@@ -186,7 +203,19 @@ impl Recorder {
             if measured && let Some(t) = t {
                 t.acks += 1;
                 t.ack.saturating_record(l);
+                t.ack_by_instance
+                    .entry(instance)
+                    .or_insert_with(histogram)
+                    .saturating_record(l);
             }
+        });
+    }
+
+    /// An `unavailable` answer to a client on `instance` (besides its
+    /// count among the errors).
+    pub fn unavailable(&self, shard: usize, instance: usize) {
+        self.count(shard, |w| {
+            *w.unavailable_by_instance.entry(instance).or_default() += 1
         });
     }
 
@@ -377,9 +406,10 @@ mod tests {
         let r = Recorder::new(2);
         let t0 = r.epoch();
         r.measure_between(t0 + Duration::from_secs(1), t0 + Duration::from_secs(3));
-        r.ack(0, t0, t0 + Duration::from_millis(3));
+        r.ack(0, 0, t0, t0 + Duration::from_millis(3));
         r.ack(
             1,
+            0,
             t0 + Duration::from_secs(2),
             t0 + Duration::from_millis(2004),
         );
@@ -391,7 +421,12 @@ mod tests {
         let series = r.take_series();
         assert_eq!(series.acks, 2);
         assert_eq!(series.deliveries, 2);
-        r.ack(1, t0 + Duration::from_secs(3), t0 + Duration::from_secs(4));
+        r.ack(
+            1,
+            0,
+            t0 + Duration::from_secs(3),
+            t0 + Duration::from_secs(4),
+        );
         let totals = r.totals();
         assert_eq!(totals.acks, 1, "one before the start, one at the end");
         assert_eq!(totals.deliveries, 1);

@@ -89,6 +89,14 @@ pub fn summary(r: &RunResult) -> (String, bool) {
         let _ = writeln!(s, "{} to the sender's instance", p(" same", same));
         let _ = writeln!(s, "{} to another instance", p(" other", other));
     }
+    for (i, ack) in t.ack_by_instance.iter().enumerate() {
+        let unavailable = t.unavailable_by_instance.get(i).copied().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "{}, {unavailable} unavailable",
+            p(&format!(" ack on instance {i}"), ack)
+        );
+    }
     if !t.errors.is_empty() || !t.closes.is_empty() {
         let _ = writeln!(s, "errors   {:?}  closes {:?}", t.errors, t.closes);
     }

@@ -193,7 +193,7 @@ impl FanOut for RedisBus {
         // Ops are kept (by version) in the same transaction as the publish,
         // so a subscriber that sees a message finds every op before it kept
         // too (unless too large or trimmed).
-        if let BusMessage::Ops { ops } = &envelope.message
+        if let BusMessage::Ops { ops, .. } = &envelope.message
             && self.history.ops > 0
         {
             let key = history_key(document);
