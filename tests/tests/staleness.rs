@@ -25,6 +25,10 @@ use uuid::Uuid;
 /// What the protocol allows between a commit and every client having it.
 const DELIVERY: Duration = Duration::from_secs(5);
 
+/// PROTOCOL.md: from the upgrade to `joined` at most AUTH_TIMEOUT_SECS
+/// (default 10) + 2 s.
+const JOIN_BOUND: Duration = Duration::from_secs(12);
+
 const A: usize = 0;
 const B: usize = 1;
 
@@ -210,7 +214,8 @@ async fn a_publish_lost_by_the_committing_instance_still_reaches_the_other() {
 
 /// 3. A's Redis link stalls (packets dropped, no reset): W on B commits,
 /// R on A receives it within 5 s; then, still stalled, 200 documents are
-/// opened and closed on A, and every join is answered within 3 s.
+/// opened and closed on A, and every join is answered within
+/// AUTH_TIMEOUT_SECS + 2 s (PROTOCOL.md's bound).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_bus_link_neither_hides_commits_nor_hangs_joins() {
     let (cluster, proxy) = two_with_proxy(A, &[]).await;
@@ -220,23 +225,22 @@ async fn a_stalled_bus_link_neither_hides_commits_nor_hangs_joins() {
     proxy.stall();
     let version = commit_one(&mut w, "stalled").await;
     await_version(&mut r, version, DELIVERY, "R on A behind a stalled link").await;
-    // 200 documents, 10 at a time.
-    let user = Uuid::new_v4();
-    let token = cluster.token(user);
+    // 200 documents, 40 at a time, each joiner a user of its own (JOIN_BURST
+    // is per user).
     let url_of = |d: DocumentId| cluster.instances[A].url(d);
     let start = Instant::now();
     let mut slowest = Duration::ZERO;
-    for batch in 0..20 {
-        let joins: Vec<_> = (0..10)
+    for batch in 0..5 {
+        let joins: Vec<_> = (0..40)
             .map(|k| {
                 let url = url_of(new_document());
-                let token = token.clone();
+                let token = cluster.token(Uuid::new_v4());
                 tokio::spawn(async move {
                     let t = Instant::now();
                     let mut conn = Conn::connect(&url).await;
                     conn.join(&format!("tab-{batch}-{k}"), Some(&token), None)
                         .await;
-                    let got = conn.recv_within(Duration::from_secs(3)).await;
+                    let got = conn.recv_within(JOIN_BOUND).await;
                     let took = t.elapsed();
                     conn.close().await;
                     (got, took)
@@ -247,8 +251,8 @@ async fn a_stalled_bus_link_neither_hides_commits_nor_hangs_joins() {
             let (got, took) = j.await.expect("join task");
             assert!(
                 matches!(got, Some(Received::Message(ServerMessage::Joined { .. }))),
-                "join {} on A (Redis link stalled) not answered with joined within 3 s: {got:?}",
-                batch * 10 + k
+                "join {} on A (Redis link stalled) not answered with joined within {JOIN_BOUND:?} (took {took:?}): {got:?}",
+                batch * 40 + k
             );
             slowest = slowest.max(took);
         }
