@@ -71,6 +71,14 @@ pub enum ClientError {
     VersionGap { expected: Version, got: Version },
     #[error("ack for seq {got:?} while {expected:?} is in flight")]
     UnexpectedAck { expected: Option<Seq>, got: Seq },
+    /// Something the client already has arrived again: an op at or below
+    /// its version, or an ack of a seq it sent that is no longer in flight
+    /// (beyond the one answer owed to a re-sent submit, see
+    /// [`Client::resend`]). "No op reaches a client twice" (PROTOCOL.md):
+    /// harmless to the local document, but a server fault the caller
+    /// must see.
+    #[error("version {version} (seq {seq}) delivered again")]
+    Duplicate { version: Version, seq: Seq },
     #[error("waiting for a resync (in flight: {0:?}) before new edits")]
     Resyncing(Option<Seq>),
     #[error("every seq up to 2^53 - 1 is used: start a new client_id")]
@@ -90,6 +98,12 @@ pub struct Client {
     next_seq: Seq,
     state: State,
     selection: Option<Selection>,
+    /// The seq last re-sent by [`Client::resend`], while its answer from
+    /// the server may still come.
+    resent: Option<Seq>,
+    /// A re-sent submit recognised as the client's own op in `ops` before
+    /// its answer came: the server still answers it with this one ack.
+    owed_ack: Option<(Seq, Version)>,
 }
 
 impl Client {
@@ -104,6 +118,8 @@ impl Client {
             next_seq: Seq::from(1),
             state: State::Synchronized,
             selection: None,
+            resent: None,
+            owed_ack: None,
         }
     }
 
@@ -206,9 +222,18 @@ impl Client {
     /// recognised by `client_id` and `seq`, counts as its ack.
     /// Returns a submit to send if the op acknowledged the in-flight one and
     /// a buffer was waiting.
+    ///
+    /// An op at or below the client's version is [`ClientError::Duplicate`]
+    /// (nothing changes).
     pub fn receive(&mut self, op: &CommittedOp) -> Result<Option<Outgoing>, ClientError> {
-        if op.version <= self.version || self.state == State::Diverged {
+        if self.state == State::Diverged {
             return Ok(None);
+        }
+        if op.version <= self.version {
+            return Err(ClientError::Duplicate {
+                version: op.version,
+                seq: op.seq,
+            });
         }
         // A version above ours exists (it is `op.version`), so ours has a next.
         let expected = self.version.next().unwrap_or(Version::MAX);
@@ -222,6 +247,10 @@ impl Client {
             && op.client_id == self.client_id
             && self.inflight().is_some_and(|i| i.seq == op.seq)
         {
+            if self.resent.take() == Some(op.seq) {
+                // The re-sent submit is still to be answered, with this ack.
+                self.owed_ack = Some((op.seq, op.version));
+            }
             return self.ack(op.seq, op.version);
         }
         let server = op.delta.clone().fit(self.server_len())?;
@@ -259,16 +288,27 @@ impl Client {
     /// The ack of the in-flight submit. Returns the buffered submit to send
     /// next, if any.
     ///
-    /// An ack for an earlier seq is ignored: after a rejoin the client may
-    /// have recognised its op in the catch-up and re-sent it anyway, and the
-    /// server answers that duplicate with a second ack.
+    /// An ack of a seq sent earlier and no longer in flight is
+    /// [`ClientError::Duplicate`], but for one: a submit re-sent after a
+    /// rejoin ([`Client::resend`]) whose op then arrived in `ops` before the
+    /// server answered it is still answered, with an ack at that op's
+    /// version (PROTOCOL.md: a committed `(user, client_id, seq)` is acked
+    /// with the version it was committed at).
     pub fn ack(&mut self, seq: Seq, version: Version) -> Result<Option<Outgoing>, ClientError> {
         let expected = self.inflight().map(|i| i.seq);
-        if expected.is_none_or(|e| seq < e) && seq < self.next_seq && version <= self.version {
-            return Ok(None);
+        if expected != Some(seq) && seq < self.next_seq {
+            if self.owed_ack == Some((seq, version)) {
+                self.owed_ack = None;
+                return Ok(None);
+            }
+            return Err(ClientError::Duplicate { version, seq });
         }
         if expected != Some(seq) {
             return Err(ClientError::UnexpectedAck { expected, got: seq });
+        }
+        // Answered.
+        if self.resent == Some(seq) {
+            self.resent = None;
         }
         if let State::Unconfirmed { .. } = self.state {
             if version > self.version {
@@ -343,9 +383,12 @@ impl Client {
 
     /// What to re-send after reconnecting and applying the catch-up ops:
     /// the in-flight submit with its original `seq`, rebased to the current
-    /// version.
-    pub fn resend(&self) -> Option<Outgoing> {
-        self.inflight().cloned()
+    /// version. The caller sends it: the client then expects one answer to
+    /// it, even if its op arrives in `ops` first.
+    pub fn resend(&mut self) -> Option<Outgoing> {
+        let out = self.inflight().cloned();
+        self.resent = out.as_ref().map(|o| o.seq);
+        out
     }
 
     /// Rejoined with full content (the server no longer had the ops after
@@ -456,25 +499,105 @@ mod tests {
         assert_eq!(c.resend().unwrap().base, Version::from(4));
     }
 
-    #[test]
-    fn own_op_in_the_catch_up_counts_as_the_ack_and_a_later_duplicate_ack_is_ignored() {
-        let mut c = client("ab");
-        let out = c.edit(ins(0, "x", 2)).unwrap().unwrap();
-        let own = CommittedOp {
-            version: Version::from(4),
+    fn own_op(c: &Client, out: &Outgoing, version: u64) -> CommittedOp {
+        CommittedOp {
+            version: Version::new(version).unwrap(),
             user: c.user(),
             client_id: c.client_id().clone(),
             seq: out.seq,
             delta: out.delta.clone(),
-        };
-        assert_eq!(c.receive(&own).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn own_op_in_the_catch_up_counts_as_the_ack_and_a_later_ack_is_a_duplicate() {
+        let mut c = client("ab");
+        let out = c.edit(ins(0, "x", 2)).unwrap().unwrap();
+        assert_eq!(c.receive(&own_op(&c, &out, 4)).unwrap(), None);
         assert!(c.is_synchronized());
-        assert_eq!(c.ack(out.seq, Version::from(4)).unwrap(), None);
+        // Not re-sent: no answer is owed, so an ack is a second delivery.
+        assert_eq!(
+            c.ack(out.seq, Version::from(4)),
+            Err(ClientError::Duplicate {
+                version: Version::from(4),
+                seq: out.seq
+            })
+        );
         assert_eq!(c.document().text(), "xab");
+        assert_eq!(c.version(), Version::from(4));
         assert!(matches!(
             c.ack(Seq::from(9), Version::from(5)),
             Err(ClientError::UnexpectedAck { .. })
         ));
+    }
+
+    #[test]
+    fn a_second_ack_of_the_same_submit_is_a_duplicate() {
+        let mut c = client("ab");
+        let out = c.edit(ins(0, "x", 2)).unwrap().unwrap();
+        assert_eq!(c.ack(out.seq, Version::from(4)).unwrap(), None);
+        assert_eq!(
+            c.ack(out.seq, Version::from(4)),
+            Err(ClientError::Duplicate {
+                version: Version::from(4),
+                seq: out.seq
+            })
+        );
+        // Also while a later submit is in flight.
+        let next = c.edit(ins(0, "y", 3)).unwrap().unwrap();
+        assert!(matches!(
+            c.ack(out.seq, Version::from(4)),
+            Err(ClientError::Duplicate { .. })
+        ));
+        assert_eq!(c.inflight().map(|i| i.seq), Some(next.seq));
+        assert_eq!(c.ack(next.seq, Version::from(5)).unwrap(), None);
+        assert_eq!(c.document().text(), "yxab");
+    }
+
+    #[test]
+    fn a_resent_submit_seen_in_ops_first_is_still_answered_once() {
+        let mut c = client("ab");
+        let out = c.edit(ins(0, "x", 2)).unwrap().unwrap();
+        // Rejoined: the catch-up did not hold it yet, so it is re-sent...
+        assert_eq!(c.resend(), Some(out.clone()));
+        // ...then the first attempt's commit arrives in `ops`...
+        assert_eq!(c.receive(&own_op(&c, &out, 4)).unwrap(), None);
+        assert!(c.is_synchronized());
+        // ...and the re-sent submit's answer names that version: once.
+        assert_eq!(c.ack(out.seq, Version::from(4)).unwrap(), None);
+        assert!(matches!(
+            c.ack(out.seq, Version::from(4)),
+            Err(ClientError::Duplicate { .. })
+        ));
+        // At another version it would be another op: not owed.
+        let mut c = client("ab");
+        let out = c.edit(ins(0, "x", 2)).unwrap().unwrap();
+        c.resend();
+        c.receive(&own_op(&c, &out, 4)).unwrap();
+        assert!(matches!(
+            c.ack(out.seq, Version::from(5)),
+            Err(ClientError::Duplicate { .. })
+        ));
+    }
+
+    #[test]
+    fn an_op_at_or_below_the_clients_version_is_a_duplicate() {
+        let mut c = client("ab");
+        c.receive(&server_op(4, ins(0, "S", 2))).unwrap();
+        assert_eq!(
+            c.receive(&server_op(4, ins(0, "S", 2))),
+            Err(ClientError::Duplicate {
+                version: Version::from(4),
+                seq: Seq::from(1)
+            })
+        );
+        assert!(matches!(
+            c.receive(&server_op(2, ins(0, "S", 2))),
+            Err(ClientError::Duplicate { .. })
+        ));
+        // Nothing changed.
+        assert_eq!(c.document().text(), "Sab");
+        assert_eq!(c.version(), Version::from(4));
     }
 
     #[test]

@@ -308,11 +308,17 @@ impl Sim {
                 {
                     self.lost_edits += 1;
                 }
+                let before = self.clients[c].inflight().map(|i| i.seq);
                 for op in ops.unwrap_or_default() {
                     self.receive(c, &op);
                 }
-                let out = self.clients[c].resend();
-                self.send(c, out);
+                // The submit in flight before the rejoin goes again; one
+                // the catch-up released from the buffer has just been sent
+                // (sending it twice would be answered twice).
+                if self.clients[c].inflight().map(|i| i.seq) == before {
+                    let out = self.clients[c].resend();
+                    self.send(c, out);
+                }
             }
             ToClient::Ops(ops) => {
                 for op in ops {

@@ -86,6 +86,8 @@ impl RedisServer {
         let mut child = Command::new(binary)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // DEBUG SLEEP: a Redis that stops answering for a while.
+            .args(["--enable-debug-command", "yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -207,6 +209,23 @@ impl Instance {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    /// Its `/metrics` page (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        let r = http_get(self.metrics_addr(), "/metrics").await;
+        assert_eq!(
+            r.status, 200,
+            "{}: /metrics answered {}",
+            self.name, r.status
+        );
+        r.body
+    }
+
+    /// The sum of the samples of `name` whose labels contain every one of
+    /// `labels` (`key="value"`), 0 if it has none yet.
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_sum(&self.metrics().await, name, labels)
+    }
+
     /// `/ready`'s status and its `checks.redis`.
     pub async fn redis_ready(&self) -> (u16, String) {
         let r = self.get("/ready").await;
@@ -297,6 +316,42 @@ impl Drop for Instance {
     }
 }
 
+/// The sum of the samples of `name` in a Prometheus text page whose labels
+/// contain every one of `labels` (`key="value"`).
+pub fn metric_sum(page: &str, name: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labelled, value) = rest.rsplit_once(' ')?;
+            if !(labelled.is_empty() || labelled.starts_with('{')) {
+                return None; // another metric whose name starts with `name`
+            }
+            labels
+                .iter()
+                .all(|want| labelled.contains(want))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Runs `redis-cli -p <port> args...` and returns its output; panics if it
+/// fails or takes more than 10 s.
+pub async fn redis_cli(port: u16, args: &[&str]) -> String {
+    let binary = which("redis-cli").expect("redis-cli is not installed (Debian's redis-tools)");
+    let run = tokio::process::Command::new(binary)
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap_or_else(|_| panic!("redis-cli {args:?} did not finish in 10 s"))
+        .expect("run redis-cli");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Several instances on one database and one Redis.
 #[derive(Debug)]
 pub struct Cluster {
@@ -327,6 +382,19 @@ impl Cluster {
         extra: &[(&str, &str)],
         redis_url_of: impl Fn(usize) -> Option<String>,
     ) -> Cluster {
+        Cluster::start_each(n, redis, extra, redis_url_of, |_| Vec::new()).await
+    }
+
+    /// [`Cluster::start_with`], and instance `i` also gets the variables
+    /// `env_of(i)` (after `extra`, so they override it): one instance set
+    /// apart, say.
+    pub async fn start_each(
+        n: usize,
+        redis: RedisServer,
+        extra: &[(&str, &str)],
+        redis_url_of: impl Fn(usize) -> Option<String>,
+        env_of: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
         let database_url = crate::pg::database_url();
         let jwks = JwksServer::start("jwks-first.json").await;
         let signer = Signer::fixture("rsa-a");
@@ -350,9 +418,14 @@ impl Cluster {
                 ("SUBMIT_RATE_PER_SEC".into(), "10000".into()),
                 ("SUBMIT_BURST".into(), "10000".into()),
             ];
+            let own = env_of(i);
+            let extra = extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .chain(own);
             for (k, v) in extra {
-                env.retain(|(key, _)| key != k);
-                env.push(((*k).into(), (*v).into()));
+                env.retain(|(key, _)| *key != k);
+                env.push((k, v));
             }
             let mut instance = Instance {
                 name: format!("relay-{i}"),

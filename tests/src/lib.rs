@@ -466,6 +466,7 @@ impl Editor {
             .join(self.client.client_id().as_str(), Some(token), Some(since))
             .await;
         let joined = self.conn.message().await;
+        let before = self.client.inflight().map(|i| i.seq);
         match &joined {
             ServerMessage::Joined { ops: Some(ops), .. } => {
                 for op in ops.clone() {
@@ -483,7 +484,12 @@ impl Editor {
             other => panic!("expected joined, got {other:?}"),
         }
         self.joined = joined;
-        if let Some(out) = self.client.resend() {
+        // The submit in flight before the rejoin goes again; one the
+        // catch-up released from the buffer has just been sent (twice would
+        // be answered twice).
+        if self.client.inflight().map(|i| i.seq) == before
+            && let Some(out) = self.client.resend()
+        {
             self.submit(out).await;
         }
     }
@@ -515,17 +521,25 @@ impl Editor {
         self.edit(d).await;
     }
 
-    /// Adds an op to [`Editor::log`]; the same version twice must be the
-    /// same op.
+    /// Adds an op to [`Editor::log`]. A version arrives once: the same op
+    /// twice is a duplicate delivery, another op at a known version a
+    /// contradiction (PROTOCOL.md: no client receives an operation twice).
     fn record(&mut self, op: CommittedOp) {
         if let Some(known) = self.log.get(&op.version) {
             assert_eq!(
                 (known.user, &known.client_id, known.seq),
                 (op.user, &op.client_id, op.seq),
-                "two different ops at version {}",
+                "{}: two different ops at version {}",
+                self.client.client_id(),
                 op.version
             );
-            return;
+            panic!(
+                "{}: version {} ({} seq {}) delivered twice",
+                self.client.client_id(),
+                op.version,
+                op.client_id,
+                op.seq
+            );
         }
         self.log.insert(op.version, op);
     }

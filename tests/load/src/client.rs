@@ -11,7 +11,7 @@ use crate::scenario::Scenario;
 use crate::stats::{DueTable, Recorder, client_id, parse_client_id};
 use crate::trace::{Replay, Trace};
 use futures::{SinkExt, StreamExt};
-use relay_domain::{Client, ClientId, Document, Outgoing, Selection, UserId};
+use relay_domain::{Client, ClientError, ClientId, Document, Outgoing, Selection, UserId};
 use relay_ports::protocol::{ClientMessage, ErrorCode, Join, ServerMessage};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -371,6 +371,12 @@ impl Live {
                         }
                         self.cursor(shared).await;
                     }
+                    // A second answer to one submit: counted and reported
+                    // (it fails a run that allows no errors); the client's
+                    // state is unchanged, so it goes on.
+                    Err(ClientError::Duplicate { .. }) => {
+                        shared.recorder.error(self.shard, "duplicate");
+                    }
                     Err(e) => self.broken = Some(format!("ack: {e}")),
                 }
             }
@@ -402,6 +408,11 @@ impl Live {
                                 let due = self.buffer_due.take().unwrap_or(at);
                                 self.submit(shared, out, due).await;
                             }
+                        }
+                        // An op delivered twice: counted and reported, as
+                        // above.
+                        Err(ClientError::Duplicate { .. }) => {
+                            shared.recorder.error(self.shard, "duplicate");
                         }
                         Err(e) => self.broken = Some(format!("op {}: {e}", op.version)),
                     }
