@@ -119,6 +119,9 @@ impl Sequencer {
         now: Timestamp,
     ) {
         self.clients.remember(user, client_id, last, now);
+        // Bounded here too, not only on commit: a room whose every submit
+        // is refused still meets new clients.
+        self.clients.forget_least_recent(self.config.max_clients);
     }
 
     /// Whether the sequencer knows the client's last committed seq.
@@ -185,5 +188,25 @@ mod tests {
             commit_one(&mut s, sub(1, &format!("tab-{i}"), 1, i, ins(0, "x")));
         }
         assert!(s.clients.len() <= 10);
+    }
+
+    #[test]
+    fn clients_learned_without_a_commit_are_bounded_too() {
+        let config = SequencerConfig {
+            max_clients: 10,
+            ..SequencerConfig::default()
+        };
+        let mut s = Sequencer::new(Document::new(), config);
+        for i in 0..50u64 {
+            let client = ClientId::new(format!("tab-{i}")).unwrap();
+            s.remember_client(
+                UserId::new(Uuid::from_u128(1)),
+                &client,
+                None,
+                Timestamp::from_millis(i),
+            );
+            assert!(s.knows_client(UserId::new(Uuid::from_u128(1)), &client));
+        }
+        assert!(s.clients.len() <= 10, "{} remembered", s.clients.len());
     }
 }
