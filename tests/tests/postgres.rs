@@ -5,7 +5,7 @@ use relay_adapter_postgres::{PgPool, PgStore, PoolSettings};
 use relay_app::config::Config;
 use relay_domain::{DocumentId, Version};
 use relay_ports::OperationStore;
-use relay_ports::protocol::{ErrorCode, ServerMessage};
+use relay_ports::protocol::ServerMessage;
 use relay_tests::pg::{Proxy, database_url, spawn_pg_app};
 use relay_tests::*;
 use std::time::Duration;
@@ -94,8 +94,8 @@ async fn documents_reopen_from_the_latest_snapshot_plus_the_tail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_database_unreachable_nothing_is_acknowledged_and_service_resumes_when_it_returns()
-{
+async fn with_the_database_unreachable_nothing_is_acknowledged_nor_called_unavailable_and_service_resumes()
+ {
     let (proxy, url) = Proxy::to_test_database().await;
     let mut config = Config::default();
     config.store.database_url = Some(url);
@@ -110,30 +110,18 @@ async fn with_the_database_unreachable_nothing_is_acknowledged_and_service_resum
     proxy.cut();
     e.insert(8, "lost?").await;
     let seq = e.client.inflight().expect("in flight").seq;
-    // The only answer is an error: no ack for an op that is not durable.
-    let mut answer = e.conn.recv().await;
-    if let Received::Closed(code) = answer {
-        // The cut raced the append on a pooled connection: its outcome was
-        // unknown, so the client was sent to reconnect (1013) rather than
-        // told `unavailable`. It resumes and re-sends; now nothing can be
-        // written, and it is told so.
-        assert_eq!(code, Some(1013));
-        e.rejoin(&app, &token).await;
-        answer = e.conn.recv().await;
-    }
-    let Received::Message(answer) = answer else {
-        panic!("expected an answer, got {answer:?}")
-    };
-    match answer {
-        ServerMessage::Error {
-            code,
-            seq: s,
-            fatal,
-            ..
-        } => {
-            assert_eq!((code, s, fatal), (ErrorCode::Unavailable, Some(seq), false));
+    // No ack for an op that is not durable, and no `unavailable` either:
+    // with the store unreadable, whether an earlier attempt of this seq
+    // committed cannot be known, so the client is sent to reconnect (1013)
+    // and re-send - each time, while the store is down.
+    for attempt in 0..2 {
+        match e.conn.recv().await {
+            Received::Closed(code) => assert_eq!(code, Some(1013), "attempt {attempt}"),
+            other => panic!("attempt {attempt}: expected 1013, got {other:?}"),
         }
-        other => panic!("expected unavailable, got {other:?}"),
+        if attempt == 0 {
+            e.rejoin(&app, &token).await;
+        }
     }
     assert_eq!(e.acks.len(), 1);
     let ready = http_get(app.addr, "/ready").await;
@@ -141,9 +129,8 @@ async fn with_the_database_unreachable_nothing_is_acknowledged_and_service_resum
     assert!(ready.contains(r#""database":"error""#), "{ready}");
 
     proxy.restore();
-    // The same submit again: committed exactly once.
-    let out = e.client.resend().expect("still in flight");
-    e.submit(out).await;
+    // The client resumes once more and re-sends: committed exactly once.
+    e.rejoin(&app, &token).await;
     e.settle().await;
     assert_eq!(e.text(), "durable lost?");
     let ops = store()
@@ -247,4 +234,55 @@ async fn a_database_that_stops_answering_mid_append_is_never_reported_as_nothing
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_submit_on_a_base_before_the_snapshot_is_rebased_over_edits_in_the_middle() {
+    // Review 2026-12-07 F4: ops read back from PostgreSQL lack their
+    // trailing retain; a stale base in the middle of a document must still
+    // rebase, as PROTOCOL.md promises (it used to be `stale_base`).
+    let mut config = Config::default();
+    config.store.snapshot_every = 2;
+    config.limits.room_idle = Duration::from_secs(1);
+    let app = spawn_pg_app(config).await;
+    let doc = new_document();
+    let (uw, ur) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut w = Editor::join(&app, doc, uw, "writer", &app.editor_token(uw)).await;
+    w.insert(0, "hello world").await;
+    w.settle().await;
+    let r_token = app.editor_token(ur);
+    let mut r = Conn::connect(&app.url(doc)).await;
+    r.join("reader", Some(&r_token), None).await;
+    let since = match r.message().await {
+        ServerMessage::Joined { version, .. } => version,
+        other => panic!("expected joined, got {other:?}"),
+    };
+    assert_eq!(since, Version::from(1u32));
+    // Three edits in the middle, then everyone leaves: the room snapshots
+    // and closes.
+    for (pos, text) in [(5, ","), (6, " dear"), (0, ">")] {
+        w.insert(pos, text).await;
+        w.settle().await;
+    }
+    assert_eq!(w.text(), ">hello, dear world");
+    w.conn.close().await;
+    r.close().await;
+    app.await_health("active_documents", 0).await;
+    // The reader resumes and re-sends its submit as first sent: "!" at the
+    // end of "hello world", at version 1.
+    let mut r = Conn::connect(&app.url(doc)).await;
+    r.join("reader", Some(&r_token), Some(since)).await;
+    assert!(matches!(r.message().await, ServerMessage::Joined { .. }));
+    r.send_text(submit(
+        1,
+        1,
+        serde_json::json!([{"retain": 11}, {"insert": "!"}]),
+    ))
+    .await;
+    match answer(&mut r).await {
+        ServerMessage::Ack { version, .. } => assert_eq!(version, Version::from(5u32)),
+        other => panic!("expected the ack, got {other:?}"),
+    }
+    let (text, _) = fresh_text(&app, doc).await;
+    assert_eq!(text, ">hello, dear world!");
 }
