@@ -64,7 +64,10 @@ impl Room {
             if since.since(self.sequencer.version()) <= JOIN_AHEAD_OPS {
                 let max_bytes = self.instance.config.limits.operation_history_bytes;
                 if let Err(e) = self.catch_up_within(since, JOIN_AHEAD_OPS, max_bytes).await {
+                    // The client saw versions the store cannot be read for:
+                    // `joined` would take it backwards. It tries again.
                     warn!(document = %self.document, error = %Chain(&e), "cannot catch up to a joining client's version");
+                    return Err(JoinError::Unavailable(e));
                 }
             } else {
                 // Far ahead: nothing is read for this join (it gets the
