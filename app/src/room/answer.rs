@@ -149,15 +149,42 @@ impl Room {
     /// Publishes committed ops for other instances, with the identity of
     /// the op before them (so a room whose history holds another op there
     /// sees the contradiction), when history still holds it.
+    ///
+    /// One envelope holds at most [`PUBLISH_ENVELOPE_BYTES`] of ops (or a
+    /// single larger op), so a group commit of large ops never makes one
+    /// pub/sub message past Redis's output-buffer limit for subscribers
+    /// (32 MiB by default, which would disconnect every instance).
     pub(super) async fn publish_ops(&mut self, ops: Vec<CommittedOp>) {
-        let prev = ops
+        let mut prev = ops
             .first()
             .and_then(|op| op.version.prev())
             .and_then(|v| self.sequencer.op_at(v))
             .map(CommittedOp::key);
-        self.publish(BusMessage::Ops { ops, prev }).await;
+        let mut chunk: Vec<CommittedOp> = Vec::new();
+        let mut bytes = 0;
+        for op in ops {
+            let size = op.memory_bytes();
+            if !chunk.is_empty() && bytes + size > PUBLISH_ENVELOPE_BYTES {
+                let next_prev = chunk.last().map(CommittedOp::key);
+                self.publish(BusMessage::Ops {
+                    ops: std::mem::take(&mut chunk),
+                    prev: std::mem::replace(&mut prev, next_prev),
+                })
+                .await;
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(op);
+        }
+        if !chunk.is_empty() {
+            self.publish(BusMessage::Ops { ops: chunk, prev }).await;
+        }
     }
 }
+
+/// The most ops one bus envelope holds, in bytes in memory (about their
+/// size as JSON): see [`Room::publish_ops`].
+pub(super) const PUBLISH_ENVELOPE_BYTES: usize = 1 << 20;
 
 fn flush(sink: &Sink, run: &mut Vec<&str>) -> bool {
     if run.is_empty() {
