@@ -1226,3 +1226,114 @@ async fn a_base_older_than_a_fresh_rooms_history_is_rebased_over_the_stores_ops(
     }
     assert_eq!(text.text(), "!abcde", "rebased over versions 3 to 5");
 }
+
+/// `op` as another writer committed it at the same version: another key.
+fn impostor(op: &CommittedOp) -> CommittedOp {
+    CommittedOp {
+        client_id: ClientId::new("impostor").unwrap(),
+        ..op.clone()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_op_on_the_bus_that_contradicts_the_rooms_history_reopens_the_document() {
+    let keys = DevKeys::from_seed([17; 32]);
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
+    let bus = Arc::new(ManualBus::default());
+    let a = relay_on_bus_with(without_head_check(), store.clone(), bus.clone(), &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    let mut writer = commit_all(&a, &keys, document, "writer", &["a"]).await;
+    let ours = store.read(document, Version::ZERO, 1).await.unwrap();
+    // Another instance says version 1 is another op (the store lost ours
+    // and took another): the room must not go on from its own.
+    bus.send(relay_ports::BusEvent::Message(relay_ports::Envelope {
+        origin: relay_ports::InstanceId::new_v4(),
+        document,
+        message: relay_ports::BusMessage::Ops {
+            ops: vec![impostor(&ours[0])],
+            prev: None,
+        },
+    }))
+    .await;
+    assert_eq!(close_code(&mut writer).await, 1013);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ops_whose_prev_is_not_the_op_the_room_holds_are_not_applied_and_the_room_reopens() {
+    let keys = DevKeys::from_seed([18; 32]);
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
+    let bus = Arc::new(ManualBus::default());
+    let a = relay_on_bus_with(without_head_check(), store.clone(), bus.clone(), &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    let mut watcher = commit_all(&a, &keys, document, "watcher", &["a"]).await;
+    let ours = store.read(document, Version::ZERO, 1).await.unwrap();
+    bus.send(relay_ports::BusEvent::Message(relay_ports::Envelope {
+        origin: relay_ports::InstanceId::new_v4(),
+        document,
+        message: relay_ports::BusMessage::Ops {
+            ops: vec![elsewhere(2, "b")],
+            prev: Some(impostor(&ours[0]).key()),
+        },
+    }))
+    .await;
+    assert_eq!(close_code(&mut watcher).await, 1013);
+    assert!(
+        drain(&mut watcher.outbound)
+            .iter()
+            .all(|m| !matches!(m, ServerMessage::Ops { .. })),
+        "the op was applied onto a base its writer did not have"
+    );
+}
+
+/// Answers the second append `Diverged` (the store holds another op at the
+/// head than the room applied there).
+#[derive(Default)]
+struct DivergesSecond(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl Tap for DivergesSecond {
+    fn refuse_append(&self, ops: &[CommittedOp]) -> Option<StoreError> {
+        let _ = ops;
+        None
+    }
+    fn answer_append(
+        &self,
+        ops: &[CommittedOp],
+        outcome: Result<Append, StoreError>,
+    ) -> Result<Append, StoreError> {
+        if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            return Ok(Append::Diverged {
+                current: ops[0].version.prev().unwrap(),
+            });
+        }
+        outcome
+    }
+}
+
+#[tokio::test]
+async fn an_append_the_store_finds_diverged_sends_everyone_away_and_reopens() {
+    let keys = DevKeys::from_seed([19; 32]);
+    let store = Arc::new(Tapped {
+        inner: relay_adapter_memory::MemoryStore::new(),
+        tap: DivergesSecond::default(),
+    });
+    let relay = relay_on(store, &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    let mut s = commit_all(&relay, &keys, document, "tab", &["a"]).await;
+    let mut other = join_as(&relay, &keys, Uuid::new_v4(), document, "other", None).await;
+    s.session
+        .handle(ClientMessage::Submit {
+            seq: Seq::from(2),
+            base: Version::from(1),
+            delta: insert("b"),
+        })
+        .await;
+    assert_eq!(close_code(&mut s).await, 1013);
+    assert_eq!(close_code(&mut other).await, 1013, "every session");
+    assert!(
+        drain(&mut s.outbound)
+            .iter()
+            .all(|m| !matches!(m, ServerMessage::Ack { .. } | ServerMessage::Error { .. })),
+        "nothing but the close"
+    );
+}

@@ -257,13 +257,18 @@ async fn run(
     mut mailbox: Inbox<Command>,
     mut lease: RoomLease<Command>,
 ) {
-    // Subscribed before the load, so whatever another instance commits
-    // after the load has begun reaches the room on the bus; what the bus
-    // loses the head watch finds. Bounded: a bus that does not answer
-    // leaves the room reading the store.
+    // The subscription and the load go on together (a join waits for the
+    // slower of the two, not for both), then the room reads the store once
+    // more: whatever another instance committed before the subscription
+    // took effect is found then, what it commits after arrives on the bus,
+    // and what the bus loses the head watch finds. Bounded: a bus that does
+    // not answer leaves the room reading the store.
     let wait = instance.config.bus.redis.call_timeout + Duration::from_secs(1);
-    let subscribed = tokio::time::timeout(wait, instance.ports.bus.subscribe(document)).await;
-    let (mut room, mut listed) = match Room::open(document, instance.clone()).await {
+    let (subscribed, opened) = tokio::join!(
+        tokio::time::timeout(wait, instance.ports.bus.subscribe(document)),
+        Room::open(document, instance.clone()),
+    );
+    let (mut room, mut listed) = match opened {
         Ok(room) => room,
         Err(e) => {
             warn!(%document, error = %Chain(&e), "cannot open document");
@@ -291,6 +296,7 @@ async fn run(
             None
         }
     };
+    room.catch_up_logged().await;
     let watch = instance.heads.register(document, room.sequencer.version());
     loop {
         let deadline = room.next_deadline();
@@ -370,8 +376,8 @@ impl Room {
     /// Opens the document: its latest snapshot, then the ops after it in
     /// chunks bounded in ops and bytes ([`LOAD_CHUNK_OPS`],
     /// [`LOAD_CHUNK_BYTES`]: each read is short, so a document with a long
-    /// tail can always be opened), the registry's presence, and the
-    /// room's registry task. A tail longer than SNAPSHOT_EVERY is
+    /// tail can always be opened), and the room's registry task, which
+    /// lists the registry's presence first. A tail longer than SNAPSHOT_EVERY is
     /// snapshotted at once, so the next open reads less.
     async fn open(
         document: DocumentId,
@@ -422,22 +428,6 @@ impl Room {
             Some(first) => sequencer.forget_before(first),
             None => sequencer.forget_before(Version::MAX),
         }
-        let mut roster = Roster::new();
-        let mut holders: HashMap<(UserId, ClientId), HashMap<InstanceId, Instant>> = HashMap::new();
-        let listed = tokio::time::timeout(
-            instance.config.bus.redis.call_timeout,
-            instance.ports.presence.list(document),
-        )
-        .await;
-        if let Ok(Ok(held)) = listed {
-            for h in held.into_iter().filter(|h| h.instance != instance.id) {
-                holders
-                    .entry((h.entry.user, h.entry.client_id.clone()))
-                    .or_default()
-                    .insert(h.instance, Instant::now());
-                roster.join(h.entry);
-            }
-        }
         debug!(%document, version = %sequencer.version(), "room opened");
         let mut deadlines = Deadlines::default();
         deadlines.set_in(Timer::PresenceRefresh, instance.presence_refresh());
@@ -460,7 +450,7 @@ impl Room {
             ),
             instance,
             sequencer,
-            roster,
+            roster: Roster::new(),
             sessions: HashMap::new(),
             last_snapshot,
             stopping: false,
@@ -468,9 +458,13 @@ impl Room {
             content_cache: None,
             op_lens: Default::default(),
             local_clients: HashMap::new(),
-            holders,
+            holders: HashMap::new(),
             registry,
         };
+        // Who is here on other instances: listed beside the loop (a stalled
+        // registry never holds up the opening), then reconciled - clients
+        // already joined hear of them as they arrive.
+        room.registry.refresh(Vec::new());
         // A long tail (snapshots failed, or the room that wrote them died):
         // snapshot now rather than read it all again next time.
         room.maybe_snapshot(false).await;
