@@ -201,7 +201,7 @@ async fn over_rediss_with_a_password_the_bus_and_presence_keep_their_contracts()
             .unwrap_or_else(|e| panic!("rediss:// with the password and the CA: {e}"))
             .0
     };
-    bus::run_all(&make_bus, QUEUE * 8, true).await;
+    bus::run_all(&make_bus, QUEUE * 8).await;
     let make_presence = async || {
         try_connect(&url, redis.settings())
             .await

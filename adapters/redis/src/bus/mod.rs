@@ -7,7 +7,7 @@ mod subscriber;
 
 use super::Commands;
 use async_trait::async_trait;
-use relay_domain::{CommittedOp, DocumentId, Version};
+use relay_domain::DocumentId;
 use relay_ports::Cause;
 use relay_ports::{BusError, BusMessage, Envelope, FanOut, Subscription};
 use serde::{Deserialize, Serialize};
@@ -51,8 +51,7 @@ use uuid::Uuid;
 /// The ops of each document are also kept, by version, in a sorted set
 /// `relay:ops:<uuid>` (written in the publish's transaction; at most
 /// `history_ops`, none over `history_op_bytes`, expiring `history_ttl`
-/// after the last publish), so a room that sees a gap fills it from
-/// [`FanOut::recent`] before going to PostgreSQL.
+/// after the last publish).
 #[derive(Clone)]
 pub struct RedisBus {
     commands: Commands,
@@ -229,44 +228,6 @@ impl FanOut for RedisBus {
         .map_err(|e| BusError::Unavailable(Cause::new(e)))?;
         pipe.cmd("PUBLISH").arg(channel(document)).arg(payload);
         query::<(i64,)>(&self.commands, &pipe).await.map(|_| ())
-    }
-
-    async fn recent(
-        &self,
-        document: DocumentId,
-        after: Version,
-        through: Version,
-    ) -> Result<Option<Vec<CommittedOp>>, BusError> {
-        if through <= after {
-            return Ok(Some(Vec::new()));
-        }
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZRANGE")
-            .arg(history_key(document))
-            .arg(after.get().saturating_add(1))
-            .arg(through.get())
-            .arg("BYSCORE");
-        let (kept,): (Vec<String>,) = query(&self.commands, &pipe).await?;
-        let mut ops = Vec::with_capacity(kept.len());
-        let mut expected = after.next();
-        for json in kept {
-            let Ok(op) = serde_json::from_str::<CommittedOp>(&json) else {
-                return Ok(None);
-            };
-            // The same version twice (a re-publish) is the same op.
-            if ops
-                .last()
-                .is_some_and(|o: &CommittedOp| o.version == op.version)
-            {
-                continue;
-            }
-            if Some(op.version) != expected {
-                return Ok(None);
-            }
-            expected = op.version.next();
-            ops.push(op);
-        }
-        Ok((ops.last().map(|o| o.version) == Some(through)).then_some(ops))
     }
 
     async fn subscribe(&self, document: DocumentId) -> Result<Subscription, BusError> {
