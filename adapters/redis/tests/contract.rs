@@ -25,9 +25,6 @@ fn settings() -> RedisSettings {
         connections: 2,
         call_timeout: Duration::from_secs(2),
         queue: QUEUE,
-        history_ops: 100,
-        history_op_bytes: 1024,
-        history_ttl: Duration::from_secs(60),
         tls_ca_file: None,
     }
 }

@@ -148,9 +148,6 @@ impl TlsRedis {
     fn settings(&self) -> RedisSettings {
         RedisSettings {
             queue: QUEUE,
-            history_ops: 100,
-            history_op_bytes: 1024,
-            history_ttl: Duration::from_secs(60),
             tls_ca_file: Some(self.dir.join("ca.pem")),
             ..RedisSettings::default()
         }
