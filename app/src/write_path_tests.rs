@@ -838,8 +838,6 @@ async fn a_store_behind_the_room_reopens_the_document_from_the_store() {
 #[derive(Default)]
 struct ManualBus {
     subscribers: std::sync::Mutex<Vec<tokio::sync::mpsc::Sender<relay_ports::BusEvent>>>,
-    /// What `recent` answers from.
-    history: std::sync::Mutex<Vec<CommittedOp>>,
     /// Publishing never returns (a bus that stopped answering), counted.
     stalled: std::sync::atomic::AtomicBool,
     publishes: std::sync::atomic::AtomicUsize,
@@ -874,23 +872,6 @@ impl relay_ports::FanOut for ManualBus {
     }
     async fn ping(&self) -> Result<(), relay_ports::BusError> {
         Ok(())
-    }
-    async fn recent(
-        &self,
-        _: DocumentId,
-        after: Version,
-        through: Version,
-    ) -> Result<Option<Vec<CommittedOp>>, relay_ports::BusError> {
-        let ops: Vec<CommittedOp> = self
-            .history
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|o| o.version > after && o.version <= through)
-            .cloned()
-            .collect();
-        let whole = ops.len() as u64 == through.get() - after.get();
-        Ok(whole.then_some(ops))
     }
 }
 

@@ -120,18 +120,4 @@ pub trait FanOut: Send + Sync + 'static {
 
     /// Whether the bus answers (for `/ready`).
     async fn ping(&self) -> Result<(), BusError>;
-
-    /// The committed ops with versions `after + 1 ..= through`, from what
-    /// the bus keeps of recently published ops: all of them in order, or
-    /// `None` when it does not hold every one (the store then has them).
-    /// A bus that keeps nothing answers `None`.
-    async fn recent(
-        &self,
-        document: DocumentId,
-        after: relay_domain::Version,
-        through: relay_domain::Version,
-    ) -> Result<Option<Vec<CommittedOp>>, BusError> {
-        let _ = (document, after, through);
-        Ok(None)
-    }
 }

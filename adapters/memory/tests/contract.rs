@@ -28,19 +28,19 @@ async fn the_memory_store_keeps_the_store_contract() {
 #[tokio::test]
 async fn the_memory_bus_keeps_the_bus_contract() {
     let overflow_after = small_bus().await.overflow_after();
-    bus::run_all(&small_bus, overflow_after, false).await;
+    bus::run_all(&small_bus, overflow_after).await;
 }
 
 #[tokio::test]
 async fn the_memory_bus_with_default_capacities_keeps_the_bus_contract() {
     let overflow_after = MemoryBus::new().overflow_after();
-    bus::run_all(&async || MemoryBus::new(), overflow_after, false).await;
+    bus::run_all(&async || MemoryBus::new(), overflow_after).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_bus_keeps_the_bus_contract_across_threads() {
     let overflow_after = small_bus().await.overflow_after();
-    bus::run_all(&small_bus, overflow_after, false).await;
+    bus::run_all(&small_bus, overflow_after).await;
 }
 
 #[tokio::test]

@@ -220,7 +220,7 @@ impl OtelMetrics {
         let gap_counter = counter(
             &meter,
             names::BUS_GAP_REPAIRS,
-            "Gaps in another instance's ops filled, by where from",
+            "Gaps in another instance's ops filled from the operation store",
         );
         let jwks = counter(&meter, names::JWKS_REFRESHES, "JWKS fetches, by result");
         let permission = counter(

@@ -8,10 +8,8 @@
 //!
 //! # Layout
 //!
-//! - `bus`: [`RedisBus`] - one channel per open document, one pub/sub
-//!   connection per instance that resubscribes after every reconnect, and
-//!   the recent ops of each document (bounded in count, size and time) for
-//!   filling a gap without reading PostgreSQL.
+//! - `bus`: [`RedisBus`] - one channel per open document and one pub/sub
+//!   connection per instance that resubscribes after every reconnect.
 //! - `presence`: [`RedisPresence`] - entries per (document, client) that
 //!   expire unless refreshed.
 //!
@@ -53,15 +51,6 @@ pub struct RedisSettings {
     pub call_timeout: Duration,
     /// Events one subscription holds before it is told it lagged.
     pub queue: usize,
-    /// Recent ops kept per document for catch-up (a sorted set by
-    /// version): at most this many...
-    pub history_ops: usize,
-    /// ...none larger than this as JSON (a larger one is not kept, and a
-    /// catch-up across it reads the store)...
-    pub history_op_bytes: usize,
-    /// ...for this long after the document's last publish
-    /// (OPERATION_HISTORY_TTL).
-    pub history_ttl: Duration,
     /// REDIS_CA_FILE: with a `rediss://` URL, the PEM file of the CA (or
     /// CAs) the server's certificate must chain to, instead of the system's
     /// CA certificates. Refused with a `redis://` URL.
@@ -74,9 +63,6 @@ impl Default for RedisSettings {
             connections: 2,
             call_timeout: Duration::from_secs(2),
             queue: 1024,
-            history_ops: 500,
-            history_op_bytes: 8192,
-            history_ttl: Duration::from_secs(600),
             tls_ca_file: None,
         }
     }

@@ -25,9 +25,6 @@ fn settings() -> RedisSettings {
         connections: 2,
         call_timeout: Duration::from_secs(2),
         queue: QUEUE,
-        history_ops: 100,
-        history_op_bytes: 1024,
-        history_ttl: Duration::from_secs(60),
         tls_ca_file: None,
     }
 }
@@ -47,7 +44,7 @@ async fn redis_presence() -> RedisPresence {
 async fn the_redis_bus_keeps_the_bus_contract() {
     // Far more than a queue holds: the subscriber task receives them all
     // from Redis whether or not the subscription reads.
-    bus::run_all(&redis_bus, QUEUE * 8, true).await;
+    bus::run_all(&redis_bus, QUEUE * 8).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,43 +282,6 @@ async fn subscribing_while_redis_is_unreachable_starts_disconnected() {
             entry
         }]
     );
-}
-
-/// The history is bounded: an op over `history_op_bytes` is not kept (a
-/// range across it is `None`), and only the newest `history_ops` are.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_redis_history_is_bounded_in_size_and_count() {
-    let bus = redis_bus().await;
-    let document = DocumentId::new(Uuid::new_v4());
-    let origin = InstanceId::new_v4();
-    let v = |n: u64| Version::new(n).unwrap();
-    let mut big = op_envelope(origin, document, 1);
-    if let BusMessage::Ops { ops, .. } = &mut big.message {
-        let mut delta = relay_domain::Delta::new();
-        delta.insert(&"x".repeat(2000));
-        ops[0].delta = delta;
-    }
-    bus.publish(big).await.unwrap();
-    for n in 2..=150 {
-        bus.publish(op_envelope(origin, document, n)).await.unwrap();
-    }
-    assert_eq!(
-        bus.recent(document, v(0), v(2)).await.unwrap(),
-        None,
-        "op 1 was too large to keep"
-    );
-    assert_eq!(
-        bus.recent(document, v(10), v(20)).await.unwrap(),
-        None,
-        "trimmed: only the newest 100 are kept"
-    );
-    let kept = bus
-        .recent(document, v(50), v(150))
-        .await
-        .unwrap()
-        .expect("the newest 100");
-    assert_eq!(kept.len(), 100);
-    assert_eq!(kept[0].version, v(51));
 }
 
 /// How many pub/sub connections are subscribed to a document's channel.

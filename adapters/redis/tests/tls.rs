@@ -148,9 +148,6 @@ impl TlsRedis {
     fn settings(&self) -> RedisSettings {
         RedisSettings {
             queue: QUEUE,
-            history_ops: 100,
-            history_op_bytes: 1024,
-            history_ttl: Duration::from_secs(60),
             tls_ca_file: Some(self.dir.join("ca.pem")),
             ..RedisSettings::default()
         }
@@ -201,7 +198,7 @@ async fn over_rediss_with_a_password_the_bus_and_presence_keep_their_contracts()
             .unwrap_or_else(|e| panic!("rediss:// with the password and the CA: {e}"))
             .0
     };
-    bus::run_all(&make_bus, QUEUE * 8, true).await;
+    bus::run_all(&make_bus, QUEUE * 8).await;
     let make_presence = async || {
         try_connect(&url, redis.settings())
             .await

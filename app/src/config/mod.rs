@@ -82,9 +82,7 @@ pub struct Store {
 #[derive(Clone, Debug)]
 pub struct Bus {
     pub redis_url: Option<String>,
-    /// REDIS_POOL_SIZE (at most 8 connections), REDIS_HISTORY_OPS (recent
-    /// ops Redis keeps per document for catch-up, each at most 8 KB as
-    /// JSON; 0 keeps none), OPERATION_HISTORY_TTL.
+    /// REDIS_POOL_SIZE (at most 8 connections), REDIS_CA_FILE.
     pub redis: RedisSettings,
     /// BUS_DOWN_POLL_MS: how often an open document reads the store's head
     /// while the bus is down (other instances' ops arrive this way
@@ -254,8 +252,6 @@ impl Config {
                 redis_url: s.redis_url,
                 redis: RedisSettings {
                     connections: s.redis_pool_size.min(8),
-                    history_ops: s.redis_history_ops,
-                    history_ttl: Duration::from_secs(s.operation_history_ttl),
                     tls_ca_file: s.redis_ca_file,
                     ..RedisSettings::default()
                 },
@@ -505,7 +501,6 @@ mod tests {
         // REDIS_POOL_SIZE is 50, of which Redis opens at most 8.
         assert!(describe(|_| None).contains("REDIS_POOL_SIZE=50  # default"));
         assert_eq!(c.bus.redis.connections, 8);
-        assert_eq!(c.bus.redis.history_ops, 200);
         assert_eq!(c.auth.permission_cache_ttl, Duration::from_secs(300));
         assert_eq!(c.limits.operation_history_ttl, Duration::from_secs(600));
         assert_eq!(c.presence.cursor_throttle_ms, 50);

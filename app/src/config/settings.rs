@@ -242,14 +242,6 @@ pub struct Settings {
     /// Redis command connections (at most 8 are opened: each multiplexes).
     #[arg(long, env = "REDIS_POOL_SIZE", value_name = "REDIS_POOL_SIZE", default_value = "50", value_parser = positive::<usize>)]
     pub redis_pool_size: usize,
-    /// Recent ops Redis keeps per document for catch-up; 0 keeps none.
-    #[arg(
-        long,
-        env = "REDIS_HISTORY_OPS",
-        value_name = "REDIS_HISTORY_OPS",
-        default_value_t = 200
-    )]
-    pub redis_history_ops: usize,
     /// PostgreSQL pool size.
     #[arg(long, env = "DB_POOL_SIZE", value_name = "DB_POOL_SIZE", default_value = "20", value_parser = positive::<usize>)]
     pub db_pool_size: usize,
@@ -357,7 +349,6 @@ impl Settings {
         use clap::value_parser;
         let vars = Vars::new(get);
         let text = StringValueParser::new;
-        let whole = |s: &str| s.parse::<usize>();
         Ok(Settings {
             bind_address: vars.value("BIND_ADDRESS", |s: &str| s.parse::<SocketAddr>())?,
             metrics_port: vars.value("METRICS_PORT", value_parser!(u16))?,
@@ -400,7 +391,6 @@ impl Settings {
             )?,
             permission_cache_ttl: vars.value("PERMISSION_CACHE_TTL", value_parser!(u64))?,
             redis_pool_size: vars.value("REDIS_POOL_SIZE", positive::<usize>)?,
-            redis_history_ops: vars.value("REDIS_HISTORY_OPS", whole)?,
             db_pool_size: vars.value("DB_POOL_SIZE", positive::<usize>)?,
             db_max_lifetime_secs: vars.value("DB_MAX_LIFETIME_SECS", positive::<u64>)?,
             db_idle_timeout_secs: vars.value("DB_IDLE_TIMEOUT_SECS", positive::<u64>)?,

@@ -19,13 +19,8 @@ pub const BURST: usize = 8;
 
 /// Runs every case. `overflow_after` is how many messages, published to a
 /// subscriber that does not read, are sure to overflow its queue (at most
-/// [`MAX_OVERFLOW`]); `keeps_history`, whether the bus keeps recent ops
-/// for [`FanOut::recent`].
-pub async fn run_all<B: FanOut>(
-    make: &impl AsyncFn() -> B,
-    overflow_after: usize,
-    keeps_history: bool,
-) {
+/// [`MAX_OVERFLOW`]).
+pub async fn run_all<B: FanOut>(make: &impl AsyncFn() -> B, overflow_after: usize) {
     a_subscriber_receives_envelopes_in_publish_order(make).await;
     every_subscriber_of_a_document_receives_every_envelope(make).await;
     documents_are_isolated(make).await;
@@ -33,7 +28,6 @@ pub async fn run_all<B: FanOut>(
     publishing_without_subscribers_succeeds(make).await;
     a_subscriber_that_does_not_read_is_told_it_lagged(make, overflow_after).await;
     ping_answers(make).await;
-    recent_ops_are_the_exact_range_or_none(make, keeps_history).await;
 }
 
 fn instance() -> InstanceId {
@@ -287,92 +281,4 @@ pub async fn a_subscriber_that_does_not_read_is_told_it_lagged<B: FanOut>(
 
 pub async fn ping_answers<B: FanOut>(make: &impl AsyncFn() -> B) {
     assert_eq!(make().await.ping().await, Ok(()));
-}
-
-fn ops_envelope(
-    origin: InstanceId,
-    document: DocumentId,
-    versions: std::ops::RangeInclusive<u64>,
-) -> Envelope {
-    let ops = versions
-        .map(|v| {
-            let mut delta = Delta::new();
-            delta.retain(v as usize - 1).insert("é");
-            CommittedOp {
-                version: Version::new(v).unwrap(),
-                user: fresh_user(),
-                client_id: client(&format!("writer-{v}")),
-                seq: Seq::new(v).unwrap(),
-                delta,
-            }
-        })
-        .collect();
-    Envelope {
-        origin,
-        document,
-        message: BusMessage::Ops { ops, prev: None },
-    }
-}
-
-fn ops_of(envelopes: &[&Envelope]) -> Vec<CommittedOp> {
-    envelopes
-        .iter()
-        .flat_map(|e| match &e.message {
-            BusMessage::Ops { ops, .. } => ops.clone(),
-            _ => Vec::new(),
-        })
-        .collect()
-}
-
-/// [`FanOut::recent`] answers every op of the range, in order, or `None`:
-/// never part of it, never another document's. A bus that keeps history
-/// answers ranges it was published.
-pub async fn recent_ops_are_the_exact_range_or_none<B: FanOut>(
-    make: &impl AsyncFn() -> B,
-    keeps_history: bool,
-) {
-    let bus = make().await;
-    let (document, other) = (fresh_document(), fresh_document());
-    let origin = instance();
-    let first = ops_envelope(origin, document, 1..=1);
-    let next = ops_envelope(origin, document, 2..=3);
-    publish(&bus, &first).await;
-    publish(&bus, &envelope(origin, document, 1)).await;
-    publish(&bus, &next).await;
-    publish(&bus, &ops_envelope(origin, other, 1..=4)).await;
-    let v = |n: u64| Version::new(n).unwrap();
-    let recent = |after: u64, through: u64, doc: DocumentId| {
-        let bus = &bus;
-        async move {
-            bus.recent(doc, v(after), v(through))
-                .await
-                .expect("recent must not fail on a reachable bus")
-        }
-    };
-    if keeps_history {
-        assert_eq!(recent(0, 3, document).await, Some(ops_of(&[&first, &next])));
-        assert_eq!(
-            recent(1, 2, document).await,
-            Some(ops_of(&[&next])[..1].to_vec())
-        );
-        assert_eq!(
-            recent(2, 3, document).await,
-            Some(ops_of(&[&next])[1..].to_vec())
-        );
-    }
-    for (after, through) in [(0, 3), (1, 2), (0, 4), (3, 5), (10, 12)] {
-        if let Some(ops) = recent(after, through, document).await {
-            let versions: Vec<u64> = ops.iter().map(|o| o.version.get()).collect();
-            assert_eq!(
-                versions,
-                (after + 1..=through).collect::<Vec<_>>(),
-                "recent({after}, {through}) must be the whole range or None"
-            );
-        }
-    }
-    assert_eq!(
-        recent(3, 4, document).await,
-        None,
-        "version 4 was never published"
-    );
 }

@@ -143,7 +143,6 @@ pub fn operator_counters_count<M: Metrics>(m: &M, read: &dyn Fn(&M) -> Samples) 
     m.message_sent(100);
     m.commit_conflict(true);
     m.commit_conflict(false);
-    m.gap_repair(GapSource::Bus);
     m.gap_repair(GapSource::Store);
     m.gap_repair(GapSource::Store);
     m.outbound_queue_closed();
@@ -176,13 +175,6 @@ pub fn operator_counters_count<M: Metrics>(m: &M, read: &dyn Fn(&M) -> Samples) 
     assert_eq!(d(names::WEBSOCKET_SENT_BYTES.exported, &[]), 100.0);
     assert_eq!(d(names::COMMIT_CONFLICTS.exported, &[]), 2.0);
     assert_eq!(d(names::COMMIT_RETRIES.exported, &[]), 1.0);
-    assert_eq!(
-        d(
-            names::BUS_GAP_REPAIRS.exported,
-            &[(names::SOURCE, GapSource::Bus.as_str())]
-        ),
-        1.0
-    );
     assert_eq!(
         d(
             names::BUS_GAP_REPAIRS.exported,

@@ -97,21 +97,19 @@ impl RejectReason {
 }
 
 /// Where a gap in a document's ops from other instances was filled from,
-/// the `source` label of `materi_bus_gap_repairs_total`.
+/// the `source` label of `materi_bus_gap_repairs_total`: always the
+/// operation store, the source of truth (the bus keeps no history).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GapSource {
-    /// The bus's recent-ops history.
-    Bus,
     /// The operation store.
     Store,
 }
 
 impl GapSource {
-    pub const ALL: [GapSource; 2] = [GapSource::Bus, GapSource::Store];
+    pub const ALL: [GapSource; 1] = [GapSource::Store];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            GapSource::Bus => "bus",
             GapSource::Store => "store",
         }
     }

@@ -1,5 +1,5 @@
-//! The fan-out bus on Redis pub/sub: [`RedisBus`] publishes, keeps the
-//! recent history and hands out subscriptions; `subscriber` is the task
+//! The fan-out bus on Redis pub/sub: [`RedisBus`] publishes and hands out
+//! subscriptions; `subscriber` is the task
 //! that owns the pub/sub connection, routes what arrives and PINGs Redis on
 //! that connection so a silent link counts as lost within seconds.
 
@@ -7,7 +7,7 @@ mod subscriber;
 
 use super::Commands;
 use async_trait::async_trait;
-use relay_domain::{CommittedOp, DocumentId, Version};
+use relay_domain::DocumentId;
 use relay_ports::Cause;
 use relay_ports::{BusError, BusMessage, Envelope, FanOut, Subscription};
 use serde::{Deserialize, Serialize};
@@ -48,11 +48,8 @@ use uuid::Uuid;
 /// even take the request within the call timeout it fails with
 /// [`BusError::Unavailable`] (the room then polls the store).
 ///
-/// The ops of each document are also kept, by version, in a sorted set
-/// `relay:ops:<uuid>` (written in the publish's transaction; at most
-/// `history_ops`, none over `history_op_bytes`, expiring `history_ttl`
-/// after the last publish), so a room that sees a gap fills it from
-/// [`FanOut::recent`] before going to PostgreSQL.
+/// The bus keeps nothing in Redis but the channels: a room that sees a gap
+/// reads the missing ops from the operation store.
 #[derive(Clone)]
 pub struct RedisBus {
     commands: Commands,
@@ -60,21 +57,12 @@ pub struct RedisBus {
     connected: tokio::sync::watch::Receiver<bool>,
     queue: usize,
     next_id: Arc<AtomicU64>,
-    history: History,
     /// Stops the subscriber task (and its helpers, on one tracker) when
     /// the last clone of the bus is dropped.
     _stop: Arc<DropGuard>,
     /// Not read on publish; kept so the bus holds what its task records to.
     #[allow(dead_code)]
     metrics: Arc<dyn relay_ports::Metrics>,
-}
-
-/// What the bus keeps of each document's recent ops.
-#[derive(Clone, Copy, Debug)]
-struct History {
-    ops: usize,
-    op_bytes: usize,
-    ttl_ms: u64,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -107,10 +95,6 @@ const PREFIX: &str = "relay:doc:";
 
 fn channel(document: DocumentId) -> String {
     format!("{PREFIX}{document}")
-}
-
-fn history_key(document: DocumentId) -> String {
-    format!("relay:ops:{document}")
 }
 
 async fn query<T: redis::FromRedisValue>(
@@ -150,11 +134,6 @@ impl RedisBus {
             connected,
             queue: settings.queue.max(1),
             next_id: Default::default(),
-            history: History {
-                ops: settings.history_ops,
-                op_bytes: settings.history_op_bytes,
-                ttl_ms: u64::try_from(settings.history_ttl.as_millis()).unwrap_or(u64::MAX),
-            },
         }
     }
 
@@ -189,37 +168,6 @@ impl Drop for Release {
 impl FanOut for RedisBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         let document = envelope.document;
-        let mut pipe = redis::pipe();
-        // Ops are kept (by version) in the same transaction as the publish,
-        // so a subscriber that sees a message finds every op before it kept
-        // too (unless too large or trimmed).
-        if let BusMessage::Ops { ops, .. } = &envelope.message
-            && self.history.ops > 0
-        {
-            let key = history_key(document);
-            pipe.atomic();
-            for op in ops {
-                let json =
-                    serde_json::to_string(op).map_err(|e| BusError::Unavailable(Cause::new(e)))?;
-                if json.len() <= self.history.op_bytes {
-                    pipe.cmd("ZADD")
-                        .arg(&key)
-                        .arg(op.version.get())
-                        .arg(json)
-                        .ignore();
-                }
-            }
-            let keep = i64::try_from(self.history.ops).unwrap_or(i64::MAX);
-            pipe.cmd("ZREMRANGEBYRANK")
-                .arg(&key)
-                .arg(0)
-                .arg(-keep - 1)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(self.history.ttl_ms)
-                .ignore();
-        }
         let payload = serde_json::to_string(&Wire {
             origin: *envelope.origin.as_uuid(),
             document,
@@ -227,46 +175,10 @@ impl FanOut for RedisBus {
             sent_at_ms: Some(now_ms()),
         })
         .map_err(|e| BusError::Unavailable(Cause::new(e)))?;
+        // One round trip: a plain PUBLISH.
+        let mut pipe = redis::pipe();
         pipe.cmd("PUBLISH").arg(channel(document)).arg(payload);
         query::<(i64,)>(&self.commands, &pipe).await.map(|_| ())
-    }
-
-    async fn recent(
-        &self,
-        document: DocumentId,
-        after: Version,
-        through: Version,
-    ) -> Result<Option<Vec<CommittedOp>>, BusError> {
-        if through <= after {
-            return Ok(Some(Vec::new()));
-        }
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZRANGE")
-            .arg(history_key(document))
-            .arg(after.get().saturating_add(1))
-            .arg(through.get())
-            .arg("BYSCORE");
-        let (kept,): (Vec<String>,) = query(&self.commands, &pipe).await?;
-        let mut ops = Vec::with_capacity(kept.len());
-        let mut expected = after.next();
-        for json in kept {
-            let Ok(op) = serde_json::from_str::<CommittedOp>(&json) else {
-                return Ok(None);
-            };
-            // The same version twice (a re-publish) is the same op.
-            if ops
-                .last()
-                .is_some_and(|o: &CommittedOp| o.version == op.version)
-            {
-                continue;
-            }
-            if Some(op.version) != expected {
-                return Ok(None);
-            }
-            expected = op.version.next();
-            ops.push(op);
-        }
-        Ok((ops.last().map(|o| o.version) == Some(through)).then_some(ops))
     }
 
     async fn subscribe(&self, document: DocumentId) -> Result<Subscription, BusError> {
