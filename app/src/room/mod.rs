@@ -7,7 +7,8 @@
 //! again (bounded), and only after the append: `ack` to the submitter, `ops`
 //! to the other local sessions, a publish on the bus for other instances.
 //! Ops from other instances arrive on the bus; a version gap is filled from
-//! the store. A room with no session closes after `ROOM_IDLE_SECS`.
+//! the store, and the instance's head watch (`crate::heads`) wakes a room
+//! the bus left behind. A room with no session closes after `ROOM_IDLE_SECS`.
 //!
 //! # Layout
 //!
@@ -17,8 +18,8 @@
 //!   answers, fan-out after commit); `attempt`: one round of it, proposing
 //!   and appending, and what came of it; `answer`: acks, errors and the
 //!   fan-out after a commit.
-//! - `catch_up`: every way a room learns ops it did not commit (memory,
-//!   the bus's recent history, the store) and which it uses when.
+//! - `catch_up`: every way a room learns ops it did not commit (memory or
+//!   the store) and which it uses when.
 //! - `deadlines`: the room's timers, by name, on one time base.
 //! - `mailbox`: what a room is sent ([`Command`]), who a session is
 //!   ([`Member`], [`SessionId`]): a leaf, so the registry and the service
