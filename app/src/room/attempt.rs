@@ -26,7 +26,7 @@ pub(super) enum Attempt {
     /// The room caught up to a duplicate ahead of it: propose these again.
     Again(Vec<Pending>),
     /// Another writer won the version; the room caught up: propose these
-    /// again after a short random pause (see [`Room::commit_batch`]).
+    /// again.
     Lost(Vec<Pending>),
 }
 
