@@ -10,13 +10,18 @@
 //! batched query ([`relay_ports::OperationStore::heads`], at most
 //! [`HEADS_PER_QUERY`] documents a query) every HEAD_CHECK_MS, and wakes a
 //! room whose document's head was ahead of it at one check and which has
-//! still not reached that head at the next; such a room then reads what it
-//! missed from the store (a gap repair). Ops on their way on the bus, and a
-//! room's own commit not yet counted, arrive within milliseconds and cost
-//! no read. So a commit reaches every room within two periods and a store
-//! read (about 2 s with the default of 1000 ms), and the cost is one query
-//! per period per instance per [`HEADS_PER_QUERY`] open documents, not one
-//! per document: at 10,000 open documents, one query a second.
+//! still not reached that head at the next, with no message from the bus
+//! in between; such a room then reads what it missed from the store (a gap
+//! repair). Ops on their way on the bus, and a room's own commit not yet
+//! counted, arrive within milliseconds and cost no read; a bus that still
+//! delivers, only late (an overloaded instance), costs no read either until
+//! the room has been short for [`SHORT_CHECKS_WHILE_HEARD`] checks - the
+//! store is not loaded more when it is busiest. So a commit the bus lost
+//! reaches every room within two periods and a store read (about 2 s with
+//! the default of 1000 ms; 4 s when the bus is late as well), and the cost
+//! is one query per period per instance per [`HEADS_PER_QUERY`] open
+//! documents, not one per document: at 10,000 open documents, one query a
+//! second.
 
 use relay_domain::{DocumentId, Version};
 use relay_ports::{Chain, OperationStore};
@@ -36,12 +41,21 @@ struct Watched {
     version: Arc<AtomicU64>,
     /// Wakes the room: the store is ahead of it.
     behind: Arc<Notify>,
-    /// The head the last check found ahead of the room, if it did: the
-    /// room is woken only if it still has not reached it a period later
-    /// (ops on their way on the bus arrive within milliseconds, and cost
-    /// no read).
-    ahead: Option<u64>,
+    /// How many messages of ops the room has had from the bus (it counts
+    /// them).
+    heard: Arc<AtomicU64>,
+    /// The head the last check found ahead of the room, if it did, and
+    /// what the room had heard by then.
+    ahead: Option<(u64, u64)>,
+    /// Checks in a row that found the room short of the head the check
+    /// before saw.
+    short: u32,
 }
+
+/// After this many checks in a row short of the head, a room is woken
+/// even while the bus still brings it messages (a bus that delivers, but
+/// late).
+const SHORT_CHECKS_WHILE_HEARD: u32 = 3;
 
 /// The open rooms of this instance whose heads are checked.
 pub(crate) struct HeadWatch {
@@ -69,9 +83,15 @@ pub(crate) struct Registration {
     document: DocumentId,
     version: Arc<AtomicU64>,
     behind: Arc<Notify>,
+    heard: Arc<AtomicU64>,
 }
 
 impl Registration {
+    /// The room had ops from the bus for its document.
+    pub(crate) fn heard(&self) {
+        self.heard.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The room holds `version` now.
     pub(crate) fn holds(&self, version: Version) {
         self.version.store(version.get(), Ordering::Release);
@@ -125,12 +145,15 @@ impl HeadWatch {
         });
         let version = Arc::new(AtomicU64::new(version.get()));
         let behind = Arc::new(Notify::new());
+        let heard = Arc::new(AtomicU64::new(0));
         self.rooms().insert(
             document,
             Watched {
                 version: version.clone(),
                 behind: behind.clone(),
+                heard: heard.clone(),
                 ahead: None,
+                short: 0,
             },
         );
         Registration {
@@ -138,6 +161,7 @@ impl HeadWatch {
             document,
             version,
             behind,
+            heard,
         }
     }
 
@@ -176,17 +200,26 @@ impl HeadWatch {
                     continue;
                 };
                 let held = w.version.load(Ordering::Acquire);
+                let heard = w.heard.load(Ordering::Relaxed);
                 if head.get() <= held {
-                    w.ahead = None;
+                    (w.ahead, w.short) = (None, 0);
                     continue;
                 }
-                if w.ahead.is_some_and(|seen| held < seen) {
-                    // Still short of what the last check saw: the bus is
-                    // not bringing it.
-                    w.behind.notify_one();
-                    woken += 1;
+                match w.ahead {
+                    Some((seen, heard_then)) if held < seen => {
+                        w.short += 1;
+                        // Still short of what the last check saw, and the
+                        // bus said nothing since (or has been late for
+                        // several periods): it is not bringing it.
+                        if heard == heard_then || w.short >= SHORT_CHECKS_WHILE_HEARD {
+                            w.behind.notify_one();
+                            woken += 1;
+                            w.short = 0;
+                        }
+                    }
+                    _ => w.short = 0,
                 }
-                w.ahead = Some(head.get());
+                w.ahead = Some((head.get(), heard));
             }
         }
         woken
@@ -256,6 +289,17 @@ mod tests {
             .expect("b was woken");
         assert_eq!(watch.check().await, 1, "woken again while still short");
         rb.holds(Version::from(2));
+        // A room short of the head while the bus still brings it messages
+        // (late) is woken only after several checks.
+        store.append(b, Some(op(2).key()), &[op(3)]).await.unwrap();
+        assert_eq!(watch.check().await, 0, "b: seen once");
+        rb.heard();
+        assert_eq!(watch.check().await, 0, "b heard from the bus");
+        rb.heard();
+        assert_eq!(watch.check().await, 0, "b heard again");
+        rb.heard();
+        assert_eq!(watch.check().await, 1, "b short for three checks");
+        rb.holds(Version::from(3));
         // A room that reaches the head it was seen short of between two
         // checks (the bus brought it) is not woken.
         store.append(a, Some(op(1).key()), &[op(2)]).await.unwrap();

@@ -1318,3 +1318,126 @@ async fn an_append_the_store_finds_diverged_sends_everyone_away_and_reopens() {
         "nothing but the close"
     );
 }
+
+#[tokio::test]
+async fn a_document_whose_tail_is_long_is_snapshotted_when_it_opens() {
+    // Snapshots failed (or the room that wrote them died): the next room
+    // to open the document snapshots at once, so the one after reads less.
+    let keys = DevKeys::from_seed([23; 32]);
+    let store = Arc::new(relay_adapter_memory::MemoryStore::new());
+    let document = DocumentId::new(Uuid::new_v4());
+    let ops: Vec<CommittedOp> = (1..=12).map(|v| elsewhere(v, "x")).collect();
+    assert_eq!(
+        store.append(document, None, &ops).await.unwrap(),
+        Append::Committed
+    );
+    assert_eq!(store.snapshot(document).await.unwrap(), None);
+    let mut config = Config::default();
+    config.store.snapshot_every = 5;
+    let relay = relay_on_bus_with(config, store.clone(), Arc::new(MemoryBus::new()), &keys);
+    let mut c = join_as(&relay, &keys, Uuid::new_v4(), document, "tab", None).await;
+    match next_message(&mut c.outbound).await {
+        ServerMessage::Joined { version, .. } => assert_eq!(version, Version::from(12)),
+        other => panic!("expected joined, got {other:?}"),
+    }
+    let snapshot = store.snapshot(document).await.unwrap().expect("a snapshot");
+    assert_eq!(snapshot.version, Version::from(12));
+}
+
+/// A bus that keeps what is published.
+#[derive(Default)]
+struct RecordingBus(std::sync::Mutex<Vec<relay_ports::Envelope>>);
+
+#[async_trait::async_trait]
+impl relay_ports::FanOut for RecordingBus {
+    async fn publish(&self, envelope: relay_ports::Envelope) -> Result<(), relay_ports::BusError> {
+        self.0.lock().unwrap().push(envelope);
+        Ok(())
+    }
+    async fn subscribe(
+        &self,
+        _: DocumentId,
+    ) -> Result<relay_ports::Subscription, relay_ports::BusError> {
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        Ok(relay_ports::Subscription::new(rx, None))
+    }
+    async fn ping(&self) -> Result<(), relay_ports::BusError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_group_commit_of_large_ops_is_published_in_envelopes_of_at_most_a_mebibyte() {
+    let keys = DevKeys::from_seed([24; 32]);
+    let store: Arc<dyn OperationStore> = Arc::new(relay_adapter_memory::MemoryStore::new());
+    let bus = Arc::new(RecordingBus::default());
+    let relay = relay_on_bus(store, bus.clone(), &keys);
+    let document = DocumentId::new(Uuid::new_v4());
+    // Eight clients' 300 KB inserts, committed together where they can be.
+    let big = "y".repeat(300_000);
+    let mut sessions = Vec::new();
+    for i in 0..8 {
+        sessions.push(
+            join_as(
+                &relay,
+                &keys,
+                Uuid::new_v4(),
+                document,
+                &format!("tab-{i}"),
+                None,
+            )
+            .await,
+        );
+    }
+    for s in &mut sessions {
+        s.session
+            .handle(ClientMessage::Submit {
+                seq: Seq::from(1),
+                base: Version::ZERO,
+                delta: insert(&big),
+            })
+            .await;
+    }
+    for s in &mut sessions {
+        loop {
+            if let ServerMessage::Ack { .. } = next_message(&mut s.outbound).await {
+                break;
+            }
+        }
+    }
+    let published = bus.0.lock().unwrap().clone();
+    let mut versions = Vec::new();
+    let mut previous: Option<relay_domain::OpKey> = None;
+    for env in &published {
+        if let relay_ports::BusMessage::Ops { ops, prev } = &env.message {
+            let bytes: usize = ops.iter().map(CommittedOp::memory_bytes).sum();
+            assert!(
+                ops.len() == 1 || bytes <= 1 << 20,
+                "an envelope of {} ops, {bytes} bytes",
+                ops.len()
+            );
+            if let Some(p) = &previous {
+                assert_eq!(
+                    prev.as_ref(),
+                    Some(p),
+                    "each envelope names the op before it"
+                );
+            }
+            previous = ops.last().map(CommittedOp::key);
+            versions.extend(ops.iter().map(|o| o.version.get()));
+        }
+    }
+    assert_eq!(
+        versions,
+        (1..=8).collect::<Vec<u64>>(),
+        "every op once, in order"
+    );
+    let envelopes = published
+        .iter()
+        .filter(|e| matches!(e.message, relay_ports::BusMessage::Ops { .. }))
+        .count();
+    assert!(
+        envelopes > 1 && envelopes < 8,
+        "one group commit split into a few envelopes, not one per op nor one in all: {envelopes}"
+    );
+}

@@ -87,6 +87,9 @@ const LOOKUPS_AT_ONCE: usize = 4;
 const LOAD_CHUNK_OPS: usize = 1000;
 /// ...and this many bytes of them (at least one op, however large).
 const LOAD_CHUNK_BYTES: usize = 8 << 20;
+/// How long opening a document waits for the registry's listing (beside
+/// the load) before it lists again beside the loop.
+const OPEN_LIST_WAIT: Duration = Duration::from_millis(500);
 /// How many commands are taken from the mailbox per turn (the group-commit
 /// window is whatever arrived during the previous append).
 const MAILBOX_TURN: usize = 512;
@@ -265,9 +268,13 @@ async fn run(
     // and what the bus loses the head watch finds. Bounded: a bus that does
     // not answer leaves the room reading the store.
     let wait = instance.config.bus.redis.call_timeout + Duration::from_secs(1);
-    let (subscribed, opened) = tokio::join!(
+    // Who is here on other instances, so the first `joined` lists them:
+    // asked beside the rest, and waited for only briefly (a stalled
+    // registry is listed again beside the loop instead).
+    let (subscribed, opened, listed_at_open) = tokio::join!(
         tokio::time::timeout(wait, instance.ports.bus.subscribe(document)),
         Room::open(document, instance.clone()),
+        tokio::time::timeout(OPEN_LIST_WAIT, instance.ports.presence.list(document)),
     );
     let (mut room, mut listed) = match opened {
         Ok(room) => room,
@@ -297,6 +304,10 @@ async fn run(
             None
         }
     };
+    match listed_at_open {
+        Ok(Ok(held)) => room.reconcile(held),
+        _ => room.registry.refresh(Vec::new()),
+    }
     room.catch_up_logged().await;
     let watch = instance.heads.register(document, room.sequencer.version());
     loop {
@@ -316,7 +327,12 @@ async fn run(
             }
             event = recv_bus(&mut bus) => {
                 match event {
-                    Some(BusEvent::Message(env)) => room.remote(env).await,
+                    Some(BusEvent::Message(env)) => {
+                        if matches!(env.message, BusMessage::Ops { .. }) {
+                            watch.heard();
+                        }
+                        room.remote(env).await;
+                    }
                     Some(BusEvent::Lagged) => {
                         // The bus is back (or lost messages): what it
                         // missed is in the store.
@@ -377,8 +393,7 @@ impl Room {
     /// Opens the document: its latest snapshot, then the ops after it in
     /// chunks bounded in ops and bytes ([`LOAD_CHUNK_OPS`],
     /// [`LOAD_CHUNK_BYTES`]: each read is short, so a document with a long
-    /// tail can always be opened), and the room's registry task, which
-    /// lists the registry's presence first. A tail longer than SNAPSHOT_EVERY is
+    /// tail can always be opened), and the room's registry task. A tail longer than SNAPSHOT_EVERY is
     /// snapshotted at once, so the next open reads less.
     async fn open(
         document: DocumentId,
@@ -462,10 +477,6 @@ impl Room {
             holders: HashMap::new(),
             registry,
         };
-        // Who is here on other instances: listed beside the loop (a stalled
-        // registry never holds up the opening), then reconciled - clients
-        // already joined hear of them as they arrive.
-        room.registry.refresh(Vec::new());
         // A long tail (snapshots failed, or the room that wrote them died):
         // snapshot now rather than read it all again next time.
         room.maybe_snapshot(false).await;
