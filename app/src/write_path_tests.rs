@@ -49,8 +49,12 @@ fn empty_document(
     store.expect_first_since().returning(|_, _| Ok(None));
     store.expect_last_seq().returning(|_, _, _| Ok(None));
     store.expect_save_snapshot().returning(|_, _| Ok(()));
+    // Opening reads in bounded chunks; catch-ups read plainly.
+    store
+        .expect_read_within()
+        .returning(|_, _, _, _| Ok(Vec::new()));
     let opened = appended.clone();
-    store.expect_read_within().returning(move |_, after, _, _| {
+    store.expect_read().returning(move |_, after, _| {
         if opened.load(Ordering::SeqCst) {
             after_open(after)
         } else {

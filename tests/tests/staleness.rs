@@ -368,6 +368,24 @@ async fn a_client_that_moves_to_another_instance_stays_present() {
         lists(&joined_b, o_user, "observer"),
         "C's join on B lists O: {joined_b:?}"
     );
+    // The old socket is noticed after A has heard of the new one (a
+    // network change, a laptop resume): C's cursor from B reaching O on A
+    // shows A knows B holds C. (A close within the milliseconds before
+    // that may show O a `left` and a `joined` again: A cannot know yet.)
+    c_b.send(&ClientMessage::Cursor {
+        version: relay_domain::Version::ZERO,
+        selection: Some(relay_domain::Selection::caret(0)),
+    })
+    .await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        o.until(|m| match m {
+            ServerMessage::Cursor { user, .. } if user.as_uuid() == &c_user => Some(()),
+            _ => None,
+        }),
+    )
+    .await
+    .expect("C's cursor from B reached O on A");
     c_a.close().await;
     let is_left_of_c = |m: &ServerMessage| match m {
         ServerMessage::Presence { left, .. } => left

@@ -9,28 +9,25 @@
 //!   client showing a version the room has not reached:
 //!   [`Room::catch_up`] reads to its head; [`Room::catch_up_finding`] also
 //!   returns the ops an append whose answer was lost had written;
-//!   [`Room::catch_up_ops`] serves a join; [`Room::rebase_from_store`]
-//!   rebases a base older than the history.
+//!   [`Room::rebase_from_store`] rebases a base older than the history.
+//!   A join's `ops` come from memory only ([`Room::catch_up_ops`]).
 //!
-//! Every read is bounded in ops and bytes ([`STORE_CHUNK`],
-//! [`STORE_CHUNK_BYTES`]); every op is applied by [`Room::apply_one`]; a
-//! read counts only when it is [`contiguous_from`] the version asked, and
-//! starts one op early where the room holds that op, so a log that
-//! contradicts the room's history is seen ([`Room::contradicted`]).
+//! Every read is bounded in ops ([`STORE_CHUNK`]) and is the plain, cheap
+//! one where the room waits on it; opening a document and rebasing a stale base read with a byte
+//! bound as well (`read_within`). Every op is applied by
+//! [`Room::apply_one`]; a read counts only when it is [`contiguous_from`]
+//! the version asked, and starts one op early where the room holds that
+//! op, so a log that contradicts the room's history is seen
+//! ([`Room::contradicted`]).
 
-use super::{JoinError, MAX_CATCH_UP_FROM_STORE, Room, Timer};
+use super::{MAX_CATCH_UP_FROM_STORE, Room, Timer};
 use relay_domain::{CommittedOp, RemoteError, Submission, Version};
 use relay_ports::metrics::GapSource;
 use relay_ports::{Cause, Chain, StoreError};
 use tracing::{debug, warn};
 
-/// The first store read of a join's catch-up, in ops (the next ones are
-/// sized by the bytes seen).
-const FIRST_STORE_CHUNK: usize = 64;
-/// The most ops one store read asks for...
+/// The most ops one store read asks for.
 const STORE_CHUNK: usize = 1000;
-/// ...and the most bytes of them (at least one op, however large).
-const STORE_CHUNK_BYTES: usize = 8 << 20;
 
 /// An op's length in an `ops` list: its JSON and a comma.
 pub(super) fn op_json_len(op: &CommittedOp) -> usize {
@@ -113,72 +110,29 @@ impl Room {
     }
 
     /// The ops after `since` for a join, with their size as JSON (an upper
-    /// bound), from memory or the store; `None` if they are more than
-    /// MAX_CATCH_UP_FROM_STORE ops or `max_bytes`, or no longer available
-    /// (then `joined` carries the content).
+    /// bound), from the in-memory history only; `None` if it no longer
+    /// holds them all or they are more than `max_bytes` (then `joined`
+    /// carries the content, encoded once per version and shared). A join
+    /// never reads the store for them: the room would wait on that read,
+    /// and every submit on the document behind it (review 2026-12-07 F5a).
     ///
-    /// In memory they are measured by the lengths cached when they were
-    /// fanned out, before anything is copied. From the store they are read
-    /// in chunks sized by what is left of `max_bytes` over the largest op
-    /// seen so far, and the reading stops as soon as they pass it.
-    pub(super) async fn catch_up_ops(
+    /// They are measured by the lengths cached when they were fanned out,
+    /// before anything is copied.
+    pub(super) fn catch_up_ops(
         &mut self,
         since: Version,
         max_bytes: usize,
-    ) -> Result<Option<(Vec<CommittedOp>, usize)>, JoinError> {
-        if let Some(ops) = self.sequencer.ops_since(since) {
-            let mut bytes = 0usize;
-            for op in ops {
-                bytes = bytes.saturating_add(self.op_lens.get(op));
-                if bytes > max_bytes {
-                    return Ok(None);
-                }
-            }
-            let ops = self
-                .sequencer
-                .ops_since(since)
-                .map(|ops| ops.cloned().collect());
-            return Ok(ops.map(|ops| (ops, bytes)));
-        }
-        let missing = usize::try_from(self.sequencer.version().since(since)).unwrap_or(usize::MAX);
-        if missing > MAX_CATCH_UP_FROM_STORE {
-            return Ok(None);
-        }
-        let mut ops: Vec<CommittedOp> = Vec::new();
-        let (mut bytes, mut largest) = (0usize, 0usize);
-        while ops.len() < missing {
-            let left = missing - ops.len();
-            let chunk = if ops.is_empty() {
-                FIRST_STORE_CHUNK
-            } else {
-                (max_bytes.saturating_sub(bytes) / largest.max(1)).clamp(1, STORE_CHUNK)
-            }
-            .min(left);
-            let after = ops.last().map_or(since, |op| op.version);
-            // At most what is left of the budget (and one op past it, which
-            // ends the reading).
-            let read = self
-                .instance
-                .ports
-                .store
-                .read_within(self.document, after, chunk, max_bytes.saturating_sub(bytes))
-                .await
-                .map_err(JoinError::Unavailable)?;
-            // Fewer than asked (cut by the budget, or gone): not all fit.
-            if !contiguous_from(after, chunk, &read) {
-                return Ok(None);
-            }
-            for op in &read {
-                let len = op_json_len(op);
-                largest = largest.max(len);
-                bytes = bytes.saturating_add(len);
-            }
+    ) -> Option<(Vec<CommittedOp>, usize)> {
+        let ops = self.sequencer.ops_since(since)?;
+        let mut bytes = 0usize;
+        for op in ops {
+            bytes = bytes.saturating_add(self.op_lens.get(op));
             if bytes > max_bytes {
-                return Ok(None);
+                return None;
             }
-            ops.extend(read);
         }
-        Ok(Some((ops, bytes)))
+        let ops = self.sequencer.ops_since(since)?.cloned().collect();
+        Some((ops, bytes))
     }
 
     /// Catches up toward `target` (a version a joining client showed),
@@ -197,10 +151,7 @@ impl Room {
                 .since(self.sequencer.version())
                 .min(max_ops - ops_read)
                 .min(STORE_CHUNK as u64);
-            let Some(ops) = self
-                .read_checked(want as usize, max_bytes - bytes_read)
-                .await?
-            else {
+            let Some(ops) = self.read_checked(want as usize).await? else {
                 break;
             };
             ops_read += ops.len() as u64;
@@ -216,14 +167,14 @@ impl Room {
     }
 
     /// The next ops after the room's version from the store (at most
-    /// `max_ops` and `max_bytes`), `None` when there are none. The read
+    /// `max_ops`; the callers bound the bytes they take across reads),
+    /// `None` when there are none. The read
     /// starts at the op the room holds last, when history has it: if the
     /// store holds another op there, the room's history is contradicted
     /// (reopened, and an error).
     async fn read_checked(
         &mut self,
         max_ops: usize,
-        max_bytes: usize,
     ) -> Result<Option<Vec<CommittedOp>>, StoreError> {
         let version = self.sequencer.version();
         let ours = self.sequencer.op_at(version).map(CommittedOp::key);
@@ -236,7 +187,7 @@ impl Room {
             .instance
             .ports
             .store
-            .read_within(self.document, after, max_ops + extra, max_bytes)
+            .read(self.document, after, max_ops + extra)
             .await?;
         if !contiguous_from(after, ops.len(), &ops) {
             return Err(StoreError::Corrupt(Cause::msg(format!(
@@ -296,7 +247,7 @@ impl Room {
         mine: impl Fn(&CommittedOp) -> bool,
     ) -> Result<Vec<CommittedOp>, StoreError> {
         let mut found = Vec::new();
-        while let Some(ops) = self.read_checked(STORE_CHUNK, STORE_CHUNK_BYTES).await? {
+        while let Some(ops) = self.read_checked(STORE_CHUNK).await? {
             let applied = self.apply_read(ops).await?;
             found.extend(applied.into_iter().filter(|op| mine(op)));
         }

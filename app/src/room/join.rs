@@ -8,11 +8,12 @@
 //!   OPERATION_HISTORY_BYTES of them read); further ahead, nothing is read
 //!   for the join - the room checks the store once, soon, whatever the
 //!   number of such joins - and the client gets the content;
-//! - a `since` behind gets the ops after it only while they fit half of
-//!   OUTBOUND_QUEUE_BYTES (they are the client's alone in its queue):
-//!   measured from the lengths cached when the ops were fanned out, or read
-//!   from the store in chunks that stop at that budget; otherwise the
-//!   content;
+//! - a `since` behind gets the ops after it only while the in-memory
+//!   history holds them all and they fit half of OUTBOUND_QUEUE_BYTES (they
+//!   are the client's alone in its queue), measured from the lengths cached
+//!   when the ops were fanned out; otherwise the content - a join never
+//!   reads the store for ops, which every submit on the document would
+//!   wait behind;
 //! - the content is encoded once per version and shared by every client
 //!   joining at it ([`Outbound::Joined`]); only the head (session, user,
 //!   presence, limits) is the client's own.
@@ -85,7 +86,6 @@ impl Room {
                 let worth = (self.instance.config.limits.max_op_bytes())
                     .max(self.sequencer.document().content_json_bound());
                 self.catch_up_ops(v, self.join_ops_budget().min(worth))
-                    .await?
             }
             _ => None,
         };
