@@ -642,16 +642,19 @@ async fn a_resent_submit_is_deduplicated_by_the_store_after_the_document_was_clo
     .await;
     assert!(closed.is_ok(), "the idle document never closed");
 
+    // The reopened room holds no history: the content at version 2 (a join
+    // never reads old ops from the store).
     let (mut second, joined) = join_raw(&app, doc, "tab-r", &token, Some(0)).await;
     let ServerMessage::Joined {
         version: V2,
-        ops: Some(ops),
+        content: Some(content),
+        ops: None,
         ..
     } = joined
     else {
-        panic!("expected the catch-up of versions 1-2, got {joined:?}");
+        panic!("expected the content at version 2, got {joined:?}");
     };
-    assert_eq!(ops.len(), 2);
+    assert_eq!(Document::from_content(&content, V2).unwrap().text(), "abc");
     // The last seq and an earlier one, with other bases and deltas.
     second
         .send_text(submit(2, 0, json!([{"insert": "zzz"}])))
@@ -722,7 +725,7 @@ async fn a_join_with_since_gets_the_ops_after_it_and_no_content() {
 }
 
 #[tokio::test]
-async fn a_join_with_since_older_than_the_kept_history_still_gets_every_op_from_the_store() {
+async fn a_join_with_since_older_than_the_kept_history_gets_the_content() {
     let mut config = Config::default();
     config.limits.operation_history_max = 2;
     let app = TestApp::spawn_with(config).await;
@@ -733,21 +736,38 @@ async fn a_join_with_since_older_than_the_kept_history_still_gets_every_op_from_
         a.insert(0, &i.to_string()).await;
         a.settle().await;
     }
-    let (version, ops) = catch_up(&app, doc, 1).await;
-    assert_eq!(version, Version::from(6));
-    let mut at_1 = Document::from_text("0", Version::from(1));
-    apply_all(&mut at_1, &ops);
-    assert_eq!(at_1.text(), "543210");
+    // Within the kept history: ops.
+    let (version, ops) = catch_up(&app, doc, 4).await;
+    assert_eq!((version, ops.len()), (Version::from(6), 2));
+    // Older: the content (a join never reads old ops from the store).
+    let token = app.token(Uuid::new_v4(), &[("*", Role::Viewer)]);
+    let (conn, joined) = join_raw(&app, doc, "older", &token, Some(1)).await;
+    conn.close().await;
+    match joined {
+        ServerMessage::Joined {
+            version,
+            content: Some(content),
+            ops: None,
+            ..
+        } => {
+            assert_eq!(version, Version::from(6));
+            assert_eq!(
+                Document::from_content(&content, version).unwrap().text(),
+                "543210"
+            );
+        }
+        other => panic!("expected the content, got {other:?}"),
+    }
 }
 
 #[tokio::test]
 async fn a_join_with_since_too_far_behind_gets_the_content_and_a_stale_resend_is_still_deduplicated()
  {
-    // docs/protocol.md: `joined.ops` comes from memory or, up to 10,000 ops, from the
-    // store; past that `content` is sent.
-    const FROM_STORE: u64 = 10_000;
+    // docs/protocol.md: `joined.ops` comes from the kept history in memory;
+    // past it `content` is sent.
+    const KEPT: u64 = 50;
     let mut config = Config::default();
-    config.limits.operation_history_max = 50;
+    config.limits.operation_history_max = KEPT as usize;
     config.limits.submit_rate_per_sec = 1_000_000;
     config.limits.submit_burst = 1_000_000;
     let app = TestApp::spawn_with(config).await;
@@ -763,21 +783,21 @@ async fn a_join_with_since_too_far_behind_gets_the_content_and_a_stale_resend_is
         .await;
     lost.drop_abruptly();
 
-    // Then more ops than a catch-up reads from the store.
-    for i in 1..=FROM_STORE + 1 {
+    // Then more ops than the history keeps.
+    for i in 1..=KEPT + 1 {
         writer
             .send_text(submit(i, i, json!([{"insert": "x"}])))
             .await;
         expect_ack(&mut writer, i, i + 1).await;
     }
-    let last = FROM_STORE + 2;
-    let text = format!("{}y", "x".repeat(FROM_STORE as usize + 1));
+    let last = KEPT + 2;
+    let text = format!("{}y", "x".repeat(KEPT as usize + 1));
 
-    // Exactly FROM_STORE behind: still ops.
-    let (version, ops) = catch_up(&app, doc, last - FROM_STORE).await;
+    // Exactly KEPT behind: still ops.
+    let (version, ops) = catch_up(&app, doc, last - KEPT).await;
     assert_eq!(version, Version::new(last).unwrap());
-    assert_eq!(ops.len() as u64, FROM_STORE);
-    assert_eq!(ops[0].version, Version::new(last - FROM_STORE + 1).unwrap());
+    assert_eq!(ops.len() as u64, KEPT);
+    assert_eq!(ops[0].version, Version::new(last - KEPT + 1).unwrap());
 
     // Further behind: the content at the current version, no ops.
     let (mut back, joined) = join_raw(&app, doc, "tab-r", &token, Some(0)).await;
