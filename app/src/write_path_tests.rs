@@ -1445,3 +1445,65 @@ async fn a_group_commit_of_large_ops_is_published_in_envelopes_of_at_most_a_mebi
         "one group commit split into a few envelopes, not one per op nor one in all: {envelopes}"
     );
 }
+
+#[tokio::test]
+async fn a_client_whose_last_seq_cannot_be_read_is_sent_away_not_told_unavailable() {
+    // Whether this seq was committed before (another connection, another
+    // instance) is exactly what could not be read: 1013, and the re-send
+    // after the store is back commits once.
+    let keys = DevKeys::from_seed([25; 32]);
+    let mut store = MockOperationStore::new();
+    store.expect_snapshot().returning(|_| Ok(None));
+    store.expect_first_since().returning(|_, _| Ok(None));
+    store.expect_save_snapshot().returning(|_, _| Ok(()));
+    store
+        .expect_read_within()
+        .returning(|_, _, _, _| Ok(Vec::new()));
+    store.expect_read().returning(|_, _, _| Ok(Vec::new()));
+    let back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let up = back.clone();
+    store.expect_last_seq().returning(move |_, _, _| {
+        if up.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(None)
+        } else {
+            Err(StoreError::Unavailable(Cause::msg("connection refused")))
+        }
+    });
+    store
+        .expect_append()
+        .returning(|_, _, _| Ok(Append::Committed));
+    let relay = relay_with(store, &keys);
+    let (user, document) = (Uuid::new_v4(), DocumentId::new(Uuid::new_v4()));
+    let mut s = join_as(&relay, &keys, user, document, "tab", None).await;
+    assert!(matches!(
+        next_message(&mut s.outbound).await,
+        ServerMessage::Joined { .. }
+    ));
+    let submit = ClientMessage::Submit {
+        seq: Seq::from(1),
+        base: Version::ZERO,
+        delta: insert("x"),
+    };
+    s.session.handle(submit.clone()).await;
+    assert_eq!(close_code(&mut s).await, 1013);
+    assert!(
+        drain(&mut s.outbound)
+            .iter()
+            .all(|m| !matches!(m, ServerMessage::Ack { .. } | ServerMessage::Error { .. })),
+        "nothing but the close"
+    );
+    back.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut again = join_as(&relay, &keys, user, document, "tab", Some(Version::ZERO)).await;
+    assert!(matches!(
+        next_message(&mut again.outbound).await,
+        ServerMessage::Joined { .. }
+    ));
+    again.session.handle(submit).await;
+    assert_eq!(
+        next_message(&mut again.outbound).await,
+        ServerMessage::Ack {
+            seq: Seq::from(1),
+            version: Version::from(1)
+        }
+    );
+}

@@ -309,6 +309,12 @@ async fn run(
         _ => room.registry.refresh(Vec::new()),
     }
     room.catch_up_logged().await;
+    if room.stopping {
+        // The store contradicted what was just loaded: whoever waits to
+        // join finds the mailbox closed and starts a fresh room.
+        lease.release();
+        return;
+    }
     let watch = instance.heads.register(document, room.sequencer.version());
     loop {
         let deadline = room.next_deadline();
