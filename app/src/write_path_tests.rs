@@ -1507,3 +1507,52 @@ async fn a_client_whose_last_seq_cannot_be_read_is_sent_away_not_told_unavailabl
         }
     );
 }
+
+#[tokio::test]
+async fn an_out_of_order_seq_that_cannot_be_looked_up_is_sent_away_not_told_unavailable() {
+    // The store knows seq 5 of this client; a submit with seq 3 is looked
+    // up to tell a duplicate from out_of_order - and the lookup fails.
+    let keys = DevKeys::from_seed([26; 32]);
+    let mut store = MockOperationStore::new();
+    store.expect_snapshot().returning(|_| Ok(None));
+    store.expect_first_since().returning(|_, _| Ok(None));
+    store.expect_save_snapshot().returning(|_, _| Ok(()));
+    store
+        .expect_read_within()
+        .returning(|_, _, _, _| Ok(Vec::new()));
+    store.expect_read().returning(|_, _, _| Ok(Vec::new()));
+    store
+        .expect_last_seq()
+        .returning(|_, _, _| Ok(Some((Seq::from(5), Version::ZERO))));
+    store
+        .expect_find()
+        .returning(|_, _, _, _| Err(StoreError::Unavailable(Cause::msg("connection refused"))));
+    let relay = relay_with(store, &keys);
+    let mut s = join_as(
+        &relay,
+        &keys,
+        Uuid::new_v4(),
+        DocumentId::new(Uuid::new_v4()),
+        "tab",
+        None,
+    )
+    .await;
+    assert!(matches!(
+        next_message(&mut s.outbound).await,
+        ServerMessage::Joined { .. }
+    ));
+    s.session
+        .handle(ClientMessage::Submit {
+            seq: Seq::from(3),
+            base: Version::ZERO,
+            delta: insert("x"),
+        })
+        .await;
+    assert_eq!(close_code(&mut s).await, 1013);
+    assert!(
+        drain(&mut s.outbound)
+            .iter()
+            .all(|m| !matches!(m, ServerMessage::Ack { .. } | ServerMessage::Error { .. })),
+        "nothing but the close"
+    );
+}
