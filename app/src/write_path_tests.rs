@@ -36,6 +36,18 @@ fn insert(text: &str) -> Delta {
     d
 }
 
+/// What opening a new document asks of the mock store (no snapshot, no
+/// ops, nothing committed within the history's age), and the snapshot a
+/// closing room saves.
+fn opens_empty(store: &mut MockOperationStore) {
+    store.expect_snapshot().returning(|_| Ok(None));
+    store.expect_first_since().returning(|_, _| Ok(None));
+    store.expect_save_snapshot().returning(|_, _| Ok(()));
+    store
+        .expect_read_within()
+        .returning(|_, _, _, _| Ok(Vec::new()));
+}
+
 /// A new document as the mock store answers for opening it (no snapshot,
 /// no ops) and for the rest the room asks; reads after opening are the
 /// test's (`after_open`: once an append was tried).
@@ -45,14 +57,9 @@ fn empty_document(
 ) -> Arc<std::sync::atomic::AtomicBool> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let appended = Arc::new(AtomicBool::new(false));
-    store.expect_snapshot().returning(|_| Ok(None));
-    store.expect_first_since().returning(|_, _| Ok(None));
+    opens_empty(store);
     store.expect_last_seq().returning(|_, _, _| Ok(None));
-    store.expect_save_snapshot().returning(|_, _| Ok(()));
     // Opening reads in bounded chunks; catch-ups read plainly.
-    store
-        .expect_read_within()
-        .returning(|_, _, _, _| Ok(Vec::new()));
     let opened = appended.clone();
     store.expect_read().returning(move |_, after, _| {
         if opened.load(Ordering::SeqCst) {
@@ -1453,12 +1460,7 @@ async fn a_client_whose_last_seq_cannot_be_read_is_sent_away_not_told_unavailabl
     // after the store is back commits once.
     let keys = DevKeys::from_seed([25; 32]);
     let mut store = MockOperationStore::new();
-    store.expect_snapshot().returning(|_| Ok(None));
-    store.expect_first_since().returning(|_, _| Ok(None));
-    store.expect_save_snapshot().returning(|_, _| Ok(()));
-    store
-        .expect_read_within()
-        .returning(|_, _, _, _| Ok(Vec::new()));
+    opens_empty(&mut store);
     store.expect_read().returning(|_, _, _| Ok(Vec::new()));
     let back = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let up = back.clone();
@@ -1514,12 +1516,7 @@ async fn an_out_of_order_seq_that_cannot_be_looked_up_is_sent_away_not_told_unav
     // up to tell a duplicate from out_of_order - and the lookup fails.
     let keys = DevKeys::from_seed([26; 32]);
     let mut store = MockOperationStore::new();
-    store.expect_snapshot().returning(|_| Ok(None));
-    store.expect_first_since().returning(|_, _| Ok(None));
-    store.expect_save_snapshot().returning(|_, _| Ok(()));
-    store
-        .expect_read_within()
-        .returning(|_, _, _, _| Ok(Vec::new()));
+    opens_empty(&mut store);
     store.expect_read().returning(|_, _, _| Ok(Vec::new()));
     store
         .expect_last_seq()
